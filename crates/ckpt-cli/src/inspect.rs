@@ -1,0 +1,182 @@
+//! `ckpt inspect`: every record of an image, and a summary.
+
+use anyhow::Result;
+use ckpt_image::{AnyRecord, ImageReader, Vma};
+use serde::Serialize;
+use std::io::Read;
+
+#[derive(Serialize)]
+struct Entry {
+    offset: u64,
+    len: u64,
+    #[serde(rename = "type")]
+    rtype: u32,
+    name: &'static str,
+    record: AnyRecord,
+}
+
+#[derive(Serialize, Default)]
+struct Summary {
+    processes: Vec<ProcSummary>,
+    threads: usize,
+    mappings: usize,
+    pages: u64,
+    page_bytes: u64,
+    files: usize,
+    fds: usize,
+    records: usize,
+    complete: bool,
+}
+
+#[derive(Serialize)]
+struct ProcSummary {
+    pid: i32,
+    comm: String,
+}
+
+#[derive(Serialize)]
+struct Report {
+    records: Vec<Entry>,
+    summary: Summary,
+    error: Option<String>,
+}
+
+fn prot(v: &Vma) -> String {
+    let b = |m: u32, c: char| if v.prot & m != 0 { c } else { '-' };
+    format!(
+        "{}{}{}{}",
+        b(libc::PROT_READ as u32, 'r'),
+        b(libc::PROT_WRITE as u32, 'w'),
+        b(libc::PROT_EXEC as u32, 'x'),
+        if v.flags & ckpt_image::VMAF_SHARED != 0 {
+            's'
+        } else {
+            'p'
+        }
+    )
+}
+
+fn detail(r: &AnyRecord) -> String {
+    match r {
+        AnyRecord::Head(h) => format!(
+            "{}, kernel {} {}, host {}",
+            h.writer, h.kernel_release, h.machine, h.hostname
+        ),
+        AnyRecord::ArchX86_64(a) => format!(
+            "xcr0 {:#x} ({}), xsave {} bytes",
+            a.xcr0,
+            ckpt::arch::feature_names(a.xcr0),
+            a.xsave_size
+        ),
+        AnyRecord::Process(p) => format!(
+            "pid {} ({}) ppid {} pgid {} sid {} exe {}",
+            p.pid, p.comm, p.ppid, p.pgid, p.sid, p.exe
+        ),
+        AnyRecord::Vma(v) => format!("{:#x}-{:#x} {} {}", v.start, v.end, prot(v), v.path),
+        AnyRecord::Pages(p) => format!("{:#x}: {} pages", p.addr, p.nr_pages),
+        AnyRecord::File(f) => format!("file {} kind {} {} pos {}", f.id, f.kind, f.path, f.pos),
+        AnyRecord::Fd(f) => format!(
+            "fd {} -> file {}{}",
+            f.fd,
+            f.file_id,
+            if f.cloexec { " cloexec" } else { "" }
+        ),
+        AnyRecord::Thread(t) => format!("tid {} sigmask {:#x}", t.tid, t.sigmask),
+        AnyRecord::X86Regs(x) => format!("tid {} rip {:#x} rsp {:#x}", x.tid, x.rip, x.rsp),
+        AnyRecord::X86Xstate(x) => format!("tid {} {} bytes", x.tid, x.area.0.len()),
+        AnyRecord::Error(e) => e.message.to_string(),
+        AnyRecord::Tail(t) => format!("{} records, crc32c {:#010x}", t.records, t.crc32c),
+        _ => String::new(),
+    }
+}
+
+pub fn run<R: Read>(input: R, json: bool) -> Result<u8> {
+    let mut rd = ImageReader::new(std::io::BufReader::with_capacity(1 << 20, input));
+    let mut rep = Report {
+        records: Vec::new(),
+        summary: Summary::default(),
+        error: None,
+    };
+    loop {
+        match rd.next_record() {
+            Ok(None) => {
+                rep.summary.complete = true;
+                break;
+            }
+            Ok(Some(raw)) => {
+                let record = match raw.decode_any() {
+                    Ok(r) => r,
+                    Err(e) => {
+                        rep.error = Some(e.to_string());
+                        break;
+                    }
+                };
+                let s = &mut rep.summary;
+                match &record {
+                    AnyRecord::Process(p) => s.processes.push(ProcSummary {
+                        pid: p.pid,
+                        comm: p.comm.to_string(),
+                    }),
+                    AnyRecord::Thread(_) => s.threads += 1,
+                    AnyRecord::Vma(_) => s.mappings += 1,
+                    AnyRecord::Pages(p) => {
+                        s.pages += p.nr_pages as u64;
+                        s.page_bytes += p.nr_pages as u64 * 4096;
+                    }
+                    AnyRecord::File(_) => s.files += 1,
+                    AnyRecord::Fd(_) => s.fds += 1,
+                    _ => {}
+                }
+                s.records += 1;
+                rep.records.push(Entry {
+                    offset: raw.offset,
+                    len: raw.len,
+                    rtype: raw.rtype,
+                    name: ckpt_image::type_name(raw.rtype),
+                    record,
+                });
+            }
+            Err(e) => {
+                rep.error = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rep)?);
+    } else {
+        println!("{:>12} {:>10}  {:<16} DETAIL", "OFFSET", "SIZE", "TYPE");
+        for e in &rep.records {
+            println!(
+                "{:>12} {:>10}  {:<16} {}",
+                e.offset,
+                e.len,
+                e.name,
+                detail(&e.record)
+            );
+        }
+        let s = &rep.summary;
+        let procs: Vec<String> = s
+            .processes
+            .iter()
+            .map(|p| format!("{} ({})", p.pid, p.comm))
+            .collect();
+        println!(
+            "\n{} process(es) [{}], {} thread(s), {} mapping(s), {} page(s) ({} KiB), {} file(s), {} fd(s); {}",
+            s.processes.len(),
+            procs.join(", "),
+            s.threads,
+            s.mappings,
+            s.pages,
+            s.page_bytes / 1024,
+            s.files,
+            s.fds,
+            if s.complete { "image complete, checksum ok" } else { "image INCOMPLETE" }
+        );
+    }
+    if let Some(e) = &rep.error {
+        eprintln!("ckpt: inspect: {e}");
+        return Ok(1);
+    }
+    Ok(0)
+}

@@ -1,0 +1,224 @@
+//! `ckpt`: the command line over the ckpt library.
+
+mod inspect;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use std::io::{IsTerminal, Write};
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "ckpt",
+    version,
+    about = "Checkpoint a running Linux process into one image file and restart it later",
+    long_about = "ckpt freezes a running process, writes everything that makes up its state \
+(registers, memory, files, signals, timers, credentials) into one image, and later restarts \
+it from that image with the same pid, so that it carries on as if nothing happened.\n\n\
+Typical use (as root):\n  ckpt checkpoint 1234 -o job.img      # save pid 1234, then stop it\n  \
+ckpt restart job.img                 # bring it back; waits for it to finish\n  \
+ckpt inspect job.img                 # what is in the image\n  \
+ckpt check                           # can this machine do it?"
+)]
+struct Cli {
+    /// Print debug output to stderr (-v: debug, -vv: trace).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Save the process tree rooted at PID into an image, then kill it.
+    ///
+    /// The process is frozen while its state is read; if anything cannot be
+    /// saved, the checkpoint fails, the process continues untouched, and the
+    /// image ends with an error record that says why. After a successful
+    /// checkpoint the process is killed (so its pid is free for `ckpt
+    /// restart`) unless --leave-running is given.
+    Checkpoint {
+        /// Process to checkpoint.
+        pid: i32,
+        /// Image file to write, or `-` for standard output (e.g. to pipe it to another host).
+        #[arg(short, long, value_name = "IMAGE|-")]
+        output: String,
+        /// Keep the process running after the checkpoint.
+        #[arg(long)]
+        leave_running: bool,
+        /// Write a structured log (`[err N][pos P][pid X comm] message` lines) to FILE.
+        #[arg(long, value_name = "FILE")]
+        log: Option<PathBuf>,
+    },
+    /// Restart a process from an image, with its original pid.
+    ///
+    /// The whole image is read and validated (checksum, CPU features,
+    /// registers, pid availability) before any process is created; a restart
+    /// that fails part-way kills what it created. By default ckpt waits for
+    /// the restored process and exits with its exit status (128+N if it was
+    /// killed by signal N), forwarding SIGINT and SIGTERM to it.
+    Restart {
+        /// Image file to read, or `-` for standard input.
+        #[arg(value_name = "IMAGE|-")]
+        image: String,
+        /// Return as soon as the restored process runs, printing its pid.
+        #[arg(short, long)]
+        detach: bool,
+        /// Write a structured log to FILE.
+        #[arg(long, value_name = "FILE")]
+        log: Option<PathBuf>,
+    },
+    /// Decode an image: every record with its type, offset and size, and a summary.
+    Inspect {
+        /// Image file to read, or `-` for standard input.
+        #[arg(value_name = "IMAGE|-")]
+        image: String,
+        /// Print JSON instead of a table (for scripts).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Report whether this kernel, CPU and privilege level support ckpt.
+    ///
+    /// Prints one line per feature; exits 0 when every essential one works.
+    Check {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn open_log(p: &Option<PathBuf>) -> Result<ckpt::Log> {
+    Ok(match p {
+        None => ckpt::Log::default(),
+        Some(p) => ckpt::Log::new(Box::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .with_context(|| format!("cannot open log file {}", p.display()))?,
+        )),
+    })
+}
+
+/// Opens IMAGE for reading (`-` = stdin).
+fn open_input(image: &str) -> Result<std::fs::File> {
+    if image == "-" {
+        let fd: OwnedFd = std::io::stdin().as_fd().try_clone_to_owned()?;
+        return Ok(std::fs::File::from(fd));
+    }
+    std::fs::File::open(image).with_context(|| format!("cannot open image {image}"))
+}
+
+fn run(cli: Cli) -> Result<u8> {
+    match cli.cmd {
+        Cmd::Checkpoint {
+            pid,
+            output,
+            leave_running,
+            log,
+        } => {
+            let mut log = open_log(&log)?;
+            if !ckpt::procfs::exists(pid) {
+                bail!("no process with pid {pid}; check the pid with `ps -p {pid}`");
+            }
+            let out = if output == "-" {
+                if std::io::stdout().is_terminal() {
+                    bail!(
+                        "refusing to write an image to a terminal; redirect stdout or use -o FILE"
+                    );
+                }
+                let fd: OwnedFd = std::io::stdout().as_fd().try_clone_to_owned()?;
+                std::fs::File::from(fd)
+            } else {
+                std::fs::File::create(&output)
+                    .with_context(|| format!("cannot create image {output}"))?
+            };
+            let opts = ckpt::CheckpointOptions { leave_running };
+            let w = std::io::BufWriter::with_capacity(1 << 20, out);
+            let s = ckpt::checkpoint(pid, w, &opts, &mut log).with_context(|| {
+                format!("checkpoint of pid {pid} failed; the process was left running")
+            })?;
+            for warn in &s.warnings {
+                eprintln!("ckpt: warning: {warn}");
+            }
+            tracing::info!(
+                "checkpointed pid {pid}: {} mappings, {} pages ({} zero pages skipped), {} files",
+                s.vmas,
+                s.pages,
+                s.zero_pages_skipped,
+                s.files
+            );
+            Ok(0)
+        }
+        Cmd::Restart { image, detach, log } => {
+            let mut log = open_log(&log)?;
+            let input = open_input(&image)?;
+            let opts = ckpt::RestartOptions { detach };
+            let outcome = ckpt::restart(input, &opts, &mut log).context("restart failed")?;
+            match outcome {
+                ckpt::restart::Outcome::Detached(pid) => {
+                    let mut o = std::io::stdout();
+                    writeln!(o, "{pid}")?;
+                    o.flush()?;
+                    Ok(0)
+                }
+                ckpt::restart::Outcome::Exited(code) => Ok(code),
+            }
+        }
+        Cmd::Inspect { image, json } => inspect::run(open_input(&image)?, json),
+        Cmd::Check { json } => {
+            let f = ckpt::check::run();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&f)?);
+            } else {
+                for x in &f {
+                    println!(
+                        "{:<17} {:<4} {}{}",
+                        x.name,
+                        if x.ok { "ok" } else { "FAIL" },
+                        x.detail,
+                        if !x.ok && !x.essential {
+                            " (optional)"
+                        } else {
+                            ""
+                        }
+                    );
+                }
+            }
+            Ok(if f.iter().all(|x| x.ok || !x.essential) {
+                0
+            } else {
+                1
+            })
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = match cli.verbose {
+        0 => "warn",
+        1 => "debug",
+        _ => "trace",
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CKPT_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
+        )
+        .init();
+    // A closed stdout (e.g. `| head`) is an error to report, not a crash.
+    // SAFETY: SIG_IGN for SIGPIPE is always valid.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+    let _ = OwnedFd::from_raw_fd; // keep the import meaningful for from_raw_fd users
+    match run(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("ckpt: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,382 @@
+//! Record types. Each is plain data: a struct of explicitly sized fields,
+//! encoded in declaration order. New state gets a new record type rather than
+//! a changed layout (see docs/image-format.md for the table).
+
+use crate::codec::{Bytes, Dec, DecodeError, Enc, Field, Text};
+use serde::Serialize;
+
+/// A record kind with a fixed type number and an encoding.
+pub trait Record: Sized {
+    const TYPE: u32;
+    const NAME: &'static str;
+    fn encode(&self, e: &mut Enc);
+    fn decode(d: &mut Dec<'_>) -> Result<Self, DecodeError>;
+}
+
+/// Declares a plain-data struct whose fields are encoded in order.
+macro_rules! fields {
+    ($(#[$m:meta])* $name:ident { $($(#[$fm:meta])* $f:ident : $t:ty),* $(,)? }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+        pub struct $name { $($(#[$fm])* pub $f: $t),* }
+        impl Field for $name {
+            const MIN_SIZE: usize = 0 $(+ <$t as Field>::MIN_SIZE)*;
+            fn put(&self, e: &mut Enc) { $(self.$f.put(e);)* }
+            fn get(d: &mut Dec<'_>) -> Result<Self, DecodeError> {
+                Ok(Self { $($f: <$t as Field>::get(d)?),* })
+            }
+        }
+    };
+}
+
+/// Declares a record: a `fields!` struct with a type number.
+macro_rules! record {
+    ($(#[$m:meta])* $name:ident = $ty:expr, $tname:literal { $($body:tt)* }) => {
+        fields!($(#[$m])* $name { $($body)* });
+        impl Record for $name {
+            const TYPE: u32 = $ty;
+            const NAME: &'static str = $tname;
+            fn encode(&self, e: &mut Enc) { Field::put(self, e) }
+            fn decode(d: &mut Dec<'_>) -> Result<Self, DecodeError> {
+                let r = <Self as Field>::get(d)?;
+                d.finish()?;
+                Ok(r)
+            }
+        }
+    };
+}
+
+pub const T_HEAD: u32 = 1;
+pub const T_ARCH_X86_64: u32 = 2;
+pub const T_PROCESS: u32 = 100;
+pub const T_CREDS: u32 = 101;
+pub const T_RLIMITS: u32 = 102;
+pub const T_SIGACTIONS: u32 = 103;
+pub const T_ITIMERS: u32 = 104;
+pub const T_SHARED_PENDING: u32 = 105;
+pub const T_MM: u32 = 110;
+pub const T_VMA: u32 = 111;
+/// Page data; not a `Record` because its payload is streamed, see `reader::Body::Pages`.
+pub const T_PAGES: u32 = 112;
+pub const T_FILE: u32 = 120;
+pub const T_FD: u32 = 121;
+pub const T_THREAD: u32 = 200;
+pub const T_X86_REGS: u32 = 201;
+pub const T_X86_XSTATE: u32 = 202;
+pub const T_X86_DEBUGREGS: u32 = 203;
+pub const T_TAIL: u32 = 9001;
+pub const T_ERROR: u32 = 9999;
+
+/// Architecture ids of the head record.
+pub const ARCH_X86_64: u32 = 1;
+
+record!(
+    /// Opens every image: what wrote it, where, when.
+    Head = T_HEAD, "head" {
+        magic: u64,
+        revision: u32,
+        /// Checkpoint flags (`FLAG_*`).
+        flags: u32,
+        /// Wall-clock time of the checkpoint, ns since the epoch.
+        time_ns: u64,
+        arch: u32,
+        page_size: u32,
+        /// Kernel constants the image depends on.
+        task_comm_len: u32,
+        nsig: u32,
+        siginfo_size: u32,
+        kernel_release: Text,
+        kernel_version: Text,
+        machine: Text,
+        hostname: Text,
+        /// The ckpt version that wrote the image.
+        writer: Text,
+    }
+);
+
+/// Head flag: the tree was left running after the checkpoint.
+pub const FLAG_LEAVE_RUNNING: u32 = 1;
+
+fields!(
+    /// Where one xsave component lives in the saved xsave area.
+    XComponent { feature: u32, offset: u32, size: u32 }
+);
+
+record!(
+    /// What the image needs of the CPU: the xsave layout and feature bits.
+    ArchX86_64 = T_ARCH_X86_64, "arch-x86_64" {
+        /// XCR0 of the checkpointed tasks: the xstate features in the image.
+        xcr0: u64,
+        /// Size of each saved xsave area (NT_X86_XSTATE).
+        xsave_size: u32,
+        cpuid_1_ecx: u32,
+        cpuid_1_edx: u32,
+        cpuid_7_ebx: u32,
+        cpuid_7_ecx: u32,
+        cpuid_7_edx: u32,
+        components: Vec<XComponent>,
+    }
+);
+
+record!(
+    /// One process: ids, names and per-process scalars. The records that
+    /// follow it, up to the next `Process`, belong to it.
+    Process = T_PROCESS, "process" {
+        pid: i32,
+        ppid: i32,
+        pgid: i32,
+        sid: i32,
+        nr_threads: u32,
+        comm: Text,
+        exe: Text,
+        cwd: Text,
+        root: Text,
+        umask: u32,
+        personality: u32,
+        /// prctl(PR_GET_DUMPABLE), PR_GET_CHILD_SUBREAPER, PR_GET_PDEATHSIG
+        dumpable: u32,
+        child_subreaper: u32,
+        pdeathsig: u32,
+    }
+);
+
+record!(
+    /// Credentials. Restore only ever lowers privileges to these.
+    Creds = T_CREDS, "creds" {
+        uid: u32, euid: u32, suid: u32, fsuid: u32,
+        gid: u32, egid: u32, sgid: u32, fsgid: u32,
+        groups: Vec<u32>,
+        cap_inh: u64, cap_prm: u64, cap_eff: u64, cap_bnd: u64, cap_amb: u64,
+        no_new_privs: u32,
+    }
+);
+
+fields!(Rlimit {
+    resource: u32,
+    cur: u64,
+    max: u64
+});
+record!(Rlimits = T_RLIMITS, "rlimits" { limits: Vec<Rlimit> });
+
+fields!(
+    /// A kernel sigaction (not glibc's): handler, flags, restorer, mask.
+    SigAction { signo: u32, handler: u64, flags: u64, restorer: u64, mask: u64 }
+);
+record!(
+    /// Every signal whose disposition is not SIG_DFL with no flags.
+    SigActions = T_SIGACTIONS, "sigactions" { actions: Vec<SigAction> }
+);
+
+fields!(
+    /// One interval timer (`which` = ITIMER_REAL/VIRTUAL/PROF), in microseconds.
+    Itimer { which: u32, interval_us: u64, value_us: u64 }
+);
+record!(Itimers = T_ITIMERS, "itimers" { timers: Vec<Itimer> });
+
+fields!(
+    /// A queued signal: its number and the raw 128-byte siginfo (user ABI).
+    SigInfo { signo: u32, code: i32, raw: Bytes }
+);
+record!(
+    /// The process-wide (shared) pending signal queue, oldest first.
+    SharedPending = T_SHARED_PENDING, "shared-pending" { signals: Vec<SigInfo> }
+);
+
+record!(
+    /// mm_struct fields for PR_SET_MM_MAP, and the raw auxv.
+    Mm = T_MM, "mm" {
+        start_code: u64, end_code: u64, start_data: u64, end_data: u64,
+        start_brk: u64, brk: u64, start_stack: u64,
+        arg_start: u64, arg_end: u64, env_start: u64, env_end: u64,
+        auxv: Bytes,
+    }
+);
+
+/// VMA kinds.
+pub const VMA_ANON: u32 = 0;
+pub const VMA_FILE: u32 = 1;
+pub const VMA_HEAP: u32 = 2;
+pub const VMA_STACK: u32 = 3;
+pub const VMA_VDSO: u32 = 4;
+pub const VMA_VVAR: u32 = 5;
+pub const VMA_VVAR_VCLOCK: u32 = 6;
+pub const VMA_VSYSCALL: u32 = 7;
+
+/// VMA flags (ours, not the kernel's VM_*).
+pub const VMAF_SHARED: u32 = 1;
+pub const VMAF_GROWSDOWN: u32 = 2;
+/// The file behind a file mapping was deleted; its data is in the pages.
+pub const VMAF_DELETED: u32 = 4;
+/// madvise(MADV_DONTFORK) / VM_DONTCOPY.
+pub const VMAF_DONTFORK: u32 = 8;
+pub const VMAF_LOCKED: u32 = 16;
+
+record!(
+    /// One mapping of the address space.
+    Vma = T_VMA, "vma" {
+        start: u64,
+        end: u64,
+        /// PROT_READ/WRITE/EXEC bits.
+        prot: u32,
+        flags: u32,
+        kind: u32,
+        /// Offset into the mapped file, in bytes.
+        pgoff: u64,
+        dev: u64,
+        ino: u64,
+        path: Text,
+    }
+);
+
+/// Open file description kinds.
+pub const FILE_REGULAR: u32 = 0;
+pub const FILE_DIR: u32 = 1;
+pub const FILE_CHR: u32 = 2;
+/// A regular file that was unlinked while open: content is in the record.
+pub const FILE_UNLINKED: u32 = 3;
+
+record!(
+    /// An open file description, possibly shared by several fds.
+    File = T_FILE, "file" {
+        id: u32,
+        kind: u32,
+        /// Status flags as in fcntl(F_GETFL), plus the access mode.
+        flags: u32,
+        pos: u64,
+        mode: u32,
+        rdev: u64,
+        size: u64,
+        path: Text,
+        content: Bytes,
+    }
+);
+
+record!(
+    /// One fd of the process, naming its open file description.
+    Fd = T_FD, "fd" { fd: u32, file_id: u32, cloexec: bool }
+);
+
+record!(
+    /// Per-thread state that is not architecture specific.
+    Thread = T_THREAD, "thread" {
+        tid: i32,
+        sigmask: u64,
+        clear_child_tid: u64,
+        altstack_sp: u64,
+        altstack_size: u64,
+        altstack_flags: u32,
+        rseq_addr: u64,
+        rseq_len: u32,
+        rseq_sig: u32,
+        pending: Vec<SigInfo>,
+    }
+);
+
+record!(
+    /// x86_64 general registers (user_regs_struct order, one u64 each).
+    X86Regs = T_X86_REGS, "x86-regs" {
+        tid: i32,
+        r15: u64, r14: u64, r13: u64, r12: u64, rbp: u64, rbx: u64,
+        r11: u64, r10: u64, r9: u64, r8: u64, rax: u64, rcx: u64, rdx: u64,
+        rsi: u64, rdi: u64, orig_rax: u64, rip: u64, cs: u64, eflags: u64,
+        rsp: u64, ss: u64, fs_base: u64, gs_base: u64,
+        ds: u64, es: u64, fs: u64, gs: u64,
+    }
+);
+
+record!(
+    /// The thread's xsave area as NT_X86_XSTATE gives it (architectural XSAVE layout).
+    X86Xstate = T_X86_XSTATE, "x86-xstate" { tid: i32, area: Bytes }
+);
+
+record!(
+    /// Debug registers dr0..dr7 (dr4/dr5 unused, kept for indexing).
+    X86DebugRegs = T_X86_DEBUGREGS, "x86-debugregs" { tid: i32, dr: [u64; 8] }
+);
+
+record!(
+    /// Closes the image: record count and CRC32C of every byte before it.
+    Tail = T_TAIL, "tail" { magic: u64, records: u64, crc32c: u32, pad: u32 }
+);
+
+record!(
+    /// A checkpoint failed: why. A reader reports it and stops.
+    ErrorRec = T_ERROR, "error" { message: Text }
+);
+
+/// Header fields of a page-data record (the page data follows, page-aligned).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct PagesHdr {
+    pub addr: u64,
+    pub nr_pages: u32,
+    pub flags: u32,
+}
+/// Size of `PagesHdr` on disk.
+pub const PAGES_HDR_LEN: u64 = 16;
+
+/// Any decoded record, for inspection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum AnyRecord {
+    Head(Head),
+    ArchX86_64(ArchX86_64),
+    Process(Process),
+    Creds(Creds),
+    Rlimits(Rlimits),
+    SigActions(SigActions),
+    Itimers(Itimers),
+    SharedPending(SharedPending),
+    Mm(Mm),
+    Vma(Vma),
+    Pages(PagesHdr),
+    File(File),
+    Fd(Fd),
+    Thread(Thread),
+    X86Regs(X86Regs),
+    X86Xstate(X86Xstate),
+    X86DebugRegs(X86DebugRegs),
+    Tail(Tail),
+    Error(ErrorRec),
+}
+
+macro_rules! dispatch {
+    ($($v:ident => $t:ty),* $(,)?) => {
+        /// Human name of a record type (for messages and `inspect`).
+        pub fn type_name(t: u32) -> &'static str {
+            match t {
+                $(<$t>::TYPE => <$t>::NAME,)*
+                T_PAGES => "pages",
+                _ => "unknown",
+            }
+        }
+        /// Decodes a metadata payload of type `t`. `None` for unknown types.
+        pub fn decode_any(t: u32, payload: &[u8]) -> Option<Result<AnyRecord, DecodeError>> {
+            let mut d = Dec::new(payload);
+            match t {
+                $(<$t>::TYPE => Some(<$t>::decode(&mut d).map(AnyRecord::$v)),)*
+                _ => None,
+            }
+        }
+    };
+}
+
+dispatch!(
+    Head => Head,
+    ArchX86_64 => ArchX86_64,
+    Process => Process,
+    Creds => Creds,
+    Rlimits => Rlimits,
+    SigActions => SigActions,
+    Itimers => Itimers,
+    SharedPending => SharedPending,
+    Mm => Mm,
+    Vma => Vma,
+    File => File,
+    Fd => Fd,
+    Thread => Thread,
+    X86Regs => X86Regs,
+    X86Xstate => X86Xstate,
+    X86DebugRegs => X86DebugRegs,
+    Tail => Tail,
+    Error => ErrorRec,
+);

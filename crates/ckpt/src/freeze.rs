@@ -1,0 +1,144 @@
+//! Freezing a process with ptrace: seize and interrupt every thread, and put
+//! them back exactly as they were if the checkpoint does not complete.
+
+use crate::error::{Ctx, Error, Result};
+use crate::procfs;
+use crate::sys::{self, Pid};
+
+/// Options every tracee of ours gets: syscall stops are marked (SIGTRAP|0x80).
+pub const TRACE_OPTIONS: i32 = libc::PTRACE_O_TRACESYSGOOD;
+
+/// The threads of a frozen process. Dropping it detaches them (they resume
+/// as if nothing happened) unless they were killed.
+pub struct Frozen {
+    pub pid: Pid,
+    pub tids: Vec<Pid>,
+    killed: bool,
+}
+
+fn comm(pid: Pid) -> String {
+    procfs::read(pid, "comm")
+        .map(|s| s.trim_end().to_string())
+        .unwrap_or_default()
+}
+
+/// Seizes and stops every thread of `pid`, re-listing threads until the set
+/// is stable (a thread may be created while we attach).
+pub fn freeze(pid: Pid) -> Result<Frozen> {
+    if !procfs::exists(pid) {
+        return Err(Error::Refused(format!(
+            "no process with pid {pid}; check the pid with `ps -p {pid}`"
+        )));
+    }
+    let st = procfs::status(pid).ctx(pid, || "read /proc status".into())?;
+    if let Some(tracer) = st.num("TracerPid").filter(|&t| t != 0) {
+        return Err(Error::Unsupported {
+            pid,
+            comm: comm(pid),
+            object: "the process".into(),
+            reason: format!("it is already traced by pid {tracer} (a debugger?); detach it first"),
+        });
+    }
+    let mut f = Frozen {
+        pid,
+        tids: Vec::new(),
+        killed: false,
+    };
+    loop {
+        let tids = procfs::tids(pid).ctx(pid, || "list threads".into())?;
+        let new: Vec<Pid> = tids
+            .iter()
+            .copied()
+            .filter(|t| !f.tids.contains(t))
+            .collect();
+        if new.is_empty() {
+            break;
+        }
+        for t in new {
+            sys::seize(t, TRACE_OPTIONS).map_err(|e| match e.raw_os_error() {
+                Some(libc::EPERM) => Error::Unsupported {
+                    pid,
+                    comm: comm(pid),
+                    object: format!("thread {t}"),
+                    reason: "ptrace is not permitted (another tracer, or missing CAP_SYS_PTRACE); run ckpt as root".into(),
+                },
+                Some(libc::ESRCH) => Error::TaskGone(t),
+                _ => Error::Sys {
+                    pid: t,
+                    what: "PTRACE_SEIZE".into(),
+                    source: e,
+                },
+            })?;
+            f.tids.push(t);
+            sys::interrupt(t).ctx(t, || "PTRACE_INTERRUPT".into())?;
+            wait_for_stop(t)?;
+        }
+    }
+    Ok(f)
+}
+
+/// Waits until `tid` reports the PTRACE_INTERRUPT stop, passing on any
+/// signal that reaches it first so that nothing is lost.
+fn wait_for_stop(tid: Pid) -> Result<()> {
+    loop {
+        let (_, st) = sys::wait(tid, 0).ctx(tid, || "wait for the task to stop".into())?;
+        if libc::WIFEXITED(st) || libc::WIFSIGNALED(st) {
+            return Err(Error::TaskGone(tid));
+        }
+        if !libc::WIFSTOPPED(st) {
+            continue;
+        }
+        if st >> 16 == libc::PTRACE_EVENT_STOP {
+            return Ok(());
+        }
+        // A signal-delivery stop came first: let the task take the signal;
+        // the interrupt stays pending and stops it right after.
+        sys::cont(tid, libc::WSTOPSIG(st)).ctx(tid, || "PTRACE_CONT".into())?;
+    }
+}
+
+impl Frozen {
+    /// Kills the process and waits until its pid is free (reaped by its
+    /// parent). Returns a warning if the parent does not reap it.
+    pub fn kill(mut self) -> Result<Option<String>> {
+        self.killed = true;
+        let pid = self.pid;
+        sys::kill(pid, libc::SIGKILL).ctx(pid, || "kill after checkpoint".into())?;
+        // As the tracer we see each thread's exit first; only then does the
+        // parent get its SIGCHLD.
+        for &t in &self.tids {
+            loop {
+                match sys::wait(t, 0) {
+                    Ok((_, st)) if libc::WIFEXITED(st) || libc::WIFSIGNALED(st) => break,
+                    Ok(_) => {
+                        let _ = sys::cont(t, 0);
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
+        // The parent reaps at its own pace; wait a bounded time for it.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while procfs::exists(pid) {
+            if std::time::Instant::now() > deadline {
+                let ppid = procfs::stat(pid).map(|s| s.ppid).unwrap_or(0);
+                return Ok(Some(format!(
+                    "pid {pid} is a zombie: its parent {ppid} ({}) has not reaped it, so the pid is not free for `ckpt restart` yet",
+                    comm(ppid)
+                )));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        Ok(None)
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        if !self.killed {
+            for &t in &self.tids {
+                let _ = sys::detach(t, 0);
+            }
+        }
+    }
+}

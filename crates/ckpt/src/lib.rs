@@ -1,0 +1,71 @@
+//! ckpt: checkpoint/restart of Linux processes from user space.
+//!
+//! `checkpoint` freezes a process with ptrace, reads its state from /proc
+//! and with syscalls injected into it, and writes one image stream;
+//! `restart` validates a whole image, then rebuilds the process with its
+//! original pid and lets it carry on. The image format is the `ckpt-image`
+//! crate; every raw syscall is in `sys`.
+
+pub mod arch;
+pub mod check;
+pub mod checkpoint;
+pub mod creds;
+pub mod error;
+pub mod files;
+pub mod freeze;
+pub mod log;
+pub mod mm;
+pub mod model;
+pub mod procfs;
+pub mod remote;
+pub mod restart;
+pub mod sys;
+pub mod task;
+
+pub use checkpoint::{checkpoint, CheckpointOptions, Summary};
+pub use error::{Error, Result};
+pub use log::Log;
+pub use restart::{restart, RestartOptions};
+
+use ckpt_image::{Head, Text, ARCH_X86_64, FORMAT_REVISION, HEAD_MAGIC};
+
+/// The head record for an image written now, on this machine.
+pub fn head(flags: u32) -> Head {
+    let u = uname();
+    let field = |f: &[libc::c_char]| {
+        Text(
+            f.iter()
+                .take_while(|&&c| c != 0)
+                .map(|&c| c as u8)
+                .collect(),
+        )
+    };
+    Head {
+        magic: HEAD_MAGIC,
+        revision: FORMAT_REVISION,
+        flags,
+        time_ns: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0),
+        arch: ARCH_X86_64,
+        page_size: 4096,
+        task_comm_len: 16,
+        nsig: 64,
+        siginfo_size: 128,
+        kernel_release: field(&u.release),
+        kernel_version: field(&u.version),
+        machine: field(&u.machine),
+        hostname: field(&u.nodename),
+        writer: Text(format!("ckpt {}", env!("CARGO_PKG_VERSION")).into_bytes()),
+    }
+}
+
+/// uname(2).
+pub fn uname() -> libc::utsname {
+    // SAFETY: utsname is plain bytes; all-zero is valid.
+    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: u is a valid out-pointer.
+    unsafe { libc::uname(&mut u) };
+    u
+}

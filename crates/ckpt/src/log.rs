@@ -1,0 +1,41 @@
+//! The structured checkpoint/restart log (`--log FILE`), one line per event
+//! in the seeds' format: `[err N][pos P][pid X comm] message`.
+
+use crate::error::Error;
+use crate::sys::Pid;
+use std::io::Write;
+
+/// A log sink; `Log::default()` discards everything.
+#[derive(Default)]
+pub struct Log {
+    out: Option<Box<dyn Write>>,
+}
+
+impl Log {
+    pub fn new(out: Box<dyn Write>) -> Self {
+        Log { out: Some(out) }
+    }
+
+    fn line(&mut self, err: i32, pos: u64, pid: Pid, comm: &str, msg: &str) {
+        if let Some(o) = &mut self.out {
+            let _ = writeln!(o, "[err {err}][pos {pos}][pid {pid} {comm}] {msg}");
+            let _ = o.flush();
+        }
+        tracing::debug!(err, pid, pos, "{msg}");
+    }
+
+    pub fn info(&mut self, pos: u64, pid: Pid, comm: &str, msg: &str) {
+        self.line(0, pos, pid, comm, msg);
+    }
+
+    /// Logs an error with its errno (or -1 when it has none).
+    pub fn error(&mut self, e: &Error, pos: u64, pid: Pid, comm: &str) {
+        let errno = match e {
+            Error::Sys { source, .. } | Error::Write(source) => source.raw_os_error().unwrap_or(-1),
+            Error::TaskGone(_) => libc::ESRCH,
+            Error::Unsupported { .. } => libc::ENOTSUP,
+            _ => -1,
+        };
+        self.line(errno, pos, pid, comm, &e.to_string());
+    }
+}

@@ -1,0 +1,498 @@
+//! The address space: mappings, page contents, mm fields. Checkpoint reads
+//! /proc maps + pagemap and saves only pages that exist and are not clean
+//! copies of a file; restore rebuilds every mapping from outside with
+//! injected syscalls and has the task read its pages straight from the image.
+
+use crate::error::{Ctx, Error, Result};
+use crate::model::ProcessImage;
+use crate::procfs::{self, MapEntry, PM_FILE, PM_PRESENT, PM_SWAP};
+use crate::remote::Remote;
+use crate::sys::Pid;
+use crate::task::Scratch;
+use ckpt_image::*;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+
+const PAGE: u64 = 4096;
+/// Pages read from the task per chunk when saving memory.
+const CHUNK_PAGES: u64 = 1024;
+const PR_SET_MM: u64 = 35;
+const PR_SET_MM_MAP: u64 = 14;
+
+fn strip_deleted(p: &[u8]) -> (&[u8], bool) {
+    match p.strip_suffix(b" (deleted)") {
+        Some(s) => (s, true),
+        None => (p, false),
+    }
+}
+
+/// Classifies one mapping; errors for mappings not supported yet.
+pub fn vma_of(pid: Pid, comm: &str, m: &MapEntry) -> Result<Vma> {
+    let (path, deleted) = strip_deleted(&m.path);
+    let kind = match path {
+        b"[vdso]" => VMA_VDSO,
+        b"[vvar]" => VMA_VVAR,
+        b"[vvar_vclock]" => VMA_VVAR_VCLOCK,
+        b"[vsyscall]" => VMA_VSYSCALL,
+        b"[heap]" => VMA_HEAP,
+        b"[stack]" => VMA_STACK,
+        p if p.starts_with(b"[anon:") || p.is_empty() => VMA_ANON,
+        p if p.starts_with(b"/") && m.ino != 0 && !m.shared => VMA_FILE,
+        p if p.starts_with(b"/")
+            && m.ino != 0
+            && !deleted
+            && !p.starts_with(b"/SYSV")
+            && !p.starts_with(b"/memfd:")
+            && !p.starts_with(b"/dev/zero") =>
+        {
+            VMA_FILE
+        }
+        _ => return Err(Error::Unsupported {
+            pid,
+            comm: comm.into(),
+            object: format!(
+                "mapping {:#x}-{:#x} ({})",
+                m.start,
+                m.end,
+                String::from_utf8_lossy(&m.path)
+            ),
+            reason:
+                "shared anonymous, SysV, memfd and deleted shared mappings are not supported yet"
+                    .into(),
+        }),
+    };
+    let mut flags = 0;
+    if m.shared {
+        flags |= VMAF_SHARED;
+    }
+    if m.has_flag(b"gd") {
+        flags |= VMAF_GROWSDOWN;
+    }
+    if deleted {
+        flags |= VMAF_DELETED;
+    }
+    if m.has_flag(b"dc") {
+        flags |= VMAF_DONTFORK;
+    }
+    if m.has_flag(b"lo") {
+        flags |= VMAF_LOCKED;
+    }
+    let prot = (m.read as u32 * libc::PROT_READ as u32)
+        | (m.write as u32 * libc::PROT_WRITE as u32)
+        | (m.exec as u32 * libc::PROT_EXEC as u32);
+    Ok(Vma {
+        start: m.start,
+        end: m.end,
+        prot,
+        flags,
+        kind,
+        pgoff: m.offset,
+        dev: m.dev,
+        ino: m.ino,
+        path: crate::task::text(path),
+    })
+}
+
+/// Whether a page of this mapping must be saved, from its pagemap entry.
+fn page_needed(v: &Vma, pm: u64) -> bool {
+    if pm & (PM_PRESENT | PM_SWAP) == 0 {
+        return false;
+    }
+    match v.kind {
+        VMA_VDSO | VMA_VVAR | VMA_VVAR_VCLOCK | VMA_VSYSCALL => false,
+        _ if v.flags & VMAF_SHARED != 0 => false,
+        // A private file mapping: only copied-on-write pages are anonymous;
+        // the rest are the file's pages and come back from the file.
+        VMA_FILE if v.flags & VMAF_DELETED == 0 => pm & PM_FILE == 0,
+        _ => true,
+    }
+}
+
+/// Saved page statistics.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PageStats {
+    pub pages: u64,
+    pub zero_skipped: u64,
+}
+
+/// Writes the pages of every mapping that must be saved. Anonymous pages
+/// that hold only zeros are skipped: a fresh mapping reads as zeros anyway.
+pub fn dump_pages<W: Write>(pid: Pid, vmas: &[Vma], w: &mut ImageWriter<W>) -> Result<PageStats> {
+    let pm =
+        std::fs::File::open(format!("/proc/{pid}/pagemap")).ctx(pid, || "open pagemap".into())?;
+    let mem = std::fs::File::open(format!("/proc/{pid}/mem")).ctx(pid, || "open mem".into())?;
+    let mut stats = PageStats::default();
+    let mut buf = vec![0u8; (CHUNK_PAGES * PAGE) as usize];
+    for v in vmas {
+        if matches!(v.kind, VMA_VDSO | VMA_VVAR | VMA_VVAR_VCLOCK | VMA_VSYSCALL)
+            || v.flags & VMAF_SHARED != 0
+        {
+            continue;
+        }
+        let skip_zero = v.kind != VMA_FILE || v.flags & VMAF_DELETED != 0;
+        let mut addr = v.start;
+        while addr < v.end {
+            let end = (addr + CHUNK_PAGES * PAGE).min(v.end);
+            let entries = procfs::pagemap(&pm, addr, end)
+                .ctx(pid, || format!("read pagemap at {addr:#x}"))?;
+            let mut i = 0;
+            while i < entries.len() {
+                if !page_needed(v, entries[i]) {
+                    i += 1;
+                    continue;
+                }
+                let mut j = i;
+                while j < entries.len() && page_needed(v, entries[j]) {
+                    j += 1;
+                }
+                let a = addr + i as u64 * PAGE;
+                let data = &mut buf[..(j - i) * PAGE as usize];
+                mem.read_exact_at(data, a).ctx(pid, || {
+                    format!("read memory {a:#x}..{:#x}", a + data.len() as u64)
+                })?;
+                write_run(w, a, data, skip_zero, &mut stats)?;
+                i = j;
+            }
+            addr = end;
+        }
+    }
+    Ok(stats)
+}
+
+fn write_run<W: Write>(
+    w: &mut ImageWriter<W>,
+    addr: u64,
+    data: &[u8],
+    skip_zero: bool,
+    stats: &mut PageStats,
+) -> Result<()> {
+    if !skip_zero {
+        stats.pages += data.len() as u64 / PAGE;
+        return w.write_pages(addr, data).map_err(Error::Write);
+    }
+    let pages: Vec<&[u8]> = data.chunks(PAGE as usize).collect();
+    let mut i = 0;
+    while i < pages.len() {
+        if pages[i].iter().all(|&b| b == 0) {
+            stats.zero_skipped += 1;
+            i += 1;
+            continue;
+        }
+        let mut j = i;
+        while j < pages.len() && !pages[j].iter().all(|&b| b == 0) {
+            j += 1;
+        }
+        let s = i * PAGE as usize;
+        let e = j * PAGE as usize;
+        w.write_pages(addr + s as u64, &data[s..e])
+            .map_err(Error::Write)?;
+        stats.pages += (j - i) as u64;
+        i = j;
+    }
+    Ok(())
+}
+
+/// mm fields for PR_SET_MM_MAP.
+pub fn dump_mm(pid: Pid, st: &procfs::Stat, brk: u64) -> Result<Mm> {
+    Ok(Mm {
+        start_code: st.start_code,
+        end_code: st.end_code,
+        start_data: st.start_data,
+        end_data: st.end_data,
+        start_brk: st.start_brk,
+        brk,
+        start_stack: st.start_stack,
+        arg_start: st.arg_start,
+        arg_end: st.arg_end,
+        env_start: st.env_start,
+        env_end: st.env_end,
+        auxv: Bytes(procfs::read_bytes(pid, "auxv").ctx(pid, || "read auxv".into())?),
+    })
+}
+
+/// The kind of a special mapping by its /proc name.
+pub fn kind_of_special(path: &[u8]) -> Option<u32> {
+    match path {
+        b"[vdso]" => Some(VMA_VDSO),
+        b"[vvar]" => Some(VMA_VVAR),
+        b"[vvar_vclock]" => Some(VMA_VVAR_VCLOCK),
+        b"[vsyscall]" => Some(VMA_VSYSCALL),
+        _ => None,
+    }
+}
+
+fn is_special(kind: u32) -> bool {
+    matches!(kind, VMA_VDSO | VMA_VVAR | VMA_VVAR_VCLOCK | VMA_VSYSCALL)
+}
+
+/// Writes a NUL-terminated path into scratch and opens it in the task.
+fn remote_open(r: &mut Remote, s: &Scratch, path: &[u8], flags: i32) -> Result<u64> {
+    let mut p = path.to_vec();
+    p.push(0);
+    if p.len() > 4096 {
+        return Err(Error::Refused(format!(
+            "path too long: {}",
+            String::from_utf8_lossy(path)
+        )));
+    }
+    s.write(0, &p)?;
+    r.call(
+        &format!("open {}", String::from_utf8_lossy(path)),
+        libc::SYS_openat,
+        &[
+            libc::AT_FDCWD as i64 as u64,
+            s.addr,
+            (flags | libc::O_CLOEXEC) as u64,
+            0,
+        ],
+    )
+}
+
+fn overlaps(a: (u64, u64), b: (u64, u64)) -> bool {
+    a.0 < b.1 && b.0 < a.1
+}
+
+/// Moves the task's own [vvar]/[vvar_vclock]/[vdso] to where the image had
+/// them (the kernel follows a moved vDSO, so signal return and vsyscalls work).
+fn move_vdso(r: &mut Remote, cur: &[MapEntry], p: &ProcessImage) -> Result<()> {
+    const MREMAP_MAYMOVE: u64 = 1;
+    const MREMAP_FIXED: u64 = 2;
+    let mut moves: Vec<(u64, u64, u64)> = Vec::new(); // (current, target, len)
+    for kind in [VMA_VVAR, VMA_VVAR_VCLOCK, VMA_VDSO] {
+        let c = cur.iter().find(|m| kind_of_special(&m.path) == Some(kind));
+        let t = p.vmas.iter().find(|v| v.kind == kind);
+        match (c, t) {
+            (Some(c), Some(t)) => moves.push((c.start, t.start, c.size())),
+            // The image had none (unmapped by the program): drop ours.
+            (Some(c), None) => {
+                r.call("munmap", libc::SYS_munmap, &[c.start, c.size()])?;
+            }
+            _ => {}
+        }
+    }
+    moves.retain(|m| m.0 != m.1);
+    let clash = moves.iter().any(|a| {
+        moves
+            .iter()
+            .any(|b| overlaps((a.0, a.0 + a.2), (b.1, b.1 + b.2)))
+    });
+    if clash {
+        // Park the block elsewhere first so no move lands on a piece not yet moved.
+        let total: u64 = moves.iter().map(|m| m.2).sum();
+        let tmp = r.call(
+            "mmap",
+            libc::SYS_mmap,
+            &[
+                0,
+                total,
+                libc::PROT_NONE as u64,
+                (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64,
+                u64::MAX,
+                0,
+            ],
+        )?;
+        if moves
+            .iter()
+            .any(|m| overlaps((tmp, tmp + total), (m.1, m.1 + m.2)))
+        {
+            return Err(Error::Refused(
+                "cannot find a free place to move the vDSO through".into(),
+            ));
+        }
+        let mut off = 0;
+        for m in moves.iter_mut() {
+            r.call(
+                "mremap(vdso)",
+                libc::SYS_mremap,
+                &[m.0, m.2, m.2, MREMAP_MAYMOVE | MREMAP_FIXED, tmp + off],
+            )?;
+            m.0 = tmp + off;
+            off += m.2;
+        }
+    }
+    for (from, to, len) in moves {
+        r.call(
+            "mremap(vdso)",
+            libc::SYS_mremap,
+            &[from, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, to],
+        )?;
+    }
+    Ok(())
+}
+
+/// Replaces the task's address space with the image's: unmaps everything
+/// but the trampoline and the vDSO, moves the vDSO, maps every saved
+/// mapping, has the task read its pages from the image fd, restores
+/// protections, and sets the mm fields with PR_SET_MM_MAP.
+pub fn replace_address_space(
+    r: &mut Remote,
+    s: &Scratch,
+    p: &ProcessImage,
+    tramp: u64,
+    tramp_len: u64,
+    img_fd: i32,
+) -> Result<()> {
+    let pid = r.tid();
+    let cur = procfs::maps(pid).ctx(pid, || "read maps".into())?;
+    for m in &cur {
+        if (m.start >= tramp && m.end <= tramp + tramp_len) || kind_of_special(&m.path).is_some() {
+            continue;
+        }
+        r.call("munmap", libc::SYS_munmap, &[m.start, m.size()])?;
+    }
+    move_vdso(r, &cur, p)?;
+
+    let mut opened: Vec<(Vec<u8>, i32, u64)> = Vec::new();
+    let mut widened = Vec::new();
+    for v in p.vmas.iter().filter(|v| !is_special(v.kind)) {
+        let len = v.end - v.start;
+        let fill = p
+            .pages
+            .iter()
+            .any(|run| overlaps((run.addr, run.addr + run.nr_pages * PAGE), (v.start, v.end)));
+        let mut prot = v.prot as u64;
+        if fill && v.prot & libc::PROT_WRITE as u32 == 0 {
+            prot |= libc::PROT_WRITE as u64;
+            widened.push(v);
+        }
+        let shared = v.flags & VMAF_SHARED != 0;
+        let mut flags = libc::MAP_FIXED as u64
+            | if shared {
+                libc::MAP_SHARED
+            } else {
+                libc::MAP_PRIVATE
+            } as u64;
+        if v.flags & VMAF_GROWSDOWN != 0 {
+            flags |= libc::MAP_GROWSDOWN as u64;
+        }
+        let (fd, off) = if v.kind == VMA_FILE && v.flags & VMAF_DELETED == 0 {
+            let mode = if shared && v.prot & libc::PROT_WRITE as u32 != 0 {
+                libc::O_RDWR
+            } else {
+                libc::O_RDONLY
+            };
+            let fd = match opened.iter().find(|o| o.0 == v.path.0 && o.1 == mode) {
+                Some(o) => o.2,
+                None => {
+                    let fd = remote_open(r, s, &v.path.0, mode)?;
+                    opened.push((v.path.0.clone(), mode, fd));
+                    fd
+                }
+            };
+            (fd, v.pgoff)
+        } else {
+            flags |= libc::MAP_ANONYMOUS as u64;
+            (u64::MAX, 0)
+        };
+        let a = r.call(
+            "mmap",
+            libc::SYS_mmap,
+            &[v.start, len, prot, flags, fd, off],
+        )?;
+        if a != v.start {
+            return Err(Error::Refused(format!(
+                "mapping {:#x} landed at {a:#x}",
+                v.start
+            )));
+        }
+    }
+    for (_, _, fd) in opened {
+        r.call("close", libc::SYS_close, &[fd])?;
+    }
+    // One copy per page: the task reads its own pages from the image file.
+    for run in &p.pages {
+        let mut done = 0;
+        let total = run.nr_pages * PAGE;
+        while done < total {
+            let n = r.call(
+                "pread64(image)",
+                libc::SYS_pread64,
+                &[
+                    img_fd as u64,
+                    run.addr + done,
+                    total - done,
+                    run.data_offset + done,
+                ],
+            )?;
+            if n == 0 {
+                return Err(Error::Refused(format!(
+                    "image ends inside the page data for {:#x}",
+                    run.addr
+                )));
+            }
+            done += n;
+        }
+    }
+    for v in widened {
+        r.call(
+            "mprotect",
+            libc::SYS_mprotect,
+            &[v.start, v.end - v.start, v.prot as u64],
+        )?;
+    }
+    set_mm_map(r, s, p)
+}
+
+fn set_mm_map(r: &mut Remote, s: &Scratch, p: &ProcessImage) -> Result<()> {
+    let m = &p.mm;
+    let auxv = &m.auxv.0;
+    if auxv.len() > 4096 || auxv.len() % 8 != 0 {
+        return Err(Error::Refused(format!(
+            "auxv of {} bytes in image is invalid",
+            auxv.len()
+        )));
+    }
+    let exe_fd = if p.process.exe.0.is_empty() {
+        None
+    } else {
+        remote_open(r, s, &p.process.exe.0, libc::O_RDONLY).ok()
+    };
+    let build = |exe: u32| {
+        let mut b = Vec::with_capacity(104 + auxv.len());
+        for v in [
+            m.start_code,
+            m.end_code,
+            m.start_data,
+            m.end_data,
+            m.start_brk,
+            m.brk,
+            m.start_stack,
+            m.arg_start,
+            m.arg_end,
+            m.env_start,
+            m.env_end,
+        ] {
+            b.extend_from_slice(&v.to_le_bytes());
+        }
+        b.extend_from_slice(&(s.addr + 104).to_le_bytes());
+        b.extend_from_slice(&(auxv.len() as u32).to_le_bytes());
+        b.extend_from_slice(&exe.to_le_bytes());
+        debug_assert_eq!(b.len(), 104);
+        b.extend_from_slice(auxv);
+        b
+    };
+    let mut result = Err(Error::Refused("PR_SET_MM_MAP not attempted".into()));
+    for exe in [exe_fd.map(|f| f as u32), None] {
+        if exe.is_none() && result.is_ok() {
+            break;
+        }
+        s.write(0, &build(exe.unwrap_or(u32::MAX)))?;
+        result = r.call(
+            "prctl(PR_SET_MM_MAP)",
+            libc::SYS_prctl,
+            &[PR_SET_MM, PR_SET_MM_MAP, s.addr, 104, 0],
+        );
+        if result.is_ok() {
+            break;
+        }
+        if exe.is_some() {
+            tracing::warn!(
+                "PR_SET_MM_MAP with the executable failed; /proc/PID/exe will name ckpt"
+            );
+        }
+    }
+    if let Some(fd) = exe_fd {
+        r.call("close", libc::SYS_close, &[fd])?;
+    }
+    result.map(drop)
+}

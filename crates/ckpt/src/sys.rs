@@ -1,0 +1,512 @@
+//! The syscall boundary: every raw syscall, ptrace request and kernel struct
+//! ckpt uses lives here, each in a small function with a SAFETY note. The
+//! rest of the library is safe Rust.
+
+use std::io;
+
+pub type Pid = i32;
+pub type Regs = libc::user_regs_struct;
+
+/// NT_X86_XSTATE regset (elf.h).
+const NT_X86_XSTATE: libc::c_int = 0x202;
+/// Offset of `u_debugreg` in `struct user` (x86_64).
+const DEBUGREG_OFFSET: usize = std::mem::offset_of!(libc::user, u_debugreg);
+/// Largest xsave area we accept from the kernel (AMX tiles need ~11 KiB).
+pub const XSTATE_MAX: usize = 16384;
+
+fn check(r: libc::c_long) -> io::Result<libc::c_long> {
+    if r == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+fn ptrace(req: libc::c_uint, tid: Pid, addr: usize, data: usize) -> io::Result<libc::c_long> {
+    // SAFETY: every caller passes addr/data that are either integers or
+    // pointers to live buffers of the size the request expects.
+    check(unsafe { libc::ptrace(req, tid, addr, data) })
+}
+
+/// PTRACE_SEIZE with `options`.
+pub fn seize(tid: Pid, options: i32) -> io::Result<()> {
+    ptrace(libc::PTRACE_SEIZE, tid, 0, options as usize).map(drop)
+}
+/// PTRACE_INTERRUPT: stop a seized task.
+pub fn interrupt(tid: Pid) -> io::Result<()> {
+    ptrace(libc::PTRACE_INTERRUPT, tid, 0, 0).map(drop)
+}
+/// PTRACE_SETOPTIONS.
+pub fn set_options(tid: Pid, options: i32) -> io::Result<()> {
+    ptrace(libc::PTRACE_SETOPTIONS, tid, 0, options as usize).map(drop)
+}
+/// PTRACE_CONT delivering `sig` (0 for none).
+pub fn cont(tid: Pid, sig: i32) -> io::Result<()> {
+    ptrace(libc::PTRACE_CONT, tid, 0, sig as usize).map(drop)
+}
+/// PTRACE_SYSCALL: run to the next syscall entry or exit.
+pub fn cont_syscall(tid: Pid) -> io::Result<()> {
+    ptrace(libc::PTRACE_SYSCALL, tid, 0, 0).map(drop)
+}
+/// PTRACE_DETACH delivering `sig`.
+pub fn detach(tid: Pid, sig: i32) -> io::Result<()> {
+    ptrace(libc::PTRACE_DETACH, tid, 0, sig as usize).map(drop)
+}
+/// PTRACE_TRACEME (called in a child we created).
+pub fn traceme() -> io::Result<()> {
+    ptrace(libc::PTRACE_TRACEME, 0, 0, 0).map(drop)
+}
+
+/// PTRACE_GETREGS.
+pub fn get_regs(tid: Pid) -> io::Result<Regs> {
+    // SAFETY: user_regs_struct is plain integers; all-zero is valid.
+    let mut r: Regs = unsafe { std::mem::zeroed() };
+    ptrace(libc::PTRACE_GETREGS, tid, 0, &mut r as *mut Regs as usize)?;
+    Ok(r)
+}
+/// PTRACE_SETREGS.
+pub fn set_regs(tid: Pid, r: &Regs) -> io::Result<()> {
+    ptrace(libc::PTRACE_SETREGS, tid, 0, r as *const Regs as usize).map(drop)
+}
+
+/// PTRACE_GETREGSET NT_X86_XSTATE: the full xsave area.
+pub fn get_xstate(tid: Pid) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; XSTATE_MAX];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    ptrace(
+        libc::PTRACE_GETREGSET,
+        tid,
+        NT_X86_XSTATE as usize,
+        &mut iov as *mut libc::iovec as usize,
+    )?;
+    buf.truncate(iov.iov_len);
+    Ok(buf)
+}
+/// PTRACE_SETREGSET NT_X86_XSTATE.
+pub fn set_xstate(tid: Pid, area: &[u8]) -> io::Result<()> {
+    let mut iov = libc::iovec {
+        iov_base: area.as_ptr() as *mut libc::c_void,
+        iov_len: area.len(),
+    };
+    ptrace(
+        libc::PTRACE_SETREGSET,
+        tid,
+        NT_X86_XSTATE as usize,
+        &mut iov as *mut libc::iovec as usize,
+    )
+    .map(drop)
+}
+
+/// Reads debug register `i` (PTRACE_PEEKUSER).
+pub fn get_debugreg(tid: Pid, i: usize) -> io::Result<u64> {
+    // PEEKUSER returns the value; -1 is ambiguous, so clear errno first.
+    // SAFETY: __errno_location returns this thread's errno slot.
+    unsafe { *libc::__errno_location() = 0 };
+    // SAFETY: PEEKUSER reads a word at an offset inside struct user.
+    let v = unsafe { libc::ptrace(libc::PTRACE_PEEKUSER, tid, DEBUGREG_OFFSET + i * 8, 0) };
+    let e = io::Error::last_os_error();
+    if v == -1 && e.raw_os_error() != Some(0) {
+        return Err(e);
+    }
+    Ok(v as u64)
+}
+/// Writes debug register `i` (PTRACE_POKEUSER).
+pub fn set_debugreg(tid: Pid, i: usize, v: u64) -> io::Result<()> {
+    ptrace(
+        libc::PTRACE_POKEUSER,
+        tid,
+        DEBUGREG_OFFSET + i * 8,
+        v as usize,
+    )
+    .map(drop)
+}
+
+/// PTRACE_GETSIGMASK.
+pub fn get_sigmask(tid: Pid) -> io::Result<u64> {
+    let mut m = 0u64;
+    ptrace(libc::PTRACE_GETSIGMASK, tid, 8, &mut m as *mut u64 as usize)?;
+    Ok(m)
+}
+/// PTRACE_SETSIGMASK.
+pub fn set_sigmask(tid: Pid, m: u64) -> io::Result<()> {
+    ptrace(libc::PTRACE_SETSIGMASK, tid, 8, &m as *const u64 as usize).map(drop)
+}
+
+/// PTRACE_PEEKSIGINFO: the queued signals (private or shared queue), raw.
+pub fn peek_siginfo(tid: Pid, shared: bool) -> io::Result<Vec<[u8; 128]>> {
+    let mut out = Vec::new();
+    loop {
+        let mut buf = [[0u8; 128]; 32];
+        let args = libc::ptrace_peeksiginfo_args {
+            off: out.len() as u64,
+            flags: if shared {
+                libc::PTRACE_PEEKSIGINFO_SHARED
+            } else {
+                0
+            },
+            nr: buf.len() as i32,
+        };
+        let n = ptrace(
+            libc::PTRACE_PEEKSIGINFO,
+            tid,
+            &args as *const _ as usize,
+            buf.as_mut_ptr() as usize,
+        )? as usize;
+        out.extend_from_slice(&buf[..n]);
+        if n < buf.len() {
+            return Ok(out);
+        }
+    }
+}
+
+/// PTRACE_GET_RSEQ_CONFIGURATION: (address, length, signature).
+pub fn rseq_config(tid: Pid) -> io::Result<(u64, u32, u32)> {
+    // SAFETY: plain integers; zero is valid.
+    let mut c: libc::ptrace_rseq_configuration = unsafe { std::mem::zeroed() };
+    ptrace(
+        libc::PTRACE_GET_RSEQ_CONFIGURATION,
+        tid,
+        std::mem::size_of_val(&c),
+        &mut c as *mut _ as usize,
+    )?;
+    Ok((c.rseq_abi_pointer, c.rseq_abi_size, c.signature))
+}
+
+/// waitpid(tid, __WALL | extra): returns the raw status.
+pub fn wait(tid: Pid, extra: i32) -> io::Result<(Pid, i32)> {
+    let mut st = 0;
+    loop {
+        // SAFETY: st is a valid out-pointer.
+        let r = unsafe { libc::waitpid(tid, &mut st, libc::__WALL | extra) };
+        if r == -1 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        return Ok((r, st));
+    }
+}
+
+/// kill(pid, sig).
+pub fn kill(pid: Pid, sig: i32) -> io::Result<()> {
+    // SAFETY: plain syscall with integer arguments.
+    check(unsafe { libc::kill(pid, sig) } as libc::c_long).map(drop)
+}
+
+/// tgkill(tgid, tid, sig).
+pub fn tgkill(tgid: Pid, tid: Pid, sig: i32) -> io::Result<()> {
+    // SAFETY: plain syscall with integer arguments.
+    check(unsafe { libc::syscall(libc::SYS_tgkill, tgid, tid, sig) }).map(drop)
+}
+
+/// kcmp(KCMP_FILE): do two fds of two processes share one open file description?
+pub fn same_file(pid1: Pid, fd1: i32, pid2: Pid, fd2: i32) -> io::Result<bool> {
+    const KCMP_FILE: i32 = 0;
+    // SAFETY: kcmp takes integers only.
+    let r = check(unsafe { libc::syscall(libc::SYS_kcmp, pid1, pid2, KCMP_FILE, fd1, fd2) })?;
+    Ok(r == 0)
+}
+
+/// prlimit(pid, resource, new, old).
+pub fn prlimit(pid: Pid, res: u32, new: Option<(u64, u64)>) -> io::Result<(u64, u64)> {
+    let n = new.map(|(c, m)| libc::rlimit64 {
+        rlim_cur: c,
+        rlim_max: m,
+    });
+    let mut old = libc::rlimit64 {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    let np = n.as_ref().map_or(std::ptr::null(), |n| n as *const _);
+    // SAFETY: np is null or points to a live rlimit64; old is a valid out-pointer.
+    check(unsafe { libc::prlimit64(pid, res as _, np, &mut old) } as libc::c_long)?;
+    Ok((old.rlim_cur, old.rlim_max))
+}
+
+/// clone3 with `set_tid = [pid]`: a fork whose child gets `pid`.
+/// Returns 0 in the child, the pid in the parent.
+pub fn fork_with_pid(pid: Pid) -> io::Result<Pid> {
+    let tid = [pid as u64];
+    // SAFETY: clone_args is plain integers.
+    let mut a: libc::clone_args = unsafe { std::mem::zeroed() };
+    a.exit_signal = libc::SIGCHLD as u64;
+    a.set_tid = tid.as_ptr() as u64;
+    a.set_tid_size = 1;
+    // SAFETY: without CLONE_VM this is a fork: the child gets a copy of our
+    // (single-threaded) address space and returns 0 on its own stack copy.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &a as *const libc::clone_args,
+            std::mem::size_of::<libc::clone_args>(),
+        )
+    };
+    check(r).map(|r| r as Pid)
+}
+
+/// pidfd_open(pid).
+pub fn pidfd_open(pid: Pid) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: integer arguments; on success the kernel returns a new fd we own.
+    let r = check(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) })?;
+    // SAFETY: r is a fresh fd owned by nobody else.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(r as i32) })
+}
+
+/// CPUID leaf/subleaf: (eax, ebx, ecx, edx).
+pub fn cpuid(leaf: u32, sub: u32) -> (u32, u32, u32, u32) {
+    #[allow(unused_unsafe)]
+    // SAFETY: cpuid exists on every x86_64 CPU.
+    let r = unsafe { std::arch::x86_64::__cpuid_count(leaf, sub) };
+    (r.eax, r.ebx, r.ecx, r.edx)
+}
+
+/// XCR0: the xstate features the OS enabled on this CPU.
+pub fn xcr0() -> u64 {
+    #[target_feature(enable = "xsave")]
+    unsafe fn xgetbv0() -> u64 {
+        // SAFETY: the caller checked OSXSAVE.
+        unsafe { std::arch::x86_64::_xgetbv(0) }
+    }
+    let (_, _, ecx, _) = cpuid(1, 0);
+    if ecx & (1 << 27) == 0 {
+        return 0x3; // no OSXSAVE: x87 + SSE only
+    }
+    // SAFETY: OSXSAVE is set, so xgetbv is available.
+    unsafe { xgetbv0() }
+}
+
+/// Blocks every signal in the calling thread (used in restore children).
+pub fn block_all_signals() {
+    let all = !0u64;
+    // SAFETY: raw rt_sigprocmask with an 8-byte mask.
+    unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK,
+            &all as *const u64,
+            std::ptr::null_mut::<u64>(),
+            8,
+        )
+    };
+}
+
+/// rt_sigaction with the kernel's struct layout (handler, flags, restorer, mask).
+pub fn set_sigaction(
+    sig: u32,
+    handler: u64,
+    flags: u64,
+    restorer: u64,
+    mask: u64,
+) -> io::Result<()> {
+    let act: [u64; 4] = [handler, flags, restorer, mask];
+    // SAFETY: act matches struct kernel_sigaction on x86_64; the handler
+    // addresses are not called in this process (all signals are blocked).
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigaction,
+            sig,
+            act.as_ptr(),
+            std::ptr::null_mut::<u64>(),
+            8,
+        )
+    })
+    .map(drop)
+}
+
+/// raise(SIGSTOP) in the calling process.
+pub fn stop_self() {
+    // SAFETY: plain syscall.
+    unsafe { libc::raise(libc::SIGSTOP) };
+}
+
+/// _exit(code): leave a forked child without running destructors.
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: terminates the process; nothing runs after it.
+    unsafe { libc::_exit(code) }
+}
+
+/// mmap of anonymous memory in the calling process at `addr` (MAP_FIXED_NOREPLACE if addr != 0).
+pub fn mmap_anon(addr: u64, len: usize, prot: i32) -> io::Result<u64> {
+    let flags = libc::MAP_PRIVATE
+        | libc::MAP_ANONYMOUS
+        | if addr != 0 {
+            libc::MAP_FIXED_NOREPLACE
+        } else {
+            0
+        };
+    // SAFETY: anonymous mapping; with NOREPLACE it cannot clobber existing mappings.
+    let p = unsafe { libc::mmap(addr as *mut _, len, prot, flags, -1, 0) };
+    if p == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(p as u64)
+}
+
+/// munmap in the calling process.
+pub fn munmap(addr: u64, len: usize) {
+    // SAFETY: callers only unmap regions they mapped and no longer reference.
+    unsafe { libc::munmap(addr as *mut _, len) };
+}
+
+/// Writes `data` at `addr` in our own memory (a page we mapped ourselves).
+pub fn poke_own(addr: u64, data: &[u8]) {
+    // SAFETY: callers pass an address inside a writable mapping of ours,
+    // with room for data.len() bytes.
+    unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), addr as *mut u8, data.len()) };
+}
+
+/// umask(mask).
+pub fn umask(mask: u32) {
+    // SAFETY: plain syscall.
+    unsafe { libc::umask(mask) };
+}
+
+/// personality(p).
+pub fn personality(p: u32) -> io::Result<()> {
+    // SAFETY: plain syscall.
+    check(unsafe { libc::personality(p as _) } as libc::c_long).map(drop)
+}
+
+/// setsid().
+pub fn setsid() -> io::Result<()> {
+    // SAFETY: plain syscall.
+    check(unsafe { libc::setsid() } as libc::c_long).map(drop)
+}
+
+/// setpgid(pid, pgid).
+pub fn setpgid(pid: Pid, pgid: Pid) -> io::Result<()> {
+    // SAFETY: plain syscall.
+    check(unsafe { libc::setpgid(pid, pgid) } as libc::c_long).map(drop)
+}
+
+/// dup3 / fcntl helpers on raw fds of the calling process.
+pub fn dup2(old: i32, new: i32) -> io::Result<()> {
+    if old == new {
+        return Ok(());
+    }
+    // SAFETY: plain syscall on integer fds.
+    check(unsafe { libc::dup2(old, new) } as libc::c_long).map(drop)
+}
+pub fn dup_above(fd: i32, min: i32) -> io::Result<i32> {
+    // SAFETY: plain syscall on integer fds.
+    check(unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, min) } as libc::c_long).map(|v| v as i32)
+}
+pub fn close(fd: i32) {
+    // SAFETY: the caller owns fd by number (restore child rebuilding its table).
+    unsafe { libc::close(fd) };
+}
+pub fn fcntl_set(fd: i32, cmd: i32, v: i32) -> io::Result<()> {
+    // SAFETY: F_SETFD/F_SETFL take an integer.
+    check(unsafe { libc::fcntl(fd, cmd, v) } as libc::c_long).map(drop)
+}
+pub fn lseek(fd: i32, pos: u64) -> io::Result<()> {
+    // SAFETY: plain syscall.
+    check(unsafe { libc::lseek64(fd, pos as i64, libc::SEEK_SET) } as libc::c_long).map(drop)
+}
+/// open(2) returning a raw fd number the caller manages.
+pub fn open_raw(path: &[u8], flags: i32, mode: u32) -> io::Result<i32> {
+    let c = std::ffi::CString::new(path)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))?;
+    // SAFETY: c is a valid NUL-terminated string.
+    check(unsafe { libc::open(c.as_ptr(), flags, mode) } as libc::c_long).map(|v| v as i32)
+}
+/// The highest fd number currently open in this process (or -1).
+pub fn close_range_from(first: u32) {
+    // SAFETY: closes fds >= first; callers moved what they need below.
+    unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, 0) };
+}
+
+/// write(2) all of `data` to a raw fd of the calling process.
+pub fn write_all(fd: i32, mut data: &[u8]) -> io::Result<()> {
+    while !data.is_empty() {
+        // SAFETY: data is a live buffer of data.len() bytes.
+        let n = unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        data = &data[n as usize..];
+    }
+    Ok(())
+}
+
+/// pipe2(O_CLOEXEC): (read end, write end) as raw fds.
+pub fn pipe() -> io::Result<(i32, i32)> {
+    let mut fds = [0i32; 2];
+    // SAFETY: fds is a valid out-array of two ints.
+    check(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } as libc::c_long)?;
+    Ok((fds[0], fds[1]))
+}
+
+/// read(2) into buf from a raw fd.
+pub fn read(fd: i32, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        // SAFETY: buf is a live, writable buffer of buf.len() bytes.
+        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// memfd_create(name, MFD_CLOEXEC).
+pub fn memfd(name: &str) -> io::Result<std::fs::File> {
+    use std::os::fd::FromRawFd;
+    let c = std::ffi::CString::new(name).expect("no NUL in memfd name");
+    // SAFETY: c is NUL-terminated.
+    let fd = check(unsafe { libc::memfd_create(c.as_ptr(), libc::MFD_CLOEXEC) } as libc::c_long)?;
+    // SAFETY: fd is fresh and owned by nobody else.
+    Ok(unsafe { std::fs::File::from_raw_fd(fd as i32) })
+}
+
+/// chdir / chroot in the calling process.
+pub fn chdir(path: &[u8]) -> io::Result<()> {
+    let c = std::ffi::CString::new(path).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: c is NUL-terminated.
+    check(unsafe { libc::chdir(c.as_ptr()) } as libc::c_long).map(drop)
+}
+pub fn chroot(path: &[u8]) -> io::Result<()> {
+    let c = std::ffi::CString::new(path).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: c is NUL-terminated.
+    check(unsafe { libc::chroot(c.as_ptr()) } as libc::c_long).map(drop)
+}
+
+/// prctl with integer arguments in the calling process.
+pub fn prctl(opt: i32, a: u64) -> io::Result<()> {
+    // SAFETY: integer-only prctl options.
+    check(unsafe { libc::prctl(opt, a, 0u64, 0u64, 0u64) } as libc::c_long).map(drop)
+}
+
+/// Installs `handler` for `sig` in the calling process (plain C handler).
+pub fn on_signal(sig: i32, handler: extern "C" fn(i32)) {
+    // SAFETY: handler only calls async-signal-safe functions (callers' contract).
+    unsafe { libc::signal(sig, handler as usize) };
+}
+
+/// Size of the xsave area this kernel exchanges through NT_X86_XSTATE
+/// (the standard-format size for the features enabled in XCR0).
+pub fn get_xstate_size() -> usize {
+    cpuid(0xd, 0).1 as usize
+}
+
+/// prctl(PR_SET_NAME): the calling thread's comm.
+pub fn set_comm(name: &[u8]) {
+    let mut b = [0u8; 16];
+    let n = name.len().min(15);
+    b[..n].copy_from_slice(&name[..n]);
+    // SAFETY: b is a NUL-terminated 16-byte buffer.
+    unsafe { libc::prctl(libc::PR_SET_NAME, b.as_ptr(), 0u64, 0u64, 0u64) };
+}

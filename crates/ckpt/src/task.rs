@@ -1,0 +1,322 @@
+//! Per-process and per-thread state other than memory and files: ids,
+//! names, credentials, limits, signal dispositions and queues, timers,
+//! alternate signal stacks, rseq. Both directions live here.
+
+use crate::error::{Ctx, Result};
+use crate::procfs::{self, Stat, Status};
+use crate::remote::Remote;
+use crate::sys::{self, Pid};
+use ckpt_image::*;
+use std::os::unix::fs::FileExt;
+
+/// Number of resource limits (RLIM_NLIMITS).
+const NLIMITS: u32 = 16;
+
+/// Scratch memory in a stopped task for syscalls that take pointers.
+pub struct Scratch<'a> {
+    pub addr: u64,
+    pub mem: &'a std::fs::File,
+    pub pid: Pid,
+}
+
+impl Scratch<'_> {
+    pub fn read(&self, off: u64, len: usize) -> Result<Vec<u8>> {
+        let mut b = vec![0u8; len];
+        self.mem
+            .read_exact_at(&mut b, self.addr + off)
+            .ctx(self.pid, || "read scratch memory".into())?;
+        Ok(b)
+    }
+    pub fn write(&self, off: u64, data: &[u8]) -> Result<()> {
+        self.mem
+            .write_all_at(data, self.addr + off)
+            .ctx(self.pid, || "write scratch memory".into())
+    }
+    pub fn u64s(&self, off: u64, n: usize) -> Result<Vec<u64>> {
+        Ok(self
+            .read(off, n * 8)?
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
+            .collect())
+    }
+}
+
+pub fn text(b: &[u8]) -> Text {
+    Text(
+        b.iter()
+            .copied()
+            .filter(|&c| c != 0)
+            .take(MAX_TEXT)
+            .collect(),
+    )
+}
+
+/// Process record from /proc and a few injected prctls.
+pub fn dump_process(
+    pid: Pid,
+    st: &Stat,
+    status: &Status,
+    r: &mut Remote,
+    s: &Scratch,
+) -> Result<Process> {
+    let int_at = |r: &mut Remote, opt: i32| -> Result<u32> {
+        r.call("prctl", libc::SYS_prctl, &[opt as u64, s.addr])?;
+        let b = s.read(0, 4)?;
+        Ok(u32::from_le_bytes(b.try_into().expect("4 bytes")))
+    };
+    let personality = procfs::read(pid, "personality")
+        .ok()
+        .and_then(|p| u32::from_str_radix(p.trim(), 16).ok())
+        .unwrap_or(0);
+    Ok(Process {
+        pid,
+        ppid: st.ppid,
+        pgid: st.pgrp,
+        sid: st.session,
+        nr_threads: 1,
+        comm: text(&st.comm),
+        exe: text(&procfs::link(pid, "exe").unwrap_or_default()),
+        cwd: text(&procfs::link(pid, "cwd").ctx(pid, || "read cwd".into())?),
+        root: text(&procfs::link(pid, "root").ctx(pid, || "read root".into())?),
+        umask: status.octal("Umask").unwrap_or(0o022),
+        personality,
+        dumpable: r.call(
+            "prctl(PR_GET_DUMPABLE)",
+            libc::SYS_prctl,
+            &[libc::PR_GET_DUMPABLE as u64],
+        )? as u32,
+        child_subreaper: int_at(r, libc::PR_GET_CHILD_SUBREAPER)?,
+        pdeathsig: int_at(r, libc::PR_GET_PDEATHSIG)?,
+    })
+}
+
+pub fn dump_creds(status: &Status) -> Creds {
+    let u = status.ids("Uid");
+    let g = status.ids("Gid");
+    let at = |v: &Vec<u32>, i: usize| v.get(i).copied().unwrap_or(0);
+    Creds {
+        uid: at(&u, 0),
+        euid: at(&u, 1),
+        suid: at(&u, 2),
+        fsuid: at(&u, 3),
+        gid: at(&g, 0),
+        egid: at(&g, 1),
+        sgid: at(&g, 2),
+        fsgid: at(&g, 3),
+        groups: status.ids("Groups"),
+        cap_inh: status.hex("CapInh"),
+        cap_prm: status.hex("CapPrm"),
+        cap_eff: status.hex("CapEff"),
+        cap_bnd: status.hex("CapBnd"),
+        cap_amb: status.hex("CapAmb"),
+        no_new_privs: status.num("NoNewPrivs").unwrap_or(0) as u32,
+    }
+}
+
+pub fn dump_rlimits(pid: Pid) -> Result<Rlimits> {
+    let mut limits = Vec::new();
+    for res in 0..NLIMITS {
+        let (cur, max) = sys::prlimit(pid, res, None).ctx(pid, || format!("prlimit({res})"))?;
+        limits.push(Rlimit {
+            resource: res,
+            cur,
+            max,
+        });
+    }
+    Ok(Rlimits { limits })
+}
+
+/// Sets limits from outside (prlimit on the restored pid).
+pub fn restore_rlimits(pid: Pid, r: &Rlimits) -> Result<()> {
+    for l in &r.limits {
+        sys::prlimit(pid, l.resource, Some((l.cur, l.max))).ctx(pid, || {
+            format!("set resource limit {} to {}/{}", l.resource, l.cur, l.max)
+        })?;
+    }
+    Ok(())
+}
+
+/// Signal dispositions, read with injected rt_sigaction (they are not in /proc).
+pub fn dump_sigactions(r: &mut Remote, s: &Scratch) -> Result<SigActions> {
+    let mut actions = Vec::new();
+    for sig in 1..=64u32 {
+        if sig == libc::SIGKILL as u32 || sig == libc::SIGSTOP as u32 {
+            continue;
+        }
+        r.call(
+            "rt_sigaction",
+            libc::SYS_rt_sigaction,
+            &[sig as u64, 0, s.addr, 8],
+        )?;
+        let v = s.u64s(0, 4)?;
+        if v.iter().any(|&x| x != 0) {
+            actions.push(SigAction {
+                signo: sig,
+                handler: v[0],
+                flags: v[1],
+                restorer: v[2],
+                mask: v[3],
+            });
+        }
+    }
+    Ok(SigActions { actions })
+}
+
+/// Installs dispositions in the calling process (a restore child with every
+/// signal blocked; the handlers are addresses in the restored memory).
+pub fn restore_sigactions(a: &SigActions) -> std::io::Result<()> {
+    for s in &a.actions {
+        if s.signo == 0
+            || s.signo > 64
+            || s.signo == libc::SIGKILL as u32
+            || s.signo == libc::SIGSTOP as u32
+        {
+            continue;
+        }
+        sys::set_sigaction(s.signo, s.handler, s.flags, s.restorer, s.mask)?;
+    }
+    Ok(())
+}
+
+fn usecs(sec: u64, usec: u64) -> u64 {
+    sec.saturating_mul(1_000_000).saturating_add(usec)
+}
+
+pub fn dump_itimers(r: &mut Remote, s: &Scratch) -> Result<Itimers> {
+    let mut timers = Vec::new();
+    for which in 0..3u32 {
+        r.call("getitimer", libc::SYS_getitimer, &[which as u64, s.addr])?;
+        let v = s.u64s(0, 4)?;
+        timers.push(Itimer {
+            which,
+            interval_us: usecs(v[0], v[1]),
+            value_us: usecs(v[2], v[3]),
+        });
+    }
+    Ok(Itimers { timers })
+}
+
+pub fn restore_itimers(r: &mut Remote, s: &Scratch, t: &Itimers) -> Result<()> {
+    for it in &t.timers {
+        if it.value_us == 0 && it.interval_us == 0 {
+            continue;
+        }
+        let v = [
+            it.interval_us / 1_000_000,
+            it.interval_us % 1_000_000,
+            it.value_us / 1_000_000,
+            it.value_us % 1_000_000,
+        ];
+        let b: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        s.write(0, &b)?;
+        r.call(
+            "setitimer",
+            libc::SYS_setitimer,
+            &[it.which as u64, s.addr, 0],
+        )?;
+    }
+    Ok(())
+}
+
+fn siginfo(raw: &[u8; 128]) -> SigInfo {
+    SigInfo {
+        signo: u32::from_le_bytes(raw[0..4].try_into().expect("4 bytes")),
+        code: i32::from_le_bytes(raw[8..12].try_into().expect("4 bytes")),
+        raw: Bytes(raw.to_vec()),
+    }
+}
+
+pub fn dump_pending(tid: Pid, shared: bool) -> Result<Vec<SigInfo>> {
+    Ok(sys::peek_siginfo(tid, shared)
+        .ctx(tid, || "PTRACE_PEEKSIGINFO".into())?
+        .iter()
+        .map(siginfo)
+        .collect())
+}
+
+/// Queues saved signals again, oldest first, while the task blocks them all.
+/// A task may send itself signals with any si_code, so the siginfo comes
+/// back exactly as it was.
+pub fn restore_pending(
+    r: &mut Remote,
+    s: &Scratch,
+    pid: Pid,
+    tid: Option<Pid>,
+    sigs: &[SigInfo],
+) -> Result<()> {
+    for si in sigs {
+        if si.raw.0.len() != 128 || si.signo == 0 || si.signo > 64 {
+            continue;
+        }
+        s.write(0, &si.raw.0)?;
+        match tid {
+            Some(t) => r.call(
+                "rt_tgsigqueueinfo",
+                libc::SYS_rt_tgsigqueueinfo,
+                &[pid as u64, t as u64, si.signo as u64, s.addr],
+            )?,
+            None => r.call(
+                "rt_sigqueueinfo",
+                libc::SYS_rt_sigqueueinfo,
+                &[pid as u64, si.signo as u64, s.addr],
+            )?,
+        };
+    }
+    Ok(())
+}
+
+/// Per-thread state: mask, queues, altstack, rseq, clear_child_tid.
+pub fn dump_thread(tid: Pid, sigmask: u64, r: &mut Remote, s: &Scratch) -> Result<Thread> {
+    r.call("sigaltstack", libc::SYS_sigaltstack, &[0, s.addr])?;
+    let ss = s.read(0, 24)?;
+    let ss_sp = u64::from_le_bytes(ss[0..8].try_into().expect("8"));
+    let ss_flags = u32::from_le_bytes(ss[8..12].try_into().expect("4"));
+    let ss_size = u64::from_le_bytes(ss[16..24].try_into().expect("8"));
+    r.call(
+        "prctl(PR_GET_TID_ADDRESS)",
+        libc::SYS_prctl,
+        &[libc::PR_GET_TID_ADDRESS as u64, s.addr],
+    )?;
+    let ctid = s.u64s(0, 1)?[0];
+    let (rseq_addr, rseq_len, rseq_sig) = sys::rseq_config(tid).unwrap_or((0, 0, 0));
+    Ok(Thread {
+        tid,
+        sigmask,
+        clear_child_tid: ctid,
+        altstack_sp: ss_sp,
+        altstack_size: ss_size,
+        altstack_flags: ss_flags,
+        rseq_addr,
+        rseq_len,
+        rseq_sig,
+        pending: dump_pending(tid, false)?,
+    })
+}
+
+/// Restores a thread's altstack, rseq and clear_child_tid by injection.
+pub fn restore_thread(r: &mut Remote, s: &Scratch, t: &Thread) -> Result<()> {
+    // SS_ONSTACK is a state, not a flag one can set; SS_DISABLE is.
+    const SS_DISABLE: u32 = 2;
+    if t.altstack_flags & SS_DISABLE == 0 && t.altstack_size != 0 {
+        let mut b = Vec::with_capacity(24);
+        b.extend_from_slice(&t.altstack_sp.to_le_bytes());
+        b.extend_from_slice(&(t.altstack_flags & !SS_DISABLE & !1).to_le_bytes());
+        b.extend_from_slice(&0u32.to_le_bytes());
+        b.extend_from_slice(&t.altstack_size.to_le_bytes());
+        s.write(0, &b)?;
+        r.call("sigaltstack", libc::SYS_sigaltstack, &[s.addr, 0])?;
+    }
+    r.call(
+        "set_tid_address",
+        libc::SYS_set_tid_address,
+        &[t.clear_child_tid],
+    )?;
+    if t.rseq_addr != 0 {
+        r.call(
+            "rseq",
+            libc::SYS_rseq,
+            &[t.rseq_addr, t.rseq_len as u64, 0, t.rseq_sig as u64],
+        )?;
+    }
+    Ok(())
+}
