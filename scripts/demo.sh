@@ -8,7 +8,7 @@ if [ "$(id -u)" != 0 ]; then
     echo "demo: ckpt needs root (ptrace, clone3 with a chosen pid); run: sudo $0" >&2
     exit 1
 fi
-cargo build --release
+cargo build --release --bin ckpt --example counter
 install -m 0755 target/release/ckpt /usr/local/bin/ckpt
 echo "installed /usr/local/bin/ckpt"
 ckpt check || true
@@ -18,15 +18,23 @@ pid=""
 cleanup() { [ -n "$pid" ] && kill -9 "$pid" 2>/dev/null; rm -rf "$dir"; }
 trap cleanup EXIT
 
-# A counter that appends one line per 0.1 s, with only shell builtins.
-bash -c 'i=0; while :; do i=$((i+1)); echo "$i" >> "$0"; read -t 0.1 <> <(:) || true; done' "$dir/count" \
-    </dev/null >/dev/null 2>&1 &
+# A counter that appends one line per 0.1 s.
+# It gets only stdin/stdout/stderr: fds inherited from whatever started
+# this script (pipes, sockets) are closed, as ckpt cannot save those yet.
+(
+    for p in /proc/$BASHPID/fd/*; do
+        fd=${p##*/}
+        [ "$fd" -gt 2 ] && eval "exec $fd>&-" 2>/dev/null
+    done
+    exec target/release/examples/counter "$dir/count"
+) </dev/null >/dev/null 2>&1 &
 pid=$!
+disown
 while [ ! -s "$dir/count" ] || [ "$(wc -l < "$dir/count")" -lt 10 ]; do sleep 0.1; done
 echo "demo: pid $pid has counted to $(tail -n1 "$dir/count")"
 
 ckpt checkpoint "$pid" -o "$dir/demo.img"
-echo "demo: checkpointed into $dir/demo.img ($(stat -c %s "$dir/demo.img") bytes); pid $pid is gone: $(kill -0 "$pid" 2>&1 || true)"
+echo "demo: checkpointed into $dir/demo.img ($(stat -c %s "$dir/demo.img") bytes); pid $pid is $([ -d /proc/$pid ] && echo "STILL RUNNING" || echo gone)"
 ckpt inspect "$dir/demo.img" | tail -n 1
 last=$(tail -n1 "$dir/count")
 
@@ -34,3 +42,9 @@ newpid=$(ckpt restart --detach "$dir/demo.img")
 echo "demo: restarted as pid $newpid"
 sleep 1
 echo "demo: it went on from $last to $(tail -n1 "$dir/count")"
+if seq 1 "$(tail -n1 "$dir/count")" | cmp -s - "$dir/count"; then
+    echo "demo: every number is there once, in order: no step lost or repeated"
+else
+    echo "demo: FAILED: the count has gaps or repeats" >&2
+    exit 1
+fi
