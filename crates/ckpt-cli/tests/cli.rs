@@ -1,0 +1,313 @@
+//! The CLI contract: help text, and bad input of every kind giving a clear
+//! one-line error (never a panic) from `inspect` and `restart`.
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+fn ckpt() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_ckpt"))
+}
+
+fn tmpdir(name: &str) -> PathBuf {
+    let d =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Asserts a clean failure: non-zero exit, a `ckpt:` message, no panic.
+fn assert_clean_failure(out: &Output, what: &str) -> String {
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !out.status.success(),
+        "{what}: expected failure, got success"
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{what}: exit status {:?}, stderr: {err}",
+        out.status
+    );
+    assert!(!err.contains("panicked"), "{what}: panicked: {err}");
+    assert!(err.contains("ckpt:"), "{what}: no error message: {err}");
+    err
+}
+
+/// A sleeping child with only stdin/stdout/stderr open; killed on drop.
+struct Sleeper(std::process::Child);
+
+impl Sleeper {
+    fn start() -> Self {
+        let mut c = Command::new("sleep");
+        c.arg("1000")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        // SAFETY: close_range is async-signal-safe; it drops fds the test
+        // runner may have inherited (pipes ckpt cannot checkpoint yet).
+        unsafe {
+            c.pre_exec(|| {
+                libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+                Ok(())
+            })
+        };
+        Sleeper(c.spawn().expect("spawn sleep"))
+    }
+    fn pid(&self) -> i32 {
+        self.0.id() as i32
+    }
+}
+
+impl Drop for Sleeper {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn help_explains_every_command() {
+    let out = ckpt().arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let h = String::from_utf8_lossy(&out.stdout);
+    for cmd in ["checkpoint", "restart", "inspect", "check"] {
+        assert!(h.contains(cmd), "--help lacks {cmd}: {h}");
+    }
+    let out = ckpt().args(["checkpoint", "--help"]).output().unwrap();
+    let h = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        h.contains("--leave-running") && h.contains("--log") && h.contains("-o"),
+        "{h}"
+    );
+    let out = ckpt().args(["restart", "--help"]).output().unwrap();
+    let h = String::from_utf8_lossy(&out.stdout);
+    assert!(h.contains("--detach") && h.contains("exit status"), "{h}");
+}
+
+#[test]
+fn bad_usage_fails_with_status_2() {
+    let out = ckpt().args(["checkpoint"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let out = ckpt()
+        .args(["checkpoint", "notapid", "-o", "x"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn missing_pid_is_a_clear_error() {
+    let d = tmpdir("nopid");
+    let out = ckpt()
+        .args(["checkpoint", "999999", "-o"])
+        .arg(d.join("x.img"))
+        .output()
+        .unwrap();
+    let err = assert_clean_failure(&out, "checkpoint of a missing pid");
+    assert!(err.contains("999999"), "{err}");
+}
+
+fn bad_inputs(d: &Path, valid: Option<&[u8]>) -> Vec<(String, PathBuf)> {
+    let mut v = vec![("/dev/null".to_string(), PathBuf::from("/dev/null"))];
+    let mut put = |name: String, data: &[u8]| {
+        let p = d.join(&name);
+        std::fs::write(&p, data).unwrap();
+        v.push((name, p));
+    };
+    put("empty".into(), b"");
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let random: Vec<u8> = (0..65536)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    put("random".into(), &random);
+    put("text".into(), b"#!/bin/sh\necho not an image\n");
+    if let Some(img) = valid {
+        for cut in [
+            1,
+            7,
+            8,
+            9,
+            64,
+            200,
+            img.len() / 3,
+            img.len() / 2,
+            img.len() - 33,
+            img.len() - 1,
+        ] {
+            put(format!("truncated-{cut}"), &img[..cut]);
+        }
+        for pos in [
+            3,
+            12,
+            100,
+            300,
+            img.len() / 2,
+            img.len() - 40,
+            img.len() - 5,
+        ] {
+            let mut m = img.to_vec();
+            m[pos] ^= 0x10;
+            put(format!("flipped-{pos}"), &m);
+        }
+        let mut extra = img.to_vec();
+        extra.extend_from_slice(b"trailing");
+        put("trailing".into(), &extra);
+    }
+    v
+}
+
+fn check_all_refused(inputs: &[(String, PathBuf)]) {
+    for (name, p) in inputs {
+        let out = ckpt().arg("inspect").arg(p).output().unwrap();
+        assert_clean_failure(&out, &format!("inspect {name}"));
+        let out = ckpt().arg("inspect").arg("--json").arg(p).output().unwrap();
+        assert_clean_failure(&out, &format!("inspect --json {name}"));
+        let out = ckpt().arg("restart").arg(p).output().unwrap();
+        assert_clean_failure(&out, &format!("restart {name}"));
+        // The same through a pipe.
+        let out = ckpt()
+            .args(["restart", "-"])
+            .stdin(std::fs::File::open(p).unwrap())
+            .output()
+            .unwrap();
+        assert_clean_failure(&out, &format!("restart - < {name}"));
+    }
+}
+
+#[test]
+fn garbage_images_are_refused_cleanly() {
+    let d = tmpdir("garbage");
+    check_all_refused(&bad_inputs(&d, None));
+}
+
+#[test]
+fn checkpoint_leave_running_then_inspect_json() {
+    if !is_root() {
+        eprintln!("SKIP: checkpoint_leave_running_then_inspect_json: needs root");
+        return;
+    }
+    let d = tmpdir("sleep");
+    let s = Sleeper::start();
+    let img = d.join("sleep.img");
+    let log = d.join("log");
+    let out = ckpt()
+        .args([
+            "checkpoint",
+            &s.pid().to_string(),
+            "--leave-running",
+            "--log",
+        ])
+        .arg(&log)
+        .arg("-o")
+        .arg(&img)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "checkpoint failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Still running, and still sleeping (not stopped or traced).
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", s.pid())).unwrap();
+    assert!(
+        stat.contains(") S "),
+        "sleep is not sleeping any more: {stat}"
+    );
+    let status = std::fs::read_to_string(format!("/proc/{}/status", s.pid())).unwrap();
+    assert!(status.contains("TracerPid:\t0"), "still traced: {status}");
+    let logtext = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        logtext.contains(&format!(
+            "[err 0][pos 0][pid {} sleep] checkpoint started",
+            s.pid()
+        )),
+        "{logtext}"
+    );
+
+    let out = ckpt()
+        .args(["inspect", "--json"])
+        .arg(&img)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("inspect --json is JSON");
+    let recs = v["records"].as_array().unwrap();
+    assert_eq!(recs.first().unwrap()["name"], "head");
+    assert_eq!(recs.last().unwrap()["name"], "tail");
+    assert_eq!(v["summary"]["processes"][0]["pid"], s.pid());
+    assert_eq!(v["summary"]["processes"][0]["comm"], "sleep");
+    assert!(v["summary"]["pages"].as_u64().unwrap() > 0);
+    assert!(v["summary"]["mappings"].as_u64().unwrap() > 5);
+    assert_eq!(v["summary"]["complete"], true);
+    assert!(v["error"].is_null());
+    // Offsets are increasing and 8-aligned; page data records exist.
+    let mut last = None;
+    for r in recs {
+        let off = r["offset"].as_u64().unwrap();
+        assert_eq!(off % 8, 0);
+        assert!(last.is_none_or(|l| off > l));
+        last = Some(off);
+    }
+    assert!(recs.iter().any(|r| r["name"] == "pages"));
+
+    // The human table names the same things.
+    let out = ckpt().arg("inspect").arg(&img).output().unwrap();
+    let t = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        t.contains("checksum ok") && t.contains(&format!("{} (sleep)", s.pid())),
+        "{t}"
+    );
+
+    // Every corruption of this real image is refused, and the pid in use
+    // makes even the intact image refused by restart.
+    let data = std::fs::read(&img).unwrap();
+    check_all_refused(&bad_inputs(&d, Some(&data)));
+    let out = ckpt().arg("restart").arg(&img).output().unwrap();
+    let err = assert_clean_failure(&out, "restart while the pid is in use");
+    assert!(err.contains(&format!("pid {} is in use", s.pid())), "{err}");
+}
+
+#[test]
+fn check_reports_every_feature() {
+    let out = ckpt().args(["check", "--json"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let names: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    for n in [
+        "ptrace",
+        "process_vm_readv",
+        "clone3-set_tid",
+        "PR_SET_MM_MAP",
+        "rseq",
+        "userfaultfd",
+    ] {
+        assert!(names.contains(&n), "check lacks {n}: {names:?}");
+    }
+    if is_root() {
+        assert!(
+            out.status.success(),
+            "check fails as root: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+}
