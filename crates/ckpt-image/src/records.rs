@@ -60,6 +60,8 @@ pub const T_VMA: u32 = 111;
 pub const T_PAGES: u32 = 112;
 pub const T_FILE: u32 = 120;
 pub const T_FD: u32 = 121;
+pub const T_PIPE: u32 = 122;
+pub const T_SHMEM: u32 = 123;
 pub const T_THREAD: u32 = 200;
 pub const T_X86_REGS: u32 = 201;
 pub const T_X86_XSTATE: u32 = 202;
@@ -137,8 +139,17 @@ record!(
         dumpable: u32,
         child_subreaper: u32,
         pdeathsig: u32,
+        /// PROC_ALIVE or PROC_ZOMBIE.
+        state: u32,
+        /// For a zombie: its wait status (as waitpid reports it).
+        exit_status: i32,
     }
 );
+
+/// Process states.
+pub const PROC_ALIVE: u32 = 0;
+/// Exited but not reaped: restored as a zombie child of its parent.
+pub const PROC_ZOMBIE: u32 = 1;
 
 record!(
     /// Credentials. Restore only ever lowers privileges to these.
@@ -201,6 +212,8 @@ pub const VMA_VDSO: u32 = 4;
 pub const VMA_VVAR: u32 = 5;
 pub const VMA_VVAR_VCLOCK: u32 = 6;
 pub const VMA_VSYSCALL: u32 = 7;
+/// A mapping of a shared memory object (`obj`): shared anonymous or memfd.
+pub const VMA_SHMEM: u32 = 8;
 
 /// VMA flags (ours, not the kernel's VM_*).
 pub const VMAF_SHARED: u32 = 1;
@@ -225,6 +238,9 @@ record!(
         dev: u64,
         ino: u64,
         path: Text,
+        /// Shared memory object (`Shmem` id) behind a shared anonymous or
+        /// memfd mapping; 0 for none.
+        obj: u32,
     }
 );
 
@@ -234,6 +250,12 @@ pub const FILE_DIR: u32 = 1;
 pub const FILE_CHR: u32 = 2;
 /// A regular file that was unlinked while open: content is in the record.
 pub const FILE_UNLINKED: u32 = 3;
+/// One end of a pipe (`obj` = the `Pipe` id).
+pub const FILE_PIPE: u32 = 4;
+/// A named pipe opened by path (`obj` = the `Pipe` id holding its buffer).
+pub const FILE_FIFO: u32 = 5;
+/// A memfd (`obj` = the `Shmem` id holding its content).
+pub const FILE_MEMFD: u32 = 6;
 
 record!(
     /// An open file description, possibly shared by several fds.
@@ -248,8 +270,29 @@ record!(
         size: u64,
         path: Text,
         content: Bytes,
+        /// `Pipe` or `Shmem` id for pipes, FIFOs and memfds; 0 otherwise.
+        obj: u32,
     }
 );
+
+record!(
+    /// A pipe (or FIFO) buffer: its size and the bytes in flight.
+    Pipe = T_PIPE, "pipe" { id: u32, size: u32, data: Bytes }
+);
+
+/// Shared memory object kinds.
+pub const SHMEM_ANON: u32 = 0;
+pub const SHMEM_MEMFD: u32 = 1;
+
+record!(
+    /// A shared memory object (MAP_SHARED|MAP_ANONYMOUS region or memfd).
+    /// Page records with `PAGES_SHMEM` that follow hold its content, their
+    /// address being the offset in the object.
+    Shmem = T_SHMEM, "shmem" { id: u32, kind: u32, size: u64, name: Text }
+);
+
+/// Page record flag: the pages belong to the preceding `Shmem` object.
+pub const PAGES_SHMEM: u32 = 1;
 
 record!(
     /// One fd of the process, naming its open file description.
@@ -331,6 +374,8 @@ pub enum AnyRecord {
     Pages(PagesHdr),
     File(File),
     Fd(Fd),
+    Pipe(Pipe),
+    Shmem(Shmem),
     Thread(Thread),
     X86Regs(X86Regs),
     X86Xstate(X86Xstate),
@@ -373,6 +418,8 @@ dispatch!(
     Vma => Vma,
     File => File,
     Fd => Fd,
+    Pipe => Pipe,
+    Shmem => Shmem,
     Thread => Thread,
     X86Regs => X86Regs,
     X86Xstate => X86Xstate,

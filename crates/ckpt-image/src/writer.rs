@@ -82,6 +82,11 @@ impl<W: Write> ImageWriter<W> {
     /// address `addr`, in records of at most `MAX_PAGES_PER_RECORD` pages
     /// whose data starts on a page boundary of the stream.
     pub fn write_pages(&mut self, addr: u64, data: &[u8]) -> io::Result<()> {
+        self.write_pages_flags(addr, data, 0)
+    }
+
+    /// `write_pages` with page-record flags (e.g. `PAGES_SHMEM`).
+    pub fn write_pages_flags(&mut self, addr: u64, data: &[u8], flags: u32) -> io::Result<()> {
         // `is_multiple_of` needs Rust 1.87; the workspace's rust-version is 1.80.
         let whole_pages = data.len() as u64 % PAGE_SIZE == 0;
         assert!(whole_pages, "page data must be whole pages");
@@ -96,6 +101,7 @@ impl<W: Write> ImageWriter<W> {
             let mut h = [0u8; PAGES_HDR_LEN as usize];
             h[..8].copy_from_slice(&a.to_le_bytes());
             h[8..12].copy_from_slice(&((chunk.len() as u64 / PAGE_SIZE) as u32).to_le_bytes());
+            h[12..16].copy_from_slice(&flags.to_le_bytes());
             self.emit(&h)?;
             self.pad_to(PAGE_SIZE)?;
             self.emit(chunk)?;

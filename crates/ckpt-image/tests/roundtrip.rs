@@ -138,6 +138,8 @@ fn write_rec<W: io::Write>(w: &mut ImageWriter<W>, r: &AnyRecord) -> io::Result<
         AnyRecord::Mm(r) => w.write(r),
         AnyRecord::Vma(r) => w.write(r),
         AnyRecord::File(r) => w.write(r),
+        AnyRecord::Pipe(r) => w.write(r),
+        AnyRecord::Shmem(r) => w.write(r),
         AnyRecord::Fd(r) => w.write(r),
         AnyRecord::Thread(r) => w.write(r),
         AnyRecord::X86Regs(r) => w.write(r),
@@ -273,6 +275,8 @@ fn sample_image() -> &'static [u8] {
                 dumpable: 1,
                 child_subreaper: 0,
                 pdeathsig: 0,
+                state: PROC_ZOMBIE,
+                exit_status: 9,
             }),
             AnyRecord::Creds(Creds {
                 uid: 1000,
@@ -325,6 +329,18 @@ fn sample_image() -> &'static [u8] {
                 size: 11,
                 path: "/tmp/scratch (deleted)".into(),
                 content: Bytes(b"hello world".to_vec()),
+                obj: 0,
+            }),
+            AnyRecord::Pipe(Pipe {
+                id: 1,
+                size: 65536,
+                data: Bytes(b"in flight".to_vec()),
+            }),
+            AnyRecord::Shmem(Shmem {
+                id: 2,
+                kind: SHMEM_MEMFD,
+                size: 8192,
+                name: "memfd:x".into(),
             }),
             AnyRecord::Fd(Fd {
                 fd: 0,
@@ -353,6 +369,7 @@ fn sample_image() -> &'static [u8] {
                 dev: 0x803,
                 ino: 1234,
                 path: "/usr/bin/sleeper".into(),
+                obj: 0,
             }),
             AnyRecord::Vma(Vma {
                 start: 0x7ffd_0000_0000,
@@ -475,6 +492,8 @@ fn process() -> impl Strategy<Value = AnyRecord> {
                     dumpable,
                     child_subreaper,
                     pdeathsig,
+                    state: umask % 2,
+                    exit_status: pid,
                 })
             },
         )
@@ -604,6 +623,7 @@ fn vma() -> impl Strategy<Value = AnyRecord> {
                     dev,
                     ino,
                     path,
+                    obj: kind % 3,
                 })
             },
         )
@@ -630,6 +650,7 @@ fn file() -> impl Strategy<Value = AnyRecord> {
                     size,
                     path,
                     content,
+                    obj: flags % 5,
                 })
             },
         )

@@ -4,10 +4,10 @@
 
 use crate::arch;
 use crate::error::{Ctx, Error, Result};
-use crate::files;
-use crate::freeze::{self, Frozen};
+use crate::files::FileTable;
+use crate::freeze::{self, FrozenTree};
 use crate::log::Log;
-use crate::mm::{self, PageStats};
+use crate::mm::{self, PageStats, ShmemTable};
 use crate::model::{ProcessImage, ThreadImage};
 use crate::procfs;
 use crate::remote::Remote;
@@ -89,9 +89,11 @@ pub fn checkpoint<S: Sink>(
             out.sync().map_err(Error::Write)?;
             if opts.leave_running {
                 drop(frozen);
-            } else if let Some(warn) = frozen.kill()? {
-                log.info(0, pid, &comm, &warn);
-                summary.warnings.push(warn);
+            } else {
+                for warn in frozen.kill()? {
+                    log.info(0, pid, &comm, &warn);
+                    summary.warnings.push(warn);
+                }
             }
             log.info(
                 0,
@@ -140,68 +142,171 @@ pub fn find_syscall_insn(pid: Pid, maps: &[procfs::MapEntry]) -> Result<u64> {
         })
 }
 
-fn run<S: Sink>(pid: Pid, w: &mut ImageWriter<S>, log: &mut Log) -> Result<(Frozen, Summary)> {
-    let comm = procfs::read(pid, "comm")
-        .map(|s| s.trim_end().to_string())
-        .unwrap_or_default();
-    let unsupported = |object: &str, reason: String| Error::Unsupported {
-        pid,
-        comm: comm.clone(),
-        object: object.into(),
-        reason,
-    };
-    let status = procfs::status(pid).ctx(pid, || "read /proc status (is the pid right?)".into())?;
+fn run<S: Sink>(root: Pid, w: &mut ImageWriter<S>, log: &mut Log) -> Result<(FrozenTree, Summary)> {
+    let status =
+        procfs::status(root).ctx(root, || "read /proc status (is the pid right?)".into())?;
     if status.num("Seccomp").unwrap_or(0) != 0 {
-        return Err(unsupported(
-            "seccomp filters",
-            "seccomp state cannot be saved yet".into(),
-        ));
+        return Err(Error::Unsupported {
+            pid: root,
+            comm: comm_of(root),
+            object: "seccomp filters".into(),
+            reason: "seccomp state cannot be saved yet".into(),
+        });
     }
-    let kids = procfs::children(pid).ctx(pid, || "list children".into())?;
-    if !kids.is_empty() {
-        return Err(unsupported(
-            "its child processes",
-            format!("it has children {kids:?}; checkpointing process trees is not supported yet"),
-        ));
+    let tree = freeze::freeze_tree(root)?;
+    let mut ft = FileTable::default();
+    let mut shm = ShmemTable::default();
+    let mut images = Vec::with_capacity(tree.procs.len());
+    let mut first_xstate = None;
+    for (pid, frozen) in &tree.procs {
+        match frozen {
+            None => images.push(zombie(*pid)?),
+            Some(f) => {
+                let img = dump_process(*pid, &f.tids, &mut ft, &mut shm)?;
+                if first_xstate.is_none() {
+                    first_xstate = img.threads.first().map(|t| t.xstate.area.0.clone());
+                }
+                images.push(img);
+            }
+        }
     }
-    let frozen = freeze::freeze(pid)?;
-    if frozen.tids.len() != 1 {
-        return Err(unsupported(
-            "its threads",
-            format!(
-                "it has {} threads; multi-threaded processes are not supported yet",
-                frozen.tids.len()
+    // A memfd open as an fd is the same object as its mappings.
+    for (dev, ino, file_id, source) in std::mem::take(&mut ft.memfds) {
+        let f = &mut ft.files[file_id as usize - 1];
+        let name = f.path.0.strip_prefix(b"/").unwrap_or(&f.path.0).to_vec();
+        f.obj = shm.id(dev, ino, SHMEM_MEMFD, &name, source)?;
+    }
+    let xstate = first_xstate.unwrap_or_default();
+    let xcr0 = arch::xstate_xfeatures(&xstate).unwrap_or(sys::xcr0());
+    w.write(&arch::arch_record(xcr0, xstate.len() as u32))
+        .map_err(Error::Write)?;
+    for f in &ft.files {
+        w.write(f).map_err(Error::Write)?;
+    }
+    for p in &ft.pipes {
+        w.write(p).map_err(Error::Write)?;
+    }
+    let mut summary = Summary {
+        pages: shm.dump(w)?,
+        files: ft.files.len(),
+        ..Default::default()
+    };
+    for img in &images {
+        img.write_meta(w).map_err(Error::Write)?;
+        summary.processes += 1;
+        if img.is_zombie() {
+            continue;
+        }
+        let comm = img.process.comm.to_string();
+        log.info(
+            w.offset(),
+            img.pid(),
+            &comm,
+            &format!(
+                "{} mappings, {} fds, {} threads",
+                img.vmas.len(),
+                img.fds.len(),
+                img.threads.len()
             ),
-        ));
+        );
+        let PageStats {
+            pages,
+            zero_skipped,
+        } = mm::dump_pages(img.pid(), &img.vmas, w)?;
+        summary.pages += pages;
+        summary.zero_pages_skipped += zero_skipped;
+        summary.threads += img.threads.len();
+        summary.vmas += img.vmas.len();
     }
-    let tid = frozen.tids[0];
-    // Everything below reads a frozen process.
+    summary.bytes = w.offset();
+    Ok((tree, summary))
+}
+
+fn comm_of(pid: Pid) -> String {
+    procfs::read(pid, "comm")
+        .map(|s| s.trim_end().to_string())
+        .unwrap_or_default()
+}
+
+/// A zombie: its ids and exit status are all there is.
+fn zombie(pid: Pid) -> Result<ProcessImage> {
+    let st = procfs::stat(pid).ctx(pid, || "read /proc stat".into())?;
+    Ok(ProcessImage {
+        process: Process {
+            pid,
+            ppid: st.ppid,
+            pgid: st.pgrp,
+            sid: st.session,
+            comm: task::text(&st.comm),
+            state: PROC_ZOMBIE,
+            exit_status: st.exit_code,
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+}
+
+/// Everything about one frozen process (all its threads are stopped).
+fn dump_process(
+    pid: Pid,
+    tids: &[Pid],
+    ft: &mut FileTable,
+    shm: &mut ShmemTable,
+) -> Result<ProcessImage> {
+    let comm = comm_of(pid);
     let st = procfs::stat(pid).ctx(pid, || "read /proc stat".into())?;
     let status = procfs::status(pid).ctx(pid, || "read /proc status".into())?;
+    if status.num("Seccomp").unwrap_or(0) != 0 {
+        return Err(Error::Unsupported {
+            pid,
+            comm,
+            object: "seccomp filters".into(),
+            reason: "seccomp state cannot be saved yet".into(),
+        });
+    }
     let maps = procfs::maps(pid).ctx(pid, || "read /proc smaps".into())?;
     let mut vmas = Vec::with_capacity(maps.len());
     for m in &maps {
-        vmas.push(mm::vma_of(pid, &comm, m)?);
+        vmas.push(mm::vma_of(pid, &comm, m, shm)?);
     }
-    let f = files::dump(pid, &comm)?;
-    let sigmask = sys::get_sigmask(tid).ctx(tid, || "PTRACE_GETSIGMASK".into())?;
-    let regs = sys::get_regs(tid).ctx(tid, || "PTRACE_GETREGS".into())?;
-    let xstate = sys::get_xstate(tid).ctx(tid, || "PTRACE_GETREGSET NT_X86_XSTATE".into())?;
-    let mut dr = [0u64; 8];
-    for (i, d) in dr.iter_mut().enumerate() {
-        if i != 4 && i != 5 {
-            *d = sys::get_debugreg(tid, i).ctx(tid, || format!("read dr{i}"))?;
+    let fds = ft.dump(pid, &comm)?;
+    // The main thread first: it runs the process-wide injected calls.
+    let mut tids = tids.to_vec();
+    tids.sort_by_key(|&t| t != pid);
+    struct Raw {
+        tid: Pid,
+        sigmask: u64,
+        regs: sys::Regs,
+        xstate: Vec<u8>,
+        dr: [u64; 8],
+    }
+    let mut raws = Vec::new();
+    for &tid in &tids {
+        let mut dr = [0u64; 8];
+        for (i, d) in dr.iter_mut().enumerate() {
+            if i != 4 && i != 5 {
+                *d = sys::get_debugreg(tid, i).ctx(tid, || format!("read dr{i}"))?;
+            }
         }
+        raws.push(Raw {
+            tid,
+            sigmask: sys::get_sigmask(tid).ctx(tid, || "PTRACE_GETSIGMASK".into())?,
+            regs: sys::get_regs(tid).ctx(tid, || "PTRACE_GETREGS".into())?,
+            xstate: sys::get_xstate(tid).ctx(tid, || "PTRACE_GETREGSET NT_X86_XSTATE".into())?,
+            dr,
+        });
     }
-    let shared_pending = task::dump_pending(tid, true)?;
+    let shared_pending = task::dump_pending(pid, true)?;
 
-    // Injected syscalls: block every signal meanwhile so none is consumed,
-    // and borrow one scratch page.
+    // Injected syscalls: every signal stays blocked meanwhile so none is
+    // consumed, and one scratch page is borrowed.
     let syscall_ip = find_syscall_insn(pid, &maps)?;
-    sys::set_sigmask(tid, !0).ctx(tid, || "PTRACE_SETSIGMASK".into())?;
-    let mut r = Remote::new(tid, syscall_ip)?;
+    for r in &raws {
+        sys::set_sigmask(r.tid, !0).ctx(r.tid, || "PTRACE_SETSIGMASK".into())?;
+    }
     let result = (|| -> Result<ProcessImage> {
-        let scratch = r.call(
+        let mut main = Remote::new(pid, syscall_ip)?;
+        let scratch = main.call(
             "mmap",
             libc::SYS_mmap,
             &[
@@ -220,64 +325,59 @@ fn run<S: Sink>(pid: Pid, w: &mut ImageWriter<S>, log: &mut Log) -> Result<(Froz
             pid,
         };
         let inner = (|| -> Result<ProcessImage> {
-            let brk = r.call("brk", libc::SYS_brk, &[0])?;
+            let brk = main.call("brk", libc::SYS_brk, &[0])?;
+            let mut process = task::dump_process(pid, &st, &status, &mut main, &s)?;
+            process.nr_threads = raws.len() as u32;
+            let sigactions = task::dump_sigactions(&mut main, &s)?;
+            let itimers = task::dump_itimers(&mut main, &s)?;
+            let mut threads = Vec::new();
+            for r in &raws {
+                let thread = if r.tid == pid {
+                    task::dump_thread(r.tid, r.sigmask, &mut main, &s)?
+                } else {
+                    let mut t = Remote::new(r.tid, syscall_ip)?;
+                    let th = task::dump_thread(r.tid, r.sigmask, &mut t, &s);
+                    t.finish()?;
+                    th?
+                };
+                threads.push(ThreadImage {
+                    thread,
+                    regs: arch::regs_to_record(r.tid, &r.regs),
+                    xstate: X86Xstate {
+                        tid: r.tid,
+                        area: Bytes(r.xstate.clone()),
+                    },
+                    debug: X86DebugRegs {
+                        tid: r.tid,
+                        dr: r.dr,
+                    },
+                });
+            }
             Ok(ProcessImage {
-                process: task::dump_process(pid, &st, &status, &mut r, &s)?,
+                process,
                 creds: task::dump_creds(&status),
                 rlimits: task::dump_rlimits(pid)?,
-                sigactions: task::dump_sigactions(&mut r, &s)?,
-                itimers: task::dump_itimers(&mut r, &s)?,
+                sigactions,
+                itimers,
                 shared_pending: SharedPending {
                     signals: shared_pending.clone(),
                 },
-                files: f.files.clone(),
-                fds: f.fds.clone(),
+                fds,
                 mm: mm::dump_mm(pid, &st, brk)?,
-                vmas: vmas.clone(),
-                threads: vec![ThreadImage {
-                    thread: task::dump_thread(tid, sigmask, &mut r, &s)?,
-                    regs: arch::regs_to_record(tid, &regs),
-                    xstate: X86Xstate {
-                        tid,
-                        area: Bytes(xstate.clone()),
-                    },
-                    debug: X86DebugRegs { tid, dr },
-                }],
+                vmas,
+                threads,
                 pages: Vec::new(),
             })
         })();
-        r.call("munmap", libc::SYS_munmap, &[scratch, 4096])?;
-        inner
+        let unmapped = main.call("munmap", libc::SYS_munmap, &[scratch, 4096]);
+        main.finish()?;
+        let img = inner?;
+        unmapped?;
+        Ok(img)
     })();
-    // Put registers and the signal mask back whatever happened.
-    let fin = r.finish();
-    sys::set_sigmask(tid, sigmask).ctx(tid, || "PTRACE_SETSIGMASK".into())?;
-    let img = result?;
-    fin?;
-
-    let xcr0 = arch::xstate_xfeatures(&xstate).unwrap_or(sys::xcr0());
-    w.write(&arch::arch_record(xcr0, xstate.len() as u32))
-        .map_err(Error::Write)?;
-    img.write_meta(w).map_err(Error::Write)?;
-    log.info(
-        w.offset(),
-        pid,
-        &comm,
-        &format!("{} mappings, {} fds", img.vmas.len(), img.fds.len()),
-    );
-    let PageStats {
-        pages,
-        zero_skipped,
-    } = mm::dump_pages(pid, &img.vmas, w)?;
-    let summary = Summary {
-        processes: 1,
-        threads: 1,
-        vmas: img.vmas.len(),
-        pages,
-        zero_pages_skipped: zero_skipped,
-        bytes: w.offset(),
-        files: img.files.len(),
-        warnings: Vec::new(),
-    };
-    Ok((frozen, summary))
+    // Put the signal masks back whatever happened.
+    for r in &raws {
+        sys::set_sigmask(r.tid, r.sigmask).ctx(r.tid, || "PTRACE_SETSIGMASK".into())?;
+    }
+    result
 }

@@ -1,8 +1,12 @@
-//! File descriptors: regular files (also unlinked ones), directories and
-//! character devices, with offsets, status flags, FD_CLOEXEC and the sharing
-//! of open file descriptions between fds. Checkpoint reads /proc fd +
-//! fdinfo and compares descriptions with kcmp; restore reopens them inside
-//! the restore child before its memory is replaced.
+//! File descriptors: regular files (also unlinked ones), directories,
+//! character devices, pipes and FIFOs (with the bytes in flight), memfds;
+//! offsets, status flags, FD_CLOEXEC, and the sharing of one open file
+//! description by several fds and processes.
+//!
+//! Checkpoint reads /proc fd + fdinfo and finds shared descriptions with
+//! kcmp. Restore opens every description once in ckpt itself, above every
+//! fd number the image uses; the restored processes inherit them through
+//! fork and `dup2` them into place, so sharing comes back for free.
 
 use crate::error::{Ctx, Error, Result};
 use crate::procfs;
@@ -10,7 +14,7 @@ use crate::sys::{self, Pid};
 use ckpt_image::*;
 use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 
 /// Largest unlinked file whose content is copied into the image.
 const MAX_UNLINKED: u64 = 64 << 20;
@@ -28,175 +32,422 @@ const REOPEN_FLAGS: i32 = libc::O_ACCMODE
     | libc::O_NOFOLLOW
     | libc::O_PATH;
 
-pub struct Files {
+/// Flags F_SETFL can change on an open description.
+const SETFL_FLAGS: i32 = libc::O_APPEND | libc::O_NONBLOCK | libc::O_DIRECT | libc::O_NOATIME;
+
+/// The open file descriptions of a whole tree, filled process by process.
+#[derive(Default)]
+pub struct FileTable {
     pub files: Vec<File>,
-    pub fds: Vec<Fd>,
+    pub pipes: Vec<Pipe>,
+    /// (pid, fd, dev, ino, file id) of every fd seen, to find shared descriptions.
+    seen: Vec<(Pid, i32, u64, u64, u32)>,
+    /// (pipe inode, pipe id).
+    pipe_ids: Vec<(u64, u32)>,
+    /// (dev, ino) of memfds met as fds, with their file ids: their content is
+    /// saved as a shared memory object.
+    pub memfds: Vec<(u64, u64, u32, String)>,
 }
 
-/// Reads every fd of `pid`. Errors name the fd and why it cannot be saved.
-pub fn dump(pid: Pid, comm: &str) -> Result<Files> {
-    let mut files: Vec<File> = Vec::new();
-    let mut fds = Vec::new();
-    // (fd, dev, ino, file id) of fds seen so far, to find shared descriptions.
-    let mut seen: Vec<(i32, u64, u64, u32)> = Vec::new();
-    let unsupported = |fd: i32, link: &[u8], reason: &str| Error::Unsupported {
-        pid,
-        comm: comm.into(),
-        object: format!("fd {fd} ({})", String::from_utf8_lossy(link)),
-        reason: reason.into(),
+fn os(b: &[u8]) -> &std::ffi::OsStr {
+    std::ffi::OsStr::from_bytes(b)
+}
+
+/// Reads the bytes in a pipe without consuming them: `tee` them into a
+/// private pipe and read that.
+fn pipe_contents(pid: Pid, fd: i32) -> std::io::Result<(u32, Vec<u8>)> {
+    let src = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags_nonblock()
+        .open(format!("/proc/{pid}/fd/{fd}"))?;
+    let size = sys::pipe_size(std::os::fd::AsRawFd::as_raw_fd(&src))?;
+    let (r, w) = sys::pipe()?;
+    let guard = [r, w];
+    let _close = scopeguard(guard);
+    let _ = sys::set_pipe_size(w, size);
+    let n = match sys::tee(std::os::fd::AsRawFd::as_raw_fd(&src), w, size as usize) {
+        Ok(n) => n,
+        Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => 0,
+        Err(e) => return Err(e),
     };
-    for fd in procfs::fds(pid).ctx(pid, || "list fds".into())? {
-        let Ok(link) = procfs::link(pid, &format!("fd/{fd}")) else {
-            continue; // closed meanwhile
-        };
-        let meta = std::fs::metadata(format!("/proc/{pid}/fd/{fd}"))
-            .ctx(pid, || format!("stat fd {fd}"))?;
-        let info = procfs::fdinfo(pid, fd).ctx(pid, || format!("read fdinfo of fd {fd}"))?;
-        let cloexec = info.flags & libc::O_CLOEXEC as u32 != 0;
-        let (dev, ino) = (meta.dev(), meta.ino());
-        let mut shared = None;
-        for &(ofd, d, i, id) in &seen {
-            if d == dev
-                && i == ino
-                && sys::same_file(pid, ofd, pid, fd).ctx(pid, || "kcmp".into())?
-            {
-                shared = Some(id);
-                break;
-            }
+    let mut data = vec![0u8; n];
+    let mut got = 0;
+    while got < n {
+        let k = sys::read(r, &mut data[got..])?;
+        if k == 0 {
+            break;
         }
-        let id = match shared {
-            Some(id) => id,
-            None => {
-                let ft = meta.file_type();
-                let (path, deleted) = match link.strip_suffix(b" (deleted)") {
-                    Some(p) => (p.to_vec(), true),
-                    None => (link.clone(), false),
-                };
-                let mut content = Vec::new();
-                let kind = if ft.is_file() {
-                    if deleted || meta.nlink() == 0 {
-                        if meta.len() > MAX_UNLINKED {
-                            return Err(unsupported(fd, &link, &format!(
-                                "unlinked file of {} bytes is larger than the {} MiB ckpt copies into an image",
-                                meta.len(),
-                                MAX_UNLINKED >> 20
-                            )));
-                        }
-                        std::fs::File::open(format!("/proc/{pid}/fd/{fd}"))
-                            .and_then(|mut f| f.read_to_end(&mut content))
-                            .ctx(pid, || format!("read unlinked file of fd {fd}"))?;
-                        FILE_UNLINKED
-                    } else {
-                        FILE_REGULAR
-                    }
-                } else if ft.is_dir() {
-                    FILE_DIR
-                } else if std::os::unix::fs::FileTypeExt::is_char_device(&ft)
-                    && path.starts_with(b"/dev/")
-                    && !deleted
+        got += k;
+    }
+    data.truncate(got);
+    Ok((size, data))
+}
+
+struct FdGuard([i32; 2]);
+fn scopeguard(fds: [i32; 2]) -> FdGuard {
+    FdGuard(fds)
+}
+impl Drop for FdGuard {
+    fn drop(&mut self) {
+        for fd in self.0 {
+            sys::close(fd);
+        }
+    }
+}
+
+trait NonBlock {
+    fn custom_flags_nonblock(&mut self) -> &mut Self;
+}
+impl NonBlock for std::fs::OpenOptions {
+    fn custom_flags_nonblock(&mut self) -> &mut Self {
+        std::os::unix::fs::OpenOptionsExt::custom_flags(self, libc::O_NONBLOCK)
+    }
+}
+
+impl FileTable {
+    /// Reads every fd of `pid` into the table; returns its fd records.
+    /// Errors name the fd and why it cannot be saved.
+    pub fn dump(&mut self, pid: Pid, comm: &str) -> Result<Vec<Fd>> {
+        let mut fds = Vec::new();
+        let unsupported = |fd: i32, link: &[u8], reason: &str| Error::Unsupported {
+            pid,
+            comm: comm.into(),
+            object: format!("fd {fd} ({})", String::from_utf8_lossy(link)),
+            reason: reason.into(),
+        };
+        for fd in procfs::fds(pid).ctx(pid, || "list fds".into())? {
+            let Ok(link) = procfs::link(pid, &format!("fd/{fd}")) else {
+                continue; // closed meanwhile
+            };
+            let meta = std::fs::metadata(format!("/proc/{pid}/fd/{fd}"))
+                .ctx(pid, || format!("stat fd {fd}"))?;
+            let info = procfs::fdinfo(pid, fd).ctx(pid, || format!("read fdinfo of fd {fd}"))?;
+            let cloexec = info.flags & libc::O_CLOEXEC as u32 != 0;
+            let (dev, ino) = (meta.dev(), meta.ino());
+            let mut shared = None;
+            for &(opid, ofd, d, i, id) in &self.seen {
+                if d == dev
+                    && i == ino
+                    && sys::same_file(opid, ofd, pid, fd).ctx(pid, || format!("kcmp fd {fd}"))?
                 {
-                    FILE_CHR
-                } else {
+                    shared = Some(id);
+                    break;
+                }
+            }
+            let id = match shared {
+                Some(id) => id,
+                None => self.add(pid, fd, &link, &meta, &info, &unsupported)?,
+            };
+            self.seen.push((pid, fd, dev, ino, id));
+            fds.push(Fd {
+                fd: fd as u32,
+                file_id: id,
+                cloexec,
+            });
+        }
+        Ok(fds)
+    }
+
+    fn add(
+        &mut self,
+        pid: Pid,
+        fd: i32,
+        link: &[u8],
+        meta: &std::fs::Metadata,
+        info: &procfs::FdInfo,
+        unsupported: &dyn Fn(i32, &[u8], &str) -> Error,
+    ) -> Result<u32> {
+        let ft = meta.file_type();
+        let (path, deleted) = match link.strip_suffix(b" (deleted)") {
+            Some(p) => (p.to_vec(), true),
+            None => (link.to_vec(), false),
+        };
+        let id = self.files.len() as u32 + 1;
+        let mut content = Vec::new();
+        let mut obj = 0;
+        let kind = if ft.is_fifo() {
+            let (size, data) =
+                pipe_contents(pid, fd).ctx(pid, || format!("read the buffer of pipe fd {fd}"))?;
+            obj = match self.pipe_ids.iter().find(|p| p.0 == meta.ino()) {
+                Some(p) => p.1,
+                None => {
+                    let pid_ = self.pipes.len() as u32 + 1;
+                    self.pipes.push(Pipe {
+                        id: pid_,
+                        size,
+                        data: Bytes(data),
+                    });
+                    self.pipe_ids.push((meta.ino(), pid_));
+                    pid_
+                }
+            };
+            if link.starts_with(b"pipe:") {
+                FILE_PIPE
+            } else if !deleted {
+                FILE_FIFO
+            } else {
+                return Err(unsupported(
+                    fd,
+                    link,
+                    "a FIFO whose path was removed cannot be reopened",
+                ));
+            }
+        } else if ft.is_file() && path.starts_with(b"/memfd:") {
+            self.memfds
+                .push((meta.dev(), meta.ino(), id, format!("/proc/{pid}/fd/{fd}")));
+            FILE_MEMFD
+        } else if ft.is_file() {
+            if deleted || meta.nlink() == 0 {
+                if meta.len() > MAX_UNLINKED {
                     return Err(unsupported(
                         fd,
-                        &link,
-                        "only regular files, directories and character devices are supported yet (no pipes, sockets, eventfds...)",
+                        link,
+                        &format!(
+                            "unlinked file of {} bytes is larger than the {} MiB ckpt copies into an image",
+                            meta.len(),
+                            MAX_UNLINKED >> 20
+                        ),
                     ));
-                };
-                if kind == FILE_REGULAR || kind == FILE_DIR {
-                    // The path must still name this very file.
-                    match std::fs::metadata(std::ffi::OsStr::from_bytes(&path)) {
-                        Ok(m) if m.dev() == dev && m.ino() == ino => {}
-                        _ => {
-                            return Err(unsupported(
-                                fd,
-                                &link,
-                                "its path now names another file (renamed or replaced over); cannot reopen it",
-                            ))
+                }
+                std::fs::File::open(format!("/proc/{pid}/fd/{fd}"))
+                    .and_then(|mut f| f.read_to_end(&mut content))
+                    .ctx(pid, || format!("read unlinked file of fd {fd}"))?;
+                FILE_UNLINKED
+            } else {
+                FILE_REGULAR
+            }
+        } else if ft.is_dir() {
+            FILE_DIR
+        } else if ft.is_char_device() && path.starts_with(b"/dev/") && !deleted {
+            FILE_CHR
+        } else {
+            return Err(unsupported(
+                fd,
+                link,
+                "only regular files, directories, character devices, pipes, FIFOs and memfds are supported yet (no sockets, eventfds...)",
+            ));
+        };
+        if matches!(kind, FILE_REGULAR | FILE_DIR | FILE_FIFO) {
+            // The path must still name this very file.
+            match std::fs::metadata(os(&path)) {
+                Ok(m) if m.dev() == meta.dev() && m.ino() == meta.ino() => {}
+                _ => return Err(unsupported(
+                    fd,
+                    link,
+                    "its path now names another file (renamed or replaced over); cannot reopen it",
+                )),
+            }
+        }
+        self.files.push(File {
+            id,
+            kind,
+            flags: info.flags & !(libc::O_CLOEXEC as u32),
+            pos: info.pos,
+            mode: meta.mode(),
+            rdev: meta.rdev(),
+            size: meta.len(),
+            path: crate::task::text(&path),
+            content: Bytes(content),
+            obj,
+        });
+        Ok(id)
+    }
+}
+
+/// Open descriptions created by the restorer, by file id, as fd numbers in
+/// the restorer (all above every fd number of the image).
+pub struct Opened {
+    pub by_id: Vec<(u32, i32)>,
+}
+
+impl Opened {
+    pub fn fd_of(&self, id: u32) -> Option<i32> {
+        self.by_id.iter().find(|x| x.0 == id).map(|x| x.1)
+    }
+    pub fn all(&self) -> impl Iterator<Item = i32> + '_ {
+        self.by_id.iter().map(|x| x.1)
+    }
+}
+
+/// Opens one description at an fd >= `base` in the calling process.
+fn reopen(path: &[u8], flags: i32, base: i32) -> std::io::Result<i32> {
+    let fd = sys::open_raw(path, (flags & REOPEN_FLAGS) | libc::O_CLOEXEC, 0)?;
+    let high = sys::dup_above(fd, base);
+    sys::close(fd);
+    high
+}
+
+/// Opens every saved description (and creates every pipe) in the calling
+/// process, at fd numbers >= `base`. `shmem_fd` gives the memfd restored for
+/// a shared memory object.
+pub fn open_all(
+    files: &[File],
+    pipes: &[Pipe],
+    shmem_fd: &dyn Fn(u32) -> Option<i32>,
+    base: i32,
+) -> Result<Opened> {
+    let err = |what: String, e: std::io::Error| Error::Sys {
+        pid: std::process::id() as Pid,
+        what,
+        source: e,
+    };
+    let mut by_id = Vec::new();
+    // Pipe id -> (read end, write end) in this process.
+    let mut pipe_ends: Vec<(u32, i32, i32)> = Vec::new();
+    for p in pipes {
+        let (r, w) = sys::pipe().map_err(|e| err("pipe".into(), e))?;
+        let (r2, w2) = (
+            sys::dup_above(r, base).map_err(|e| err("dup".into(), e))?,
+            sys::dup_above(w, base).map_err(|e| err("dup".into(), e))?,
+        );
+        sys::close(r);
+        sys::close(w);
+        if p.size > 0 {
+            let _ = sys::set_pipe_size(w2, p.size);
+        }
+        sys::fcntl_set(w2, libc::F_SETFL, libc::O_NONBLOCK).map_err(|e| err("fcntl".into(), e))?;
+        sys::write_all(w2, &p.data.0).map_err(|e| {
+            err(
+                format!("refill pipe {} with {} bytes", p.id, p.data.0.len()),
+                e,
+            )
+        })?;
+        pipe_ends.push((p.id, r2, w2));
+    }
+    for f in files {
+        let fd = match f.kind {
+            FILE_PIPE | FILE_FIFO => {
+                let &(_, r, w) = pipe_ends.iter().find(|x| x.0 == f.obj).ok_or_else(|| {
+                    Error::Refused(format!("file {} names a missing pipe {}", f.id, f.obj))
+                })?;
+                if f.kind == FILE_FIFO {
+                    // Reopening the path gives the FIFO itself; its buffer
+                    // was saved with the pipe object, refill it once.
+                    let mode = f.flags as i32 & libc::O_ACCMODE;
+                    let helper = reopen(&f.path.0, libc::O_RDWR | libc::O_NONBLOCK, base)
+                        .map_err(|e| err(format!("open FIFO {}", f.path), e))?;
+                    let fd = reopen(
+                        format!("/proc/self/fd/{helper}").as_bytes(),
+                        mode | libc::O_NONBLOCK,
+                        base,
+                    )
+                    .map_err(|e| err(format!("open FIFO {}", f.path), e))?;
+                    let data_pipe = r;
+                    sys::fcntl_set(data_pipe, libc::F_SETFL, libc::O_NONBLOCK)
+                        .map_err(|e| err("fcntl".into(), e))?;
+                    let mut buf = vec![0u8; 65536];
+                    while let Ok(n) = sys::read(data_pipe, &mut buf) {
+                        if n == 0 {
+                            break;
                         }
+                        let _ = sys::write_all(helper, &buf[..n]);
+                    }
+                    // Keep the helper open until the tree holds its own ends.
+                    by_id.push((0, helper));
+                    fd
+                } else {
+                    let end = if f.flags as i32 & libc::O_ACCMODE == libc::O_RDONLY {
+                        r
+                    } else {
+                        w
+                    };
+                    if by_id.iter().any(|&(_, x)| x == end) {
+                        // A second description of the same end.
+                        reopen(
+                            format!("/proc/self/fd/{end}").as_bytes(),
+                            f.flags as i32,
+                            base,
+                        )
+                        .map_err(|e| err("reopen pipe end".into(), e))?
+                    } else {
+                        end
                     }
                 }
-                let id = files.len() as u32 + 1;
-                files.push(File {
-                    id,
-                    kind,
-                    flags: info.flags & !(libc::O_CLOEXEC as u32),
-                    pos: info.pos,
-                    mode: meta.mode(),
-                    rdev: meta.rdev(),
-                    size: meta.len(),
-                    path: crate::task::text(&path),
-                    content: Bytes(content),
-                });
-                id
             }
+            FILE_MEMFD => {
+                let m = shmem_fd(f.obj).ok_or_else(|| {
+                    Error::Refused(format!(
+                        "memfd file {} names a missing object {}",
+                        f.id, f.obj
+                    ))
+                })?;
+                reopen(
+                    format!("/proc/self/fd/{m}").as_bytes(),
+                    f.flags as i32,
+                    base,
+                )
+                .map_err(|e| err(format!("reopen memfd {}", f.path), e))?
+            }
+            FILE_UNLINKED => {
+                let dir = match f.path.0.iter().rposition(|&c| c == b'/') {
+                    Some(0) | None => b"/".to_vec(),
+                    Some(i) => f.path.0[..i].to_vec(),
+                };
+                let tmp = sys::open_raw(
+                    &dir,
+                    libc::O_TMPFILE | libc::O_RDWR | libc::O_CLOEXEC,
+                    f.mode & 0o7777,
+                )
+                .map_err(|e| {
+                    err(
+                        format!(
+                            "create an unlinked file in {}",
+                            String::from_utf8_lossy(&dir)
+                        ),
+                        e,
+                    )
+                })?;
+                sys::write_all(tmp, &f.content.0)
+                    .map_err(|e| err("write unlinked file".into(), e))?;
+                let fd = reopen(
+                    format!("/proc/self/fd/{tmp}").as_bytes(),
+                    f.flags as i32,
+                    base,
+                );
+                sys::close(tmp);
+                fd.map_err(|e| err("reopen unlinked file".into(), e))?
+            }
+            _ => reopen(&f.path.0, f.flags as i32, base)
+                .map_err(|e| err(format!("open {}", f.path), e))?,
         };
-        seen.push((fd, dev, ino, id));
-        fds.push(Fd {
-            fd: fd as u32,
-            file_id: id,
-            cloexec,
-        });
-    }
-    Ok(Files { files, fds })
-}
-
-/// Opens one saved file description in the calling process; returns the fd.
-fn open_file(f: &File) -> std::io::Result<i32> {
-    let flags = (f.flags as i32 & REOPEN_FLAGS) | libc::O_CLOEXEC;
-    match f.kind {
-        FILE_UNLINKED => {
-            // An anonymous, already-unlinked file in the same directory.
-            let dir = f.path.0.rsplit_once_byte(b'/').unwrap_or(b"/".as_slice());
-            let dir = if dir.is_empty() { b"/".as_slice() } else { dir };
-            let tmp = sys::open_raw(
-                dir,
-                libc::O_TMPFILE | libc::O_RDWR | libc::O_CLOEXEC,
-                f.mode & 0o7777,
-            )?;
-            sys::write_all(tmp, &f.content.0)?;
-            // Reopen through /proc to get the saved access mode and flags.
-            let fd = sys::open_raw(format!("/proc/self/fd/{tmp}").as_bytes(), flags, 0)?;
-            sys::close(tmp);
-            Ok(fd)
-        }
-        _ => sys::open_raw(&f.path.0, flags, 0),
-    }
-}
-
-trait RsplitByte {
-    fn rsplit_once_byte(&self, b: u8) -> Option<&[u8]>;
-}
-impl RsplitByte for Vec<u8> {
-    fn rsplit_once_byte(&self, b: u8) -> Option<&[u8]> {
-        self.iter().rposition(|&c| c == b).map(|i| &self[..i])
-    }
-}
-
-/// Rebuilds the fd table in the calling process (a restore child). Every fd
-/// it still needs for itself (`keep`) must already be above every saved fd.
-pub fn restore(files: &[File], fds: &[Fd]) -> std::result::Result<(), String> {
-    let mut opened: Vec<(u32, i32)> = Vec::new();
-    let max_fd = fds.iter().map(|f| f.fd as i32).max().unwrap_or(-1);
-    for f in files {
-        let fd = open_file(f).map_err(|e| format!("cannot reopen {}: {e}", f.path))?;
-        // Park it above the saved numbers so it never collides with a target.
-        let parked = sys::dup_above(fd, max_fd + 1).map_err(|e| format!("dup: {e}"))?;
-        sys::close(fd);
-        if f.kind == FILE_REGULAR || f.kind == FILE_UNLINKED {
-            sys::lseek(parked, f.pos)
-                .map_err(|e| format!("cannot seek {} to {}: {e}", f.path, f.pos))?;
+        let want = f.flags as i32 & SETFL_FLAGS;
+        sys::fcntl_set(fd, libc::F_SETFL, want)
+            .map_err(|e| err(format!("set flags of {}", f.path), e))?;
+        if matches!(f.kind, FILE_REGULAR | FILE_UNLINKED | FILE_MEMFD) {
+            sys::lseek(fd, f.pos).map_err(|e| err(format!("seek {} to {}", f.path, f.pos), e))?;
         } else if f.kind == FILE_DIR && f.pos != 0 {
-            // A directory's position is a cookie; best effort.
-            let _ = sys::lseek(parked, f.pos);
+            // A directory position is a cookie; best effort.
+            let _ = sys::lseek(fd, f.pos);
         }
-        opened.push((f.id, parked));
+        by_id.push((f.id, fd));
+    }
+    // Pipe ends no description uses.
+    for (_, r, w) in pipe_ends {
+        for e in [r, w] {
+            if !by_id.iter().any(|&(_, x)| x == e) {
+                by_id.push((0, e));
+            }
+        }
+    }
+    Ok(Opened { by_id })
+}
+
+/// Installs a process's fds from the inherited descriptions (in a restore
+/// child). Closes every other fd but `keep`.
+pub fn install(fds: &[Fd], opened: &Opened, keep: &[i32]) -> std::result::Result<(), String> {
+    let open: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+        .map_err(|e| format!("list own fds: {e}"))?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    let sources: Vec<i32> = opened.all().collect();
+    for fd in open {
+        if !keep.contains(&fd) && !sources.contains(&fd) {
+            sys::close(fd);
+        }
     }
     for d in fds {
         let src = opened
-            .iter()
-            .find(|(id, _)| *id == d.file_id)
-            .map(|x| x.1)
+            .fd_of(d.file_id)
             .ok_or_else(|| format!("fd {} names unknown file {}", d.fd, d.file_id))?;
         sys::dup2(src, d.fd as i32).map_err(|e| format!("dup2 to fd {}: {e}", d.fd))?;
         sys::fcntl_set(
@@ -206,8 +457,10 @@ pub fn restore(files: &[File], fds: &[Fd]) -> std::result::Result<(), String> {
         )
         .map_err(|e| format!("set FD_CLOEXEC on fd {}: {e}", d.fd))?;
     }
-    for (_, p) in opened {
-        sys::close(p);
+    for s in sources {
+        if !keep.contains(&s) && !fds.iter().any(|d| d.fd as i32 == s) {
+            sys::close(s);
+        }
     }
     Ok(())
 }

@@ -79,7 +79,7 @@ pub fn freeze(pid: Pid) -> Result<Frozen> {
 
 /// Waits until `tid` reports the PTRACE_INTERRUPT stop, passing on any
 /// signal that reaches it first so that nothing is lost.
-fn wait_for_stop(tid: Pid) -> Result<()> {
+pub fn wait_for_stop(tid: Pid) -> Result<()> {
     loop {
         let (_, st) = sys::wait(tid, 0).ctx(tid, || "wait for the task to stop".into())?;
         if libc::WIFEXITED(st) || libc::WIFSIGNALED(st) {
@@ -98,15 +98,17 @@ fn wait_for_stop(tid: Pid) -> Result<()> {
 }
 
 impl Frozen {
-    /// Kills the process and waits until its pid is free (reaped by its
-    /// parent). Returns a warning if the parent does not reap it.
-    pub fn kill(mut self) -> Result<Option<String>> {
+    /// Kills the process and collects its threads' exits as the tracer.
+    fn kill_only(mut self) -> Result<()> {
         self.killed = true;
         let pid = self.pid;
         sys::kill(pid, libc::SIGKILL).ctx(pid, || "kill after checkpoint".into())?;
         // As the tracer we see each thread's exit first; only then does the
-        // parent get its SIGCHLD.
-        for &t in &self.tids {
+        // parent get its SIGCHLD. The leader's exit is reported only once
+        // the other threads are reaped, so they go first.
+        let mut order = self.tids.clone();
+        order.sort_by_key(|&t| t == pid);
+        for t in order {
             loop {
                 match sys::wait(t, 0) {
                     Ok((_, st)) if libc::WIFEXITED(st) || libc::WIFSIGNALED(st) => break,
@@ -117,19 +119,7 @@ impl Frozen {
                 }
             }
         }
-        // The parent reaps at its own pace; wait a bounded time for it.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while procfs::exists(pid) {
-            if std::time::Instant::now() > deadline {
-                let ppid = procfs::stat(pid).map(|s| s.ppid).unwrap_or(0);
-                return Ok(Some(format!(
-                    "pid {pid} is a zombie: its parent {ppid} ({}) has not reaped it, so the pid is not free for `ckpt restart` yet",
-                    comm(ppid)
-                )));
-            }
-            std::thread::sleep(std::time::Duration::from_millis(2));
-        }
-        Ok(None)
+        Ok(())
     }
 }
 
@@ -140,5 +130,73 @@ impl Drop for Frozen {
                 let _ = sys::detach(t, 0);
             }
         }
+    }
+}
+
+/// A frozen process tree, parents before children (pre-order). Zombies
+/// have no threads to stop and carry `None`.
+pub struct FrozenTree {
+    pub procs: Vec<(Pid, Option<Frozen>)>,
+}
+
+fn is_zombie(pid: Pid) -> bool {
+    procfs::stat(pid).map(|s| s.state == b'Z').unwrap_or(false)
+}
+
+/// Freezes `root` and all its descendants. Each process's children are
+/// listed only once it is frozen, so none can fork behind our back: a
+/// frozen process has a fixed set of children, and every child is frozen
+/// (and its own children listed) in turn. Threads are handled by `freeze`,
+/// which re-lists them until the set is stable.
+pub fn freeze_tree(root: Pid) -> Result<FrozenTree> {
+    let mut procs = Vec::new();
+    let mut stack = vec![root];
+    while let Some(p) = stack.pop() {
+        if is_zombie(p) {
+            procs.push((p, None));
+            continue;
+        }
+        let f = match freeze(p) {
+            Ok(f) => f,
+            // It exited meanwhile; its frozen parent cannot reap it.
+            Err(_) if p != root && is_zombie(p) => {
+                procs.push((p, None));
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let kids = procfs::children(p).ctx(p, || "list children".into())?;
+        procs.push((p, Some(f)));
+        stack.extend(kids.iter().rev());
+    }
+    Ok(FrozenTree { procs })
+}
+
+impl FrozenTree {
+    /// Kills every process and waits until all pids of the tree are free.
+    /// Returns warnings for pids a parent outside the tree does not reap.
+    pub fn kill(self) -> Result<Vec<String>> {
+        let all: Vec<Pid> = self.procs.iter().map(|p| p.0).collect();
+        let mut warnings = Vec::new();
+        for (_, f) in self.procs {
+            if let Some(f) = f {
+                f.kill_only()?;
+            }
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        for pid in all {
+            while procfs::exists(pid) {
+                if std::time::Instant::now() > deadline {
+                    let ppid = procfs::stat(pid).map(|s| s.ppid).unwrap_or(0);
+                    warnings.push(format!(
+                        "pid {pid} is a zombie: its parent {ppid} ({}) has not reaped it, so the pid is not free for `ckpt restart` yet",
+                        comm(ppid)
+                    ));
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+        }
+        Ok(warnings)
     }
 }

@@ -61,6 +61,11 @@ pub fn head(flags: u32) -> Head {
     }
 }
 
+/// Rounds up to a multiple of the page size.
+pub fn align_up(v: u64) -> u64 {
+    ckpt_image::align_up(v, 4096)
+}
+
 /// uname(2).
 pub fn uname() -> libc::utsname {
     // SAFETY: utsname is plain bytes; all-zero is valid.

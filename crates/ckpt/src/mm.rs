@@ -26,41 +26,135 @@ fn strip_deleted(p: &[u8]) -> (&[u8], bool) {
     }
 }
 
-/// Classifies one mapping; errors for mappings not supported yet.
-pub fn vma_of(pid: Pid, comm: &str, m: &MapEntry) -> Result<Vma> {
-    let (path, deleted) = strip_deleted(&m.path);
-    let kind = match path {
-        b"[vdso]" => VMA_VDSO,
-        b"[vvar]" => VMA_VVAR,
-        b"[vvar_vclock]" => VMA_VVAR_VCLOCK,
-        b"[vsyscall]" => VMA_VSYSCALL,
-        b"[heap]" => VMA_HEAP,
-        b"[stack]" => VMA_STACK,
-        p if p.starts_with(b"[anon:") || p.is_empty() => VMA_ANON,
-        p if p.starts_with(b"/") && m.ino != 0 && !m.shared => VMA_FILE,
-        p if p.starts_with(b"/")
-            && m.ino != 0
-            && !deleted
-            && !p.starts_with(b"/SYSV")
-            && !p.starts_with(b"/memfd:")
-            && !p.starts_with(b"/dev/zero") =>
-        {
-            VMA_FILE
+/// Shared memory objects (shared anonymous regions, memfds) of a whole
+/// tree, by (dev, ino), with a place to read each one's content from.
+#[derive(Default)]
+pub struct ShmemTable {
+    pub objs: Vec<(u64, u64, Shmem, String)>,
+}
+
+impl ShmemTable {
+    /// The id of the object (dev, ino), adding it if new. `source` is a
+    /// /proc path that opens it (a map_files or fd link).
+    pub fn id(
+        &mut self,
+        dev: u64,
+        ino: u64,
+        kind: u32,
+        name: &[u8],
+        source: String,
+    ) -> Result<u32> {
+        if let Some(o) = self.objs.iter().find(|o| o.0 == dev && o.1 == ino) {
+            return Ok(o.2.id);
         }
-        _ => return Err(Error::Unsupported {
-            pid,
-            comm: comm.into(),
-            object: format!(
-                "mapping {:#x}-{:#x} ({})",
-                m.start,
-                m.end,
-                String::from_utf8_lossy(&m.path)
-            ),
-            reason:
-                "shared anonymous, SysV, memfd and deleted shared mappings are not supported yet"
-                    .into(),
-        }),
+        let size = std::fs::metadata(&source)
+            .map(|m| std::os::unix::fs::MetadataExt::size(&m))
+            .map_err(|e| Error::Sys {
+                pid: 0,
+                what: format!("stat {source}"),
+                source: e,
+            })?;
+        let id = self.objs.len() as u32 + 1;
+        self.objs.push((
+            dev,
+            ino,
+            Shmem {
+                id,
+                kind,
+                size,
+                name: crate::task::text(name),
+            },
+            source,
+        ));
+        Ok(id)
+    }
+
+    /// Writes each object and its data pages (only the ranges that hold
+    /// data: holes are found with SEEK_DATA/SEEK_HOLE).
+    pub fn dump<W: Write>(&self, w: &mut ImageWriter<W>) -> Result<u64> {
+        let mut pages = 0;
+        for (_, _, shm, source) in &self.objs {
+            w.write(shm).map_err(Error::Write)?;
+            let f = std::fs::File::open(source).map_err(|e| Error::Sys {
+                pid: 0,
+                what: format!("open {source}"),
+                source: e,
+            })?;
+            let mut off = 0u64;
+            let size = crate::align_up(shm.size);
+            while off < size {
+                let Some((start, end)) = crate::sys::next_data(&f, off, size) else {
+                    break;
+                };
+                let mut a = start & !(PAGE - 1);
+                let end = crate::align_up(end).min(size);
+                while a < end {
+                    let n = (end - a).min(CHUNK_PAGES * PAGE);
+                    let mut buf = vec![0u8; n as usize];
+                    f.read_exact_at(&mut buf, a).map_err(|e| Error::Sys {
+                        pid: 0,
+                        what: format!("read {source}"),
+                        source: e,
+                    })?;
+                    w.write_pages_flags(a, &buf, PAGES_SHMEM)
+                        .map_err(Error::Write)?;
+                    pages += n / PAGE;
+                    a += n;
+                }
+                off = end;
+            }
+        }
+        Ok(pages)
+    }
+}
+
+/// Classifies one mapping; errors for mappings not supported yet.
+pub fn vma_of(pid: Pid, comm: &str, m: &MapEntry, shm: &mut ShmemTable) -> Result<Vma> {
+    let (path, deleted) = strip_deleted(&m.path);
+    let unsupported = |reason: &str| Error::Unsupported {
+        pid,
+        comm: comm.into(),
+        object: format!(
+            "mapping {:#x}-{:#x} ({})",
+            m.start,
+            m.end,
+            String::from_utf8_lossy(&m.path)
+        ),
+        reason: reason.into(),
     };
+    let mut obj = 0;
+    let kind =
+        match path {
+            b"[vdso]" => VMA_VDSO,
+            b"[vvar]" => VMA_VVAR,
+            b"[vvar_vclock]" => VMA_VVAR_VCLOCK,
+            b"[vsyscall]" => VMA_VSYSCALL,
+            b"[heap]" => VMA_HEAP,
+            b"[stack]" => VMA_STACK,
+            p if p.starts_with(b"/SYSV") => {
+                return Err(unsupported(
+                    "SysV shared memory segments are not supported yet",
+                ))
+            }
+            p if (p.starts_with(b"/dev/zero") && m.shared)
+                || p.starts_with(b"/memfd:")
+                || (p.starts_with(b"[anon_shmem")) =>
+            {
+                let k = if p.starts_with(b"/memfd:") {
+                    SHMEM_MEMFD
+                } else {
+                    SHMEM_ANON
+                };
+                let source = format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end);
+                obj = shm.id(m.dev, m.ino, k, p.strip_prefix(b"/").unwrap_or(p), source)?;
+                VMA_SHMEM
+            }
+            p if p.starts_with(b"[anon:") || p.is_empty() => VMA_ANON,
+            p if p.starts_with(b"/") && m.ino != 0 && !(m.shared && deleted) => VMA_FILE,
+            _ => return Err(unsupported(
+                "deleted shared file mappings and unknown special mappings are not supported yet",
+            )),
+        };
     let mut flags = 0;
     if m.shared {
         flags |= VMAF_SHARED;
@@ -68,7 +162,7 @@ pub fn vma_of(pid: Pid, comm: &str, m: &MapEntry) -> Result<Vma> {
     if m.has_flag(b"gd") {
         flags |= VMAF_GROWSDOWN;
     }
-    if deleted {
+    if deleted && kind == VMA_FILE {
         flags |= VMAF_DELETED;
     }
     if m.has_flag(b"dc") {
@@ -90,6 +184,7 @@ pub fn vma_of(pid: Pid, comm: &str, m: &MapEntry) -> Result<Vma> {
         dev: m.dev,
         ino: m.ino,
         path: crate::task::text(path),
+        obj,
     })
 }
 
@@ -101,9 +196,9 @@ fn page_needed(v: &Vma, pm: u64) -> bool {
     match v.kind {
         VMA_VDSO | VMA_VVAR | VMA_VVAR_VCLOCK | VMA_VSYSCALL => false,
         _ if v.flags & VMAF_SHARED != 0 => false,
-        // A private file mapping: only copied-on-write pages are anonymous;
-        // the rest are the file's pages and come back from the file.
-        VMA_FILE if v.flags & VMAF_DELETED == 0 => pm & PM_FILE == 0,
+        // A private file (or memfd) mapping: only copied-on-write pages are
+        // anonymous; the rest are the file's pages and come back from it.
+        VMA_FILE | VMA_SHMEM if v.flags & VMAF_DELETED == 0 => pm & PM_FILE == 0,
         _ => true,
     }
 }
@@ -129,7 +224,7 @@ pub fn dump_pages<W: Write>(pid: Pid, vmas: &[Vma], w: &mut ImageWriter<W>) -> R
         {
             continue;
         }
-        let skip_zero = v.kind != VMA_FILE || v.flags & VMAF_DELETED != 0;
+        let skip_zero = !matches!(v.kind, VMA_FILE | VMA_SHMEM) || v.flags & VMAF_DELETED != 0;
         let mut addr = v.start;
         while addr < v.end {
             let end = (addr + CHUNK_PAGES * PAGE).min(v.end);
@@ -331,6 +426,7 @@ pub fn replace_address_space(
     tramp: u64,
     tramp_len: u64,
     img_fd: i32,
+    shmem_fd: &dyn Fn(u32) -> Option<i32>,
 ) -> Result<()> {
     let pid = r.tid();
     let cur = procfs::maps(pid).ctx(pid, || "read maps".into())?;
@@ -365,7 +461,15 @@ pub fn replace_address_space(
         if v.flags & VMAF_GROWSDOWN != 0 {
             flags |= libc::MAP_GROWSDOWN as u64;
         }
-        let (fd, off) = if v.kind == VMA_FILE && v.flags & VMAF_DELETED == 0 {
+        let (fd, off) = if v.kind == VMA_SHMEM {
+            let fd = shmem_fd(v.obj).ok_or_else(|| {
+                Error::Refused(format!(
+                    "mapping {:#x} names a missing shared memory object {}",
+                    v.start, v.obj
+                ))
+            })?;
+            (fd as u64, v.pgoff)
+        } else if v.kind == VMA_FILE && v.flags & VMAF_DELETED == 0 {
             let mode = if shared && v.prot & libc::PROT_WRITE as u32 != 0 {
                 libc::O_RDWR
             } else {

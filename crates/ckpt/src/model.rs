@@ -1,5 +1,6 @@
 //! The in-memory form of an image: plain records grouped per process and
-//! thread. Checkpoint fills one and writes it; restart reads and validates
+//! thread, and the objects processes share (open files, pipes, shared
+//! memory). Checkpoint fills one and writes it; restart reads and validates
 //! one completely before creating anything.
 
 use crate::error::{Error, Result};
@@ -18,12 +19,13 @@ pub struct ThreadImage {
 /// A run of saved pages and where its data lies in the image stream.
 #[derive(Debug, Clone, Copy)]
 pub struct PageRun {
+    /// Virtual address (process pages) or offset in the object (shmem pages).
     pub addr: u64,
     pub nr_pages: u64,
     pub data_offset: u64,
 }
 
-/// One process's saved state.
+/// One process's saved state. A zombie has only `process`.
 #[derive(Debug, Clone, Default)]
 pub struct ProcessImage {
     pub process: Process,
@@ -32,7 +34,6 @@ pub struct ProcessImage {
     pub sigactions: SigActions,
     pub itimers: Itimers,
     pub shared_pending: SharedPending,
-    pub files: Vec<File>,
     pub fds: Vec<Fd>,
     pub mm: Mm,
     pub vmas: Vec<Vma>,
@@ -40,11 +41,30 @@ pub struct ProcessImage {
     pub pages: Vec<PageRun>,
 }
 
-/// A whole image.
+impl ProcessImage {
+    pub fn is_zombie(&self) -> bool {
+        self.process.state == PROC_ZOMBIE
+    }
+    pub fn pid(&self) -> i32 {
+        self.process.pid
+    }
+}
+
+/// A shared memory object and its saved pages.
+#[derive(Debug, Clone, Default)]
+pub struct ShmemImage {
+    pub shmem: Shmem,
+    pub pages: Vec<PageRun>,
+}
+
+/// A whole image. Processes come parents first (pre-order from the root).
 #[derive(Debug, Clone, Default)]
 pub struct Image {
     pub head: Head,
     pub arch: ArchX86_64,
+    pub files: Vec<File>,
+    pub pipes: Vec<Pipe>,
+    pub shmems: Vec<ShmemImage>,
     pub processes: Vec<ProcessImage>,
 }
 
@@ -52,14 +72,14 @@ impl ProcessImage {
     /// Writes every metadata record of the process (pages are written by the caller).
     pub fn write_meta<W: Write>(&self, w: &mut ImageWriter<W>) -> std::io::Result<()> {
         w.write(&self.process)?;
+        if self.is_zombie() {
+            return Ok(());
+        }
         w.write(&self.creds)?;
         w.write(&self.rlimits)?;
         w.write(&self.sigactions)?;
         w.write(&self.itimers)?;
         w.write(&self.shared_pending)?;
-        for f in &self.files {
-            w.write(f)?;
-        }
         for f in &self.fds {
             w.write(f)?;
         }
@@ -81,7 +101,7 @@ fn misplaced(r: &RawRecord) -> Error {
     Error::Image(ImageError::Corrupt {
         offset: r.offset,
         record: format!("{} record", type_name(r.rtype)),
-        what: "record out of place (no process or thread record before it)".into(),
+        what: "record out of place (no process, thread or object record before it)".into(),
     })
 }
 
@@ -93,7 +113,6 @@ impl Image {
         let mut img = Image::default();
         let mut have_arch = false;
         while let Some(r) = rd.next_record()? {
-            let cur = img.processes.last_mut();
             match r.rtype {
                 T_HEAD => img.head = r.decode()?,
                 T_ARCH_X86_64 => {
@@ -104,16 +123,44 @@ impl Image {
                     process: r.decode()?,
                     ..Default::default()
                 }),
+                T_FILE => img.files.push(r.decode()?),
+                T_PIPE => img.pipes.push(r.decode()?),
+                T_SHMEM => img.shmems.push(ShmemImage {
+                    shmem: r.decode()?,
+                    pages: Vec::new(),
+                }),
                 T_TAIL => {}
+                T_PAGES => {
+                    let Body::Pages { hdr, data_offset } = r.body else {
+                        return Err(misplaced(&r));
+                    };
+                    let run = PageRun {
+                        addr: hdr.addr,
+                        nr_pages: hdr.nr_pages as u64,
+                        data_offset,
+                    };
+                    if hdr.flags & PAGES_SHMEM != 0 {
+                        img.shmems
+                            .last_mut()
+                            .ok_or_else(|| misplaced(&r))?
+                            .pages
+                            .push(run);
+                    } else {
+                        img.processes
+                            .last_mut()
+                            .ok_or_else(|| misplaced(&r))?
+                            .pages
+                            .push(run);
+                    }
+                }
                 _ => {
-                    let p = cur.ok_or_else(|| misplaced(&r))?;
+                    let p = img.processes.last_mut().ok_or_else(|| misplaced(&r))?;
                     match r.rtype {
                         T_CREDS => p.creds = r.decode()?,
                         T_RLIMITS => p.rlimits = r.decode()?,
                         T_SIGACTIONS => p.sigactions = r.decode()?,
                         T_ITIMERS => p.itimers = r.decode()?,
                         T_SHARED_PENDING => p.shared_pending = r.decode()?,
-                        T_FILE => p.files.push(r.decode()?),
                         T_FD => p.fds.push(r.decode()?),
                         T_MM => p.mm = r.decode()?,
                         T_VMA => p.vmas.push(r.decode()?),
@@ -127,15 +174,6 @@ impl Image {
                                 T_X86_REGS => t.regs = r.decode()?,
                                 T_X86_XSTATE => t.xstate = r.decode()?,
                                 _ => t.debug = r.decode()?,
-                            }
-                        }
-                        T_PAGES => {
-                            if let Body::Pages { hdr, data_offset } = r.body {
-                                p.pages.push(PageRun {
-                                    addr: hdr.addr,
-                                    nr_pages: hdr.nr_pages as u64,
-                                    data_offset,
-                                });
                             }
                         }
                         _ => {
@@ -156,5 +194,10 @@ impl Image {
             ));
         }
         Ok(img)
+    }
+
+    /// The saved process with this pid.
+    pub fn process(&self, pid: i32) -> Option<&ProcessImage> {
+        self.processes.iter().find(|p| p.pid() == pid)
     }
 }

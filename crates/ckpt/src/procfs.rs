@@ -67,6 +67,8 @@ pub struct Stat {
     pub arg_end: u64,
     pub env_start: u64,
     pub env_end: u64,
+    /// Wait status of an exited task (field 52).
+    pub exit_code: i32,
 }
 
 pub fn stat(pid: Pid) -> io::Result<Stat> {
@@ -105,6 +107,7 @@ fn parse_stat(raw: &[u8]) -> Option<Stat> {
         arg_end: n(49)?,
         env_start: n(50)?,
         env_end: n(51)?,
+        exit_code: f.get(52 - 3).and_then(|v| v.parse().ok()).unwrap_or(0),
     })
 }
 

@@ -45,53 +45,511 @@ pub fn restart(input: std::fs::File, opts: &RestartOptions, log: &mut Log) -> Re
     let file = seekable(input)?;
     let img = Image::read(std::io::BufReader::with_capacity(1 << 20, &file))?;
     validate(&img, log)?;
-    let p = &img.processes[0];
-    let pid = p.process.pid;
-    let comm = p.process.comm.to_string();
-    log.info(0, pid, &comm, "restart: image valid, creating process");
-    let mut child = Restoring::spawn(p, &file, &img)?;
-    child
-        .rebuild(p, &img)
-        .inspect_err(|e| log.error(e, 0, pid, &comm))?;
-    let pid = child.release()?;
-    log.info(0, pid, &comm, "restart: process running");
-    if opts.detach {
-        return Ok(Outcome::Detached(pid));
+    validate_objects(&img)?;
+    let root = img.processes[0].pid();
+    let comm = img.processes[0].process.comm.to_string();
+    log.info(
+        0,
+        root,
+        &comm,
+        &format!(
+            "restart: image valid, creating {} processes",
+            img.processes.len()
+        ),
+    );
+    sys::raise_nofile();
+    let mut b = Build::prepare(&img, &file)?;
+    b.spawn(&img)?;
+    b.seize_all(&img)?;
+    for p in img.processes.iter().filter(|p| !p.is_zombie()) {
+        b.rebuild(p)
+            .inspect_err(|e| log.error(e, 0, p.pid(), &p.process.comm.to_string()))?;
     }
-    Ok(Outcome::Exited(wait_forwarding(pid)?))
+    b.release()?;
+    log.info(0, root, &comm, "restart: process tree running");
+    if opts.detach {
+        return Ok(Outcome::Detached(root));
+    }
+    Ok(Outcome::Exited(wait_forwarding(root)?))
 }
 
 /// A regular file at offset 0 is used as is; anything else (a pipe from
-/// another host) is copied into a memfd first so the task can pread from it.
+/// another host) is copied into a memfd first so tasks can pread from it.
 fn seekable(mut input: std::fs::File) -> Result<std::fs::File> {
-    let meta = input.metadata().map_err(|e| {
+    let io = |e| {
         Error::Image(ImageError::Io {
             offset: 0,
             source: e,
         })
-    })?;
+    };
+    let meta = input.metadata().map_err(io)?;
     if meta.is_file() && input.stream_position().ok() == Some(0) {
         return Ok(input);
     }
-    let mut m = sys::memfd("ckpt-image").map_err(|e| {
-        Error::Image(ImageError::Io {
-            offset: 0,
-            source: e,
-        })
-    })?;
-    std::io::copy(&mut input, &mut m).map_err(|e| {
-        Error::Image(ImageError::Io {
-            offset: 0,
-            source: e,
-        })
-    })?;
-    m.rewind().map_err(|e| {
-        Error::Image(ImageError::Io {
-            offset: 0,
-            source: e,
-        })
-    })?;
+    let mut m = sys::memfd("ckpt-image").map_err(io)?;
+    std::io::copy(&mut input, &mut m).map_err(io)?;
+    m.rewind().map_err(io)?;
     Ok(m)
+}
+
+trait FromBytesExt {
+    fn from_bytes_ext(b: &[u8]) -> &Self;
+}
+impl FromBytesExt for std::ffi::OsStr {
+    fn from_bytes_ext(b: &[u8]) -> &Self {
+        std::os::unix::ffi::OsStrExt::from_bytes(b)
+    }
+}
+
+/// A tree being built. Dropping it before `release` kills every process
+/// it created, so a failed restart leaves nothing behind.
+struct Build {
+    opened: files::Opened,
+    shmem_fds: Vec<(u32, i32)>,
+    img_fd: i32,
+    status: (i32, i32),
+    tramp: u64,
+    created: Vec<Pid>,
+    /// Seized tasks (every thread of every live process).
+    traced: Vec<Pid>,
+    released: bool,
+}
+
+/// Chooses where the trampoline goes: free in this process (every restored
+/// process is a copy of it) and clear of every mapping of the image.
+fn map_trampoline(img: &Image) -> Result<u64> {
+    let clear = |a: u64| {
+        img.processes
+            .iter()
+            .flat_map(|p| p.vmas.iter())
+            .all(|v| a + TRAMP_LEN <= v.start || a >= v.end)
+    };
+    let rwx = libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC;
+    let mut candidates = vec![0u64];
+    candidates.extend((1..64u64).map(|i| i << 40).rev());
+    candidates.extend((1..16u64).map(|i| i << 28));
+    for hint in candidates {
+        let Ok(a) = sys::mmap_anon(hint, TRAMP_LEN as usize, rwx) else {
+            continue;
+        };
+        if clear(a) {
+            // syscall instruction (0f 05) at the start of the page.
+            sys::poke_own(a, &[0x0f, 0x05]);
+            return Ok(a);
+        }
+        sys::munmap(a, TRAMP_LEN as usize);
+    }
+    refuse("cannot find room for the restore trampoline outside the image's mappings".into())
+}
+
+fn io_err(what: String) -> impl FnOnce(std::io::Error) -> Error {
+    move |e| Error::Sys {
+        pid: std::process::id() as Pid,
+        what,
+        source: e,
+    }
+}
+
+impl Build {
+    /// Opens every shared object (files, pipes, shared memory) in ckpt, at
+    /// fds above every fd number of the image, for the tree to inherit.
+    fn prepare(img: &Image, file: &std::fs::File) -> Result<Build> {
+        let max_fd = img
+            .processes
+            .iter()
+            .flat_map(|p| p.fds.iter())
+            .map(|f| f.fd as i32)
+            .max()
+            .unwrap_or(2);
+        let base = max_fd.max(2) + 1;
+        let img_fd =
+            sys::dup_above(file.as_raw_fd(), base).map_err(io_err("dup image fd".into()))?;
+        let mut b = Build {
+            opened: files::Opened { by_id: Vec::new() },
+            shmem_fds: Vec::new(),
+            img_fd,
+            status: (-1, -1),
+            tramp: 0,
+            created: Vec::new(),
+            traced: Vec::new(),
+            released: false,
+        };
+        for s in &img.shmems {
+            let fd =
+                sys::memfd_raw(&s.shmem.name.0, base).map_err(io_err("memfd_create".into()))?;
+            b.shmem_fds.push((s.shmem.id, fd));
+            sys::ftruncate(fd, s.shmem.size)
+                .map_err(io_err(format!("size shared memory object {}", s.shmem.id)))?;
+            let mut buf = Vec::new();
+            for r in &s.pages {
+                buf.resize((r.nr_pages * PAGE) as usize, 0);
+                let mut got = 0;
+                while got < buf.len() {
+                    let n = sys::pread(img_fd, &mut buf[got..], r.data_offset + got as u64)
+                        .map_err(io_err("read shared memory pages".into()))?;
+                    if n == 0 {
+                        return refuse("image ends inside shared memory pages".into());
+                    }
+                    got += n;
+                }
+                sys::pwrite_all(fd, &buf, r.addr)
+                    .map_err(io_err("fill shared memory object".into()))?;
+            }
+        }
+        let shm = b.shmem_fds.clone();
+        b.opened = files::open_all(
+            &img.files,
+            &img.pipes,
+            &|id| shm.iter().find(|x| x.0 == id).map(|x| x.1),
+            base,
+        )?;
+        let (r, w) = sys::pipe().map_err(io_err("pipe".into()))?;
+        let w2 = sys::dup_above(w, base).map_err(io_err("dup".into()))?;
+        sys::close(w);
+        b.status = (r, w2);
+        b.tramp = map_trampoline(img)?;
+        Ok(b)
+    }
+
+    /// fds a restored process keeps until its restore is complete.
+    fn keep(&self) -> Vec<i32> {
+        let mut k = vec![self.img_fd, self.status.1];
+        k.extend(self.shmem_fds.iter().map(|x| x.1));
+        k
+    }
+
+    /// Creates the tree: ckpt forks the root, each process forks its own
+    /// children (so parent links come back) and sets itself up, then
+    /// reports on the status pipe and waits to be seized.
+    fn spawn(&mut self, img: &Image) -> Result<()> {
+        let root = &img.processes[0];
+        match sys::fork_with_pid(root.pid()) {
+            Ok(0) => {
+                sys::close(self.status.0);
+                self.become_process(img, root)
+            }
+            Ok(_) => self.created.push(root.pid()),
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                return refuse(format!(
+                    "pid {} was taken by another process just now; retry the restart",
+                    root.pid()
+                ))
+            }
+            Err(e) => {
+                return Err(Error::Sys {
+                    pid: root.pid(),
+                    what: "clone3 with set_tid (needs root)".into(),
+                    source: e,
+                })
+            }
+        }
+        // Our copies of what the tree inherited are no longer needed.
+        sys::munmap(self.tramp, TRAMP_LEN as usize);
+        sys::close(self.status.1);
+        for fd in self.opened.all().chain(self.shmem_fds.iter().map(|x| x.1)) {
+            sys::close(fd);
+        }
+        sys::close(self.img_fd);
+        self.created
+            .extend(img.processes[1..].iter().map(|p| p.pid()));
+        let live = img.processes.iter().filter(|p| !p.is_zombie()).count();
+        let mut ok = 0;
+        let mut text = Vec::new();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while ok < live {
+            if std::time::Instant::now() > deadline {
+                return refuse("the restored processes did not report ready within 60 s".into());
+            }
+            if !sys::poll_in(self.status.0, 100) {
+                continue;
+            }
+            let mut buf = [0u8; 4096];
+            let n =
+                sys::read(self.status.0, &mut buf).map_err(io_err("read status pipe".into()))?;
+            if n == 0 {
+                return refuse("a restored process died while setting itself up".into());
+            }
+            text.extend_from_slice(&buf[..n]);
+            while let Some(i) = text.iter().position(|&c| c == b'\n') {
+                let line: Vec<u8> = text.drain(..=i).collect();
+                let line = String::from_utf8_lossy(&line[..line.len() - 1]).into_owned();
+                if line.starts_with("ok ") {
+                    ok += 1;
+                } else {
+                    return refuse(format!(
+                        "setting up the restored process failed: {}",
+                        line.trim_start_matches("err ")
+                    ));
+                }
+            }
+        }
+        sys::close(self.status.0);
+        Ok(())
+    }
+
+    /// Runs in a new child: becomes the saved process `p` as far as can be
+    /// done from inside (session, children, fds, cwd, dispositions), then
+    /// reports and waits to be seized. Never returns.
+    fn become_process(&self, img: &Image, p: &ProcessImage) -> ! {
+        let pid = p.pid();
+        let res = (|| -> std::result::Result<(), String> {
+            sys::block_all_signals();
+            // If ckpt dies before the restore completes, the half-built tree dies too.
+            sys::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as u64)
+                .map_err(|e| format!("PR_SET_PDEATHSIG: {e}"))?;
+            set_ids(p);
+            let mut zombies = Vec::new();
+            for c in img
+                .processes
+                .iter()
+                .filter(|c| c.process.ppid == pid && c.pid() != pid)
+            {
+                match sys::fork_with_pid(c.pid()) {
+                    Ok(0) if c.is_zombie() => {
+                        set_ids(c);
+                        sys::exit_like(c.process.exit_status)
+                    }
+                    Ok(0) => self.become_process(img, c),
+                    Ok(_) if c.is_zombie() => zombies.push(c.pid()),
+                    Ok(_) => {}
+                    Err(e) => return Err(format!("create child {}: {e}", c.pid())),
+                }
+            }
+            for z in &zombies {
+                sys::wait_exited_noreap(*z).map_err(|e| format!("wait for zombie {z}: {e}"))?;
+            }
+            if !zombies.is_empty() {
+                // Their SIGCHLD was not pending in the saved process.
+                sys::drain_signal(libc::SIGCHLD);
+            }
+            files::install(&p.fds, &self.opened, &self.keep())?;
+            if p.process.root.0 != b"/" {
+                sys::chroot(&p.process.root.0)
+                    .map_err(|e| format!("chroot {}: {e}", p.process.root))?;
+            }
+            sys::chdir(&p.process.cwd.0).map_err(|e| format!("chdir {}: {e}", p.process.cwd))?;
+            sys::umask(p.process.umask);
+            sys::set_comm(&p.process.comm.0);
+            sys::personality(p.process.personality).map_err(|e| format!("personality: {e}"))?;
+            task::restore_sigactions(&p.sigactions).map_err(|e| format!("rt_sigaction: {e}"))?;
+            Ok(())
+        })();
+        match res {
+            Ok(()) => {
+                let _ = sys::write_all(self.status.1, format!("ok {pid}\n").as_bytes());
+                sys::pause_forever()
+            }
+            Err(m) => {
+                let m = m.replace('\n', " ");
+                let _ = sys::write_all(self.status.1, format!("err pid {pid}: {m}\n").as_bytes());
+                sys::exit_now(1)
+            }
+        }
+    }
+
+    fn seize_all(&mut self, img: &Image) -> Result<()> {
+        for p in img.processes.iter().filter(|p| !p.is_zombie()) {
+            let pid = p.pid();
+            sys::seize(
+                pid,
+                libc::PTRACE_O_EXITKILL | libc::PTRACE_O_TRACECLONE | crate::freeze::TRACE_OPTIONS,
+            )
+            .ctx(pid, || "PTRACE_SEIZE of a restored process".into())?;
+            self.traced.push(pid);
+            sys::interrupt(pid).ctx(pid, || "PTRACE_INTERRUPT".into())?;
+            crate::freeze::wait_for_stop(pid)?;
+        }
+        Ok(())
+    }
+
+    /// Replaces the address space of a seized process and sets all its
+    /// state from outside; its threads are created here too.
+    fn rebuild(&mut self, p: &ProcessImage) -> Result<()> {
+        let pid = p.pid();
+        let mem = procfs::mem(pid).ctx(pid, || "open /proc mem".into())?;
+        let mut r = Remote::new(pid, self.tramp)?;
+        let s = Scratch {
+            addr: self.tramp + PAGE,
+            mem: &mem,
+            pid,
+        };
+
+        // The process inherited our rseq registration: drop it before the
+        // memory it points to is replaced.
+        if let Ok((addr, len, sig)) = sys::rseq_config(pid) {
+            if addr != 0 {
+                r.call(
+                    "rseq(unregister)",
+                    libc::SYS_rseq,
+                    &[addr, len as u64, RSEQ_FLAG_UNREGISTER, sig as u64],
+                )?;
+            }
+        }
+        let shm = self.shmem_fds.clone();
+        let shmem_fd = move |id: u32| shm.iter().find(|x| x.0 == id).map(|x| x.1);
+        crate::mm::replace_address_space(
+            &mut r,
+            &s,
+            p,
+            self.tramp,
+            TRAMP_LEN,
+            self.img_fd,
+            &shmem_fd,
+        )?;
+
+        // Process groups whose leader was created after this process.
+        if sys::getpgid(pid) != p.process.pgid && p.process.pgid > 0 {
+            let _ = r.call("setpgid", libc::SYS_setpgid, &[0, p.process.pgid as u64]);
+        }
+
+        let main = &p.threads[0];
+        let mut others = Vec::new();
+        for t in &p.threads[1..] {
+            let tid = self.clone_thread(&mut r, &s, t.thread.tid)?;
+            let mut tr = Remote::new(tid, self.tramp)?;
+            task::restore_thread(&mut tr, &s, &t.thread)?;
+            task::restore_pending(&mut tr, &s, pid, Some(tid), &t.thread.pending)?;
+            others.push(tr);
+        }
+        task::restore_thread(&mut r, &s, &main.thread)?;
+        crate::creds::restore(&mut r, &s, &p.creds)?;
+        task::restore_itimers(&mut r, &s, &p.itimers)?;
+        task::restore_pending(&mut r, &s, pid, None, &p.shared_pending.signals)?;
+        task::restore_pending(&mut r, &s, pid, Some(pid), &main.thread.pending)?;
+        r.call(
+            "prctl(PR_SET_PDEATHSIG)",
+            libc::SYS_prctl,
+            &[libc::PR_SET_PDEATHSIG as u64, p.process.pdeathsig as u64],
+        )?;
+        if p.process.child_subreaper != 0 {
+            r.call(
+                "prctl(PR_SET_CHILD_SUBREAPER)",
+                libc::SYS_prctl,
+                &[libc::PR_SET_CHILD_SUBREAPER as u64, 1],
+            )?;
+        }
+        if p.process.dumpable != 1 {
+            r.call(
+                "prctl(PR_SET_DUMPABLE)",
+                libc::SYS_prctl,
+                &[libc::PR_SET_DUMPABLE as u64, p.process.dumpable as u64],
+            )?;
+        }
+        for fd in self.keep() {
+            if !p.fds.iter().any(|d| d.fd as i32 == fd) {
+                r.call("close", libc::SYS_close, &[fd as u64])?;
+            }
+        }
+        task::restore_rlimits(pid, &p.rlimits)?;
+
+        // The last injected call unmaps the trampoline, so it must run from
+        // the restored vDSO's syscall instruction.
+        let maps = procfs::maps(pid).ctx(pid, || "read maps".into())?;
+        let ip = find_syscall_insn(pid, &maps)?;
+        r.set_syscall_ip(ip);
+        r.call("munmap", libc::SYS_munmap, &[self.tramp, TRAMP_LEN])?;
+        r.disarm();
+        for tr in others {
+            tr.disarm();
+        }
+        for t in &p.threads {
+            set_final_state(t)?;
+        }
+        Ok(())
+    }
+
+    /// Creates thread `tid` in the process by an injected clone3; it is
+    /// auto-attached (PTRACE_O_TRACECLONE) and stopped before it runs.
+    fn clone_thread(&mut self, r: &mut Remote, s: &Scratch, tid: Pid) -> Result<Pid> {
+        const CLONE_ARGS: u64 = 0x800;
+        const SET_TID: u64 = 0xa00;
+        let flags = (libc::CLONE_VM
+            | libc::CLONE_FS
+            | libc::CLONE_FILES
+            | libc::CLONE_SIGHAND
+            | libc::CLONE_THREAD
+            | libc::CLONE_SYSVSEM) as u64;
+        // struct clone_args: flags, pidfd, child_tid, parent_tid, exit_signal,
+        // stack, stack_size, tls, set_tid, set_tid_size, cgroup.
+        let args = [flags, 0, 0, 0, 0, 0, 0, 0, s.addr + SET_TID, 1, 0];
+        let b: Vec<u8> = args.iter().flat_map(|v| v.to_le_bytes()).collect();
+        s.write(CLONE_ARGS, &b)?;
+        s.write(SET_TID, &tid.to_le_bytes())?;
+        let got = r.call(
+            "clone3(thread)",
+            libc::SYS_clone3,
+            &[s.addr + CLONE_ARGS, 88],
+        )? as Pid;
+        if got != tid {
+            return refuse(format!("thread created with id {got}, wanted {tid}"));
+        }
+        self.traced.push(tid);
+        crate::freeze::wait_for_stop(tid)?;
+        Ok(tid)
+    }
+
+    /// Lets every process run on its own.
+    fn release(mut self) -> Result<()> {
+        for &t in &self.traced {
+            sys::detach(t, 0).ctx(t, || "PTRACE_DETACH".into())?;
+        }
+        self.released = true;
+        Ok(())
+    }
+
+    /// Kills everything created so far (a failed restart).
+    fn kill_all(&mut self) {
+        for &p in self.created.iter().rev() {
+            let _ = sys::kill(p, libc::SIGKILL);
+        }
+        if let Some(&root) = self.created.first() {
+            let _ = sys::wait(root, 0);
+        }
+        // Descendants are reaped by init once their parents are gone.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        for &p in &self.created {
+            while procfs::exists(p) && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+        }
+    }
+}
+
+/// Sets ids the process can set itself right after fork: a session or
+/// group it leads, or an existing group it belongs to.
+fn set_ids(p: &ProcessImage) {
+    let pid = p.pid();
+    if p.process.sid == pid {
+        let _ = sys::setsid();
+    } else if p.process.pgid == pid {
+        let _ = sys::setpgid(0, 0);
+    } else if p.process.pgid > 0 && procfs::exists(p.process.pgid) {
+        let _ = sys::setpgid(0, p.process.pgid);
+    }
+}
+
+/// Registers, xsave state, debug registers and signal mask of one thread,
+/// last of all, just before it is released.
+fn set_final_state(t: &crate::model::ThreadImage) -> Result<()> {
+    let tid = t.thread.tid;
+    let mut regs = arch::record_to_regs(&t.regs);
+    arch::restart_fixup(&mut regs, false);
+    sys::set_regs(tid, &regs).ctx(tid, || "PTRACE_SETREGS".into())?;
+    sys::set_xstate(tid, &t.xstate.area.0).ctx(tid, || "set xsave state".into())?;
+    for i in [0usize, 1, 2, 3, 6, 7] {
+        if t.debug.dr[i] != 0 {
+            sys::set_debugreg(tid, i, t.debug.dr[i]).ctx(tid, || format!("set dr{i}"))?;
+        }
+    }
+    sys::set_sigmask(tid, t.thread.sigmask).ctx(tid, || "PTRACE_SETSIGMASK".into())
+}
+
+impl Drop for Build {
+    fn drop(&mut self) {
+        if !self.released {
+            self.kill_all();
+        }
+    }
 }
 
 fn refuse<T>(msg: String) -> Result<T> {
@@ -104,7 +562,6 @@ fn special(kind: u32) -> bool {
 
 /// Everything that can be checked before a process is created.
 fn validate(img: &Image, log: &mut Log) -> Result<()> {
-    let u = crate::uname();
     let here = crate::head(0);
     if img.head.arch != ARCH_X86_64 || img.head.machine.0 != here.machine.0 {
         return refuse(format!(
@@ -112,7 +569,6 @@ fn validate(img: &Image, log: &mut Log) -> Result<()> {
             img.head.machine, img.head.arch, here.machine
         ));
     }
-    let _ = u;
     if img.head.kernel_release.0 != here.kernel_release.0 {
         log.info(
             0,
@@ -125,16 +581,65 @@ fn validate(img: &Image, log: &mut Log) -> Result<()> {
         );
     }
     arch::validate_arch(&img.arch)?;
-    if img.processes.len() != 1 {
+    let Some(root) = img.processes.first() else {
+        return refuse("image holds no process".into());
+    };
+    if root.is_zombie() {
         return refuse(format!(
-            "image holds {} processes; restarting process trees is not supported yet",
-            img.processes.len()
+            "pid {}: the image's root process is a zombie",
+            root.pid()
         ));
     }
-    let p = &img.processes[0];
-    let pid = p.process.pid;
-    if p.threads.len() != 1 {
-        return refuse(format!("pid {pid}: image holds {} threads; only single-threaded processes can be restarted yet", p.threads.len()));
+    for (i, p) in img.processes.iter().enumerate() {
+        let pid = p.pid();
+        if img.processes[..i].iter().any(|q| q.pid() == pid) {
+            return refuse(format!("pid {pid} appears twice in the image"));
+        }
+        if i > 0 {
+            // Parents come before their children, and only live ones have children.
+            match img.processes[..i]
+                .iter()
+                .find(|q| q.pid() == p.process.ppid)
+            {
+                Some(q) if !q.is_zombie() => {}
+                _ => {
+                    return refuse(format!(
+                        "pid {pid}: its parent {} is not a live process earlier in the image",
+                        p.process.ppid
+                    ))
+                }
+            }
+        }
+        validate_process(img, p)?;
+    }
+    Ok(())
+}
+
+fn validate_process(img: &Image, p: &ProcessImage) -> Result<()> {
+    let pid = p.pid();
+    if pid <= 1 {
+        return refuse(format!("image pid {pid} is not restorable"));
+    }
+    if procfs::exists(pid) {
+        let who = procfs::read(pid, "comm").unwrap_or_default();
+        return refuse(format!(
+            "pid {pid} is in use by another process ({}); stop it, or wait until it exits, then restart",
+            who.trim_end()
+        ));
+    }
+    if p.is_zombie() {
+        return Ok(());
+    }
+    if p.threads.is_empty() || p.threads[0].thread.tid != pid {
+        return refuse(format!("pid {pid}: the image lacks its main thread"));
+    }
+    for t in &p.threads[1..] {
+        if procfs::exists(t.thread.tid) {
+            return refuse(format!(
+                "thread id {} of pid {pid} is in use by another process",
+                t.thread.tid
+            ));
+        }
     }
     let own_xstate = sys::get_xstate_size();
     for t in &p.threads {
@@ -162,16 +667,6 @@ fn validate(img: &Image, log: &mut Log) -> Result<()> {
                 own_xstate
             ));
         }
-    }
-    if pid <= 1 {
-        return refuse(format!("image pid {pid} is not restorable"));
-    }
-    if procfs::exists(pid) {
-        let who = procfs::read(pid, "comm").unwrap_or_default();
-        return refuse(format!(
-            "pid {pid} is in use by another process ({}); stop it, or wait until it exits, then restart",
-            who.trim_end()
-        ));
     }
     // Mappings: sorted, disjoint, page aligned, in user space.
     let mut last_end = 0;
@@ -233,277 +728,50 @@ fn validate(img: &Image, log: &mut Log) -> Result<()> {
             ));
         }
     }
+    for v in p.vmas.iter().filter(|v| v.kind == VMA_SHMEM) {
+        if !img.shmems.iter().any(|s| s.shmem.id == v.obj) {
+            return refuse(format!(
+                "pid {pid}: mapping {:#x} names a missing shared memory object",
+                v.start
+            ));
+        }
+    }
     for d in &p.fds {
-        if !p.files.iter().any(|f| f.id == d.file_id) {
+        if !img.files.iter().any(|f| f.id == d.file_id) {
             return refuse(format!(
                 "pid {pid}: fd {} refers to a file the image does not have",
                 d.fd
             ));
         }
     }
-    for f in &p.files {
-        if matches!(f.kind, FILE_REGULAR | FILE_DIR | FILE_CHR) {
+    Ok(())
+}
+
+fn validate_objects(img: &Image) -> Result<()> {
+    for f in &img.files {
+        if matches!(f.kind, FILE_REGULAR | FILE_DIR | FILE_CHR | FILE_FIFO) {
             if let Err(e) = std::fs::metadata(std::ffi::OsStr::from_bytes_ext(&f.path.0)) {
-                return refuse(format!("pid {pid}: open file {} is missing: {e}", f.path));
+                return refuse(format!("open file {} is missing: {e}", f.path));
+            }
+        }
+        if matches!(f.kind, FILE_PIPE | FILE_FIFO) && !img.pipes.iter().any(|p| p.id == f.obj) {
+            return refuse(format!("file {} names a missing pipe", f.path));
+        }
+        if f.kind == FILE_MEMFD && !img.shmems.iter().any(|s| s.shmem.id == f.obj) {
+            return refuse(format!("memfd {} names a missing object", f.path));
+        }
+    }
+    for s in &img.shmems {
+        for r in &s.pages {
+            if r.addr.saturating_add(r.nr_pages * PAGE) > crate::align_up(s.shmem.size) {
+                return refuse(format!(
+                    "shared memory object {} has pages beyond its size",
+                    s.shmem.id
+                ));
             }
         }
     }
     Ok(())
-}
-
-trait FromBytesExt {
-    fn from_bytes_ext(b: &[u8]) -> &Self;
-}
-impl FromBytesExt for std::ffi::OsStr {
-    fn from_bytes_ext(b: &[u8]) -> &Self {
-        std::os::unix::ffi::OsStrExt::from_bytes(b)
-    }
-}
-
-/// A process being built. Dropping it before `release` kills it.
-struct Restoring {
-    pid: Pid,
-    tramp: u64,
-    img_fd: i32,
-    released: bool,
-}
-
-/// Chooses where the trampoline goes: free in this process (the child is a
-/// copy of it) and clear of every mapping of the image.
-fn map_trampoline(p: &ProcessImage) -> Result<u64> {
-    let clear = |a: u64| {
-        p.vmas
-            .iter()
-            .all(|v| a + TRAMP_LEN <= v.start || a >= v.end)
-    };
-    let rwx = libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC;
-    let mut candidates = vec![0u64];
-    candidates.extend((1..64u64).map(|i| i << 40).rev());
-    candidates.extend((1..16u64).map(|i| i << 28));
-    for hint in candidates {
-        let Ok(a) = sys::mmap_anon(hint, TRAMP_LEN as usize, rwx) else {
-            continue;
-        };
-        if clear(a) {
-            // syscall instruction (0f 05) at the start of the page.
-            sys::poke_own(a, &[0x0f, 0x05]);
-            return Ok(a);
-        }
-        sys::munmap(a, TRAMP_LEN as usize);
-    }
-    refuse("cannot find room for the restore trampoline outside the image's mappings".into())
-}
-
-/// Runs in the new child: fds, session, cwd, umask, dispositions; then
-/// stops for the parent. Returns an error message for the parent.
-fn child_setup(
-    p: &ProcessImage,
-    img_fd: i32,
-    status_fd: i32,
-) -> std::result::Result<(i32, i32), String> {
-    sys::block_all_signals();
-    // If ckpt dies before the restore completes, the half-built child dies too.
-    sys::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as u64)
-        .map_err(|e| format!("PR_SET_PDEATHSIG: {e}"))?;
-    let max_fd = p.fds.iter().map(|f| f.fd as i32).max().unwrap_or(2).max(2);
-    let img = sys::dup_above(img_fd, max_fd + 1).map_err(|e| format!("dup image fd: {e}"))?;
-    let st = sys::dup_above(status_fd, max_fd + 1).map_err(|e| format!("dup status fd: {e}"))?;
-    let open: Vec<i32> = std::fs::read_dir("/proc/self/fd")
-        .map_err(|e| format!("list own fds: {e}"))?
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .collect();
-    for fd in open {
-        if fd != img && fd != st {
-            sys::close(fd);
-        }
-    }
-    let pid = p.process.pid;
-    if p.process.sid == pid {
-        sys::setsid().map_err(|e| format!("setsid: {e}"))?;
-    } else if p.process.pgid == pid {
-        sys::setpgid(0, 0).map_err(|e| format!("setpgid: {e}"))?;
-    } else if procfs::exists(p.process.pgid) {
-        // Rejoin the original group if it still exists in our session.
-        let _ = sys::setpgid(0, p.process.pgid);
-    }
-    files::restore(&p.files, &p.fds)?;
-    if p.process.root.0 != b"/" {
-        sys::chroot(&p.process.root.0).map_err(|e| format!("chroot {}: {e}", p.process.root))?;
-    }
-    sys::chdir(&p.process.cwd.0).map_err(|e| format!("chdir {}: {e}", p.process.cwd))?;
-    sys::umask(p.process.umask);
-    sys::set_comm(&p.process.comm.0);
-    sys::personality(p.process.personality).map_err(|e| format!("personality: {e}"))?;
-    task::restore_sigactions(&p.sigactions).map_err(|e| format!("rt_sigaction: {e}"))?;
-    Ok((img, st))
-}
-
-impl Restoring {
-    fn spawn(p: &ProcessImage, file: &std::fs::File, _img: &Image) -> Result<Self> {
-        let pid = p.process.pid;
-        let tramp = map_trampoline(p)?;
-        let (rd, wr) = sys::pipe().ctx(0, || "pipe".into())?;
-        let fork = sys::fork_with_pid(pid);
-        match fork {
-            Ok(0) => {
-                // The child: a copy of this single-threaded process.
-                sys::close(rd);
-                match child_setup(p, file.as_raw_fd(), wr) {
-                    Ok((img_fd, st)) => {
-                        let ok = format!("ok {img_fd}");
-                        let _ = sys::traceme();
-                        let _ = sys::write_all(st, ok.as_bytes());
-                        sys::close(st);
-                        sys::stop_self();
-                        sys::exit_now(127) // not reached: the parent takes over
-                    }
-                    Err(msg) => {
-                        let _ = sys::write_all(wr, msg.as_bytes());
-                        sys::exit_now(1)
-                    }
-                }
-            }
-            Err(e) => {
-                sys::close(rd);
-                sys::close(wr);
-                sys::munmap(tramp, TRAMP_LEN as usize);
-                return Err(if e.raw_os_error() == Some(libc::EEXIST) {
-                    Error::Refused(format!(
-                        "pid {pid} was taken by another process just now; retry the restart"
-                    ))
-                } else {
-                    Error::Sys {
-                        pid,
-                        what: "clone3 with set_tid (needs root)".into(),
-                        source: e,
-                    }
-                });
-            }
-            Ok(_) => {}
-        }
-        sys::close(wr);
-        sys::munmap(tramp, TRAMP_LEN as usize);
-        let mut this = Restoring {
-            pid,
-            tramp,
-            img_fd: -1,
-            released: false,
-        };
-        let mut msg = Vec::new();
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = sys::read(rd, &mut buf) {
-            if n == 0 {
-                break;
-            }
-            msg.extend_from_slice(&buf[..n]);
-        }
-        sys::close(rd);
-        let msg = String::from_utf8_lossy(&msg).into_owned();
-        match msg.strip_prefix("ok ").and_then(|v| v.parse().ok()) {
-            Some(fd) => this.img_fd = fd,
-            None => {
-                return Err(Error::Refused(format!(
-                    "pid {pid}: setting up the new process failed: {}",
-                    if msg.is_empty() { "it exited" } else { &msg }
-                )))
-            }
-        }
-        let (_, st) = sys::wait(pid, 0).ctx(pid, || "wait for the new process to stop".into())?;
-        if !libc::WIFSTOPPED(st) {
-            return Err(Error::TaskGone(pid));
-        }
-        sys::set_options(pid, libc::PTRACE_O_EXITKILL | crate::freeze::TRACE_OPTIONS)
-            .ctx(pid, || "PTRACE_SETOPTIONS".into())?;
-        Ok(this)
-    }
-
-    fn rebuild(&mut self, p: &ProcessImage, _img: &Image) -> Result<()> {
-        let pid = self.pid;
-        let mem = procfs::mem(pid).ctx(pid, || "open /proc mem".into())?;
-        let mut r = Remote::new(pid, self.tramp)?;
-        let s = Scratch {
-            addr: self.tramp + PAGE,
-            mem: &mem,
-            pid,
-        };
-
-        // The child inherited our rseq registration: drop it before the
-        // memory it points to is replaced.
-        if let Ok((addr, len, sig)) = sys::rseq_config(pid) {
-            if addr != 0 {
-                r.call(
-                    "rseq(unregister)",
-                    libc::SYS_rseq,
-                    &[addr, len as u64, RSEQ_FLAG_UNREGISTER, sig as u64],
-                )?;
-            }
-        }
-        crate::mm::replace_address_space(&mut r, &s, p, self.tramp, TRAMP_LEN, self.img_fd)?;
-
-        let t = &p.threads[0];
-        task::restore_thread(&mut r, &s, &t.thread)?;
-        crate::creds::restore(&mut r, &s, &p.creds)?;
-        task::restore_itimers(&mut r, &s, &p.itimers)?;
-        task::restore_pending(&mut r, &s, pid, None, &p.shared_pending.signals)?;
-        task::restore_pending(&mut r, &s, pid, Some(pid), &t.thread.pending)?;
-        r.call(
-            "prctl(PR_SET_PDEATHSIG)",
-            libc::SYS_prctl,
-            &[libc::PR_SET_PDEATHSIG as u64, p.process.pdeathsig as u64],
-        )?;
-        if p.process.child_subreaper != 0 {
-            r.call(
-                "prctl(PR_SET_CHILD_SUBREAPER)",
-                libc::SYS_prctl,
-                &[libc::PR_SET_CHILD_SUBREAPER as u64, 1],
-            )?;
-        }
-        if p.process.dumpable != 1 {
-            r.call(
-                "prctl(PR_SET_DUMPABLE)",
-                libc::SYS_prctl,
-                &[libc::PR_SET_DUMPABLE as u64, p.process.dumpable as u64],
-            )?;
-        }
-        r.call("close", libc::SYS_close, &[self.img_fd as u64])?;
-        task::restore_rlimits(pid, &p.rlimits)?;
-
-        // The last injected call unmaps the trampoline, so it must run from
-        // the restored vDSO's syscall instruction.
-        let maps = procfs::maps(pid).ctx(pid, || "read maps".into())?;
-        let ip = find_syscall_insn(pid, &maps)?;
-        r.set_syscall_ip(ip);
-        r.call("munmap", libc::SYS_munmap, &[self.tramp, TRAMP_LEN])?;
-        r.disarm();
-
-        let mut regs = arch::record_to_regs(&t.regs);
-        arch::restart_fixup(&mut regs, false);
-        sys::set_regs(pid, &regs).ctx(pid, || "PTRACE_SETREGS".into())?;
-        sys::set_xstate(pid, &t.xstate.area.0).ctx(pid, || "set xsave state".into())?;
-        for i in [0usize, 1, 2, 3, 6, 7] {
-            if t.debug.dr[i] != 0 {
-                sys::set_debugreg(pid, i, t.debug.dr[i]).ctx(pid, || format!("set dr{i}"))?;
-            }
-        }
-        sys::set_sigmask(pid, t.thread.sigmask).ctx(pid, || "PTRACE_SETSIGMASK".into())?;
-        Ok(())
-    }
-
-    /// Lets the process run on its own.
-    fn release(mut self) -> Result<Pid> {
-        sys::detach(self.pid, 0).ctx(self.pid, || "PTRACE_DETACH".into())?;
-        self.released = true;
-        Ok(self.pid)
-    }
-}
-
-impl Drop for Restoring {
-    fn drop(&mut self) {
-        if !self.released {
-            let _ = sys::kill(self.pid, libc::SIGKILL);
-            let _ = sys::wait(self.pid, 0);
-        }
-    }
 }
 
 static FORWARD_TO: AtomicI32 = AtomicI32::new(0);

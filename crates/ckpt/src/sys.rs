@@ -231,7 +231,7 @@ pub fn prlimit(pid: Pid, res: u32, new: Option<(u64, u64)>) -> io::Result<(u64, 
 /// clone3 with `set_tid = [pid]`: a fork whose child gets `pid`.
 /// Returns 0 in the child, the pid in the parent.
 pub fn fork_with_pid(pid: Pid) -> io::Result<Pid> {
-    let tid = [pid as u64];
+    let tid: [libc::pid_t; 1] = [pid];
     // SAFETY: clone_args is plain integers.
     let mut a: libc::clone_args = unsafe { std::mem::zeroed() };
     a.exit_signal = libc::SIGCHLD as u64;
@@ -509,4 +509,188 @@ pub fn set_comm(name: &[u8]) {
     b[..n].copy_from_slice(&name[..n]);
     // SAFETY: b is a NUL-terminated 16-byte buffer.
     unsafe { libc::prctl(libc::PR_SET_NAME, b.as_ptr(), 0u64, 0u64, 0u64) };
+}
+
+/// F_GETPIPE_SZ.
+pub fn pipe_size(fd: i32) -> io::Result<u32> {
+    // SAFETY: integer fcntl.
+    check(unsafe { libc::fcntl(fd, libc::F_GETPIPE_SZ) } as libc::c_long).map(|v| v as u32)
+}
+/// F_SETPIPE_SZ.
+pub fn set_pipe_size(fd: i32, size: u32) -> io::Result<()> {
+    // SAFETY: integer fcntl.
+    check(unsafe { libc::fcntl(fd, libc::F_SETPIPE_SZ, size as i32) } as libc::c_long).map(drop)
+}
+/// tee(2): duplicate up to `len` bytes from pipe `from` into pipe `to` without consuming them.
+pub fn tee(from: i32, to: i32, len: usize) -> io::Result<usize> {
+    // SAFETY: integer arguments.
+    check(unsafe { libc::tee(from, to, len, libc::SPLICE_F_NONBLOCK) } as libc::c_long)
+        .map(|v| v as usize)
+}
+
+/// The next range holding data in `f` at or after `off` (SEEK_DATA/SEEK_HOLE),
+/// or None when only a hole remains before `size`.
+pub fn next_data(f: &std::fs::File, off: u64, size: u64) -> Option<(u64, u64)> {
+    use std::os::fd::AsRawFd;
+    let fd = f.as_raw_fd();
+    // SAFETY: lseek on an fd we own; it only moves that file's offset.
+    let start = unsafe { libc::lseek64(fd, off as i64, libc::SEEK_DATA) };
+    if start < 0 || start as u64 >= size {
+        return None;
+    }
+    // SAFETY: as above.
+    let end = unsafe { libc::lseek64(fd, start, libc::SEEK_HOLE) };
+    let end = if end < 0 {
+        size
+    } else {
+        (end as u64).min(size)
+    };
+    Some((start as u64, end))
+}
+
+/// ftruncate(fd, len).
+pub fn ftruncate(fd: i32, len: u64) -> io::Result<()> {
+    // SAFETY: integer arguments.
+    check(unsafe { libc::ftruncate64(fd, len as i64) } as libc::c_long).map(drop)
+}
+
+/// memfd_create(name, MFD_CLOEXEC) as a raw fd >= base.
+pub fn memfd_raw(name: &[u8], base: i32) -> io::Result<i32> {
+    let c = std::ffi::CString::new(
+        name.iter()
+            .copied()
+            .filter(|&b| b != 0)
+            .take(249)
+            .collect::<Vec<u8>>(),
+    )
+    .expect("NULs removed");
+    // SAFETY: c is NUL-terminated.
+    let fd =
+        check(unsafe { libc::memfd_create(c.as_ptr(), libc::MFD_CLOEXEC) } as libc::c_long)? as i32;
+    let high = dup_above(fd, base);
+    close(fd);
+    high
+}
+
+/// pread(2) into buf.
+pub fn pread(fd: i32, buf: &mut [u8], off: u64) -> io::Result<usize> {
+    // SAFETY: buf is live and writable for buf.len() bytes.
+    check(
+        unsafe { libc::pread64(fd, buf.as_mut_ptr().cast(), buf.len(), off as i64) }
+            as libc::c_long,
+    )
+    .map(|v| v as usize)
+}
+
+/// pwrite(2) all of buf.
+pub fn pwrite_all(fd: i32, buf: &[u8], off: u64) -> io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        // SAFETY: buf is live for buf.len() bytes.
+        let n = check(unsafe {
+            libc::pwrite64(
+                fd,
+                buf[done..].as_ptr().cast(),
+                buf.len() - done,
+                (off + done as u64) as i64,
+            )
+        } as libc::c_long)?;
+        done += n as usize;
+    }
+    Ok(())
+}
+
+/// pause(2) forever (signals are blocked by the caller; only ptrace or
+/// SIGKILL ends this).
+pub fn pause_forever() -> ! {
+    loop {
+        // SAFETY: plain syscall.
+        unsafe { libc::pause() };
+    }
+}
+
+/// waitid(P_PID, pid, WEXITED | WNOWAIT): waits until a child has exited
+/// without reaping it.
+pub fn wait_exited_noreap(pid: Pid) -> io::Result<()> {
+    // SAFETY: siginfo_t is plain data; zero is valid.
+    let mut si: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: si is a valid out-pointer.
+        let r = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                pid as libc::id_t,
+                &mut si,
+                libc::WEXITED | libc::WNOWAIT,
+            )
+        };
+        if r == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// Discards every pending instance of `sig` in the calling thread (it must be blocked).
+pub fn drain_signal(sig: i32) {
+    // SAFETY: sigset_t is plain data; it is initialised by sigemptyset.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: set is a valid sigset_t.
+    unsafe {
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, sig);
+    }
+    let zero = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: set and zero are valid; a NULL siginfo pointer is allowed.
+    while unsafe { libc::sigtimedwait(&set, std::ptr::null_mut(), &zero) } == sig {}
+}
+
+/// Ends the calling process the way a saved wait status says it ended.
+pub fn exit_like(status: i32) -> ! {
+    if libc::WIFSIGNALED(status) {
+        let sig = libc::WTERMSIG(status);
+        let _ = prlimit(0, libc::RLIMIT_CORE, Some((0, 0)));
+        // SAFETY: resetting to the default action and unblocking only this
+        // signal, in a process that exists to die of it.
+        unsafe {
+            libc::signal(sig, libc::SIG_DFL);
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, sig);
+            libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+            libc::raise(sig);
+        }
+        exit_now(128 + sig)
+    }
+    exit_now(libc::WEXITSTATUS(status))
+}
+
+/// poll(2) one fd for input, with a timeout in ms. True when readable (or hung up).
+pub fn poll_in(fd: i32, ms: i32) -> bool {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: p is one valid pollfd.
+    unsafe { libc::poll(&mut p, 1, ms) > 0 }
+}
+
+/// getpgid(pid).
+pub fn getpgid(pid: Pid) -> Pid {
+    // SAFETY: plain syscall.
+    unsafe { libc::getpgid(pid) }
+}
+
+/// Raises the soft RLIMIT_NOFILE to the hard limit (restore holds many fds).
+pub fn raise_nofile() {
+    if let Ok((_, max)) = prlimit(0, libc::RLIMIT_NOFILE, None) {
+        let _ = prlimit(0, libc::RLIMIT_NOFILE, Some((max, max)));
+    }
 }

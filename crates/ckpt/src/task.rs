@@ -87,6 +87,8 @@ pub fn dump_process(
         )? as u32,
         child_subreaper: int_at(r, libc::PR_GET_CHILD_SUBREAPER)?,
         pdeathsig: int_at(r, libc::PR_GET_PDEATHSIG)?,
+        state: PROC_ALIVE,
+        exit_status: 0,
     })
 }
 
