@@ -20,11 +20,16 @@ pub const TASK_SIZE: u64 = 0x7fff_ffff_f000;
 /// eflags bits user space may set (FLAG_MASK in the kernel's ptrace.c).
 const FLAG_MASK: u64 = 0x0000_0000_0025_4dd5 | (1 << 1);
 
+const NR_NANOSLEEP: u64 = 35;
+const NR_CLOCK_NANOSLEEP: u64 = 230;
+
 /// Rewrites registers of a task stopped inside an interrupted syscall so that
 /// it re-runs the call when resumed. `same_task`: the task resumes in the
-/// kernel context it was interrupted in (leave-running), so a restart block
-/// is still valid; a restored task has none, so such a call returns EINTR,
-/// as the kernel does for restart blocks it cannot continue.
+/// kernel context it was interrupted in (leave-running), so its restart
+/// block is still valid and `restart_syscall` continues the call. A restored
+/// task has no restart block: the call is issued again, and a relative
+/// sleep whose caller passed a `rem` buffer (which the kernel filled with
+/// the time left when it was interrupted) sleeps for that time only.
 pub fn restart_fixup(r: &mut Regs, same_task: bool) {
     if (r.orig_rax as i64) < 0 {
         return;
@@ -38,7 +43,15 @@ pub fn restart_fixup(r: &mut Regs, same_task: bool) {
             r.rax = NR_RESTART_SYSCALL;
             r.rip -= 2;
         }
-        ERESTART_RESTARTBLOCK => r.rax = (-libc::EINTR) as i64 as u64,
+        ERESTART_RESTARTBLOCK => {
+            match r.orig_rax {
+                NR_NANOSLEEP if r.rsi != 0 => r.rdi = r.rsi,
+                NR_CLOCK_NANOSLEEP if r.r10 != 0 => r.rdx = r.r10,
+                _ => {}
+            }
+            r.rax = r.orig_rax;
+            r.rip -= 2;
+        }
         _ => {}
     }
     r.orig_rax = u64::MAX;
@@ -333,11 +346,22 @@ mod tests {
         assert_eq!((r.rax, r.rip, r.orig_rax), (0, 0x1000, u64::MAX));
 
         let mut r = regs();
-        r.orig_rax = 35; // nanosleep
+        r.orig_rax = NR_NANOSLEEP;
         r.rax = ERESTART_RESTARTBLOCK as u64;
         r.rip = 0x1002;
+        r.rdi = 0x5000; // req
+        r.rsi = 0x6000; // rem, filled with the time left
         restart_fixup(&mut r, false);
-        assert_eq!((r.rax as i64, r.rip), (-4, 0x1002));
+        assert_eq!((r.rax, r.rip, r.rdi), (NR_NANOSLEEP, 0x1000, 0x6000));
+
+        let mut r = regs();
+        r.orig_rax = NR_NANOSLEEP;
+        r.rax = ERESTART_RESTARTBLOCK as u64;
+        r.rip = 0x1002;
+        r.rdi = 0x5000;
+        r.rsi = 0; // no rem: sleep the whole request again
+        restart_fixup(&mut r, false);
+        assert_eq!((r.rax, r.rip, r.rdi), (NR_NANOSLEEP, 0x1000, 0x5000));
 
         let mut r = regs();
         r.orig_rax = 35;

@@ -203,11 +203,19 @@ pub fn restore_itimers(r: &mut Remote, s: &Scratch, t: &Itimers) -> Result<()> {
         if it.value_us == 0 && it.interval_us == 0 {
             continue;
         }
+        // An interval timer whose signal is still pending reads as value 0;
+        // the kernel would re-arm it when that signal is taken, but a value
+        // of 0 here would disarm it: arm it for one interval instead.
+        let value_us = if it.value_us == 0 {
+            it.interval_us
+        } else {
+            it.value_us
+        };
         let v = [
             it.interval_us / 1_000_000,
             it.interval_us % 1_000_000,
-            it.value_us / 1_000_000,
-            it.value_us % 1_000_000,
+            value_us / 1_000_000,
+            value_us % 1_000_000,
         ];
         let b: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
         s.write(0, &b)?;
