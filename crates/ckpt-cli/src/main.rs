@@ -48,6 +48,11 @@ enum Cmd {
         /// Keep the process running after the checkpoint.
         #[arg(long)]
         leave_running: bool,
+        /// Freeze this cgroup while attaching (a cgroup v2 directory or a v1
+        /// freezer cgroup holding the whole tree), for trees that fork faster
+        /// than ptrace can catch them.
+        #[arg(long, value_name = "PATH")]
+        freeze_cgroup: Option<PathBuf>,
         /// Write a structured log (`[err N][pos P][pid X comm] message` lines) to FILE.
         #[arg(long, value_name = "FILE")]
         log: Option<PathBuf>,
@@ -117,6 +122,7 @@ fn run(cli: Cli) -> Result<u8> {
             pid,
             output,
             leave_running,
+            freeze_cgroup,
             log,
         } => {
             let mut log = open_log(&log)?;
@@ -135,7 +141,10 @@ fn run(cli: Cli) -> Result<u8> {
                 std::fs::File::create(&output)
                     .with_context(|| format!("cannot create image {output}"))?
             };
-            let opts = ckpt::CheckpointOptions { leave_running };
+            let opts = ckpt::CheckpointOptions {
+                leave_running,
+                freeze_cgroup,
+            };
             let w = std::io::BufWriter::with_capacity(1 << 20, out);
             let s = ckpt::checkpoint(pid, w, &opts, &mut log).with_context(|| {
                 format!("checkpoint of pid {pid} failed; the process was left running")

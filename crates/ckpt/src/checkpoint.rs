@@ -22,6 +22,8 @@ use std::os::unix::fs::FileExt;
 pub struct CheckpointOptions {
     /// Leave the process running after the checkpoint.
     pub leave_running: bool,
+    /// Freeze this cgroup (v1 freezer or v2) while seizing the tree.
+    pub freeze_cgroup: Option<std::path::PathBuf>,
 }
 
 /// What a checkpoint did.
@@ -82,7 +84,7 @@ pub fn checkpoint<S: Sink>(
     let res = w
         .write(&head)
         .map_err(Error::Write)
-        .and_then(|_| run(pid, &mut w, log));
+        .and_then(|_| run(pid, &mut w, opts, log));
     match res {
         Ok((frozen, mut summary)) => {
             let mut out = w.finish().map_err(Error::Write)?;
@@ -142,7 +144,12 @@ pub fn find_syscall_insn(pid: Pid, maps: &[procfs::MapEntry]) -> Result<u64> {
         })
 }
 
-fn run<S: Sink>(root: Pid, w: &mut ImageWriter<S>, log: &mut Log) -> Result<(FrozenTree, Summary)> {
+fn run<S: Sink>(
+    root: Pid,
+    w: &mut ImageWriter<S>,
+    opts: &CheckpointOptions,
+    log: &mut Log,
+) -> Result<(FrozenTree, Summary)> {
     let status =
         procfs::status(root).ctx(root, || "read /proc status (is the pid right?)".into())?;
     if status.num("Seccomp").unwrap_or(0) != 0 {
@@ -153,7 +160,7 @@ fn run<S: Sink>(root: Pid, w: &mut ImageWriter<S>, log: &mut Log) -> Result<(Fro
             reason: "seccomp state cannot be saved yet".into(),
         });
     }
-    let tree = freeze::freeze_tree(root)?;
+    let tree = freeze::freeze_tree(root, opts.freeze_cgroup.as_deref())?;
     let mut ft = FileTable::default();
     let mut shm = ShmemTable::default();
     let mut images = Vec::with_capacity(tree.procs.len());

@@ -4,6 +4,7 @@
 use crate::error::{Ctx, Error, Result};
 use crate::procfs;
 use crate::sys::{self, Pid};
+use std::path::{Path, PathBuf};
 
 /// Options every tracee of ours gets: syscall stops are marked (SIGTRAP|0x80).
 pub const TRACE_OPTIONS: i32 = libc::PTRACE_O_TRACESYSGOOD;
@@ -25,6 +26,12 @@ fn comm(pid: Pid) -> String {
 /// Seizes and stops every thread of `pid`, re-listing threads until the set
 /// is stable (a thread may be created while we attach).
 pub fn freeze(pid: Pid) -> Result<Frozen> {
+    freeze_with(pid, true)
+}
+
+/// `freeze`; without `wait` the interrupts are only requested (the tasks
+/// are frozen by a cgroup and stop once it thaws).
+fn freeze_with(pid: Pid, wait: bool) -> Result<Frozen> {
     if !procfs::exists(pid) {
         return Err(Error::Refused(format!(
             "no process with pid {pid}; check the pid with `ps -p {pid}`"
@@ -71,7 +78,13 @@ pub fn freeze(pid: Pid) -> Result<Frozen> {
             })?;
             f.tids.push(t);
             sys::interrupt(t).ctx(t, || "PTRACE_INTERRUPT".into())?;
-            wait_for_stop(t)?;
+            if wait {
+                wait_for_stop(t)?;
+            }
+        }
+        if !wait {
+            // Frozen by a cgroup: no thread can appear.
+            break;
         }
     }
     Ok(f)
@@ -148,7 +161,9 @@ fn is_zombie(pid: Pid) -> bool {
 /// frozen process has a fixed set of children, and every child is frozen
 /// (and its own children listed) in turn. Threads are handled by `freeze`,
 /// which re-lists them until the set is stable.
-pub fn freeze_tree(root: Pid) -> Result<FrozenTree> {
+pub fn freeze_tree(root: Pid, cgroup: Option<&Path>) -> Result<FrozenTree> {
+    let cg = cgroup.map(CgroupFreezer::freeze).transpose()?;
+    let wait = cg.is_none();
     let mut procs = Vec::new();
     let mut stack = vec![root];
     while let Some(p) = stack.pop() {
@@ -156,7 +171,7 @@ pub fn freeze_tree(root: Pid) -> Result<FrozenTree> {
             procs.push((p, None));
             continue;
         }
-        let f = match freeze(p) {
+        let f = match freeze_with(p, wait) {
             Ok(f) => f,
             // It exited meanwhile; its frozen parent cannot reap it.
             Err(_) if p != root && is_zombie(p) => {
@@ -169,7 +184,96 @@ pub fn freeze_tree(root: Pid) -> Result<FrozenTree> {
         procs.push((p, Some(f)));
         stack.extend(kids.iter().rev());
     }
-    Ok(FrozenTree { procs })
+    let tree = FrozenTree { procs };
+    if let Some(cg) = cg {
+        // Everything is seized with an interrupt pending: once thawed, each
+        // task stops before it returns to user space.
+        cg.thaw()?;
+        for (_, f) in &tree.procs {
+            for &t in f.iter().flat_map(|f| f.tids.iter()) {
+                wait_for_stop(t)?;
+            }
+        }
+    }
+    Ok(tree)
+}
+
+/// A cgroup frozen with the v1 freezer (`freezer.state`) or cgroup v2
+/// (`cgroup.freeze`), for trees that fork too fast to catch with ptrace
+/// alone. Thawed on drop.
+struct CgroupFreezer {
+    path: PathBuf,
+    v2: bool,
+    thawed: bool,
+}
+
+impl CgroupFreezer {
+    fn freeze(path: &Path) -> Result<Self> {
+        let v2 = path.join("cgroup.freeze").exists();
+        if !v2 && !path.join("freezer.state").exists() {
+            return Err(Error::Refused(format!(
+                "{} is neither a cgroup v2 directory (cgroup.freeze) nor a v1 freezer cgroup (freezer.state)",
+                path.display()
+            )));
+        }
+        let mut cg = CgroupFreezer {
+            path: path.to_path_buf(),
+            v2,
+            thawed: false,
+        };
+        cg.set(true)?;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !cg.is_frozen() {
+            if std::time::Instant::now() > deadline {
+                cg.thawed = true;
+                let _ = cg.set(false);
+                return Err(Error::Refused(format!(
+                    "cgroup {} did not freeze within 10 s",
+                    path.display()
+                )));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        Ok(cg)
+    }
+
+    fn set(&mut self, frozen: bool) -> Result<()> {
+        let (file, val) = match (self.v2, frozen) {
+            (true, f) => ("cgroup.freeze", if f { "1" } else { "0" }),
+            (false, true) => ("freezer.state", "FROZEN"),
+            (false, false) => ("freezer.state", "THAWED"),
+        };
+        std::fs::write(self.path.join(file), val).map_err(|e| Error::Sys {
+            pid: 0,
+            what: format!("write {val} to {}", self.path.join(file).display()),
+            source: e,
+        })
+    }
+
+    fn is_frozen(&self) -> bool {
+        if self.v2 {
+            std::fs::read_to_string(self.path.join("cgroup.events"))
+                .map(|s| s.lines().any(|l| l == "frozen 1"))
+                .unwrap_or(false)
+        } else {
+            std::fs::read_to_string(self.path.join("freezer.state"))
+                .map(|s| s.trim() == "FROZEN")
+                .unwrap_or(false)
+        }
+    }
+
+    fn thaw(mut self) -> Result<()> {
+        self.thawed = true;
+        self.set(false)
+    }
+}
+
+impl Drop for CgroupFreezer {
+    fn drop(&mut self) {
+        if !self.thawed {
+            let _ = self.set(false);
+        }
+    }
 }
 
 impl FrozenTree {

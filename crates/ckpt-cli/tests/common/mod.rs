@@ -1,0 +1,1153 @@
+//! Harness for the checkpoint/restart integration tests.
+//!
+//! Workloads are small C programs in `tests/workloads/NAME.c` (sharing
+//! `tests/workloads/wl.h`), compiled once per test process with `gcc -O1 -g`
+//! into `CARGO_TARGET_TMPDIR/workloads/`. The protocol with a workload:
+//!
+//! * `argv[1]` is a FIFO made by the harness, `argv[2]` the result file, more
+//!   arguments are workload specific. stdin is `/dev/null`, stdout and stderr
+//!   go to one `O_APPEND` log file in the test's directory, the working
+//!   directory is the test's directory, and the workload is a session leader
+//!   (`setsid`), so its process tree is self-contained.
+//! * The workload builds its state, opens the FIFO, writes `ready\n` and closes
+//!   it again (no pipe may stay open: pipes are not checkpointable yet). The
+//!   harness blocks in `poll` on the FIFO and the workload's pidfd, so a
+//!   workload that dies or hangs fails the test instead of hanging it.
+//! * On SIGTERM (or the signal a test picks) the workload verifies itself,
+//!   writes exactly `PASS\n` or `FAIL: ...\n` to the result file and exits.
+//!
+//! A checkpoint/restart round trip is then: `ckpt checkpoint PID -o DIR/img`
+//! (must succeed; the workload must die of SIGKILL, the harness reaps it and
+//! checks the pid is free), `ckpt restart DIR/img --detach` (must print the
+//! same pid; the process must be running, untraced, with the same cmdline,
+//! comm, exe, process group and session), then the signal, a pidfd wait for
+//! the exit (the restored process is not our child) and the result file.
+//!
+//! Every process a test starts is owned by a [`Proc`], whose `Drop` kills it
+//! (through its pidfd, so never a recycled pid) on every path, panics
+//! included. [`TestEnv`]'s `Drop` additionally hunts for strays (processes
+//! in a session we created, or whose command line mentions the test's
+//! directory, e.g. a restored process whose pid we never learned): they are
+//! killed, and on an otherwise passing test they fail it. The test's directory
+//! is removed when the test passes and kept (path printed) when it fails.
+
+#![allow(dead_code)] // Not every test binary uses every helper.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// How long a workload may take to get ready, or to exit once signalled.
+pub const TIMEOUT: Duration = Duration::from_secs(30);
+/// How long one `ckpt` command may take.
+pub const CKPT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The `ckpt` binary under test.
+pub fn ckpt_bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_ckpt"))
+}
+
+fn tmp_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+}
+
+fn workload_sources() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("workloads")
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn errno_of(err: &io::Error) -> i32 {
+    err.raw_os_error().unwrap_or(0)
+}
+
+// ---------------------------------------------------------------------------
+// Small syscall wrappers
+// ---------------------------------------------------------------------------
+
+/// `pidfd_open(pid, 0)`; the fd is close-on-exec.
+pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes two integers and returns a new fd or -1; no memory is shared.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let fd = RawFd::try_from(fd).expect("pidfd_open returned an out-of-range fd");
+    // SAFETY: the kernel just handed us this fd; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `pidfd_send_signal(pidfd, sig, NULL, 0)`.
+fn pidfd_send_signal(pidfd: &OwnedFd, sig: i32) -> io::Result<()> {
+    let info: *const libc::siginfo_t = std::ptr::null();
+    // SAFETY: a pidfd we own, a signal number, a null siginfo (the kernel then
+    // builds a kill()-like one) and flags 0; no memory is written.
+    let r = unsafe { libc::syscall(libc::SYS_pidfd_send_signal, pidfd.as_raw_fd(), sig, info, 0) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `kill(pid, sig)`.
+pub fn kill(pid: i32, sig: i32) -> io::Result<()> {
+    // SAFETY: kill takes two integers and touches no memory of ours.
+    if unsafe { libc::kill(pid, sig) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Polls `fds` for input (or hangup) until one is ready or `timeout` passes.
+/// Returns, per fd, whether it is ready; all false on timeout.
+fn poll_in(fds: &[RawFd], timeout: Duration) -> Vec<bool> {
+    let mut pfds: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let ms = libc::c_int::try_from(left.as_millis()).unwrap_or(libc::c_int::MAX);
+        let nfds = libc::nfds_t::try_from(pfds.len()).expect("too many fds");
+        // SAFETY: pfds is a valid, exclusively borrowed array of nfds pollfd structs.
+        let r = unsafe { libc::poll(pfds.as_mut_ptr(), nfds, ms) };
+        if r < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            panic!("poll: {err}");
+        }
+        return pfds.iter().map(|p| p.revents != 0).collect();
+    }
+}
+
+/// Marks every fd above stderr close-on-exec. Runs between fork and exec:
+/// fds the test process inherited without close-on-exec (a jobserver or CI
+/// pipe, say) must not leak into a workload, where they would be part of its
+/// checkpointed state. (std's own fds are close-on-exec already.)
+fn close_inherited_fds_on_exec() {
+    // SAFETY: close_range takes three integers; CLOSE_RANGE_CLOEXEC only sets
+    // a flag on fds of this (forked, single-threaded) process.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if r == 0 {
+        return;
+    }
+    // Kernels before 5.11: do it one by one (errors for unused fds are fine).
+    for fd in 3..65536 {
+        // SAFETY: fcntl(F_SETFD) on an arbitrary number only changes that
+        // fd's close-on-exec flag, or fails with EBADF.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
+}
+
+/// `mkfifo(path, 0600)`.
+fn mkfifo(path: &Path) -> io::Result<()> {
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).expect("NUL in path");
+    // SAFETY: c is a valid NUL-terminated path that outlives the call.
+    if unsafe { libc::mkfifo(c.as_ptr(), 0o600) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// /proc helpers
+// ---------------------------------------------------------------------------
+
+/// Fields of /proc/PID/stat after the command name: index 0 is the state,
+/// 1 the ppid, 2 the process group, 3 the session.
+fn stat_fields(pid: i32) -> Option<Vec<String>> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    Some(rest.split_whitespace().map(str::to_owned).collect())
+}
+
+/// The one-letter state of a process (R, S, D, T, t, Z, ...).
+pub fn proc_state(pid: i32) -> Option<char> {
+    stat_fields(pid)?.first()?.chars().next()
+}
+
+/// A field of /proc/PID/status, e.g. "TracerPid".
+pub fn proc_status_field(pid: i32, field: &str) -> Option<String> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        (k == field).then(|| v.trim().to_owned())
+    })
+}
+
+/// The syscall a process is blocked in (first field of /proc/PID/syscall),
+/// or `None` if it is running, gone or unreadable.
+pub fn current_syscall(pid: i32) -> Option<i64> {
+    let s = fs::read_to_string(format!("/proc/{pid}/syscall")).ok()?;
+    s.split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+        .filter(|&n: &i64| n >= 0)
+}
+
+/// Where a process sleeping in nanosleep() may be found (glibc uses
+/// clock_nanosleep; an interrupted one continues as restart_syscall).
+pub const NANOSLEEP_SYSCALLS: &[i64] = &[
+    libc::SYS_nanosleep,
+    libc::SYS_clock_nanosleep,
+    libc::SYS_restart_syscall,
+];
+/// Where a process sleeping in pause() may be found.
+pub const PAUSE_SYSCALLS: &[i64] = &[libc::SYS_pause, libc::SYS_restart_syscall];
+
+/// Whether `sig` is in a signal mask of /proc/PID/status (`SigBlk`, `ShdPnd`,
+/// `SigPnd`, ...).
+pub fn signal_in_mask(pid: i32, field: &str, sig: i32) -> bool {
+    proc_status_field(pid, field)
+        .and_then(|v| u64::from_str_radix(&v, 16).ok())
+        .is_some_and(|mask| mask & (1u64 << (sig - 1)) != 0)
+}
+
+/// What a process looks like from outside; must survive checkpoint/restart.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Identity {
+    pub cmdline: String,
+    pub comm: String,
+    pub exe: PathBuf,
+    pub pgid: i32,
+    pub sid: i32,
+}
+
+pub fn identity(pid: i32) -> io::Result<Identity> {
+    let cmdline = fs::read(format!("/proc/{pid}/cmdline"))?;
+    let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+    let comm = fs::read_to_string(format!("/proc/{pid}/comm"))?
+        .trim_end()
+        .to_owned();
+    let exe = fs::read_link(format!("/proc/{pid}/exe"))?;
+    let fields = stat_fields(pid).ok_or_else(|| io::Error::other("unreadable stat"))?;
+    let num = |i: usize| fields.get(i).and_then(|f| f.parse().ok()).unwrap_or(-1);
+    Ok(Identity {
+        cmdline: cmdline.trim_end().to_owned(),
+        comm,
+        exe,
+        pgid: num(2),
+        sid: num(3),
+    })
+}
+
+/// A one-line description of a process for failure messages.
+pub fn describe_pid(pid: i32) -> String {
+    match (
+        proc_state(pid),
+        proc_status_field(pid, "TracerPid"),
+        proc_status_field(pid, "Name"),
+    ) {
+        (Some(state), tracer, name) => format!(
+            "pid {pid}: name {}, state {state}, TracerPid {}, wchan {}",
+            name.unwrap_or_default(),
+            tracer.unwrap_or_default(),
+            fs::read_to_string(format!("/proc/{pid}/wchan")).unwrap_or_default()
+        ),
+        _ => format!("pid {pid}: no such process"),
+    }
+}
+
+/// Maximal runs of ASCII digits in `s` (to find a pid or fd number in a message).
+pub fn digit_tokens(s: &str) -> Vec<&str> {
+    s.split(|c: char| !c.is_ascii_digit())
+        .filter(|t| !t.is_empty())
+        .collect()
+}
+
+/// Polls `cond` every 10 ms until it holds or `timeout` passes; returns whether
+/// it held. Only for programs that cannot tell us they are ready (`sleep`,
+/// `python3`, `bash`), and for bounded waits on restored processes settling;
+/// our own workloads synchronise through the FIFO and pidfds instead.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Processes
+// ---------------------------------------------------------------------------
+
+/// A process started (or restored) by a test. Dropping it kills it.
+pub struct Proc {
+    pub pid: i32,
+    pidfd: OwnedFd,
+    /// Set while the process is our child and not yet reaped.
+    child: Option<Child>,
+    /// Set once the process is known to have exited.
+    exited: bool,
+    /// Our child's exit status, once reaped.
+    status: Option<ExitStatus>,
+}
+
+impl Proc {
+    fn from_child(child: Child) -> Proc {
+        let pid = i32::try_from(child.id()).expect("pid out of range");
+        // An unreaped child's pid cannot be recycled, so this pidfd is the child.
+        let pidfd = pidfd_open(pid).unwrap_or_else(|e| panic!("pidfd_open({pid}): {e}"));
+        Proc {
+            pid,
+            pidfd,
+            child: Some(child),
+            exited: false,
+            status: None,
+        }
+    }
+
+    /// Takes charge of a process that is not our child (e.g. a restored one).
+    pub fn adopt(pid: i32) -> io::Result<Proc> {
+        Ok(Proc {
+            pid,
+            pidfd: pidfd_open(pid)?,
+            child: None,
+            exited: false,
+            status: None,
+        })
+    }
+
+    pub fn is_child(&self) -> bool {
+        self.child.is_some()
+    }
+
+    pub fn signal(&self, sig: i32) -> io::Result<()> {
+        pidfd_send_signal(&self.pidfd, sig)
+    }
+
+    /// Whether the process has exited (without waiting).
+    pub fn has_exited(&mut self) -> bool {
+        if !self.exited && poll_in(&[self.pidfd.as_raw_fd()], Duration::ZERO)[0] {
+            self.exited = true;
+        }
+        self.exited
+    }
+
+    /// Waits up to `timeout` for the process to exit. Returns `None` on
+    /// timeout, else `Some(status)`, where the status is known only for our
+    /// own children (which are reaped here).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<Option<ExitStatus>> {
+        if !self.exited && !poll_in(&[self.pidfd.as_raw_fd()], timeout)[0] {
+            return None;
+        }
+        self.exited = true;
+        if let Some(mut child) = self.child.take() {
+            self.status = Some(child.wait().expect("waitpid"));
+        }
+        Some(self.status)
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if !self.exited {
+            // ESRCH (already gone) is fine.
+            let _ = self.signal(libc::SIGKILL);
+        }
+        if let Some(mut child) = self.child.take() {
+            // Reap it, but never hang a test in a destructor.
+            if poll_in(&[self.pidfd.as_raw_fd()], Duration::from_secs(10))[0] {
+                let _ = child.wait();
+            } else {
+                eprintln!("warning: pid {} did not die after SIGKILL", self.pid);
+            }
+        }
+    }
+}
+
+/// A started workload or program and its files.
+pub struct Workload {
+    /// e.g. "counters" or "sleeper-pause"; names its files in the test dir.
+    pub label: String,
+    pub pid: i32,
+    pub proc: Proc,
+    /// Where its stdout and stderr go.
+    pub log: PathBuf,
+    /// The result file (our C workloads only).
+    pub result: Option<PathBuf>,
+    /// As seen when it was ready.
+    pub identity: Identity,
+}
+
+impl Workload {
+    pub fn result_path(&self) -> &Path {
+        self.result.as_deref().expect("not a result-file workload")
+    }
+
+    /// A path next to the result file: `RESULT<suffix>` (e.g. ".log").
+    pub fn result_sibling(&self, suffix: &str) -> PathBuf {
+        let mut p = self.result_path().as_os_str().to_owned();
+        p.push(suffix);
+        PathBuf::from(p)
+    }
+
+    /// Log, result and process state, for failure messages.
+    pub fn diagnostics(&self) -> String {
+        diagnostics(&self.label, self.pid, &self.log, self.result.as_deref())
+    }
+}
+
+/// Log tail, result file and process state, for failure messages.
+fn diagnostics(label: &str, pid: i32, log: &Path, result: Option<&Path>) -> String {
+    let log_data = fs::read(log).unwrap_or_default();
+    let tail = &log_data[log_data.len().saturating_sub(4000)..];
+    let result = match result {
+        Some(r) => fs::read_to_string(r).unwrap_or_else(|e| format!("<{e}>")),
+        None => "<none>".into(),
+    };
+    format!(
+        "\n--- {label} (pid {pid}) ---\nresult file: {result:?}\n{}\n--- log {} (tail) ---\n{}",
+        describe_pid(pid),
+        log.display(),
+        String::from_utf8_lossy(tail)
+    )
+}
+
+// ---------------------------------------------------------------------------
+// Building workloads
+// ---------------------------------------------------------------------------
+
+#[derive(Clone)]
+enum Build {
+    Ready(PathBuf),
+    GccMissing,
+    Failed(String),
+}
+
+/// Compiles `tests/workloads/NAME.c` once per process.
+fn build_workload(name: &str) -> Build {
+    static BUILDS: OnceLock<Mutex<HashMap<String, Build>>> = OnceLock::new();
+    let mut builds = BUILDS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if let Some(b) = builds.get(name) {
+        return b.clone();
+    }
+    let b = compile(name);
+    builds.insert(name.to_owned(), b.clone());
+    b
+}
+
+fn compile(name: &str) -> Build {
+    let src = workload_sources().join(format!("{name}.c"));
+    let out_dir = tmp_root().join("workloads");
+    if let Err(e) = fs::create_dir_all(&out_dir) {
+        return Build::Failed(format!("mkdir {}: {e}", out_dir.display()));
+    }
+    let out = out_dir.join(name);
+    let tmp = out_dir.join(format!("{name}.{}.tmp", std::process::id()));
+    let res = Command::new("gcc")
+        .args(["-O1", "-g", "-Wall", "-Wextra", "-o"])
+        .arg(&tmp)
+        .arg(&src)
+        .stdin(Stdio::null())
+        .output();
+    let output = match res {
+        Ok(o) => o,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Build::GccMissing,
+        Err(e) => return Build::Failed(format!("running gcc: {e}")),
+    };
+    if !output.status.success() {
+        let _ = fs::remove_file(&tmp);
+        return Build::Failed(format!(
+            "gcc {} failed ({}):\n{}",
+            src.display(),
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+    if !output.stderr.is_empty() {
+        eprintln!(
+            "gcc warnings for {name}.c:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    // Keep an identical existing binary: another test process may be using it
+    // (a checkpoint image refers to the executable it was taken from).
+    let same = matches!((fs::read(&out), fs::read(&tmp)), (Ok(a), Ok(b)) if a == b);
+    let res = if same {
+        fs::remove_file(&tmp)
+    } else {
+        fs::rename(&tmp, &out)
+    };
+    match res {
+        Ok(()) => Build::Ready(out),
+        Err(e) => Build::Failed(format!("installing {}: {e}", out.display())),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// ckpt invocations
+// ---------------------------------------------------------------------------
+
+/// One finished `ckpt` command.
+pub struct CkptRun {
+    pub args: Vec<String>,
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CkptRun {
+    pub fn success(&self) -> bool {
+        self.status.success()
+    }
+
+    pub fn describe(&self) -> String {
+        format!(
+            "`ckpt {}` exited with {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.args.join(" "),
+            self.status,
+            self.stdout,
+            self.stderr
+        )
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The per-test environment
+// ---------------------------------------------------------------------------
+
+/// A test's directory plus bookkeeping; see the module docs.
+pub struct TestEnv {
+    pub name: String,
+    pub dir: PathBuf,
+    ckpt_runs: Cell<usize>,
+    /// Sessions we created (every workload is a session leader).
+    sessions: RefCell<Vec<i32>>,
+}
+
+impl TestEnv {
+    /// For tests that checkpoint or restore: skips (returns `None`, with a
+    /// loud message) unless running as root.
+    pub fn new(name: &str) -> Option<TestEnv> {
+        if !is_root() {
+            eprintln!("SKIP: {name}: needs root (checkpoint/restart), running as euid != 0");
+            return None;
+        }
+        Some(Self::without_root(name))
+    }
+
+    /// For tests that need no privileges.
+    pub fn without_root(name: &str) -> TestEnv {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let dir = tmp_root()
+            .join("ckpt-tests")
+            .join(format!("{name}-{}-{n}", std::process::id()));
+        if dir.exists() {
+            fs::remove_dir_all(&dir).unwrap_or_else(|e| panic!("clearing {}: {e}", dir.display()));
+        }
+        fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
+        TestEnv {
+            name: name.to_owned(),
+            dir,
+            ckpt_runs: Cell::new(0),
+            sessions: RefCell::default(),
+        }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.join(rel)
+    }
+
+    /// The compiled workload, or `None` (after a loud SKIP) if gcc is missing.
+    pub fn workload_binary(&self, name: &str) -> Option<PathBuf> {
+        match build_workload(name) {
+            Build::Ready(p) => Some(p),
+            Build::GccMissing => {
+                eprintln!("SKIP: {}: gcc missing", self.name);
+                None
+            }
+            Build::Failed(msg) => panic!("building workload {name}: {msg}"),
+        }
+    }
+
+    /// Spawns `argv` the way workloads are run: own session, cwd = the test
+    /// dir, stdin /dev/null, stdout+stderr appended to `DIR/<label>.out`.
+    pub fn spawn(&self, label: &str, program: &Path, args: &[&OsStr]) -> (Proc, PathBuf) {
+        let log_path = self.path(&format!("{label}.out"));
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .unwrap_or_else(|e| panic!("opening {}: {e}", log_path.display()));
+        let log2 = log.try_clone().expect("dup log fd");
+        let mut cmd = Command::new(program);
+        cmd.args(args)
+            .current_dir(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2);
+        // SAFETY: the closure only makes async-signal-safe syscalls (setsid,
+        // close_range, fcntl) and allocates nothing, as required between fork
+        // and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::setsid() < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                close_inherited_fds_on_exec();
+                Ok(())
+            });
+        }
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {}: {e}", program.display()));
+        let proc = Proc::from_child(child);
+        self.sessions.borrow_mut().push(proc.pid);
+        (proc, log_path)
+    }
+
+    /// Starts C workload `name` with `extra` arguments and waits (FIFO, with
+    /// [`TIMEOUT`]) until it is ready. `None` if skipped (gcc missing).
+    pub fn start_workload(&self, name: &str, extra: &[&str]) -> Option<Workload> {
+        let bin = self.workload_binary(name)?;
+        let label = std::iter::once(name)
+            .chain(extra.iter().copied())
+            .collect::<Vec<_>>()
+            .join("-");
+        let fifo = self.path(&format!("{label}.ready"));
+        let result = self.path(&format!("{label}.result"));
+        let _ = fs::remove_file(&fifo);
+        let _ = fs::remove_file(&result);
+        mkfifo(&fifo).unwrap_or_else(|e| panic!("mkfifo {}: {e}", fifo.display()));
+        // Open our end first (non-blocking, so this does not wait for the
+        // writer; close-on-exec, like every fd std opens).
+        let mut ready = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&fifo)
+            .unwrap_or_else(|e| panic!("opening {}: {e}", fifo.display()));
+
+        let mut args: Vec<&OsStr> = vec![fifo.as_os_str(), result.as_os_str()];
+        args.extend(extra.iter().map(OsStr::new));
+        let (mut proc, log) = self.spawn(&label, &bin, &args);
+        let pid = proc.pid;
+        let fail = |why: String| -> ! {
+            panic!(
+                "{}: workload {label}: {why}{}",
+                self.name,
+                diagnostics(&label, pid, &log, Some(&result))
+            );
+        };
+
+        let deadline = Instant::now() + TIMEOUT;
+        let mut got = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                let got = String::from_utf8_lossy(&got);
+                fail(format!(
+                    "not ready within {TIMEOUT:?} (read {got:?} so far)"
+                ));
+            }
+            let ready_fds = poll_in(&[ready.as_raw_fd(), proc.pidfd.as_raw_fd()], left);
+            if ready_fds[0] {
+                let mut buf = [0u8; 64];
+                match ready.read(&mut buf) {
+                    Ok(0) => fail(format!(
+                        "closed the FIFO after writing {:?}",
+                        String::from_utf8_lossy(&got)
+                    )),
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => panic!("reading {}: {e}", fifo.display()),
+                }
+                if got == b"ready\n" {
+                    break;
+                }
+                if !b"ready\n".starts_with(&got) {
+                    let got = String::from_utf8_lossy(&got);
+                    fail(format!("wrote {got:?} to the FIFO instead of \"ready\\n\""));
+                }
+            } else if ready_fds[1] {
+                let status = proc.wait_exit(Duration::ZERO).flatten();
+                fail(format!("exited before it was ready ({status:?})"));
+            }
+        }
+        drop(ready);
+        let identity = identity(pid).unwrap_or_else(|e| panic!("reading /proc/{pid}: {e}"));
+        Some(Workload {
+            label,
+            pid,
+            proc,
+            log,
+            result: Some(result),
+            identity,
+        })
+    }
+
+    /// Starts a program that cannot report readiness; `ready` is polled (see
+    /// [`wait_until`]) for up to [`TIMEOUT`].
+    pub fn start_program(
+        &self,
+        label: &str,
+        program: &Path,
+        args: &[&OsStr],
+        mut ready: impl FnMut(i32) -> bool,
+    ) -> Workload {
+        let (mut proc, log) = self.spawn(label, program, args);
+        let pid = proc.pid;
+        let ok = wait_until(TIMEOUT, || ready(pid) || proc.has_exited());
+        let identity = identity(pid).ok();
+        let w = Workload {
+            label: label.to_owned(),
+            pid,
+            proc,
+            log,
+            result: None,
+            identity: identity.clone().unwrap_or_default(),
+        };
+        if !ok || identity.is_none() {
+            panic!(
+                "{}: {label} did not get ready within {TIMEOUT:?}{}",
+                self.name,
+                w.diagnostics()
+            );
+        }
+        w
+    }
+
+    /// Runs `ckpt ARGS` (cwd = test dir, stdin /dev/null, output to files so
+    /// no pipe can be inherited), killing it after [`CKPT_TIMEOUT`].
+    pub fn ckpt<I, S>(&self, args: I) -> CkptRun
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.ckpt_reaping(args, None)
+    }
+
+    /// Like [`Self::ckpt`], but while it runs, reaps `reap` (our child) as soon
+    /// as it dies, the way a shell would on SIGCHLD: `ckpt checkpoint` kills
+    /// its target and returns once the pid is free, which for a child of ours
+    /// means once we have reaped it.
+    pub fn ckpt_reaping<I, S>(&self, args: I, mut reap: Option<&mut Proc>) -> CkptRun
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let n = self.ckpt_runs.get();
+        self.ckpt_runs.set(n + 1);
+        let args: Vec<String> = args
+            .into_iter()
+            .map(|a| a.as_ref().to_string_lossy().into_owned())
+            .collect();
+        let out_path = self.path(&format!("ckpt-{n}.stdout"));
+        let err_path = self.path(&format!("ckpt-{n}.stderr"));
+        let out = File::create(&out_path).expect("create ckpt stdout file");
+        let err = File::create(&err_path).expect("create ckpt stderr file");
+        let child = Command::new(ckpt_bin())
+            .args(&args)
+            .current_dir(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {}: {e}", ckpt_bin().display()));
+        let mut proc = Proc::from_child(child);
+        let deadline = Instant::now() + CKPT_TIMEOUT;
+        let status = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let mut fds = vec![proc.pidfd.as_raw_fd()];
+            if let Some(r) = reap.as_deref().filter(|r| !r.exited) {
+                fds.push(r.pidfd.as_raw_fd());
+            }
+            let ready = poll_in(&fds, left);
+            if ready.get(1) == Some(&true) {
+                if let Some(r) = reap.as_deref_mut() {
+                    r.wait_exit(Duration::ZERO);
+                }
+            }
+            if ready[0] {
+                break proc
+                    .wait_exit(Duration::ZERO)
+                    .flatten()
+                    .expect("ckpt is our child");
+            }
+            if left.is_zero() {
+                let state = describe_pid(proc.pid);
+                drop(proc);
+                panic!(
+                    "{}: `ckpt {}` did not finish within {CKPT_TIMEOUT:?} ({state}); stderr:\n{}",
+                    self.name,
+                    args.join(" "),
+                    fs::read_to_string(&err_path).unwrap_or_default()
+                );
+            }
+        };
+        CkptRun {
+            args,
+            status,
+            stdout: fs::read_to_string(&out_path).unwrap_or_default(),
+            stderr: fs::read_to_string(&err_path).unwrap_or_default(),
+        }
+    }
+
+    /// `ckpt checkpoint PID -o IMG` must succeed and kill the workload; the
+    /// harness reaps it (it died of SIGKILL) and checks the pid is free.
+    pub fn checkpoint_and_kill(&self, w: &mut Workload, img: &Path) {
+        let pid = w.pid.to_string();
+        let args = [
+            OsStr::new("checkpoint"),
+            OsStr::new(&pid),
+            OsStr::new("-o"),
+            img.as_os_str(),
+        ];
+        let run = self.ckpt_reaping(args, Some(&mut w.proc));
+        if !run.success() {
+            panic!(
+                "{}: checkpoint failed:\n{}{}",
+                self.name,
+                run.describe(),
+                w.diagnostics()
+            );
+        }
+        let Some(status) = w.proc.wait_exit(TIMEOUT) else {
+            panic!(
+                "{}: pid {} still alive {TIMEOUT:?} after `ckpt checkpoint` returned{}",
+                self.name,
+                w.pid,
+                w.diagnostics()
+            );
+        };
+        if let Some(status) = status {
+            assert_eq!(
+                status.signal(),
+                Some(libc::SIGKILL),
+                "{}: checkpointed workload should have been killed by SIGKILL, got {status}{}",
+                self.name,
+                w.diagnostics()
+            );
+        }
+        let probe = kill(w.pid, 0);
+        assert!(
+            matches!(&probe, Err(e) if errno_of(e) == libc::ESRCH),
+            "{}: pid {} still exists after checkpoint and reaping: {probe:?} ({})",
+            self.name,
+            w.pid,
+            describe_pid(w.pid)
+        );
+    }
+
+    /// `ckpt restart IMG --detach` must succeed, print the original pid, and
+    /// leave the process running, untraced, looking as it did.
+    pub fn restart_detached(&self, w: &mut Workload, img: &Path) {
+        let run = self.ckpt([
+            OsStr::new("restart"),
+            img.as_os_str(),
+            OsStr::new("--detach"),
+        ]);
+        if !run.success() {
+            panic!(
+                "{}: restart failed:\n{}{}",
+                self.name,
+                run.describe(),
+                w.diagnostics()
+            );
+        }
+        assert_eq!(
+            run.stdout.trim(),
+            w.pid.to_string(),
+            "{}: `ckpt restart --detach` must print the restored root pid, the original pid\n{}",
+            self.name,
+            run.describe()
+        );
+        match Proc::adopt(w.pid) {
+            // The old Proc is reaped and marked exited: dropping it kills nothing.
+            Ok(p) => w.proc = p,
+            Err(e) => panic!(
+                "{}: restored pid {} is gone right after restart: {e}\n{}{}",
+                self.name,
+                w.pid,
+                run.describe(),
+                w.diagnostics()
+            ),
+        }
+        self.sessions.borrow_mut().push(w.pid);
+        self.assert_running_untraced(w, "after restart");
+        let now = identity(w.pid).unwrap_or_else(|e| panic!("reading /proc/{}: {e}", w.pid));
+        assert_eq!(
+            now,
+            w.identity,
+            "{}: restored process looks different from the original (left: now, right: before){}",
+            self.name,
+            w.diagnostics()
+        );
+    }
+
+    /// The process exists, is not stopped, traced or dead.
+    pub fn assert_running_untraced(&self, w: &mut Workload, when: &str) {
+        let exited = w.proc.has_exited();
+        let state = proc_state(w.pid);
+        let tracer = proc_status_field(w.pid, "TracerPid");
+        let ok =
+            !exited && matches!(state, Some('R' | 'S' | 'D')) && tracer.as_deref() == Some("0");
+        assert!(
+            ok,
+            "{}: {when}: pid {} should be running and untraced (exited {exited}, state {state:?}, \
+             TracerPid {tracer:?}){}",
+            self.name,
+            w.pid,
+            w.diagnostics()
+        );
+    }
+
+    /// Sends `sig`, waits for the exit ([`TIMEOUT`]), and requires the result
+    /// file to say exactly "PASS\n" (and exit status 0 for our own children).
+    pub fn signal_and_expect_pass(&self, w: &mut Workload, sig: i32) {
+        if let Err(e) = w.proc.signal(sig) {
+            panic!(
+                "{}: sending signal {sig} to {}: {e}{}",
+                self.name,
+                w.pid,
+                w.diagnostics()
+            );
+        }
+        let Some(status) = w.proc.wait_exit(TIMEOUT) else {
+            panic!(
+                "{}: {} did not exit within {TIMEOUT:?} of signal {sig}{}",
+                self.name,
+                w.label,
+                w.diagnostics()
+            );
+        };
+        let result = fs::read_to_string(w.result_path())
+            .unwrap_or_else(|e| format!("<no result file: {e}>"));
+        if result != "PASS\n" {
+            panic!(
+                "{}: {} did not pass: {}{}",
+                self.name,
+                w.label,
+                result.trim_end(),
+                w.diagnostics()
+            );
+        }
+        if let Some(status) = status {
+            assert!(
+                status.success(),
+                "{}: {} wrote PASS but exited {status}{}",
+                self.name,
+                w.label,
+                w.diagnostics()
+            );
+        }
+    }
+
+    /// Waits (bounded, [`TIMEOUT`]) until the process sleeps in one of
+    /// `syscalls`. A signal sent before a process enters a single long
+    /// nanosleep()/pause() would be handled before the syscall and never end
+    /// it, so the sleepers must be seen asleep before they are signalled; after
+    /// a restart this also proves the process went back to sleep rather than
+    /// returning early or spinning.
+    pub fn wait_blocked_in(&self, w: &mut Workload, syscalls: &[i64]) {
+        let asleep = wait_until(TIMEOUT, || {
+            w.proc.has_exited()
+                || (proc_state(w.pid) == Some('S')
+                    && current_syscall(w.pid).is_some_and(|n| syscalls.contains(&n)))
+        });
+        let exited = w.proc.has_exited();
+        assert!(
+            asleep && !exited,
+            "{}: {} is not asleep in one of syscalls {syscalls:?} (exited: {exited}, now in \
+             syscall {:?}){}",
+            self.name,
+            w.label,
+            current_syscall(w.pid),
+            w.diagnostics()
+        );
+    }
+
+    /// Runs a workload without checkpointing it: ready, `settle` (e.g. wait
+    /// until it sleeps), SIGTERM, PASS. Returns false if skipped (gcc missing).
+    pub fn run_control(
+        &self,
+        name: &str,
+        extra: &[&str],
+        settle: impl FnOnce(&Self, &mut Workload),
+    ) -> bool {
+        let Some(mut w) = self.start_workload(name, extra) else {
+            return false;
+        };
+        settle(self, &mut w);
+        self.signal_and_expect_pass(&mut w, libc::SIGTERM);
+        true
+    }
+
+    /// The standard round trip: start, `before` (bring the workload into the
+    /// state the checkpoint should catch), checkpoint (killing it), restart,
+    /// `after` (extra checks on the restored process), SIGTERM, PASS.
+    pub fn roundtrip(
+        &self,
+        name: &str,
+        extra: &[&str],
+        before: impl FnOnce(&Self, &mut Workload),
+        after: impl FnOnce(&Self, &mut Workload),
+    ) {
+        let Some(mut w) = self.start_workload(name, extra) else {
+            return;
+        };
+        before(self, &mut w);
+        let img = self.path("img");
+        self.checkpoint_and_kill(&mut w, &img);
+        self.restart_detached(&mut w, &img);
+        after(self, &mut w);
+        self.signal_and_expect_pass(&mut w, libc::SIGTERM);
+    }
+
+    /// Processes that belong to this test: in a session we created, or with
+    /// the test directory in their command line. Zombies are ignored.
+    pub fn own_processes(&self) -> Vec<i32> {
+        let me = i32::try_from(std::process::id()).unwrap_or(0);
+        let sessions = self.sessions.borrow();
+        let needle = self.dir.as_os_str().as_bytes();
+        let mut found = Vec::new();
+        let Ok(entries) = fs::read_dir("/proc") else {
+            return found;
+        };
+        for e in entries.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+                continue;
+            };
+            if pid == me {
+                continue;
+            }
+            let Some(fields) = stat_fields(pid) else {
+                continue;
+            };
+            if matches!(fields.first().map(String::as_str), Some("Z" | "X" | "x")) {
+                continue;
+            }
+            let sid: i32 = fields.get(3).and_then(|s| s.parse().ok()).unwrap_or(0);
+            let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let mentions_dir = cmdline.windows(needle.len()).any(|w| w == needle);
+            if sessions.contains(&sid) || mentions_dir {
+                found.push(pid);
+            }
+        }
+        found
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        // Give processes that are on their way out (e.g. a helper reaping a
+        // restored process that just exited) a moment, then kill the rest.
+        let mut strays = self.own_processes();
+        if !strays.is_empty() {
+            wait_until(Duration::from_secs(2), || {
+                strays = self.own_processes();
+                strays.is_empty()
+            });
+        }
+        let mut described = Vec::new();
+        for pid in &strays {
+            described.push(describe_pid(*pid));
+            if let Ok(p) = Proc::adopt(*pid) {
+                drop(p); // SIGKILL through the pidfd
+            }
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "{}: keeping {} for inspection",
+                self.name,
+                self.dir.display()
+            );
+            if !described.is_empty() {
+                eprintln!("{}: killed stray processes: {described:#?}", self.name);
+            }
+            return;
+        }
+        if !described.is_empty() {
+            panic!(
+                "{}: processes left behind (killed now): {described:#?}; keeping {}",
+                self.name,
+                self.dir.display()
+            );
+        }
+        if let Err(e) = fs::remove_dir_all(&self.dir) {
+            eprintln!("{}: removing {}: {e}", self.name, self.dir.display());
+        }
+    }
+}
+
+/// Lines of a text file (0 if missing).
+pub fn count_lines(path: &Path) -> usize {
+    fs::read(path)
+        .map(|d| d.iter().filter(|&&b| b == b'\n').count())
+        .unwrap_or(0)
+}
+
+/// Checks that `path` holds exactly the lines `step, 2*step, ..., n*step` and
+/// returns n.
+pub fn check_consecutive(path: &Path, step: u64) -> Result<usize, String> {
+    let data = fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    if !data.is_empty() && !data.ends_with('\n') {
+        return Err(format!("{} ends with a partial line", path.display()));
+    }
+    for (i, line) in data.lines().enumerate() {
+        let want = (i as u64 + 1) * step;
+        if line.parse::<u64>().ok() != Some(want) {
+            let from = i.saturating_sub(3);
+            let context: Vec<&str> = data.lines().skip(from).take(7).collect();
+            return Err(format!(
+                "{}: line {} is {line:?}, expected {want} (gap or duplicate); lines {}..: {context:?}",
+                path.display(),
+                i + 1,
+                from + 1
+            ));
+        }
+    }
+    Ok(data.lines().count())
+}
+
+/// Whether a JSON document contains `pid` as a number, or as a string, anywhere.
+pub fn json_mentions(v: &serde_json::Value, pid: i32) -> bool {
+    match v {
+        serde_json::Value::Number(n) => n.as_i64() == Some(i64::from(pid)),
+        serde_json::Value::String(s) => s == &pid.to_string(),
+        serde_json::Value::Array(a) => a.iter().any(|x| json_mentions(x, pid)),
+        serde_json::Value::Object(o) => o.values().any(|x| json_mentions(x, pid)),
+        _ => false,
+    }
+}
