@@ -61,6 +61,13 @@ pub fn restart(input: std::fs::File, opts: &RestartOptions, log: &mut Log) -> Re
     let mut b = Build::prepare(&img, &file)?;
     b.spawn(&img)?;
     b.seize_all(&img)?;
+    // Test hook: prove that a restart failing once processes exist leaves
+    // nothing behind.
+    if std::env::var_os("CKPT_TEST_FAIL_AFTER_SPAWN").is_some() {
+        return refuse(
+            "failure injected after the processes were created (CKPT_TEST_FAIL_AFTER_SPAWN)".into(),
+        );
+    }
     for p in img.processes.iter().filter(|p| !p.is_zombie()) {
         b.rebuild(p)
             .inspect_err(|e| log.error(e, 0, p.pid(), &p.process.comm.to_string()))?;
