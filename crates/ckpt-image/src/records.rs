@@ -276,8 +276,10 @@ record!(
 );
 
 record!(
-    /// A pipe (or FIFO) buffer: its size and the bytes in flight.
-    Pipe = T_PIPE, "pipe" { id: u32, size: u32, data: Bytes }
+    /// A pipe (or FIFO) buffer: its size and the bytes in flight. `ino` is
+    /// the pipe's inode: if a process outside the tree still holds the
+    /// pipe at restart, the restored ends reconnect to it.
+    Pipe = T_PIPE, "pipe" { id: u32, size: u32, ino: u64, data: Bytes }
 );
 
 /// Shared memory object kinds.

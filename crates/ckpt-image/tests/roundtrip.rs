@@ -334,6 +334,7 @@ fn sample_image() -> &'static [u8] {
             AnyRecord::Pipe(Pipe {
                 id: 1,
                 size: 65536,
+                ino: 4242,
                 data: Bytes(b"in flight".to_vec()),
             }),
             AnyRecord::Shmem(Shmem {

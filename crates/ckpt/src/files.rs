@@ -175,6 +175,7 @@ impl FileTable {
                     self.pipes.push(Pipe {
                         id: pid_,
                         size,
+                        ino: meta.ino(),
                         data: Bytes(data),
                     });
                     self.pipe_ids.push((meta.ino(), pid_));
@@ -277,6 +278,51 @@ fn reopen(path: &[u8], flags: i32, base: i32) -> std::io::Result<i32> {
     high
 }
 
+/// A pipe whose other end was held outside the checkpointed tree (say the
+/// shell or harness that reads its output) still exists while that holder
+/// lives: find it by inode and open both ends of that very pipe, so the
+/// restored tree talks to the same reader or writer. Its buffer still holds
+/// whatever was in flight, so nothing is refilled. Pipes that only the
+/// tree held died with it and are created anew.
+fn reconnect_pipe(p: &Pipe, base: i32) -> Option<(i32, i32)> {
+    let want = format!("pipe:[{}]", p.ino);
+    for e in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<Pid>().ok()) else {
+            continue;
+        };
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            let path = fd.path();
+            if std::fs::read_link(&path)
+                .ok()
+                .is_some_and(|l| l.as_os_str().as_bytes() == want.as_bytes())
+            {
+                let path = path.as_os_str().as_bytes();
+                // Opening a pipe through /proc gives a new description of
+                // the same pipe; O_RDWR never blocks, then each end is
+                // reopened with its own mode from it.
+                let both = reopen(path, libc::O_RDWR | libc::O_NONBLOCK, base).ok()?;
+                let link = format!("/proc/self/fd/{both}");
+                let r = reopen(link.as_bytes(), libc::O_RDONLY | libc::O_NONBLOCK, base);
+                let w = reopen(link.as_bytes(), libc::O_WRONLY | libc::O_NONBLOCK, base);
+                sys::close(both);
+                return match (r, w) {
+                    (Ok(r), Ok(w)) => Some((r, w)),
+                    (r, w) => {
+                        for fd in [r, w].into_iter().flatten() {
+                            sys::close(fd);
+                        }
+                        None
+                    }
+                };
+            }
+        }
+    }
+    None
+}
+
 /// Opens every saved description (and creates every pipe) in the calling
 /// process, at fd numbers >= `base`. `shmem_fd` gives the memfd restored for
 /// a shared memory object.
@@ -295,6 +341,10 @@ pub fn open_all(
     // Pipe id -> (read end, write end) in this process.
     let mut pipe_ends: Vec<(u32, i32, i32)> = Vec::new();
     for p in pipes {
+        if let Some((r, w)) = reconnect_pipe(p, base) {
+            pipe_ends.push((p.id, r, w));
+            continue;
+        }
         let (r, w) = sys::pipe().map_err(|e| err("pipe".into(), e))?;
         let (r2, w2) = (
             sys::dup_above(r, base).map_err(|e| err("dup".into(), e))?,
