@@ -61,6 +61,9 @@ pub fn restart(input: std::fs::File, opts: &RestartOptions, log: &mut Log) -> Re
     let mut b = Build::prepare(&img, &file)?;
     b.spawn(&img)?;
     b.seize_all(&img)?;
+    for &g in &b.pgid_helpers {
+        let _ = sys::kill(g, libc::SIGKILL);
+    }
     // Test hook: prove that a restart failing once processes exist leaves
     // nothing behind.
     if std::env::var_os("CKPT_TEST_FAIL_AFTER_SPAWN").is_some() {
@@ -117,6 +120,8 @@ struct Build {
     status: (i32, i32),
     tramp: u64,
     created: Vec<Pid>,
+    /// Temporary leaders of process groups whose leader is gone.
+    pgid_helpers: Vec<Pid>,
     /// Seized tasks (every thread of every live process).
     traced: Vec<Pid>,
     released: bool,
@@ -178,6 +183,7 @@ impl Build {
             status: (-1, -1),
             tramp: 0,
             created: Vec::new(),
+            pgid_helpers: group_helpers(img),
             traced: Vec::new(),
             released: false,
         };
@@ -259,6 +265,7 @@ impl Build {
         sys::close(self.img_fd);
         self.created
             .extend(img.processes[1..].iter().map(|p| p.pid()));
+        self.created.extend(self.pgid_helpers.iter().copied());
         let live = img.processes.iter().filter(|p| !p.is_zombie()).count();
         let mut ok = 0;
         let mut text = Vec::new();
@@ -305,6 +312,20 @@ impl Build {
             sys::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as u64)
                 .map_err(|e| format!("PR_SET_PDEATHSIG: {e}"))?;
             set_ids(p);
+            if pid == img.processes[0].pid() {
+                // Groups whose leader is gone: a helper with the leader's
+                // pid holds each group while the members join it.
+                for &g in &self.pgid_helpers {
+                    match sys::fork_with_pid(g) {
+                        Ok(0) => {
+                            let _ = sys::setpgid(0, 0);
+                            sys::pause_forever()
+                        }
+                        Ok(_) => {}
+                        Err(e) => return Err(format!("create group helper {g}: {e}")),
+                    }
+                }
+            }
             let mut zombies = Vec::new();
             for c in img
                 .processes
@@ -421,6 +442,9 @@ impl Build {
         task::restore_thread(&mut r, &s, &main.thread)?;
         crate::creds::restore(&mut r, &s, &p.creds)?;
         task::restore_itimers(&mut r, &s, &p.itimers)?;
+        if p.pid() == self.created[0] && !self.pgid_helpers.is_empty() {
+            self.reap_group_helpers(&mut r, &s)?;
+        }
         task::restore_pending(&mut r, &s, pid, None, &p.shared_pending.signals)?;
         task::restore_pending(&mut r, &s, pid, Some(pid), &main.thread.pending)?;
         r.call(
@@ -495,6 +519,23 @@ impl Build {
         Ok(tid)
     }
 
+    /// The root reaps the (killed) group helpers and forgets the SIGCHLD
+    /// they raised: the saved process had neither.
+    fn reap_group_helpers(&self, r: &mut Remote, s: &Scratch) -> Result<()> {
+        for &g in &self.pgid_helpers {
+            r.call(
+                "wait4(group helper)",
+                libc::SYS_wait4,
+                &[g as u64, 0, libc::__WALL as u64, 0],
+            )?;
+        }
+        let set = 1u64 << (libc::SIGCHLD - 1);
+        s.write(0, &set.to_le_bytes())?;
+        s.write(8, &[0u8; 16])?;
+        while r.syscall(libc::SYS_rt_sigtimedwait, &[s.addr, 0, s.addr + 8, 8])? > 0 {}
+        Ok(())
+    }
+
     /// Lets every process run on its own.
     fn release(mut self) -> Result<()> {
         for &t in &self.traced {
@@ -520,6 +561,26 @@ impl Build {
             }
         }
     }
+}
+
+/// Process groups of the tree whose leader is not in the image and that a
+/// helper can recreate: only inside a session the root leads (setpgid
+/// cannot cross sessions), and only when the leader's pid is free.
+fn group_helpers(img: &Image) -> Vec<Pid> {
+    let root = &img.processes[0];
+    if root.process.sid != root.pid() {
+        return Vec::new();
+    }
+    let mut v: Vec<Pid> = img
+        .processes
+        .iter()
+        .filter(|p| p.process.sid == root.pid())
+        .map(|p| p.process.pgid)
+        .filter(|&g| g > 1 && img.process(g).is_none() && !procfs::exists(g))
+        .collect();
+    v.sort_unstable();
+    v.dedup();
+    v
 }
 
 /// Sets ids the process can set itself right after fork: a session or
