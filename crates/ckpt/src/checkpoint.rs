@@ -180,7 +180,12 @@ fn run<S: Sink>(
     // A memfd open as an fd is the same object as its mappings.
     for (dev, ino, file_id, source) in std::mem::take(&mut ft.memfds) {
         let f = &mut ft.files[file_id as usize - 1];
-        let name = f.path.0.strip_prefix(b"/").unwrap_or(&f.path.0).to_vec();
+        let name = f
+            .path
+            .0
+            .strip_prefix(b"/memfd:")
+            .unwrap_or(&f.path.0)
+            .to_vec();
         f.obj = shm.id(dev, ino, SHMEM_MEMFD, &name, source)?;
     }
     let xstate = first_xstate.unwrap_or_default();

@@ -146,7 +146,9 @@ pub fn vma_of(pid: Pid, comm: &str, m: &MapEntry, shm: &mut ShmemTable) -> Resul
                     SHMEM_ANON
                 };
                 let source = format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end);
-                obj = shm.id(m.dev, m.ino, k, p.strip_prefix(b"/").unwrap_or(p), source)?;
+                // A memfd keeps its name (memfd_create adds "memfd:" again).
+                let name = p.strip_prefix(b"/memfd:").unwrap_or(p);
+                obj = shm.id(m.dev, m.ino, k, name, source)?;
                 VMA_SHMEM
             }
             p if p.starts_with(b"[anon:") || p.is_empty() => VMA_ANON,

@@ -188,11 +188,19 @@ impl Build {
             released: false,
         };
         for s in &img.shmems {
-            let fd =
-                sys::memfd_raw(&s.shmem.name.0, base).map_err(io_err("memfd_create".into()))?;
+            let fd = if s.shmem.kind == SHMEM_ANON {
+                // A real shared anonymous object (it shows as /dev/zero in
+                // maps), reached through map_files so others can map it.
+                sys::shared_anon_fd(crate::align_up(s.shmem.size.max(1)), base)
+                    .map_err(io_err("create shared anonymous memory".into()))?
+            } else {
+                let fd =
+                    sys::memfd_raw(&s.shmem.name.0, base).map_err(io_err("memfd_create".into()))?;
+                sys::ftruncate(fd, s.shmem.size)
+                    .map_err(io_err(format!("size shared memory object {}", s.shmem.id)))?;
+                fd
+            };
             b.shmem_fds.push((s.shmem.id, fd));
-            sys::ftruncate(fd, s.shmem.size)
-                .map_err(io_err(format!("size shared memory object {}", s.shmem.id)))?;
             let mut buf = Vec::new();
             for r in &s.pages {
                 buf.resize((r.nr_pages * PAGE) as usize, 0);

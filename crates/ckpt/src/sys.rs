@@ -694,3 +694,33 @@ pub fn raise_nofile() {
         let _ = prlimit(0, libc::RLIMIT_NOFILE, Some((max, max)));
     }
 }
+
+/// A MAP_SHARED|MAP_ANONYMOUS object of `len` bytes, as an fd >= `base`
+/// (opened through /proc/self/map_files; the mapping itself is dropped).
+pub fn shared_anon_fd(len: u64, base: i32) -> io::Result<i32> {
+    // SAFETY: a fresh anonymous mapping, unmapped below before returning.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len as usize,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    let a = p as u64;
+    let fd = open_raw(
+        format!("/proc/self/map_files/{a:x}-{:x}", a + len).as_bytes(),
+        libc::O_RDWR | libc::O_CLOEXEC,
+        0,
+    );
+    munmap(a, len as usize);
+    let fd = fd?;
+    let high = dup_above(fd, base);
+    close(fd);
+    high
+}
