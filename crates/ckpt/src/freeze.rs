@@ -67,7 +67,16 @@ fn freeze_with(pid: Pid, wait: bool) -> Result<Frozen> {
                     pid,
                     comm: comm(pid),
                     object: format!("thread {t}"),
-                    reason: "ptrace is not permitted (another tracer, or missing CAP_SYS_PTRACE); run ckpt as root".into(),
+                    reason: match thread_tracer(pid, t) {
+                        Some(tracer) => format!(
+                            "it is already traced by pid {tracer} ({}); detach that tracer first",
+                            comm(tracer)
+                        ),
+                        None => {
+                            "ptrace is not permitted (missing CAP_SYS_PTRACE?); run ckpt as root"
+                                .into()
+                        }
+                    },
                 },
                 Some(libc::ESRCH) => Error::TaskGone(t),
                 _ => Error::Sys {
@@ -88,6 +97,15 @@ fn freeze_with(pid: Pid, wait: bool) -> Result<Frozen> {
         }
     }
     Ok(f)
+}
+
+/// The tracer of one thread, if any.
+fn thread_tracer(pid: Pid, tid: Pid) -> Option<Pid> {
+    let st = procfs::read(pid, &format!("task/{tid}/status")).ok()?;
+    procfs::Status(st)
+        .num("TracerPid")
+        .filter(|&t| t != 0)
+        .map(|t| t as Pid)
 }
 
 /// Waits until `tid` reports the PTRACE_INTERRUPT stop, passing on any

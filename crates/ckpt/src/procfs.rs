@@ -245,6 +245,33 @@ pub fn pagemap(pm: &fs::File, start: u64, end: u64) -> io::Result<Vec<u64>> {
         .collect())
 }
 
+/// Resource limits (soft, hard) from /proc/PID/limits, in resource order
+/// (RLIMIT_CPU = 0 ...). Reading them needs no privilege over the process,
+/// unlike prlimit(2) on another uid's process.
+pub fn limits(pid: Pid) -> io::Result<Vec<(u64, u64)>> {
+    let s = read(pid, "limits")?;
+    let val = |v: &str| -> Option<u64> {
+        match v.trim() {
+            "unlimited" => Some(u64::MAX),
+            n => n.parse().ok(),
+        }
+    };
+    // Fixed-width rows: a 25-column name, then 20-column soft and hard limits.
+    s.lines()
+        .skip(1)
+        .map(|l| {
+            let soft = l.get(26..46).and_then(val);
+            let hard = l.get(47..67).and_then(val);
+            soft.zip(hard).ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("cannot parse /proc/{pid}/limits line {l:?}"),
+                )
+            })
+        })
+        .collect()
+}
+
 /// fdinfo fields.
 #[derive(Debug, Default)]
 pub struct FdInfo {
@@ -318,6 +345,19 @@ mod tests {
         assert_eq!(m.path, b"/usr/lib/x y");
         let a = parse_map_line(b"1000-2000 rw-s 00000000 00:00 0 ").unwrap();
         assert!(a.shared && a.path.is_empty());
+    }
+
+    #[test]
+    fn reads_own_limits() {
+        let l = limits(std::process::id() as Pid).unwrap();
+        assert_eq!(l.len(), 16);
+        let mut r = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: r is a valid out-pointer.
+        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) };
+        assert_eq!(l[libc::RLIMIT_NOFILE as usize], (r.rlim_cur, r.rlim_max));
     }
 
     #[test]

@@ -448,6 +448,7 @@ impl Build {
             others.push(tr);
         }
         task::restore_thread(&mut r, &s, &main.thread)?;
+        task::restore_rlimits(&mut r, &s, &p.rlimits)?;
         crate::creds::restore(&mut r, &s, &p.creds)?;
         task::restore_itimers(&mut r, &s, &p.itimers)?;
         if p.pid() == self.created[0] && !self.pgid_helpers.is_empty() {
@@ -479,7 +480,6 @@ impl Build {
                 r.call("close", libc::SYS_close, &[fd as u64])?;
             }
         }
-        task::restore_rlimits(pid, &p.rlimits)?;
 
         // The last injected call unmaps the trampoline, so it must run from
         // the restored vDSO's syscall instruction.
@@ -557,6 +557,11 @@ impl Build {
     fn kill_all(&mut self) {
         for &p in self.created.iter().rev() {
             let _ = sys::kill(p, libc::SIGKILL);
+        }
+        // A traced task that dies waits for its tracer (us) to see it
+        // before its parent can; threads before their leaders.
+        for &t in self.traced.iter().rev() {
+            let _ = sys::wait(t, 0);
         }
         if let Some(&root) = self.created.first() {
             let _ = sys::wait(root, 0);

@@ -116,24 +116,53 @@ pub fn dump_creds(status: &Status) -> Creds {
 }
 
 pub fn dump_rlimits(pid: Pid) -> Result<Rlimits> {
-    let mut limits = Vec::new();
-    for res in 0..NLIMITS {
-        let (cur, max) = sys::prlimit(pid, res, None).ctx(pid, || format!("prlimit({res})"))?;
-        limits.push(Rlimit {
-            resource: res,
+    let limits = procfs::limits(pid)
+        .ctx(pid, || "read /proc limits".into())?
+        .into_iter()
+        .enumerate()
+        .take(NLIMITS as usize)
+        .map(|(i, (cur, max))| Rlimit {
+            resource: i as u32,
             cur,
             max,
-        });
-    }
+        })
+        .collect();
     Ok(Rlimits { limits })
 }
 
-/// Sets limits from outside (prlimit on the restored pid).
-pub fn restore_rlimits(pid: Pid, r: &Rlimits) -> Result<()> {
-    for l in &r.limits {
-        sys::prlimit(pid, l.resource, Some((l.cur, l.max))).ctx(pid, || {
-            format!("set resource limit {} to {}/{}", l.resource, l.cur, l.max)
-        })?;
+/// Sets the limits inside the task (injected prlimit64 on itself, before
+/// its credentials change). A hard limit above the restorer's own cannot be
+/// raised without CAP_SYS_RESOURCE: such a limit is lowered to what the
+/// restorer has, and said so.
+pub fn restore_rlimits(r: &mut Remote, s: &Scratch, l: &Rlimits) -> Result<()> {
+    for lim in &l.limits {
+        let put = |s: &Scratch, cur: u64, max: u64| -> Result<()> {
+            let b: Vec<u8> = [cur, max].iter().flat_map(|v| v.to_le_bytes()).collect();
+            s.write(0, &b)
+        };
+        put(s, lim.cur, lim.max)?;
+        let res = lim.resource as u64;
+        let rc = r.syscall(libc::SYS_prlimit64, &[0, res, s.addr, 0])?;
+        if rc == -(libc::EPERM as i64) {
+            r.call("prlimit64", libc::SYS_prlimit64, &[0, res, 0, s.addr + 16])?;
+            let have = s.u64s(16, 2)?[1];
+            tracing::warn!(
+                "resource limit {} hard {} lowered to {have}: raising it needs CAP_SYS_RESOURCE",
+                lim.resource,
+                lim.max
+            );
+            put(s, lim.cur.min(have), have)?;
+            r.call("prlimit64", libc::SYS_prlimit64, &[0, res, s.addr, 0])?;
+        } else if rc < 0 {
+            return Err(crate::Error::Sys {
+                pid: r.tid(),
+                what: format!(
+                    "set resource limit {} to {}/{}",
+                    lim.resource, lim.cur, lim.max
+                ),
+                source: std::io::Error::from_raw_os_error(-rc as i32),
+            });
+        }
     }
     Ok(())
 }
