@@ -205,6 +205,23 @@ fn run(cli: Cli) -> Result<u8> {
     }
 }
 
+/// The error and its causes on one line, without repeating a cause that
+/// a message already quotes (library errors include their io error).
+fn one_line(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let msg = cause.to_string();
+        if out.ends_with(&msg) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&msg);
+    }
+    out
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let level = match cli.verbose {
@@ -226,7 +243,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("ckpt: {e:#}");
+            eprintln!("ckpt: {}", one_line(&e));
             ExitCode::from(1)
         }
     }

@@ -58,6 +58,13 @@ pub fn restart(input: std::fs::File, opts: &RestartOptions, log: &mut Log) -> Re
         ),
     );
     sys::raise_nofile();
+    // Signals meant for the restored root wait, blocked, until it runs and
+    // the forwarding handlers are in place (the tree forks from us before
+    // that, so it never inherits the handlers).
+    let forwarded = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
+    if !opts.detach {
+        sys::block_signals(&forwarded, true);
+    }
     let mut b = Build::prepare(&img, &file)?;
     b.spawn(&img)?;
     b.seize_all(&img)?;
@@ -80,7 +87,12 @@ pub fn restart(input: std::fs::File, opts: &RestartOptions, log: &mut Log) -> Re
     if opts.detach {
         return Ok(Outcome::Detached(root));
     }
-    Ok(Outcome::Exited(wait_forwarding(root)?))
+    FORWARD_TO.store(root, Ordering::Relaxed);
+    for s in forwarded {
+        sys::on_signal(s, forward);
+    }
+    sys::block_signals(&forwarded, false);
+    Ok(Outcome::Exited(wait_exit(root)?))
 }
 
 /// A regular file at offset 0 is used as is; anything else (a pipe from
@@ -864,12 +876,8 @@ extern "C" fn forward(sig: i32) {
     }
 }
 
-/// Waits for the restored root, passing SIGINT/SIGTERM/SIGHUP on to it.
-fn wait_forwarding(pid: Pid) -> Result<u8> {
-    FORWARD_TO.store(pid, Ordering::Relaxed);
-    for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
-        sys::on_signal(s, forward);
-    }
+/// Waits for the restored root (signals to ckpt are forwarded to it).
+fn wait_exit(pid: Pid) -> Result<u8> {
     loop {
         let (_, st) = sys::wait(pid, 0).ctx(pid, || "wait for the restored process".into())?;
         if libc::WIFEXITED(st) {

@@ -724,3 +724,25 @@ pub fn shared_anon_fd(len: u64, base: i32) -> io::Result<i32> {
     close(fd);
     high
 }
+
+/// Blocks (or unblocks) `sigs` in the calling thread.
+pub fn block_signals(sigs: &[i32], block: bool) {
+    // SAFETY: sigset_t is plain data, initialised by sigemptyset.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: set is a valid sigset_t; a NULL old-set pointer is allowed.
+    unsafe {
+        libc::sigemptyset(&mut set);
+        for &s in sigs {
+            libc::sigaddset(&mut set, s);
+        }
+        libc::sigprocmask(
+            if block {
+                libc::SIG_BLOCK
+            } else {
+                libc::SIG_UNBLOCK
+            },
+            &set,
+            std::ptr::null_mut(),
+        );
+    }
+}

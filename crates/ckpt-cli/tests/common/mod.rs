@@ -30,6 +30,16 @@
 //! directory, e.g. a restored process whose pid we never learned): they are
 //! killed, and on an otherwise passing test they fail it. The test's directory
 //! is removed when the test passes and kept (path printed) when it fails.
+//!
+//! For process trees and other cases there are also: [`process_tree`],
+//! [`proc_ids`] and [`thread_ids`] (what /proc says about a tree),
+//! [`TestEnv::checkpoint_tree_and_kill`] and [`TestEnv::assert_tree_restored`]
+//! (every pid gone after the checkpoint, the same tree after the restart),
+//! [`TestEnv::image_processes`] (`inspect --json`), [`TestEnv::spawn_ckpt`]
+//! (a `ckpt` left running, e.g. `restart` without --detach),
+//! [`TestEnv::ckpt_with_env`], [`TestEnv::start_workload_in`] (start inside
+//! a cgroup), [`TestCgroup`] (a cgroup directory removed on drop) and
+//! [`Tracee`] (ptrace from the harness, as a debugger would).
 
 #![allow(dead_code)] // Not every test binary uses every helper.
 
@@ -167,6 +177,25 @@ fn close_inherited_fds_on_exec() {
         // fd's close-on-exec flag, or fails with EBADF.
         unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
     }
+}
+
+/// Moves the calling process into the cgroup whose `cgroup.procs` is
+/// `procs`. Runs between fork and exec: only open/write/close.
+fn join_cgroup(procs: &std::ffi::CStr) -> io::Result<()> {
+    // SAFETY: procs is a valid NUL-terminated path; open returns a new fd or -1.
+    let fd = unsafe { libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: writes 1 byte from a static buffer to the fd we just opened.
+    let r = unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) };
+    let err = io::Error::last_os_error();
+    // SAFETY: closes the fd we opened above, nothing else refers to it.
+    unsafe { libc::close(fd) };
+    if r != 1 {
+        return Err(err);
+    }
+    Ok(())
 }
 
 /// `mkfifo(path, 0600)`.
@@ -542,6 +571,33 @@ impl CkptRun {
     }
 }
 
+/// A `ckpt` command still running (see [`TestEnv::spawn_ckpt`]). Dropping it
+/// kills ckpt.
+pub struct CkptChild {
+    pub proc: Proc,
+    args: Vec<String>,
+    out_path: PathBuf,
+    err_path: PathBuf,
+}
+
+impl CkptChild {
+    /// What it wrote to stderr so far.
+    pub fn stderr_so_far(&self) -> String {
+        fs::read_to_string(&self.err_path).unwrap_or_default()
+    }
+
+    /// Waits up to `timeout` for it to exit; `None` (it keeps running) on timeout.
+    pub fn wait(&mut self, timeout: Duration) -> Option<CkptRun> {
+        let status = self.proc.wait_exit(timeout)?.expect("ckpt is our child");
+        Some(CkptRun {
+            args: self.args.clone(),
+            status,
+            stdout: fs::read_to_string(&self.out_path).unwrap_or_default(),
+            stderr: fs::read_to_string(&self.err_path).unwrap_or_default(),
+        })
+    }
+}
+
 // ---------------------------------------------------------------------------
 // The per-test environment
 // ---------------------------------------------------------------------------
@@ -604,6 +660,23 @@ impl TestEnv {
     /// Spawns `argv` the way workloads are run: own session, cwd = the test
     /// dir, stdin /dev/null, stdout+stderr appended to `DIR/<label>.out`.
     pub fn spawn(&self, label: &str, program: &Path, args: &[&OsStr]) -> (Proc, PathBuf) {
+        self.spawn_in(label, program, args, None)
+    }
+
+    /// [`Self::spawn`], but the process first joins `cgroup` (a cgroup v2 or
+    /// v1 directory: "0" is written to its `cgroup.procs` between fork and
+    /// exec), so that everything it forks is in that cgroup too.
+    pub fn spawn_in(
+        &self,
+        label: &str,
+        program: &Path,
+        args: &[&OsStr],
+        cgroup: Option<&Path>,
+    ) -> (Proc, PathBuf) {
+        let procs_file = cgroup.map(|c| {
+            std::ffi::CString::new(c.join("cgroup.procs").as_os_str().as_bytes())
+                .expect("NUL in cgroup path")
+        });
         let log_path = self.path(&format!("{label}.out"));
         let log = OpenOptions::new()
             .create(true)
@@ -618,12 +691,15 @@ impl TestEnv {
             .stdout(log)
             .stderr(log2);
         // SAFETY: the closure only makes async-signal-safe syscalls (setsid,
-        // close_range, fcntl) and allocates nothing, as required between fork
-        // and exec.
+        // open, write, close, close_range, fcntl) on memory prepared before
+        // the fork, and allocates nothing, as required between fork and exec.
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
                 if libc::setsid() < 0 {
                     return Err(io::Error::last_os_error());
+                }
+                if let Some(procs) = &procs_file {
+                    join_cgroup(procs)?;
                 }
                 close_inherited_fds_on_exec();
                 Ok(())
@@ -640,6 +716,16 @@ impl TestEnv {
     /// Starts C workload `name` with `extra` arguments and waits (FIFO, with
     /// [`TIMEOUT`]) until it is ready. `None` if skipped (gcc missing).
     pub fn start_workload(&self, name: &str, extra: &[&str]) -> Option<Workload> {
+        self.start_workload_in(name, extra, None)
+    }
+
+    /// [`Self::start_workload`], in `cgroup` from the start (see [`Self::spawn_in`]).
+    pub fn start_workload_in(
+        &self,
+        name: &str,
+        extra: &[&str],
+        cgroup: Option<&Path>,
+    ) -> Option<Workload> {
         let bin = self.workload_binary(name)?;
         let label = std::iter::once(name)
             .chain(extra.iter().copied())
@@ -660,7 +746,7 @@ impl TestEnv {
 
         let mut args: Vec<&OsStr> = vec![fifo.as_os_str(), result.as_os_str()];
         args.extend(extra.iter().map(OsStr::new));
-        let (mut proc, log) = self.spawn(&label, &bin, &args);
+        let (mut proc, log) = self.spawn_in(&label, &bin, &args, cgroup);
         let pid = proc.pid;
         let fail = |why: String| -> ! {
             panic!(
@@ -762,7 +848,35 @@ impl TestEnv {
     /// as it dies, the way a shell would on SIGCHLD: `ckpt checkpoint` kills
     /// its target and returns once the pid is free, which for a child of ours
     /// means once we have reaped it.
-    pub fn ckpt_reaping<I, S>(&self, args: I, mut reap: Option<&mut Proc>) -> CkptRun
+    pub fn ckpt_reaping<I, S>(&self, args: I, reap: Option<&mut Proc>) -> CkptRun
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.ckpt_full(args, reap, &[])
+    }
+
+    /// Like [`Self::ckpt`], with extra environment variables for `ckpt`.
+    pub fn ckpt_with_env<I, S>(&self, args: I, env: &[(&str, &str)]) -> CkptRun
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.ckpt_full(args, None, env)
+    }
+
+    /// Starts `ckpt ARGS` (as [`Self::ckpt`] would) without waiting for it,
+    /// e.g. a `ckpt restart` without --detach that stays the restored root's
+    /// parent. Dropping the result kills ckpt.
+    pub fn spawn_ckpt<I, S>(&self, args: I) -> CkptChild
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.start_ckpt(args, &[])
+    }
+
+    fn start_ckpt<I, S>(&self, args: I, env: &[(&str, &str)]) -> CkptChild
     where
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
@@ -779,13 +893,32 @@ impl TestEnv {
         let err = File::create(&err_path).expect("create ckpt stderr file");
         let child = Command::new(ckpt_bin())
             .args(&args)
+            .envs(env.iter().copied())
             .current_dir(&self.dir)
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
             .spawn()
             .unwrap_or_else(|e| panic!("spawning {}: {e}", ckpt_bin().display()));
-        let mut proc = Proc::from_child(child);
+        CkptChild {
+            proc: Proc::from_child(child),
+            args,
+            out_path,
+            err_path,
+        }
+    }
+
+    fn ckpt_full<I, S>(&self, args: I, mut reap: Option<&mut Proc>, env: &[(&str, &str)]) -> CkptRun
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let CkptChild {
+            mut proc,
+            args,
+            out_path,
+            err_path,
+        } = self.start_ckpt(args, env);
         let deadline = Instant::now() + CKPT_TIMEOUT;
         let status = loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -827,13 +960,20 @@ impl TestEnv {
     /// `ckpt checkpoint PID -o IMG` must succeed and kill the workload; the
     /// harness reaps it (it died of SIGKILL) and checks the pid is free.
     pub fn checkpoint_and_kill(&self, w: &mut Workload, img: &Path) {
+        self.checkpoint_and_kill_with(w, img, &[]);
+    }
+
+    /// [`Self::checkpoint_and_kill`] with extra `ckpt checkpoint` arguments
+    /// (e.g. `--freeze-cgroup DIR`).
+    pub fn checkpoint_and_kill_with(&self, w: &mut Workload, img: &Path, extra: &[&OsStr]) {
         let pid = w.pid.to_string();
-        let args = [
+        let mut args = vec![
             OsStr::new("checkpoint"),
             OsStr::new(&pid),
             OsStr::new("-o"),
             img.as_os_str(),
         ];
+        args.extend_from_slice(extra);
         let run = self.ckpt_reaping(args, Some(&mut w.proc));
         if !run.success() {
             panic!(
@@ -1149,5 +1289,514 @@ pub fn json_mentions(v: &serde_json::Value, pid: i32) -> bool {
         serde_json::Value::Array(a) => a.iter().any(|x| json_mentions(x, pid)),
         serde_json::Value::Object(o) => o.values().any(|x| json_mentions(x, pid)),
         _ => false,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Process trees and threads
+// ---------------------------------------------------------------------------
+
+/// State, parent, process group and session of a process (or zombie).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcIds {
+    pub pid: i32,
+    pub state: char,
+    pub ppid: i32,
+    pub pgid: i32,
+    pub sid: i32,
+}
+
+pub fn proc_ids(pid: i32) -> Option<ProcIds> {
+    let f = stat_fields(pid)?;
+    let num = |i: usize| f.get(i).and_then(|v| v.parse().ok());
+    Some(ProcIds {
+        pid,
+        state: f.first()?.chars().next()?,
+        ppid: num(1)?,
+        pgid: num(2)?,
+        sid: num(3)?,
+    })
+}
+
+/// Whether `/proc/N` exists: a process (zombies included) or a thread with id N.
+pub fn pid_exists(n: i32) -> bool {
+    Path::new(&format!("/proc/{n}")).exists()
+}
+
+/// Thread ids of `pid`, sorted (empty once it is gone).
+pub fn thread_ids(pid: i32) -> Vec<i32> {
+    let mut tids: Vec<i32> = fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    tids.sort_unstable();
+    tids
+}
+
+/// Children of every thread of `pid`, zombies included.
+pub fn children_of(pid: i32) -> Vec<i32> {
+    let mut kids = Vec::new();
+    for tid in thread_ids(pid) {
+        if let Ok(s) = fs::read_to_string(format!("/proc/{pid}/task/{tid}/children")) {
+            kids.extend(s.split_whitespace().filter_map(|t| t.parse::<i32>().ok()));
+        }
+    }
+    kids
+}
+
+/// `root` and all its descendants (zombies included), parents before children.
+pub fn process_tree(root: i32) -> Vec<i32> {
+    let mut tree = Vec::new();
+    let mut stack = vec![root];
+    while let Some(p) = stack.pop() {
+        if tree.contains(&p) {
+            continue;
+        }
+        tree.push(p);
+        let mut kids = children_of(p);
+        kids.reverse();
+        stack.extend(kids);
+    }
+    tree
+}
+
+/// A field of /proc/PID/task/TID/status, e.g. "SigBlk".
+pub fn task_status_field(pid: i32, tid: i32, field: &str) -> Option<String> {
+    let status = fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).ok()?;
+    status.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        (k == field).then(|| v.trim().to_owned())
+    })
+}
+
+/// The one-letter state of thread `tid` of `pid`.
+pub fn task_state(pid: i32, tid: i32) -> Option<char> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 1..]
+        .split_whitespace()
+        .next()?
+        .chars()
+        .next()
+}
+
+/// The syscall thread `tid` of `pid` is blocked in, if any.
+pub fn task_syscall(pid: i32, tid: i32) -> Option<i64> {
+    let s = fs::read_to_string(format!("/proc/{pid}/task/{tid}/syscall")).ok()?;
+    s.split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+        .filter(|&n: &i64| n >= 0)
+}
+
+/// The calling thread's id (what /proc shows as TracerPid for a tracer).
+pub fn gettid() -> i32 {
+    // SAFETY: gettid has no preconditions and cannot fail.
+    unsafe { libc::gettid() }
+}
+
+/// One process record of an image, from `ckpt inspect --json`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageProc {
+    pub pid: i32,
+    pub ppid: i32,
+    pub pgid: i32,
+    pub sid: i32,
+    pub zombie: bool,
+    /// The wait status of a zombie.
+    pub exit_status: i64,
+}
+
+impl TestEnv {
+    /// Fails unless none of `pids` exists any more (not even as a zombie).
+    pub fn assert_all_gone(&self, pids: &[i32], when: &str) {
+        let left: Vec<String> = pids
+            .iter()
+            .filter(|&&p| pid_exists(p))
+            .map(|&p| describe_pid(p))
+            .collect();
+        assert!(
+            left.is_empty(),
+            "{}: {when}: these pids of the tree still exist: {left:#?}",
+            self.name
+        );
+    }
+
+    /// [`Self::checkpoint_and_kill`] for a process tree: once ckpt returns,
+    /// none of `tree` (pids and thread ids collected before) may exist.
+    pub fn checkpoint_tree_and_kill(&self, w: &mut Workload, img: &Path, tree: &[i32]) {
+        self.checkpoint_and_kill(w, img);
+        self.assert_all_gone(tree, "right after `ckpt checkpoint` returned");
+    }
+
+    /// After a restart: every process of `before` (taken before the
+    /// checkpoint) exists again with the same state class (zombie or not),
+    /// group, session and (except the root, whose parent is whoever restarted
+    /// it) parent, and the tree has no other process.
+    pub fn assert_tree_restored(&self, w: &Workload, before: &[ProcIds]) {
+        let now: Vec<Option<ProcIds>> = before.iter().map(|b| proc_ids(b.pid)).collect();
+        let mut bad = Vec::new();
+        for (b, n) in before.iter().zip(&now) {
+            let Some(n) = n else {
+                bad.push(format!("pid {} is missing", b.pid));
+                continue;
+            };
+            let zombie = |s: char| s == 'Z';
+            if zombie(b.state) != zombie(n.state) || matches!(n.state, 't' | 'T' | 'X' | 'x') {
+                bad.push(format!(
+                    "pid {}: state {} (was {})",
+                    b.pid, n.state, b.state
+                ));
+            }
+            if n.pgid != b.pgid || n.sid != b.sid {
+                bad.push(format!(
+                    "pid {}: pgid {} sid {} (were {} {})",
+                    b.pid, n.pgid, n.sid, b.pgid, b.sid
+                ));
+            }
+            if b.pid != w.pid && n.ppid != b.ppid {
+                bad.push(format!("pid {}: parent {} (was {})", b.pid, n.ppid, b.ppid));
+            }
+        }
+        let mut tree = process_tree(w.pid);
+        tree.sort_unstable();
+        let mut want: Vec<i32> = before.iter().map(|b| b.pid).collect();
+        want.sort_unstable();
+        if tree != want {
+            bad.push(format!("the tree is now {tree:?}, was {want:?}"));
+        }
+        assert!(
+            bad.is_empty(),
+            "{}: restored tree differs: {bad:#?}\nbefore: {before:#?}\nnow: {now:#?}{}",
+            self.name,
+            w.diagnostics()
+        );
+    }
+
+    /// The process records of an image (`ckpt inspect --json`), in image order.
+    pub fn image_processes(&self, img: &Path) -> Vec<ImageProc> {
+        let run = self.ckpt([OsStr::new("inspect"), img.as_os_str(), OsStr::new("--json")]);
+        assert!(run.success(), "inspect failed:\n{}", run.describe());
+        let json: serde_json::Value = serde_json::from_str(&run.stdout)
+            .unwrap_or_else(|e| panic!("inspect --json is not JSON ({e}):\n{}", run.describe()));
+        let records = json["records"]
+            .as_array()
+            .expect("inspect --json: no records");
+        let num = |r: &serde_json::Value, k: &str| r[k].as_i64().unwrap_or(-1);
+        records
+            .iter()
+            .filter(|r| r["name"] == "process")
+            .map(|r| &r["record"])
+            .map(|r| ImageProc {
+                pid: i32::try_from(num(r, "pid")).unwrap_or(-1),
+                ppid: i32::try_from(num(r, "ppid")).unwrap_or(-1),
+                pgid: i32::try_from(num(r, "pgid")).unwrap_or(-1),
+                sid: i32::try_from(num(r, "sid")).unwrap_or(-1),
+                zombie: num(r, "state") == 1,
+                exit_status: num(r, "exit_status"),
+            })
+            .collect()
+    }
+}
+
+// ---------------------------------------------------------------------------
+// ptrace from the harness (a debugger's view)
+// ---------------------------------------------------------------------------
+
+/// Offset of `u_debugreg` in `struct user` (x86_64), for PEEKUSER/POKEUSER.
+pub const DEBUGREG_OFFSET: usize = std::mem::offset_of!(libc::user, u_debugreg);
+
+/// `ptrace(req, pid, addr, data)`. errno is cleared first, so a PEEK
+/// returning -1 as data is not mistaken for an error.
+fn ptrace_req(req: libc::c_uint, pid: i32, addr: usize, data: usize) -> io::Result<libc::c_long> {
+    // SAFETY: __errno_location returns this thread's errno slot.
+    unsafe { *libc::__errno_location() = 0 };
+    // SAFETY: callers only pass requests that take integers (SEIZE,
+    // INTERRUPT, CONT, SYSCALL, DETACH, PEEKUSER, POKEUSER): no memory of
+    // ours is read or written.
+    let r = unsafe {
+        libc::ptrace(
+            req,
+            pid,
+            addr as *mut libc::c_void,
+            data as *mut libc::c_void,
+        )
+    };
+    let err = io::Error::last_os_error();
+    if r == -1 && err.raw_os_error() != Some(0) {
+        return Err(err);
+    }
+    Ok(r)
+}
+
+/// A process the calling thread has PTRACE_SEIZEd. ptrace belongs to a
+/// thread, so this is not `Send`; dropping it detaches.
+pub struct Tracee {
+    pub pid: i32,
+    attached: bool,
+    stopped: bool,
+    _thread_bound: std::marker::PhantomData<*const ()>,
+}
+
+impl Tracee {
+    /// PTRACE_SEIZE: the process keeps running, now traced by this thread.
+    pub fn seize(pid: i32) -> io::Result<Tracee> {
+        Self::seize_with(pid, 0)
+    }
+
+    /// PTRACE_SEIZE with ptrace options (e.g. PTRACE_O_TRACESYSGOOD).
+    pub fn seize_with(pid: i32, options: libc::c_int) -> io::Result<Tracee> {
+        let options = usize::try_from(options).expect("ptrace options are non-negative");
+        ptrace_req(libc::PTRACE_SEIZE, pid, 0, options)?;
+        Ok(Tracee {
+            pid,
+            attached: true,
+            stopped: false,
+            _thread_bound: std::marker::PhantomData,
+        })
+    }
+
+    /// PTRACE_INTERRUPT and wait for the stop; a signal reported first is
+    /// delivered on (the interrupt stays pending).
+    pub fn stop(&mut self) -> io::Result<()> {
+        if self.stopped {
+            return Ok(());
+        }
+        ptrace_req(libc::PTRACE_INTERRUPT, self.pid, 0, 0)?;
+        loop {
+            let mut st = 0;
+            // SAFETY: st is a valid out-pointer for the duration of the call.
+            let r = unsafe { libc::waitpid(self.pid, &mut st, libc::__WALL) };
+            if r < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            if libc::WIFEXITED(st) || libc::WIFSIGNALED(st) {
+                self.attached = false;
+                return Err(io::Error::other(format!(
+                    "pid {} exited while being stopped (status {st:#x})",
+                    self.pid
+                )));
+            }
+            if libc::WIFSTOPPED(st) {
+                if st >> 16 == libc::PTRACE_EVENT_STOP {
+                    self.stopped = true;
+                    return Ok(());
+                }
+                let sig = usize::try_from(libc::WSTOPSIG(st)).unwrap_or(0);
+                ptrace_req(libc::PTRACE_CONT, self.pid, 0, sig)?;
+            }
+        }
+    }
+
+    /// PTRACE_SYSCALL (delivering `sig`, 0 for none) and wait for the next
+    /// stop or the exit; returns the wait status. The tracee must be stopped.
+    pub fn syscall_step(&mut self, sig: i32) -> io::Result<i32> {
+        let sig = usize::try_from(sig).expect("signal numbers are non-negative");
+        ptrace_req(libc::PTRACE_SYSCALL, self.pid, 0, sig)?;
+        self.stopped = false;
+        loop {
+            let mut st = 0;
+            // SAFETY: st is a valid out-pointer for the duration of the call.
+            let r = unsafe { libc::waitpid(self.pid, &mut st, libc::__WALL) };
+            if r < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            if libc::WIFEXITED(st) || libc::WIFSIGNALED(st) {
+                self.attached = false;
+            } else if libc::WIFSTOPPED(st) {
+                self.stopped = true;
+            }
+            return Ok(st);
+        }
+    }
+
+    /// PTRACE_PEEKUSER (stops the tracee first).
+    pub fn peek_user(&mut self, offset: usize) -> io::Result<u64> {
+        self.stop()?;
+        ptrace_req(libc::PTRACE_PEEKUSER, self.pid, offset, 0).map(|v| v as u64)
+    }
+
+    /// PTRACE_POKEUSER (stops the tracee first).
+    pub fn poke_user(&mut self, offset: usize, value: u64) -> io::Result<()> {
+        self.stop()?;
+        let data = usize::try_from(value).expect("64-bit usize");
+        ptrace_req(libc::PTRACE_POKEUSER, self.pid, offset, data).map(drop)
+    }
+
+    /// Debug register `i` (dr0-dr7).
+    pub fn debugreg(&mut self, i: usize) -> io::Result<u64> {
+        self.peek_user(DEBUGREG_OFFSET + i * 8)
+    }
+
+    pub fn set_debugreg(&mut self, i: usize, value: u64) -> io::Result<()> {
+        self.poke_user(DEBUGREG_OFFSET + i * 8, value)
+    }
+
+    /// PTRACE_DETACH (stopping the tracee first, as the kernel requires).
+    pub fn detach(mut self) -> io::Result<()> {
+        self.detach_now()
+    }
+
+    fn detach_now(&mut self) -> io::Result<()> {
+        if !self.attached {
+            return Ok(());
+        }
+        self.stop()?;
+        ptrace_req(libc::PTRACE_DETACH, self.pid, 0, 0)?;
+        self.attached = false;
+        self.stopped = false;
+        Ok(())
+    }
+}
+
+impl Drop for Tracee {
+    fn drop(&mut self) {
+        if let Err(e) = self.detach_now() {
+            eprintln!("warning: detaching from pid {}: {e}", self.pid);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// cgroups
+// ---------------------------------------------------------------------------
+
+/// A fresh cgroup directory for one test. Dropping it thaws it, kills what is
+/// left in it and removes it.
+pub struct TestCgroup {
+    pub path: PathBuf,
+    pub v2: bool,
+}
+
+/// Mount points from /proc/self/mounts: (fstype, options, mount point).
+fn mounts() -> Vec<(String, String, PathBuf)> {
+    fs::read_to_string("/proc/self/mounts")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            Some((
+                (*f.get(2)?).to_owned(),
+                (*f.get(3)?).to_owned(),
+                PathBuf::from(f.get(1)?),
+            ))
+        })
+        .collect()
+}
+
+impl TestCgroup {
+    /// A new directory in the cgroup v2 hierarchy (where `cgroup.freeze`
+    /// exists), or why there is none.
+    pub fn new_v2(env: &TestEnv) -> Result<TestCgroup, String> {
+        let Some((_, _, mnt)) = mounts().into_iter().find(|m| m.0 == "cgroup2") else {
+            return Err("no cgroup2 file system mounted".into());
+        };
+        Self::create(env, &mnt, true, "cgroup.freeze")
+    }
+
+    /// A new directory in the cgroup v1 freezer hierarchy, or why there is none.
+    pub fn new_v1_freezer(env: &TestEnv) -> Result<TestCgroup, String> {
+        let Some((_, _, mnt)) = mounts()
+            .into_iter()
+            .find(|m| m.0 == "cgroup" && m.1.split(',').any(|o| o == "freezer"))
+        else {
+            return Err("no cgroup v1 freezer hierarchy mounted".into());
+        };
+        Self::create(env, &mnt, false, "freezer.state")
+    }
+
+    fn create(env: &TestEnv, mnt: &Path, v2: bool, needs: &str) -> Result<TestCgroup, String> {
+        let leaf = env
+            .dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let path = mnt.join(format!("ckpt-test-{leaf}"));
+        fs::create_dir(&path).map_err(|e| format!("mkdir {}: {e}", path.display()))?;
+        let cg = TestCgroup { path, v2 };
+        if !cg.path.join(needs).exists() {
+            return Err(format!("{} has no {needs}", cg.path.display()));
+        }
+        Ok(cg)
+    }
+
+    /// Processes in the cgroup.
+    pub fn procs(&self) -> Vec<i32> {
+        fs::read_to_string(self.path.join("cgroup.procs"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|t| t.parse().ok())
+            .collect()
+    }
+
+    /// Whether the cgroup is frozen, or freezing.
+    pub fn freeze_state(&self) -> String {
+        if self.v2 {
+            let want = fs::read_to_string(self.path.join("cgroup.freeze")).unwrap_or_default();
+            let events = fs::read_to_string(self.path.join("cgroup.events")).unwrap_or_default();
+            let frozen = events
+                .lines()
+                .find(|l| l.starts_with("frozen "))
+                .unwrap_or("frozen ?");
+            format!("cgroup.freeze {}, {frozen}", want.trim())
+        } else {
+            let state = fs::read_to_string(self.path.join("freezer.state")).unwrap_or_default();
+            format!("freezer.state {}", state.trim())
+        }
+    }
+
+    /// Whether the cgroup is completely thawed.
+    pub fn is_thawed(&self) -> bool {
+        if self.v2 {
+            self.freeze_state() == "cgroup.freeze 0, frozen 0"
+        } else {
+            self.freeze_state() == "freezer.state THAWED"
+        }
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        let (file, thaw) = if self.v2 {
+            ("cgroup.freeze", "0")
+        } else {
+            ("freezer.state", "THAWED")
+        };
+        let _ = fs::write(self.path.join(file), thaw);
+        let mut empty = false;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            let procs = self.procs();
+            if procs.is_empty() {
+                empty = true;
+                break;
+            }
+            for p in procs {
+                let _ = kill(p, libc::SIGKILL);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // rmdir may fail briefly while the last exits are accounted.
+        let ok = wait_until(Duration::from_secs(5), || {
+            fs::remove_dir(&self.path).is_ok()
+        });
+        if !ok || !empty {
+            eprintln!(
+                "warning: cgroup {} not removed (empty: {empty}, procs {:?})",
+                self.path.display(),
+                self.procs()
+            );
+        }
     }
 }
