@@ -86,6 +86,7 @@ fn tree_workloads_pass_without_checkpoint() {
         ("shm", &[]),
         ("forker", &[]),
         ("exiter", &["15", "0"]),
+        ("orphans", &[]),
     ] {
         if !env.run_control(name, extra, none) {
             return;
@@ -931,4 +932,33 @@ fn restore_forker_freeze_cgroup_v1() {
         Ok(cg) => freeze_cgroup_roundtrip(&env, cg),
         Err(why) => eprintln!("SKIP: restore_forker_freeze_cgroup_v1: {why}"),
     }
+}
+
+/// orphans.c: a process group and a session whose leaders are gone (the
+/// session's member was reparented to the subreaper root) come back with
+/// the same ids, through temporary helpers holding the leaders' pids; the
+/// dead leaders do not exist after the restore.
+#[test]
+fn restore_ids_of_dead_leaders() {
+    let Some(env) = TestEnv::new("restore_ids_of_dead_leaders") else {
+        return;
+    };
+    let Some(mut w) = env.start_workload("orphans", &[]) else {
+        return;
+    };
+    let all = read_numbers(&w.result_sibling(".pids"));
+    let (live, dead) = all.split_at(3);
+    let before = ids_of(&env, &w, live);
+    let img = env.path("img");
+    env.checkpoint_tree_and_kill(&mut w, &img, live);
+    env.restart_detached(&mut w, &img);
+    env.assert_tree_restored(&w, &before);
+    for &d in dead {
+        assert!(
+            !pid_exists(d),
+            "{}: dead leader {d} exists after restore",
+            env.name
+        );
+    }
+    env.signal_and_expect_pass(&mut w, libc::SIGTERM);
 }

@@ -347,11 +347,71 @@ impl Build {
                 }
             }
             let mut zombies = Vec::new();
-            for c in img
+            let kids: Vec<&ProcessImage> = img
                 .processes
                 .iter()
                 .filter(|c| c.process.ppid == pid && c.pid() != pid)
-            {
+                .collect();
+            // Children in a session whose leader is gone: they were
+            // reparented to this subreaper after their session leader died.
+            // A helper with the leader's pid opens the session and forks
+            // them; when it exits they come back to us, as they were.
+            let orphan_sid = |c: &ProcessImage| {
+                p.process.child_subreaper != 0
+                    && c.process.sid != p.process.sid
+                    && c.process.sid != c.pid()
+                    && img.process(c.process.sid).is_none()
+            };
+            if kids.iter().any(|c| orphan_sid(c)) {
+                sys::prctl(libc::PR_SET_CHILD_SUBREAPER, 1)
+                    .map_err(|e| format!("PR_SET_CHILD_SUBREAPER: {e}"))?;
+            }
+            let mut sessions: Vec<Pid> = kids
+                .iter()
+                .filter(|c| orphan_sid(c))
+                .map(|c| c.process.sid)
+                .collect();
+            sessions.sort_unstable();
+            sessions.dedup();
+            let helped = !sessions.is_empty();
+            for sid in sessions {
+                match sys::fork_with_pid(sid) {
+                    Ok(0) => {
+                        let _ = sys::setsid();
+                        for c in kids
+                            .iter()
+                            .filter(|c| orphan_sid(c) && c.process.sid == sid)
+                        {
+                            match sys::fork_with_pid(c.pid()) {
+                                Ok(0) if c.is_zombie() => {
+                                    set_ids(c);
+                                    sys::exit_like(c.process.exit_status)
+                                }
+                                Ok(0) => self.become_process(img, c),
+                                Ok(_) => {}
+                                Err(_) => sys::exit_now(1),
+                            }
+                        }
+                        sys::exit_now(0)
+                    }
+                    Ok(_) => {
+                        let (_, st) = sys::wait(sid, 0)
+                            .map_err(|e| format!("wait for session helper {sid}: {e}"))?;
+                        if !libc::WIFEXITED(st) || libc::WEXITSTATUS(st) != 0 {
+                            return Err(format!(
+                                "session helper {sid} could not create its members"
+                            ));
+                        }
+                    }
+                    Err(e) => return Err(format!("create session helper {sid}: {e}")),
+                }
+                zombies.extend(
+                    kids.iter()
+                        .filter(|c| orphan_sid(c) && c.process.sid == sid && c.is_zombie())
+                        .map(|c| c.pid()),
+                );
+            }
+            for c in kids.iter().filter(|c| !orphan_sid(c)) {
                 match sys::fork_with_pid(c.pid()) {
                     Ok(0) if c.is_zombie() => {
                         set_ids(c);
@@ -366,7 +426,7 @@ impl Build {
             for z in &zombies {
                 sys::wait_exited_noreap(*z).map_err(|e| format!("wait for zombie {z}: {e}"))?;
             }
-            if !zombies.is_empty() {
+            if !zombies.is_empty() || helped {
                 // Their SIGCHLD was not pending in the saved process.
                 sys::drain_signal(libc::SIGCHLD);
             }
@@ -704,6 +764,17 @@ fn validate(img: &Image, log: &mut Log) -> Result<()> {
             }
         }
         validate_process(img, p)?;
+        // A session whose leader is gone is reopened by a helper with the
+        // leader's pid (see `become_process`).
+        let sid = p.process.sid;
+        if sid != pid && img.process(sid).is_none() && procfs::exists(sid) && i > 0 {
+            let parent = img.process(p.process.ppid);
+            if parent.is_some_and(|q| q.process.child_subreaper != 0 && q.process.sid != sid) {
+                return refuse(format!(
+                    "pid {pid} belongs to session {sid}, whose leader is gone; recreating that session needs pid {sid}, which is in use"
+                ));
+            }
+        }
     }
     Ok(())
 }
