@@ -94,7 +94,40 @@ enum Cmd {
     },
 }
 
+/// Memory below this is saved or restored too fast to need a progress bar.
+const PROGRESS_MIN_BYTES: u64 = 256 << 20;
+
 fn open_log(p: &Option<PathBuf>) -> Result<ckpt::Log> {
+    let log = open_log_file(p)?;
+    if !std::io::stderr().is_terminal() {
+        return Ok(log);
+    }
+    let mut bar: Option<indicatif::ProgressBar> = None;
+    Ok(log.with_progress(Box::new(move |what, done, total| {
+        if total < PROGRESS_MIN_BYTES {
+            return;
+        }
+        let b = bar.get_or_insert_with(|| {
+            let b = indicatif::ProgressBar::new(total);
+            b.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec}",
+                )
+                .expect("valid template")
+                .progress_chars("=> "),
+            );
+            b
+        });
+        b.set_message(what.to_string());
+        b.set_length(total);
+        b.set_position(done);
+        if done >= total {
+            b.finish_and_clear();
+        }
+    })))
+}
+
+fn open_log_file(p: &Option<PathBuf>) -> Result<ckpt::Log> {
     Ok(match p {
         None => ckpt::Log::default(),
         Some(p) => ckpt::Log::new(Box::new(

@@ -203,6 +203,13 @@ fn run<S: Sink>(
         files: ft.files.len(),
         ..Default::default()
     };
+    // Resident memory of the tree: an upper bound of what will be saved.
+    let total: u64 = images
+        .iter()
+        .filter(|i| !i.is_zombie())
+        .filter_map(|i| procfs::status(i.pid()).ok()?.bytes("VmRSS"))
+        .sum();
+    let mut saved = 0u64;
     for img in &images {
         img.write_meta(w).map_err(Error::Write)?;
         summary.processes += 1;
@@ -224,12 +231,17 @@ fn run<S: Sink>(
         let PageStats {
             pages,
             zero_skipped,
-        } = mm::dump_pages(img.pid(), &img.vmas, w)?;
+        } = mm::dump_pages(img.pid(), &img.vmas, w, &mut |n| {
+            saved += n;
+            log.progress("saving memory", saved, total.max(saved));
+        })?;
         summary.pages += pages;
         summary.zero_pages_skipped += zero_skipped;
         summary.threads += img.threads.len();
         summary.vmas += img.vmas.len();
     }
+    // Resident memory was only an estimate: close the report at what was saved.
+    log.progress("saving memory", saved, saved);
     summary.bytes = w.offset();
     Ok((tree, summary))
 }

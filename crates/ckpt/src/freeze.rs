@@ -184,7 +184,13 @@ pub fn freeze_tree(root: Pid, cgroup: Option<&Path>) -> Result<FrozenTree> {
     let wait = cg.is_none();
     let mut procs = Vec::new();
     let mut stack = vec![root];
+    let me = std::process::id() as Pid;
     while let Some(p) = stack.pop() {
+        if p == me {
+            return Err(Error::Refused(format!(
+                "the tree of pid {root} contains this ckpt process itself; run ckpt from outside the tree (e.g. not from the shell being checkpointed)"
+            )));
+        }
         if is_zombie(p) {
             procs.push((p, None));
             continue;

@@ -5,15 +5,34 @@ use crate::error::Error;
 use crate::sys::Pid;
 use std::io::Write;
 
-/// A log sink; `Log::default()` discards everything.
+/// Progress of long work: `done` of `total` bytes of `what`.
+pub type ProgressFn = Box<dyn FnMut(&str, u64, u64)>;
+
+/// A log sink, and where progress goes; `Log::default()` discards both.
 #[derive(Default)]
 pub struct Log {
     out: Option<Box<dyn Write>>,
+    progress: Option<ProgressFn>,
 }
 
 impl Log {
     pub fn new(out: Box<dyn Write>) -> Self {
-        Log { out: Some(out) }
+        Log {
+            out: Some(out),
+            progress: None,
+        }
+    }
+
+    /// Reports progress of long work (memory saved or restored) to `f`.
+    pub fn with_progress(mut self, f: ProgressFn) -> Self {
+        self.progress = Some(f);
+        self
+    }
+
+    pub fn progress(&mut self, what: &str, done: u64, total: u64) {
+        if let Some(p) = &mut self.progress {
+            p(what, done, total);
+        }
     }
 
     fn line(&mut self, err: i32, pos: u64, pid: Pid, comm: &str, msg: &str) {

@@ -214,7 +214,12 @@ pub struct PageStats {
 
 /// Writes the pages of every mapping that must be saved. Anonymous pages
 /// that hold only zeros are skipped: a fresh mapping reads as zeros anyway.
-pub fn dump_pages<W: Write>(pid: Pid, vmas: &[Vma], w: &mut ImageWriter<W>) -> Result<PageStats> {
+pub fn dump_pages<W: Write>(
+    pid: Pid,
+    vmas: &[Vma],
+    w: &mut ImageWriter<W>,
+    progress: &mut dyn FnMut(u64),
+) -> Result<PageStats> {
     let pm =
         std::fs::File::open(format!("/proc/{pid}/pagemap")).ctx(pid, || "open pagemap".into())?;
     let mem = std::fs::File::open(format!("/proc/{pid}/mem")).ctx(pid, || "open mem".into())?;
@@ -248,6 +253,7 @@ pub fn dump_pages<W: Write>(pid: Pid, vmas: &[Vma], w: &mut ImageWriter<W>) -> R
                     format!("read memory {a:#x}..{:#x}", a + data.len() as u64)
                 })?;
                 write_run(w, a, data, skip_zero, &mut stats)?;
+                progress(data.len() as u64);
                 i = j;
             }
             addr = end;
@@ -417,6 +423,18 @@ fn move_vdso(r: &mut Remote, cur: &[MapEntry], p: &ProcessImage) -> Result<()> {
     Ok(())
 }
 
+/// What a restored process inherited from the restorer for its rebuild.
+#[derive(Clone, Copy)]
+pub struct Inherited<'a> {
+    /// The trampoline mapping (a `syscall` instruction, then scratch).
+    pub tramp: u64,
+    pub tramp_len: u64,
+    /// The image file, for the task to read its pages from.
+    pub img_fd: i32,
+    /// The fd of each shared memory object, by id.
+    pub shmem_fd: &'a dyn Fn(u32) -> Option<i32>,
+}
+
 /// Replaces the task's address space with the image's: unmaps everything
 /// but the trampoline and the vDSO, moves the vDSO, maps every saved
 /// mapping, has the task read its pages from the image fd, restores
@@ -425,11 +443,15 @@ pub fn replace_address_space(
     r: &mut Remote,
     s: &Scratch,
     p: &ProcessImage,
-    tramp: u64,
-    tramp_len: u64,
-    img_fd: i32,
-    shmem_fd: &dyn Fn(u32) -> Option<i32>,
+    from: &Inherited,
+    progress: &mut dyn FnMut(u64),
 ) -> Result<()> {
+    let Inherited {
+        tramp,
+        tramp_len,
+        img_fd,
+        shmem_fd,
+    } = *from;
     let pid = r.tid();
     let cur = procfs::maps(pid).ctx(pid, || "read maps".into())?;
     for m in &cur {
@@ -527,6 +549,7 @@ pub fn replace_address_space(
                 )));
             }
             done += n;
+            progress(n);
         }
     }
     for v in widened {

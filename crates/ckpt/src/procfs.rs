@@ -140,6 +140,11 @@ impl Status {
     pub fn octal(&self, key: &str) -> Option<u32> {
         self.get(key).and_then(|v| u32::from_str_radix(v, 8).ok())
     }
+    /// A "NNN kB" field, in bytes.
+    pub fn bytes(&self, key: &str) -> Option<u64> {
+        let v = self.get(key)?.strip_suffix(" kB")?;
+        v.trim().parse::<u64>().ok().map(|kb| kb * 1024)
+    }
     pub fn num(&self, key: &str) -> Option<i64> {
         self.get(key).and_then(|v| v.parse().ok())
     }

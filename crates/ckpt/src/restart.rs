@@ -78,8 +78,19 @@ pub fn restart(input: std::fs::File, opts: &RestartOptions, log: &mut Log) -> Re
             "failure injected after the processes were created (CKPT_TEST_FAIL_AFTER_SPAWN)".into(),
         );
     }
+    let total: u64 = img
+        .processes
+        .iter()
+        .flat_map(|p| p.pages.iter())
+        .map(|r| r.nr_pages * PAGE)
+        .sum();
+    let mut restored = 0u64;
     for p in img.processes.iter().filter(|p| !p.is_zombie()) {
-        b.rebuild(p)
+        let mut progress = |n: u64| {
+            restored += n;
+            log.progress("restoring memory", restored, total);
+        };
+        b.rebuild(p, &mut progress)
             .inspect_err(|e| log.error(e, 0, p.pid(), &p.process.comm.to_string()))?;
     }
     b.release()?;
@@ -472,7 +483,7 @@ impl Build {
 
     /// Replaces the address space of a seized process and sets all its
     /// state from outside; its threads are created here too.
-    fn rebuild(&mut self, p: &ProcessImage) -> Result<()> {
+    fn rebuild(&mut self, p: &ProcessImage, progress: &mut dyn FnMut(u64)) -> Result<()> {
         let pid = p.pid();
         let mem = procfs::mem(pid).ctx(pid, || "open /proc mem".into())?;
         let mut r = Remote::new(pid, self.tramp)?;
@@ -495,15 +506,13 @@ impl Build {
         }
         let shm = self.shmem_fds.clone();
         let shmem_fd = move |id: u32| shm.iter().find(|x| x.0 == id).map(|x| x.1);
-        crate::mm::replace_address_space(
-            &mut r,
-            &s,
-            p,
-            self.tramp,
-            TRAMP_LEN,
-            self.img_fd,
-            &shmem_fd,
-        )?;
+        let from = crate::mm::Inherited {
+            tramp: self.tramp,
+            tramp_len: TRAMP_LEN,
+            img_fd: self.img_fd,
+            shmem_fd: &shmem_fd,
+        };
+        crate::mm::replace_address_space(&mut r, &s, p, &from, progress)?;
 
         // Process groups whose leader was created after this process.
         if sys::getpgid(pid) != p.process.pgid && p.process.pgid > 0 {
@@ -723,15 +732,12 @@ fn validate(img: &Image, log: &mut Log) -> Result<()> {
         ));
     }
     if img.head.kernel_release.0 != here.kernel_release.0 {
-        log.info(
-            0,
-            0,
-            "",
-            &format!(
-                "note: image written on kernel {}, restarting on {}",
-                img.head.kernel_release, here.kernel_release
-            ),
+        let note = format!(
+            "image written on kernel {}, restarting on {}",
+            img.head.kernel_release, here.kernel_release
         );
+        tracing::warn!("{note}");
+        log.info(0, 0, "", &note);
     }
     arch::validate_arch(&img.arch)?;
     let Some(root) = img.processes.first() else {
