@@ -311,3 +311,139 @@ fn check_reports_every_feature() {
         );
     }
 }
+
+#[test]
+fn image_streams_through_a_pipe() {
+    if !is_root() {
+        eprintln!("SKIP: image_streams_through_a_pipe: needs root");
+        return;
+    }
+    let s = Sleeper::start();
+    let pid = s.pid();
+    let mut ck = ckpt()
+        .args(["checkpoint", &pid.to_string(), "-o", "-"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stream = ck.stdout.take().unwrap();
+    let mut child = s;
+    // Reap the original as soon as it dies, so its pid is free for restart.
+    let reaper = std::thread::spawn(move || {
+        let _ = child.0.wait();
+        child
+    });
+    let out = ckpt()
+        .args(["restart", "--detach", "-"])
+        .stdin(stream)
+        .output()
+        .unwrap();
+    let ck = ck.wait_with_output().unwrap();
+    let _orig = reaper.join().unwrap();
+    assert!(
+        ck.status.success(),
+        "checkpoint -o -: {}",
+        String::from_utf8_lossy(&ck.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "restart -: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), pid.to_string());
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    // SAFETY: kill with a pid we restored; it is not our child.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    assert_eq!(comm.trim(), "sleep", "restored pid {pid} is not sleep");
+}
+
+#[test]
+fn refused_checkpoint_writes_error_record_and_log_line() {
+    if !is_root() {
+        eprintln!("SKIP: refused_checkpoint_writes_error_record_and_log_line: needs root");
+        return;
+    }
+    let d = tmpdir("refused");
+    // A process holding a socket, which ckpt cannot save yet.
+    let mut c = Command::new("python3");
+    c.args([
+        "-c",
+        "import socket,time; a,b=socket.socketpair(); time.sleep(1000)",
+    ])
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    // SAFETY: close_range is async-signal-safe.
+    unsafe {
+        c.pre_exec(|| {
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+            Ok(())
+        })
+    };
+    let Ok(child) = c.spawn() else {
+        eprintln!("SKIP: refused_checkpoint_writes_error_record_and_log_line: python3 missing");
+        return;
+    };
+    let p = Sleeper(child);
+    let pid = p.pid();
+    // Wait until python has created the sockets (a bounded poll: it cannot signal).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten().any(|e| {
+                std::fs::read_link(e.path())
+                    .is_ok_and(|l| l.to_string_lossy().starts_with("socket:"))
+            })
+        })
+        .unwrap_or(false)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "python never opened its sockets"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let img = d.join("img");
+    let log = d.join("log");
+    let out = ckpt()
+        .args(["checkpoint", &pid.to_string(), "--log"])
+        .arg(&log)
+        .arg("-o")
+        .arg(&img)
+        .output()
+        .unwrap();
+    let err = assert_clean_failure(&out, "checkpoint of a process with a socket");
+    assert!(
+        err.contains(&format!("pid {pid}")) && err.contains("socket:"),
+        "{err}"
+    );
+    let logtext = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        logtext
+            .lines()
+            .any(|l| l.starts_with(&format!("[err {}][pos ", libc::ENOTSUP))
+                && l.contains(&format!("[pid {pid} python3]"))
+                && l.contains("socket:")),
+        "no error line in the log: {logtext}"
+    );
+    // The image ends with the error record, which inspect and restart report.
+    let out = ckpt()
+        .args(["inspect", "--json"])
+        .arg(&img)
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["error"].as_str().unwrap_or("").contains("socket:"), "{v}");
+    let out = ckpt().arg("restart").arg(&img).output().unwrap();
+    let err = assert_clean_failure(&out, "restart of a failed image");
+    assert!(
+        err.contains("checkpoint that wrote this image failed"),
+        "{err}"
+    );
+    // And the process was left running, untraced.
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert!(
+        status.contains("TracerPid:\t0") && !status.contains("State:\tt"),
+        "{status}"
+    );
+}
