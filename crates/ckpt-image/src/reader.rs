@@ -330,7 +330,7 @@ impl<R: Read> ImageReader<R> {
             ));
         }
         // `is_multiple_of` needs Rust 1.87; the workspace's rust-version is 1.80.
-        if hdr.addr % PAGE_SIZE != 0 || hdr.addr.checked_add(n * PAGE_SIZE).is_none() {
+        if !hdr.addr.is_multiple_of(PAGE_SIZE) || hdr.addr.checked_add(n * PAGE_SIZE).is_none() {
             return Err(ImageError::corrupt(
                 off,
                 T_PAGES,

@@ -88,7 +88,7 @@ impl<W: Write> ImageWriter<W> {
     /// `write_pages` with page-record flags (e.g. `PAGES_SHMEM`).
     pub fn write_pages_flags(&mut self, addr: u64, data: &[u8], flags: u32) -> io::Result<()> {
         // `is_multiple_of` needs Rust 1.87; the workspace's rust-version is 1.80.
-        let whole_pages = data.len() as u64 % PAGE_SIZE == 0;
+        let whole_pages = (data.len() as u64).is_multiple_of(PAGE_SIZE);
         assert!(whole_pages, "page data must be whole pages");
         for (i, chunk) in data
             .chunks((MAX_PAGES_PER_RECORD * PAGE_SIZE) as usize)

@@ -56,52 +56,24 @@ fn os(b: &[u8]) -> &std::ffi::OsStr {
 /// Reads the bytes in a pipe without consuming them: `tee` them into a
 /// private pipe and read that.
 fn pipe_contents(pid: Pid, fd: i32) -> std::io::Result<(u32, Vec<u8>)> {
+    use std::io::Read as _;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
     let src = std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags_nonblock()
+        .custom_flags(libc::O_NONBLOCK)
         .open(format!("/proc/{pid}/fd/{fd}"))?;
-    let size = sys::pipe_size(std::os::fd::AsRawFd::as_raw_fd(&src))?;
-    let (r, w) = sys::pipe()?;
-    let guard = [r, w];
-    let _close = scopeguard(guard);
-    let _ = sys::set_pipe_size(w, size);
-    let n = match sys::tee(std::os::fd::AsRawFd::as_raw_fd(&src), w, size as usize) {
+    let size = sys::pipe_size(src.as_raw_fd())?;
+    let (mut r, w) = std::io::pipe()?;
+    let _ = sys::set_pipe_size(w.as_raw_fd(), size);
+    let n = match sys::tee(src.as_raw_fd(), w.as_raw_fd(), size as usize) {
         Ok(n) => n,
         Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => 0,
         Err(e) => return Err(e),
     };
     let mut data = vec![0u8; n];
-    let mut got = 0;
-    while got < n {
-        let k = sys::read(r, &mut data[got..])?;
-        if k == 0 {
-            break;
-        }
-        got += k;
-    }
-    data.truncate(got);
+    r.read_exact(&mut data)?;
     Ok((size, data))
-}
-
-struct FdGuard([i32; 2]);
-fn scopeguard(fds: [i32; 2]) -> FdGuard {
-    FdGuard(fds)
-}
-impl Drop for FdGuard {
-    fn drop(&mut self) {
-        for fd in self.0 {
-            sys::close(fd);
-        }
-    }
-}
-
-trait NonBlock {
-    fn custom_flags_nonblock(&mut self) -> &mut Self;
-}
-impl NonBlock for std::fs::OpenOptions {
-    fn custom_flags_nonblock(&mut self) -> &mut Self {
-        std::os::unix::fs::OpenOptionsExt::custom_flags(self, libc::O_NONBLOCK)
-    }
 }
 
 impl FileTable {

@@ -565,7 +565,7 @@ pub fn replace_address_space(
 fn set_mm_map(r: &mut Remote, s: &Scratch, p: &ProcessImage) -> Result<()> {
     let m = &p.mm;
     let auxv = &m.auxv.0;
-    if auxv.len() > 4096 || auxv.len() % 8 != 0 {
+    if auxv.len() > 4096 || !auxv.len().is_multiple_of(8) {
         return Err(Error::Refused(format!(
             "auxv of {} bytes in image is invalid",
             auxv.len()
