@@ -72,6 +72,20 @@ impl Drop for Sleeper {
     }
 }
 
+/// Waits (bounded) until `pid` sleeps in the kernel (state S). `sleep` has
+/// no way to say it is ready, so this polls /proc.
+fn wait_sleeping(pid: i32) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::time::Instant::now() < deadline {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        if stat.contains(") S ") {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    false
+}
+
 #[test]
 fn help_explains_every_command() {
     let out = ckpt().arg("--help").output().unwrap();
@@ -200,6 +214,7 @@ fn checkpoint_leave_running_then_inspect_json() {
     }
     let d = tmpdir("sleep");
     let s = Sleeper::start();
+    assert!(wait_sleeping(s.pid()), "sleep never went to sleep");
     let img = d.join("sleep.img");
     let log = d.join("log");
     let out = ckpt()
@@ -219,11 +234,11 @@ fn checkpoint_leave_running_then_inspect_json() {
         "checkpoint failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // Still running, and still sleeping (not stopped or traced).
-    let stat = std::fs::read_to_string(format!("/proc/{}/stat", s.pid())).unwrap();
+    // Still running, and back asleep (not stopped or traced).
     assert!(
-        stat.contains(") S "),
-        "sleep is not sleeping any more: {stat}"
+        wait_sleeping(s.pid()),
+        "sleep is not sleeping any more: {}",
+        std::fs::read_to_string(format!("/proc/{}/stat", s.pid())).unwrap_or_default()
     );
     let status = std::fs::read_to_string(format!("/proc/{}/status", s.pid())).unwrap();
     assert!(status.contains("TracerPid:\t0"), "still traced: {status}");
