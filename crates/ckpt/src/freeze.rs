@@ -192,6 +192,11 @@ pub fn freeze_tree(root: Pid, cgroup: Option<&Path>) -> Result<FrozenTree> {
             )));
         }
         if is_zombie(p) {
+            if p == root {
+                return Err(Error::Refused(format!(
+                    "pid {root} is a zombie (it has exited; only its parent's wait is missing): there is nothing to checkpoint"
+                )));
+            }
             procs.push((p, None));
             continue;
         }
