@@ -171,7 +171,14 @@ fn run(cli: Cli) -> Result<u8> {
                 let fd: OwnedFd = std::io::stdout().as_fd().try_clone_to_owned()?;
                 std::fs::File::from(fd)
             } else {
-                std::fs::File::create(&output)
+                // Read-write: the checkpointed tasks write their pages into it
+                // and ckpt checksums them through a read-only mapping.
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .open(&output)
                     .with_context(|| format!("cannot create image {output}"))?
             };
             let opts = ckpt::CheckpointOptions {

@@ -110,6 +110,48 @@ impl<W: Write> ImageWriter<W> {
         Ok(())
     }
 
+    /// Starts a page record of `nr_pages` (at most `MAX_PAGES_PER_RECORD`)
+    /// at `addr` whose data someone else puts into the stream: writes the
+    /// record header and padding, flushes, and returns the stream offset
+    /// where the data must go (page-aligned). Finish with
+    /// `end_external_pages`.
+    pub fn begin_external_pages(
+        &mut self,
+        addr: u64,
+        nr_pages: u64,
+        flags: u32,
+    ) -> io::Result<u64> {
+        assert!(
+            nr_pages > 0 && nr_pages <= MAX_PAGES_PER_RECORD,
+            "page count out of range"
+        );
+        let start = self.offset;
+        let data_off = align_up(start + HDR_LEN + PAGES_HDR_LEN, PAGE_SIZE);
+        self.header(T_PAGES, data_off - start + nr_pages * PAGE_SIZE)?;
+        let mut h = [0u8; PAGES_HDR_LEN as usize];
+        h[..8].copy_from_slice(&addr.to_le_bytes());
+        h[8..12].copy_from_slice(&(nr_pages as u32).to_le_bytes());
+        h[12..16].copy_from_slice(&flags.to_le_bytes());
+        self.emit(&h)?;
+        self.pad_to(PAGE_SIZE)?;
+        self.out.flush()?;
+        Ok(data_off)
+    }
+
+    /// Accounts for `len` bytes of page data placed in the stream by someone
+    /// else after `begin_external_pages`, whose CRC32C is `crc`. The caller
+    /// positions the underlying stream after them (`get_mut`).
+    pub fn end_external_pages(&mut self, len: u64, crc: u32) {
+        self.crc = crc32c::crc32c_combine(self.crc, crc, len as usize);
+        self.offset += len;
+        self.records += 1;
+    }
+
+    /// The underlying stream.
+    pub fn get_mut(&mut self) -> &mut W {
+        &mut self.out
+    }
+
     /// Records that the checkpoint failed, so a reader reports `message`.
     pub fn write_error(&mut self, message: &str) -> io::Result<()> {
         let clean: Vec<u8> = message.bytes().filter(|&b| b != 0).take(4096).collect();

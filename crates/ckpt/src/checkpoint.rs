@@ -44,6 +44,16 @@ pub struct Summary {
 /// durable before the checkpointed process is killed.
 pub trait Sink: Write {
     fn sync(&mut self) -> std::io::Result<()>;
+    /// The fd of a regular file opened for reading and writing, into which
+    /// checkpointed tasks can write their pages themselves (see
+    /// `mm::Direct`); None for pipes and sockets.
+    fn file_fd(&self) -> Option<i32> {
+        None
+    }
+    /// Moves the write position (after data others put in the file).
+    fn seek_to(&mut self, _off: u64) -> std::io::Result<()> {
+        Err(std::io::ErrorKind::Unsupported.into())
+    }
 }
 
 impl Sink for std::fs::File {
@@ -54,12 +64,28 @@ impl Sink for std::fs::File {
             r => r,
         }
     }
+    fn file_fd(&self) -> Option<i32> {
+        use std::os::fd::AsRawFd;
+        let fd = self.as_raw_fd();
+        let rw = sys::status_flags(fd).is_ok_and(|fl| fl & libc::O_ACCMODE == libc::O_RDWR);
+        (rw && self.metadata().is_ok_and(|m| m.is_file())).then_some(fd)
+    }
+    fn seek_to(&mut self, off: u64) -> std::io::Result<()> {
+        std::io::Seek::seek(self, std::io::SeekFrom::Start(off)).map(drop)
+    }
 }
 
 impl<S: Sink> Sink for std::io::BufWriter<S> {
     fn sync(&mut self) -> std::io::Result<()> {
         self.flush()?;
         self.get_mut().sync()
+    }
+    fn file_fd(&self) -> Option<i32> {
+        self.get_ref().file_fd()
+    }
+    fn seek_to(&mut self, off: u64) -> std::io::Result<()> {
+        self.flush()?;
+        self.get_mut().seek_to(off)
     }
 }
 
@@ -210,6 +236,7 @@ fn run<S: Sink>(
         .filter_map(|i| procfs::status(i.pid()).ok()?.bytes("VmRSS"))
         .sum();
     let mut saved = 0u64;
+    let zero_pfn = sys::zero_page_pfn();
     for img in &images {
         img.write_meta(w).map_err(Error::Write)?;
         summary.processes += 1;
@@ -231,10 +258,34 @@ fn run<S: Sink>(
         let PageStats {
             pages,
             zero_skipped,
-        } = mm::dump_pages(img.pid(), &img.vmas, w, &mut |n| {
-            saved += n;
-            log.progress("saving memory", saved, total.max(saved));
-        })?;
+        } = {
+            let mut report = |n| {
+                saved += n;
+                log.progress("saving memory", saved, total.max(saved));
+            };
+            match w
+                .get_mut()
+                .file_fd()
+                .map(|fd| TaskWriter::open(img.pid(), fd))
+                .transpose()?
+            {
+                Some(Some(mut tw)) => {
+                    let mut d = mm::Direct {
+                        remote: &mut tw.remote,
+                        tracee_fd: tw.tracee_fd,
+                        image_fd: tw.image_fd,
+                        zero_pfn,
+                    };
+                    let r = mm::dump_pages(img.pid(), &img.vmas, w, Some(&mut d), &mut report);
+                    // Leave the task as it was, whatever happened.
+                    let closed = tw.close();
+                    let stats = r?;
+                    closed?;
+                    stats
+                }
+                _ => mm::dump_pages(img.pid(), &img.vmas, w, None, &mut report)?,
+            }
+        };
         summary.pages += pages;
         summary.zero_pages_skipped += zero_skipped;
         summary.threads += img.threads.len();
@@ -244,6 +295,95 @@ fn run<S: Sink>(
     log.progress("saving memory", saved, saved);
     summary.bytes = w.offset();
     Ok((tree, summary))
+}
+
+/// The image file opened inside a frozen task, so that it writes its own
+/// pages (`mm::Direct`): every signal blocked, a scratch page for the path.
+struct TaskWriter {
+    remote: Remote,
+    pid: Pid,
+    sigmask: u64,
+    scratch: u64,
+    tracee_fd: u64,
+    image_fd: i32,
+}
+
+impl TaskWriter {
+    /// None when the task cannot open the image (e.g. it runs as another
+    /// user than ckpt and may not look into ckpt's fds): ckpt then copies
+    /// the pages itself.
+    fn open(pid: Pid, image_fd: i32) -> Result<Option<TaskWriter>> {
+        let maps = procfs::maps(pid).ctx(pid, || "read /proc smaps".into())?;
+        let ip = find_syscall_insn(pid, &maps)?;
+        let sigmask = sys::get_sigmask(pid).ctx(pid, || "PTRACE_GETSIGMASK".into())?;
+        sys::set_sigmask(pid, !0).ctx(pid, || "PTRACE_SETSIGMASK".into())?;
+        let mut remote = Remote::new(pid, ip)?;
+        let scratch = remote.call(
+            "mmap",
+            libc::SYS_mmap,
+            &[
+                0,
+                4096,
+                (libc::PROT_READ | libc::PROT_WRITE) as u64,
+                (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64,
+                u64::MAX,
+                0,
+            ],
+        )?;
+        let mut tw = TaskWriter {
+            remote,
+            pid,
+            sigmask,
+            scratch,
+            tracee_fd: u64::MAX,
+            image_fd,
+        };
+        let path = format!("/proc/{}/fd/{image_fd}\0", std::process::id());
+        let opened = procfs::mem(pid)
+            .and_then(|m| m.write_all_at(path.as_bytes(), scratch))
+            .ctx(pid, || "write scratch memory".into())
+            .and_then(|_| {
+                tw.remote.syscall(
+                    libc::SYS_openat,
+                    &[
+                        libc::AT_FDCWD as i64 as u64,
+                        scratch,
+                        (libc::O_WRONLY | libc::O_CLOEXEC) as u64,
+                        0,
+                    ],
+                )
+            });
+        match opened {
+            Ok(fd) if fd >= 0 => {
+                tw.tracee_fd = fd as u64;
+                Ok(Some(tw))
+            }
+            other => {
+                tw.close()?;
+                other.map(|_| None)
+            }
+        }
+    }
+
+    /// Closes the fd, frees the scratch page, restores registers and mask.
+    fn close(mut self) -> Result<()> {
+        let mut r = Ok(0);
+        if self.tracee_fd != u64::MAX {
+            r = self
+                .remote
+                .call("close", libc::SYS_close, &[self.tracee_fd]);
+        }
+        let unmapped = self
+            .remote
+            .call("munmap", libc::SYS_munmap, &[self.scratch, 4096]);
+        let fin = self.remote.finish();
+        let mask =
+            sys::set_sigmask(self.pid, self.sigmask).ctx(self.pid, || "PTRACE_SETSIGMASK".into());
+        r.and(unmapped)
+            .and(fin.map(|_| 0))
+            .and(mask.map(|_| 0))
+            .map(drop)
+    }
 }
 
 fn comm_of(pid: Pid) -> String {

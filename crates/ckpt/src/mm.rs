@@ -3,6 +3,7 @@
 //! copies of a file; restore rebuilds every mapping from outside with
 //! injected syscalls and has the task read its pages straight from the image.
 
+use crate::checkpoint::Sink;
 use crate::error::{Ctx, Error, Result};
 use crate::model::ProcessImage;
 use crate::procfs::{self, MapEntry, PM_FILE, PM_PRESENT, PM_SWAP};
@@ -212,19 +213,37 @@ pub struct PageStats {
     pub zero_skipped: u64,
 }
 
+/// One copy per page: the frozen task itself `pwrite`s its pages into the
+/// image file (an fd it opened on ckpt's image through /proc), straight
+/// from its memory to the page cache; ckpt only writes the record headers
+/// and checksums the data through a read-only mapping of the file.
+pub struct Direct<'a> {
+    pub remote: &'a mut Remote,
+    /// The image, as an fd number in the task.
+    pub tracee_fd: u64,
+    /// The image, as an fd of ours (opened read-write, for the checksum).
+    pub image_fd: i32,
+    /// PFN of the zero page: present pages that map it hold only zeros.
+    pub zero_pfn: Option<u64>,
+}
+
+const PFN_MASK: u64 = (1 << 55) - 1;
+
 /// Writes the pages of every mapping that must be saved. Anonymous pages
 /// that hold only zeros are skipped: a fresh mapping reads as zeros anyway.
-pub fn dump_pages<W: Write>(
+/// With `direct`, readable mappings are written by the task itself.
+pub fn dump_pages<S: Sink>(
     pid: Pid,
     vmas: &[Vma],
-    w: &mut ImageWriter<W>,
+    w: &mut ImageWriter<S>,
+    mut direct: Option<&mut Direct>,
     progress: &mut dyn FnMut(u64),
 ) -> Result<PageStats> {
     let pm =
         std::fs::File::open(format!("/proc/{pid}/pagemap")).ctx(pid, || "open pagemap".into())?;
     let mem = std::fs::File::open(format!("/proc/{pid}/mem")).ctx(pid, || "open mem".into())?;
     let mut stats = PageStats::default();
-    let mut buf = vec![0u8; (CHUNK_PAGES * PAGE) as usize];
+    let mut buf = Vec::new();
     for v in vmas {
         if matches!(v.kind, VMA_VDSO | VMA_VVAR | VMA_VVAR_VCLOCK | VMA_VSYSCALL)
             || v.flags & VMAF_SHARED != 0
@@ -232,6 +251,13 @@ pub fn dump_pages<W: Write>(
             continue;
         }
         let skip_zero = !matches!(v.kind, VMA_FILE | VMA_SHMEM) || v.flags & VMAF_DELETED != 0;
+        // The task cannot write from memory it cannot read (PROT_NONE...).
+        let by_task = v.prot & libc::PROT_READ as u32 != 0;
+        let zero_pfn = direct
+            .as_ref()
+            .and_then(|d| d.zero_pfn)
+            .filter(|_| skip_zero && by_task);
+        let needed = |e: u64| page_needed(v, e) && zero_pfn != Some(e & PFN_MASK);
         let mut addr = v.start;
         while addr < v.end {
             let end = (addr + CHUNK_PAGES * PAGE).min(v.end);
@@ -239,27 +265,63 @@ pub fn dump_pages<W: Write>(
                 .ctx(pid, || format!("read pagemap at {addr:#x}"))?;
             let mut i = 0;
             while i < entries.len() {
-                if !page_needed(v, entries[i]) {
+                if !needed(entries[i]) {
                     i += 1;
                     continue;
                 }
                 let mut j = i;
-                while j < entries.len() && page_needed(v, entries[j]) {
+                while j < entries.len() && needed(entries[j]) {
                     j += 1;
                 }
                 let a = addr + i as u64 * PAGE;
-                let data = &mut buf[..(j - i) * PAGE as usize];
-                mem.read_exact_at(data, a).ctx(pid, || {
-                    format!("read memory {a:#x}..{:#x}", a + data.len() as u64)
-                })?;
-                write_run(w, a, data, skip_zero, &mut stats)?;
-                progress(data.len() as u64);
+                let len = (j - i) as u64 * PAGE;
+                match direct.as_deref_mut() {
+                    Some(d) if by_task => {
+                        write_by_task(w, d, a, len)?;
+                        stats.pages += len / PAGE;
+                    }
+                    _ => {
+                        buf.resize(len as usize, 0);
+                        mem.read_exact_at(&mut buf, a)
+                            .ctx(pid, || format!("read memory {a:#x}..{:#x}", a + len))?;
+                        write_run(w, a, &buf, skip_zero, &mut stats)?;
+                    }
+                }
+                progress(len);
                 i = j;
             }
             addr = end;
         }
     }
     Ok(stats)
+}
+
+/// Has the task write `len` bytes of its memory at `addr` as one page record.
+fn write_by_task<S: Sink>(
+    w: &mut ImageWriter<S>,
+    d: &mut Direct,
+    addr: u64,
+    len: u64,
+) -> Result<()> {
+    let off = w
+        .begin_external_pages(addr, len / PAGE, 0)
+        .map_err(Error::Write)?;
+    let mut done = 0;
+    while done < len {
+        let n = d.remote.call(
+            "pwrite64(image)",
+            libc::SYS_pwrite64,
+            &[d.tracee_fd, addr + done, len - done, off + done],
+        )?;
+        if n == 0 {
+            return Err(Error::Write(std::io::ErrorKind::WriteZero.into()));
+        }
+        done += n;
+    }
+    let crc = crate::sys::crc32c_of_range(d.image_fd, off, len as usize).map_err(Error::Write)?;
+    w.end_external_pages(len, crc);
+    let pos = w.offset();
+    w.get_mut().seek_to(pos).map_err(Error::Write)
 }
 
 fn write_run<W: Write>(

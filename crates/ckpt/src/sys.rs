@@ -401,6 +401,11 @@ pub fn close(fd: i32) {
     // SAFETY: the caller owns fd by number (restore child rebuilding its table).
     unsafe { libc::close(fd) };
 }
+/// fcntl(F_GETFL).
+pub fn status_flags(fd: i32) -> io::Result<i32> {
+    // SAFETY: F_GETFL takes no argument.
+    check(unsafe { libc::fcntl(fd, libc::F_GETFL) } as libc::c_long).map(|v| v as i32)
+}
 pub fn fcntl_set(fd: i32, cmd: i32, v: i32) -> io::Result<()> {
     // SAFETY: F_SETFD/F_SETFL take an integer.
     check(unsafe { libc::fcntl(fd, cmd, v) } as libc::c_long).map(drop)
@@ -745,4 +750,45 @@ pub fn block_signals(sigs: &[i32], block: bool) {
             std::ptr::null_mut(),
         );
     }
+}
+
+/// CRC32C of `len` bytes of file `fd` at page-aligned `off`, read through a
+/// shared read-only mapping of the page cache (no copy).
+pub fn crc32c_of_range(fd: i32, off: u64, len: usize) -> io::Result<u32> {
+    // SAFETY: a fresh read-only mapping of our own file, unmapped below.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            fd,
+            off as i64,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: p maps `len` readable bytes until the munmap below, and the
+    // range is not written meanwhile (its writer has finished).
+    let crc = crc32c::crc32c(unsafe { std::slice::from_raw_parts(p as *const u8, len) });
+    munmap(p as u64, len);
+    Ok(crc)
+}
+
+/// The page frame number of the kernel's zero page, which untouched memory
+/// that was only read maps (needs CAP_SYS_ADMIN to see PFNs; None without).
+pub fn zero_page_pfn() -> Option<u64> {
+    use std::os::unix::fs::FileExt;
+    let a = mmap_anon(0, 4096, libc::PROT_READ).ok()?;
+    // SAFETY: reading one byte of our own readable mapping maps the zero page.
+    unsafe { std::ptr::read_volatile(a as *const u8) };
+    let mut e = [0u8; 8];
+    let r = std::fs::File::open("/proc/self/pagemap")
+        .and_then(|f| f.read_exact_at(&mut e, a / 4096 * 8));
+    munmap(a, 4096);
+    r.ok()?;
+    let e = u64::from_le_bytes(e);
+    let pfn = e & ((1 << 55) - 1);
+    (e >> 63 == 1 && pfn != 0).then_some(pfn)
 }
