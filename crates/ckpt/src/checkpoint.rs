@@ -318,18 +318,7 @@ impl TaskWriter {
         let sigmask = sys::get_sigmask(pid).ctx(pid, || "PTRACE_GETSIGMASK".into())?;
         sys::set_sigmask(pid, !0).ctx(pid, || "PTRACE_SETSIGMASK".into())?;
         let mut remote = Remote::new(pid, ip)?;
-        let scratch = remote.call(
-            "mmap",
-            libc::SYS_mmap,
-            &[
-                0,
-                4096,
-                (libc::PROT_READ | libc::PROT_WRITE) as u64,
-                (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64,
-                u64::MAX,
-                0,
-            ],
-        )?;
+        let scratch = remote.mmap_scratch(4096)?;
         let mut tw = TaskWriter {
             remote,
             pid,
@@ -470,18 +459,7 @@ fn dump_process(
     }
     let result = (|| -> Result<ProcessImage> {
         let mut main = Remote::new(pid, syscall_ip)?;
-        let scratch = main.call(
-            "mmap",
-            libc::SYS_mmap,
-            &[
-                0,
-                4096,
-                (libc::PROT_READ | libc::PROT_WRITE) as u64,
-                (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64,
-                u64::MAX,
-                0,
-            ],
-        )?;
+        let scratch = main.mmap_scratch(4096)?;
         let mem = procfs::mem(pid).ctx(pid, || "open /proc mem".into())?;
         let s = Scratch {
             addr: scratch,

@@ -64,6 +64,13 @@ impl Remote {
         Ok(out.rax as i64)
     }
 
+    /// Maps `len` bytes of private read-write scratch memory in the task.
+    pub fn mmap_scratch(&mut self, len: u64) -> Result<u64> {
+        let prot = (libc::PROT_READ | libc::PROT_WRITE) as u64;
+        let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
+        self.call("mmap", libc::SYS_mmap, &[0, len, prot, flags, u64::MAX, 0])
+    }
+
     /// Like `syscall`, but a negative result becomes an error naming `name`.
     pub fn call(&mut self, name: &str, nr: i64, args: &[u64]) -> Result<u64> {
         let r = self.syscall(nr, args)?;
