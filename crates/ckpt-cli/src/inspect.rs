@@ -68,13 +68,52 @@ fn detail(r: &AnyRecord) -> String {
             ckpt::arch::feature_names(a.xcr0),
             a.xsave_size
         ),
+        AnyRecord::Process(p) if p.state == ckpt_image::PROC_ZOMBIE => format!(
+            "pid {} ({}) ppid {} pgid {} sid {} zombie, wait status {:#x}",
+            p.pid, p.comm, p.ppid, p.pgid, p.sid, p.exit_status
+        ),
         AnyRecord::Process(p) => format!(
             "pid {} ({}) ppid {} pgid {} sid {} exe {}",
             p.pid, p.comm, p.ppid, p.pgid, p.sid, p.exe
         ),
+        AnyRecord::Pipe(p) => format!(
+            "pipe {} size {}, {} bytes in flight",
+            p.id,
+            p.size,
+            p.data.0.len()
+        ),
+        AnyRecord::Shmem(m) => format!(
+            "shmem {} {} {} ({} bytes)",
+            m.id,
+            if m.kind == ckpt_image::SHMEM_MEMFD {
+                "memfd"
+            } else {
+                "shared anonymous"
+            },
+            m.name,
+            m.size
+        ),
         AnyRecord::Vma(v) => format!("{:#x}-{:#x} {} {}", v.start, v.end, prot(v), v.path),
+        AnyRecord::Pages(p) if p.flags & ckpt_image::PAGES_SHMEM != 0 => {
+            format!("shmem offset {:#x}: {} pages", p.addr, p.nr_pages)
+        }
         AnyRecord::Pages(p) => format!("{:#x}: {} pages", p.addr, p.nr_pages),
-        AnyRecord::File(f) => format!("file {} kind {} {} pos {}", f.id, f.kind, f.path, f.pos),
+        AnyRecord::File(f) => format!(
+            "file {} {} {} pos {}",
+            f.id,
+            match f.kind {
+                ckpt_image::FILE_REGULAR => "regular",
+                ckpt_image::FILE_DIR => "dir",
+                ckpt_image::FILE_CHR => "chr",
+                ckpt_image::FILE_UNLINKED => "unlinked",
+                ckpt_image::FILE_PIPE => "pipe",
+                ckpt_image::FILE_FIFO => "fifo",
+                ckpt_image::FILE_MEMFD => "memfd",
+                _ => "unknown",
+            },
+            f.path,
+            f.pos
+        ),
         AnyRecord::Fd(f) => format!(
             "fd {} -> file {}{}",
             f.fd,
