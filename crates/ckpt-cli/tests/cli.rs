@@ -40,24 +40,30 @@ fn assert_clean_failure(out: &Output, what: &str) -> String {
     err
 }
 
+/// The child gets /dev/null as stdin/stdout/stderr and no other fd: fds
+/// the test runner may have inherited (pipes, sockets) would make the
+/// workload something else than the test means.
+fn only_std_fds(c: &mut Command) {
+    c.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: close_range is async-signal-safe.
+    unsafe {
+        c.pre_exec(|| {
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+            Ok(())
+        })
+    };
+}
+
 /// A sleeping child with only stdin/stdout/stderr open; killed on drop.
 struct Sleeper(std::process::Child);
 
 impl Sleeper {
     fn start() -> Self {
         let mut c = Command::new("sleep");
-        c.arg("1000")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        // SAFETY: close_range is async-signal-safe; it drops fds the test
-        // runner may have inherited (pipes ckpt cannot checkpoint yet).
-        unsafe {
-            c.pre_exec(|| {
-                libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
-                Ok(())
-            })
-        };
+        c.arg("1000");
+        only_std_fds(&mut c);
         Sleeper(c.spawn().expect("spawn sleep"))
     }
     fn pid(&self) -> i32 {
@@ -384,17 +390,8 @@ fn refused_checkpoint_writes_error_record_and_log_line() {
     c.args([
         "-c",
         "import socket,time; a,b=socket.socketpair(); time.sleep(1000)",
-    ])
-    .stdin(Stdio::null())
-    .stdout(Stdio::null())
-    .stderr(Stdio::null());
-    // SAFETY: close_range is async-signal-safe.
-    unsafe {
-        c.pre_exec(|| {
-            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
-            Ok(())
-        })
-    };
+    ]);
+    only_std_fds(&mut c);
     let Ok(child) = c.spawn() else {
         eprintln!("SKIP: refused_checkpoint_writes_error_record_and_log_line: python3 missing");
         return;

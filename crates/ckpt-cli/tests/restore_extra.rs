@@ -394,18 +394,7 @@ fn checkpoint_of_traced_process_fails_and_leaves_it_running() {
     );
     let img = env.path("img");
     let pid = w.pid.to_string();
-    let args = [
-        OsStr::new("checkpoint"),
-        OsStr::new(&pid),
-        OsStr::new("-o"),
-        img.as_os_str(),
-    ];
-    let run = env.ckpt_reaping(args, Some(&mut w.proc));
-    assert!(
-        !run.success(),
-        "checkpoint of a traced process must fail\n{}",
-        run.describe()
-    );
+    let run = env.checkpoint_must_fail(&mut w, &img, "checkpoint of a traced process");
     let tokens = digit_tokens(&run.stderr);
     assert!(
         tokens.contains(&pid.as_str()) && tokens.contains(&tracer.to_string().as_str()),
@@ -452,18 +441,7 @@ fn checkpoint_with_a_traced_thread_fails_and_leaves_it_running() {
     let tracee = Tracee::seize(cond_tid).unwrap_or_else(|e| panic!("PTRACE_SEIZE: {e}"));
     let img = env.path("img");
     let pid = w.pid.to_string();
-    let args = [
-        OsStr::new("checkpoint"),
-        OsStr::new(&pid),
-        OsStr::new("-o"),
-        img.as_os_str(),
-    ];
-    let run = env.ckpt_reaping(args, Some(&mut w.proc));
-    assert!(
-        !run.success(),
-        "checkpoint with a traced thread must fail\n{}",
-        run.describe()
-    );
+    let run = env.checkpoint_must_fail(&mut w, &img, "checkpoint with a traced thread");
     let tokens = digit_tokens(&run.stderr);
     let cond = cond_tid.to_string();
     assert!(

@@ -378,18 +378,7 @@ fn checkpoint_unsupported_fd_fails_and_leaves_process_running() {
     };
     let img = env.path("img");
     let pid = w.pid.to_string();
-    let args = [
-        OsStr::new("checkpoint"),
-        OsStr::new(&pid),
-        OsStr::new("-o"),
-        img.as_os_str(),
-    ];
-    let run = env.ckpt_reaping(args, Some(&mut w.proc));
-    assert!(
-        !run.success(),
-        "checkpoint of a process with a socket must fail\n{}",
-        run.describe()
-    );
+    let run = env.checkpoint_must_fail(&mut w, &img, "checkpoint of a process with a socket");
     let tokens = digit_tokens(&run.stderr);
     assert!(
         tokens.contains(&pid.as_str()) && tokens.contains(&"77"),

@@ -313,19 +313,7 @@ fn checkpoint_of_tree_with_traced_member_fails_and_leaves_it_running() {
     let tracer = gettid();
     let tracee = Tracee::seize(g).unwrap_or_else(|e| panic!("PTRACE_SEIZE {g}: {e}"));
     let img = env.path("img");
-    let pid = w.pid.to_string();
-    let args = [
-        OsStr::new("checkpoint"),
-        OsStr::new(&pid),
-        OsStr::new("-o"),
-        img.as_os_str(),
-    ];
-    let run = env.ckpt_reaping(args, Some(&mut w.proc));
-    assert!(
-        !run.success(),
-        "checkpoint of a tree with a traced member must fail\n{}",
-        run.describe()
-    );
+    let run = env.checkpoint_must_fail(&mut w, &img, "checkpoint of a tree with a traced member");
     let tokens = digit_tokens(&run.stderr);
     assert!(
         tokens.contains(&g.to_string().as_str()) && tokens.contains(&tracer.to_string().as_str()),

@@ -856,6 +856,22 @@ impl TestEnv {
         self.ckpt_full(args, reap, &[])
     }
 
+    /// `ckpt checkpoint PID -o IMG` of a workload, which must fail (`what`
+    /// names the case in the assertion); the run is returned for checks on
+    /// its message.
+    pub fn checkpoint_must_fail(&self, w: &mut Workload, img: &Path, what: &str) -> CkptRun {
+        let pid = w.pid.to_string();
+        let args = [
+            OsStr::new("checkpoint"),
+            OsStr::new(&pid),
+            OsStr::new("-o"),
+            img.as_os_str(),
+        ];
+        let run = self.ckpt_reaping(args, Some(&mut w.proc));
+        assert!(!run.success(), "{what} must fail\n{}", run.describe());
+        run
+    }
+
     /// Like [`Self::ckpt`], with extra environment variables for `ckpt`.
     pub fn ckpt_with_env<I, S>(&self, args: I, env: &[(&str, &str)]) -> CkptRun
     where
