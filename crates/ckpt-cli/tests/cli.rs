@@ -459,3 +459,96 @@ fn refused_checkpoint_writes_error_record_and_log_line() {
         "{status}"
     );
 }
+
+fn sig_field(pid: i32, key: &str) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(key).map(|v| v.trim().to_string()))
+        .unwrap_or_default()
+}
+
+/// A real python3 with a SIGTERM handler (CPython installs handlers with
+/// SA_ONSTACK) and a FIFO holding bytes in flight: after restart the
+/// dispositions are exactly the saved ones (none inherited from ckpt), and on
+/// SIGTERM python reads the FIFO and reports PASS.
+#[test]
+fn python_verifies_itself_on_sigterm_after_restart() {
+    if !is_root() {
+        eprintln!("SKIP: python_verifies_itself_on_sigterm_after_restart: needs root");
+        return;
+    }
+    let d = tmpdir("pyterm");
+    let fifo = d.join("fifo");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: c is a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let script = r#"
+import os, signal, sys, time
+d = sys.argv[1]
+r = os.open(d + "/fifo", os.O_RDONLY | os.O_NONBLOCK)
+w = os.open(d + "/fifo", os.O_WRONLY)
+os.write(w, b"in-flight\n")
+done = False
+def term(s, f):
+    global done
+    done = True
+signal.signal(signal.SIGTERM, term)
+open(d + "/ready", "w").close()
+while not done:
+    time.sleep(0.02)
+data = os.read(r, 100)
+open(d + "/result", "w").write("PASS\n" if data == b"in-flight\n" else "FAIL %r\n" % data)
+"#;
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", script]).arg(&d);
+    only_std_fds(&mut cmd);
+    let Ok(child) = cmd.spawn() else {
+        eprintln!("SKIP: python_verifies_itself_on_sigterm_after_restart: python3 missing");
+        return;
+    };
+    let mut p = Sleeper(child);
+    let pid = p.pid();
+    // python3 cannot signal readiness other than through a file.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !d.join("ready").exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "python never got ready"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let caught = sig_field(pid, "SigCgt:");
+    let img = d.join("img");
+    let mut ck = ckpt()
+        .args(["checkpoint", &pid.to_string(), "-o"])
+        .arg(&img)
+        .spawn()
+        .unwrap();
+    let _ = p.0.wait(); // reap it as it is killed
+    assert!(ck.wait().unwrap().success(), "checkpoint failed");
+    let out = ckpt()
+        .args(["restart", "--detach"])
+        .arg(&img)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let after = sig_field(pid, "SigCgt:");
+    // SAFETY: kill of the pid we restored.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::path::Path::new(&format!("/proc/{pid}")).exists()
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    // SAFETY: as above; a no-op once it has exited.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    assert_eq!(after, caught, "caught signals changed across the restart");
+    let result = std::fs::read_to_string(d.join("result")).unwrap_or_default();
+    assert_eq!(result, "PASS\n", "python did not verify itself");
+}

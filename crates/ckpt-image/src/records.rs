@@ -314,6 +314,9 @@ record!(
         rseq_len: u32,
         rseq_sig: u32,
         pending: Vec<SigInfo>,
+        /// set_robust_list head and length (glibc's robust mutex list).
+        robust_list: u64,
+        robust_len: u64,
     }
 );
 

@@ -696,6 +696,8 @@ fn thread() -> impl Strategy<Value = AnyRecord> {
                     rseq_len,
                     rseq_sig,
                     pending,
+                    robust_list: clear_child_tid ^ altstack_sp,
+                    robust_len: 24,
                 })
             },
         )

@@ -792,3 +792,19 @@ pub fn zero_page_pfn() -> Option<u64> {
     let pfn = e & ((1 << 55) - 1);
     (e >> 63 == 1 && pfn != 0).then_some(pfn)
 }
+
+/// get_robust_list(tid): (head, len).
+pub fn robust_list(tid: Pid) -> io::Result<(u64, u64)> {
+    let mut head: u64 = 0;
+    let mut len: u64 = 0;
+    // SAFETY: both out-pointers are valid for one word each.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_get_robust_list,
+            tid,
+            &mut head as *mut u64,
+            &mut len as *mut u64,
+        )
+    })?;
+    Ok((head, len))
+}

@@ -195,16 +195,18 @@ pub fn dump_sigactions(r: &mut Remote, s: &Scratch) -> Result<SigActions> {
 
 /// Installs dispositions in the calling process (a restore child with every
 /// signal blocked; the handlers are addresses in the restored memory).
+/// Every signal not in the image gets SIG_DFL: the restore child inherited
+/// the restorer's own handlers (Rust's SIGSEGV/SIGBUS guard), whose code is
+/// not in the restored address space.
 pub fn restore_sigactions(a: &SigActions) -> std::io::Result<()> {
-    for s in &a.actions {
-        if s.signo == 0
-            || s.signo > 64
-            || s.signo == libc::SIGKILL as u32
-            || s.signo == libc::SIGSTOP as u32
-        {
+    for sig in 1..=64u32 {
+        if sig == libc::SIGKILL as u32 || sig == libc::SIGSTOP as u32 {
             continue;
         }
-        sys::set_sigaction(s.signo, s.handler, s.flags, s.restorer, s.mask)?;
+        match a.actions.iter().find(|s| s.signo == sig) {
+            Some(s) => sys::set_sigaction(sig, s.handler, s.flags, s.restorer, s.mask)?,
+            None => sys::set_sigaction(sig, libc::SIG_DFL as u64, 0, 0, 0)?,
+        }
     }
     Ok(())
 }
@@ -318,6 +320,7 @@ pub fn dump_thread(tid: Pid, sigmask: u64, r: &mut Remote, s: &Scratch) -> Resul
     )?;
     let ctid = s.u64s(0, 1)?[0];
     let (rseq_addr, rseq_len, rseq_sig) = sys::rseq_config(tid).unwrap_or((0, 0, 0));
+    let (robust_list, robust_len) = sys::robust_list(tid).ctx(tid, || "get_robust_list".into())?;
     Ok(Thread {
         tid,
         sigmask,
@@ -329,6 +332,8 @@ pub fn dump_thread(tid: Pid, sigmask: u64, r: &mut Remote, s: &Scratch) -> Resul
         rseq_len,
         rseq_sig,
         pending: dump_pending(tid, false)?,
+        robust_list,
+        robust_len,
     })
 }
 
@@ -336,15 +341,34 @@ pub fn dump_thread(tid: Pid, sigmask: u64, r: &mut Remote, s: &Scratch) -> Resul
 pub fn restore_thread(r: &mut Remote, s: &Scratch, t: &Thread) -> Result<()> {
     // SS_ONSTACK is a state, not a flag one can set; SS_DISABLE is.
     const SS_DISABLE: u32 = 2;
-    if t.altstack_flags & SS_DISABLE == 0 && t.altstack_size != 0 {
-        let mut b = Vec::with_capacity(24);
-        b.extend_from_slice(&t.altstack_sp.to_le_bytes());
-        b.extend_from_slice(&(t.altstack_flags & !SS_DISABLE & !1).to_le_bytes());
-        b.extend_from_slice(&0u32.to_le_bytes());
-        b.extend_from_slice(&t.altstack_size.to_le_bytes());
-        s.write(0, &b)?;
-        r.call("sigaltstack", libc::SYS_sigaltstack, &[s.addr, 0])?;
-    }
+    // Always set: a restored main thread would otherwise keep the
+    // restorer's alternate stack, which is not mapped any more.
+    let (sp, flags, size) = if t.altstack_flags & SS_DISABLE == 0 && t.altstack_size != 0 {
+        (
+            t.altstack_sp,
+            t.altstack_flags & !SS_DISABLE & !1,
+            t.altstack_size,
+        )
+    } else {
+        (0, SS_DISABLE, 0)
+    };
+    let mut b = Vec::with_capacity(24);
+    b.extend_from_slice(&sp.to_le_bytes());
+    b.extend_from_slice(&flags.to_le_bytes());
+    b.extend_from_slice(&0u32.to_le_bytes());
+    b.extend_from_slice(&size.to_le_bytes());
+    s.write(0, &b)?;
+    r.call("sigaltstack", libc::SYS_sigaltstack, &[s.addr, 0])?;
+    // Likewise the robust futex list: the restorer's head points into its
+    // own (gone) TLS, and the kernel walks that list when the thread exits.
+    r.call(
+        "set_robust_list",
+        libc::SYS_set_robust_list,
+        &[
+            t.robust_list,
+            if t.robust_list == 0 { 24 } else { t.robust_len },
+        ],
+    )?;
     r.call(
         "set_tid_address",
         libc::SYS_set_tid_address,
