@@ -270,7 +270,7 @@ impl Build {
         match sys::fork_with_pid(root.pid()) {
             Ok(0) => {
                 sys::close(self.status.0);
-                self.become_process(img, root)
+                self.become_process(img, root, false)
             }
             Ok(_) => self.created.push(root.pid()),
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
@@ -335,13 +335,18 @@ impl Build {
     /// Runs in a new child: becomes the saved process `p` as far as can be
     /// done from inside (session, children, fds, cwd, dispositions), then
     /// reports and waits to be seized. Never returns.
-    fn become_process(&self, img: &Image, p: &ProcessImage) -> ! {
+    /// `via_helper`: forked by a session helper that exits at once, so the
+    /// parent-death signal would kill it; such a process relies on
+    /// PTRACE_O_EXITKILL alone once seized.
+    fn become_process(&self, img: &Image, p: &ProcessImage, via_helper: bool) -> ! {
         let pid = p.pid();
         let res = (|| -> std::result::Result<(), String> {
             sys::block_all_signals();
             // If ckpt dies before the restore completes, the half-built tree dies too.
-            sys::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as u64)
-                .map_err(|e| format!("PR_SET_PDEATHSIG: {e}"))?;
+            if !via_helper {
+                sys::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as u64)
+                    .map_err(|e| format!("PR_SET_PDEATHSIG: {e}"))?;
+            }
             set_ids(p);
             if pid == img.processes[0].pid() {
                 // Groups whose leader is gone: a helper with the leader's
@@ -352,7 +357,11 @@ impl Build {
                             let _ = sys::setpgid(0, 0);
                             sys::pause_forever()
                         }
-                        Ok(_) => {}
+                        // Also from here, as shells do: the group must exist
+                        // before any member is forked to join it.
+                        Ok(_) => {
+                            let _ = sys::setpgid(g, g);
+                        }
                         Err(e) => return Err(format!("create group helper {g}: {e}")),
                     }
                 }
@@ -398,7 +407,7 @@ impl Build {
                                     set_ids(c);
                                     sys::exit_like(c.process.exit_status)
                                 }
-                                Ok(0) => self.become_process(img, c),
+                                Ok(0) => self.become_process(img, c, true),
                                 Ok(_) => {}
                                 Err(_) => sys::exit_now(1),
                             }
@@ -428,7 +437,7 @@ impl Build {
                         set_ids(c);
                         sys::exit_like(c.process.exit_status)
                     }
-                    Ok(0) => self.become_process(img, c),
+                    Ok(0) => self.become_process(img, c, false),
                     Ok(_) if c.is_zombie() => zombies.push(c.pid()),
                     Ok(_) => {}
                     Err(e) => return Err(format!("create child {}: {e}", c.pid())),
