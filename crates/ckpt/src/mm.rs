@@ -621,6 +621,25 @@ pub fn replace_address_space(
             &[v.start, v.end - v.start, v.prot as u64],
         )?;
     }
+    for v in p.vmas.iter().filter(|v| !is_special(v.kind)) {
+        let len = v.end - v.start;
+        if v.flags & VMAF_DONTFORK != 0 {
+            r.call(
+                "madvise(MADV_DONTFORK)",
+                libc::SYS_madvise,
+                &[v.start, len, libc::MADV_DONTFORK as u64],
+            )?;
+        }
+        // Locked memory may exceed what RLIMIT_MEMLOCK allows the restorer:
+        // the mapping is then restored unlocked, and said so.
+        if v.flags & VMAF_LOCKED != 0 && r.syscall(libc::SYS_mlock, &[v.start, len])? < 0 {
+            tracing::warn!(
+                "pid {pid}: mapping {:#x}-{:#x} restored without mlock",
+                v.start,
+                v.end
+            );
+        }
+    }
     set_mm_map(r, s, p)
 }
 
