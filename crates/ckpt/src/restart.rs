@@ -809,6 +809,25 @@ fn validate_process(img: &Image, p: &ProcessImage) -> Result<()> {
     if p.is_zombie() {
         return Ok(());
     }
+    // cwd is relative to the process's root; both must still be directories.
+    let root = std::path::Path::new(std::ffi::OsStr::from_bytes_ext(&p.process.root.0));
+    let cwd = std::ffi::OsStr::from_bytes_ext(&p.process.cwd.0);
+    let cwd = root.join(
+        std::path::Path::new(cwd)
+            .strip_prefix("/")
+            .unwrap_or(cwd.as_ref()),
+    );
+    for (what, dir) in [
+        ("root directory", root.to_path_buf()),
+        ("working directory", cwd),
+    ] {
+        if !dir.is_dir() {
+            return refuse(format!(
+                "pid {pid}: its {what} {} does not exist here; create it or restart where it exists",
+                dir.display()
+            ));
+        }
+    }
     if p.threads.is_empty() || p.threads[0].thread.tid != pid {
         return refuse(format!("pid {pid}: the image lacks its main thread"));
     }
