@@ -552,3 +552,65 @@ open(d + "/result", "w").write("PASS\n" if data == b"in-flight\n" else "FAIL %r\
     let result = std::fs::read_to_string(d.join("result")).unwrap_or_default();
     assert_eq!(result, "PASS\n", "python did not verify itself");
 }
+
+/// Nice value, CPU affinity and OOM score adjustment are the process's own,
+/// not inherited from ckpt, after a restart.
+#[test]
+fn scheduling_state_survives() {
+    if !is_root() {
+        eprintln!("SKIP: scheduling_state_survives: needs root");
+        return;
+    }
+    let d = tmpdir("sched");
+    let mut c = Command::new("nice");
+    c.args(["-n", "7", "taskset", "-c", "0", "sleep", "1000"]);
+    only_std_fds(&mut c);
+    let mut s = Sleeper(c.spawn().expect("spawn nice taskset sleep"));
+    let pid = s.pid();
+    assert!(wait_sleeping(pid), "sleep never went to sleep");
+    std::fs::write(format!("/proc/{pid}/oom_score_adj"), "300").unwrap();
+    let state = |pid: i32| {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let nice = stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .nth(16)
+            .unwrap_or("")
+            .to_string();
+        let cpus = sig_field(pid, "Cpus_allowed_list:");
+        let oom = std::fs::read_to_string(format!("/proc/{pid}/oom_score_adj")).unwrap_or_default();
+        (nice, cpus, oom.trim().to_string())
+    };
+    let before = state(pid);
+    assert_eq!(
+        before,
+        ("7".to_string(), "0".to_string(), "300".to_string())
+    );
+    let img = d.join("img");
+    let mut ck = ckpt()
+        .args(["checkpoint", &pid.to_string(), "-o"])
+        .arg(&img)
+        .spawn()
+        .unwrap();
+    let _ = s.0.wait();
+    assert!(ck.wait().unwrap().success(), "checkpoint failed");
+    let out = ckpt()
+        .args(["restart", "--detach"])
+        .arg(&img)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let after = state(pid);
+    // SAFETY: kill of the pid we restored.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    assert_eq!(
+        after, before,
+        "nice, affinity, oom_score_adj changed across the restart"
+    );
+}

@@ -143,6 +143,8 @@ record!(
         state: u32,
         /// For a zombie: its wait status (as waitpid reports it).
         exit_status: i32,
+        /// /proc/PID/oom_score_adj.
+        oom_score_adj: i32,
     }
 );
 
@@ -317,6 +319,10 @@ record!(
         /// set_robust_list head and length (glibc's robust mutex list).
         robust_list: u64,
         robust_len: u64,
+        /// Nice value (-20..19).
+        nice: i32,
+        /// CPU affinity mask as sched_getaffinity returns it.
+        affinity: Bytes,
     }
 );
 

@@ -277,6 +277,7 @@ fn sample_image() -> &'static [u8] {
                 pdeathsig: 0,
                 state: PROC_ZOMBIE,
                 exit_status: 9,
+                oom_score_adj: -500,
             }),
             AnyRecord::Creds(Creds {
                 uid: 1000,
@@ -495,6 +496,7 @@ fn process() -> impl Strategy<Value = AnyRecord> {
                     pdeathsig,
                     state: umask % 2,
                     exit_status: pid,
+                    oom_score_adj: ppid % 1001,
                 })
             },
         )
@@ -698,6 +700,8 @@ fn thread() -> impl Strategy<Value = AnyRecord> {
                     pending,
                     robust_list: clear_child_tid ^ altstack_sp,
                     robust_len: 24,
+                    nice: (altstack_flags % 40) as i32 - 20,
+                    affinity: Bytes(sigmask.to_le_bytes().to_vec()),
                 })
             },
         )

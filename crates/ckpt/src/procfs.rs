@@ -69,10 +69,21 @@ pub struct Stat {
     pub env_end: u64,
     /// Wait status of an exited task (field 52).
     pub exit_code: i32,
+    /// Nice value (field 19).
+    pub nice: i32,
 }
 
 pub fn stat(pid: Pid) -> io::Result<Stat> {
-    let raw = read_bytes(pid, "stat")?;
+    stat_of(pid, "stat")
+}
+
+/// The stat of one thread (task/TID/stat).
+pub fn thread_stat(pid: Pid, tid: Pid) -> io::Result<Stat> {
+    stat_of(pid, &format!("task/{tid}/stat"))
+}
+
+fn stat_of(pid: Pid, what: &str) -> io::Result<Stat> {
+    let raw = read_bytes(pid, what)?;
     parse_stat(&raw).ok_or_else(|| {
         io::Error::new(
             io::ErrorKind::InvalidData,
@@ -108,6 +119,7 @@ fn parse_stat(raw: &[u8]) -> Option<Stat> {
         env_start: n(50)?,
         env_end: n(51)?,
         exit_code: f.get(52 - 3).and_then(|v| v.parse().ok()).unwrap_or(0),
+        nice: f.get(19 - 3).and_then(|v| v.parse().ok()).unwrap_or(0),
     })
 }
 

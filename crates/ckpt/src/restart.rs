@@ -584,6 +584,7 @@ impl Build {
         for t in &p.threads {
             set_final_state(t)?;
         }
+        task::restore_scheduling(p);
         Ok(())
     }
 

@@ -808,3 +808,33 @@ pub fn robust_list(tid: Pid) -> io::Result<(u64, u64)> {
     })?;
     Ok((head, len))
 }
+
+/// sched_getaffinity(tid): the CPU mask bytes.
+pub fn affinity(tid: Pid) -> io::Result<Vec<u8>> {
+    let mut mask = vec![0u8; 1024];
+    // SAFETY: mask is a writable buffer of mask.len() bytes.
+    let n = check(unsafe {
+        libc::syscall(
+            libc::SYS_sched_getaffinity,
+            tid,
+            mask.len(),
+            mask.as_mut_ptr(),
+        )
+    })?;
+    mask.truncate(n as usize);
+    Ok(mask)
+}
+
+/// sched_setaffinity(tid, mask).
+pub fn set_affinity(tid: Pid, mask: &[u8]) -> io::Result<()> {
+    // SAFETY: mask is a readable buffer of mask.len() bytes.
+    check(unsafe { libc::syscall(libc::SYS_sched_setaffinity, tid, mask.len(), mask.as_ptr()) })
+        .map(drop)
+}
+
+/// setpriority(PRIO_PROCESS, tid, nice): one thread's nice value.
+pub fn set_nice(tid: Pid, nice: i32) -> io::Result<()> {
+    // SAFETY: plain syscall with integer arguments.
+    check(unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) } as libc::c_long)
+        .map(drop)
+}

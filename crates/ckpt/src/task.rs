@@ -89,6 +89,10 @@ pub fn dump_process(
         pdeathsig: int_at(r, libc::PR_GET_PDEATHSIG)?,
         state: PROC_ALIVE,
         exit_status: 0,
+        oom_score_adj: procfs::read(pid, "oom_score_adj")
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0),
     })
 }
 
@@ -334,6 +338,10 @@ pub fn dump_thread(tid: Pid, sigmask: u64, r: &mut Remote, s: &Scratch) -> Resul
         pending: dump_pending(tid, false)?,
         robust_list,
         robust_len,
+        nice: procfs::thread_stat(r.tid(), tid)
+            .map(|s| s.nice)
+            .unwrap_or(0),
+        affinity: Bytes(sys::affinity(tid).ctx(tid, || "sched_getaffinity".into())?),
     })
 }
 
@@ -382,4 +390,32 @@ pub fn restore_thread(r: &mut Remote, s: &Scratch, t: &Thread) -> Result<()> {
         )?;
     }
     Ok(())
+}
+
+/// Scheduling state set from outside, once the process exists: each
+/// thread's nice value and CPU affinity, and the process's OOM score
+/// adjustment. A value the restorer may not set (a CPU this machine lacks,
+/// say) is skipped with a warning rather than failing the restart.
+pub fn restore_scheduling(p: &crate::model::ProcessImage) {
+    let pid = p.process.pid;
+    if let Err(e) = std::fs::write(
+        format!("/proc/{pid}/oom_score_adj"),
+        p.process.oom_score_adj.to_string(),
+    ) {
+        tracing::warn!(
+            "pid {pid}: oom_score_adj {} not restored: {e}",
+            p.process.oom_score_adj
+        );
+    }
+    for t in &p.threads {
+        let tid = t.thread.tid;
+        if let Err(e) = sys::set_nice(tid, t.thread.nice) {
+            tracing::warn!("thread {tid}: nice {} not restored: {e}", t.thread.nice);
+        }
+        if !t.thread.affinity.0.is_empty() {
+            if let Err(e) = sys::set_affinity(tid, &t.thread.affinity.0) {
+                tracing::warn!("thread {tid}: CPU affinity not restored: {e}");
+            }
+        }
+    }
 }
