@@ -14,9 +14,10 @@ use std::process::ExitCode;
     name = "ckpt",
     version,
     about = "Checkpoint a running Linux process into one image file and restart it later",
-    long_about = "ckpt freezes a running process, writes everything that makes up its state \
-(registers, memory, files, signals, timers, credentials) into one image, and later restarts \
-it from that image with the same pid, so that it carries on as if nothing happened.\n\n\
+    long_about = "ckpt freezes a running process and all its descendants, writes everything \
+that makes up their state (threads, registers, memory, files, pipes, signals, timers, \
+credentials) into one image, and later restarts them from that image with the same pids, \
+so that they carry on as if nothing happened.\n\n\
 Typical use (as root):\n  ckpt checkpoint 1234 -o job.img      # save pid 1234, then stop it\n  \
 ckpt restart job.img                 # bring it back; waits for it to finish\n  \
 ckpt inspect job.img                 # what is in the image\n  \
@@ -57,13 +58,13 @@ enum Cmd {
         #[arg(long, value_name = "FILE")]
         log: Option<PathBuf>,
     },
-    /// Restart a process from an image, with its original pid.
+    /// Restart a process tree from an image, with its original pids.
     ///
     /// The whole image is read and validated (checksum, CPU features,
     /// registers, pid availability) before any process is created; a restart
     /// that fails part-way kills what it created. By default ckpt waits for
     /// the restored process and exits with its exit status (128+N if it was
-    /// killed by signal N), forwarding SIGINT and SIGTERM to it.
+    /// killed by signal N), forwarding SIGINT, SIGTERM, SIGHUP and SIGQUIT to it.
     Restart {
         /// Image file to read, or `-` for standard input.
         #[arg(value_name = "IMAGE|-")]
