@@ -244,9 +244,24 @@ pub fn dump_pages<S: Sink>(
     let mem = std::fs::File::open(format!("/proc/{pid}/mem")).ctx(pid, || "open mem".into())?;
     let mut stats = PageStats::default();
     let mut buf = Vec::new();
+    // Mappings with no resident or swapped page (huge PROT_NONE
+    // reservations, untouched heaps) are not scanned at all.
+    // (A mapping may have merged with a neighbour since it was recorded,
+    // e.g. with a scratch page of ours: overlap is what counts.)
+    let present: Vec<(u64, u64)> = procfs::maps(pid)
+        .ctx(pid, || "read /proc smaps".into())?
+        .iter()
+        .filter(|m| m.present_kb > 0)
+        .map(|m| (m.start, m.end))
+        .collect();
+    let has_pages = |v: &Vma| {
+        let i = present.partition_point(|&(_, end)| end <= v.start);
+        present.get(i).is_some_and(|&(start, _)| start < v.end)
+    };
     for v in vmas {
         if matches!(v.kind, VMA_VDSO | VMA_VVAR | VMA_VVAR_VCLOCK | VMA_VSYSCALL)
             || v.flags & VMAF_SHARED != 0
+            || !has_pages(v)
         {
             continue;
         }

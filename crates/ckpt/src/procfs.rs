@@ -177,6 +177,9 @@ pub struct MapEntry {
     pub path: Vec<u8>,
     /// Two-letter VmFlags from smaps.
     pub vmflags: Vec<[u8; 2]>,
+    /// Resident plus swapped memory (smaps Rss + Swap), in kB: 0 means no
+    /// page of the mapping exists, so it need not be scanned.
+    pub present_kb: u64,
 }
 
 impl MapEntry {
@@ -194,6 +197,22 @@ pub fn maps(pid: Pid) -> io::Result<Vec<MapEntry>> {
     let mut out: Vec<MapEntry> = Vec::new();
     for line in raw.split(|&b| b == b'\n') {
         if line.is_empty() {
+            continue;
+        }
+        let kb = |rest: &[u8]| -> u64 {
+            std::str::from_utf8(rest)
+                .ok()
+                .and_then(|v| v.trim().strip_suffix("kB"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        if let Some(rest) = line
+            .strip_prefix(b"Rss:")
+            .or_else(|| line.strip_prefix(b"Swap:"))
+        {
+            if let Some(last) = out.last_mut() {
+                last.present_kb += kb(rest);
+            }
             continue;
         }
         if let Some(rest) = line.strip_prefix(b"VmFlags:") {
@@ -243,6 +262,7 @@ fn parse_map_line(line: &[u8]) -> Option<MapEntry> {
         ino,
         path: path.to_vec(),
         vmflags: Vec::new(),
+        present_kb: 0,
     })
 }
 
@@ -382,5 +402,7 @@ mod tests {
         let m = maps(std::process::id() as Pid).unwrap();
         assert!(m.iter().any(|e| e.path == b"[stack]"));
         assert!(m.iter().all(|e| !e.vmflags.is_empty()));
+        let stack = m.iter().find(|e| e.path == b"[stack]").unwrap();
+        assert!(stack.present_kb > 0, "the stack has resident pages");
     }
 }
