@@ -614,3 +614,77 @@ fn scheduling_state_survives() {
         "nice, affinity, oom_score_adj changed across the restart"
     );
 }
+
+/// A tree whose stdout is a pipe read by this test (outside the tree): after
+/// the restart the tree writes into the very same pipe, so the reader sees
+/// the numbers go on with no gap or repeat.
+#[test]
+fn pipe_to_an_outside_reader_reconnects() {
+    use std::io::{BufRead, BufReader};
+    if !is_root() {
+        eprintln!("SKIP: pipe_to_an_outside_reader_reconnects: needs root");
+        return;
+    }
+    let d = tmpdir("outpipe");
+    let mut c = Command::new("sh");
+    c.args([
+        "-c",
+        "i=0; while :; do i=$((i+1)); echo $i; sleep 0.01; done",
+    ]);
+    only_std_fds(&mut c);
+    c.stdout(Stdio::piped());
+    // SAFETY: setsid is async-signal-safe; the tree gets its own session
+    // (restored as such), so killing it by group at the end is exact.
+    unsafe {
+        c.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        })
+    };
+    let mut child = c.spawn().unwrap();
+    let pid = child.id() as i32;
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut got: Vec<u64> = Vec::new();
+    while got.len() < 20 {
+        got.push(lines.next().unwrap().unwrap().parse().unwrap());
+    }
+    let img = d.join("img");
+    let mut ck = ckpt()
+        .args(["checkpoint", &pid.to_string(), "-o"])
+        .arg(&img)
+        .spawn()
+        .unwrap();
+    let _ = child.wait();
+    assert!(ck.wait().unwrap().success(), "checkpoint failed");
+    // The writers are gone: read what is left up to EOF.
+    for l in lines.by_ref() {
+        got.push(l.unwrap().parse().unwrap());
+    }
+    let out = ckpt()
+        .args(["restart", "--detach"])
+        .arg(&img)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Same reader, same pipe: the numbers go on.
+    let before = got.len();
+    for l in lines.by_ref() {
+        got.push(l.unwrap().parse().unwrap());
+        if got.len() >= before + 20 {
+            break;
+        }
+    }
+    // SAFETY: kill the restored tree's process group (its own session).
+    unsafe { libc::kill(-pid, libc::SIGKILL) };
+    assert!(
+        got.len() >= before + 20,
+        "no output after restart (got {} lines)",
+        got.len()
+    );
+    let want: Vec<u64> = (1..=got.len() as u64).collect();
+    assert_eq!(got, want, "numbers lost or repeated across the restart");
+}
