@@ -92,6 +92,32 @@ fn wait_sleeping(pid: i32) -> bool {
     false
 }
 
+/// `ckpt checkpoint PID -o IMG` of our child `child`, reaped as it is
+/// killed (ckpt returns once the pid is free); the checkpoint must succeed.
+fn checkpoint_reaping(pid: i32, child: &mut std::process::Child, img: &Path) {
+    let mut ck = ckpt()
+        .args(["checkpoint", &pid.to_string(), "-o"])
+        .arg(img)
+        .spawn()
+        .unwrap();
+    let _ = child.wait();
+    assert!(ck.wait().unwrap().success(), "checkpoint failed");
+}
+
+/// `ckpt restart --detach IMG`, which must succeed.
+fn restart_detached(img: &Path) {
+    let out = ckpt()
+        .args(["restart", "--detach"])
+        .arg(img)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn help_explains_every_command() {
     let out = ckpt().arg("--help").output().unwrap();
@@ -520,23 +546,8 @@ open(d + "/result", "w").write("PASS\n" if data == b"in-flight\n" else "FAIL %r\
     }
     let caught = sig_field(pid, "SigCgt:");
     let img = d.join("img");
-    let mut ck = ckpt()
-        .args(["checkpoint", &pid.to_string(), "-o"])
-        .arg(&img)
-        .spawn()
-        .unwrap();
-    let _ = p.0.wait(); // reap it as it is killed
-    assert!(ck.wait().unwrap().success(), "checkpoint failed");
-    let out = ckpt()
-        .args(["restart", "--detach"])
-        .arg(&img)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    checkpoint_reaping(pid, &mut p.0, &img);
+    restart_detached(&img);
     let after = sig_field(pid, "SigCgt:");
     // SAFETY: kill of the pid we restored.
     unsafe { libc::kill(pid, libc::SIGTERM) };
@@ -589,23 +600,8 @@ fn scheduling_state_survives() {
         ("7".to_string(), "0".to_string(), "300".to_string())
     );
     let img = d.join("img");
-    let mut ck = ckpt()
-        .args(["checkpoint", &pid.to_string(), "-o"])
-        .arg(&img)
-        .spawn()
-        .unwrap();
-    let _ = s.0.wait();
-    assert!(ck.wait().unwrap().success(), "checkpoint failed");
-    let out = ckpt()
-        .args(["restart", "--detach"])
-        .arg(&img)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    checkpoint_reaping(pid, &mut s.0, &img);
+    restart_detached(&img);
     let after = state(pid);
     // SAFETY: kill of the pid we restored.
     unsafe { libc::kill(pid, libc::SIGKILL) };
@@ -649,27 +645,12 @@ fn pipe_to_an_outside_reader_reconnects() {
         got.push(lines.next().unwrap().unwrap().parse().unwrap());
     }
     let img = d.join("img");
-    let mut ck = ckpt()
-        .args(["checkpoint", &pid.to_string(), "-o"])
-        .arg(&img)
-        .spawn()
-        .unwrap();
-    let _ = child.wait();
-    assert!(ck.wait().unwrap().success(), "checkpoint failed");
+    checkpoint_reaping(pid, &mut child, &img);
     // The writers are gone: read what is left up to EOF.
     for l in lines.by_ref() {
         got.push(l.unwrap().parse().unwrap());
     }
-    let out = ckpt()
-        .args(["restart", "--detach"])
-        .arg(&img)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    restart_detached(&img);
     // Same reader, same pipe: the numbers go on.
     let before = got.len();
     for l in lines.by_ref() {

@@ -1583,16 +1583,7 @@ impl Tracee {
         }
         ptrace_req(libc::PTRACE_INTERRUPT, self.pid, 0, 0)?;
         loop {
-            let mut st = 0;
-            // SAFETY: st is a valid out-pointer for the duration of the call.
-            let r = unsafe { libc::waitpid(self.pid, &mut st, libc::__WALL) };
-            if r < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(e);
-            }
+            let st = wait_all(self.pid)?;
             if libc::WIFEXITED(st) || libc::WIFSIGNALED(st) {
                 self.attached = false;
                 return Err(io::Error::other(format!(
@@ -1617,24 +1608,13 @@ impl Tracee {
         let sig = usize::try_from(sig).expect("signal numbers are non-negative");
         ptrace_req(libc::PTRACE_SYSCALL, self.pid, 0, sig)?;
         self.stopped = false;
-        loop {
-            let mut st = 0;
-            // SAFETY: st is a valid out-pointer for the duration of the call.
-            let r = unsafe { libc::waitpid(self.pid, &mut st, libc::__WALL) };
-            if r < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(e);
-            }
-            if libc::WIFEXITED(st) || libc::WIFSIGNALED(st) {
-                self.attached = false;
-            } else if libc::WIFSTOPPED(st) {
-                self.stopped = true;
-            }
-            return Ok(st);
+        let st = wait_all(self.pid)?;
+        if libc::WIFEXITED(st) || libc::WIFSIGNALED(st) {
+            self.attached = false;
+        } else if libc::WIFSTOPPED(st) {
+            self.stopped = true;
         }
+        Ok(st)
     }
 
     /// PTRACE_PEEKUSER (stops the tracee first).
@@ -1813,6 +1793,22 @@ impl Drop for TestCgroup {
                 self.path.display(),
                 self.procs()
             );
+        }
+    }
+}
+
+/// waitpid(pid, __WALL), retried on EINTR: the next status of a tracee.
+fn wait_all(pid: i32) -> io::Result<i32> {
+    loop {
+        let mut st = 0;
+        // SAFETY: st is a valid out-pointer for the duration of the call.
+        let r = unsafe { libc::waitpid(pid, &mut st, libc::__WALL) };
+        if r >= 0 {
+            return Ok(st);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
         }
     }
 }
