@@ -316,19 +316,12 @@ impl FrozenTree {
                 f.kill_only()?;
             }
         }
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        for pid in all {
-            while procfs::exists(pid) {
-                if std::time::Instant::now() > deadline {
-                    let ppid = procfs::stat(pid).map(|s| s.ppid).unwrap_or(0);
-                    warnings.push(format!(
-                        "pid {pid} is a zombie: its parent {ppid} ({}) has not reaped it, so the pid is not free for `ckpt restart` yet",
-                        comm(ppid)
-                    ));
-                    break;
-                }
-                std::thread::sleep(std::time::Duration::from_millis(2));
-            }
+        for pid in procfs::wait_gone(&all, std::time::Duration::from_secs(5)) {
+            let ppid = procfs::stat(pid).map(|s| s.ppid).unwrap_or(0);
+            warnings.push(format!(
+                "pid {pid} is a zombie: its parent {ppid} ({}) has not reaped it, so the pid is not free for `ckpt restart` yet",
+                comm(ppid)
+            ));
         }
         Ok(warnings)
     }

@@ -343,6 +343,18 @@ pub fn exists(pid: Pid) -> bool {
     path(pid, "stat").exists()
 }
 
+/// Waits up to `timeout` for every pid in `pids` to be gone (reaped by
+/// whoever is its parent); returns those still there.
+pub fn wait_gone(pids: &[Pid], timeout: std::time::Duration) -> Vec<Pid> {
+    let deadline = std::time::Instant::now() + timeout;
+    for &pid in pids {
+        while exists(pid) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+    }
+    pids.iter().copied().filter(|&p| exists(p)).collect()
+}
+
 /// /proc/PID/mem opened for reading and writing.
 pub fn mem(pid: Pid) -> io::Result<fs::File> {
     fs::OpenOptions::new()

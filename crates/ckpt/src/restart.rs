@@ -17,6 +17,7 @@ use crate::task::{self, Scratch};
 use ckpt_image::*;
 use std::io::Seek;
 use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicI32, Ordering};
 
 #[derive(Debug, Clone, Default)]
@@ -123,15 +124,6 @@ fn seekable(mut input: std::fs::File) -> Result<std::fs::File> {
     std::io::copy(&mut input, &mut m).map_err(io)?;
     m.rewind().map_err(io)?;
     Ok(m)
-}
-
-trait FromBytesExt {
-    fn from_bytes_ext(b: &[u8]) -> &Self;
-}
-impl FromBytesExt for std::ffi::OsStr {
-    fn from_bytes_ext(b: &[u8]) -> &Self {
-        std::os::unix::ffi::OsStrExt::from_bytes(b)
-    }
 }
 
 /// A tree being built. Dropping it before `release` kills every process
@@ -658,12 +650,7 @@ impl Build {
             let _ = sys::wait(root, 0);
         }
         // Descendants are reaped by init once their parents are gone.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        for &p in &self.created {
-            while procfs::exists(p) && std::time::Instant::now() < deadline {
-                std::thread::sleep(std::time::Duration::from_millis(2));
-            }
-        }
+        procfs::wait_gone(&self.created, std::time::Duration::from_secs(5));
     }
 }
 
@@ -811,8 +798,8 @@ fn validate_process(img: &Image, p: &ProcessImage) -> Result<()> {
         return Ok(());
     }
     // cwd is relative to the process's root; both must still be directories.
-    let root = std::path::Path::new(std::ffi::OsStr::from_bytes_ext(&p.process.root.0));
-    let cwd = std::ffi::OsStr::from_bytes_ext(&p.process.cwd.0);
+    let root = std::path::Path::new(std::ffi::OsStr::from_bytes(&p.process.root.0));
+    let cwd = std::ffi::OsStr::from_bytes(&p.process.cwd.0);
     let cwd = root.join(
         std::path::Path::new(cwd)
             .strip_prefix("/")
@@ -886,7 +873,7 @@ fn validate_process(img: &Image, p: &ProcessImage) -> Result<()> {
         }
         last_end = v.end;
         if v.kind == VMA_FILE && v.flags & VMAF_DELETED == 0 {
-            let path = std::ffi::OsStr::from_bytes_ext(&v.path.0);
+            let path = std::ffi::OsStr::from_bytes(&v.path.0);
             if let Err(e) = std::fs::metadata(path) {
                 return refuse(format!("pid {pid}: mapped file {} is missing: {e}", v.path));
             }
@@ -949,7 +936,7 @@ fn validate_process(img: &Image, p: &ProcessImage) -> Result<()> {
 fn validate_objects(img: &Image) -> Result<()> {
     for f in &img.files {
         if matches!(f.kind, FILE_REGULAR | FILE_DIR | FILE_CHR | FILE_FIFO) {
-            if let Err(e) = std::fs::metadata(std::ffi::OsStr::from_bytes_ext(&f.path.0)) {
+            if let Err(e) = std::fs::metadata(std::ffi::OsStr::from_bytes(&f.path.0)) {
                 return refuse(format!("open file {} is missing: {e}", f.path));
             }
         }
