@@ -191,14 +191,13 @@ pub fn vma_of(pid: Pid, comm: &str, m: &MapEntry, shm: &mut ShmemTable) -> Resul
     })
 }
 
-/// Whether a page of this mapping must be saved, from its pagemap entry.
+/// Whether a page of a private, non-special mapping must be saved, from
+/// its pagemap entry.
 fn page_needed(v: &Vma, pm: u64) -> bool {
     if pm & (PM_PRESENT | PM_SWAP) == 0 {
         return false;
     }
     match v.kind {
-        VMA_VDSO | VMA_VVAR | VMA_VVAR_VCLOCK | VMA_VSYSCALL => false,
-        _ if v.flags & VMAF_SHARED != 0 => false,
         // A private file (or memfd) mapping: only copied-on-write pages are
         // anonymous; the rest are the file's pages and come back from it.
         VMA_FILE | VMA_SHMEM if v.flags & VMAF_DELETED == 0 => pm & PM_FILE == 0,
@@ -259,10 +258,8 @@ pub fn dump_pages<S: Sink>(
         present.get(i).is_some_and(|&(start, _)| start < v.end)
     };
     for v in vmas {
-        if matches!(v.kind, VMA_VDSO | VMA_VVAR | VMA_VVAR_VCLOCK | VMA_VSYSCALL)
-            || v.flags & VMAF_SHARED != 0
-            || !has_pages(v)
-        {
+        // Shared mappings' data lives in their file or shmem object.
+        if is_special(v.kind) || v.flags & VMAF_SHARED != 0 || !has_pages(v) {
             continue;
         }
         let skip_zero = !matches!(v.kind, VMA_FILE | VMA_SHMEM) || v.flags & VMAF_DELETED != 0;
@@ -401,7 +398,8 @@ pub fn kind_of_special(path: &[u8]) -> Option<u32> {
     }
 }
 
-fn is_special(kind: u32) -> bool {
+/// vDSO, vvar and vsyscall: the kernel's, never saved, moved or skipped.
+pub fn is_special(kind: u32) -> bool {
     matches!(kind, VMA_VDSO | VMA_VVAR | VMA_VVAR_VCLOCK | VMA_VSYSCALL)
 }
 

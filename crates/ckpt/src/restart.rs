@@ -715,10 +715,6 @@ fn refuse<T>(msg: String) -> Result<T> {
     Err(Error::Refused(msg))
 }
 
-fn special(kind: u32) -> bool {
-    matches!(kind, VMA_VDSO | VMA_VVAR | VMA_VVAR_VCLOCK | VMA_VSYSCALL)
-}
-
 /// Everything that can be checked before a process is created.
 fn validate(img: &Image, log: &mut Log) -> Result<()> {
     let here = crate::head(0);
@@ -882,7 +878,10 @@ fn validate_process(img: &Image, p: &ProcessImage) -> Result<()> {
     for r in &p.pages {
         let end = r.addr.saturating_add(r.nr_pages * PAGE);
         let inside = p.vmas.iter().any(|v| {
-            v.start <= r.addr && end <= v.end && !special(v.kind) && v.flags & VMAF_SHARED == 0
+            v.start <= r.addr
+                && end <= v.end
+                && !crate::mm::is_special(v.kind)
+                && v.flags & VMAF_SHARED == 0
         });
         if !inside {
             return refuse(format!(
