@@ -1,6 +1,10 @@
 //! The CLI contract: help text, and bad input of every kind giving a clear
 //! one-line error (never a panic) from `inspect` and `restart`.
 
+#[path = "common/skip.rs"]
+mod skip;
+use skip::skip;
+
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -94,14 +98,73 @@ fn wait_sleeping(pid: i32) -> bool {
 
 /// `ckpt checkpoint PID -o IMG` of our child `child`, reaped as it is
 /// killed (ckpt returns once the pid is free); the checkpoint must succeed.
+/// A failed checkpoint leaves the child running, so this never waits for
+/// the child alone: it polls both (bounded; neither can signal the other).
 fn checkpoint_reaping(pid: i32, child: &mut std::process::Child, img: &Path) {
     let mut ck = ckpt()
         .args(["checkpoint", &pid.to_string(), "-o"])
         .arg(img)
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let _ = child.wait();
-    assert!(ck.wait().unwrap().success(), "checkpoint failed");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut reaped = false;
+    loop {
+        if !reaped {
+            reaped = child.try_wait().unwrap().is_some();
+        }
+        if let Some(st) = ck.try_wait().unwrap() {
+            if !st.success() {
+                let _ = child.kill();
+                let _ = child.wait();
+                let out = ck.wait_with_output().unwrap();
+                panic!(
+                    "checkpoint of {pid} failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            if reaped {
+                return;
+            }
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = ck.kill();
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("checkpoint of {pid} did not finish within 60 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+/// The next line from a child's pipe, waiting at most until `deadline`;
+/// `Ok(None)` at end of file (no writer left), `Err` on timeout. A test
+/// must fail, not hang, when a tree never writes.
+fn line_before(
+    r: &mut std::io::BufReader<std::process::ChildStdout>,
+    deadline: std::time::Instant,
+) -> Result<Option<String>, ()> {
+    use std::io::BufRead;
+    use std::os::fd::AsRawFd;
+    if r.buffer().is_empty() {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let mut p = libc::pollfd {
+            fd: r.get_ref().as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        let n = unsafe { libc::poll(&mut p, 1, left.as_millis().min(i32::MAX as u128) as i32) };
+        if n == 0 {
+            return Err(());
+        }
+    }
+    let mut l = String::new();
+    match r.read_line(&mut l) {
+        Ok(0) => Ok(None),
+        Ok(_) => Ok(Some(l.trim_end().to_owned())),
+        Err(_) => Err(()),
+    }
 }
 
 /// `ckpt restart --detach IMG`, which must succeed.
@@ -241,7 +304,7 @@ fn garbage_images_are_refused_cleanly() {
 #[test]
 fn checkpoint_leave_running_then_inspect_json() {
     if !is_root() {
-        eprintln!("SKIP: checkpoint_leave_running_then_inspect_json: needs root");
+        skip("checkpoint_leave_running_then_inspect_json: needs root");
         return;
     }
     let d = tmpdir("sleep");
@@ -362,7 +425,7 @@ fn check_reports_every_feature() {
 #[test]
 fn image_streams_through_a_pipe() {
     if !is_root() {
-        eprintln!("SKIP: image_streams_through_a_pipe: needs root");
+        skip("image_streams_through_a_pipe: needs root");
         return;
     }
     let s = Sleeper::start();
@@ -386,6 +449,12 @@ fn image_streams_through_a_pipe() {
         .output()
         .unwrap();
     let ck = ck.wait_with_output().unwrap();
+    if !ck.status.success() {
+        // A failed checkpoint leaves the sleeper running: end it, or the
+        // reaper would wait forever.
+        // SAFETY: kill of our own child, not yet reaped.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
     let _orig = reaper.join().unwrap();
     assert!(
         ck.status.success(),
@@ -407,7 +476,7 @@ fn image_streams_through_a_pipe() {
 #[test]
 fn refused_checkpoint_writes_error_record_and_log_line() {
     if !is_root() {
-        eprintln!("SKIP: refused_checkpoint_writes_error_record_and_log_line: needs root");
+        skip("refused_checkpoint_writes_error_record_and_log_line: needs root");
         return;
     }
     let d = tmpdir("refused");
@@ -419,7 +488,7 @@ fn refused_checkpoint_writes_error_record_and_log_line() {
     ]);
     only_std_fds(&mut c);
     let Ok(child) = c.spawn() else {
-        eprintln!("SKIP: refused_checkpoint_writes_error_record_and_log_line: python3 missing");
+        skip("refused_checkpoint_writes_error_record_and_log_line: python3 missing");
         return;
     };
     let p = Sleeper(child);
@@ -501,7 +570,7 @@ fn sig_field(pid: i32, key: &str) -> String {
 #[test]
 fn python_verifies_itself_on_sigterm_after_restart() {
     if !is_root() {
-        eprintln!("SKIP: python_verifies_itself_on_sigterm_after_restart: needs root");
+        skip("python_verifies_itself_on_sigterm_after_restart: needs root");
         return;
     }
     let d = tmpdir("pyterm");
@@ -530,7 +599,7 @@ open(d + "/result", "w").write("PASS\n" if data == b"in-flight\n" else "FAIL %r\
     cmd.args(["-c", script]).arg(&d);
     only_std_fds(&mut cmd);
     let Ok(child) = cmd.spawn() else {
-        eprintln!("SKIP: python_verifies_itself_on_sigterm_after_restart: python3 missing");
+        skip("python_verifies_itself_on_sigterm_after_restart: python3 missing");
         return;
     };
     let mut p = Sleeper(child);
@@ -569,7 +638,7 @@ open(d + "/result", "w").write("PASS\n" if data == b"in-flight\n" else "FAIL %r\
 #[test]
 fn scheduling_state_survives() {
     if !is_root() {
-        eprintln!("SKIP: scheduling_state_survives: needs root");
+        skip("scheduling_state_survives: needs root");
         return;
     }
     let d = tmpdir("sched");
@@ -616,9 +685,8 @@ fn scheduling_state_survives() {
 /// the numbers go on with no gap or repeat.
 #[test]
 fn pipe_to_an_outside_reader_reconnects() {
-    use std::io::{BufRead, BufReader};
     if !is_root() {
-        eprintln!("SKIP: pipe_to_an_outside_reader_reconnects: needs root");
+        skip("pipe_to_an_outside_reader_reconnects: needs root");
         return;
     }
     let d = tmpdir("outpipe");
@@ -639,28 +707,43 @@ fn pipe_to_an_outside_reader_reconnects() {
     };
     let mut child = c.spawn().unwrap();
     let pid = child.id() as i32;
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap());
+    let kill_tree = || {
+        // SAFETY: kill the tree's process group (its own session).
+        unsafe { libc::kill(-pid, libc::SIGKILL) };
+    };
+    let soon = || std::time::Instant::now() + std::time::Duration::from_secs(20);
     let mut got: Vec<u64> = Vec::new();
+    let deadline = soon();
     while got.len() < 20 {
-        got.push(lines.next().unwrap().unwrap().parse().unwrap());
+        let Ok(Some(l)) = line_before(&mut lines, deadline) else {
+            kill_tree();
+            panic!("the tree wrote fewer than 20 lines in 20 s");
+        };
+        got.push(l.parse().unwrap());
     }
     let img = d.join("img");
     checkpoint_reaping(pid, &mut child, &img);
-    // The writers are gone: read what is left up to EOF.
-    for l in lines.by_ref() {
-        got.push(l.unwrap().parse().unwrap());
+    // The writers are gone: read what is left up to end of file.
+    let deadline = soon();
+    while let Ok(Some(l)) = line_before(&mut lines, deadline) {
+        got.push(l.parse().unwrap());
     }
     restart_detached(&img);
-    // Same reader, same pipe: the numbers go on.
+    // Same reader, same pipe: the numbers go on. Until the restored writer
+    // runs, the pipe reads as end of file: poll for it, bounded.
     let before = got.len();
-    for l in lines.by_ref() {
-        got.push(l.unwrap().parse().unwrap());
-        if got.len() >= before + 20 {
-            break;
+    let deadline = soon();
+    while got.len() < before + 20 {
+        match line_before(&mut lines, deadline) {
+            Ok(Some(l)) => got.push(l.parse().unwrap()),
+            Ok(None) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(5))
+            }
+            _ => break,
         }
     }
-    // SAFETY: kill the restored tree's process group (its own session).
-    unsafe { libc::kill(-pid, libc::SIGKILL) };
+    kill_tree();
     assert!(
         got.len() >= before + 20,
         "no output after restart (got {} lines)",

@@ -356,7 +356,7 @@ fn restore_rseq() {
     };
     let info = fs::read_to_string(w.result_sibling(".rseq")).unwrap_or_default();
     if !info.starts_with("registered ") {
-        eprintln!("SKIP: restore_rseq: {}", info.trim());
+        skip(&format!("restore_rseq: {}", info.trim()));
         asleep_in_sigsuspend(&env, &mut w);
         env.signal_and_expect_pass(&mut w, libc::SIGTERM);
         return;

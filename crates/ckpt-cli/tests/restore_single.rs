@@ -238,7 +238,7 @@ fn restore_sleep_binary() {
         return;
     };
     let Some(sleep) = which("sleep") else {
-        eprintln!("SKIP: restore_sleep_binary: no sleep in PATH");
+        skip("restore_sleep_binary: no sleep in PATH");
         return;
     };
     // `sleep` cannot report readiness: poll /proc until it has exec'd and sleeps.
@@ -321,7 +321,7 @@ fn restore_python_counter() {
         return;
     };
     let Some(python) = python3() else {
-        eprintln!("SKIP: restore_python_counter: python3 missing");
+        skip("restore_python_counter: python3 missing");
         return;
     };
     let out = env.path("python-counter.txt");
@@ -349,7 +349,7 @@ fn restore_bash_loop() {
         return;
     };
     let Some(bash) = which("bash") else {
-        eprintln!("SKIP: restore_bash_loop: bash missing");
+        skip("restore_bash_loop: bash missing");
         return;
     };
     let out = env.path("bash-counter.txt");

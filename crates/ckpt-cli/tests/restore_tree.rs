@@ -363,7 +363,7 @@ fn restore_shell_pipeline() {
         return;
     };
     let (Some(sh), Some(_)) = (which("sh"), which("cat")) else {
-        eprintln!("SKIP: restore_shell_pipeline: sh or cat missing");
+        skip("restore_shell_pipeline: sh or cat missing");
         return;
     };
     let out = env.path("pipeline.txt");
@@ -907,7 +907,7 @@ fn restore_forker_freeze_cgroup_v2() {
     };
     match TestCgroup::new_v2(&env) {
         Ok(cg) => freeze_cgroup_roundtrip(&env, cg),
-        Err(why) => eprintln!("SKIP: restore_forker_freeze_cgroup_v2: {why}"),
+        Err(why) => skip(&format!("restore_forker_freeze_cgroup_v2: {why}")),
     }
 }
 
@@ -918,7 +918,7 @@ fn restore_forker_freeze_cgroup_v1() {
     };
     match TestCgroup::new_v1_freezer(&env) {
         Ok(cg) => freeze_cgroup_roundtrip(&env, cg),
-        Err(why) => eprintln!("SKIP: restore_forker_freeze_cgroup_v1: {why}"),
+        Err(why) => skip(&format!("restore_forker_freeze_cgroup_v1: {why}")),
     }
 }
 

@@ -43,6 +43,9 @@
 
 #![allow(dead_code)] // Not every test binary uses every helper.
 
+mod skip;
+pub use skip::skip;
+
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -616,7 +619,9 @@ impl TestEnv {
     /// loud message) unless running as root.
     pub fn new(name: &str) -> Option<TestEnv> {
         if !is_root() {
-            eprintln!("SKIP: {name}: needs root (checkpoint/restart), running as euid != 0");
+            skip(&format!(
+                "{name}: needs root (checkpoint/restart), running as euid != 0"
+            ));
             return None;
         }
         Some(Self::without_root(name))
@@ -650,7 +655,7 @@ impl TestEnv {
         match build_workload(name) {
             Build::Ready(p) => Some(p),
             Build::GccMissing => {
-                eprintln!("SKIP: {}: gcc missing", self.name);
+                skip(&format!("{}: gcc missing", self.name));
                 None
             }
             Build::Failed(msg) => panic!("building workload {name}: {msg}"),
