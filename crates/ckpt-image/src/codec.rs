@@ -174,6 +174,52 @@ impl Text {
     pub fn lossy(&self) -> String {
         String::from_utf8_lossy(&self.0).into_owned()
     }
+
+    /// The text safe to print on a terminal (see [`escape`]).
+    pub fn escaped(&self) -> String {
+        escape(&self.0)
+    }
+}
+
+/// Bytes from an image made safe to print on a terminal: the image may have
+/// been written by anyone, so control and bidi-format characters (escape
+/// sequences), backslashes and bytes that are not UTF-8 become escapes.
+pub fn escape(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            match c {
+                '\\' => out.push_str("\\\\"),
+                '\n' => out.push_str("\\n"),
+                '\t' => out.push_str("\\t"),
+                c if c.is_control()
+                    || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}') =>
+                {
+                    out.push_str(&format!("\\u{{{:x}}}", c as u32))
+                }
+                c => out.push(c),
+            }
+        }
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod escape_tests {
+    use super::*;
+
+    #[test]
+    fn terminal_controls_and_bad_bytes_are_escaped() {
+        let t = Text(b"a\x1b[2Jb\\c\nd\xffe\xe2\x80\xaef/\xc3\xa9".to_vec());
+        assert_eq!(
+            t.to_string(),
+            "a\\u{1b}[2Jb\\\\c\\nd\\xffe\\u{202e}f/\u{e9}"
+        );
+        assert_eq!(Text::from("/usr/bin/sleep").to_string(), "/usr/bin/sleep");
+    }
 }
 
 impl From<&str> for Text {
@@ -208,8 +254,10 @@ impl Serialize for Text {
     }
 }
 
+/// Printed escaped (see `Text::escaped`): image text never reaches a
+/// terminal raw.
 impl std::fmt::Display for Text {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.lossy())
+        f.write_str(&self.escaped())
     }
 }

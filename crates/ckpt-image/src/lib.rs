@@ -18,7 +18,7 @@ pub mod reader;
 pub mod records;
 pub mod writer;
 
-pub use codec::{Bytes, DecodeError, Text, MAX_TEXT};
+pub use codec::{escape, Bytes, DecodeError, Text, MAX_TEXT};
 pub use reader::{Body, ImageReader, RawRecord};
 pub use records::*;
 pub use writer::ImageWriter;

@@ -218,7 +218,7 @@ impl<R: Read> ImageReader<R> {
                 let e: ErrorRec = rec.decode()?;
                 return Err(ImageError::ErrorRecord {
                     offset: off,
-                    message: e.message.lossy(),
+                    message: e.message.escaped(),
                 });
             }
             T_TAIL => {

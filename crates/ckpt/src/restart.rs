@@ -808,7 +808,7 @@ fn validate_process(img: &Image, p: &ProcessImage) -> Result<()> {
         if !dir.is_dir() {
             return refuse(format!(
                 "pid {pid}: its {what} {} does not exist here; create it or restart where it exists",
-                dir.display()
+                ckpt_image::escape(dir.as_os_str().as_bytes())
             ));
         }
     }
