@@ -207,20 +207,6 @@ pub fn escape(bytes: &[u8]) -> String {
     out
 }
 
-#[cfg(test)]
-mod escape_tests {
-    use super::*;
-
-    #[test]
-    fn terminal_controls_and_bad_bytes_are_escaped() {
-        let t = Text(b"a\x1b[2Jb\\c\nd\xffe\xe2\x80\xaef/\xc3\xa9".to_vec());
-        assert_eq!(
-            t.to_string(),
-            "a\\u{1b}[2Jb\\\\c\\nd\\xffe\\u{202e}f/\u{e9}"
-        );
-        assert_eq!(Text::from("/usr/bin/sleep").to_string(), "/usr/bin/sleep");
-    }
-}
 
 impl From<&str> for Text {
     fn from(s: &str) -> Self {
@@ -259,5 +245,20 @@ impl Serialize for Text {
 impl std::fmt::Display for Text {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.escaped())
+    }
+}
+
+#[cfg(test)]
+mod escape_tests {
+    use super::*;
+
+    #[test]
+    fn terminal_controls_and_bad_bytes_are_escaped() {
+        let t = Text(b"a\x1b[2Jb\\c\nd\xffe\xe2\x80\xaef/\xc3\xa9".to_vec());
+        assert_eq!(
+            t.to_string(),
+            "a\\u{1b}[2Jb\\\\c\\nd\\xffe\\u{202e}f/\u{e9}"
+        );
+        assert_eq!(Text::from("/usr/bin/sleep").to_string(), "/usr/bin/sleep");
     }
 }
