@@ -752,3 +752,123 @@ fn pipe_to_an_outside_reader_reconnects() {
     let want: Vec<u64> = (1..=got.len() as u64).collect();
     assert_eq!(got, want, "numbers lost or repeated across the restart");
 }
+
+/// A real-time policy with SCHED_RESET_ON_FORK and its priority come back.
+#[test]
+fn realtime_policy_survives() {
+    if !is_root() {
+        skip("realtime_policy_survives: needs root");
+        return;
+    }
+    let d = tmpdir("rtpolicy");
+    let mut s = Sleeper::start();
+    let pid = s.pid();
+    assert!(wait_sleeping(pid), "sleep never went to sleep");
+    let want = libc::SCHED_RR | libc::SCHED_RESET_ON_FORK;
+    let p = libc::sched_param { sched_priority: 3 };
+    // SAFETY: p is a valid sched_param; pid is our child.
+    let rc = unsafe { libc::sched_setscheduler(pid, want, &p) };
+    assert_eq!(
+        rc,
+        0,
+        "sched_setscheduler: {}",
+        std::io::Error::last_os_error()
+    );
+    let policy = |pid: i32| {
+        let mut p = libc::sched_param { sched_priority: -1 };
+        // SAFETY: p is a valid out-pointer.
+        let prio = unsafe { libc::sched_getparam(pid, &mut p) };
+        // SAFETY: plain syscall.
+        let pol = unsafe { libc::sched_getscheduler(pid) };
+        (pol, if prio == 0 { p.sched_priority } else { -1 })
+    };
+    assert_eq!(policy(pid), (want, 3));
+    let img = d.join("img");
+    checkpoint_reaping(pid, &mut s.0, &img);
+    restart_detached(&img);
+    let after = policy(pid);
+    // SAFETY: kill of the pid we restored.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    assert_eq!(
+        after,
+        (want, 3),
+        "policy or priority changed across the restart"
+    );
+}
+
+/// A process stopped by SIGTSTP is restored stopped by SIGTSTP, and runs
+/// on when continued.
+#[test]
+fn stopped_process_stays_stopped() {
+    if !is_root() {
+        skip("stopped_process_stays_stopped: needs root");
+        return;
+    }
+    let d = tmpdir("stopped");
+    let mut s = Sleeper::start();
+    let pid = s.pid();
+    assert!(wait_sleeping(pid), "sleep never went to sleep");
+    // SAFETY: signal to our own child.
+    unsafe { libc::kill(pid, libc::SIGTSTP) };
+    let state = |pid: i32| {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        stat.rsplit(')')
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .next()
+            .unwrap_or("?")
+            .to_string()
+    };
+    let mut st = 0;
+    // SAFETY: st is a valid out-pointer; pid is our child.
+    let w = unsafe { libc::waitpid(pid, &mut st, libc::WUNTRACED) };
+    assert!(w == pid && libc::WIFSTOPPED(st) && libc::WSTOPSIG(st) == libc::SIGTSTP);
+    let img = d.join("img");
+    checkpoint_reaping(pid, &mut s.0, &img);
+    let json = ckpt()
+        .args(["inspect", "--json"])
+        .arg(&img)
+        .output()
+        .unwrap();
+    assert!(json.status.success());
+    restart_detached(&img);
+    let stopped = wait_until_state(pid, "T");
+    // SAFETY: signals to the pid we restored.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    let running = wait_until_state(pid, "S");
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    assert!(
+        stopped,
+        "restored process is not stopped (state {})",
+        state(pid)
+    );
+    assert!(running, "restored process did not continue on SIGCONT");
+    let text = String::from_utf8_lossy(&json.stdout);
+    assert!(
+        text.contains(&format!("\"exit_status\": {}", (libc::SIGTSTP << 8) | 0x7f)),
+        "image does not record the stop by SIGTSTP"
+    );
+}
+
+/// Waits (bounded poll of /proc: the process is not our child) until `pid`
+/// is in state `want`.
+fn wait_until_state(pid: i32, want: &str) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        if stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .next()
+            == Some(want)
+        {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    false
+}

@@ -207,7 +207,6 @@ pub fn escape(bytes: &[u8]) -> String {
     out
 }
 
-
 impl From<&str> for Text {
     fn from(s: &str) -> Self {
         Text(s.as_bytes().to_vec())

@@ -139,9 +139,10 @@ record!(
         dumpable: u32,
         child_subreaper: u32,
         pdeathsig: u32,
-        /// PROC_ALIVE or PROC_ZOMBIE.
+        /// PROC_ALIVE, PROC_ZOMBIE or PROC_STOPPED.
         state: u32,
-        /// For a zombie: its wait status (as waitpid reports it).
+        /// For a zombie or a stopped process: its wait status as waitpid
+        /// reports it (exit code or signal; for a stop, 0x7f | signal << 8).
         exit_status: i32,
         /// /proc/PID/oom_score_adj.
         oom_score_adj: i32,
@@ -152,6 +153,8 @@ record!(
 pub const PROC_ALIVE: u32 = 0;
 /// Exited but not reaped: restored as a zombie child of its parent.
 pub const PROC_ZOMBIE: u32 = 1;
+/// In a group stop (SIGSTOP, SIGTSTP...): restored stopped by the same signal.
+pub const PROC_STOPPED: u32 = 2;
 
 record!(
     /// Credentials. Restore only ever lowers privileges to these.
@@ -323,6 +326,10 @@ record!(
         nice: i32,
         /// CPU affinity mask as sched_getaffinity returns it.
         affinity: Bytes,
+        /// sched_getscheduler (SCHED_OTHER/BATCH/IDLE/FIFO/RR, with
+        /// SCHED_RESET_ON_FORK) and the real-time priority.
+        sched_policy: u32,
+        sched_priority: u32,
     }
 );
 

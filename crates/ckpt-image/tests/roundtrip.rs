@@ -702,6 +702,8 @@ fn thread() -> impl Strategy<Value = AnyRecord> {
                     robust_len: 24,
                     nice: (altstack_flags % 40) as i32 - 20,
                     affinity: Bytes(sigmask.to_le_bytes().to_vec()),
+                    sched_policy: rseq_len % 7,
+                    sched_priority: rseq_sig % 100,
                 })
             },
         )

@@ -195,7 +195,11 @@ fn run<S: Sink>(
         match frozen {
             None => images.push(zombie(*pid)?),
             Some(f) => {
-                let img = dump_process(*pid, &f.tids, &mut ft, &mut shm)?;
+                let mut img = dump_process(*pid, &f.tids, &mut ft, &mut shm)?;
+                if f.stop_sig != 0 {
+                    img.process.state = PROC_STOPPED;
+                    img.process.exit_status = (f.stop_sig << 8) | 0x7f;
+                }
                 if first_xstate.is_none() {
                     first_xstate = img.threads.first().map(|t| t.xstate.area.0.clone());
                 }

@@ -14,6 +14,11 @@ pub const TRACE_OPTIONS: i32 = libc::PTRACE_O_TRACESYSGOOD;
 pub struct Frozen {
     pub pid: Pid,
     pub tids: Vec<Pid>,
+    /// The signal that had stopped the process (group stop, state T) when
+    /// it was seized, or 0 if it was running.
+    pub stop_sig: i32,
+    /// State T when seized: its stop signal is read from the first stop.
+    was_stopped: bool,
     killed: bool,
 }
 
@@ -49,6 +54,8 @@ fn freeze_with(pid: Pid, wait: bool) -> Result<Frozen> {
     let mut f = Frozen {
         pid,
         tids: Vec::new(),
+        stop_sig: 0,
+        was_stopped: st.get("State").is_some_and(|s| s.starts_with('T')),
         killed: false,
     };
     loop {
@@ -88,7 +95,8 @@ fn freeze_with(pid: Pid, wait: bool) -> Result<Frozen> {
             f.tids.push(t);
             sys::interrupt(t).ctx(t, || "PTRACE_INTERRUPT".into())?;
             if wait {
-                wait_for_stop(t)?;
+                let sig = wait_for_stop(t)?;
+                f.note_stop(t, sig);
             }
         }
         if !wait {
@@ -109,8 +117,10 @@ fn thread_tracer(pid: Pid, tid: Pid) -> Option<Pid> {
 }
 
 /// Waits until `tid` reports the PTRACE_INTERRUPT stop, passing on any
-/// signal that reaches it first so that nothing is lost.
-pub fn wait_for_stop(tid: Pid) -> Result<()> {
+/// signal that reaches it first so that nothing is lost. Returns the stop's
+/// signal: SIGTRAP for our interrupt, or the signal of a group stop the
+/// task was already in (SIGSTOP, SIGTSTP, SIGTTIN, SIGTTOU).
+pub fn wait_for_stop(tid: Pid) -> Result<i32> {
     loop {
         let (_, st) = sys::wait(tid, 0).ctx(tid, || "wait for the task to stop".into())?;
         if libc::WIFEXITED(st) || libc::WIFSIGNALED(st) {
@@ -120,7 +130,7 @@ pub fn wait_for_stop(tid: Pid) -> Result<()> {
             continue;
         }
         if st >> 16 == libc::PTRACE_EVENT_STOP {
-            return Ok(());
+            return Ok(libc::WSTOPSIG(st));
         }
         // A signal-delivery stop came first: let the task take the signal;
         // the interrupt stays pending and stops it right after.
@@ -129,6 +139,13 @@ pub fn wait_for_stop(tid: Pid) -> Result<()> {
 }
 
 impl Frozen {
+    /// Records the group-stop signal reported by the main thread's first stop.
+    fn note_stop(&mut self, tid: Pid, sig: i32) {
+        if tid == self.pid && self.was_stopped && sig != libc::SIGTRAP {
+            self.stop_sig = sig;
+        }
+    }
+
     /// Kills the process and collects its threads' exits as the tracer.
     fn kill_only(mut self) -> Result<()> {
         self.killed = true;
@@ -214,13 +231,15 @@ pub fn freeze_tree(root: Pid, cgroup: Option<&Path>) -> Result<FrozenTree> {
         stack.extend(kids.iter().rev());
     }
     let tree = FrozenTree { procs };
+    let mut tree = tree;
     if let Some(cg) = cg {
         // Everything is seized with an interrupt pending: once thawed, each
         // task stops before it returns to user space.
         cg.thaw()?;
-        for (_, f) in &tree.procs {
-            for &t in f.iter().flat_map(|f| f.tids.iter()) {
-                wait_for_stop(t)?;
+        for f in tree.procs.iter_mut().filter_map(|(_, f)| f.as_mut()) {
+            for t in f.tids.clone() {
+                let sig = wait_for_stop(t)?;
+                f.note_stop(t, sig);
             }
         }
     }

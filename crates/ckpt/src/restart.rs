@@ -94,7 +94,7 @@ pub fn restart(input: std::fs::File, opts: &RestartOptions, log: &mut Log) -> Re
         b.rebuild(p, &mut progress)
             .inspect_err(|e| log.error(e, 0, p.pid(), &p.process.comm.to_string()))?;
     }
-    b.release()?;
+    b.release(&img)?;
     log.info(0, root, &comm, "restart: process tree running");
     if opts.detach {
         return Ok(Outcome::Detached(root));
@@ -576,7 +576,7 @@ impl Build {
         for t in &p.threads {
             set_final_state(t)?;
         }
-        task::restore_scheduling(p);
+        task::restore_scheduling(p)?;
         Ok(())
     }
 
@@ -628,7 +628,18 @@ impl Build {
     }
 
     /// Lets every process run on its own.
-    fn release(mut self) -> Result<()> {
+    fn release(mut self, img: &Image) -> Result<()> {
+        // A process that was stopped gets its stop signal queued while it is
+        // still traced: it re-enters the group stop before running any code
+        // (its parent sees the stop, as before the checkpoint).
+        for p in img
+            .processes
+            .iter()
+            .filter(|p| p.process.state == PROC_STOPPED)
+        {
+            let sig = (p.process.exit_status >> 8) & 0x7f;
+            sys::kill(p.pid(), sig).ctx(p.pid(), || format!("stop it again with signal {sig}"))?;
+        }
         for &t in &self.traced {
             sys::detach(t, 0).ctx(t, || "PTRACE_DETACH".into())?;
         }
@@ -790,8 +801,19 @@ fn validate_process(img: &Image, p: &ProcessImage) -> Result<()> {
             who.trim_end()
         ));
     }
-    if p.is_zombie() {
-        return Ok(());
+    match p.process.state {
+        PROC_ZOMBIE => return Ok(()),
+        PROC_ALIVE => {}
+        PROC_STOPPED => {
+            let stop_sigs = [libc::SIGSTOP, libc::SIGTSTP, libc::SIGTTIN, libc::SIGTTOU];
+            let st = p.process.exit_status;
+            if st & 0xff != 0x7f || !stop_sigs.contains(&((st >> 8) & 0xff)) {
+                return refuse(format!(
+                    "pid {pid}: the image says it is stopped, with a wait status {st:#x} that no stop signal gives"
+                ));
+            }
+        }
+        s => return refuse(format!("pid {pid}: unknown process state {s} in the image")),
     }
     // cwd is relative to the process's root; both must still be directories.
     let root = std::path::Path::new(std::ffi::OsStr::from_bytes(&p.process.root.0));

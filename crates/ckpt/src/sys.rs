@@ -838,3 +838,24 @@ pub fn set_nice(tid: Pid, nice: i32) -> io::Result<()> {
     check(unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) } as libc::c_long)
         .map(drop)
 }
+
+/// sched_getscheduler(tid) (with SCHED_RESET_ON_FORK if set) and the
+/// real-time priority from sched_getparam(tid).
+pub fn sched_policy(tid: Pid) -> io::Result<(u32, u32)> {
+    // SAFETY: plain syscall with an integer argument.
+    let policy = check(unsafe { libc::sched_getscheduler(tid) } as libc::c_long)?;
+    let mut p = libc::sched_param { sched_priority: 0 };
+    // SAFETY: p is a valid out-pointer to a sched_param.
+    check(unsafe { libc::sched_getparam(tid, &mut p) } as libc::c_long)?;
+    Ok((policy as u32, p.sched_priority as u32))
+}
+
+/// sched_setscheduler(tid, policy, {priority}); `policy` may carry
+/// SCHED_RESET_ON_FORK.
+pub fn set_sched_policy(tid: Pid, policy: u32, priority: u32) -> io::Result<()> {
+    let p = libc::sched_param {
+        sched_priority: priority as i32,
+    };
+    // SAFETY: p is a valid sched_param for the duration of the call.
+    check(unsafe { libc::sched_setscheduler(tid, policy as i32, &p) } as libc::c_long).map(drop)
+}

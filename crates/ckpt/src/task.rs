@@ -2,7 +2,7 @@
 //! names, credentials, limits, signal dispositions and queues, timers,
 //! alternate signal stacks, rseq. Both directions live here.
 
-use crate::error::{Ctx, Result};
+use crate::error::{Ctx, Error, Result};
 use crate::procfs::{self, Stat, Status};
 use crate::remote::Remote;
 use crate::sys::{self, Pid};
@@ -323,7 +323,12 @@ pub fn dump_thread(tid: Pid, sigmask: u64, r: &mut Remote, s: &Scratch) -> Resul
         &[libc::PR_GET_TID_ADDRESS as u64, s.addr],
     )?;
     let ctid = s.u64s(0, 1)?[0];
-    let (rseq_addr, rseq_len, rseq_sig) = sys::rseq_config(tid).unwrap_or((0, 0, 0));
+    // A registration that cannot be read would be silently dropped.
+    let (rseq_addr, rseq_len, rseq_sig) =
+        sys::rseq_config(tid).ctx(tid, || "PTRACE_GET_RSEQ_CONFIGURATION".into())?;
+    let (sched_policy, sched_priority) =
+        sys::sched_policy(tid).ctx(tid, || "sched_getscheduler".into())?;
+    check_sched_policy(r.tid(), tid, sched_policy)?;
     let (robust_list, robust_len) = sys::robust_list(tid).ctx(tid, || "get_robust_list".into())?;
     Ok(Thread {
         tid,
@@ -340,8 +345,34 @@ pub fn dump_thread(tid: Pid, sigmask: u64, r: &mut Remote, s: &Scratch) -> Resul
         robust_len,
         nice: procfs::thread_stat(r.tid(), tid)
             .map(|s| s.nice)
-            .unwrap_or(0),
+            .ctx(tid, || "read the nice value from /proc stat".into())?,
         affinity: Bytes(sys::affinity(tid).ctx(tid, || "sched_getaffinity".into())?),
+        sched_policy,
+        sched_priority,
+    })
+}
+
+/// Policies restored with sched_setscheduler; SCHED_DEADLINE needs
+/// sched_attr (runtime, deadline, period) and is refused until supported.
+fn check_sched_policy(pid: Pid, tid: Pid, policy: u32) -> Result<()> {
+    let base = policy & !(libc::SCHED_RESET_ON_FORK as u32);
+    let known = [
+        libc::SCHED_OTHER,
+        libc::SCHED_BATCH,
+        libc::SCHED_IDLE,
+        libc::SCHED_FIFO,
+        libc::SCHED_RR,
+    ];
+    if known.iter().any(|&k| k as u32 == base) {
+        return Ok(());
+    }
+    Err(Error::Unsupported {
+        pid,
+        comm: String::new(),
+        object: format!("thread {tid}"),
+        reason: format!(
+            "its scheduling policy {base} (SCHED_DEADLINE?) cannot be saved yet; switch it to another policy first"
+        ),
     })
 }
 
@@ -393,29 +424,37 @@ pub fn restore_thread(r: &mut Remote, s: &Scratch, t: &Thread) -> Result<()> {
 }
 
 /// Scheduling state set from outside, once the process exists: each
-/// thread's nice value and CPU affinity, and the process's OOM score
-/// adjustment. A value the restorer may not set (a CPU this machine lacks,
-/// say) is skipped with a warning rather than failing the restart.
-pub fn restore_scheduling(p: &crate::model::ProcessImage) {
+/// thread's policy, real-time priority, nice value and CPU affinity, and
+/// the process's OOM score adjustment. Only an affinity naming CPUs this
+/// machine lacks is skipped with a warning (the image may come from a
+/// bigger machine); anything else that cannot be set fails the restart.
+pub fn restore_scheduling(p: &crate::model::ProcessImage) -> Result<()> {
     let pid = p.process.pid;
-    if let Err(e) = std::fs::write(
+    std::fs::write(
         format!("/proc/{pid}/oom_score_adj"),
         p.process.oom_score_adj.to_string(),
-    ) {
-        tracing::warn!(
-            "pid {pid}: oom_score_adj {} not restored: {e}",
+    )
+    .ctx(pid, || {
+        format!(
+            "restore oom_score_adj {} (lowering it needs CAP_SYS_RESOURCE)",
             p.process.oom_score_adj
-        );
-    }
+        )
+    })?;
     for t in &p.threads {
         let tid = t.thread.tid;
-        if let Err(e) = sys::set_nice(tid, t.thread.nice) {
-            tracing::warn!("thread {tid}: nice {} not restored: {e}", t.thread.nice);
-        }
+        let th = &t.thread;
+        sys::set_sched_policy(tid, th.sched_policy, th.sched_priority).ctx(tid, || {
+            format!(
+                "restore scheduling policy {} priority {} (real-time policies need root and real-time runtime in the cgroup)",
+                th.sched_policy, th.sched_priority
+            )
+        })?;
+        sys::set_nice(tid, th.nice).ctx(tid, || format!("restore nice value {}", th.nice))?;
         if !t.thread.affinity.0.is_empty() {
             if let Err(e) = sys::set_affinity(tid, &t.thread.affinity.0) {
                 tracing::warn!("thread {tid}: CPU affinity not restored: {e}");
             }
         }
     }
+    Ok(())
 }
