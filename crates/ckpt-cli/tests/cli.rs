@@ -872,3 +872,98 @@ fn wait_until_state(pid: i32, want: &str) -> bool {
     }
     false
 }
+
+/// Runs `argv`, waits until `ready` says it has built its state, and checks
+/// that `ckpt checkpoint` refuses it with a message naming the pid and
+/// containing `why`, leaves it running untraced, and writes no page data.
+fn assert_refused(name: &str, argv: &[&str], ready: &dyn Fn(i32) -> bool, why: &str) {
+    let d = tmpdir(name);
+    let mut c = Command::new(argv[0]);
+    c.args(&argv[1..]);
+    only_std_fds(&mut c);
+    let p = Sleeper(
+        c.spawn()
+            .unwrap_or_else(|e| panic!("{name}: spawn {argv:?}: {e}")),
+    );
+    let pid = p.pid();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    // A bounded poll: these programs cannot say when they are ready.
+    while !ready(pid) {
+        assert!(std::time::Instant::now() < deadline, "{name}: never ready");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let img = d.join("img");
+    let out = ckpt()
+        .args(["checkpoint", &pid.to_string(), "-o"])
+        .arg(&img)
+        .output()
+        .unwrap();
+    let err = assert_clean_failure(&out, name);
+    assert!(
+        err.contains(&format!("pid {pid}")) && err.contains(why),
+        "{name}: {err}"
+    );
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    assert!(
+        status.contains("TracerPid:\t0"),
+        "{name}: left traced or gone: {status}"
+    );
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let state = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .next();
+    assert_eq!(state, Some("S"), "{name}: not running as before");
+    let len = std::fs::metadata(&img).map(|m| m.len()).unwrap_or(0);
+    assert!(
+        len < 4096,
+        "{name}: refused image holds {len} bytes (page data?)"
+    );
+}
+
+/// State ckpt cannot save yet is refused, never saved as something else.
+#[test]
+fn unsupported_process_state_is_refused() {
+    if !is_root() {
+        skip("unsupported_process_state_is_refused: needs root");
+        return;
+    }
+    let sleeping = |pid: i32| wait_sleeping(pid);
+    // Own uts namespace: would come back with the host's hostname.
+    assert_refused(
+        "uts-namespace",
+        &["unshare", "--uts", "sleep", "1000"],
+        &|pid| {
+            std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|l| l.ends_with("sleep"))
+                && sleeping(pid)
+        },
+        "uts namespace",
+    );
+    let py = |code: &str| ["python3", "-c", code].map(str::to_owned);
+    let timer = py("import ctypes,time\nt=ctypes.c_void_p()\nassert ctypes.CDLL(None).timer_create(1, None, ctypes.byref(t))==0\ntime.sleep(1000)");
+    assert_refused(
+        "posix-timer",
+        &timer.each_ref().map(String::as_str),
+        &|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/timers")).is_ok_and(|t| t.contains("ID:"))
+                && sleeping(pid)
+        },
+        "POSIX timer",
+    );
+    let d = tmpdir("flock");
+    let lockfile = d.join("lockfile");
+    let locked = d.join("locked");
+    let lock = py(&format!(
+        "import fcntl,time\nf=open('{}','w')\nfcntl.flock(f,fcntl.LOCK_EX)\nopen('{}','w').close()\ntime.sleep(1000)",
+        lockfile.display(),
+        locked.display()
+    ));
+    assert_refused(
+        "flock",
+        &lock.each_ref().map(String::as_str),
+        &|pid| locked.exists() && sleeping(pid),
+        "file lock",
+    );
+}

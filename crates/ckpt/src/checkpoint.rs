@@ -421,6 +421,7 @@ fn dump_process(
             reason: "seccomp state cannot be saved yet".into(),
         });
     }
+    crate::unsupported::check_process(pid, &comm)?;
     let maps = procfs::maps(pid).ctx(pid, || "read /proc smaps".into())?;
     let mut vmas = Vec::with_capacity(maps.len());
     for m in &maps {

@@ -21,6 +21,7 @@ pub mod remote;
 pub mod restart;
 pub mod sys;
 pub mod task;
+pub mod unsupported;
 
 pub use checkpoint::{checkpoint, CheckpointOptions, Summary};
 pub use error::{Error, Result};

@@ -1,0 +1,191 @@
+//! Process state ckpt sees but cannot save yet. Each rule refuses the
+//! checkpoint, naming the process, the object and what to do, instead of
+//! writing an image that would restore the process changed ("refuse or
+//! restore, never change silently"). The kinds that ckpt does save are
+//! checked where they are dumped (fds in `files`, mappings in `mm`).
+
+use crate::error::{Error, Result};
+use crate::procfs;
+use crate::sys::Pid;
+
+/// Namespace kinds as /proc/PID/ns names them; the `_for_children` links
+/// catch a process that unshared a namespace only its children will use.
+const NAMESPACES: [&str; 10] = [
+    "pid",
+    "pid_for_children",
+    "mnt",
+    "net",
+    "ipc",
+    "uts",
+    "user",
+    "cgroup",
+    "time",
+    "time_for_children",
+];
+
+/// Every rule for one frozen process.
+pub fn check_process(pid: Pid, comm: &str) -> Result<()> {
+    namespaces(pid, comm, &|kind| own_namespace(kind))?;
+    posix_timers(pid, comm)?;
+    file_locks(pid, comm)?;
+    Ok(())
+}
+
+fn own_namespace(kind: &str) -> Option<Vec<u8>> {
+    use std::os::unix::ffi::OsStrExt;
+    std::fs::read_link(format!("/proc/self/ns/{kind}"))
+        .ok()
+        .map(|l| l.as_os_str().as_bytes().to_vec())
+}
+
+fn unsupported(pid: Pid, comm: &str, object: String, reason: String) -> Error {
+    Error::Unsupported {
+        pid,
+        comm: comm.to_owned(),
+        object,
+        reason,
+    }
+}
+
+/// A process in other namespaces than ckpt's would come back in the
+/// restorer's (its getpid() or hostname would change).
+fn namespaces(pid: Pid, comm: &str, own: &dyn Fn(&str) -> Option<Vec<u8>>) -> Result<()> {
+    for kind in NAMESPACES {
+        let Some(mine) = own(kind) else {
+            continue; // this kernel lacks the kind (e.g. time namespaces)
+        };
+        let theirs = procfs::link(pid, &format!("ns/{kind}")).map_err(|e| Error::Sys {
+            pid,
+            what: format!("read /proc/{pid}/ns/{kind}"),
+            source: e,
+        })?;
+        if theirs != mine {
+            return Err(unsupported(
+                pid,
+                comm,
+                format!("its {kind} namespace ({})", ckpt_image::escape(&theirs)),
+                format!(
+                    "it is not ckpt's ({}); namespaces cannot be saved yet: run ckpt inside the process's namespaces (e.g. `nsenter -t {pid} -a ckpt ...`) so that it is restored into them",
+                    ckpt_image::escape(&mine)
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// POSIX timers (timer_create) live in the kernel only: lost at restart.
+fn posix_timers(pid: Pid, comm: &str) -> Result<()> {
+    let text = match procfs::read(pid, "timers") {
+        Ok(t) => t,
+        // Without CONFIG_CHECKPOINT_RESTORE there is no list to look at.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => {
+            return Err(Error::Sys {
+                pid,
+                what: format!("read /proc/{pid}/timers"),
+                source: e,
+            })
+        }
+    };
+    let ids: Vec<&str> = timer_ids(&text);
+    if ids.is_empty() {
+        return Ok(());
+    }
+    Err(unsupported(
+        pid,
+        comm,
+        format!("POSIX timer(s) {}", ids.join(", ")),
+        "POSIX timers (timer_create) cannot be saved yet".into(),
+    ))
+}
+
+/// The ids in /proc/PID/timers ("ID: 0" lines).
+fn timer_ids(text: &str) -> Vec<&str> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("ID:"))
+        .map(str::trim)
+        .collect()
+}
+
+/// File locks (flock, POSIX, OFD) are not re-taken at restart.
+fn file_locks(pid: Pid, comm: &str) -> Result<()> {
+    let fds = match std::fs::read_dir(format!("/proc/{pid}/fdinfo")) {
+        Ok(d) => d,
+        Err(e) => {
+            return Err(Error::Sys {
+                pid,
+                what: format!("list /proc/{pid}/fdinfo"),
+                source: e,
+            })
+        }
+    };
+    for e in fds.flatten() {
+        let fd = e.file_name().to_string_lossy().into_owned();
+        // An fd closed meanwhile by another thread cannot happen (frozen);
+        // one unreadable for another reason is reported by the fd dump.
+        let Ok(info) = std::fs::read_to_string(e.path()) else {
+            continue;
+        };
+        if let Some(lock) = lock_line(&info) {
+            return Err(unsupported(
+                pid,
+                comm,
+                format!("the file lock on fd {fd} ({lock})"),
+                "file locks cannot be saved yet; release the lock or checkpoint when it is not held"
+                    .into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The first "lock:" line of an fdinfo text, without its prefix.
+fn lock_line(fdinfo: &str) -> Option<&str> {
+    fdinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("lock:"))
+        .map(str::trim)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timer_ids_are_read_from_proc_timers() {
+        let text = "ID: 0\nsignal: 14/0000000000000000\nnotify: signal/pid.42\nClockID: 0\nID: 3\nsignal: 10/0000000000000000\nnotify: thread/tid.42\nClockID: 1\n";
+        assert_eq!(timer_ids(text), ["0", "3"]);
+        assert!(timer_ids("").is_empty());
+    }
+
+    #[test]
+    fn lock_lines_are_found_in_fdinfo() {
+        let held = "pos:\t0\nflags:\t02\nmnt_id:\t25\nino:\t12\nlock:\t1: FLOCK  ADVISORY  WRITE 42 00:1a:12 0 EOF\n";
+        assert_eq!(
+            lock_line(held),
+            Some("1: FLOCK  ADVISORY  WRITE 42 00:1a:12 0 EOF")
+        );
+        assert_eq!(lock_line("pos:\t0\nflags:\t02\n"), None);
+    }
+
+    #[test]
+    fn other_namespaces_are_refused_naming_the_kind() {
+        let me = std::process::id() as Pid;
+        // Same namespaces as ours: accepted.
+        assert!(namespaces(me, "t", &own_namespace).is_ok());
+        // A restorer in another uts namespace: refused, naming it.
+        let other = |kind: &str| {
+            if kind == "uts" {
+                Some(b"uts:[1]".to_vec())
+            } else {
+                own_namespace(kind)
+            }
+        };
+        let err = namespaces(me, "t", &other).unwrap_err().to_string();
+        assert!(err.contains("uts namespace"), "{err}");
+        assert!(err.contains("nsenter"), "{err}");
+        // A kind this kernel lacks is not a reason to refuse.
+        assert!(namespaces(me, "t", &|_| None).is_ok());
+    }
+}
