@@ -125,6 +125,14 @@ fn detail(r: &AnyRecord) -> String {
         AnyRecord::X86Xstate(x) => format!("tid {} {} bytes", x.tid, x.area.0.len()),
         AnyRecord::Error(e) => e.message.to_string(),
         AnyRecord::Tail(t) => format!("{} records, crc32c {:#010x}", t.records, t.crc32c),
+        AnyRecord::ProcessEnd(e) => format!(
+            "pid {}: {} thread(s), {} fd(s), {} mapping(s), {} page(s)",
+            e.pid, e.nr_threads, e.nr_fds, e.nr_vmas, e.nr_pages
+        ),
+        AnyRecord::ImageEnd(e) => format!(
+            "{} process(es), {} file(s), {} pipe(s), {} shmem object(s) with {} page(s)",
+            e.nr_processes, e.nr_files, e.nr_pipes, e.nr_shmems, e.nr_shmem_pages
+        ),
         _ => String::new(),
     }
 }

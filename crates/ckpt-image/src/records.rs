@@ -66,6 +66,8 @@ pub const T_THREAD: u32 = 200;
 pub const T_X86_REGS: u32 = 201;
 pub const T_X86_XSTATE: u32 = 202;
 pub const T_X86_DEBUGREGS: u32 = 203;
+pub const T_PROCESS_END: u32 = 299;
+pub const T_IMAGE_END: u32 = 9000;
 pub const T_TAIL: u32 = 9001;
 pub const T_ERROR: u32 = 9999;
 
@@ -356,6 +358,31 @@ record!(
 );
 
 record!(
+    /// Closes one process: how many of each record it has, so that a
+    /// reader can tell a complete process from one cut short or edited.
+    ProcessEnd = T_PROCESS_END, "process-end" {
+        pid: i32,
+        nr_threads: u32,
+        nr_fds: u32,
+        nr_vmas: u32,
+        nr_pages: u64,
+    }
+);
+
+record!(
+    /// The last record before the tail: how many processes and shared
+    /// objects the image holds, so that one cut at a record boundary (and
+    /// given a fresh tail) is refused.
+    ImageEnd = T_IMAGE_END, "image-end" {
+        nr_processes: u32,
+        nr_files: u32,
+        nr_pipes: u32,
+        nr_shmems: u32,
+        nr_shmem_pages: u64,
+    }
+);
+
+record!(
     /// Closes the image: record count and CRC32C of every byte before it.
     Tail = T_TAIL, "tail" { magic: u64, records: u64, crc32c: u32, pad: u32 }
 );
@@ -398,6 +425,8 @@ pub enum AnyRecord {
     X86Regs(X86Regs),
     X86Xstate(X86Xstate),
     X86DebugRegs(X86DebugRegs),
+    ProcessEnd(ProcessEnd),
+    ImageEnd(ImageEnd),
     Tail(Tail),
     Error(ErrorRec),
 }
@@ -442,6 +471,8 @@ dispatch!(
     X86Regs => X86Regs,
     X86Xstate => X86Xstate,
     X86DebugRegs => X86DebugRegs,
+    ProcessEnd => ProcessEnd,
+    ImageEnd => ImageEnd,
     Tail => Tail,
     Error => ErrorRec,
 );

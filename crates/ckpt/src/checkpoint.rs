@@ -220,16 +220,39 @@ fn run<S: Sink>(
     }
     let xstate = first_xstate.unwrap_or_default();
     let xcr0 = arch::xstate_xfeatures(&xstate).unwrap_or(sys::xcr0());
-    w.write(&arch::arch_record(xcr0, xstate.len() as u32))
-        .map_err(Error::Write)?;
+    let arch_rec = arch::arch_record(xcr0, xstate.len() as u32);
+    // Before anything is written or killed: the image must pass the rules
+    // restart applies, or the only copy of the tree would be unrestorable.
+    let meta = crate::model::Image {
+        head: crate::head(0),
+        arch: arch_rec.clone(),
+        files: ft.files.clone(),
+        pipes: ft.pipes.clone(),
+        shmems: shm
+            .objs
+            .iter()
+            .map(|(_, _, s, _)| crate::model::ShmemImage {
+                shmem: s.clone(),
+                pages: Vec::new(),
+            })
+            .collect(),
+        processes: images.clone(),
+    };
+    crate::restart::check_restorable(&meta).map_err(|e| {
+        Error::Refused(format!(
+            "the image would not restart, so the checkpoint is refused: {e}"
+        ))
+    })?;
+    w.write(&arch_rec).map_err(Error::Write)?;
     for f in &ft.files {
         w.write(f).map_err(Error::Write)?;
     }
     for p in &ft.pipes {
         w.write(p).map_err(Error::Write)?;
     }
+    let shmem_pages = shm.dump(w)?;
     let mut summary = Summary {
-        pages: shm.dump(w)?,
+        pages: shmem_pages,
         files: ft.files.len(),
         ..Default::default()
     };
@@ -244,7 +267,15 @@ fn run<S: Sink>(
     for img in &images {
         img.write_meta(w).map_err(Error::Write)?;
         summary.processes += 1;
+        let mut end = ProcessEnd {
+            pid: img.pid(),
+            nr_threads: img.threads.len() as u32,
+            nr_fds: img.fds.len() as u32,
+            nr_vmas: img.vmas.len() as u32,
+            nr_pages: 0,
+        };
         if img.is_zombie() {
+            w.write(&end).map_err(Error::Write)?;
             continue;
         }
         let comm = img.process.comm.to_string();
@@ -290,11 +321,21 @@ fn run<S: Sink>(
                 _ => mm::dump_pages(img.pid(), &img.vmas, w, None, &mut report)?,
             }
         };
+        end.nr_pages = pages;
+        w.write(&end).map_err(Error::Write)?;
         summary.pages += pages;
         summary.zero_pages_skipped += zero_skipped;
         summary.threads += img.threads.len();
         summary.vmas += img.vmas.len();
     }
+    w.write(&ImageEnd {
+        nr_processes: images.len() as u32,
+        nr_files: ft.files.len() as u32,
+        nr_pipes: ft.pipes.len() as u32,
+        nr_shmems: shm.objs.len() as u32,
+        nr_shmem_pages: shmem_pages,
+    })
+    .map_err(Error::Write)?;
     // Resident memory was only an estimate: close the report at what was saved.
     log.progress("saving memory", saved, saved);
     summary.bytes = w.offset();

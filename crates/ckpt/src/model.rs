@@ -98,31 +98,113 @@ impl ProcessImage {
 }
 
 fn misplaced(r: &RawRecord) -> Error {
+    corrupt(
+        r,
+        "record out of place (no process, thread or object record before it)".into(),
+    )
+}
+
+fn corrupt(r: &RawRecord, what: String) -> Error {
     Error::Image(ImageError::Corrupt {
         offset: r.offset,
         record: format!("{} record", type_name(r.rtype)),
-        what: "record out of place (no process, thread or object record before it)".into(),
+        what,
     })
+}
+
+/// Per-process records a live process has exactly once; a zombie has none.
+const SINGLETONS: [u32; 6] = [
+    T_CREDS,
+    T_RLIMITS,
+    T_SIGACTIONS,
+    T_ITIMERS,
+    T_SHARED_PENDING,
+    T_MM,
+];
+/// Per-thread records every thread has exactly once.
+const THREAD_RECORDS: [u32; 3] = [T_X86_REGS, T_X86_XSTATE, T_X86_DEBUGREGS];
+
+/// Bookkeeping for the structural checks while an image is read: which
+/// records the process being read has had so far.
+#[derive(Default)]
+struct Assembly {
+    /// A process record was read and its process-end not yet.
+    open: bool,
+    /// Bit i: SINGLETONS[i] seen for the open process.
+    singles: u32,
+    /// Per thread of the open process, bit i: THREAD_RECORDS[i] seen.
+    threads: Vec<u32>,
+    /// The image-end record was read: only the tail may follow.
+    ended: bool,
+}
+
+fn mark(seen: &mut u32, kinds: &[u32], r: &RawRecord) -> Result<()> {
+    let bit = 1
+        << kinds
+            .iter()
+            .position(|&k| k == r.rtype)
+            .expect("known kind");
+    if *seen & bit != 0 {
+        return Err(corrupt(
+            r,
+            "a second record of this kind for the same process or thread".into(),
+        ));
+    }
+    *seen |= bit;
+    Ok(())
 }
 
 impl Image {
     /// Reads and checks a whole image (including its checksum) into memory;
-    /// page data is only located, not loaded.
+    /// page data is only located, not loaded. Structure is checked as it is
+    /// read: objects before processes, every process closed by a
+    /// process-end whose counts match what it holds, each per-process and
+    /// per-thread record exactly once, and an image-end whose counts match,
+    /// so an image cut short or with records removed is refused even when
+    /// its checksum was made to fit.
     pub fn read<R: Read>(input: R) -> Result<Image> {
         let mut rd = ImageReader::new(input);
         let mut img = Image::default();
         let mut have_arch = false;
+        let mut asm = Assembly::default();
+        let mut image_end: Option<(ImageEnd, RawRecord)> = None;
         while let Some(r) = rd.next_record()? {
+            if asm.ended && r.rtype != T_TAIL {
+                return Err(corrupt(&r, "record after the image-end record".into()));
+            }
+            let objects_allowed = img.processes.is_empty();
             match r.rtype {
                 T_HEAD => img.head = r.decode()?,
                 T_ARCH_X86_64 => {
+                    if have_arch {
+                        return Err(corrupt(&r, "a second arch record".into()));
+                    }
                     img.arch = r.decode()?;
                     have_arch = true;
                 }
-                T_PROCESS => img.processes.push(ProcessImage {
-                    process: r.decode()?,
-                    ..Default::default()
-                }),
+                T_PROCESS => {
+                    if asm.open {
+                        let last = img.processes.last().map(|p| p.pid()).unwrap_or(0);
+                        return Err(corrupt(
+                            &r,
+                            format!("pid {last} has no process-end record before the next process (records removed?)"),
+                        ));
+                    }
+                    asm = Assembly {
+                        open: true,
+                        ..Default::default()
+                    };
+                    img.processes.push(ProcessImage {
+                        process: r.decode()?,
+                        ..Default::default()
+                    })
+                }
+                T_FILE | T_PIPE | T_SHMEM if !objects_allowed => {
+                    return Err(corrupt(
+                        &r,
+                        "shared object record after the first process".into(),
+                    ))
+                }
                 T_FILE => img.files.push(r.decode()?),
                 T_PIPE => img.pipes.push(r.decode()?),
                 T_SHMEM => img.shmems.push(ShmemImage {
@@ -130,6 +212,16 @@ impl Image {
                     pages: Vec::new(),
                 }),
                 T_TAIL => {}
+                T_IMAGE_END => {
+                    if asm.open {
+                        return Err(corrupt(
+                            &r,
+                            "the last process has no process-end record".into(),
+                        ));
+                    }
+                    asm.ended = true;
+                    image_end = Some((r.decode()?, r));
+                }
                 T_PAGES => {
                     let Body::Pages { hdr, data_offset } = r.body else {
                         return Err(misplaced(&r));
@@ -140,21 +232,48 @@ impl Image {
                         data_offset,
                     };
                     if hdr.flags & PAGES_SHMEM != 0 {
+                        if !objects_allowed {
+                            return Err(misplaced(&r));
+                        }
                         img.shmems
                             .last_mut()
                             .ok_or_else(|| misplaced(&r))?
                             .pages
                             .push(run);
                     } else {
-                        img.processes
-                            .last_mut()
-                            .ok_or_else(|| misplaced(&r))?
-                            .pages
-                            .push(run);
+                        let p = img.processes.last_mut().filter(|_| asm.open);
+                        let p = p.ok_or_else(|| misplaced(&r))?;
+                        if p.is_zombie() {
+                            return Err(corrupt(&r, "page data for a zombie".into()));
+                        }
+                        p.pages.push(run);
                     }
                 }
+                T_PROCESS_END => {
+                    let end: ProcessEnd = r.decode()?;
+                    let p = img.processes.last().filter(|_| asm.open);
+                    let p = p.ok_or_else(|| misplaced(&r))?;
+                    check_process_end(p, &end, &asm).map_err(|what| corrupt(&r, what))?;
+                    asm.open = false;
+                }
                 _ => {
-                    let p = img.processes.last_mut().ok_or_else(|| misplaced(&r))?;
+                    let p = img.processes.last_mut().filter(|_| asm.open);
+                    let p = p.ok_or_else(|| misplaced(&r))?;
+                    if p.is_zombie() {
+                        return Err(corrupt(
+                            &r,
+                            format!(
+                                "pid {} is a zombie and can have no {} record",
+                                p.pid(),
+                                type_name(r.rtype)
+                            ),
+                        ));
+                    }
+                    match r.rtype {
+                        T_CREDS | T_RLIMITS | T_SIGACTIONS | T_ITIMERS | T_SHARED_PENDING
+                        | T_MM => mark(&mut asm.singles, &SINGLETONS, &r)?,
+                        _ => {}
+                    }
                     match r.rtype {
                         T_CREDS => p.creds = r.decode()?,
                         T_RLIMITS => p.rlimits = r.decode()?,
@@ -164,12 +283,17 @@ impl Image {
                         T_FD => p.fds.push(r.decode()?),
                         T_MM => p.mm = r.decode()?,
                         T_VMA => p.vmas.push(r.decode()?),
-                        T_THREAD => p.threads.push(ThreadImage {
-                            thread: r.decode()?,
-                            ..Default::default()
-                        }),
+                        T_THREAD => {
+                            asm.threads.push(0);
+                            p.threads.push(ThreadImage {
+                                thread: r.decode()?,
+                                ..Default::default()
+                            })
+                        }
                         T_X86_REGS | T_X86_XSTATE | T_X86_DEBUGREGS => {
                             let t = p.threads.last_mut().ok_or_else(|| misplaced(&r))?;
+                            let seen = asm.threads.last_mut().expect("one per thread");
+                            mark(seen, &THREAD_RECORDS, &r)?;
                             match r.rtype {
                                 T_X86_REGS => t.regs = r.decode()?,
                                 T_X86_XSTATE => t.xstate = r.decode()?,
@@ -177,12 +301,13 @@ impl Image {
                             }
                         }
                         _ => {
-                            return Err(Error::Image(ImageError::Corrupt {
-                                offset: r.offset,
-                                record: format!("record type {}", r.rtype),
-                                what: "unknown record type; the image was written by a newer ckpt"
-                                    .into(),
-                            }))
+                            return Err(corrupt(
+                                &r,
+                                format!(
+                                    "unknown record type {}; the image was written by a newer ckpt",
+                                    r.rtype
+                                ),
+                            ))
                         }
                     }
                 }
@@ -193,6 +318,38 @@ impl Image {
                 "image has no x86_64 arch record; it was not written on x86_64".into(),
             ));
         }
+        let Some((end, r)) = image_end else {
+            return Err(Error::Refused(
+                "the image has no image-end record: it was cut short (or written by an older ckpt)"
+                    .into(),
+            ));
+        };
+        let shmem_pages: u64 = img
+            .shmems
+            .iter()
+            .flat_map(|s| &s.pages)
+            .map(|r| r.nr_pages)
+            .sum();
+        let counted = (
+            img.processes.len() as u32,
+            img.files.len() as u32,
+            img.pipes.len() as u32,
+            img.shmems.len() as u32,
+            shmem_pages,
+        );
+        let said = (
+            end.nr_processes,
+            end.nr_files,
+            end.nr_pipes,
+            end.nr_shmems,
+            end.nr_shmem_pages,
+        );
+        if counted != said {
+            return Err(corrupt(
+                &r,
+                format!("the image holds (processes, files, pipes, shmem objects, shmem pages) {counted:?} but its image-end record says {said:?}"),
+            ));
+        }
         Ok(img)
     }
 
@@ -200,4 +357,59 @@ impl Image {
     pub fn process(&self, pid: i32) -> Option<&ProcessImage> {
         self.processes.iter().find(|p| p.pid() == pid)
     }
+}
+
+/// Checks a process-end record against the process it closes.
+fn check_process_end(p: &ProcessImage, end: &ProcessEnd, asm: &Assembly) -> Result<(), String> {
+    let pid = p.pid();
+    if end.pid != pid {
+        return Err(format!(
+            "it closes pid {} but the open process is pid {pid}",
+            end.pid
+        ));
+    }
+    let pages: u64 = p.pages.iter().map(|r| r.nr_pages).sum();
+    let counted = (
+        p.threads.len() as u32,
+        p.fds.len() as u32,
+        p.vmas.len() as u32,
+        pages,
+    );
+    let said = (end.nr_threads, end.nr_fds, end.nr_vmas, end.nr_pages);
+    if counted != said {
+        return Err(format!(
+            "pid {pid} has (threads, fds, mappings, pages) {counted:?} but its process-end record says {said:?} (records removed or added?)"
+        ));
+    }
+    if p.is_zombie() {
+        return Ok(());
+    }
+    if asm.singles != (1 << SINGLETONS.len()) - 1 {
+        let missing: Vec<&str> = SINGLETONS
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| asm.singles & (1 << i) == 0)
+            .map(|(_, &t)| type_name(t))
+            .collect();
+        return Err(format!(
+            "pid {pid} lacks its {} record(s)",
+            missing.join(", ")
+        ));
+    }
+    if p.threads.len() as u32 != p.process.nr_threads {
+        return Err(format!(
+            "pid {pid} has {} thread records but its process record says {} threads",
+            p.threads.len(),
+            p.process.nr_threads
+        ));
+    }
+    for (t, &seen) in p.threads.iter().zip(&asm.threads) {
+        if seen != (1 << THREAD_RECORDS.len()) - 1 {
+            return Err(format!(
+                "thread {} of pid {pid} lacks some of its register records",
+                t.thread.tid
+            ));
+        }
+    }
+    Ok(())
 }

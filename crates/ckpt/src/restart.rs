@@ -45,8 +45,7 @@ const RSEQ_FLAG_UNREGISTER: u64 = 1;
 pub fn restart(input: std::fs::File, opts: &RestartOptions, log: &mut Log) -> Result<Outcome> {
     let file = seekable(input)?;
     let img = Image::read(std::io::BufReader::with_capacity(1 << 20, &file))?;
-    validate(&img, log)?;
-    validate_objects(&img)?;
+    validate(&img, Mode::Restart, log)?;
     let root = img.processes[0].pid();
     let comm = img.processes[0].process.comm.to_string();
     log.info(
@@ -726,8 +725,24 @@ fn refuse<T>(msg: String) -> Result<T> {
     Err(Error::Refused(msg))
 }
 
+/// Who asks `validate`: restart also checks that the image's pids are free
+/// here; checkpoint (whose processes still hold them) checks every other
+/// rule before the original is killed, so that an image restart would
+/// refuse is never the only copy of a process.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Checkpoint,
+    Restart,
+}
+
+/// The rules an image must meet to be restarted on this machine, checked
+/// at checkpoint before the tree is killed (see `Mode`).
+pub fn check_restorable(img: &Image) -> Result<()> {
+    validate(img, Mode::Checkpoint, &mut Log::default())
+}
+
 /// Everything that can be checked before a process is created.
-fn validate(img: &Image, log: &mut Log) -> Result<()> {
+fn validate(img: &Image, mode: Mode, log: &mut Log) -> Result<()> {
     let here = crate::head(0);
     if img.head.arch != ARCH_X86_64 || img.head.machine.0 != here.machine.0 {
         return refuse(format!(
@@ -753,6 +768,15 @@ fn validate(img: &Image, log: &mut Log) -> Result<()> {
             root.pid()
         ));
     }
+    let mut tids = std::collections::HashSet::new();
+    for t in img.processes.iter().flat_map(|p| &p.threads) {
+        if !tids.insert(t.thread.tid) {
+            return refuse(format!(
+                "thread id {} appears twice in the image",
+                t.thread.tid
+            ));
+        }
+    }
     for (i, p) in img.processes.iter().enumerate() {
         let pid = p.pid();
         if img.processes[..i].iter().any(|q| q.pid() == pid) {
@@ -773,11 +797,12 @@ fn validate(img: &Image, log: &mut Log) -> Result<()> {
                 }
             }
         }
-        validate_process(img, p)?;
+        validate_process(img, p, mode)?;
         // A session whose leader is gone is reopened by a helper with the
         // leader's pid (see `become_process`).
         let sid = p.process.sid;
-        if sid != pid && img.process(sid).is_none() && procfs::exists(sid) && i > 0 {
+        let restart = mode == Mode::Restart;
+        if restart && sid != pid && img.process(sid).is_none() && procfs::exists(sid) && i > 0 {
             let parent = img.process(p.process.ppid);
             if parent.is_some_and(|q| q.process.child_subreaper != 0 && q.process.sid != sid) {
                 return refuse(format!(
@@ -786,15 +811,16 @@ fn validate(img: &Image, log: &mut Log) -> Result<()> {
             }
         }
     }
-    Ok(())
+    validate_objects(img)
 }
 
-fn validate_process(img: &Image, p: &ProcessImage) -> Result<()> {
+fn validate_process(img: &Image, p: &ProcessImage, mode: Mode) -> Result<()> {
     let pid = p.pid();
+    let restart = mode == Mode::Restart;
     if pid <= 1 {
         return refuse(format!("image pid {pid} is not restorable"));
     }
-    if procfs::exists(pid) {
+    if restart && procfs::exists(pid) {
         let who = procfs::read(pid, "comm").unwrap_or_default();
         return refuse(format!(
             "pid {pid} is in use by another process ({}); stop it, or wait until it exits, then restart",
@@ -838,7 +864,7 @@ fn validate_process(img: &Image, p: &ProcessImage) -> Result<()> {
         return refuse(format!("pid {pid}: the image lacks its main thread"));
     }
     for t in &p.threads[1..] {
-        if procfs::exists(t.thread.tid) {
+        if restart && procfs::exists(t.thread.tid) {
             return refuse(format!(
                 "thread id {} of pid {pid} is in use by another process",
                 t.thread.tid
@@ -847,7 +873,8 @@ fn validate_process(img: &Image, p: &ProcessImage) -> Result<()> {
     }
     let own_xstate = sys::get_xstate_size();
     for t in &p.threads {
-        if t.regs.tid != t.thread.tid || t.xstate.tid != t.thread.tid {
+        if t.regs.tid != t.thread.tid || t.xstate.tid != t.thread.tid || t.debug.tid != t.thread.tid
+        {
             return refuse(format!(
                 "thread {}: register records belong to another thread",
                 t.thread.tid
@@ -943,7 +970,10 @@ fn validate_process(img: &Image, p: &ProcessImage) -> Result<()> {
             ));
         }
     }
-    for d in &p.fds {
+    for (i, d) in p.fds.iter().enumerate() {
+        if p.fds[..i].iter().any(|e| e.fd == d.fd) {
+            return refuse(format!("pid {pid}: fd {} appears twice in the image", d.fd));
+        }
         if !img.files.iter().any(|f| f.id == d.file_id) {
             return refuse(format!(
                 "pid {pid}: fd {} refers to a file the image does not have",
@@ -955,6 +985,18 @@ fn validate_process(img: &Image, p: &ProcessImage) -> Result<()> {
 }
 
 fn validate_objects(img: &Image) -> Result<()> {
+    fn unique<T, K: Eq + std::hash::Hash>(items: &[T], key: impl Fn(&T) -> K) -> bool {
+        let mut seen = std::collections::HashSet::new();
+        items.iter().all(|x| seen.insert(key(x)))
+    }
+    if !unique(&img.files, |f| f.id)
+        || !unique(&img.pipes, |p| p.id)
+        || !unique(&img.shmems, |s| s.shmem.id)
+    {
+        return refuse(
+            "the image has two shared objects (files, pipes or shmem objects) with one id".into(),
+        );
+    }
     for f in &img.files {
         if matches!(f.kind, FILE_REGULAR | FILE_DIR | FILE_CHR | FILE_FIFO) {
             if let Err(e) = std::fs::metadata(std::ffi::OsStr::from_bytes(&f.path.0)) {
