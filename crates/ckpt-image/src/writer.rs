@@ -60,7 +60,9 @@ impl<W: Write> ImageWriter<W> {
         self.write_raw(R::TYPE, &e.buf)
     }
 
-    fn write_raw(&mut self, rtype: u32, payload: &[u8]) -> io::Result<()> {
+    /// Writes one metadata record from its type and encoded payload, for
+    /// tools that copy or filter the records of another image.
+    pub fn write_raw(&mut self, rtype: u32, payload: &[u8]) -> io::Result<()> {
         if payload.len() as u64 > MAX_RECORD {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,

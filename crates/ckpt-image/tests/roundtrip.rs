@@ -145,6 +145,8 @@ fn write_rec<W: io::Write>(w: &mut ImageWriter<W>, r: &AnyRecord) -> io::Result<
         AnyRecord::X86Regs(r) => w.write(r),
         AnyRecord::X86Xstate(r) => w.write(r),
         AnyRecord::X86DebugRegs(r) => w.write(r),
+        AnyRecord::ProcessEnd(r) => w.write(r),
+        AnyRecord::ImageEnd(r) => w.write(r),
         AnyRecord::Tail(r) => w.write(r),
         AnyRecord::Error(r) => w.write(r),
         AnyRecord::Pages(_) => panic!("page data is written with write_pages"),
@@ -812,7 +814,32 @@ fn item() -> impl Strategy<Value = Item> {
         1 => shared_pending().prop_map(Item::Rec).boxed(),
         1 => mm().prop_map(Item::Rec).boxed(),
         1 => x86_debugregs().prop_map(Item::Rec).boxed(),
+        1 => ends().prop_map(Item::Rec).boxed(),
     ]
+}
+
+fn ends() -> impl Strategy<Value = AnyRecord> {
+    (any::<i32>(), any::<[u32; 4]>(), any::<u64>(), any::<bool>()).prop_map(
+        |(pid, [a, b, c, d], n, which)| {
+            if which {
+                AnyRecord::ProcessEnd(ProcessEnd {
+                    pid,
+                    nr_threads: a,
+                    nr_fds: b,
+                    nr_vmas: c,
+                    nr_pages: n,
+                })
+            } else {
+                AnyRecord::ImageEnd(ImageEnd {
+                    nr_processes: a,
+                    nr_files: b,
+                    nr_pipes: c,
+                    nr_shmems: d,
+                    nr_shmem_pages: n,
+                })
+            }
+        },
+    )
 }
 
 /// A `Read` that hands out at most `step` bytes per call and fails every
