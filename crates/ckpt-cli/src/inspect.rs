@@ -125,6 +125,7 @@ fn detail(r: &AnyRecord) -> String {
         AnyRecord::X86Xstate(x) => format!("tid {} {} bytes", x.tid, x.area.0.len()),
         AnyRecord::Error(e) => e.message.to_string(),
         AnyRecord::Tail(t) => format!("{} records, crc32c {:#010x}", t.records, t.crc32c),
+        AnyRecord::Cgroups(c) => c.membership.to_string(),
         AnyRecord::ProcessEnd(e) => format!(
             "pid {}: {} thread(s), {} fd(s), {} mapping(s), {} page(s)",
             e.pid, e.nr_threads, e.nr_fds, e.nr_vmas, e.nr_pages

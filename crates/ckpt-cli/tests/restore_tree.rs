@@ -889,7 +889,16 @@ fn freeze_cgroup_roundtrip(env: &TestEnv, cg: TestCgroup) {
         cg.procs()
     );
     env.restart_detached(&mut w, &img);
+    // Cgroup membership is part of the saved state.
+    let back = cg.procs().contains(&w.pid);
     env.signal_and_expect_pass(&mut w, libc::SIGTERM);
+    assert!(
+        back,
+        "{}: restored forker {} is not back in {}",
+        env.name,
+        w.pid,
+        cg.path.display()
+    );
     let path = cg.path.clone();
     drop(cg);
     assert!(

@@ -54,6 +54,7 @@ pub const T_RLIMITS: u32 = 102;
 pub const T_SIGACTIONS: u32 = 103;
 pub const T_ITIMERS: u32 = 104;
 pub const T_SHARED_PENDING: u32 = 105;
+pub const T_CGROUPS: u32 = 106;
 pub const T_MM: u32 = 110;
 pub const T_VMA: u32 = 111;
 /// Page data; not a `Record` because its payload is streamed, see `reader::Body::Pages`.
@@ -198,6 +199,12 @@ fields!(
 record!(
     /// The process-wide (shared) pending signal queue, oldest first.
     SharedPending = T_SHARED_PENDING, "shared-pending" { signals: Vec<SigInfo> }
+);
+
+record!(
+    /// Cgroup membership: /proc/PID/cgroup as read (`id:controllers:path`
+    /// lines), restored by path in every hierarchy.
+    Cgroups = T_CGROUPS, "cgroups" { membership: Text }
 );
 
 record!(
@@ -414,6 +421,7 @@ pub enum AnyRecord {
     SigActions(SigActions),
     Itimers(Itimers),
     SharedPending(SharedPending),
+    Cgroups(Cgroups),
     Mm(Mm),
     Vma(Vma),
     Pages(PagesHdr),
@@ -461,6 +469,7 @@ dispatch!(
     SigActions => SigActions,
     Itimers => Itimers,
     SharedPending => SharedPending,
+    Cgroups => Cgroups,
     Mm => Mm,
     Vma => Vma,
     File => File,

@@ -146,6 +146,7 @@ fn write_rec<W: io::Write>(w: &mut ImageWriter<W>, r: &AnyRecord) -> io::Result<
         AnyRecord::X86Xstate(r) => w.write(r),
         AnyRecord::X86DebugRegs(r) => w.write(r),
         AnyRecord::ProcessEnd(r) => w.write(r),
+        AnyRecord::Cgroups(r) => w.write(r),
         AnyRecord::ImageEnd(r) => w.write(r),
         AnyRecord::Tail(r) => w.write(r),
         AnyRecord::Error(r) => w.write(r),

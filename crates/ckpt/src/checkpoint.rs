@@ -550,6 +550,9 @@ fn dump_process(
                 shared_pending: SharedPending {
                     signals: shared_pending.clone(),
                 },
+                cgroups: Cgroups {
+                    membership: Text(crate::cgroup::dump(pid, &comm)?.into_bytes()),
+                },
                 fds,
                 mm: mm::dump_mm(pid, &st, brk)?,
                 vmas,

@@ -7,6 +7,7 @@
 //! crate; every raw syscall is in `sys`.
 
 pub mod arch;
+pub mod cgroup;
 pub mod check;
 pub mod checkpoint;
 pub mod creds;

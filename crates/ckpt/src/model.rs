@@ -34,6 +34,7 @@ pub struct ProcessImage {
     pub sigactions: SigActions,
     pub itimers: Itimers,
     pub shared_pending: SharedPending,
+    pub cgroups: Cgroups,
     pub fds: Vec<Fd>,
     pub mm: Mm,
     pub vmas: Vec<Vma>,
@@ -80,6 +81,7 @@ impl ProcessImage {
         w.write(&self.sigactions)?;
         w.write(&self.itimers)?;
         w.write(&self.shared_pending)?;
+        w.write(&self.cgroups)?;
         for f in &self.fds {
             w.write(f)?;
         }
@@ -113,12 +115,13 @@ fn corrupt(r: &RawRecord, what: String) -> Error {
 }
 
 /// Per-process records a live process has exactly once; a zombie has none.
-const SINGLETONS: [u32; 6] = [
+const SINGLETONS: [u32; 7] = [
     T_CREDS,
     T_RLIMITS,
     T_SIGACTIONS,
     T_ITIMERS,
     T_SHARED_PENDING,
+    T_CGROUPS,
     T_MM,
 ];
 /// Per-thread records every thread has exactly once.
@@ -271,7 +274,7 @@ impl Image {
                     }
                     match r.rtype {
                         T_CREDS | T_RLIMITS | T_SIGACTIONS | T_ITIMERS | T_SHARED_PENDING
-                        | T_MM => mark(&mut asm.singles, &SINGLETONS, &r)?,
+                        | T_CGROUPS | T_MM => mark(&mut asm.singles, &SINGLETONS, &r)?,
                         _ => {}
                     }
                     match r.rtype {
@@ -280,6 +283,7 @@ impl Image {
                         T_SIGACTIONS => p.sigactions = r.decode()?,
                         T_ITIMERS => p.itimers = r.decode()?,
                         T_SHARED_PENDING => p.shared_pending = r.decode()?,
+                        T_CGROUPS => p.cgroups = r.decode()?,
                         T_FD => p.fds.push(r.decode()?),
                         T_MM => p.mm = r.decode()?,
                         T_VMA => p.vmas.push(r.decode()?),

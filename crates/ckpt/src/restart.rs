@@ -68,6 +68,11 @@ pub fn restart(input: std::fs::File, opts: &RestartOptions, log: &mut Log) -> Re
     let mut b = Build::prepare(&img, &file)?;
     b.spawn(&img)?;
     b.seize_all(&img)?;
+    // Into their cgroups before their memory is rebuilt (and charged).
+    for p in img.processes.iter().filter(|p| !p.is_zombie()) {
+        let plan = crate::cgroup::plan(p.pid(), &p.cgroups.membership.lossy())?;
+        crate::cgroup::join(p.pid(), &plan)?;
+    }
     for &g in &b.pgid_helpers {
         let _ = sys::kill(g, libc::SIGKILL);
     }
@@ -860,6 +865,7 @@ fn validate_process(img: &Image, p: &ProcessImage, mode: Mode) -> Result<()> {
             ));
         }
     }
+    crate::cgroup::plan(pid, &p.cgroups.membership.lossy())?;
     if p.threads.is_empty() || p.threads[0].thread.tid != pid {
         return refuse(format!("pid {pid}: the image lacks its main thread"));
     }
