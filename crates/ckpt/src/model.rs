@@ -322,6 +322,12 @@ impl Image {
                 "image has no x86_64 arch record; it was not written on x86_64".into(),
             ));
         }
+        if asm.open {
+            let last = img.processes.last().map(|p| p.pid()).unwrap_or(0);
+            return Err(Error::Refused(format!(
+                "pid {last} has no process-end record: the image was cut short"
+            )));
+        }
         let Some((end, r)) = image_end else {
             return Err(Error::Refused(
                 "the image has no image-end record: it was cut short (or written by an older ckpt)"
@@ -416,4 +422,157 @@ fn check_process_end(p: &ProcessImage, end: &ProcessEnd, asm: &Assembly) -> Resu
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Records of an image with one live process (one thread, one page) and
+    /// one zombie child, in the order ckpt writes them.
+    fn records() -> Vec<AnyRecord> {
+        let live = Process {
+            pid: 100,
+            nr_threads: 1,
+            ..Default::default()
+        };
+        let zombie = Process {
+            pid: 101,
+            ppid: 100,
+            state: PROC_ZOMBIE,
+            ..Default::default()
+        };
+        vec![
+            AnyRecord::Head(crate::head(0)),
+            AnyRecord::ArchX86_64(ArchX86_64::default()),
+            AnyRecord::Process(live),
+            AnyRecord::Creds(Creds::default()),
+            AnyRecord::Rlimits(Rlimits::default()),
+            AnyRecord::SigActions(SigActions::default()),
+            AnyRecord::Itimers(Itimers::default()),
+            AnyRecord::SharedPending(SharedPending::default()),
+            AnyRecord::Cgroups(Cgroups::default()),
+            AnyRecord::Mm(Mm::default()),
+            AnyRecord::Vma(Vma::default()),
+            AnyRecord::Thread(Thread {
+                tid: 100,
+                ..Default::default()
+            }),
+            AnyRecord::X86Regs(X86Regs::default()),
+            AnyRecord::X86Xstate(X86Xstate::default()),
+            AnyRecord::X86DebugRegs(X86DebugRegs::default()),
+            AnyRecord::Pages(PagesHdr {
+                addr: 0x1000,
+                nr_pages: 1,
+                flags: 0,
+            }),
+            AnyRecord::ProcessEnd(ProcessEnd {
+                pid: 100,
+                nr_threads: 1,
+                nr_fds: 0,
+                nr_vmas: 1,
+                nr_pages: 1,
+            }),
+            AnyRecord::Process(zombie),
+            AnyRecord::ProcessEnd(ProcessEnd {
+                pid: 101,
+                ..Default::default()
+            }),
+            AnyRecord::ImageEnd(ImageEnd {
+                nr_processes: 2,
+                ..Default::default()
+            }),
+        ]
+    }
+
+    fn image(recs: &[AnyRecord]) -> Vec<u8> {
+        let mut w = ImageWriter::new(Vec::new());
+        for r in recs {
+            match r {
+                AnyRecord::Head(r) => w.write(r),
+                AnyRecord::ArchX86_64(r) => w.write(r),
+                AnyRecord::Process(r) => w.write(r),
+                AnyRecord::Creds(r) => w.write(r),
+                AnyRecord::Rlimits(r) => w.write(r),
+                AnyRecord::SigActions(r) => w.write(r),
+                AnyRecord::Itimers(r) => w.write(r),
+                AnyRecord::SharedPending(r) => w.write(r),
+                AnyRecord::Cgroups(r) => w.write(r),
+                AnyRecord::Mm(r) => w.write(r),
+                AnyRecord::Vma(r) => w.write(r),
+                AnyRecord::Thread(r) => w.write(r),
+                AnyRecord::X86Regs(r) => w.write(r),
+                AnyRecord::X86Xstate(r) => w.write(r),
+                AnyRecord::X86DebugRegs(r) => w.write(r),
+                AnyRecord::ProcessEnd(r) => w.write(r),
+                AnyRecord::ImageEnd(r) => w.write(r),
+                AnyRecord::File(r) => w.write(r),
+                AnyRecord::Pages(p) => {
+                    w.write_pages(p.addr, &vec![7u8; 4096 * p.nr_pages as usize])
+                }
+                other => panic!("not used here: {other:?}"),
+            }
+            .unwrap();
+        }
+        w.finish().unwrap()
+    }
+
+    fn refusal(recs: &[AnyRecord]) -> String {
+        match Image::read(&image(recs)[..]) {
+            Ok(_) => panic!("accepted"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn a_complete_image_is_assembled() {
+        let img = Image::read(&image(&records())[..]).unwrap();
+        assert_eq!(img.processes.len(), 2);
+        assert_eq!(img.processes[0].threads.len(), 1);
+        assert_eq!(img.processes[0].pages.len(), 1);
+        assert!(img.processes[1].is_zombie());
+    }
+
+    #[test]
+    fn structural_flaws_are_refused() {
+        let base = records();
+        let without = |i: usize| {
+            let mut r = base.clone();
+            r.remove(i);
+            r
+        };
+        let pos = |f: &dyn Fn(&AnyRecord) -> bool| base.iter().position(f).unwrap();
+        // Cut short: no image-end, or the last process left open.
+        assert!(refusal(&base[..base.len() - 1]).contains("cut short"));
+        assert!(refusal(&base[..base.len() - 2]).contains("process-end"));
+        // A singleton or a register record missing.
+        let creds = pos(&|r| matches!(r, AnyRecord::Creds(_)));
+        assert!(refusal(&without(creds)).contains("lacks its creds"));
+        let regs = pos(&|r| matches!(r, AnyRecord::X86Regs(_)));
+        assert!(refusal(&without(regs)).contains("register records"));
+        // A record twice.
+        let mut twice = base.clone();
+        twice.insert(creds, AnyRecord::Creds(Creds::default()));
+        assert!(refusal(&twice).contains("a second record"));
+        // A thread or a page run removed: the counts no longer match.
+        let mut no_thread = base.clone();
+        no_thread.drain(regs - 1..regs + 3);
+        assert!(refusal(&no_thread).contains("process-end record says"));
+        let pages = pos(&|r| matches!(r, AnyRecord::Pages(_)));
+        assert!(refusal(&without(pages)).contains("process-end record says"));
+        // A process removed with its end: the image-end count no longer matches.
+        let mut no_zombie = base.clone();
+        no_zombie.drain(base.len() - 3..base.len() - 1);
+        assert!(refusal(&no_zombie).contains("image-end record says"));
+        // Records out of place.
+        let mut late_file = base.clone();
+        late_file.insert(base.len() - 1, AnyRecord::File(File::default()));
+        assert!(refusal(&late_file).contains("after the first process"));
+        let mut after_end = base.clone();
+        after_end.push(AnyRecord::Vma(Vma::default()));
+        assert!(refusal(&after_end).contains("after the image-end"));
+        let mut zombie_creds = base.clone();
+        zombie_creds.insert(base.len() - 2, AnyRecord::Creds(Creds::default()));
+        assert!(refusal(&zombie_creds).contains("zombie"));
+    }
 }
