@@ -8,6 +8,8 @@ use std::io::{IsTerminal, Write};
 use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::{Arc, OnceLock};
 
 #[derive(Parser)]
 #[command(
@@ -18,7 +20,8 @@ use std::process::ExitCode;
 that makes up their state (threads, registers, memory, files, pipes, signals, timers, \
 credentials) into one image, and later restarts them from that image with the same pids, \
 so that they carry on as if nothing happened.\n\n\
-Typical use (as root):\n  ckpt checkpoint 1234 -o job.img      # save pid 1234, then stop it\n  \
+Typical use (as root):\n  ckpt checkpoint 1234 -o job.img      # save pid 1234, then kill it\n  \
+ckpt checkpoint 1234 -o job.img --leave-running   # save it, keep it running\n  \
 ckpt restart job.img                 # bring it back; waits for it to finish\n  \
 ckpt inspect job.img                 # what is in the image\n  \
 ckpt check                           # can this machine do it?"
@@ -38,15 +41,21 @@ enum Cmd {
     /// The process is frozen while its state is read; if anything cannot be
     /// saved, the checkpoint fails, the process continues untouched, and the
     /// image ends with an error record that says why. After a successful
-    /// checkpoint the process is killed (so its pid is free for `ckpt
+    /// checkpoint the process is KILLED (so its pid is free for `ckpt
     /// restart`) unless --leave-running is given.
+    ///
+    /// SIGTERM, SIGINT or SIGHUP to ckpt abandon the checkpoint: every
+    /// process is given back as it was, and ckpt exits with 128+signal. If
+    /// ckpt itself is killed (SIGKILL), the processes heal by themselves; a
+    /// mapping named [anon:ckpt-scratch] may remain in them.
     Checkpoint {
         /// Process to checkpoint.
         pid: i32,
         /// Image file to write, or `-` for standard output (e.g. to pipe it to another host).
         #[arg(short, long, value_name = "IMAGE|-")]
         output: String,
-        /// Keep the process running after the checkpoint.
+        /// Keep the process running after the checkpoint (by default it is
+        /// killed once the image is complete and synced).
         #[arg(long)]
         leave_running: bool,
         /// Freeze this cgroup while attaching (a cgroup v2 directory or a v1
@@ -182,14 +191,32 @@ fn run(cli: Cli) -> Result<u8> {
                     .open(&output)
                     .with_context(|| format!("cannot create image {output}"))?
             };
+            let cancel = install_cancel_handlers()?;
             let opts = ckpt::CheckpointOptions {
                 leave_running,
                 freeze_cgroup,
+                cancel: Some(cancel.clone()),
             };
-            let w = std::io::BufWriter::with_capacity(1 << 20, out);
-            let s = ckpt::checkpoint(pid, w, &opts, &mut log).with_context(|| {
-                format!("checkpoint of pid {pid} failed; the process was left running")
-            })?;
+            let w = std::io::BufWriter::with_capacity(
+                1 << 20,
+                ckpt::checkpoint::Interruptible::new(out, cancel),
+            );
+            let s = match ckpt::checkpoint(pid, w, &opts, &mut log) {
+                Ok(s) => s,
+                Err(ckpt::Error::Interrupted) => {
+                    let sig = CANCEL_SIGNAL.load(Ordering::SeqCst);
+                    eprintln!(
+                        "ckpt: {} received: checkpoint of pid {pid} abandoned; the process was left running as it was",
+                        signal_name(sig)
+                    );
+                    return Ok(if sig > 0 { 128 + sig as u8 } else { 1 });
+                }
+                Err(e) => {
+                    return Err(anyhow::Error::new(e).context(format!(
+                        "checkpoint of pid {pid} failed; the process was left running"
+                    )))
+                }
+            };
             for warn in &s.warnings {
                 eprintln!("ckpt: warning: {warn}");
             }
@@ -246,6 +273,42 @@ fn run(cli: Cli) -> Result<u8> {
     }
 }
 
+/// Set by the handlers of the signals that cancel a checkpoint.
+static CANCEL: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+/// The signal that cancelled it.
+static CANCEL_SIGNAL: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn on_cancel_signal(sig: i32) {
+    // Async-signal-safe: atomics only.
+    CANCEL_SIGNAL.store(sig, Ordering::SeqCst);
+    if let Some(c) = CANCEL.get() {
+        c.store(true, Ordering::SeqCst);
+    }
+}
+
+/// SIGTERM, SIGINT and SIGHUP set the cancel flag (without SA_RESTART, so
+/// a blocked write returns EINTR and sees it); the library unwinds and
+/// gives every process back.
+fn install_cancel_handlers() -> Result<Arc<AtomicBool>> {
+    let flag = CANCEL
+        .get_or_init(|| Arc::new(AtomicBool::new(false)))
+        .clone();
+    for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+        ckpt::sys::on_signal_interrupting(sig, on_cancel_signal)
+            .with_context(|| format!("cannot install a handler for signal {sig}"))?;
+    }
+    Ok(flag)
+}
+
+fn signal_name(sig: i32) -> String {
+    match sig {
+        libc::SIGTERM => "SIGTERM".into(),
+        libc::SIGINT => "SIGINT".into(),
+        libc::SIGHUP => "SIGHUP".into(),
+        n => format!("signal {n}"),
+    }
+}
+
 /// The error and its causes on one line, without repeating a cause that
 /// a message already quotes (library errors include their io error).
 fn one_line(e: &anyhow::Error) -> String {
@@ -272,6 +335,7 @@ fn main() -> ExitCode {
     };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("CKPT_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),

@@ -16,6 +16,21 @@ pub struct ImageWriter<W: Write> {
     records: u64,
 }
 
+/// A position of an `ImageWriter` to go back to (`rewind`).
+#[derive(Debug, Clone, Copy)]
+pub struct Mark {
+    offset: u64,
+    crc: u32,
+    records: u64,
+}
+
+impl Mark {
+    /// The stream offset of the mark.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+}
+
 impl<W: Write> ImageWriter<W> {
     /// Starts an image at offset 0 of `out`.
     pub fn new(out: W) -> Self {
@@ -147,6 +162,23 @@ impl<W: Write> ImageWriter<W> {
         self.crc = crc32c::crc32c_combine(self.crc, crc, len as usize);
         self.offset += len;
         self.records += 1;
+    }
+
+    /// The current position, to `rewind` to later.
+    pub fn mark(&self) -> Mark {
+        Mark {
+            offset: self.offset,
+            crc: self.crc,
+            records: self.records,
+        }
+    }
+
+    /// Forgets everything written after `m`; the caller has cut the stream
+    /// back to `m.offset()` and positioned it there.
+    pub fn rewind(&mut self, m: Mark) {
+        self.offset = m.offset;
+        self.crc = m.crc;
+        self.records = m.records;
     }
 
     /// The underlying stream.

@@ -10,12 +10,14 @@ use crate::log::Log;
 use crate::mm::{self, PageStats, ShmemTable};
 use crate::model::{ProcessImage, ThreadImage};
 use crate::procfs;
-use crate::remote::Remote;
+use crate::remote::Session;
 use crate::sys::{self, Pid};
-use crate::task::{self, Scratch};
+use crate::task;
 use ckpt_image::*;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 /// What the caller asked for.
 #[derive(Debug, Clone, Default)]
@@ -24,6 +26,21 @@ pub struct CheckpointOptions {
     pub leave_running: bool,
     /// Freeze this cgroup (v1 freezer or v2) while seizing the tree.
     pub freeze_cgroup: Option<std::path::PathBuf>,
+    /// Set (e.g. by a signal handler of the caller) to abandon the
+    /// checkpoint: it is checked between processes, threads, chunks of
+    /// pages and writes, and the checkpoint then gives every process back
+    /// as it was and fails with `Error::Interrupted`. Wrap the output in
+    /// `Interruptible` so that a write blocked on a pipe notices too.
+    pub cancel: Option<Arc<AtomicBool>>,
+}
+
+impl CheckpointOptions {
+    fn check_cancel(&self) -> Result<()> {
+        match &self.cancel {
+            Some(c) if c.load(Ordering::SeqCst) => Err(Error::Interrupted),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// What a checkpoint did.
@@ -54,6 +71,11 @@ pub trait Sink: Write {
     fn seek_to(&mut self, _off: u64) -> std::io::Result<()> {
         Err(std::io::ErrorKind::Unsupported.into())
     }
+    /// Cuts a regular file back to `len` bytes and writes on from there
+    /// (a failed checkpoint drops its page data); pipes cannot.
+    fn truncate_to(&mut self, _len: u64) -> std::io::Result<()> {
+        Err(std::io::ErrorKind::Unsupported.into())
+    }
 }
 
 impl Sink for std::fs::File {
@@ -73,6 +95,13 @@ impl Sink for std::fs::File {
     fn seek_to(&mut self, off: u64) -> std::io::Result<()> {
         std::io::Seek::seek(self, std::io::SeekFrom::Start(off)).map(drop)
     }
+    fn truncate_to(&mut self, len: u64) -> std::io::Result<()> {
+        if !self.metadata()?.is_file() {
+            return Err(std::io::ErrorKind::Unsupported.into());
+        }
+        self.set_len(len)?;
+        self.seek_to(len)
+    }
 }
 
 impl<S: Sink> Sink for std::io::BufWriter<S> {
@@ -86,6 +115,58 @@ impl<S: Sink> Sink for std::io::BufWriter<S> {
     fn seek_to(&mut self, off: u64) -> std::io::Result<()> {
         self.flush()?;
         self.get_mut().seek_to(off)
+    }
+    fn truncate_to(&mut self, len: u64) -> std::io::Result<()> {
+        self.flush()?;
+        self.get_mut().truncate_to(len)
+    }
+}
+
+/// A sink whose writes interrupted by a signal (EINTR) are retried unless
+/// the checkpoint is being cancelled: then they fail, so a write blocked on
+/// a slow pipe does not keep a cancelled checkpoint alive. Put it under any
+/// buffering (which retries EINTR itself).
+pub struct Interruptible<S> {
+    inner: S,
+    cancel: Arc<AtomicBool>,
+}
+
+impl<S> Interruptible<S> {
+    pub fn new(inner: S, cancel: Arc<AtomicBool>) -> Self {
+        Interruptible { inner, cancel }
+    }
+}
+
+impl<S: Write> Write for Interruptible<S> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        loop {
+            match self.inner.write(buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
+                    if self.cancel.load(Ordering::SeqCst) {
+                        return Err(std::io::Error::other("interrupted by a signal"));
+                    }
+                }
+                r => return r,
+            }
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl<S: Sink> Sink for Interruptible<S> {
+    fn sync(&mut self) -> std::io::Result<()> {
+        self.inner.sync()
+    }
+    fn file_fd(&self) -> Option<i32> {
+        self.inner.file_fd()
+    }
+    fn seek_to(&mut self, off: u64) -> std::io::Result<()> {
+        self.inner.seek_to(off)
+    }
+    fn truncate_to(&mut self, len: u64) -> std::io::Result<()> {
+        self.inner.truncate_to(len)
     }
 }
 
@@ -107,10 +188,13 @@ pub fn checkpoint<S: Sink>(
     } else {
         0
     });
-    let res = w
-        .write(&head)
-        .map_err(Error::Write)
-        .and_then(|_| run(pid, &mut w, opts, log));
+    let res = w.write(&head).map_err(Error::Write);
+    let after_head = w.mark();
+    let res = res.and_then(|_| run(pid, &mut w, opts, log)).and_then(|r| {
+        // The last moment to give up: after the tail, the image stands.
+        opts.check_cancel()?;
+        Ok(r)
+    });
     match res {
         Ok((frozen, mut summary)) => {
             let mut out = w.finish().map_err(Error::Write)?;
@@ -132,9 +216,19 @@ pub fn checkpoint<S: Sink>(
             Ok(summary)
         }
         Err(e) => {
+            // A cancelled checkpoint fails because of the cancellation,
+            // whatever the step that noticed it reported.
+            let e = match opts.check_cancel() {
+                Err(c) => c,
+                Ok(()) => e,
+            };
             let msg = e.to_string();
             log.error(&e, w.offset(), pid, &comm);
-            // Best effort: the image says why it is incomplete.
+            // Best effort: no partial page data stays in a file, and the
+            // image says why it is incomplete.
+            if w.get_mut().truncate_to(after_head.offset()).is_ok() {
+                w.rewind(after_head);
+            }
             let _ = w.write_error(&msg);
             if let Ok(mut out) = w.finish() {
                 let _ = out.flush();
@@ -186,16 +280,24 @@ fn run<S: Sink>(
             reason: "seccomp state cannot be saved yet".into(),
         });
     }
+    opts.check_cancel()?;
     let tree = freeze::freeze_tree(root, opts.freeze_cgroup.as_deref())?;
     let mut ft = FileTable::default();
     let mut shm = ShmemTable::default();
     let mut images = Vec::with_capacity(tree.procs.len());
+    // Declared after the tree: on every path the sessions give their
+    // processes back before the tree detaches from them.
+    let mut sessions: Vec<Option<Session>> = Vec::with_capacity(tree.procs.len());
     let mut first_xstate = None;
     for (pid, frozen) in &tree.procs {
+        opts.check_cancel()?;
         match frozen {
-            None => images.push(zombie(*pid)?),
+            None => {
+                images.push(zombie(*pid)?);
+                sessions.push(None);
+            }
             Some(f) => {
-                let mut img = dump_process(*pid, &f.tids, &mut ft, &mut shm)?;
+                let (mut img, session) = dump_process(*pid, &f.tids, &mut ft, &mut shm, opts)?;
                 if f.stop_sig != 0 {
                     img.process.state = PROC_STOPPED;
                     img.process.exit_status = (f.stop_sig << 8) | 0x7f;
@@ -204,6 +306,7 @@ fn run<S: Sink>(
                     first_xstate = img.threads.first().map(|t| t.xstate.area.0.clone());
                 }
                 images.push(img);
+                sessions.push(Some(session));
             }
         }
     }
@@ -250,6 +353,7 @@ fn run<S: Sink>(
     for p in &ft.pipes {
         w.write(p).map_err(Error::Write)?;
     }
+    opts.check_cancel()?;
     let shmem_pages = shm.dump(w)?;
     let mut summary = Summary {
         pages: shmem_pages,
@@ -264,7 +368,8 @@ fn run<S: Sink>(
         .sum();
     let mut saved = 0u64;
     let zero_pfn = sys::zero_page_pfn();
-    for img in &images {
+    for (img, session) in images.iter().zip(sessions.iter_mut()) {
+        opts.check_cancel()?;
         img.write_meta(w).map_err(Error::Write)?;
         summary.processes += 1;
         let mut end = ProcessEnd {
@@ -274,10 +379,10 @@ fn run<S: Sink>(
             nr_vmas: img.vmas.len() as u32,
             nr_pages: 0,
         };
-        if img.is_zombie() {
+        let Some(session) = session else {
             w.write(&end).map_err(Error::Write)?;
             continue;
-        }
+        };
         let comm = img.process.comm.to_string();
         log.info(
             w.offset(),
@@ -294,26 +399,32 @@ fn run<S: Sink>(
             pages,
             zero_skipped,
         } = {
-            let mut report = |n| {
+            let mut report = |n| -> Result<()> {
                 saved += n;
                 log.progress("saving memory", saved, total.max(saved));
+                opts.check_cancel()
             };
-            match w
-                .get_mut()
-                .file_fd()
-                .map(|fd| TaskWriter::open(img.pid(), fd))
-                .transpose()?
-            {
-                Some(Some(mut tw)) => {
+            // The task writes its own pages into the image when it can
+            // open it (through /proc; not e.g. as another user than ckpt).
+            let image_fd = w.get_mut().file_fd();
+            let tracee_fd = match image_fd {
+                Some(fd) => {
+                    let path = format!("/proc/{}/fd/{fd}", std::process::id());
+                    session.open_fd(path.as_bytes(), libc::O_WRONLY)?
+                }
+                None => None,
+            };
+            match (image_fd, tracee_fd) {
+                (Some(image_fd), Some(tfd)) => {
+                    let (remote, _) = session.main();
                     let mut d = mm::Direct {
-                        remote: &mut tw.remote,
-                        tracee_fd: tw.tracee_fd,
-                        image_fd: tw.image_fd,
+                        remote,
+                        tracee_fd: tfd as u64,
+                        image_fd,
                         zero_pfn,
                     };
                     let r = mm::dump_pages(img.pid(), &img.vmas, w, Some(&mut d), &mut report);
-                    // Leave the task as it was, whatever happened.
-                    let closed = tw.close();
+                    let closed = session.close_fd(tfd);
                     let stats = r?;
                     closed?;
                     stats
@@ -323,6 +434,8 @@ fn run<S: Sink>(
         };
         end.nr_pages = pages;
         w.write(&end).map_err(Error::Write)?;
+        // This process is done with: give it back now.
+        session.release()?;
         summary.pages += pages;
         summary.zero_pages_skipped += zero_skipped;
         summary.threads += img.threads.len();
@@ -339,85 +452,8 @@ fn run<S: Sink>(
     // Resident memory was only an estimate: close the report at what was saved.
     log.progress("saving memory", saved, saved);
     summary.bytes = w.offset();
+    drop(sessions);
     Ok((tree, summary))
-}
-
-/// The image file opened inside a frozen task, so that it writes its own
-/// pages (`mm::Direct`): every signal blocked, a scratch page for the path.
-struct TaskWriter {
-    remote: Remote,
-    pid: Pid,
-    sigmask: u64,
-    scratch: u64,
-    tracee_fd: u64,
-    image_fd: i32,
-}
-
-impl TaskWriter {
-    /// None when the task cannot open the image (e.g. it runs as another
-    /// user than ckpt and may not look into ckpt's fds): ckpt then copies
-    /// the pages itself.
-    fn open(pid: Pid, image_fd: i32) -> Result<Option<TaskWriter>> {
-        let maps = procfs::maps(pid).ctx(pid, || "read /proc smaps".into())?;
-        let ip = find_syscall_insn(pid, &maps)?;
-        let sigmask = sys::get_sigmask(pid).ctx(pid, || "PTRACE_GETSIGMASK".into())?;
-        sys::set_sigmask(pid, !0).ctx(pid, || "PTRACE_SETSIGMASK".into())?;
-        let mut remote = Remote::new(pid, ip)?;
-        let scratch = remote.mmap_scratch(4096)?;
-        let mut tw = TaskWriter {
-            remote,
-            pid,
-            sigmask,
-            scratch,
-            tracee_fd: u64::MAX,
-            image_fd,
-        };
-        let path = format!("/proc/{}/fd/{image_fd}\0", std::process::id());
-        let opened = procfs::mem(pid)
-            .and_then(|m| m.write_all_at(path.as_bytes(), scratch))
-            .ctx(pid, || "write scratch memory".into())
-            .and_then(|_| {
-                tw.remote.syscall(
-                    libc::SYS_openat,
-                    &[
-                        libc::AT_FDCWD as i64 as u64,
-                        scratch,
-                        (libc::O_WRONLY | libc::O_CLOEXEC) as u64,
-                        0,
-                    ],
-                )
-            });
-        match opened {
-            Ok(fd) if fd >= 0 => {
-                tw.tracee_fd = fd as u64;
-                Ok(Some(tw))
-            }
-            other => {
-                tw.close()?;
-                other.map(|_| None)
-            }
-        }
-    }
-
-    /// Closes the fd, frees the scratch page, restores registers and mask.
-    fn close(mut self) -> Result<()> {
-        let mut r = Ok(0);
-        if self.tracee_fd != u64::MAX {
-            r = self
-                .remote
-                .call("close", libc::SYS_close, &[self.tracee_fd]);
-        }
-        let unmapped = self
-            .remote
-            .call("munmap", libc::SYS_munmap, &[self.scratch, 4096]);
-        let fin = self.remote.finish();
-        let mask =
-            sys::set_sigmask(self.pid, self.sigmask).ctx(self.pid, || "PTRACE_SETSIGMASK".into());
-        r.and(unmapped)
-            .and(fin.map(|_| 0))
-            .and(mask.map(|_| 0))
-            .map(drop)
-    }
 }
 
 fn comm_of(pid: Pid) -> String {
@@ -444,13 +480,15 @@ fn zombie(pid: Pid) -> Result<ProcessImage> {
     })
 }
 
-/// Everything about one frozen process (all its threads are stopped).
+/// Everything about one frozen process (all its threads are stopped), and
+/// the injection session, kept for its pages.
 fn dump_process(
     pid: Pid,
     tids: &[Pid],
     ft: &mut FileTable,
     shm: &mut ShmemTable,
-) -> Result<ProcessImage> {
+    opts: &CheckpointOptions,
+) -> Result<(ProcessImage, Session)> {
     let comm = comm_of(pid);
     let st = procfs::stat(pid).ctx(pid, || "read /proc stat".into())?;
     let status = procfs::status(pid).ctx(pid, || "read /proc status".into())?;
@@ -496,79 +534,56 @@ fn dump_process(
         });
     }
     let shared_pending = task::dump_pending(pid, true)?;
+    opts.check_cancel()?;
 
-    // Injected syscalls: every signal stays blocked meanwhile so none is
-    // consumed, and one scratch page is borrowed.
-    let syscall_ip = find_syscall_insn(pid, &maps)?;
+    // Injected syscalls: the session blocks signals in the threads it runs
+    // them in, so none is consumed, and heals them if ckpt dies.
+    let mut session = Session::open(pid)?;
+    let (main, s) = session.main();
+    let brk = main.call("brk", libc::SYS_brk, &[0])?;
+    let mut process = task::dump_process(pid, &st, &status, main, &s)?;
+    process.nr_threads = raws.len() as u32;
+    let sigactions = task::dump_sigactions(main, &s)?;
+    let itimers = task::dump_itimers(main, &s)?;
+    let mut threads = Vec::new();
     for r in &raws {
-        sys::set_sigmask(r.tid, !0).ctx(r.tid, || "PTRACE_SETSIGMASK".into())?;
-    }
-    let result = (|| -> Result<ProcessImage> {
-        let mut main = Remote::new(pid, syscall_ip)?;
-        let scratch = main.mmap_scratch(4096)?;
-        let mem = procfs::mem(pid).ctx(pid, || "open /proc mem".into())?;
-        let s = Scratch {
-            addr: scratch,
-            mem: &mem,
-            pid,
+        opts.check_cancel()?;
+        let thread = if r.tid == pid {
+            let (main, s) = session.main();
+            task::dump_thread(r.tid, r.sigmask, main, &s)?
+        } else {
+            session.with_thread(r.tid, |t, s| task::dump_thread(r.tid, r.sigmask, t, s))?
         };
-        let inner = (|| -> Result<ProcessImage> {
-            let brk = main.call("brk", libc::SYS_brk, &[0])?;
-            let mut process = task::dump_process(pid, &st, &status, &mut main, &s)?;
-            process.nr_threads = raws.len() as u32;
-            let sigactions = task::dump_sigactions(&mut main, &s)?;
-            let itimers = task::dump_itimers(&mut main, &s)?;
-            let mut threads = Vec::new();
-            for r in &raws {
-                let thread = if r.tid == pid {
-                    task::dump_thread(r.tid, r.sigmask, &mut main, &s)?
-                } else {
-                    let mut t = Remote::new(r.tid, syscall_ip)?;
-                    let th = task::dump_thread(r.tid, r.sigmask, &mut t, &s);
-                    t.finish()?;
-                    th?
-                };
-                threads.push(ThreadImage {
-                    thread,
-                    regs: arch::regs_to_record(r.tid, &r.regs),
-                    xstate: X86Xstate {
-                        tid: r.tid,
-                        area: Bytes(r.xstate.clone()),
-                    },
-                    debug: X86DebugRegs {
-                        tid: r.tid,
-                        dr: r.dr,
-                    },
-                });
-            }
-            Ok(ProcessImage {
-                process,
-                creds: task::dump_creds(&status),
-                rlimits: task::dump_rlimits(pid)?,
-                sigactions,
-                itimers,
-                shared_pending: SharedPending {
-                    signals: shared_pending.clone(),
-                },
-                cgroups: Cgroups {
-                    membership: Text(crate::cgroup::dump(pid, &comm)?.into_bytes()),
-                },
-                fds,
-                mm: mm::dump_mm(pid, &st, brk)?,
-                vmas,
-                threads,
-                pages: Vec::new(),
-            })
-        })();
-        let unmapped = main.call("munmap", libc::SYS_munmap, &[scratch, 4096]);
-        main.finish()?;
-        let img = inner?;
-        unmapped?;
-        Ok(img)
-    })();
-    // Put the signal masks back whatever happened.
-    for r in &raws {
-        sys::set_sigmask(r.tid, r.sigmask).ctx(r.tid, || "PTRACE_SETSIGMASK".into())?;
+        threads.push(ThreadImage {
+            thread,
+            regs: arch::regs_to_record(r.tid, &r.regs),
+            xstate: X86Xstate {
+                tid: r.tid,
+                area: Bytes(r.xstate.clone()),
+            },
+            debug: X86DebugRegs {
+                tid: r.tid,
+                dr: r.dr,
+            },
+        });
     }
-    result
+    let img = ProcessImage {
+        process,
+        creds: task::dump_creds(&status),
+        rlimits: task::dump_rlimits(pid)?,
+        sigactions,
+        itimers,
+        shared_pending: SharedPending {
+            signals: shared_pending.clone(),
+        },
+        cgroups: Cgroups {
+            membership: Text(crate::cgroup::dump(pid, &comm)?.into_bytes()),
+        },
+        fds,
+        mm: mm::dump_mm(pid, &st, brk)?,
+        vmas,
+        threads,
+        pages: Vec::new(),
+    };
+    Ok((img, session))
 }

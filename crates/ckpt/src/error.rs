@@ -29,6 +29,12 @@ pub enum Error {
     Refused(String),
     #[error(transparent)]
     Image(#[from] ckpt_image::ImageError),
+    /// The caller cancelled the checkpoint (`CheckpointOptions::cancel`);
+    /// every process was given back as it was.
+    #[error(
+        "interrupted: the checkpoint was abandoned and the processes left running as they were"
+    )]
+    Interrupted,
     /// Writing the image failed.
     #[error("cannot write the image: {0}")]
     Write(#[source] io::Error),

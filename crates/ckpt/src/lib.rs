@@ -14,6 +14,7 @@ pub mod creds;
 pub mod error;
 pub mod files;
 pub mod freeze;
+pub mod heal;
 pub mod log;
 pub mod mm;
 pub mod model;

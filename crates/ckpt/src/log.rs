@@ -53,6 +53,7 @@ impl Log {
             Error::Sys { source, .. } | Error::Write(source) => source.raw_os_error().unwrap_or(-1),
             Error::TaskGone(_) => libc::ESRCH,
             Error::Unsupported { .. } => libc::ENOTSUP,
+            Error::Interrupted => libc::EINTR,
             _ => -1,
         };
         self.line(errno, pos, pid, comm, &e.to_string());

@@ -236,7 +236,7 @@ pub fn dump_pages<S: Sink>(
     vmas: &[Vma],
     w: &mut ImageWriter<S>,
     mut direct: Option<&mut Direct>,
-    progress: &mut dyn FnMut(u64),
+    progress: &mut dyn FnMut(u64) -> Result<()>,
 ) -> Result<PageStats> {
     let pm =
         std::fs::File::open(format!("/proc/{pid}/pagemap")).ctx(pid, || "open pagemap".into())?;
@@ -299,7 +299,7 @@ pub fn dump_pages<S: Sink>(
                         write_run(w, a, &buf, skip_zero, &mut stats)?;
                     }
                 }
-                progress(len);
+                progress(len)?;
                 i = j;
             }
             addr = end;

@@ -1,10 +1,56 @@
 //! Running syscalls inside a stopped task (rr's AutoRemoteSyscalls, CRIU's
-//! compel): save its registers, point rip at a `syscall` instruction, set the
-//! arguments, run to the syscall-exit stop, read rax, and put the registers
-//! back when done. The task's own code never runs meanwhile.
+//! compel): point rip at a `syscall` instruction, set the arguments, run to
+//! the syscall-exit stop, read rax, and put the registers back when done.
+//! The task's own code never runs meanwhile.
+//!
+//! `Remote` is the bare mechanism (restart uses it on tasks it created).
+//! `Session` is what checkpoint uses on a live process, under one invariant:
+//!
+//! **Whenever ckpt could vanish (SIGKILL, crash), every thread of the
+//! process, resumed by the kernel as it is at that instant, returns to
+//! exactly the state it had before ckpt touched it**: registers (after the
+//! syscall-restart fixup), signal mask, FPU/AVX state, alternate stack, and
+//! no fd of ckpt's left open in it. The only leftover is the scratch
+//! mapping, named `[anon:ckpt-scratch]` where the kernel supports it.
+//!
+//! How (docs/injection.md has the full story):
+//! - A thread gets injections only from the `syscall` of its *slot* in the
+//!   scratch region. The code after that instruction closes each fd ckpt
+//!   has open in the task, then loads rsp with the slot's `rt_sigframe` and
+//!   calls `rt_sigreturn`, which restores registers, mask, xsave area and
+//!   altstack. The frame and code are written before the thread's
+//!   registers point there, and the close steps before an fd is opened
+//!   (the fd an open returns is predictable: all threads are frozen).
+//! - Registers move to the slot before the mask becomes "all blocked", and
+//!   the mask comes back before the registers; rsp stays the thread's own,
+//!   so a handler that runs in between pushes below its red zone.
+//! - Only the threads being injected into have signals blocked: the main
+//!   thread for the whole session, one other thread at a time.
+//! - The first `mmap` (no slot exists yet) and the final `munmap` (the
+//!   slot disappears) run from a `syscall; ret` in the vDSO with rsp at a
+//!   frame written below the thread's red zone whose pretcode is libc's
+//!   signal restorer, so they heal too. Without those gadgets they run from
+//!   the vDSO's plain `syscall`: then these two calls (one each) are the
+//!   remaining windows.
+//! - The session owns all it borrows (saved registers and masks of every
+//!   thread it touched, the scratch region, the fds it opened) and gives
+//!   everything back on every path, `?` and panics included (Drop),
+//!   restoring every thread even when one fails.
+//!
+//! A healed thread that was inside a syscall returning
+//! ERESTART_RESTARTBLOCK (nanosleep, clock_nanosleep, poll with timeout)
+//! sees that call fail with EINTR: rt_sigreturn resets the restart block.
+//! That happens only when ckpt died; the normal path restores registers
+//! with ptrace and the call continues.
 
 use crate::error::{Ctx, Error, Result};
+use crate::heal;
+use crate::procfs::{self, MapEntry};
 use crate::sys::{self, Pid, Regs};
+use crate::task::Scratch;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 
 /// WSTOPSIG of a syscall stop with PTRACE_O_TRACESYSGOOD.
 const SYSCALL_TRAP: i32 = libc::SIGTRAP | 0x80;
@@ -31,6 +77,16 @@ impl Remote {
         })
     }
 
+    /// A Remote whose owner (a `Session`) restores the task itself.
+    fn owned_by_session(tid: Pid, syscall_ip: u64, saved: Regs) -> Self {
+        Remote {
+            tid,
+            syscall_ip,
+            saved,
+            restored: true,
+        }
+    }
+
     pub fn tid(&self) -> Pid {
         self.tid
     }
@@ -48,70 +104,22 @@ impl Remote {
     /// Runs syscall `nr` with `args` in the task; returns the raw result
     /// (negative errno on failure).
     pub fn syscall(&mut self, nr: i64, args: &[u64]) -> Result<i64> {
-        let mut r = self.saved;
-        r.rip = self.syscall_ip;
-        r.rax = nr as u64;
-        // orig_rax = -1: the kernel must not apply syscall-restart rules to
-        // the stop we resume from.
-        r.orig_rax = u64::MAX;
-        let a = |i: usize| args.get(i).copied().unwrap_or(0);
-        (r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9) = (a(0), a(1), a(2), a(3), a(4), a(5));
+        let r = call_regs(&self.saved, self.syscall_ip, nr, args);
         let t = self.tid;
         sys::set_regs(t, &r).ctx(t, || "set registers for an injected syscall".into())?;
-        self.step_to_syscall_stop()?; // entry
-        self.step_to_syscall_stop()?; // exit
-        let out = sys::get_regs(t).ctx(t, || "read syscall result".into())?;
-        Ok(out.rax as i64)
+        complete(t, r.rip)
     }
 
     /// Maps `len` bytes of private read-write scratch memory in the task.
     pub fn mmap_scratch(&mut self, len: u64) -> Result<u64> {
-        let prot = (libc::PROT_READ | libc::PROT_WRITE) as u64;
-        let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
-        self.call("mmap", libc::SYS_mmap, &[0, len, prot, flags, u64::MAX, 0])
+        let (nr, args) = mmap_args(len, libc::PROT_READ | libc::PROT_WRITE);
+        self.call("mmap", nr, &args)
     }
 
     /// Like `syscall`, but a negative result becomes an error naming `name`.
     pub fn call(&mut self, name: &str, nr: i64, args: &[u64]) -> Result<u64> {
         let r = self.syscall(nr, args)?;
-        if r < 0 && r > -4096 {
-            return Err(Error::Sys {
-                pid: self.tid,
-                what: format!("injected {name}"),
-                source: std::io::Error::from_raw_os_error(-r as i32),
-            });
-        }
-        Ok(r as u64)
-    }
-
-    fn step_to_syscall_stop(&mut self) -> Result<()> {
-        let t = self.tid;
-        loop {
-            sys::cont_syscall(t).ctx(t, || "PTRACE_SYSCALL".into())?;
-            let (_, st) = sys::wait(t, 0).ctx(t, || "wait for an injected syscall".into())?;
-            if libc::WIFEXITED(st) || libc::WIFSIGNALED(st) {
-                return Err(Error::TaskGone(t));
-            }
-            if !libc::WIFSTOPPED(st) {
-                continue;
-            }
-            let sig = libc::WSTOPSIG(st);
-            if sig == SYSCALL_TRAP {
-                return Ok(());
-            }
-            if st >> 16 != 0 {
-                // A ptrace event stop (e.g. a late PTRACE_INTERRUPT): go on.
-                continue;
-            }
-            return Err(Error::Sys {
-                pid: t,
-                what: format!(
-                    "injected syscall at {:#x} raised signal {sig} instead of completing",
-                    self.syscall_ip
-                ),
-                source: std::io::Error::from_raw_os_error(libc::EFAULT),
-            });
-        }
+        check(self.tid, name, r)
     }
 
     /// Puts the saved registers back, rewritten so the task re-runs the
@@ -125,9 +133,14 @@ impl Remote {
             return Ok(());
         }
         self.restored = true;
-        let mut r = self.saved;
-        crate::arch::restart_fixup(&mut r, true);
-        sys::set_regs(self.tid, &r).ctx(self.tid, || "restore registers".into())
+        sys::set_regs(self.tid, &resumable(&self.saved))
+            .ctx(self.tid, || "restore registers".into())
+    }
+
+    /// Leaves the registers as the last injected syscall left them: the
+    /// caller sets the task's final state itself (restore).
+    pub fn disarm(mut self) {
+        self.restored = true;
     }
 }
 
@@ -137,10 +150,664 @@ impl Drop for Remote {
     }
 }
 
-impl Remote {
-    /// Leaves the registers as the last injected syscall left them: the
-    /// caller sets the task's final state itself (restore).
-    pub fn disarm(mut self) {
-        self.restored = true;
+fn check(tid: Pid, name: &str, r: i64) -> Result<u64> {
+    if r < 0 && r > -4096 {
+        return Err(Error::Sys {
+            pid: tid,
+            what: format!("injected {name}"),
+            source: std::io::Error::from_raw_os_error(-r as i32),
+        });
     }
+    Ok(r as u64)
+}
+
+fn mmap_args(len: u64, prot: i32) -> (i64, [u64; 6]) {
+    let prot = prot as u64;
+    let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
+    (libc::SYS_mmap, [0, len, prot, flags, u64::MAX, 0])
+}
+
+/// `base` set up to run syscall `nr(args)` from the instruction at `ip`.
+fn call_regs(base: &Regs, ip: u64, nr: i64, args: &[u64]) -> Regs {
+    let mut r = *base;
+    r.rip = ip;
+    r.rax = nr as u64;
+    // orig_rax = -1: the kernel must not apply syscall-restart rules to
+    // the stop we resume from.
+    r.orig_rax = u64::MAX;
+    let a = |i: usize| args.get(i).copied().unwrap_or(0);
+    (r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9) = (a(0), a(1), a(2), a(3), a(4), a(5));
+    r
+}
+
+/// The registers a thread stopped with `saved` must resume with: an
+/// interrupted syscall is re-run (see `arch::restart_fixup`).
+fn resumable(saved: &Regs) -> Regs {
+    let mut r = *saved;
+    crate::arch::restart_fixup(&mut r, true);
+    r
+}
+
+/// Test hook: `CKPT_TEST_KILL_AT_INJECTION=N[:before|:entry|:exit]` makes
+/// ckpt SIGKILL itself at that moment of its Nth injected syscall (counted
+/// from 1 over the whole run), so tests can hit exact moments.
+fn test_hook(moment: &str) {
+    static AT: OnceLock<Option<(u64, String)>> = OnceLock::new();
+    static COUNT: AtomicU64 = AtomicU64::new(0);
+    let at = AT.get_or_init(|| {
+        let v = std::env::var("CKPT_TEST_KILL_AT_INJECTION").ok()?;
+        let (n, m) = v.split_once(':').unwrap_or((&v, "entry"));
+        Some((n.parse().ok()?, m.to_string()))
+    });
+    let Some((n, m)) = at else { return };
+    let c = if moment == "before" {
+        COUNT.fetch_add(1, Ordering::SeqCst) + 1
+    } else {
+        COUNT.load(Ordering::SeqCst)
+    };
+    if c == *n && m == moment {
+        let _ = sys::kill(std::process::id() as Pid, libc::SIGKILL);
+    }
+}
+
+/// Runs the task, whose registers are set up at a `syscall` at `ip`, to the
+/// syscall's exit; returns rax.
+fn complete(t: Pid, ip: u64) -> Result<i64> {
+    test_hook("before");
+    step_to_syscall_stop(t, ip)?; // entry
+    test_hook("entry");
+    step_to_syscall_stop(t, ip)?; // exit
+    test_hook("exit");
+    let out = sys::get_regs(t).ctx(t, || "read syscall result".into())?;
+    Ok(out.rax as i64)
+}
+
+fn step_to_syscall_stop(t: Pid, ip: u64) -> Result<()> {
+    loop {
+        sys::cont_syscall(t).ctx(t, || "PTRACE_SYSCALL".into())?;
+        let (_, st) = sys::wait(t, 0).ctx(t, || "wait for an injected syscall".into())?;
+        if libc::WIFEXITED(st) || libc::WIFSIGNALED(st) {
+            return Err(Error::TaskGone(t));
+        }
+        if !libc::WIFSTOPPED(st) {
+            continue;
+        }
+        let sig = libc::WSTOPSIG(st);
+        if sig == SYSCALL_TRAP {
+            return Ok(());
+        }
+        if st >> 16 != 0 {
+            // A ptrace event stop (e.g. a late PTRACE_INTERRUPT): go on.
+            continue;
+        }
+        return Err(Error::Sys {
+            pid: t,
+            what: format!("injected syscall at {ip:#x} raised signal {sig} instead of completing"),
+            source: std::io::Error::from_raw_os_error(libc::EFAULT),
+        });
+    }
+}
+
+/// Bytes of the scratch region's data page (arguments of injected calls).
+const DATA_LEN: u64 = 4096;
+/// Room below a slot's frame: a signal handler that runs in the one
+/// instruction between `lea` and `rt_sigreturn` of a heal uses it as stack.
+const GUARD: u64 = 16384;
+/// Bytes of a slot's code: close steps growing down from the tail.
+const CODE_LEN: u64 = 256;
+/// How many fds a session may have open in the task at once.
+const MAX_FDS: usize = ((CODE_LEN - heal::TAIL_LEN - 2) / heal::CLOSE_LEN) as usize;
+/// prctl(PR_SET_VMA, PR_SET_VMA_ANON_NAME, ...).
+const PR_SET_VMA: u64 = 0x5356_4d41;
+const PR_SET_VMA_ANON_NAME: u64 = 0;
+pub const SCRATCH_NAME: &str = "ckpt-scratch";
+
+/// The scratch region: a data page, then per slot the room a handler may
+/// use and the frame, all read-write; then one read-execute page with the
+/// slots' code (never writable and executable at once, which
+/// memory-deny-write-execute would refuse). ckpt writes it all through
+/// /proc/PID/mem.
+/// One thread's part of the scratch region: frame and code.
+#[derive(Clone, Copy)]
+struct Slot {
+    frame: u64,
+    code: u64,
+}
+
+impl Slot {
+    fn tail(&self) -> u64 {
+        self.code + CODE_LEN - heal::TAIL_LEN
+    }
+    /// The `syscall` injections run from while `k` fds are open: the close
+    /// steps lie between it and the tail, newest first.
+    fn stub(&self, k: usize) -> u64 {
+        self.tail() - heal::CLOSE_LEN * k as u64 - 2
+    }
+}
+
+/// Code in the task that lets a syscall return into rt_sigreturn.
+#[derive(Clone, Copy)]
+struct Gadgets {
+    /// `syscall` followed by register-only instructions and `ret`.
+    syscall_ret: u64,
+    /// `mov $15,%(e|r)ax; syscall`.
+    restorer: u64,
+}
+
+/// A thread the session took: what it had, and what was changed.
+struct Thread {
+    tid: Pid,
+    regs: Regs,
+    mask: u64,
+    /// Its xsave area in signal-frame form (see `heal::sigframe_xstate`).
+    xsave: Vec<u8>,
+    /// Its mask was set to "all blocked".
+    blocked: bool,
+    /// Its registers were changed.
+    moved: bool,
+    /// Fds ckpt opened in the task through this thread, oldest first.
+    fds: Vec<u32>,
+    slot: Option<Slot>,
+    remote: Remote,
+}
+
+impl Thread {
+    fn take(tid: Pid) -> Result<Thread> {
+        if let Ok(st) = procfs::read(tid, "status") {
+            let shstk = st
+                .lines()
+                .find(|l| l.starts_with("x86_Thread_features:"))
+                .is_some_and(|l| l.contains("shstk"));
+            if shstk {
+                return Err(Error::Unsupported {
+                    pid: tid,
+                    comm: procfs::read(tid, "comm")
+                        .map(|c| c.trim_end().to_string())
+                        .unwrap_or_default(),
+                    object: format!("thread {tid}"),
+                    reason: "it uses a shadow stack, which ckpt cannot inject syscalls around yet"
+                        .into(),
+                });
+            }
+        }
+        let regs = sys::get_regs(tid).ctx(tid, || "PTRACE_GETREGS".into())?;
+        let mask = sys::get_sigmask(tid).ctx(tid, || "PTRACE_GETSIGMASK".into())?;
+        let area = sys::get_xstate(tid).ctx(tid, || "PTRACE_GETREGSET NT_X86_XSTATE".into())?;
+        let xsave =
+            heal::sigframe_xstate(&area, heal::cpu_component_end).ok_or_else(|| Error::Sys {
+                pid: tid,
+                what: format!(
+                    "its xsave area ({} bytes) has no valid software-reserved header",
+                    area.len()
+                ),
+                source: std::io::Error::from_raw_os_error(libc::EINVAL),
+            })?;
+        Ok(Thread {
+            tid,
+            regs,
+            mask,
+            xsave,
+            blocked: false,
+            moved: false,
+            fds: Vec::new(),
+            slot: None,
+            remote: Remote::owned_by_session(tid, 0, regs),
+        })
+    }
+
+    fn set_regs(&mut self, r: &Regs) -> Result<()> {
+        self.moved = true;
+        sys::set_regs(self.tid, r).ctx(self.tid, || "set registers for an injection".into())
+    }
+
+    fn block(&mut self) -> Result<()> {
+        self.blocked = true;
+        sys::set_sigmask(self.tid, !0).ctx(self.tid, || "PTRACE_SETSIGMASK".into())
+    }
+
+    /// Mask first, then registers: in between, the thread heals by itself.
+    fn restore(&mut self) -> Result<()> {
+        let mut res = Ok(());
+        if self.blocked {
+            res = sys::set_sigmask(self.tid, self.mask).ctx(self.tid, || {
+                "restore the signal mask (PTRACE_SETSIGMASK)".into()
+            });
+            self.blocked = res.is_err();
+        }
+        if self.moved {
+            let r = sys::set_regs(self.tid, &resumable(&self.regs))
+                .ctx(self.tid, || "restore registers".into());
+            self.moved = r.is_err();
+            res = res.and(r);
+        }
+        res
+    }
+
+    fn slot(&self) -> Slot {
+        self.slot.expect("thread has a slot")
+    }
+
+    /// Points the thread at its slot's stub with a harmless call pending.
+    fn park(&mut self) -> Result<()> {
+        let ip = self.slot().stub(self.fds.len());
+        self.remote.set_syscall_ip(ip);
+        let r = call_regs(&self.regs, ip, libc::SYS_getpid, &[]);
+        self.set_regs(&r)
+    }
+}
+
+/// The injection guard of one frozen process during a checkpoint: the
+/// scratch region, the main thread (injected into for the whole session),
+/// and one other thread at a time. See the module docs for the invariant.
+pub struct Session {
+    pid: Pid,
+    mem: std::fs::File,
+    vdso_syscall: u64,
+    gadgets: Option<Gadgets>,
+    /// (address, length) of the scratch region while mapped.
+    scratch: Option<(u64, u64)>,
+    slot_len: u64,
+    main: Option<Thread>,
+    other: Option<Thread>,
+}
+
+impl Session {
+    /// Takes the main thread of `pid` (all its threads must be in ptrace
+    /// stops) and maps the scratch region in the process.
+    pub fn open(pid: Pid) -> Result<Session> {
+        let maps = procfs::maps(pid).ctx(pid, || "read /proc smaps".into())?;
+        let vdso_syscall = crate::checkpoint::find_syscall_insn(pid, &maps)?;
+        let mem = procfs::mem(pid).ctx(pid, || "open /proc mem".into())?;
+        let gadgets = find_gadgets(&maps, &mem);
+        if gadgets.is_none() {
+            tracing::debug!(
+                "pid {pid}: no syscall/ret and restorer gadgets: the scratch mmap and munmap cannot heal"
+            );
+        }
+        let main = Thread::take(pid)?;
+        let frame_room = heal::frame_len(sys::XSTATE_MAX + 4) as u64;
+        let slot_len = crate::align_up(GUARD + frame_room);
+        let mut s = Session {
+            pid,
+            mem,
+            vdso_syscall,
+            gadgets,
+            scratch: None,
+            slot_len,
+            main: Some(main),
+            other: None,
+        };
+        s.map_scratch(&maps)?;
+        Ok(s)
+    }
+
+    fn rw_len(&self) -> u64 {
+        DATA_LEN + 2 * self.slot_len
+    }
+
+    fn slot_at(&self, i: u64) -> Slot {
+        let (addr, _) = self.scratch.expect("scratch mapped");
+        Slot {
+            frame: addr + DATA_LEN + i * self.slot_len + GUARD,
+            code: addr + self.rw_len() + i * CODE_LEN,
+        }
+    }
+
+    fn write(&self, addr: u64, data: &[u8]) -> Result<()> {
+        self.mem.write_all_at(data, addr).ctx(self.pid, || {
+            format!("write {} bytes at {addr:#x}", data.len())
+        })
+    }
+
+    /// A healing frame for `t` below its red zone, if its stack has room.
+    fn stack_frame(&self, t: &Thread, maps: &[MapEntry], g: &Gadgets) -> Option<(u64, Vec<u8>)> {
+        let rsp = t.regs.rsp;
+        let len = heal::frame_len(t.xsave.len()) as u64;
+        let at = rsp.checked_sub(128 + len)? & !63;
+        let m = maps.iter().find(|m| m.start < rsp && rsp <= m.end)?;
+        if at < m.start || !m.write {
+            return None;
+        }
+        let img = heal::frame_image(at, &resumable(&t.regs), t.mask, &t.xsave, g.restorer);
+        Some((at, img))
+    }
+
+    /// Registers that run `nr(args)` in `t` from a `syscall; ret` gadget
+    /// with rsp at a healing frame on its stack, or else from the vDSO.
+    fn outer_call(&self, t: &Thread, maps: &[MapEntry], nr: i64, args: &[u64]) -> Result<Regs> {
+        if let Some(g) = self.gadgets {
+            if let Some((at, img)) = self.stack_frame(t, maps, &g) {
+                self.write(at, &img)?;
+                let mut r = call_regs(&t.regs, g.syscall_ret, nr, args);
+                r.rsp = at;
+                return Ok(r);
+            }
+        }
+        Ok(call_regs(&t.regs, self.vdso_syscall, nr, args))
+    }
+
+    fn map_scratch(&mut self, maps: &[MapEntry]) -> Result<()> {
+        let len = self.rw_len() + 4096;
+        let mut t = self.main.take().expect("main thread");
+        let res = (|| -> Result<()> {
+            let (nr, args) = mmap_args(len, libc::PROT_READ | libc::PROT_EXEC);
+            let r = self.outer_call(&t, maps, nr, &args)?;
+            t.set_regs(&r)?;
+            t.block()?;
+            let addr = check(
+                self.pid,
+                "mmap of the scratch region",
+                complete(t.tid, r.rip)?,
+            )?;
+            self.scratch = Some((addr, len));
+            let slot = self.slot_at(0);
+            self.arm(&mut t, slot)?;
+            t.remote.call(
+                "mprotect of the scratch region",
+                libc::SYS_mprotect,
+                &[
+                    addr,
+                    self.rw_len(),
+                    (libc::PROT_READ | libc::PROT_WRITE) as u64,
+                ],
+            )?;
+            self.write(addr, format!("{SCRATCH_NAME}\0").as_bytes())?;
+            // Best effort: a leftover region is then recognisable in maps.
+            let _ = t.remote.syscall(
+                libc::SYS_prctl,
+                &[PR_SET_VMA, PR_SET_VMA_ANON_NAME, addr, len, addr],
+            );
+            read_altstack(&mut t)
+        })();
+        self.main = Some(t);
+        res
+    }
+
+    /// Writes `slot` for `t` (frame, then code), parks `t` at its stub, and
+    /// blocks its signals.
+    fn arm(&self, t: &mut Thread, slot: Slot) -> Result<()> {
+        let frame = heal::frame_image(slot.frame, &resumable(&t.regs), t.mask, &t.xsave, 0);
+        assert!(frame.len() as u64 <= self.slot_len - GUARD, "frame fits");
+        self.write(slot.frame, &frame)?;
+        let mut code = vec![0xcc; CODE_LEN as usize];
+        let tail = (slot.tail() - slot.code) as usize;
+        code[tail..].copy_from_slice(&heal::tail(slot.tail(), slot.frame));
+        code[tail - 2..tail].copy_from_slice(&heal::SYSCALL);
+        self.write(slot.code, &code)?;
+        t.slot = Some(slot);
+        t.park()?;
+        if !t.blocked {
+            t.block()?;
+        }
+        Ok(())
+    }
+
+    /// Scratch memory for arguments (one page).
+    pub fn scratch(&self) -> Scratch<'_> {
+        Scratch {
+            addr: self.scratch.expect("scratch mapped").0,
+            mem: &self.mem,
+            pid: self.pid,
+        }
+    }
+
+    /// The main thread, to inject process-wide calls into, and the scratch.
+    pub fn main(&mut self) -> (&mut Remote, Scratch<'_>) {
+        let addr = self.scratch.expect("scratch mapped").0;
+        let Session { mem, main, pid, .. } = self;
+        let s = Scratch {
+            addr,
+            mem,
+            pid: *pid,
+        };
+        (&mut main.as_mut().expect("main thread").remote, s)
+    }
+
+    /// Runs `f` with thread `tid` (not the main thread) taken for
+    /// injections; it is given back whatever `f` returns.
+    pub fn with_thread<T>(
+        &mut self,
+        tid: Pid,
+        f: impl FnOnce(&mut Remote, &Scratch) -> Result<T>,
+    ) -> Result<T> {
+        assert!(self.other.is_none(), "one other thread at a time");
+        let slot = self.slot_at(1);
+        self.other = Some(Thread::take(tid)?);
+        let mut t = self.other.take().expect("just set");
+        let armed = self.arm(&mut t, slot).and_then(|_| read_altstack(&mut t));
+        self.other = Some(t);
+        let res = armed.and_then(|_| {
+            let addr = self.scratch.expect("scratch mapped").0;
+            let Session {
+                mem, other, pid, ..
+            } = self;
+            let s = Scratch {
+                addr,
+                mem,
+                pid: *pid,
+            };
+            f(&mut other.as_mut().expect("other thread").remote, &s)
+        });
+        let mut t = self.other.take().expect("other thread");
+        let restored = t.restore();
+        if restored.is_err() {
+            // Not given back: `release` tries once more before unmapping.
+            self.other = Some(t);
+        }
+        let v = res?;
+        restored?;
+        Ok(v)
+    }
+
+    /// Opens `path` in the task (through the main thread) with `flags`
+    /// (O_CLOEXEC added). The heal code closes it from before the open
+    /// until `close_fd`. None when the task cannot open it.
+    pub fn open_fd(&mut self, path: &[u8], flags: i32) -> Result<Option<u32>> {
+        let pid = self.pid;
+        let predicted = lowest_free_fd(pid)?;
+        let data = self.scratch.expect("scratch mapped").0;
+        let mut p = path.to_vec();
+        p.push(0);
+        if p.len() as u64 > DATA_LEN {
+            return Ok(None);
+        }
+        self.write(data, &p)?;
+        let t = self.main.as_ref().expect("main thread");
+        let k = t.fds.len();
+        if k >= MAX_FDS {
+            return Err(Error::Refused(format!(
+                "pid {pid}: ckpt would have more than {MAX_FDS} fds open in the task"
+            )));
+        }
+        // The close step first, then the open from the stub before it.
+        let slot = t.slot();
+        let mut code = heal::SYSCALL.to_vec();
+        code.extend_from_slice(&heal::close_step(predicted));
+        self.write(slot.stub(k + 1), &code)?;
+        let t = self.main.as_mut().expect("main thread");
+        t.remote.set_syscall_ip(slot.stub(k + 1));
+        let opened = t.remote.syscall(
+            libc::SYS_openat,
+            &[
+                libc::AT_FDCWD as i64 as u64,
+                data,
+                (flags | libc::O_CLOEXEC) as u64,
+                0,
+            ],
+        );
+        match opened {
+            Ok(fd) if fd == predicted as i64 => {
+                t.fds.push(predicted);
+                Ok(Some(predicted))
+            }
+            Ok(fd) => {
+                // Not the fd the close step names (a failed open, or an fd
+                // table shared with a process outside the freeze): skip the
+                // step by running its syscall as close(fd) or getpid.
+                t.remote.set_syscall_ip(slot.stub(k));
+                if fd >= 0 {
+                    tracing::debug!("pid {pid}: open returned fd {fd}, not {predicted}");
+                    t.remote.call("close", libc::SYS_close, &[fd as u64])?;
+                } else {
+                    t.remote.syscall(libc::SYS_getpid, &[])?;
+                }
+                Ok(None)
+            }
+            Err(e) => {
+                // Whether the open ran is unknown: keep the step, so that
+                // `release` (or the heal) closes the fd in any case.
+                t.fds.push(predicted);
+                Err(e)
+            }
+        }
+    }
+
+    /// Closes `fd`, the newest fd `open_fd` returned.
+    pub fn close_fd(&mut self, fd: u32) -> Result<()> {
+        let t = self.main.as_mut().expect("main thread");
+        assert_eq!(t.fds.last(), Some(&fd), "fds are closed newest first");
+        let k = t.fds.len();
+        // The newest close step's own syscall: afterwards the thread is
+        // past it, and the stub for k-1 fds is that same instruction.
+        t.remote.set_syscall_ip(t.slot().stub(k - 1));
+        let r = t.remote.syscall(libc::SYS_close, &[fd as u64])?;
+        t.fds.pop();
+        check(t.tid, "close", r).map(drop)
+    }
+
+    /// Gives everything back: the other thread, the fds, the scratch
+    /// region, the main thread. Every step is tried; the first error is
+    /// returned.
+    pub fn release(&mut self) -> Result<()> {
+        let mut res = Ok(());
+        if let Some(mut t) = self.other.take() {
+            res = res.and(t.restore());
+        }
+        if let Some(mut t) = self.main.take() {
+            if self.scratch.is_some() && t.slot.is_some() {
+                while let Some(&fd) = t.fds.last() {
+                    t.remote.set_syscall_ip(t.slot().stub(t.fds.len() - 1));
+                    match t.remote.syscall(libc::SYS_close, &[fd as u64]) {
+                        Ok(_) => {
+                            t.fds.pop();
+                        }
+                        Err(e) => {
+                            res = res.and(Err(e));
+                            break;
+                        }
+                    }
+                }
+                if t.fds.is_empty() {
+                    res = res.and(self.unmap(&mut t));
+                }
+            } else if let Some((addr, len)) = self.scratch {
+                // Mapped but never armed: unmap from where the mmap ran.
+                let r = call_regs(&t.regs, self.vdso_syscall, libc::SYS_munmap, &[addr, len]);
+                let un = t
+                    .set_regs(&r)
+                    .and_then(|_| complete(t.tid, r.rip))
+                    .and_then(|rc| check(t.tid, "munmap of the scratch region", rc));
+                if un.is_ok() {
+                    self.scratch = None;
+                }
+                res = res.and(un.map(drop));
+            }
+            res = res.and(t.restore());
+        }
+        res
+    }
+
+    fn unmap(&mut self, t: &mut Thread) -> Result<()> {
+        let Some((addr, len)) = self.scratch else {
+            return Ok(());
+        };
+        let maps = procfs::maps(self.pid).ctx(self.pid, || "read /proc smaps".into())?;
+        let mut r = self.outer_call(t, &maps, libc::SYS_munmap, &[addr, len])?;
+        if r.rip == self.vdso_syscall {
+            // No healing frame: the slot's stub at least heals until the
+            // munmap has run.
+            r.rip = t.slot().stub(0);
+        }
+        t.set_regs(&r)?;
+        check(
+            t.tid,
+            "munmap of the scratch region",
+            complete(t.tid, r.rip)?,
+        )?;
+        self.scratch = None;
+        Ok(())
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        if let Err(e) = self.release() {
+            tracing::warn!("pid {}: giving the process back: {e}", self.pid);
+        }
+    }
+}
+
+/// Reads the thread's alternate stack straight into its frame's uc_stack
+/// (until then it holds a value rt_sigreturn ignores).
+fn read_altstack(t: &mut Thread) -> Result<()> {
+    let at = t.slot().frame + heal::UC_STACK_OFF;
+    t.remote
+        .call("sigaltstack", libc::SYS_sigaltstack, &[0, at])
+        .map(drop)
+}
+
+/// The fd number the next open in `pid` returns (its lowest free one).
+fn lowest_free_fd(pid: Pid) -> Result<u32> {
+    let mut used: Vec<u32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .ctx(pid, || "list /proc fd".into())?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    used.sort_unstable();
+    let mut n = 0;
+    for u in used {
+        if u == n {
+            n += 1;
+        } else if u > n {
+            break;
+        }
+    }
+    Ok(n)
+}
+
+/// Reads `m` from the task, at most `cap` bytes.
+fn read_mapping(mem: &std::fs::File, m: &MapEntry, cap: u64) -> Option<Vec<u8>> {
+    let len = (m.end - m.start).min(cap);
+    let mut b = vec![0u8; len as usize];
+    mem.read_exact_at(&mut b, m.start).ok()?;
+    Some(b)
+}
+
+/// The gadgets of `Gadgets` in the task's vDSO and executable mappings.
+fn find_gadgets(maps: &[MapEntry], mem: &std::fs::File) -> Option<Gadgets> {
+    let vdso = maps.iter().find(|m| m.path == b"[vdso]")?;
+    let code = read_mapping(mem, vdso, 1 << 20)?;
+    let syscall_ret = vdso.start + heal::find_syscall_ret(&code)? as u64;
+    // libc first: its restorer is the usual hit; then anything executable.
+    let mut exec: Vec<&MapEntry> = maps
+        .iter()
+        .filter(|m| m.exec && m.read && m.path.starts_with(b"/"))
+        .collect();
+    exec.sort_by_key(|m| !m.path.windows(4).any(|w| w == b"libc"));
+    let mut budget: u64 = 64 << 20;
+    for m in exec {
+        if budget == 0 {
+            break;
+        }
+        let Some(code) = read_mapping(mem, m, budget) else {
+            continue;
+        };
+        budget = budget.saturating_sub(code.len() as u64);
+        if let Some(off) = heal::find_restorer(&code) {
+            return Some(Gadgets {
+                syscall_ret,
+                restorer: m.start + off as u64,
+            });
+        }
+    }
+    None
 }

@@ -859,3 +859,18 @@ pub fn set_sched_policy(tid: Pid, policy: u32, priority: u32) -> io::Result<()> 
     // SAFETY: p is a valid sched_param for the duration of the call.
     check(unsafe { libc::sched_setscheduler(tid, policy as i32, &p) } as libc::c_long).map(drop)
 }
+
+/// Installs `handler` for `sig` in the calling process without SA_RESTART,
+/// so that a blocking syscall it interrupts fails with EINTR and the caller
+/// notices what the handler recorded.
+pub fn on_signal_interrupting(sig: i32, handler: extern "C" fn(i32)) -> io::Result<()> {
+    // SAFETY: sigaction is plain data; all-zero is a valid start.
+    let mut sa: libc::sigaction = unsafe { std::mem::zeroed() };
+    sa.sa_sigaction = handler as usize;
+    sa.sa_flags = 0;
+    // SAFETY: sa is initialised; handler only does async-signal-safe work
+    // (callers' contract); a NULL old-action pointer is allowed.
+    check(unsafe { libc::sigemptyset(&mut sa.sa_mask) } as libc::c_long)?;
+    // SAFETY: as above.
+    check(unsafe { libc::sigaction(sig, &sa, std::ptr::null_mut()) } as libc::c_long).map(drop)
+}
