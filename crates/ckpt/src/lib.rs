@@ -21,6 +21,7 @@ pub mod remote;
 pub mod restart;
 pub mod sys;
 pub mod task;
+pub mod trust;
 
 pub use checkpoint::{checkpoint, CheckpointOptions, Summary};
 pub use error::{Error, Result};
