@@ -545,6 +545,119 @@ mod tests {
     }
 
     #[test]
+    fn owner_comes_from_the_input() {
+        let me = sys::geteuid();
+        let path = std::env::temp_dir().join(format!("ckpt-trust-owner-{}", std::process::id()));
+        let f = std::fs::File::create(&path).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let o = owner_of(&f, me);
+        assert_eq!(o.uid, me);
+        assert_eq!(o.source, format!("the image file, owned by uid {me}"));
+        // Writable by others: anyone's, unless it is the restorer's own.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+        assert_eq!(owner_of(&f, me).uid, me);
+        let o = owner_of(&f, me.wrapping_add(1));
+        assert_eq!(o.uid, NOBODY);
+        assert!(
+            o.source.contains("writable by group or others (mode 0666)"),
+            "{}",
+            o.source
+        );
+        std::fs::remove_file(&path).unwrap();
+
+        let (r, _w) = std::io::pipe().unwrap();
+        let r = std::fs::File::from(std::os::fd::OwnedFd::from(r));
+        let o = owner_of(&r, me);
+        assert_eq!(o.uid, me);
+        assert!(o
+            .source
+            .starts_with("the pipe the image comes from, made by"));
+
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let a = std::fs::File::from(std::os::fd::OwnedFd::from(a));
+        let o = owner_of(&a, me);
+        assert_eq!(o.uid, me);
+        assert!(o.source.starts_with("the unix socket's peer"));
+
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let tcp = std::fs::File::from(std::os::fd::OwnedFd::from(tcp));
+        assert_eq!(owner_of(&tcp, me).uid, NOBODY);
+    }
+
+    /// The guard changes this thread only, and gives everything back.
+    #[test]
+    fn fs_guard_opens_as_the_owner_on_this_thread_only() {
+        if sys::geteuid() != 0 || !std::path::Path::new("/etc/shadow").exists() {
+            eprintln!("SKIP: needs root and /etc/shadow");
+            return;
+        }
+        let status = |k: &str| {
+            crate::procfs::read(
+                std::process::id() as sys::Pid,
+                &format!("task/{}/status", own_tid()),
+            )
+            .unwrap()
+            .lines()
+            .find(|l| l.starts_with(k))
+            .unwrap()
+            .to_string()
+        };
+        let before = (
+            status("Uid:"),
+            status("Gid:"),
+            status("Groups:"),
+            status("CapEff:"),
+        );
+        let ids = FsIds {
+            uid: NOBODY,
+            gid: NOBODY,
+            groups: vec![NOBODY],
+        };
+        // A thread started before the guard (a new one would copy the
+        // guarded thread's credentials).
+        let (go, wait) = std::sync::mpsc::channel::<()>();
+        let other = std::thread::spawn(move || {
+            wait.recv().unwrap();
+            std::fs::File::open("/etc/shadow").map(drop)
+        });
+        {
+            let _g = sys::FsIdsGuard::enter(&ids).unwrap();
+            let e = std::fs::File::open("/etc/shadow").unwrap_err();
+            assert_eq!(e.raw_os_error(), Some(libc::EACCES));
+            assert!(status("Uid:").ends_with("\t65534"), "{}", status("Uid:"));
+            assert_eq!(status("Groups:").trim_end(), "Groups:\t65534");
+            // Other threads keep root's rights meanwhile.
+            go.send(()).unwrap();
+            other.join().unwrap().unwrap();
+        }
+        std::fs::File::open("/etc/shadow").unwrap();
+        let after = (
+            status("Uid:"),
+            status("Gid:"),
+            status("Groups:"),
+            status("CapEff:"),
+        );
+        assert_eq!(after, before);
+        assert_eq!(
+            sys::with_fs_ids(Some(&ids), || std::fs::File::open("/etc/shadow"))
+                .unwrap_err()
+                .raw_os_error(),
+            Some(libc::EACCES)
+        );
+    }
+
+    /// This thread's id, from /proc/thread-self.
+    fn own_tid() -> String {
+        std::fs::read_link("/proc/thread-self")
+            .unwrap()
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    #[test]
     fn validate_names_owner_pid_and_comm() {
         let o = owner(1000, &[1000]);
         let mut p = process(creds(0, 0));
