@@ -133,6 +133,7 @@ fn restart_must_fail(env: &TestEnv, img: &Path, pid: i32, says: &[&str]) {
         "restart of a forged image must fail\n{}",
         run.describe()
     );
+    eprintln!("refused as it must be: {}", run.stderr.trim());
     for s in says {
         assert!(
             run.stderr.contains(s),
@@ -193,6 +194,8 @@ fn user_image_restarts_as_the_user_who_can_checkpoint_it_again() {
         w.pid,
         w.diagnostics()
     );
+    let status = std::fs::metadata(format!("/proc/{}/status", w.pid)).expect("status");
+    assert_eq!((status.uid(), status.gid()), (NOBODY, NOGROUP));
 
     // The user checkpoints its restored process itself.
     let img2 = env.path("img2");
@@ -261,7 +264,7 @@ fn forged_credentials_are_refused_unless_root_owns_the_image() {
         &as_root,
         pid,
         &[
-            &format!("owned by uid {NOBODY} asks for uid 0 in pid {pid} (sleeper)"),
+            &format!("owned by uid {NOBODY}, asks for uid 0 in pid {pid} (sleeper)"),
             "only images owned by root",
         ],
     );
@@ -301,11 +304,12 @@ fn forged_credentials_are_refused_unless_root_owns_the_image() {
     env.signal_and_expect_pass(&mut w, libc::SIGTERM);
 }
 
-/// A user's image whose fd 0 names /etc/shadow (read-write) fails to
-/// restart: the file is opened as the user, who may not; nothing is created.
+/// A user's image whose fd 0 names /etc/shadow (read-write), or an
+/// unlinked set-user-id file in /etc, fails to restart: the file is opened
+/// (created) as the user, who may not; nothing is created.
 #[test]
-fn forged_fd_naming_shadow_fails_as_the_user_would() {
-    let name = "forged_fd_naming_shadow_fails_as_the_user_would";
+fn forged_fds_naming_root_files_fail_as_the_user_would() {
+    let name = "forged_fds_naming_root_files_fail_as_the_user_would";
     let Some(env) = TestEnv::new(name) else {
         return;
     };
@@ -346,6 +350,41 @@ fn forged_fd_naming_shadow_fails_as_the_user_would() {
         pid,
         &[
             &format!("pid {pid}: cannot open /etc/shadow as uid {NOBODY}"),
+            "Permission denied",
+        ],
+    );
+
+    // An unlinked file is re-created in its directory, as the user: root
+    // would make a root-owned set-user-id file the user holds open (and
+    // could link back into the tree through /proc/self/fd).
+    let unlinked = env.path("unlinked.img");
+    forge(&img, &unlinked, (NOBODY, NOGROUP), |items| {
+        let stdin = items
+            .iter()
+            .find_map(|it| match it {
+                Item::Rec(AnyRecord::Fd(d)) if d.fd == 0 => Some(d.file_id),
+                _ => None,
+            })
+            .expect("the workload has an fd 0");
+        for it in items.iter_mut() {
+            if let Item::Rec(AnyRecord::File(f)) = it {
+                if f.id == stdin {
+                    f.kind = FILE_UNLINKED;
+                    f.path = Text(b"/etc/forged".to_vec());
+                    f.flags = libc::O_RDWR as u32;
+                    f.mode = 0o104755;
+                    f.content = Bytes(b"#!/bin/sh\n".to_vec());
+                    f.pos = 0;
+                }
+            }
+        }
+    });
+    restart_must_fail(
+        &env,
+        &unlinked,
+        pid,
+        &[
+            &format!("pid {pid}: cannot create an unlinked file in /etc as uid {NOBODY}"),
             "Permission denied",
         ],
     );

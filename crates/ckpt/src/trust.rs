@@ -314,7 +314,7 @@ pub fn validate(img: &Image, trust: &Trust, me: &Restorer) -> Result<()> {
     for p in &img.processes {
         if let Some(what) = excess(owner, me, p) {
             return Err(Error::Refused(format!(
-                "{} asks for {what} in pid {} ({}); only images owned by root may raise credentials or limits: if you trust its content, have root checkpoint the process (or chown the image to root) and restart it again",
+                "{}, asks for {what} in pid {} ({}); only images owned by root may raise credentials or limits: if you trust its content, have root checkpoint the process (or chown the image to root) and restart it again",
                 owner.source,
                 p.pid(),
                 p.process.comm
@@ -671,7 +671,7 @@ mod tests {
             .to_string();
         assert!(
             e.starts_with(
-                "test owner 1000 asks for uid 0 in pid 1234 (victim); only images owned by root"
+                "test owner 1000, asks for uid 0 in pid 1234 (victim); only images owned by root"
             ),
             "{e}"
         );
