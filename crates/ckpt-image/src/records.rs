@@ -457,6 +457,16 @@ macro_rules! dispatch {
                 _ => None,
             }
         }
+        /// The type and encoded payload of a metadata record; `None` for
+        /// page headers, whose data is written with `write_pages`.
+        pub fn encode_any(r: &AnyRecord) -> Option<(u32, Vec<u8>)> {
+            let mut e = Enc::default();
+            let t = match r {
+                $(AnyRecord::$v(x) => { x.encode(&mut e); <$t>::TYPE })*
+                AnyRecord::Pages(_) => return None,
+            };
+            Some((t, e.buf))
+        }
     };
 }
 

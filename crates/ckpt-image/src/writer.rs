@@ -75,6 +75,18 @@ impl<W: Write> ImageWriter<W> {
         self.write_raw(R::TYPE, &e.buf)
     }
 
+    /// Writes any metadata record (a page header is an error: page data
+    /// goes through `write_pages`), for tools that rewrite images.
+    pub fn write_any(&mut self, r: &AnyRecord) -> io::Result<()> {
+        let (t, payload) = encode_any(r).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "page data is written with write_pages",
+            )
+        })?;
+        self.write_raw(t, &payload)
+    }
+
     /// Writes one metadata record from its type and encoded payload, for
     /// tools that copy or filter the records of another image.
     pub fn write_raw(&mut self, rtype: u32, payload: &[u8]) -> io::Result<()> {

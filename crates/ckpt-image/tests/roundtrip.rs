@@ -126,32 +126,7 @@ enum Item {
 }
 
 fn write_rec<W: io::Write>(w: &mut ImageWriter<W>, r: &AnyRecord) -> io::Result<()> {
-    match r {
-        AnyRecord::Head(r) => w.write(r),
-        AnyRecord::ArchX86_64(r) => w.write(r),
-        AnyRecord::Process(r) => w.write(r),
-        AnyRecord::Creds(r) => w.write(r),
-        AnyRecord::Rlimits(r) => w.write(r),
-        AnyRecord::SigActions(r) => w.write(r),
-        AnyRecord::Itimers(r) => w.write(r),
-        AnyRecord::SharedPending(r) => w.write(r),
-        AnyRecord::Mm(r) => w.write(r),
-        AnyRecord::Vma(r) => w.write(r),
-        AnyRecord::File(r) => w.write(r),
-        AnyRecord::Pipe(r) => w.write(r),
-        AnyRecord::Shmem(r) => w.write(r),
-        AnyRecord::Fd(r) => w.write(r),
-        AnyRecord::Thread(r) => w.write(r),
-        AnyRecord::X86Regs(r) => w.write(r),
-        AnyRecord::X86Xstate(r) => w.write(r),
-        AnyRecord::X86DebugRegs(r) => w.write(r),
-        AnyRecord::ProcessEnd(r) => w.write(r),
-        AnyRecord::Cgroups(r) => w.write(r),
-        AnyRecord::ImageEnd(r) => w.write(r),
-        AnyRecord::Tail(r) => w.write(r),
-        AnyRecord::Error(r) => w.write(r),
-        AnyRecord::Pages(_) => panic!("page data is written with write_pages"),
-    }
+    w.write_any(r)
 }
 
 fn build(head: &Head, items: &[Item]) -> Vec<u8> {

@@ -1,6 +1,8 @@
 //! Credentials. Restore runs as the restorer and only ever changes ids and
 //! capabilities the kernel lets it change, so an image can never grant more
-//! than the user running `ckpt restart` already has.
+//! than the user running `ckpt restart` already has; what root may grant is
+//! limited to the image owner's by `trust`. Credentials are per thread:
+//! every thread gets them.
 
 use crate::error::Result;
 use crate::remote::Remote;
@@ -8,6 +10,70 @@ use crate::task::{dump_creds, Scratch};
 use ckpt_image::Creds;
 
 const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+/// Gives the task the filesystem ids `ids` (injected setgroups, setfsgid,
+/// setfsuid), so that the paths it opens for its rebuild (mapped files, the
+/// executable) are opened as the image's owner. Its real credentials come
+/// later with [`restore`].
+pub fn enter_fs(r: &mut Remote, s: &Scratch, ids: &crate::sys::FsIds) -> Result<()> {
+    let b: Vec<u8> = ids.groups.iter().flat_map(|g| g.to_le_bytes()).collect();
+    s.write(0, &b)?;
+    r.call(
+        "setgroups",
+        libc::SYS_setgroups,
+        &[ids.groups.len() as u64, s.addr],
+    )?;
+    r.call("setfsgid", libc::SYS_setfsgid, &[ids.gid as u64])?;
+    r.call("setfsuid", libc::SYS_setfsuid, &[ids.uid as u64])?;
+    // setfsuid reports the old id whatever happens: check the new one.
+    let now = r.call("setfsuid", libc::SYS_setfsuid, &[u32::MAX as u64])?;
+    if now != ids.uid as u64 {
+        return Err(crate::Error::Refused(format!(
+            "pid {}: could not take filesystem uid {} to open the image's files",
+            r.tid(),
+            ids.uid
+        )));
+    }
+    Ok(())
+}
+
+/// The task's dumpable flag (PR_SET_DUMPABLE), set after its credentials:
+/// every change of ids resets it to fs.suid_dumpable. 2 (readable by root
+/// only) cannot be set by prctl; it comes from that very reset, so it is
+/// checked before anything is created that the reset gives 2 here.
+pub fn restore_dumpable(r: &mut Remote, want: u32) -> Result<()> {
+    let now = r.call(
+        "prctl(PR_GET_DUMPABLE)",
+        libc::SYS_prctl,
+        &[libc::PR_GET_DUMPABLE as u64],
+    )?;
+    if now == want as u64 {
+        return Ok(());
+    }
+    if want > 1 {
+        return Err(crate::Error::Refused(format!(
+            "pid {}: dumpable is {now}, the image says {want}, which only a credential change with fs.suid_dumpable = {want} gives",
+            r.tid()
+        )));
+    }
+    r.call(
+        "prctl(PR_SET_DUMPABLE)",
+        libc::SYS_prctl,
+        &[libc::PR_SET_DUMPABLE as u64, want as u64],
+    )?;
+    Ok(())
+}
+
+/// For an image dumpable of 2: a change of filesystem uid (to another and
+/// back, while the task still has the restorer's privileges) makes the
+/// kernel reset dumpable to fs.suid_dumpable, the only way to get 2.
+pub fn prime_suid_dumpable(r: &mut Remote) -> Result<()> {
+    let fsuid = r.call("setfsuid", libc::SYS_setfsuid, &[u32::MAX as u64])?;
+    let other = if fsuid == 0 { 1 } else { 0 };
+    r.call("setfsuid", libc::SYS_setfsuid, &[other])?;
+    r.call("setfsuid", libc::SYS_setfsuid, &[fsuid])?;
+    Ok(())
+}
 
 /// Sets the task's credentials to `c` by injected syscalls.
 pub fn restore(r: &mut Remote, s: &Scratch, c: &Creds) -> Result<()> {

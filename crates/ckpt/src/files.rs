@@ -255,8 +255,9 @@ fn reopen(path: &[u8], flags: i32, base: i32) -> std::io::Result<i32> {
 /// lives: find it by inode and open both ends of that very pipe, so the
 /// restored tree talks to the same reader or writer. Its buffer still holds
 /// whatever was in flight, so nothing is refilled. Pipes that only the
-/// tree held died with it and are created anew.
-fn reconnect_pipe(p: &Pipe, base: i32) -> Option<(i32, i32)> {
+/// tree held died with it and are created anew. The holder's fd is opened
+/// as `fs` (an unauthenticated image reaches only its owner's pipes).
+fn reconnect_pipe(p: &Pipe, base: i32, fs: Option<&sys::FsIds>) -> Option<(i32, i32)> {
     let want = format!("pipe:[{}]", p.ino);
     for e in std::fs::read_dir("/proc").ok()?.flatten() {
         let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<Pid>().ok()) else {
@@ -275,7 +276,9 @@ fn reconnect_pipe(p: &Pipe, base: i32) -> Option<(i32, i32)> {
                 // Opening a pipe through /proc gives a new description of
                 // the same pipe; O_RDWR never blocks, then each end is
                 // reopened with its own mode from it.
-                let both = reopen(path, libc::O_RDWR | libc::O_NONBLOCK, base).ok()?;
+                let both =
+                    sys::with_fs_ids(fs, || reopen(path, libc::O_RDWR | libc::O_NONBLOCK, base))
+                        .ok()?;
                 let link = format!("/proc/self/fd/{both}");
                 let r = reopen(link.as_bytes(), libc::O_RDONLY | libc::O_NONBLOCK, base);
                 let w = reopen(link.as_bytes(), libc::O_WRONLY | libc::O_NONBLOCK, base);
@@ -297,23 +300,32 @@ fn reconnect_pipe(p: &Pipe, base: i32) -> Option<(i32, i32)> {
 
 /// Opens every saved description (and creates every pipe) in the calling
 /// process, at fd numbers >= `base`. `shmem_fd` gives the memfd restored for
-/// a shared memory object.
+/// a shared memory object. Paths of the image are opened as `fs` (see
+/// `trust`); `user_of` names a process holding a file, for errors.
 pub fn open_all(
     files: &[File],
     pipes: &[Pipe],
     shmem_fd: &dyn Fn(u32) -> Option<i32>,
     base: i32,
+    fs: Option<&sys::FsIds>,
+    user_of: &dyn Fn(u32) -> Pid,
 ) -> Result<Opened> {
     let err = |what: String, e: std::io::Error| Error::Sys {
         pid: std::process::id() as Pid,
         what,
         source: e,
     };
+    let who = fs.map(|f| format!(" as uid {}", f.uid)).unwrap_or_default();
+    let open_err = |f: &File, what: &str, e: std::io::Error| Error::Sys {
+        pid: user_of(f.id),
+        what: format!("cannot open {what}{}{who}", f.path),
+        source: e,
+    };
     let mut by_id = Vec::new();
     // Pipe id -> (read end, write end) in this process.
     let mut pipe_ends: Vec<(u32, i32, i32)> = Vec::new();
     for p in pipes {
-        if let Some((r, w)) = reconnect_pipe(p, base) {
+        if let Some((r, w)) = reconnect_pipe(p, base, fs) {
             pipe_ends.push((p.id, r, w));
             continue;
         }
@@ -346,8 +358,10 @@ pub fn open_all(
                     // Reopening the path gives the FIFO itself; its buffer
                     // was saved with the pipe object, refill it once.
                     let mode = f.flags as i32 & libc::O_ACCMODE;
-                    let helper = reopen(&f.path.0, libc::O_RDWR | libc::O_NONBLOCK, base)
-                        .map_err(|e| err(format!("open FIFO {}", f.path), e))?;
+                    let helper = sys::with_fs_ids(fs, || {
+                        reopen(&f.path.0, libc::O_RDWR | libc::O_NONBLOCK, base)
+                    })
+                    .map_err(|e| open_err(f, "FIFO ", e))?;
                     let fd = reopen(
                         format!("/proc/self/fd/{helper}").as_bytes(),
                         mode | libc::O_NONBLOCK,
@@ -405,19 +419,20 @@ pub fn open_all(
                     Some(0) | None => b"/".to_vec(),
                     Some(i) => f.path.0[..i].to_vec(),
                 };
-                let tmp = sys::open_raw(
-                    &dir,
-                    libc::O_TMPFILE | libc::O_RDWR | libc::O_CLOEXEC,
-                    f.mode & 0o7777,
-                )
-                .map_err(|e| {
-                    err(
-                        format!(
-                            "create an unlinked file in {}",
-                            String::from_utf8_lossy(&dir)
-                        ),
-                        e,
+                let tmp = sys::with_fs_ids(fs, || {
+                    sys::open_raw(
+                        &dir,
+                        libc::O_TMPFILE | libc::O_RDWR | libc::O_CLOEXEC,
+                        f.mode & 0o7777,
                     )
+                })
+                .map_err(|e| Error::Sys {
+                    pid: user_of(f.id),
+                    what: format!(
+                        "cannot create an unlinked file in {}{who}",
+                        String::from_utf8_lossy(&dir)
+                    ),
+                    source: e,
                 })?;
                 sys::write_all(tmp, &f.content.0)
                     .map_err(|e| err("write unlinked file".into(), e))?;
@@ -429,8 +444,8 @@ pub fn open_all(
                 sys::close(tmp);
                 fd.map_err(|e| err("reopen unlinked file".into(), e))?
             }
-            _ => reopen(&f.path.0, f.flags as i32, base)
-                .map_err(|e| err(format!("open {}", f.path), e))?,
+            _ => sys::with_fs_ids(fs, || reopen(&f.path.0, f.flags as i32, base))
+                .map_err(|e| open_err(f, "", e))?,
         };
         let want = f.flags as i32 & SETFL_FLAGS;
         sys::fcntl_set(fd, libc::F_SETFL, want)

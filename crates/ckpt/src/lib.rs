@@ -23,6 +23,7 @@ pub mod remote;
 pub mod restart;
 pub mod sys;
 pub mod task;
+pub mod trust;
 pub mod unsupported;
 
 pub use checkpoint::{checkpoint, CheckpointOptions, Summary};

@@ -14,6 +14,7 @@ use crate::procfs;
 use crate::remote::Remote;
 use crate::sys::{self, Pid};
 use crate::task::{self, Scratch};
+use crate::trust;
 use ckpt_image::*;
 use std::io::Seek;
 use std::os::fd::AsRawFd;
@@ -43,11 +44,31 @@ const RSEQ_FLAG_UNREGISTER: u64 = 1;
 
 /// Restarts the image read from `input`.
 pub fn restart(input: std::fs::File, opts: &RestartOptions, log: &mut Log) -> Result<Outcome> {
+    // Who could have written the image decides how far it is believed: see
+    // `trust`. Found on the input itself, before it is copied.
+    let me = trust::Restorer::current();
+    let owner = trust::owner_of(&input, me.euid);
     let file = seekable(input)?;
     let img = Image::read(std::io::BufReader::with_capacity(1 << 20, &file))?;
-    validate(&img, Mode::Restart, log)?;
+    let trust = trust::Trust::decide(me.euid, owner);
+    trust::validate(&img, &trust, &me)?;
+    // A restorer that is not root opens everything as itself (the owner,
+    // as validated) already, and may not switch groups.
+    let fs = trust.fs_ids().filter(|_| me.euid == 0);
+    validate(&img, Mode::Restart, fs.as_ref(), log)?;
     let root = img.processes[0].pid();
     let comm = img.processes[0].process.comm.to_string();
+    if let trust::Trust::Unauthenticated(o) = &trust {
+        log.info(
+            0,
+            root,
+            &comm,
+            &format!(
+                "restart: {}: credentials limited to uid {}, image paths opened as uid {}",
+                o.source, o.uid, o.uid
+            ),
+        );
+    }
     log.info(
         0,
         root,
@@ -65,7 +86,7 @@ pub fn restart(input: std::fs::File, opts: &RestartOptions, log: &mut Log) -> Re
     if !opts.detach {
         sys::block_signals(&forwarded, true);
     }
-    let mut b = Build::prepare(&img, &file)?;
+    let mut b = Build::prepare(&img, &file, fs)?;
     b.spawn(&img)?;
     b.seize_all(&img)?;
     // Into their cgroups before their memory is rebuilt (and charged).
@@ -133,6 +154,9 @@ fn seekable(mut input: std::fs::File) -> Result<std::fs::File> {
 /// A tree being built. Dropping it before `release` kills every process
 /// it created, so a failed restart leaves nothing behind.
 struct Build {
+    /// The filesystem ids image paths are opened with (unauthenticated
+    /// image: its owner's), `None` for ckpt's own.
+    fs: Option<sys::FsIds>,
     opened: files::Opened,
     shmem_fds: Vec<(u32, i32)>,
     img_fd: i32,
@@ -184,7 +208,7 @@ fn io_err(what: String) -> impl FnOnce(std::io::Error) -> Error {
 impl Build {
     /// Opens every shared object (files, pipes, shared memory) in ckpt, at
     /// fds above every fd number of the image, for the tree to inherit.
-    fn prepare(img: &Image, file: &std::fs::File) -> Result<Build> {
+    fn prepare(img: &Image, file: &std::fs::File, fs: Option<sys::FsIds>) -> Result<Build> {
         let max_fd = img
             .processes
             .iter()
@@ -196,6 +220,7 @@ impl Build {
         let img_fd =
             sys::dup_above(file.as_raw_fd(), base).map_err(io_err("dup image fd".into()))?;
         let mut b = Build {
+            fs,
             opened: files::Opened { by_id: Vec::new() },
             shmem_fds: Vec::new(),
             img_fd,
@@ -237,11 +262,20 @@ impl Build {
             }
         }
         let shm = b.shmem_fds.clone();
+        // An error opening a file names the first process holding it.
+        let user_of = |id: u32| {
+            img.processes
+                .iter()
+                .find(|p| p.fds.iter().any(|d| d.file_id == id))
+                .map_or(0, |p| p.pid())
+        };
         b.opened = files::open_all(
             &img.files,
             &img.pipes,
             &|id| shm.iter().find(|x| x.0 == id).map(|x| x.1),
             base,
+            b.fs.as_ref(),
+            &user_of,
         )?;
         let (r, w) = sys::pipe().map_err(io_err("pipe".into()))?;
         let w2 = sys::dup_above(w, base).map_err(io_err("dup".into()))?;
@@ -447,11 +481,14 @@ impl Build {
                 sys::drain_signal(libc::SIGCHLD);
             }
             files::install(&p.fds, &self.opened, &self.keep())?;
+            let fs = self.fs.as_ref();
+            let who = fs.map(|f| format!(" as uid {}", f.uid)).unwrap_or_default();
             if p.process.root.0 != b"/" {
-                sys::chroot(&p.process.root.0)
-                    .map_err(|e| format!("chroot {}: {e}", p.process.root))?;
+                sys::with_fs_ids(fs, || sys::chroot(&p.process.root.0))
+                    .map_err(|e| format!("chroot {}{who}: {e}", p.process.root))?;
             }
-            sys::chdir(&p.process.cwd.0).map_err(|e| format!("chdir {}: {e}", p.process.cwd))?;
+            sys::with_fs_ids(fs, || sys::chdir(&p.process.cwd.0))
+                .map_err(|e| format!("chdir {}{who}: {e}", p.process.cwd))?;
             sys::umask(p.process.umask);
             sys::set_comm(&p.process.comm.0);
             sys::personality(p.process.personality).map_err(|e| format!("personality: {e}"))?;
@@ -509,6 +546,11 @@ impl Build {
                 )?;
             }
         }
+        // Mapped files and the executable are opened by the task itself:
+        // as the owner of an unauthenticated image.
+        if let Some(ids) = &self.fs {
+            crate::creds::enter_fs(&mut r, &s, ids)?;
+        }
         let shm = self.shmem_fds.clone();
         let shmem_fd = move |id: u32| shm.iter().find(|x| x.0 == id).map(|x| x.1);
         let from = crate::mm::Inherited {
@@ -535,6 +577,13 @@ impl Build {
         }
         task::restore_thread(&mut r, &s, &main.thread)?;
         task::restore_rlimits(&mut r, &s, &p.rlimits)?;
+        if p.process.dumpable == 2 {
+            crate::creds::prime_suid_dumpable(&mut r)?;
+        }
+        // Credentials are per thread: the threads were cloned with ours.
+        for tr in others.iter_mut() {
+            crate::creds::restore(tr, &s, &p.creds)?;
+        }
         crate::creds::restore(&mut r, &s, &p.creds)?;
         task::restore_itimers(&mut r, &s, &p.itimers)?;
         if p.pid() == self.created[0] && !self.pgid_helpers.is_empty() {
@@ -554,13 +603,8 @@ impl Build {
                 &[libc::PR_SET_CHILD_SUBREAPER as u64, 1],
             )?;
         }
-        if p.process.dumpable != 1 {
-            r.call(
-                "prctl(PR_SET_DUMPABLE)",
-                libc::SYS_prctl,
-                &[libc::PR_SET_DUMPABLE as u64, p.process.dumpable as u64],
-            )?;
-        }
+        // After the credentials, whose change reset it.
+        crate::creds::restore_dumpable(&mut r, p.process.dumpable)?;
         for fd in self.keep() {
             if !p.fds.iter().any(|d| d.fd as i32 == fd) {
                 r.call("close", libc::SYS_close, &[fd as u64])?;
@@ -743,11 +787,12 @@ pub enum Mode {
 /// The rules an image must meet to be restarted on this machine, checked
 /// at checkpoint before the tree is killed (see `Mode`).
 pub fn check_restorable(img: &Image) -> Result<()> {
-    validate(img, Mode::Checkpoint, &mut Log::default())
+    validate(img, Mode::Checkpoint, None, &mut Log::default())
 }
 
 /// Everything that can be checked before a process is created.
-fn validate(img: &Image, mode: Mode, log: &mut Log) -> Result<()> {
+/// `fs`: the filesystem ids paths of the image are looked at with.
+fn validate(img: &Image, mode: Mode, fs: Option<&sys::FsIds>, log: &mut Log) -> Result<()> {
     let here = crate::head(0);
     if img.head.arch != ARCH_X86_64 || img.head.machine.0 != here.machine.0 {
         return refuse(format!(
@@ -802,7 +847,7 @@ fn validate(img: &Image, mode: Mode, log: &mut Log) -> Result<()> {
                 }
             }
         }
-        validate_process(img, p, mode)?;
+        validate_process(img, p, mode, fs)?;
         // A session whose leader is gone is reopened by a helper with the
         // leader's pid (see `become_process`).
         let sid = p.process.sid;
@@ -816,10 +861,15 @@ fn validate(img: &Image, mode: Mode, log: &mut Log) -> Result<()> {
             }
         }
     }
-    validate_objects(img)
+    validate_objects(img, fs)
 }
 
-fn validate_process(img: &Image, p: &ProcessImage, mode: Mode) -> Result<()> {
+fn validate_process(
+    img: &Image,
+    p: &ProcessImage,
+    mode: Mode,
+    fs: Option<&sys::FsIds>,
+) -> Result<()> {
     let pid = p.pid();
     let restart = mode == Mode::Restart;
     if pid <= 1 {
@@ -846,6 +896,16 @@ fn validate_process(img: &Image, p: &ProcessImage, mode: Mode) -> Result<()> {
         }
         s => return refuse(format!("pid {pid}: unknown process state {s} in the image")),
     }
+    match p.process.dumpable {
+        0 | 1 => {}
+        2 if suid_dumpable() == Some(2) => {}
+        d => {
+            return refuse(format!(
+                "pid {pid}: dumpable {d} cannot be restored here (fs.suid_dumpable is {}); only 0 and 1 can be set, 2 needs fs.suid_dumpable = 2",
+                suid_dumpable().map_or("unknown".into(), |v| v.to_string())
+            ))
+        }
+    }
     // cwd is relative to the process's root; both must still be directories.
     let root = std::path::Path::new(std::ffi::OsStr::from_bytes(&p.process.root.0));
     let cwd = std::ffi::OsStr::from_bytes(&p.process.cwd.0);
@@ -858,7 +918,7 @@ fn validate_process(img: &Image, p: &ProcessImage, mode: Mode) -> Result<()> {
         ("root directory", root.to_path_buf()),
         ("working directory", cwd),
     ] {
-        if !dir.is_dir() {
+        if !sys::with_fs_ids(fs, || std::fs::metadata(&dir)).is_ok_and(|m| m.is_dir()) {
             return refuse(format!(
                 "pid {pid}: its {what} {} does not exist here; create it or restart where it exists",
                 ckpt_image::escape(dir.as_os_str().as_bytes())
@@ -925,7 +985,7 @@ fn validate_process(img: &Image, p: &ProcessImage, mode: Mode) -> Result<()> {
         last_end = v.end;
         if v.kind == VMA_FILE && v.flags & VMAF_DELETED == 0 {
             let path = std::ffi::OsStr::from_bytes(&v.path.0);
-            if let Err(e) = std::fs::metadata(path) {
+            if let Err(e) = sys::with_fs_ids(fs, || std::fs::metadata(path)) {
                 return refuse(format!("pid {pid}: mapped file {} is missing: {e}", v.path));
             }
         }
@@ -990,7 +1050,7 @@ fn validate_process(img: &Image, p: &ProcessImage, mode: Mode) -> Result<()> {
     Ok(())
 }
 
-fn validate_objects(img: &Image) -> Result<()> {
+fn validate_objects(img: &Image, fs: Option<&sys::FsIds>) -> Result<()> {
     fn unique<T, K: Eq + std::hash::Hash>(items: &[T], key: impl Fn(&T) -> K) -> bool {
         let mut seen = std::collections::HashSet::new();
         items.iter().all(|x| seen.insert(key(x)))
@@ -1005,7 +1065,8 @@ fn validate_objects(img: &Image) -> Result<()> {
     }
     for f in &img.files {
         if matches!(f.kind, FILE_REGULAR | FILE_DIR | FILE_CHR | FILE_FIFO) {
-            if let Err(e) = std::fs::metadata(std::ffi::OsStr::from_bytes(&f.path.0)) {
+            let path = std::ffi::OsStr::from_bytes(&f.path.0);
+            if let Err(e) = sys::with_fs_ids(fs, || std::fs::metadata(path)) {
                 return refuse(format!("open file {} is missing: {e}", f.path));
             }
         }
@@ -1027,6 +1088,15 @@ fn validate_objects(img: &Image) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// fs.suid_dumpable: what a change of credentials sets dumpable to.
+fn suid_dumpable() -> Option<u32> {
+    std::fs::read_to_string("/proc/sys/fs/suid_dumpable")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 static FORWARD_TO: AtomicI32 = AtomicI32::new(0);

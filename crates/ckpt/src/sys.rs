@@ -874,3 +874,190 @@ pub fn on_signal_interrupting(sig: i32, handler: extern "C" fn(i32)) -> io::Resu
     // SAFETY: as above.
     check(unsafe { libc::sigaction(sig, &sa, std::ptr::null_mut()) } as libc::c_long).map(drop)
 }
+
+/// Effective uid of ckpt.
+pub fn geteuid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// Nice value of the calling process.
+pub fn own_nice() -> i32 {
+    // SAFETY: plain syscall; -1 is a valid nice value, so errors read as -1.
+    unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) }
+}
+
+/// The uid of the process at the other end of a unix socket (SO_PEERCRED),
+/// or `None` for any other kind of socket.
+pub fn unix_peer_uid(fd: i32) -> Option<u32> {
+    let mut domain: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: domain is a valid out-pointer of len bytes.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_DOMAIN,
+            (&mut domain as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if r != 0 || domain != libc::AF_UNIX {
+        return None;
+    }
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    const _: () = assert!(std::mem::size_of::<libc::ucred>() == 12);
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: cred is a valid out-pointer of len bytes.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    (r == 0 && cred.pid > 0).then_some(cred.uid)
+}
+
+/// The primary group and every group (getgrouplist) of user `uid` from the
+/// user database, or `None` when it has no entry.
+pub fn user_groups(uid: u32) -> Option<(u32, Vec<u32>)> {
+    let mut buf = vec![0u8; 4096];
+    loop {
+        // SAFETY: passwd is plain data; all-zero is valid.
+        let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
+        let mut out: *mut libc::passwd = std::ptr::null_mut();
+        // SAFETY: pw, buf (buf.len() bytes) and out are valid for the call;
+        // the strings pw points to live in buf.
+        let r =
+            unsafe { libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr().cast(), buf.len(), &mut out) };
+        if r == libc::ERANGE && buf.len() < 1 << 20 {
+            buf.resize(buf.len() * 4, 0);
+            continue;
+        }
+        if r != 0 || out.is_null() {
+            return None;
+        }
+        let gid = pw.pw_gid;
+        let mut groups = vec![0 as libc::gid_t; 64];
+        loop {
+            let mut n = groups.len() as libc::c_int;
+            // SAFETY: pw_name is a NUL-terminated string in buf (still live);
+            // groups has room for n entries, and n says so.
+            let r = unsafe { libc::getgrouplist(pw.pw_name, gid, groups.as_mut_ptr(), &mut n) };
+            if r >= 0 {
+                groups.truncate(n.max(0) as usize);
+                return Some((gid, groups));
+            }
+            if n as usize <= groups.len() || groups.len() > 65536 {
+                return Some((gid, vec![gid]));
+            }
+            groups.resize(n as usize, 0);
+        }
+    }
+}
+
+/// The filesystem identity of a thread: what the kernel checks on open,
+/// stat and create.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FsIds {
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+}
+
+/// setfsuid/setfsgid return the previous id whatever happens; -1 is never
+/// set, so it reads the current one.
+fn setfsid(nr: libc::c_long, id: u32) -> u32 {
+    // SAFETY: integer-only syscall, acting on the calling thread alone.
+    unsafe { libc::syscall(nr, id) as u32 }
+}
+
+/// The calling thread's supplementary groups (raw syscall: per thread).
+fn thread_groups() -> io::Result<Vec<u32>> {
+    let mut g = vec![0 as libc::gid_t; 65536];
+    // SAFETY: g has room for g.len() gids.
+    let n = check(unsafe { libc::syscall(libc::SYS_getgroups, g.len(), g.as_mut_ptr()) })?;
+    g.truncate(n as usize);
+    Ok(g)
+}
+
+/// Sets the calling thread's supplementary groups. The raw syscall, not
+/// glibc's setgroups, which changes every thread of the process.
+fn set_thread_groups(g: &[u32]) -> io::Result<()> {
+    // SAFETY: g is a live array of g.len() gids.
+    check(unsafe { libc::syscall(libc::SYS_setgroups, g.len(), g.as_ptr()) }).map(drop)
+}
+
+fn get_dumpable() -> libc::c_long {
+    // SAFETY: integer-only prctl.
+    unsafe { libc::prctl(libc::PR_GET_DUMPABLE) as libc::c_long }
+}
+
+/// While alive, the calling thread opens and creates files as `FsIds`
+/// (fsuid, fsgid, groups); dropping it gives back the previous ones. While
+/// fsuid is not 0 the kernel clears the filesystem capabilities
+/// (DAC_OVERRIDE, DAC_READ_SEARCH, FOWNER...) from the effective set, and
+/// raises them again when fsuid returns to 0. Only this thread changes.
+pub struct FsIdsGuard {
+    prev: FsIds,
+    /// A change of fsuid resets the process's dumpable flag.
+    dumpable: libc::c_long,
+}
+
+impl FsIdsGuard {
+    pub fn enter(ids: &FsIds) -> io::Result<FsIdsGuard> {
+        let prev = FsIds {
+            uid: setfsid(libc::SYS_setfsuid, u32::MAX),
+            gid: setfsid(libc::SYS_setfsgid, u32::MAX),
+            groups: thread_groups()?,
+        };
+        let g = FsIdsGuard {
+            prev,
+            dumpable: get_dumpable(),
+        };
+        // Groups and gid first: changing them needs CAP_SETGID, which
+        // survives the fsuid change, but do them while all is as before.
+        if g.prev.groups != ids.groups {
+            set_thread_groups(&ids.groups)?;
+        }
+        setfsid(libc::SYS_setfsgid, ids.gid);
+        setfsid(libc::SYS_setfsuid, ids.uid);
+        let now = (
+            setfsid(libc::SYS_setfsuid, u32::MAX),
+            setfsid(libc::SYS_setfsgid, u32::MAX),
+        );
+        if now != (ids.uid, ids.gid) {
+            // g's drop puts back what did change.
+            return Err(io::Error::from_raw_os_error(libc::EPERM));
+        }
+        Ok(g)
+    }
+}
+
+impl Drop for FsIdsGuard {
+    fn drop(&mut self) {
+        // fsuid first: back at 0 it brings the fs capabilities back.
+        setfsid(libc::SYS_setfsuid, self.prev.uid);
+        setfsid(libc::SYS_setfsgid, self.prev.gid);
+        if thread_groups().ok().as_ref() != Some(&self.prev.groups) {
+            let _ = set_thread_groups(&self.prev.groups);
+        }
+        if matches!(self.dumpable, 0 | 1) && get_dumpable() != self.dumpable {
+            // SAFETY: integer-only prctl.
+            unsafe { libc::prctl(libc::PR_SET_DUMPABLE, self.dumpable) };
+        }
+    }
+}
+
+/// Runs `f` as `ids` (see [`FsIdsGuard`]), or as we are when `None`.
+pub fn with_fs_ids<T>(ids: Option<&FsIds>, f: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+    let _g = ids.map(FsIdsGuard::enter).transpose()?;
+    f()
+}

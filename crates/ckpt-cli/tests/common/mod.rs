@@ -678,6 +678,21 @@ impl TestEnv {
         args: &[&OsStr],
         cgroup: Option<&Path>,
     ) -> (Proc, PathBuf) {
+        self.spawn_full(label, program, args, cgroup, None)
+    }
+
+    /// [`Self::spawn_in`], optionally as `user` = (uid, gid): no
+    /// supplementary groups, real, effective and saved ids all set before
+    /// exec (so the process is that user's and dumpable); its log file is
+    /// chowned to it.
+    fn spawn_full(
+        &self,
+        label: &str,
+        program: &Path,
+        args: &[&OsStr],
+        cgroup: Option<&Path>,
+        user: Option<(u32, u32)>,
+    ) -> (Proc, PathBuf) {
         let procs_file = cgroup.map(|c| {
             std::ffi::CString::new(c.join("cgroup.procs").as_os_str().as_bytes())
                 .expect("NUL in cgroup path")
@@ -689,6 +704,10 @@ impl TestEnv {
             .open(&log_path)
             .unwrap_or_else(|e| panic!("opening {}: {e}", log_path.display()));
         let log2 = log.try_clone().expect("dup log fd");
+        if let Some((uid, gid)) = user {
+            std::os::unix::fs::chown(&log_path, Some(uid), Some(gid))
+                .unwrap_or_else(|e| panic!("chown {}: {e}", log_path.display()));
+        }
         let mut cmd = Command::new(program);
         cmd.args(args)
             .current_dir(&self.dir)
@@ -696,7 +715,8 @@ impl TestEnv {
             .stdout(log)
             .stderr(log2);
         // SAFETY: the closure only makes async-signal-safe syscalls (setsid,
-        // open, write, close, close_range, fcntl) on memory prepared before
+        // open, write, close, close_range, fcntl, setgroups, setresgid,
+        // setresuid) on memory prepared before
         // the fork, and allocates nothing, as required between fork and exec.
         unsafe {
             cmd.pre_exec(move || {
@@ -705,6 +725,16 @@ impl TestEnv {
                 }
                 if let Some(procs) = &procs_file {
                     join_cgroup(procs)?;
+                }
+                if let Some((uid, gid)) = user {
+                    // The forked child has one thread: glibc's broadcast
+                    // of id changes to every thread has nothing to do.
+                    if libc::setgroups(0, std::ptr::null()) < 0
+                        || libc::setresgid(gid, gid, gid) < 0
+                        || libc::setresuid(uid, uid, uid) < 0
+                    {
+                        return Err(io::Error::last_os_error());
+                    }
                 }
                 close_inherited_fds_on_exec();
                 Ok(())
@@ -731,6 +761,31 @@ impl TestEnv {
         extra: &[&str],
         cgroup: Option<&Path>,
     ) -> Option<Workload> {
+        self.start_workload_full(name, extra, cgroup, None)
+    }
+
+    /// [`Self::start_workload`] run as user `uid`/`gid` from its start (see
+    /// [`Self::spawn_full`]); the test directory, its FIFO and log are
+    /// chowned to that user so the workload can use them.
+    pub fn start_workload_as(
+        &self,
+        name: &str,
+        extra: &[&str],
+        uid: u32,
+        gid: u32,
+    ) -> Option<Workload> {
+        std::os::unix::fs::chown(&self.dir, Some(uid), Some(gid))
+            .unwrap_or_else(|e| panic!("chown {}: {e}", self.dir.display()));
+        self.start_workload_full(name, extra, None, Some((uid, gid)))
+    }
+
+    fn start_workload_full(
+        &self,
+        name: &str,
+        extra: &[&str],
+        cgroup: Option<&Path>,
+        user: Option<(u32, u32)>,
+    ) -> Option<Workload> {
         let bin = self.workload_binary(name)?;
         let label = std::iter::once(name)
             .chain(extra.iter().copied())
@@ -741,6 +796,10 @@ impl TestEnv {
         let _ = fs::remove_file(&fifo);
         let _ = fs::remove_file(&result);
         mkfifo(&fifo).unwrap_or_else(|e| panic!("mkfifo {}: {e}", fifo.display()));
+        if let Some((uid, gid)) = user {
+            std::os::unix::fs::chown(&fifo, Some(uid), Some(gid))
+                .unwrap_or_else(|e| panic!("chown {}: {e}", fifo.display()));
+        }
         // Open our end first (non-blocking, so this does not wait for the
         // writer; close-on-exec, like every fd std opens).
         let mut ready = OpenOptions::new()
@@ -751,7 +810,7 @@ impl TestEnv {
 
         let mut args: Vec<&OsStr> = vec![fifo.as_os_str(), result.as_os_str()];
         args.extend(extra.iter().map(OsStr::new));
-        let (mut proc, log) = self.spawn_in(&label, &bin, &args, cgroup);
+        let (mut proc, log) = self.spawn_full(&label, &bin, &args, cgroup, user);
         let pid = proc.pid;
         let fail = |why: String| -> ! {
             panic!(
@@ -902,6 +961,30 @@ impl TestEnv {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
+        self.start_ckpt_as(args, env, None)
+    }
+
+    /// Runs `ckpt ARGS` (as [`Self::ckpt`]) as user `uid`/`gid`, with no
+    /// supplementary groups: the way that user would run it.
+    pub fn ckpt_as<I, S>(&self, uid: u32, gid: u32, args: I) -> CkptRun
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let child = self.start_ckpt_as(args, &[], Some((uid, gid)));
+        self.finish_ckpt(child, None)
+    }
+
+    fn start_ckpt_as<I, S>(
+        &self,
+        args: I,
+        env: &[(&str, &str)],
+        user: Option<(u32, u32)>,
+    ) -> CkptChild
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
         let n = self.ckpt_runs.get();
         self.ckpt_runs.set(n + 1);
         let args: Vec<String> = args
@@ -912,7 +995,12 @@ impl TestEnv {
         let err_path = self.path(&format!("ckpt-{n}.stderr"));
         let out = File::create(&out_path).expect("create ckpt stdout file");
         let err = File::create(&err_path).expect("create ckpt stderr file");
-        let child = Command::new(ckpt_bin())
+        let mut cmd = Command::new(ckpt_bin());
+        if let Some((uid, gid)) = user {
+            // std drops the supplementary groups too when root sets a uid.
+            cmd.uid(uid).gid(gid);
+        }
+        let child = cmd
             .args(&args)
             .envs(env.iter().copied())
             .current_dir(&self.dir)
@@ -929,17 +1017,22 @@ impl TestEnv {
         }
     }
 
-    fn ckpt_full<I, S>(&self, args: I, mut reap: Option<&mut Proc>, env: &[(&str, &str)]) -> CkptRun
+    fn ckpt_full<I, S>(&self, args: I, reap: Option<&mut Proc>, env: &[(&str, &str)]) -> CkptRun
     where
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
+        let child = self.start_ckpt(args, env);
+        self.finish_ckpt(child, reap)
+    }
+
+    fn finish_ckpt(&self, child: CkptChild, mut reap: Option<&mut Proc>) -> CkptRun {
         let CkptChild {
             mut proc,
             args,
             out_path,
             err_path,
-        } = self.start_ckpt(args, env);
+        } = child;
         let deadline = Instant::now() + CKPT_TIMEOUT;
         let status = loop {
             let left = deadline.saturating_duration_since(Instant::now());
