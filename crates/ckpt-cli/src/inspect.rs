@@ -85,10 +85,10 @@ fn detail(r: &AnyRecord) -> String {
         AnyRecord::Shmem(m) => format!(
             "shmem {} {} {} ({} bytes)",
             m.id,
-            if m.kind == ckpt_image::SHMEM_MEMFD {
-                "memfd"
-            } else {
-                "shared anonymous"
+            match m.kind {
+                ckpt_image::SHMEM_MEMFD => "memfd",
+                ckpt_image::SHMEM_GHOST => "unlinked file",
+                _ => "shared anonymous",
             },
             m.name,
             m.size

@@ -140,6 +140,8 @@ fn write_rec<W: io::Write>(w: &mut ImageWriter<W>, r: &AnyRecord) -> io::Result<
         AnyRecord::File(r) => w.write(r),
         AnyRecord::Pipe(r) => w.write(r),
         AnyRecord::Shmem(r) => w.write(r),
+        AnyRecord::Ghost(r) => w.write(r),
+        AnyRecord::MmState(r) => w.write(r),
         AnyRecord::Fd(r) => w.write(r),
         AnyRecord::Thread(r) => w.write(r),
         AnyRecord::X86Regs(r) => w.write(r),
@@ -344,6 +346,18 @@ fn sample_image() -> &'static [u8] {
                 size: 8192,
                 name: "memfd:x".into(),
             }),
+            AnyRecord::Shmem(Shmem {
+                id: 3,
+                kind: SHMEM_GHOST,
+                size: 1 << 20,
+                name: "/tmp/ghost".into(),
+            }),
+            AnyRecord::Ghost(Ghost {
+                id: 3,
+                mode: 0o640,
+                uid: 1000,
+                gid: 100,
+            }),
             AnyRecord::Fd(Fd {
                 fd: 0,
                 file_id: 1,
@@ -360,6 +374,10 @@ fn sample_image() -> &'static [u8] {
                 start_stack: 0x7ffd_0000_0000,
                 auxv: Bytes(vec![6, 0, 0, 0, 0, 0, 0, 0, 0, 16, 0, 0, 0, 0, 0, 0]),
                 ..Default::default()
+            }),
+            AnyRecord::MmState(MmState {
+                thp_disable: 1,
+                membarrier: 1 << 4,
             }),
             AnyRecord::Vma(Vma {
                 start: 0x400000,

@@ -214,6 +214,7 @@ fn run<S: Sink>(
             .to_vec();
         f.obj = shm.id(dev, ino, SHMEM_MEMFD, &name, source)?;
     }
+    ft.link_ghosts(&mut shm)?;
     let xstate = first_xstate.unwrap_or_default();
     let xcr0 = arch::xstate_xfeatures(&xstate).unwrap_or(sys::xcr0());
     w.write(&arch::arch_record(xcr0, xstate.len() as u32))
@@ -506,6 +507,7 @@ fn dump_process(
                 },
                 fds,
                 mm: mm::dump_mm(pid, &st, brk)?,
+                mm_state: mm::dump_mm_state(&mut main, &comm)?,
                 vmas,
                 threads,
                 pages: Vec::new(),

@@ -5,13 +5,14 @@
 
 use crate::checkpoint::Sink;
 use crate::error::{Ctx, Error, Result};
-use crate::model::ProcessImage;
+use crate::model::{ProcessImage, ShmemImage};
 use crate::procfs::{self, MapEntry, PM_FILE, PM_PRESENT, PM_SWAP};
 use crate::remote::Remote;
 use crate::sys::Pid;
 use crate::task::Scratch;
 use ckpt_image::*;
 use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 
 const PAGE: u64 = 4096;
@@ -27,11 +28,44 @@ fn strip_deleted(p: &[u8]) -> (&[u8], bool) {
     }
 }
 
-/// Shared memory objects (shared anonymous regions, memfds) of a whole
-/// tree, by (dev, ino), with a place to read each one's content from.
+/// Largest amount of data (holes not counted) of an unlinked file that is
+/// copied into an image.
+pub const MAX_GHOST_DATA: u64 = 64 << 20;
+
+/// One shared memory object being saved.
+pub struct ShmObj {
+    pub dev: u64,
+    pub ino: u64,
+    pub shmem: Shmem,
+    /// A /proc path that opens it (a map_files or fd link).
+    pub source: String,
+    pub ghost: Option<Ghost>,
+}
+
+/// Shared memory objects (shared anonymous regions, memfds) and unlinked
+/// files of a whole tree, by (dev, ino), with a place to read each one's
+/// content from.
 #[derive(Default)]
 pub struct ShmemTable {
-    pub objs: Vec<(u64, u64, Shmem, String)>,
+    pub objs: Vec<ShmObj>,
+}
+
+fn stat_source(source: &str) -> Result<std::fs::Metadata> {
+    std::fs::metadata(source).map_err(|e| Error::Sys {
+        pid: 0,
+        what: format!("stat {source}"),
+        source: e,
+    })
+}
+
+/// Bytes of data (holes not counted) in the first `size` bytes of `f`.
+fn data_bytes(f: &std::fs::File, size: u64) -> u64 {
+    let (mut off, mut n) = (0, 0);
+    while let Some((a, b)) = crate::sys::next_data(f, off, size) {
+        n += b - a;
+        off = b;
+    }
+    n
 }
 
 impl ShmemTable {
@@ -45,37 +79,76 @@ impl ShmemTable {
         name: &[u8],
         source: String,
     ) -> Result<u32> {
-        if let Some(o) = self.objs.iter().find(|o| o.0 == dev && o.1 == ino) {
-            return Ok(o.2.id);
+        if let Some(o) = self.objs.iter().find(|o| o.dev == dev && o.ino == ino) {
+            return Ok(o.shmem.id);
         }
-        let size = std::fs::metadata(&source)
-            .map(|m| std::os::unix::fs::MetadataExt::size(&m))
-            .map_err(|e| Error::Sys {
-                pid: 0,
-                what: format!("stat {source}"),
-                source: e,
-            })?;
+        let meta = stat_source(&source)?;
         let id = self.objs.len() as u32 + 1;
-        self.objs.push((
+        use std::os::unix::fs::MetadataExt;
+        let ghost = (kind == SHMEM_GHOST).then(|| Ghost {
+            id,
+            mode: meta.mode() & 0o7777,
+            uid: meta.uid(),
+            gid: meta.gid(),
+        });
+        self.objs.push(ShmObj {
             dev,
             ino,
-            Shmem {
+            shmem: Shmem {
                 id,
                 kind,
-                size,
+                size: meta.len(),
                 name: crate::task::text(name),
             },
             source,
-        ));
+            ghost,
+        });
         Ok(id)
+    }
+
+    /// The id of the unlinked ("ghost") regular file (dev, ino) that had
+    /// `path`, opened through `source`, adding it if new. Refuses files
+    /// that are not regular or hold more data than an image takes.
+    pub fn ghost(
+        &mut self,
+        unsupported: &dyn Fn(&str) -> Error,
+        dev: u64,
+        ino: u64,
+        path: &[u8],
+        source: String,
+    ) -> Result<u32> {
+        if let Some(o) = self.objs.iter().find(|o| o.dev == dev && o.ino == ino) {
+            return Ok(o.shmem.id);
+        }
+        let meta = stat_source(&source)?;
+        if !meta.is_file() {
+            return Err(unsupported("an unlinked file that is not a regular file"));
+        }
+        let f = std::fs::File::open(&source).map_err(|e| Error::Sys {
+            pid: 0,
+            what: format!("open {source}"),
+            source: e,
+        })?;
+        let data = data_bytes(&f, meta.len());
+        if data > MAX_GHOST_DATA {
+            return Err(unsupported(&format!(
+                "unlinked file holds {data} bytes of data, more than the {} MiB ckpt copies into an image",
+                MAX_GHOST_DATA >> 20
+            )));
+        }
+        self.id(dev, ino, SHMEM_GHOST, path, source)
     }
 
     /// Writes each object and its data pages (only the ranges that hold
     /// data: holes are found with SEEK_DATA/SEEK_HOLE).
     pub fn dump<W: Write>(&self, w: &mut ImageWriter<W>) -> Result<u64> {
         let mut pages = 0;
-        for (_, _, shm, source) in &self.objs {
+        for o in &self.objs {
+            let (shm, source) = (&o.shmem, &o.source);
             w.write(shm).map_err(Error::Write)?;
+            if let Some(g) = &o.ghost {
+                w.write(g).map_err(Error::Write)?;
+            }
             let f = std::fs::File::open(source).map_err(|e| Error::Sys {
                 pid: 0,
                 what: format!("open {source}"),
@@ -84,7 +157,7 @@ impl ShmemTable {
             let mut off = 0u64;
             let size = crate::align_up(shm.size);
             while off < size {
-                let Some((start, end)) = crate::sys::next_data(&f, off, size) else {
+                let Some((start, end)) = crate::sys::next_data(&f, off, shm.size) else {
                     break;
                 };
                 let mut a = start & !(PAGE - 1);
@@ -92,11 +165,15 @@ impl ShmemTable {
                 while a < end {
                     let n = (end - a).min(CHUNK_PAGES * PAGE);
                     let mut buf = vec![0u8; n as usize];
-                    f.read_exact_at(&mut buf, a).map_err(|e| Error::Sys {
-                        pid: 0,
-                        what: format!("read {source}"),
-                        source: e,
-                    })?;
+                    // The last page may extend past the end of the file: it
+                    // reads as zeros there.
+                    let avail = shm.size.saturating_sub(a).min(n) as usize;
+                    f.read_exact_at(&mut buf[..avail], a)
+                        .map_err(|e| Error::Sys {
+                            pid: 0,
+                            what: format!("read {source}"),
+                            source: e,
+                        })?;
                     w.write_pages_flags(a, &buf, PAGES_SHMEM)
                         .map_err(Error::Write)?;
                     pages += n / PAGE;
@@ -108,6 +185,38 @@ impl ShmemTable {
         Ok(pages)
     }
 }
+
+/// smaps VmFlags kept as `VMAF_*` flags; each comes back by mmap flags or
+/// madvise.
+const VMFLAGS: &[(&[u8; 2], u32)] = &[
+    (b"gd", VMAF_GROWSDOWN),
+    (b"dc", VMAF_DONTFORK),
+    (b"lo", VMAF_LOCKED),
+    (b"nr", VMAF_NORESERVE),
+    (b"dp", VMAF_DROPPABLE),
+    (b"sr", VMAF_SEQUENTIAL),
+    (b"rr", VMAF_RANDOM),
+    (b"dd", VMAF_DONTDUMP),
+    (b"mg", VMAF_MERGEABLE),
+    (b"hg", VMAF_HUGEPAGE),
+    (b"nh", VMAF_NOHUGEPAGE),
+    (b"wf", VMAF_WIPEONFORK),
+];
+
+/// The madvise advice that sets each `VMAF_*` advice flag again.
+const ADVICE: &[(u32, i32, &str)] = &[
+    (VMAF_DONTFORK, libc::MADV_DONTFORK, "MADV_DONTFORK"),
+    (VMAF_SEQUENTIAL, libc::MADV_SEQUENTIAL, "MADV_SEQUENTIAL"),
+    (VMAF_RANDOM, libc::MADV_RANDOM, "MADV_RANDOM"),
+    (VMAF_DONTDUMP, libc::MADV_DONTDUMP, "MADV_DONTDUMP"),
+    (VMAF_MERGEABLE, libc::MADV_MERGEABLE, "MADV_MERGEABLE"),
+    (VMAF_HUGEPAGE, libc::MADV_HUGEPAGE, "MADV_HUGEPAGE"),
+    (VMAF_NOHUGEPAGE, libc::MADV_NOHUGEPAGE, "MADV_NOHUGEPAGE"),
+    (VMAF_WIPEONFORK, libc::MADV_WIPEONFORK, "MADV_WIPEONFORK"),
+];
+
+/// mmap's MAP_DROPPABLE (Linux 6.11; not in every libc yet).
+const MAP_DROPPABLE: u64 = 0x08;
 
 /// Classifies one mapping; errors for mappings not supported yet.
 pub fn vma_of(pid: Pid, comm: &str, m: &MapEntry, shm: &mut ShmemTable) -> Result<Vma> {
@@ -123,56 +232,69 @@ pub fn vma_of(pid: Pid, comm: &str, m: &MapEntry, shm: &mut ShmemTable) -> Resul
         ),
         reason: reason.into(),
     };
+    if m.has_flag(b"ht") {
+        return Err(unsupported("hugetlb mappings are not supported yet"));
+    }
+    let map_files = || format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end);
     let mut obj = 0;
-    let kind =
-        match path {
-            b"[vdso]" => VMA_VDSO,
-            b"[vvar]" => VMA_VVAR,
-            b"[vvar_vclock]" => VMA_VVAR_VCLOCK,
-            b"[vsyscall]" => VMA_VSYSCALL,
-            b"[heap]" => VMA_HEAP,
-            b"[stack]" => VMA_STACK,
-            p if p.starts_with(b"/SYSV") => {
-                return Err(unsupported(
-                    "SysV shared memory segments are not supported yet",
-                ))
-            }
-            p if (p.starts_with(b"/dev/zero") && m.shared)
-                || p.starts_with(b"/memfd:")
-                || (p.starts_with(b"[anon_shmem")) =>
-            {
-                let k = if p.starts_with(b"/memfd:") {
-                    SHMEM_MEMFD
-                } else {
-                    SHMEM_ANON
-                };
-                let source = format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end);
-                // A memfd keeps its name (memfd_create adds "memfd:" again).
-                let name = p.strip_prefix(b"/memfd:").unwrap_or(p);
-                obj = shm.id(m.dev, m.ino, k, name, source)?;
-                VMA_SHMEM
-            }
-            p if p.starts_with(b"[anon:") || p.is_empty() => VMA_ANON,
-            p if p.starts_with(b"/") && m.ino != 0 && !(m.shared && deleted) => VMA_FILE,
-            _ => return Err(unsupported(
-                "deleted shared file mappings and unknown special mappings are not supported yet",
-            )),
-        };
+    let kind = match path {
+        b"[vdso]" => VMA_VDSO,
+        b"[vvar]" => VMA_VVAR,
+        b"[vvar_vclock]" => VMA_VVAR_VCLOCK,
+        b"[vsyscall]" => VMA_VSYSCALL,
+        b"[heap]" => VMA_HEAP,
+        b"[stack]" => VMA_STACK,
+        p if p.starts_with(b"/SYSV") => {
+            return Err(unsupported(
+                "SysV shared memory segments are not supported yet",
+            ))
+        }
+        // Shared anonymous memory and memfds, mapped shared or private (a
+        // private mapping of such an object sees the object's pages until
+        // it writes its own copy).
+        p if (p.starts_with(b"/dev/zero") && (m.shared || deleted))
+            || p.starts_with(b"/memfd:")
+            || (p.starts_with(b"[anon_shmem")) =>
+        {
+            let k = if p.starts_with(b"/memfd:") {
+                SHMEM_MEMFD
+            } else {
+                SHMEM_ANON
+            };
+            // A memfd keeps its name (memfd_create adds "memfd:" again).
+            let name = p.strip_prefix(b"/memfd:").unwrap_or(p);
+            obj = shm.id(m.dev, m.ino, k, name, map_files())?;
+            VMA_SHMEM
+        }
+        p if p.starts_with(b"[anon:") || p.is_empty() => VMA_ANON,
+        // An unlinked file: its content is saved once as a ghost object,
+        // which the mapping maps again (so pages never touched, and writes
+        // through other mappings or fds, stay shared with it).
+        p if p.starts_with(b"/") && m.ino != 0 && deleted => {
+            obj = shm.ghost(&unsupported, m.dev, m.ino, p, map_files())?;
+            VMA_FILE
+        }
+        p if p.starts_with(b"/") && m.ino != 0 => VMA_FILE,
+        _ => {
+            return Err(unsupported(
+                "unknown special mappings are not supported yet",
+            ))
+        }
+    };
     let mut flags = 0;
     if m.shared {
         flags |= VMAF_SHARED;
+        if m.has_flag(b"mw") {
+            flags |= VMAF_MAYWRITE;
+        }
     }
-    if m.has_flag(b"gd") {
-        flags |= VMAF_GROWSDOWN;
+    for (f, bit) in VMFLAGS {
+        if m.has_flag(f) {
+            flags |= bit;
+        }
     }
     if deleted && kind == VMA_FILE {
         flags |= VMAF_DELETED;
-    }
-    if m.has_flag(b"dc") {
-        flags |= VMAF_DONTFORK;
-    }
-    if m.has_flag(b"lo") {
-        flags |= VMAF_LOCKED;
     }
     let prot = (m.read as u32 * libc::PROT_READ as u32)
         | (m.write as u32 * libc::PROT_WRITE as u32)
@@ -191,18 +313,25 @@ pub fn vma_of(pid: Pid, comm: &str, m: &MapEntry, shm: &mut ShmemTable) -> Resul
     })
 }
 
+/// Whether the mapping's content comes from an object or file (so only
+/// its copied-on-write pages are saved), rather than all from the image.
+fn backed(v: &Vma) -> bool {
+    match v.kind {
+        VMA_SHMEM => true,
+        VMA_FILE => v.flags & VMAF_DELETED == 0 || v.obj != 0,
+        _ => false,
+    }
+}
+
 /// Whether a page of a private, non-special mapping must be saved, from
 /// its pagemap entry.
 fn page_needed(v: &Vma, pm: u64) -> bool {
     if pm & (PM_PRESENT | PM_SWAP) == 0 {
         return false;
     }
-    match v.kind {
-        // A private file (or memfd) mapping: only copied-on-write pages are
-        // anonymous; the rest are the file's pages and come back from it.
-        VMA_FILE | VMA_SHMEM if v.flags & VMAF_DELETED == 0 => pm & PM_FILE == 0,
-        _ => true,
-    }
+    // A private file (or memfd) mapping: only copied-on-write pages are
+    // anonymous; the rest are the file's pages and come back from it.
+    !backed(v) || pm & PM_FILE == 0
 }
 
 /// Saved page statistics.
@@ -259,10 +388,14 @@ pub fn dump_pages<S: Sink>(
     };
     for v in vmas {
         // Shared mappings' data lives in their file or shmem object.
-        if is_special(v.kind) || v.flags & VMAF_SHARED != 0 || !has_pages(v) {
+        // Droppable memory may be dropped by the kernel at any time: it is
+        // not saved, so it comes back empty, as after such a drop.
+        if is_special(v.kind) || v.flags & (VMAF_SHARED | VMAF_DROPPABLE) != 0 || !has_pages(v) {
             continue;
         }
-        let skip_zero = !matches!(v.kind, VMA_FILE | VMA_SHMEM) || v.flags & VMAF_DELETED != 0;
+        // A zero page over a file's data is data; over anonymous memory it
+        // is what a fresh mapping reads anyway.
+        let skip_zero = !backed(v);
         // The task cannot write from memory it cannot read (PROT_NONE...).
         let by_task = v.prot & libc::PROT_READ as u32 != 0;
         let zero_pfn = direct
@@ -387,6 +520,79 @@ pub fn dump_mm(pid: Pid, st: &procfs::Stat, brk: u64) -> Result<Mm> {
     })
 }
 
+const PR_SET_THP_DISABLE: u64 = 41;
+const PR_GET_THP_DISABLE: u64 = 42;
+const MEMBARRIER_CMD_GET_REGISTRATIONS: u64 = 1 << 9;
+/// MEMBARRIER_CMD_REGISTER_{GLOBAL_EXPEDITED, PRIVATE_EXPEDITED,
+/// PRIVATE_EXPEDITED_SYNC_CORE, PRIVATE_EXPEDITED_RSEQ}.
+const MEMBARRIER_REGISTER_CMDS: [u32; 4] = [1 << 2, 1 << 4, 1 << 6, 1 << 8];
+
+/// Per-mm state only the task itself can read: THP-disable and membarrier
+/// registrations (by injected prctl and membarrier).
+pub fn dump_mm_state(r: &mut Remote, comm: &str) -> Result<MmState> {
+    let thp = r.call(
+        "prctl(PR_GET_THP_DISABLE)",
+        libc::SYS_prctl,
+        &[PR_GET_THP_DISABLE, 0, 0, 0, 0],
+    )? as u32;
+    let regs = r.syscall(
+        libc::SYS_membarrier,
+        &[MEMBARRIER_CMD_GET_REGISTRATIONS, 0, 0],
+    )?;
+    let membarrier = if regs >= 0 {
+        regs as u32
+    } else if regs == -(libc::EINVAL as i64) {
+        // Before Linux 6.3 registrations cannot be read. Only refuse a
+        // process that could have made any.
+        let supported = r.syscall(libc::SYS_membarrier, &[0, 0, 0])?;
+        if supported > 0 && supported as u32 & MEMBARRIER_REGISTER_CMDS.iter().sum::<u32>() != 0 {
+            return Err(Error::Unsupported {
+                pid: r.tid(),
+                comm: comm.into(),
+                object: "membarrier registrations".into(),
+                reason: "this kernel cannot report them (MEMBARRIER_CMD_GET_REGISTRATIONS needs Linux 6.3)".into(),
+            });
+        }
+        0
+    } else {
+        0
+    };
+    if membarrier & !MEMBARRIER_REGISTER_CMDS.iter().sum::<u32>() != 0 {
+        return Err(Error::Unsupported {
+            pid: r.tid(),
+            comm: comm.into(),
+            object: format!("membarrier registrations {membarrier:#x}"),
+            reason: "unknown registration kinds".into(),
+        });
+    }
+    Ok(MmState {
+        thp_disable: thp,
+        membarrier,
+    })
+}
+
+/// Sets THP-disable (always: the restorer's own setting was inherited) and
+/// makes the saved membarrier registrations again.
+fn restore_mm_state(r: &mut Remote, st: &MmState) -> Result<()> {
+    let on = (st.thp_disable & 1) as u64;
+    let how = (st.thp_disable & !1) as u64;
+    r.call(
+        "prctl(PR_SET_THP_DISABLE)",
+        libc::SYS_prctl,
+        &[PR_SET_THP_DISABLE, on, how, 0, 0],
+    )?;
+    for cmd in MEMBARRIER_REGISTER_CMDS {
+        if st.membarrier & cmd != 0 {
+            r.call(
+                &format!("membarrier(register {cmd:#x})"),
+                libc::SYS_membarrier,
+                &[cmd as u64, 0, 0],
+            )?;
+        }
+    }
+    Ok(())
+}
+
 /// The kind of a special mapping by its /proc name.
 pub fn kind_of_special(path: &[u8]) -> Option<u32> {
     match path {
@@ -498,6 +704,113 @@ fn move_vdso(r: &mut Remote, cur: &[MapEntry], p: &ProcessImage) -> Result<()> {
     Ok(())
 }
 
+/// Creates a saved shared memory object (or unlinked file) in the
+/// restorer, filled with its saved pages, as an fd >= `base` for the tree
+/// to inherit and map.
+pub fn create_shmem(s: &ShmemImage, img_fd: i32, base: i32) -> Result<i32> {
+    let me = std::process::id() as Pid;
+    let io = |what: String| {
+        move |e| Error::Sys {
+            pid: me,
+            what,
+            source: e,
+        }
+    };
+    let id = s.shmem.id;
+    let fd = match s.shmem.kind {
+        // A real shared anonymous object (it shows as /dev/zero in maps),
+        // reached through map_files so others can map it.
+        SHMEM_ANON => crate::sys::shared_anon_fd(crate::align_up(s.shmem.size.max(1)), base)
+            .map_err(io("create shared anonymous memory".into()))?,
+        SHMEM_GHOST => create_ghost(s, base)?,
+        _ => {
+            let fd =
+                crate::sys::memfd_raw(&s.shmem.name.0, base).map_err(io("memfd_create".into()))?;
+            crate::sys::ftruncate(fd, s.shmem.size)
+                .map_err(io(format!("size shared memory object {id}")))?;
+            fd
+        }
+    };
+    let fill = || -> Result<()> {
+        let mut buf = Vec::new();
+        for r in &s.pages {
+            buf.resize((r.nr_pages * PAGE) as usize, 0);
+            let mut got = 0;
+            while got < buf.len() {
+                let n = crate::sys::pread(img_fd, &mut buf[got..], r.data_offset + got as u64)
+                    .map_err(io("read shared memory pages".into()))?;
+                if n == 0 {
+                    return Err(Error::Refused(
+                        "image ends inside shared memory pages".into(),
+                    ));
+                }
+                got += n;
+            }
+            crate::sys::pwrite_all(fd, &buf, r.addr)
+                .map_err(io(format!("fill shared memory object {id}")))?;
+        }
+        // Whole pages were written: cut an unlinked file back to its size.
+        if s.shmem.kind == SHMEM_GHOST {
+            crate::sys::ftruncate(fd, s.shmem.size)
+                .map_err(io(format!("size unlinked file {}", s.shmem.name)))?;
+        }
+        Ok(())
+    };
+    fill().inspect_err(|_| crate::sys::close(fd))?;
+    Ok(fd)
+}
+
+/// An unlinked file again: a new file in the directory it was in (so on
+/// the same filesystem, with its mode and owner), briefly linked at its
+/// old name when that is free so that /proc shows the same "PATH
+/// (deleted)", then unlinked. Holes stay holes: only data is written.
+fn create_ghost(s: &ShmemImage, base: i32) -> Result<i32> {
+    let path = &s.shmem.name.0;
+    let g = s.ghost.as_ref().ok_or_else(|| {
+        Error::Refused(format!(
+            "unlinked file {} has no ghost record in the image",
+            s.shmem.name
+        ))
+    })?;
+    let me = std::process::id() as Pid;
+    let dir = match path.iter().rposition(|&c| c == b'/') {
+        Some(0) | None => b"/".to_vec(),
+        Some(i) => path[..i].to_vec(),
+    };
+    let fd = crate::sys::open_raw(
+        &dir,
+        libc::O_TMPFILE | libc::O_RDWR | libc::O_CLOEXEC,
+        0o600,
+    )
+    .map_err(|e| Error::Sys {
+        pid: me,
+        what: format!(
+            "create the unlinked file {} again in {} (the directory must exist, on a filesystem with O_TMPFILE)",
+            s.shmem.name,
+            String::from_utf8_lossy(&dir)
+        ),
+        source: e,
+    })?;
+    let set = || -> Result<i32> {
+        crate::sys::fchown_fchmod(fd, g.uid, g.gid, g.mode).map_err(|e| Error::Sys {
+            pid: me,
+            what: format!("set owner and mode of unlinked file {}", s.shmem.name),
+            source: e,
+        })?;
+        if crate::sys::link_fd(fd, path).is_ok() {
+            let _ = std::fs::remove_file(std::ffi::OsStr::from_bytes(path));
+        }
+        crate::sys::dup_above(fd, base).map_err(|e| Error::Sys {
+            pid: me,
+            what: "dup unlinked file".into(),
+            source: e,
+        })
+    };
+    let high = set();
+    crate::sys::close(fd);
+    high
+}
+
 /// What a restored process inherited from the restorer for its rebuild.
 #[derive(Clone, Copy)]
 pub struct Inherited<'a> {
@@ -551,29 +864,53 @@ pub fn replace_address_space(
             widened.push(v);
         }
         let shared = v.flags & VMAF_SHARED != 0;
+        let droppable = v.flags & VMAF_DROPPABLE != 0;
         let mut flags = libc::MAP_FIXED as u64
             | if shared {
-                libc::MAP_SHARED
+                libc::MAP_SHARED as u64
+            } else if droppable {
+                MAP_DROPPABLE
             } else {
-                libc::MAP_PRIVATE
-            } as u64;
+                libc::MAP_PRIVATE as u64
+            };
         if v.flags & VMAF_GROWSDOWN != 0 {
             flags |= libc::MAP_GROWSDOWN as u64;
         }
-        let (fd, off) = if v.kind == VMA_SHMEM {
+        if v.flags & VMAF_NORESERVE != 0 {
+            flags |= libc::MAP_NORESERVE as u64;
+        }
+        // A shared mapping may become writable (mprotect) only if its file
+        // was opened for writing: open it the same way again.
+        let writable =
+            shared && (v.flags & VMAF_MAYWRITE != 0 || v.prot & libc::PROT_WRITE as u32 != 0);
+        let mode = if writable {
+            libc::O_RDWR
+        } else {
+            libc::O_RDONLY
+        };
+        let (fd, off) = if v.obj != 0 && (v.kind == VMA_SHMEM || v.kind == VMA_FILE) {
             let fd = shmem_fd(v.obj).ok_or_else(|| {
                 Error::Refused(format!(
                     "mapping {:#x} names a missing shared memory object {}",
                     v.start, v.obj
                 ))
             })?;
-            (fd as u64, v.pgoff)
-        } else if v.kind == VMA_FILE && v.flags & VMAF_DELETED == 0 {
-            let mode = if shared && v.prot & libc::PROT_WRITE as u32 != 0 {
-                libc::O_RDWR
+            if shared && !writable {
+                // Our copy of the object is read-write; the task's file was not.
+                let path = format!("/proc/self/fd/{fd}").into_bytes();
+                let ro = match opened.iter().find(|o| o.0 == path && o.1 == mode) {
+                    Some(o) => o.2,
+                    None => {
+                        let ro = remote_open(r, s, &path, mode)?;
+                        opened.push((path, mode, ro));
+                        ro
+                    }
+                };
+                (ro, v.pgoff)
             } else {
-                libc::O_RDONLY
-            };
+                (fd as u64, v.pgoff)
+            }
+        } else if v.kind == VMA_FILE && v.flags & VMAF_DELETED == 0 {
             let fd = match opened.iter().find(|o| o.0 == v.path.0 && o.1 == mode) {
                 Some(o) => o.2,
                 None => {
@@ -636,12 +973,14 @@ pub fn replace_address_space(
     }
     for v in p.vmas.iter().filter(|v| !is_special(v.kind)) {
         let len = v.end - v.start;
-        if v.flags & VMAF_DONTFORK != 0 {
-            r.call(
-                "madvise(MADV_DONTFORK)",
-                libc::SYS_madvise,
-                &[v.start, len, libc::MADV_DONTFORK as u64],
-            )?;
+        for &(bit, advice, name) in ADVICE {
+            if v.flags & bit != 0 {
+                r.call(
+                    &format!("madvise({name}) on {:#x}-{:#x}", v.start, v.end),
+                    libc::SYS_madvise,
+                    &[v.start, len, advice as u64],
+                )?;
+            }
         }
         // Locked memory may exceed what RLIMIT_MEMLOCK allows the restorer:
         // the mapping is then restored unlocked, and said so.
@@ -653,7 +992,8 @@ pub fn replace_address_space(
             );
         }
     }
-    set_mm_map(r, s, p)
+    set_mm_map(r, s, p)?;
+    restore_mm_state(r, &p.mm_state)
 }
 
 fn set_mm_map(r: &mut Remote, s: &Scratch, p: &ProcessImage) -> Result<()> {

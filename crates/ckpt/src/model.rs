@@ -36,6 +36,7 @@ pub struct ProcessImage {
     pub shared_pending: SharedPending,
     pub fds: Vec<Fd>,
     pub mm: Mm,
+    pub mm_state: MmState,
     pub vmas: Vec<Vma>,
     pub threads: Vec<ThreadImage>,
     pub pages: Vec<PageRun>,
@@ -54,6 +55,8 @@ impl ProcessImage {
 #[derive(Debug, Clone, Default)]
 pub struct ShmemImage {
     pub shmem: Shmem,
+    /// Mode and owner, for a `SHMEM_GHOST` object.
+    pub ghost: Option<Ghost>,
     pub pages: Vec<PageRun>,
 }
 
@@ -84,6 +87,7 @@ impl ProcessImage {
             w.write(f)?;
         }
         w.write(&self.mm)?;
+        w.write(&self.mm_state)?;
         for v in &self.vmas {
             w.write(v)?;
         }
@@ -127,8 +131,18 @@ impl Image {
                 T_PIPE => img.pipes.push(r.decode()?),
                 T_SHMEM => img.shmems.push(ShmemImage {
                     shmem: r.decode()?,
+                    ghost: None,
                     pages: Vec::new(),
                 }),
+                T_GHOST => {
+                    let g: Ghost = r.decode()?;
+                    match img.shmems.last_mut() {
+                        Some(s) if s.shmem.id == g.id && s.shmem.kind == SHMEM_GHOST => {
+                            s.ghost = Some(g)
+                        }
+                        _ => return Err(misplaced(&r)),
+                    }
+                }
                 T_TAIL => {}
                 T_PAGES => {
                     let Body::Pages { hdr, data_offset } = r.body else {
@@ -163,6 +177,7 @@ impl Image {
                         T_SHARED_PENDING => p.shared_pending = r.decode()?,
                         T_FD => p.fds.push(r.decode()?),
                         T_MM => p.mm = r.decode()?,
+                        T_MM_STATE => p.mm_state = r.decode()?,
                         T_VMA => p.vmas.push(r.decode()?),
                         T_THREAD => p.threads.push(ThreadImage {
                             thread: r.decode()?,

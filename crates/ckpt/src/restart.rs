@@ -203,34 +203,8 @@ impl Build {
             released: false,
         };
         for s in &img.shmems {
-            let fd = if s.shmem.kind == SHMEM_ANON {
-                // A real shared anonymous object (it shows as /dev/zero in
-                // maps), reached through map_files so others can map it.
-                sys::shared_anon_fd(crate::align_up(s.shmem.size.max(1)), base)
-                    .map_err(io_err("create shared anonymous memory".into()))?
-            } else {
-                let fd =
-                    sys::memfd_raw(&s.shmem.name.0, base).map_err(io_err("memfd_create".into()))?;
-                sys::ftruncate(fd, s.shmem.size)
-                    .map_err(io_err(format!("size shared memory object {}", s.shmem.id)))?;
-                fd
-            };
+            let fd = crate::mm::create_shmem(s, img_fd, base)?;
             b.shmem_fds.push((s.shmem.id, fd));
-            let mut buf = Vec::new();
-            for r in &s.pages {
-                buf.resize((r.nr_pages * PAGE) as usize, 0);
-                let mut got = 0;
-                while got < buf.len() {
-                    let n = sys::pread(img_fd, &mut buf[got..], r.data_offset + got as u64)
-                        .map_err(io_err("read shared memory pages".into()))?;
-                    if n == 0 {
-                        return refuse("image ends inside shared memory pages".into());
-                    }
-                    got += n;
-                }
-                sys::pwrite_all(fd, &buf, r.addr)
-                    .map_err(io_err("fill shared memory object".into()))?;
-            }
         }
         let shm = b.shmem_fds.clone();
         b.opened = files::open_all(
@@ -913,7 +887,7 @@ fn validate_process(img: &Image, p: &ProcessImage) -> Result<()> {
             ));
         }
     }
-    for v in p.vmas.iter().filter(|v| v.kind == VMA_SHMEM) {
+    for v in p.vmas.iter().filter(|v| v.kind == VMA_SHMEM || v.obj != 0) {
         if !img.shmems.iter().any(|s| s.shmem.id == v.obj) {
             return refuse(format!(
                 "pid {pid}: mapping {:#x} names a missing shared memory object",
@@ -942,7 +916,9 @@ fn validate_objects(img: &Image) -> Result<()> {
         if matches!(f.kind, FILE_PIPE | FILE_FIFO) && !img.pipes.iter().any(|p| p.id == f.obj) {
             return refuse(format!("file {} names a missing pipe", f.path));
         }
-        if f.kind == FILE_MEMFD && !img.shmems.iter().any(|s| s.shmem.id == f.obj) {
+        if (f.kind == FILE_MEMFD || (f.kind == FILE_UNLINKED && f.obj != 0))
+            && !img.shmems.iter().any(|s| s.shmem.id == f.obj)
+        {
             return refuse(format!("memfd {} names a missing object", f.path));
         }
     }

@@ -605,6 +605,33 @@ pub fn pwrite_all(fd: i32, buf: &[u8], off: u64) -> io::Result<()> {
     Ok(())
 }
 
+/// fchown then fchmod of a raw fd (in that order: chown clears set-id bits).
+pub fn fchown_fchmod(fd: i32, uid: u32, gid: u32, mode: u32) -> io::Result<()> {
+    // SAFETY: integer arguments.
+    check(unsafe { libc::fchown(fd, uid, gid) } as libc::c_long)?;
+    // SAFETY: integer arguments.
+    check(unsafe { libc::fchmod(fd, mode) } as libc::c_long).map(drop)
+}
+
+/// Gives the file open as `fd` (say an O_TMPFILE one) the name `path`:
+/// linkat of /proc/self/fd/FD with AT_SYMLINK_FOLLOW.
+pub fn link_fd(fd: i32, path: &[u8]) -> io::Result<()> {
+    let from = std::ffi::CString::new(format!("/proc/self/fd/{fd}")).expect("no NUL");
+    let to = std::ffi::CString::new(path)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))?;
+    // SAFETY: both are valid NUL-terminated strings.
+    check(unsafe {
+        libc::linkat(
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            libc::AT_SYMLINK_FOLLOW,
+        )
+    } as libc::c_long)
+    .map(drop)
+}
+
 /// pause(2) forever (signals are blocked by the caller; only ptrace or
 /// SIGKILL ends this).
 pub fn pause_forever() -> ! {
