@@ -62,7 +62,7 @@ pub const T_FILE: u32 = 120;
 pub const T_FD: u32 = 121;
 pub const T_PIPE: u32 = 122;
 pub const T_SHMEM: u32 = 123;
-pub const T_GHOST: u32 = 124;
+pub const T_SHMEM_ATTRS: u32 = 124;
 pub const T_MM_STATE: u32 = 113;
 pub const T_THREAD: u32 = 200;
 pub const T_X86_REGS: u32 = 201;
@@ -314,8 +314,7 @@ record!(
 pub const SHMEM_ANON: u32 = 0;
 pub const SHMEM_MEMFD: u32 = 1;
 /// A regular file unlinked while open or mapped ("ghost"): `name` is the
-/// path it had; a `Ghost` record follows with its mode and owner. Its holes
-/// stay holes (only data ranges have page records).
+/// path it had. Its holes stay holes (only data ranges have page records).
 pub const SHMEM_GHOST: u32 = 2;
 
 record!(
@@ -326,8 +325,9 @@ record!(
 );
 
 record!(
-    /// Mode and owner of the preceding `SHMEM_GHOST` object `id`.
-    Ghost = T_GHOST, "ghost" { id: u32, mode: u32, uid: u32, gid: u32 }
+    /// Mode, owner and seals (F_GET_SEALS; 0 for objects that have none)
+    /// of the preceding `Shmem` object `id`. Images before it lack it.
+    ShmemAttrs = T_SHMEM_ATTRS, "shmem-attrs" { id: u32, mode: u32, uid: u32, gid: u32, seals: u32 }
 );
 
 record!(
@@ -433,7 +433,7 @@ pub enum AnyRecord {
     Fd(Fd),
     Pipe(Pipe),
     Shmem(Shmem),
-    Ghost(Ghost),
+    ShmemAttrs(ShmemAttrs),
     MmState(MmState),
     Thread(Thread),
     X86Regs(X86Regs),
@@ -479,7 +479,7 @@ dispatch!(
     Fd => Fd,
     Pipe => Pipe,
     Shmem => Shmem,
-    Ghost => Ghost,
+    ShmemAttrs => ShmemAttrs,
     MmState => MmState,
     Thread => Thread,
     X86Regs => X86Regs,

@@ -140,7 +140,7 @@ fn write_rec<W: io::Write>(w: &mut ImageWriter<W>, r: &AnyRecord) -> io::Result<
         AnyRecord::File(r) => w.write(r),
         AnyRecord::Pipe(r) => w.write(r),
         AnyRecord::Shmem(r) => w.write(r),
-        AnyRecord::Ghost(r) => w.write(r),
+        AnyRecord::ShmemAttrs(r) => w.write(r),
         AnyRecord::MmState(r) => w.write(r),
         AnyRecord::Fd(r) => w.write(r),
         AnyRecord::Thread(r) => w.write(r),
@@ -352,11 +352,12 @@ fn sample_image() -> &'static [u8] {
                 size: 1 << 20,
                 name: "/tmp/ghost".into(),
             }),
-            AnyRecord::Ghost(Ghost {
+            AnyRecord::ShmemAttrs(ShmemAttrs {
                 id: 3,
                 mode: 0o640,
                 uid: 1000,
                 gid: 100,
+                seals: 0,
             }),
             AnyRecord::Fd(Fd {
                 fd: 0,

@@ -339,6 +339,8 @@ pub fn open_all(
         source: e,
     };
     let mut by_id = Vec::new();
+    // Memfd objects whose own description a file took.
+    let mut memfd_taken: Vec<u32> = Vec::new();
     // Pipe id -> (read end, write end) in this process.
     let mut pipe_ends: Vec<(u32, i32, i32)> = Vec::new();
     for p in pipes {
@@ -422,12 +424,21 @@ pub fn open_all(
                         f.id, f.obj
                     ))
                 })?;
-                reopen(
-                    format!("/proc/self/fd/{m}").as_bytes(),
-                    f.flags as i32,
-                    base,
-                )
-                .map_err(|e| err(format!("reopen memfd {}", f.path), e))?
+                // The file memfd_create made is no writer that stops an
+                // execveat of it (ETXTBSY) but a read-write reopen is: the
+                // first read-write description gets that very file.
+                if f.flags as i32 & libc::O_ACCMODE == libc::O_RDWR && !memfd_taken.contains(&f.obj)
+                {
+                    memfd_taken.push(f.obj);
+                    sys::dup_above(m, base).map_err(|e| err("dup memfd".into(), e))?
+                } else {
+                    reopen(
+                        format!("/proc/self/fd/{m}").as_bytes(),
+                        f.flags as i32,
+                        base,
+                    )
+                    .map_err(|e| err(format!("reopen memfd {}", f.path), e))?
+                }
             }
             FILE_UNLINKED if f.obj != 0 => {
                 let m = shmem_fd(f.obj).ok_or_else(|| {

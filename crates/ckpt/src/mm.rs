@@ -39,7 +39,7 @@ pub struct ShmObj {
     pub shmem: Shmem,
     /// A /proc path that opens it (a map_files or fd link).
     pub source: String,
-    pub ghost: Option<Ghost>,
+    pub attrs: ShmemAttrs,
 }
 
 /// Shared memory objects (shared anonymous regions, memfds) and unlinked
@@ -85,12 +85,17 @@ impl ShmemTable {
         let meta = stat_source(&source)?;
         let id = self.objs.len() as u32 + 1;
         use std::os::unix::fs::MetadataExt;
-        let ghost = (kind == SHMEM_GHOST).then(|| Ghost {
+        let seals = std::fs::File::open(&source)
+            .ok()
+            .and_then(|f| crate::sys::get_seals(&f).ok())
+            .unwrap_or(0);
+        let attrs = ShmemAttrs {
             id,
             mode: meta.mode() & 0o7777,
             uid: meta.uid(),
             gid: meta.gid(),
-        });
+            seals,
+        };
         self.objs.push(ShmObj {
             dev,
             ino,
@@ -101,7 +106,7 @@ impl ShmemTable {
                 name: crate::task::text(name),
             },
             source,
-            ghost,
+            attrs,
         });
         Ok(id)
     }
@@ -146,9 +151,7 @@ impl ShmemTable {
         for o in &self.objs {
             let (shm, source) = (&o.shmem, &o.source);
             w.write(shm).map_err(Error::Write)?;
-            if let Some(g) = &o.ghost {
-                w.write(g).map_err(Error::Write)?;
-            }
+            w.write(&o.attrs).map_err(Error::Write)?;
             let f = std::fs::File::open(source).map_err(|e| Error::Sys {
                 pid: 0,
                 what: format!("open {source}"),
@@ -754,6 +757,14 @@ pub fn create_shmem(s: &ShmemImage, img_fd: i32, base: i32) -> Result<i32> {
             crate::sys::ftruncate(fd, s.shmem.size)
                 .map_err(io(format!("size unlinked file {}", s.shmem.name)))?;
         }
+        if let (Some(a), SHMEM_MEMFD | SHMEM_GHOST) = (&s.attrs, s.shmem.kind) {
+            crate::sys::fchown_fchmod(fd, a.uid, a.gid, a.mode)
+                .map_err(io(format!("set owner and mode of {}", s.shmem.name)))?;
+            if a.seals != 0 {
+                crate::sys::add_seals(fd, a.seals)
+                    .map_err(io(format!("seal memfd {}", s.shmem.name)))?;
+            }
+        }
         Ok(())
     };
     fill().inspect_err(|_| crate::sys::close(fd))?;
@@ -761,17 +772,11 @@ pub fn create_shmem(s: &ShmemImage, img_fd: i32, base: i32) -> Result<i32> {
 }
 
 /// An unlinked file again: a new file in the directory it was in (so on
-/// the same filesystem, with its mode and owner), briefly linked at its
+/// the same filesystem; mode and owner are set by the caller), briefly linked at its
 /// old name when that is free so that /proc shows the same "PATH
 /// (deleted)", then unlinked. Holes stay holes: only data is written.
 fn create_ghost(s: &ShmemImage, base: i32) -> Result<i32> {
     let path = &s.shmem.name.0;
-    let g = s.ghost.as_ref().ok_or_else(|| {
-        Error::Refused(format!(
-            "unlinked file {} has no ghost record in the image",
-            s.shmem.name
-        ))
-    })?;
     let me = std::process::id() as Pid;
     let dir = match path.iter().rposition(|&c| c == b'/') {
         Some(0) | None => b"/".to_vec(),
@@ -792,11 +797,6 @@ fn create_ghost(s: &ShmemImage, base: i32) -> Result<i32> {
         source: e,
     })?;
     let set = || -> Result<i32> {
-        crate::sys::fchown_fchmod(fd, g.uid, g.gid, g.mode).map_err(|e| Error::Sys {
-            pid: me,
-            what: format!("set owner and mode of unlinked file {}", s.shmem.name),
-            source: e,
-        })?;
         if crate::sys::link_fd(fd, path).is_ok() {
             let _ = std::fs::remove_file(std::ffi::OsStr::from_bytes(path));
         }

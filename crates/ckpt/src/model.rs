@@ -55,8 +55,8 @@ impl ProcessImage {
 #[derive(Debug, Clone, Default)]
 pub struct ShmemImage {
     pub shmem: Shmem,
-    /// Mode and owner, for a `SHMEM_GHOST` object.
-    pub ghost: Option<Ghost>,
+    /// Mode, owner and seals.
+    pub attrs: Option<ShmemAttrs>,
     pub pages: Vec<PageRun>,
 }
 
@@ -131,15 +131,13 @@ impl Image {
                 T_PIPE => img.pipes.push(r.decode()?),
                 T_SHMEM => img.shmems.push(ShmemImage {
                     shmem: r.decode()?,
-                    ghost: None,
+                    attrs: None,
                     pages: Vec::new(),
                 }),
-                T_GHOST => {
-                    let g: Ghost = r.decode()?;
+                T_SHMEM_ATTRS => {
+                    let g: ShmemAttrs = r.decode()?;
                     match img.shmems.last_mut() {
-                        Some(s) if s.shmem.id == g.id && s.shmem.kind == SHMEM_GHOST => {
-                            s.ghost = Some(g)
-                        }
+                        Some(s) if s.shmem.id == g.id => s.attrs = Some(g),
                         _ => return Err(misplaced(&r)),
                     }
                 }

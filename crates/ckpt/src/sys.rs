@@ -571,7 +571,10 @@ pub fn memfd_raw(name: &[u8], base: i32) -> io::Result<i32> {
     .expect("NULs removed");
     // SAFETY: c is NUL-terminated.
     let fd =
-        check(unsafe { libc::memfd_create(c.as_ptr(), libc::MFD_CLOEXEC) } as libc::c_long)? as i32;
+        check(
+            unsafe { libc::memfd_create(c.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) }
+                as libc::c_long,
+        )? as i32;
     let high = dup_above(fd, base);
     close(fd);
     high
@@ -611,6 +614,30 @@ pub fn fchown_fchmod(fd: i32, uid: u32, gid: u32, mode: u32) -> io::Result<()> {
     check(unsafe { libc::fchown(fd, uid, gid) } as libc::c_long)?;
     // SAFETY: integer arguments.
     check(unsafe { libc::fchmod(fd, mode) } as libc::c_long).map(drop)
+}
+
+/// fcntl(F_GET_SEALS): the seals of a memfd (EINVAL for other files).
+pub fn get_seals(f: &std::fs::File) -> io::Result<u32> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: F_GET_SEALS takes no argument.
+    check(unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GET_SEALS) } as libc::c_long)
+        .map(|v| v as u32)
+}
+
+/// fcntl(F_ADD_SEALS) of the seals in `seals` the file lacks (a tmpfs
+/// file not made by memfd_create already has F_SEAL_SEAL).
+pub fn add_seals(fd: i32, seals: u32) -> io::Result<()> {
+    // SAFETY: F_GET_SEALS takes no argument.
+    let have = check(unsafe { libc::fcntl(fd, libc::F_GET_SEALS) } as libc::c_long)? as u32;
+    if seals & !have == 0 {
+        return Ok(());
+    }
+    // SAFETY: F_ADD_SEALS takes an integer.
+    check(
+        unsafe { libc::fcntl(fd, libc::F_ADD_SEALS, (seals & !have) as libc::c_int) }
+            as libc::c_long,
+    )
+    .map(drop)
 }
 
 /// Gives the file open as `fd` (say an O_TMPFILE one) the name `path`:
