@@ -93,6 +93,14 @@ fn detail(r: &AnyRecord) -> String {
             m.name,
             m.size
         ),
+        AnyRecord::ShmemAttrs(a) => format!(
+            "shmem {} mode {:o} uid {} gid {} seals {:#x}",
+            a.id, a.mode, a.uid, a.gid, a.seals
+        ),
+        AnyRecord::MmState(m) => format!(
+            "thp-disable {}, membarrier registrations {:#x}",
+            m.thp_disable, m.membarrier
+        ),
         AnyRecord::Vma(v) => format!("{:#x}-{:#x} {} {}", v.start, v.end, prot(v), v.path),
         AnyRecord::Pages(p) if p.flags & ckpt_image::PAGES_SHMEM != 0 => {
             format!("shmem offset {:#x}: {} pages", p.addr, p.nr_pages)
