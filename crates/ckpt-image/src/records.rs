@@ -64,6 +64,7 @@ pub const T_PIPE: u32 = 122;
 pub const T_SHMEM: u32 = 123;
 pub const T_SHMEM_ATTRS: u32 = 124;
 pub const T_MM_STATE: u32 = 113;
+pub const T_COW_SHARED: u32 = 114;
 pub const T_THREAD: u32 = 200;
 pub const T_X86_REGS: u32 = 201;
 pub const T_X86_XSTATE: u32 = 202;
@@ -341,6 +342,14 @@ record!(
     }
 );
 
+record!(
+    /// Pages of this process that were the very pages of its parent at the
+    /// same address (copy-on-write after fork, written by neither). They are
+    /// saved with the process's pages too; restart shares them again when it
+    /// can map the parent's copy before forking.
+    CowShared = T_COW_SHARED, "cow-shared" { addr: u64, nr_pages: u64 }
+);
+
 /// Page record flag: the pages belong to the preceding `Shmem` object.
 pub const PAGES_SHMEM: u32 = 1;
 
@@ -435,6 +444,7 @@ pub enum AnyRecord {
     Shmem(Shmem),
     ShmemAttrs(ShmemAttrs),
     MmState(MmState),
+    CowShared(CowShared),
     Thread(Thread),
     X86Regs(X86Regs),
     X86Xstate(X86Xstate),
@@ -481,6 +491,7 @@ dispatch!(
     Shmem => Shmem,
     ShmemAttrs => ShmemAttrs,
     MmState => MmState,
+    CowShared => CowShared,
     Thread => Thread,
     X86Regs => X86Regs,
     X86Xstate => X86Xstate,

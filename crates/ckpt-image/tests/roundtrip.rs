@@ -142,6 +142,7 @@ fn write_rec<W: io::Write>(w: &mut ImageWriter<W>, r: &AnyRecord) -> io::Result<
         AnyRecord::Shmem(r) => w.write(r),
         AnyRecord::ShmemAttrs(r) => w.write(r),
         AnyRecord::MmState(r) => w.write(r),
+        AnyRecord::CowShared(r) => w.write(r),
         AnyRecord::Fd(r) => w.write(r),
         AnyRecord::Thread(r) => w.write(r),
         AnyRecord::X86Regs(r) => w.write(r),
@@ -379,6 +380,10 @@ fn sample_image() -> &'static [u8] {
             AnyRecord::MmState(MmState {
                 thp_disable: 1,
                 membarrier: 1 << 4,
+            }),
+            AnyRecord::CowShared(CowShared {
+                addr: 0x7f00_0000_0000,
+                nr_pages: 3,
             }),
             AnyRecord::Vma(Vma {
                 start: 0x400000,

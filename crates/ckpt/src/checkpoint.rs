@@ -215,6 +215,7 @@ fn run<S: Sink>(
         f.obj = shm.id(dev, ino, SHMEM_MEMFD, &name, source)?;
     }
     ft.link_ghosts(&mut shm)?;
+    mm::find_cow(&mut images, sys::zero_page_pfn())?;
     let xstate = first_xstate.unwrap_or_default();
     let xcr0 = arch::xstate_xfeatures(&xstate).unwrap_or(sys::xcr0());
     w.write(&arch::arch_record(xcr0, xstate.len() as u32))
@@ -509,6 +510,7 @@ fn dump_process(
                 mm: mm::dump_mm(pid, &st, brk)?,
                 mm_state: mm::dump_mm_state(&mut main, &comm)?,
                 vmas,
+                cow: Vec::new(),
                 threads,
                 pages: Vec::new(),
             })

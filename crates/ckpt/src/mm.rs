@@ -337,6 +337,186 @@ fn page_needed(v: &Vma, pm: u64) -> bool {
     !backed(v) || pm & PM_FILE == 0
 }
 
+/// Private anonymous mappings whose pages a child may share with its
+/// parent and get back shared through fork. Not locked ones (mlock would
+/// break the sharing at once), nor those fork does not copy as they are.
+fn cow_eligible(v: &Vma) -> bool {
+    matches!(v.kind, VMA_ANON | VMA_HEAP)
+        && v.flags
+            & (VMAF_SHARED
+                | VMAF_GROWSDOWN
+                | VMAF_DONTFORK
+                | VMAF_WIPEONFORK
+                | VMAF_LOCKED
+                | VMAF_DROPPABLE)
+            == 0
+}
+
+/// The pages of `child` that are still its parent's very pages at the same
+/// address (same page frame in both pagemaps), in mappings both have with
+/// the same bounds. Needs root for page frame numbers; without them it
+/// finds none.
+pub fn cow_shared(
+    child: Pid,
+    cvmas: &[Vma],
+    parent: Pid,
+    pvmas: &[Vma],
+    zero_pfn: Option<u64>,
+) -> Result<Vec<CowShared>> {
+    let open = |pid: Pid| {
+        std::fs::File::open(format!("/proc/{pid}/pagemap")).ctx(pid, || "open pagemap".into())
+    };
+    let (cpm, ppm) = (open(child)?, open(parent)?);
+    let mut out: Vec<CowShared> = Vec::new();
+    for v in cvmas.iter().filter(|v| cow_eligible(v)) {
+        if !pvmas
+            .iter()
+            .any(|p| p.start == v.start && p.end == v.end && cow_eligible(p))
+        {
+            continue;
+        }
+        let mut addr = v.start;
+        while addr < v.end {
+            let end = (addr + CHUNK_PAGES * PAGE).min(v.end);
+            let c = procfs::pagemap(&cpm, addr, end).ctx(child, || "read pagemap".into())?;
+            let p = procfs::pagemap(&ppm, addr, end).ctx(parent, || "read pagemap".into())?;
+            for (i, (&c, &p)) in c.iter().zip(&p).enumerate() {
+                let pfn = c & PFN_MASK;
+                let same = c & PM_PRESENT != 0
+                    && p & PM_PRESENT != 0
+                    && pfn != 0
+                    && pfn == p & PFN_MASK
+                    && zero_pfn != Some(pfn);
+                if !same {
+                    continue;
+                }
+                let a = addr + i as u64 * PAGE;
+                match out.last_mut() {
+                    Some(r) if r.addr + r.nr_pages * PAGE == a => r.nr_pages += 1,
+                    _ => out.push(CowShared {
+                        addr: a,
+                        nr_pages: 1,
+                    }),
+                }
+            }
+            addr = end;
+        }
+    }
+    Ok(out)
+}
+
+/// Finds, for every live process whose parent is in the tree, the pages it
+/// still shares with that parent (see `cow_shared`).
+pub fn find_cow(images: &mut [ProcessImage], zero_pfn: Option<u64>) -> Result<()> {
+    for i in 0..images.len() {
+        if images[i].is_zombie() {
+            continue;
+        }
+        let ppid = images[i].process.ppid;
+        let Some(j) = images
+            .iter()
+            .position(|q| q.pid() == ppid && !q.is_zombie() && q.pid() != images[i].pid())
+        else {
+            continue;
+        };
+        let cow = cow_shared(
+            images[i].pid(),
+            &images[i].vmas,
+            ppid,
+            &images[j].vmas,
+            zero_pfn,
+        )?;
+        images[i].cow = cow;
+    }
+    Ok(())
+}
+
+/// Runs in restored process `p` before it forks its children: maps and
+/// fills, at their addresses, its private anonymous mappings whose pages a
+/// child shares, so that the children inherit them through fork and share
+/// them again. Best effort: a mapping that collides with the restorer's own
+/// memory, or any failure, leaves that mapping to the usual restore (its
+/// pages are in every process's own page data too).
+pub fn premap_cow(img: &crate::model::Image, p: &ProcessImage, img_fd: i32) -> Vec<u64> {
+    // Reported on one status line, which must stay one atomic pipe write.
+    const MAX_PREMAPS: usize = 128;
+    let mut done_maps = Vec::new();
+    let kids: Vec<&ProcessImage> = img
+        .processes
+        .iter()
+        .filter(|c| c.process.ppid == p.pid() && c.pid() != p.pid() && !c.is_zombie())
+        .collect();
+    for v in p.vmas.iter().filter(|v| cow_eligible(v)) {
+        let wanted = kids.iter().any(|c| {
+            c.vmas
+                .iter()
+                .any(|cv| cv.start == v.start && cv.end == v.end)
+                && c.cow
+                    .iter()
+                    .any(|r| overlaps((r.addr, r.addr + r.nr_pages * PAGE), (v.start, v.end)))
+        });
+        if !wanted || done_maps.len() == MAX_PREMAPS {
+            continue;
+        }
+        let len = v.end - v.start;
+        let rw = libc::PROT_READ | libc::PROT_WRITE;
+        let Ok(a) = crate::sys::mmap_anon(v.start, len as usize, rw) else {
+            continue;
+        };
+        let filled = (|| -> std::io::Result<()> {
+            for run in p
+                .pages
+                .iter()
+                .filter(|r| v.start <= r.addr && r.addr < v.end)
+            {
+                let total = run.nr_pages * PAGE;
+                let mut done = 0;
+                while done < total {
+                    let n = crate::sys::pread_own(
+                        img_fd,
+                        run.addr + done,
+                        (total - done) as usize,
+                        run.data_offset + done,
+                    )?;
+                    if n == 0 {
+                        return Err(std::io::ErrorKind::UnexpectedEof.into());
+                    }
+                    done += n as u64;
+                }
+            }
+            Ok(())
+        })();
+        if filled.is_ok() {
+            done_maps.push(a);
+        } else {
+            crate::sys::munmap(a, len as usize);
+        }
+    }
+    done_maps
+}
+
+/// Subtracts `holes` from the ranges `runs` (both as (start, end)).
+fn subtract(runs: &[(u64, u64)], holes: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    for &(mut a, b) in runs {
+        let mut hs: Vec<&(u64, u64)> = holes.iter().filter(|h| overlaps(**h, (a, b))).collect();
+        hs.sort();
+        for h in hs {
+            if h.0 > a {
+                out.push((a, h.0.min(b)));
+            }
+            a = a.max(h.1);
+            if a >= b {
+                break;
+            }
+        }
+        if a < b {
+            out.push((a, b));
+        }
+    }
+    out
+}
+
 /// Saved page statistics.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct PageStats {
@@ -821,6 +1001,47 @@ pub struct Inherited<'a> {
     pub img_fd: i32,
     /// The fd of each shared memory object, by id.
     pub shmem_fd: &'a dyn Fn(u32) -> Option<i32>,
+    /// (pid, start) of the mappings this process or its parent premapped
+    /// before forking (`premap_cow`).
+    pub premapped: &'a [(Pid, u64)],
+}
+
+/// A premapped copy-on-write region the process keeps (see `premap_cow`).
+struct Premap {
+    start: u64,
+    end: u64,
+    /// Mapped by this very process (all its pages are in place), rather
+    /// than inherited from its parent (only the shared pages are).
+    own: bool,
+}
+
+/// The premapped regions of `cur` that are right for `p`: its own, or its
+/// parent's where it shares pages with the parent. Any other (say the
+/// grandparent's) is unmapped like everything else.
+fn kept_premaps(p: &ProcessImage, cur: &[MapEntry], premapped: &[(Pid, u64)]) -> Vec<Premap> {
+    let mut out = Vec::new();
+    for m in cur {
+        let Some(&(owner, _)) = premapped.iter().find(|x| x.1 == m.start) else {
+            continue;
+        };
+        let same = p
+            .vmas
+            .iter()
+            .any(|v| v.start == m.start && v.end == m.end && cow_eligible(v));
+        let own = owner == p.pid();
+        let shares = p
+            .cow
+            .iter()
+            .any(|c| overlaps((c.addr, c.addr + c.nr_pages * PAGE), (m.start, m.end)));
+        if same && (own || (owner == p.process.ppid && shares)) {
+            out.push(Premap {
+                start: m.start,
+                end: m.end,
+                own,
+            });
+        }
+    }
+    out
 }
 
 /// Replaces the task's address space with the image's: unmaps everything
@@ -839,11 +1060,16 @@ pub fn replace_address_space(
         tramp_len,
         img_fd,
         shmem_fd,
+        premapped,
     } = *from;
     let pid = r.tid();
     let cur = procfs::maps(pid).ctx(pid, || "read maps".into())?;
+    let premaps = kept_premaps(p, &cur, premapped);
     for m in &cur {
-        if (m.start >= tramp && m.end <= tramp + tramp_len) || kind_of_special(&m.path).is_some() {
+        if (m.start >= tramp && m.end <= tramp + tramp_len)
+            || kind_of_special(&m.path).is_some()
+            || premaps.iter().any(|k| k.start == m.start)
+        {
             continue;
         }
         r.call("munmap", libc::SYS_munmap, &[m.start, m.size()])?;
@@ -854,6 +1080,13 @@ pub fn replace_address_space(
     let mut widened = Vec::new();
     for v in p.vmas.iter().filter(|v| !is_special(v.kind)) {
         let len = v.end - v.start;
+        if premaps.iter().any(|k| k.start == v.start) {
+            // Mapped read-write and (partly) filled before the fork.
+            if v.prot != (libc::PROT_READ | libc::PROT_WRITE) as u32 {
+                widened.push(v);
+            }
+            continue;
+        }
         let fill = p
             .pages
             .iter()
@@ -939,30 +1172,92 @@ pub fn replace_address_space(
     for (_, _, fd) in opened {
         r.call("close", libc::SYS_close, &[fd])?;
     }
+    // Pages still shared with the parent are in place already; so are all
+    // the pages of a mapping this process premapped itself.
+    let cow: Vec<(u64, u64)> = p
+        .cow
+        .iter()
+        .map(|c| (c.addr, c.addr + c.nr_pages * PAGE))
+        .collect();
+    let own_premapped: Vec<(u64, u64)> = premaps
+        .iter()
+        .filter(|k| k.own)
+        .map(|k| (k.start, k.end))
+        .collect();
+    let runs: Vec<(u64, u64)> = p
+        .pages
+        .iter()
+        .map(|r| (r.addr, r.addr + r.nr_pages * PAGE))
+        .collect();
+    let mut in_place = own_premapped.clone();
+    in_place.extend(subtract(&cow, &own_premapped).iter().filter(|c| {
+        premaps
+            .iter()
+            .any(|k| !k.own && k.start <= c.0 && c.1 <= k.end)
+    }));
     // One copy per page: the task reads its own pages from the image file.
     for run in &p.pages {
-        let mut done = 0;
-        let total = run.nr_pages * PAGE;
-        while done < total {
-            let n = r.call(
-                "pread64(image)",
-                libc::SYS_pread64,
-                &[
-                    img_fd as u64,
-                    run.addr + done,
-                    total - done,
-                    run.data_offset + done,
-                ],
-            )?;
-            if n == 0 {
-                return Err(Error::Refused(format!(
-                    "image ends inside the page data for {:#x}",
-                    run.addr
-                )));
+        let span = (run.addr, run.addr + run.nr_pages * PAGE);
+        for (a, b) in subtract(&[span], &in_place) {
+            let mut done = 0;
+            let total = b - a;
+            let data = run.data_offset + (a - run.addr);
+            while done < total {
+                let n = r.call(
+                    "pread64(image)",
+                    libc::SYS_pread64,
+                    &[img_fd as u64, a + done, total - done, data + done],
+                )?;
+                if n == 0 {
+                    return Err(Error::Refused(format!(
+                        "image ends inside the page data for {:#x}",
+                        run.addr
+                    )));
+                }
+                done += n;
+                progress(n);
             }
-            done += n;
-            progress(n);
         }
+    }
+    // An inherited premap holds the parent's pages: where this process had
+    // none of its own (nor shared ones), it must read zeros.
+    for k in premaps.iter().filter(|k| !k.own) {
+        let mut have = runs.clone();
+        have.extend_from_slice(&cow);
+        for (a, b) in subtract(&[(k.start, k.end)], &have) {
+            r.call(
+                "madvise(MADV_DONTNEED)",
+                libc::SYS_madvise,
+                &[a, b - a, libc::MADV_DONTNEED as u64],
+            )?;
+        }
+    }
+    // Names of anonymous mappings (prctl PR_SET_VMA_ANON_NAME, on kernels
+    // that have them).
+    for v in p.vmas.iter().filter(|v| v.kind == VMA_ANON) {
+        let Some(name) = v
+            .path
+            .0
+            .strip_prefix(b"[anon:")
+            .and_then(|n| n.strip_suffix(b"]"))
+        else {
+            continue;
+        };
+        let mut z = name.to_vec();
+        z.push(0);
+        s.write(0, &z)?;
+        let arg = s.addr;
+        r.call(
+            "prctl(PR_SET_VMA_ANON_NAME)",
+            libc::SYS_prctl,
+            &[
+                crate::sys::PR_SET_VMA as u64,
+                crate::sys::PR_SET_VMA_ANON_NAME,
+                v.start,
+                v.end - v.start,
+                arg,
+            ],
+        )?;
     }
     for v in widened {
         r.call(

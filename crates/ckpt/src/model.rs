@@ -38,6 +38,8 @@ pub struct ProcessImage {
     pub mm: Mm,
     pub mm_state: MmState,
     pub vmas: Vec<Vma>,
+    /// Page ranges still shared copy-on-write with the parent.
+    pub cow: Vec<CowShared>,
     pub threads: Vec<ThreadImage>,
     pub pages: Vec<PageRun>,
 }
@@ -90,6 +92,9 @@ impl ProcessImage {
         w.write(&self.mm_state)?;
         for v in &self.vmas {
             w.write(v)?;
+        }
+        for c in &self.cow {
+            w.write(c)?;
         }
         for t in &self.threads {
             w.write(&t.thread)?;
@@ -177,6 +182,7 @@ impl Image {
                         T_MM => p.mm = r.decode()?,
                         T_MM_STATE => p.mm_state = r.decode()?,
                         T_VMA => p.vmas.push(r.decode()?),
+                        T_COW_SHARED => p.cow.push(r.decode()?),
                         T_THREAD => p.threads.push(ThreadImage {
                             thread: r.decode()?,
                             ..Default::default()

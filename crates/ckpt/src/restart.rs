@@ -140,6 +140,9 @@ struct Build {
     /// Seized tasks (every thread of every live process).
     traced: Vec<Pid>,
     released: bool,
+    /// (pid, start) of each mapping a process premapped for its children
+    /// to inherit copy-on-write (see `mm::premap_cow`).
+    premapped: Vec<(Pid, u64)>,
 }
 
 /// Chooses where the trampoline goes: free in this process (every restored
@@ -201,6 +204,7 @@ impl Build {
             pgid_helpers: group_helpers(img),
             traced: Vec::new(),
             released: false,
+            premapped: Vec::new(),
         };
         for s in &img.shmems {
             let fd = crate::mm::create_shmem(s, img_fd, base)?;
@@ -284,7 +288,14 @@ impl Build {
             while let Some(i) = text.iter().position(|&c| c == b'\n') {
                 let line: Vec<u8> = text.drain(..=i).collect();
                 let line = String::from_utf8_lossy(&line[..line.len() - 1]).into_owned();
-                if line.starts_with("ok ") {
+                if let Some(rest) = line.strip_prefix("ok ") {
+                    let mut words = rest.split(' ');
+                    let who = words.next().and_then(|w| w.parse::<Pid>().ok());
+                    if let Some(who) = who {
+                        self.premapped.extend(
+                            words.filter_map(|w| u64::from_str_radix(w, 16).ok().map(|a| (who, a))),
+                        );
+                    }
                     ok += 1;
                 } else {
                     return refuse(format!(
@@ -306,6 +317,7 @@ impl Build {
     /// PTRACE_O_EXITKILL alone once seized.
     fn become_process(&self, img: &Image, p: &ProcessImage, via_helper: bool) -> ! {
         let pid = p.pid();
+        let mut premapped = Vec::new();
         let res = (|| -> std::result::Result<(), String> {
             sys::block_all_signals();
             // If ckpt dies before the restore completes, the half-built tree dies too.
@@ -332,6 +344,8 @@ impl Build {
                     }
                 }
             }
+            // Memory children share copy-on-write is mapped before they fork.
+            premapped = crate::mm::premap_cow(img, p, self.img_fd);
             let mut zombies = Vec::new();
             let kids: Vec<&ProcessImage> = img
                 .processes
@@ -430,7 +444,9 @@ impl Build {
         })();
         match res {
             Ok(()) => {
-                let _ = sys::write_all(self.status.1, format!("ok {pid}\n").as_bytes());
+                // The mappings premapped for the children travel with "ok".
+                let cow: String = premapped.iter().map(|a| format!(" {a:x}")).collect();
+                let _ = sys::write_all(self.status.1, format!("ok {pid}{cow}\n").as_bytes());
                 sys::pause_forever()
             }
             Err(m) => {
@@ -481,7 +497,14 @@ impl Build {
         }
         let shm = self.shmem_fds.clone();
         let shmem_fd = move |id: u32| shm.iter().find(|x| x.0 == id).map(|x| x.1);
+        let premapped: Vec<(Pid, u64)> = self
+            .premapped
+            .iter()
+            .copied()
+            .filter(|&(who, _)| who == pid || who == p.process.ppid)
+            .collect();
         let from = crate::mm::Inherited {
+            premapped: &premapped,
             tramp: self.tramp,
             tramp_len: TRAMP_LEN,
             img_fd: self.img_fd,

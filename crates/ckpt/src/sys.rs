@@ -354,6 +354,19 @@ pub fn munmap(addr: u64, len: usize) {
     unsafe { libc::munmap(addr as *mut _, len) };
 }
 
+/// pread(2) from `fd` at `off` straight into our own memory at `addr`
+/// (a writable mapping the caller made and owns, `len` bytes long).
+pub fn pread_own(fd: i32, addr: u64, len: usize, off: u64) -> io::Result<usize> {
+    // SAFETY: callers pass a writable anonymous mapping of ours holding
+    // `len` bytes that nothing else references; the kernel writes only there.
+    check(unsafe { libc::pread64(fd, addr as *mut libc::c_void, len, off as i64) } as libc::c_long)
+        .map(|v| v as usize)
+}
+
+/// prctl(PR_SET_VMA, PR_SET_VMA_ANON_NAME, ...): names anonymous memory.
+pub const PR_SET_VMA: i32 = 0x5356_4d41;
+pub const PR_SET_VMA_ANON_NAME: libc::c_ulong = 0;
+
 /// Writes `data` at `addr` in our own memory (a page we mapped ourselves).
 pub fn poke_own(addr: u64, data: &[u8]) {
     // SAFETY: callers pass an address inside a writable mapping of ours,
