@@ -62,3 +62,22 @@ fn unlinked_file_holes_are_not_saved() {
     env.restart_detached(&mut w, &img);
     env.signal_and_expect_pass(&mut w, libc::SIGTERM);
 }
+
+/// The cow workload passes on its own (it needs root to see page frames).
+#[test]
+fn cow_passes_without_checkpoint() {
+    let Some(env) = TestEnv::new("cow_passes_without_checkpoint") else {
+        return;
+    };
+    env.run_control("cow", &[], nothing);
+}
+
+/// Pages a child shares copy-on-write with its parent are still the same
+/// page frames in both after restart; pages either wrote are their own.
+#[test]
+fn restore_cow_sharing() {
+    let Some(env) = TestEnv::new("restore_cow_sharing") else {
+        return;
+    };
+    env.roundtrip("cow", &[], nothing, nothing);
+}
