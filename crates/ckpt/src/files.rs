@@ -447,9 +447,10 @@ pub fn open_all(
                         f.id, f.obj
                     ))
                 })?;
+                // A file made with O_TMPFILE keeps O_DIRECTORY in its flags.
                 reopen(
                     format!("/proc/self/fd/{m}").as_bytes(),
-                    f.flags as i32,
+                    f.flags as i32 & !libc::O_DIRECTORY,
                     base,
                 )
                 .map_err(|e| err(format!("reopen unlinked file {}", f.path), e))?

@@ -129,6 +129,14 @@ impl ShmemTable {
         if !meta.is_file() {
             return Err(unsupported("an unlinked file that is not a regular file"));
         }
+        use std::os::unix::fs::MetadataExt;
+        if meta.nlink() > 0 {
+            // A copy would no longer be the file its other names reach.
+            return Err(unsupported(&format!(
+                "the file was unlinked from this name but still has {} other link(s); ckpt cannot find them to reopen it",
+                meta.nlink()
+            )));
+        }
         let f = std::fs::File::open(&source).map_err(|e| Error::Sys {
             pid: 0,
             what: format!("open {source}"),
