@@ -865,6 +865,12 @@ fn validate_process(img: &Image, p: &ProcessImage) -> Result<()> {
             ));
         }
         last_end = v.end;
+        if v.flags & !VMAF_ALL != 0 {
+            return refuse(format!(
+                "pid {pid}: mapping {:#x} has flags {:#x} this ckpt does not know; restart with the ckpt that wrote the image",
+                v.start, v.flags
+            ));
+        }
         if v.kind == VMA_FILE && v.flags & VMAF_DELETED == 0 {
             let path = std::ffi::OsStr::from_bytes(&v.path.0);
             if let Err(e) = std::fs::metadata(path) {
