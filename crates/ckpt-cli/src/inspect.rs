@@ -85,13 +85,21 @@ fn detail(r: &AnyRecord) -> String {
         AnyRecord::Shmem(m) => format!(
             "shmem {} {} {} ({} bytes)",
             m.id,
-            if m.kind == ckpt_image::SHMEM_MEMFD {
-                "memfd"
-            } else {
-                "shared anonymous"
+            match m.kind {
+                ckpt_image::SHMEM_MEMFD => "memfd",
+                ckpt_image::SHMEM_GHOST => "unlinked file",
+                _ => "shared anonymous",
             },
             m.name,
             m.size
+        ),
+        AnyRecord::ShmemAttrs(a) => format!(
+            "shmem {} mode {:o} uid {} gid {} seals {:#x}",
+            a.id, a.mode, a.uid, a.gid, a.seals
+        ),
+        AnyRecord::MmState(m) => format!(
+            "thp-disable {}, membarrier registrations {:#x}",
+            m.thp_disable, m.membarrier
         ),
         AnyRecord::Vma(v) => format!("{:#x}-{:#x} {} {}", v.start, v.end, prot(v), v.path),
         AnyRecord::Pages(p) if p.flags & ckpt_image::PAGES_SHMEM != 0 => {

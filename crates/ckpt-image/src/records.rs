@@ -63,6 +63,9 @@ pub const T_FILE: u32 = 120;
 pub const T_FD: u32 = 121;
 pub const T_PIPE: u32 = 122;
 pub const T_SHMEM: u32 = 123;
+pub const T_SHMEM_ATTRS: u32 = 124;
+pub const T_MM_STATE: u32 = 113;
+pub const T_COW_SHARED: u32 = 114;
 pub const T_THREAD: u32 = 200;
 pub const T_X86_REGS: u32 = 201;
 pub const T_X86_XSTATE: u32 = 202;
@@ -237,6 +240,27 @@ pub const VMAF_DELETED: u32 = 4;
 /// madvise(MADV_DONTFORK) / VM_DONTCOPY.
 pub const VMAF_DONTFORK: u32 = 8;
 pub const VMAF_LOCKED: u32 = 16;
+/// MAP_NORESERVE (VM_NORESERVE, smaps "nr").
+pub const VMAF_NORESERVE: u32 = 32;
+/// MAP_DROPPABLE (smaps "dp"): its content is not saved, as the kernel may
+/// drop it at any time anyway.
+pub const VMAF_DROPPABLE: u32 = 64;
+/// madvise advice: MADV_SEQUENTIAL ("sr"), MADV_RANDOM ("rr"),
+/// MADV_DONTDUMP ("dd"), MADV_MERGEABLE ("mg"), MADV_HUGEPAGE ("hg"),
+/// MADV_NOHUGEPAGE ("nh"), MADV_WIPEONFORK ("wf").
+pub const VMAF_SEQUENTIAL: u32 = 128;
+pub const VMAF_RANDOM: u32 = 256;
+pub const VMAF_DONTDUMP: u32 = 512;
+pub const VMAF_MERGEABLE: u32 = 1024;
+pub const VMAF_HUGEPAGE: u32 = 2048;
+pub const VMAF_NOHUGEPAGE: u32 = 4096;
+pub const VMAF_WIPEONFORK: u32 = 8192;
+/// A shared mapping whose file was opened for writing (VM_MAYWRITE, smaps
+/// "mw"): it can be mprotect'ed writable, so it is restored from a file
+/// opened read-write; without the flag, from one opened read-only.
+pub const VMAF_MAYWRITE: u32 = 16384;
+/// Every flag bit this format defines.
+pub const VMAF_ALL: u32 = (VMAF_MAYWRITE << 1) - 1;
 
 record!(
     /// One mapping of the address space.
@@ -253,7 +277,9 @@ record!(
         ino: u64,
         path: Text,
         /// Shared memory object (`Shmem` id) behind a shared anonymous or
-        /// memfd mapping; 0 for none.
+        /// memfd mapping (private or shared), or the `SHMEM_GHOST` object
+        /// behind a mapping of an unlinked file (`VMA_FILE` with
+        /// `VMAF_DELETED`); 0 for none.
         obj: u32,
     }
 );
@@ -262,7 +288,8 @@ record!(
 pub const FILE_REGULAR: u32 = 0;
 pub const FILE_DIR: u32 = 1;
 pub const FILE_CHR: u32 = 2;
-/// A regular file that was unlinked while open: content is in the record.
+/// A regular file that was unlinked while open: its content is the
+/// `SHMEM_GHOST` object `obj` (or, when `obj` is 0, in `content`).
 pub const FILE_UNLINKED: u32 = 3;
 /// One end of a pipe (`obj` = the `Pipe` id).
 pub const FILE_PIPE: u32 = 4;
@@ -299,12 +326,40 @@ record!(
 /// Shared memory object kinds.
 pub const SHMEM_ANON: u32 = 0;
 pub const SHMEM_MEMFD: u32 = 1;
+/// A regular file unlinked while open or mapped ("ghost"): `name` is the
+/// path it had. Its holes stay holes (only data ranges have page records).
+pub const SHMEM_GHOST: u32 = 2;
 
 record!(
     /// A shared memory object (MAP_SHARED|MAP_ANONYMOUS region or memfd).
     /// Page records with `PAGES_SHMEM` that follow hold its content, their
     /// address being the offset in the object.
     Shmem = T_SHMEM, "shmem" { id: u32, kind: u32, size: u64, name: Text }
+);
+
+record!(
+    /// Mode, owner and seals (F_GET_SEALS; 0 for objects that have none)
+    /// of the preceding `Shmem` object `id`. Images before it lack it.
+    ShmemAttrs = T_SHMEM_ATTRS, "shmem-attrs" { id: u32, mode: u32, uid: u32, gid: u32, seals: u32 }
+);
+
+record!(
+    /// Per-mm state set by prctl/membarrier, not visible in /proc.
+    MmState = T_MM_STATE, "mm-state" {
+        /// prctl(PR_GET_THP_DISABLE): 0, or 1 plus PR_THP_DISABLE_* flags.
+        thp_disable: u32,
+        /// membarrier(MEMBARRIER_CMD_GET_REGISTRATIONS): the
+        /// MEMBARRIER_CMD_REGISTER_* commands the process made.
+        membarrier: u32,
+    }
+);
+
+record!(
+    /// Pages of this process that were the very pages of its parent at the
+    /// same address (copy-on-write after fork, written by neither). They are
+    /// saved with the process's pages too; restart shares them again when it
+    /// can map the parent's copy before forking.
+    CowShared = T_COW_SHARED, "cow-shared" { addr: u64, nr_pages: u64 }
 );
 
 /// Page record flag: the pages belong to the preceding `Shmem` object.
@@ -429,6 +484,9 @@ pub enum AnyRecord {
     Fd(Fd),
     Pipe(Pipe),
     Shmem(Shmem),
+    ShmemAttrs(ShmemAttrs),
+    MmState(MmState),
+    CowShared(CowShared),
     Thread(Thread),
     X86Regs(X86Regs),
     X86Xstate(X86Xstate),
@@ -486,6 +544,9 @@ dispatch!(
     Fd => Fd,
     Pipe => Pipe,
     Shmem => Shmem,
+    ShmemAttrs => ShmemAttrs,
+    MmState => MmState,
+    CowShared => CowShared,
     Thread => Thread,
     X86Regs => X86Regs,
     X86Xstate => X86Xstate,

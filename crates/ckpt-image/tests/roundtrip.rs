@@ -322,6 +322,19 @@ fn sample_image() -> &'static [u8] {
                 size: 8192,
                 name: "memfd:x".into(),
             }),
+            AnyRecord::Shmem(Shmem {
+                id: 3,
+                kind: SHMEM_GHOST,
+                size: 1 << 20,
+                name: "/tmp/ghost".into(),
+            }),
+            AnyRecord::ShmemAttrs(ShmemAttrs {
+                id: 3,
+                mode: 0o640,
+                uid: 1000,
+                gid: 100,
+                seals: 0,
+            }),
             AnyRecord::Fd(Fd {
                 fd: 0,
                 file_id: 1,
@@ -338,6 +351,14 @@ fn sample_image() -> &'static [u8] {
                 start_stack: 0x7ffd_0000_0000,
                 auxv: Bytes(vec![6, 0, 0, 0, 0, 0, 0, 0, 0, 16, 0, 0, 0, 0, 0, 0]),
                 ..Default::default()
+            }),
+            AnyRecord::MmState(MmState {
+                thp_disable: 1,
+                membarrier: 1 << 4,
+            }),
+            AnyRecord::CowShared(CowShared {
+                addr: 0x7f00_0000_0000,
+                nr_pages: 3,
             }),
             AnyRecord::Vma(Vma {
                 start: 0x400000,

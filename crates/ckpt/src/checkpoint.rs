@@ -321,6 +321,8 @@ fn run<S: Sink>(
             .to_vec();
         f.obj = shm.id(dev, ino, SHMEM_MEMFD, &name, source)?;
     }
+    ft.link_ghosts(&mut shm)?;
+    mm::find_cow(&mut images, sys::zero_page_pfn())?;
     let xstate = first_xstate.unwrap_or_default();
     let xcr0 = arch::xstate_xfeatures(&xstate).unwrap_or(sys::xcr0());
     let arch_rec = arch::arch_record(xcr0, xstate.len() as u32);
@@ -334,8 +336,9 @@ fn run<S: Sink>(
         shmems: shm
             .objs
             .iter()
-            .map(|(_, _, s, _)| crate::model::ShmemImage {
-                shmem: s.clone(),
+            .map(|o| crate::model::ShmemImage {
+                shmem: o.shmem.clone(),
+                attrs: Some(o.attrs.clone()),
                 pages: Vec::new(),
             })
             .collect(),
@@ -545,6 +548,7 @@ fn dump_process(
     process.nr_threads = raws.len() as u32;
     let sigactions = task::dump_sigactions(main, &s)?;
     let itimers = task::dump_itimers(main, &s)?;
+    let mm_state = mm::dump_mm_state(main, &comm)?;
     let mut threads = Vec::new();
     for r in &raws {
         opts.check_cancel()?;
@@ -581,7 +585,9 @@ fn dump_process(
         },
         fds,
         mm: mm::dump_mm(pid, &st, brk)?,
+        mm_state,
         vmas,
+        cow: Vec::new(),
         threads,
         pages: Vec::new(),
     };

@@ -12,12 +12,8 @@ use crate::error::{Ctx, Error, Result};
 use crate::procfs;
 use crate::sys::{self, Pid};
 use ckpt_image::*;
-use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
-
-/// Largest unlinked file whose content is copied into the image.
-const MAX_UNLINKED: u64 = 64 << 20;
 
 /// Status flags a reopened file gets back (never O_CREAT/O_TRUNC/O_EXCL).
 const REOPEN_FLAGS: i32 = libc::O_ACCMODE
@@ -47,6 +43,20 @@ pub struct FileTable {
     /// (dev, ino) of memfds met as fds, with their file ids: their content is
     /// saved as a shared memory object.
     pub memfds: Vec<(u64, u64, u32, String)>,
+    /// Unlinked regular files met as fds: their content is saved as a
+    /// ghost object.
+    ghosts: Vec<GhostFd>,
+}
+
+/// An fd of an unlinked regular file, waiting for its ghost object.
+struct GhostFd {
+    pid: Pid,
+    comm: String,
+    fd: i32,
+    link: Vec<u8>,
+    dev: u64,
+    ino: u64,
+    file_id: u32,
 }
 
 fn os(b: &[u8]) -> &std::ffi::OsStr {
@@ -108,7 +118,7 @@ impl FileTable {
             }
             let id = match shared {
                 Some(id) => id,
-                None => self.add(pid, fd, &link, &meta, &info, &unsupported)?,
+                None => self.add(pid, comm, fd, &link, &meta, &info, &unsupported)?,
             };
             self.seen.push((pid, fd, dev, ino, id));
             fds.push(Fd {
@@ -120,9 +130,11 @@ impl FileTable {
         Ok(fds)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn add(
         &mut self,
         pid: Pid,
+        comm: &str,
         fd: i32,
         link: &[u8],
         meta: &std::fs::Metadata,
@@ -135,7 +147,7 @@ impl FileTable {
             None => (link.to_vec(), false),
         };
         let id = self.files.len() as u32 + 1;
-        let mut content = Vec::new();
+        let content = Vec::new();
         let mut obj = 0;
         let kind = if ft.is_fifo() {
             let (size, data) =
@@ -171,20 +183,17 @@ impl FileTable {
             FILE_MEMFD
         } else if ft.is_file() {
             if deleted || meta.nlink() == 0 {
-                if meta.len() > MAX_UNLINKED {
-                    return Err(unsupported(
-                        fd,
-                        link,
-                        &format!(
-                            "unlinked file of {} bytes is larger than the {} MiB ckpt copies into an image",
-                            meta.len(),
-                            MAX_UNLINKED >> 20
-                        ),
-                    ));
-                }
-                std::fs::File::open(format!("/proc/{pid}/fd/{fd}"))
-                    .and_then(|mut f| f.read_to_end(&mut content))
-                    .ctx(pid, || format!("read unlinked file of fd {fd}"))?;
+                // Saved once, holes and all, as a ghost object (shared with
+                // the mappings of the same file); see `link_ghosts`.
+                self.ghosts.push(GhostFd {
+                    pid,
+                    comm: comm.to_string(),
+                    fd,
+                    link: link.to_vec(),
+                    dev: meta.dev(),
+                    ino: meta.ino(),
+                    file_id: id,
+                });
                 FILE_UNLINKED
             } else {
                 FILE_REGULAR
@@ -224,6 +233,26 @@ impl FileTable {
             obj,
         });
         Ok(id)
+    }
+}
+
+impl FileTable {
+    /// Gives every unlinked file open as an fd its ghost object in `shm`
+    /// (one per file, whichever fds and mappings share it).
+    pub fn link_ghosts(&mut self, shm: &mut crate::mm::ShmemTable) -> Result<()> {
+        for g in std::mem::take(&mut self.ghosts) {
+            let unsupported = |reason: &str| Error::Unsupported {
+                pid: g.pid,
+                comm: g.comm.clone(),
+                object: format!("fd {} ({})", g.fd, String::from_utf8_lossy(&g.link)),
+                reason: reason.into(),
+            };
+            let path = g.link.strip_suffix(b" (deleted)").unwrap_or(&g.link);
+            let source = format!("/proc/{}/fd/{}", g.pid, g.fd);
+            let obj = shm.ghost(&unsupported, g.dev, g.ino, path, source)?;
+            self.files[g.file_id as usize - 1].obj = obj;
+        }
+        Ok(())
     }
 }
 
@@ -322,6 +351,8 @@ pub fn open_all(
         source: e,
     };
     let mut by_id = Vec::new();
+    // Memfd objects whose own description a file took.
+    let mut memfd_taken: Vec<u32> = Vec::new();
     // Pipe id -> (read end, write end) in this process.
     let mut pipe_ends: Vec<(u32, i32, i32)> = Vec::new();
     for p in pipes {
@@ -407,13 +438,38 @@ pub fn open_all(
                         f.id, f.obj
                     ))
                 })?;
+                // The file memfd_create made is no writer that stops an
+                // execveat of it (ETXTBSY) but a read-write reopen is: the
+                // first read-write description gets that very file.
+                if f.flags as i32 & libc::O_ACCMODE == libc::O_RDWR && !memfd_taken.contains(&f.obj)
+                {
+                    memfd_taken.push(f.obj);
+                    sys::dup_above(m, base).map_err(|e| err("dup memfd".into(), e))?
+                } else {
+                    reopen(
+                        format!("/proc/self/fd/{m}").as_bytes(),
+                        f.flags as i32,
+                        base,
+                    )
+                    .map_err(|e| err(format!("reopen memfd {}", f.path), e))?
+                }
+            }
+            FILE_UNLINKED if f.obj != 0 => {
+                let m = shmem_fd(f.obj).ok_or_else(|| {
+                    Error::Refused(format!(
+                        "unlinked file {} names a missing object {}",
+                        f.id, f.obj
+                    ))
+                })?;
+                // A file made with O_TMPFILE keeps O_DIRECTORY in its flags.
                 reopen(
                     format!("/proc/self/fd/{m}").as_bytes(),
-                    f.flags as i32,
+                    f.flags as i32 & !libc::O_DIRECTORY,
                     base,
                 )
-                .map_err(|e| err(format!("reopen memfd {}", f.path), e))?
+                .map_err(|e| err(format!("reopen unlinked file {}", f.path), e))?
             }
+            // Images before ghost objects carried the content in the record.
             FILE_UNLINKED => {
                 let dir = match f.path.0.iter().rposition(|&c| c == b'/') {
                     Some(0) | None => b"/".to_vec(),

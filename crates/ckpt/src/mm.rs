@@ -5,13 +5,14 @@
 
 use crate::checkpoint::Sink;
 use crate::error::{Ctx, Error, Result};
-use crate::model::ProcessImage;
+use crate::model::{ProcessImage, ShmemImage};
 use crate::procfs::{self, MapEntry, PM_FILE, PM_PRESENT, PM_SWAP};
 use crate::remote::Remote;
 use crate::sys::Pid;
 use crate::task::Scratch;
 use ckpt_image::*;
 use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 
 const PAGE: u64 = 4096;
@@ -27,11 +28,44 @@ fn strip_deleted(p: &[u8]) -> (&[u8], bool) {
     }
 }
 
-/// Shared memory objects (shared anonymous regions, memfds) of a whole
-/// tree, by (dev, ino), with a place to read each one's content from.
+/// Largest amount of data (holes not counted) of an unlinked file that is
+/// copied into an image.
+pub const MAX_GHOST_DATA: u64 = 64 << 20;
+
+/// One shared memory object being saved.
+pub struct ShmObj {
+    pub dev: u64,
+    pub ino: u64,
+    pub shmem: Shmem,
+    /// A /proc path that opens it (a map_files or fd link).
+    pub source: String,
+    pub attrs: ShmemAttrs,
+}
+
+/// Shared memory objects (shared anonymous regions, memfds) and unlinked
+/// files of a whole tree, by (dev, ino), with a place to read each one's
+/// content from.
 #[derive(Default)]
 pub struct ShmemTable {
-    pub objs: Vec<(u64, u64, Shmem, String)>,
+    pub objs: Vec<ShmObj>,
+}
+
+fn stat_source(source: &str) -> Result<std::fs::Metadata> {
+    std::fs::metadata(source).map_err(|e| Error::Sys {
+        pid: 0,
+        what: format!("stat {source}"),
+        source: e,
+    })
+}
+
+/// Bytes of data (holes not counted) in the first `size` bytes of `f`.
+fn data_bytes(f: &std::fs::File, size: u64) -> u64 {
+    let (mut off, mut n) = (0, 0);
+    while let Some((a, b)) = crate::sys::next_data(f, off, size) {
+        n += b - a;
+        off = b;
+    }
+    n
 }
 
 impl ShmemTable {
@@ -45,37 +79,87 @@ impl ShmemTable {
         name: &[u8],
         source: String,
     ) -> Result<u32> {
-        if let Some(o) = self.objs.iter().find(|o| o.0 == dev && o.1 == ino) {
-            return Ok(o.2.id);
+        if let Some(o) = self.objs.iter().find(|o| o.dev == dev && o.ino == ino) {
+            return Ok(o.shmem.id);
         }
-        let size = std::fs::metadata(&source)
-            .map(|m| std::os::unix::fs::MetadataExt::size(&m))
-            .map_err(|e| Error::Sys {
-                pid: 0,
-                what: format!("stat {source}"),
-                source: e,
-            })?;
+        let meta = stat_source(&source)?;
         let id = self.objs.len() as u32 + 1;
-        self.objs.push((
+        use std::os::unix::fs::MetadataExt;
+        let seals = std::fs::File::open(&source)
+            .ok()
+            .and_then(|f| crate::sys::get_seals(&f).ok())
+            .unwrap_or(0);
+        let attrs = ShmemAttrs {
+            id,
+            mode: meta.mode() & 0o7777,
+            uid: meta.uid(),
+            gid: meta.gid(),
+            seals,
+        };
+        self.objs.push(ShmObj {
             dev,
             ino,
-            Shmem {
+            shmem: Shmem {
                 id,
                 kind,
-                size,
+                size: meta.len(),
                 name: crate::task::text(name),
             },
             source,
-        ));
+            attrs,
+        });
         Ok(id)
+    }
+
+    /// The id of the unlinked ("ghost") regular file (dev, ino) that had
+    /// `path`, opened through `source`, adding it if new. Refuses files
+    /// that are not regular or hold more data than an image takes.
+    pub fn ghost(
+        &mut self,
+        unsupported: &dyn Fn(&str) -> Error,
+        dev: u64,
+        ino: u64,
+        path: &[u8],
+        source: String,
+    ) -> Result<u32> {
+        if let Some(o) = self.objs.iter().find(|o| o.dev == dev && o.ino == ino) {
+            return Ok(o.shmem.id);
+        }
+        let meta = stat_source(&source)?;
+        if !meta.is_file() {
+            return Err(unsupported("an unlinked file that is not a regular file"));
+        }
+        use std::os::unix::fs::MetadataExt;
+        if meta.nlink() > 0 {
+            // A copy would no longer be the file its other names reach.
+            return Err(unsupported(&format!(
+                "the file was unlinked from this name but still has {} other link(s); ckpt cannot find them to reopen it",
+                meta.nlink()
+            )));
+        }
+        let f = std::fs::File::open(&source).map_err(|e| Error::Sys {
+            pid: 0,
+            what: format!("open {source}"),
+            source: e,
+        })?;
+        let data = data_bytes(&f, meta.len());
+        if data > MAX_GHOST_DATA {
+            return Err(unsupported(&format!(
+                "unlinked file holds {data} bytes of data, more than the {} MiB ckpt copies into an image",
+                MAX_GHOST_DATA >> 20
+            )));
+        }
+        self.id(dev, ino, SHMEM_GHOST, path, source)
     }
 
     /// Writes each object and its data pages (only the ranges that hold
     /// data: holes are found with SEEK_DATA/SEEK_HOLE).
     pub fn dump<W: Write>(&self, w: &mut ImageWriter<W>) -> Result<u64> {
         let mut pages = 0;
-        for (_, _, shm, source) in &self.objs {
+        for o in &self.objs {
+            let (shm, source) = (&o.shmem, &o.source);
             w.write(shm).map_err(Error::Write)?;
+            w.write(&o.attrs).map_err(Error::Write)?;
             let f = std::fs::File::open(source).map_err(|e| Error::Sys {
                 pid: 0,
                 what: format!("open {source}"),
@@ -84,7 +168,7 @@ impl ShmemTable {
             let mut off = 0u64;
             let size = crate::align_up(shm.size);
             while off < size {
-                let Some((start, end)) = crate::sys::next_data(&f, off, size) else {
+                let Some((start, end)) = crate::sys::next_data(&f, off, shm.size) else {
                     break;
                 };
                 let mut a = start & !(PAGE - 1);
@@ -92,11 +176,15 @@ impl ShmemTable {
                 while a < end {
                     let n = (end - a).min(CHUNK_PAGES * PAGE);
                     let mut buf = vec![0u8; n as usize];
-                    f.read_exact_at(&mut buf, a).map_err(|e| Error::Sys {
-                        pid: 0,
-                        what: format!("read {source}"),
-                        source: e,
-                    })?;
+                    // The last page may extend past the end of the file: it
+                    // reads as zeros there.
+                    let avail = shm.size.saturating_sub(a).min(n) as usize;
+                    f.read_exact_at(&mut buf[..avail], a)
+                        .map_err(|e| Error::Sys {
+                            pid: 0,
+                            what: format!("read {source}"),
+                            source: e,
+                        })?;
                     w.write_pages_flags(a, &buf, PAGES_SHMEM)
                         .map_err(Error::Write)?;
                     pages += n / PAGE;
@@ -108,6 +196,38 @@ impl ShmemTable {
         Ok(pages)
     }
 }
+
+/// smaps VmFlags kept as `VMAF_*` flags; each comes back by mmap flags or
+/// madvise.
+const VMFLAGS: &[(&[u8; 2], u32)] = &[
+    (b"gd", VMAF_GROWSDOWN),
+    (b"dc", VMAF_DONTFORK),
+    (b"lo", VMAF_LOCKED),
+    (b"nr", VMAF_NORESERVE),
+    (b"dp", VMAF_DROPPABLE),
+    (b"sr", VMAF_SEQUENTIAL),
+    (b"rr", VMAF_RANDOM),
+    (b"dd", VMAF_DONTDUMP),
+    (b"mg", VMAF_MERGEABLE),
+    (b"hg", VMAF_HUGEPAGE),
+    (b"nh", VMAF_NOHUGEPAGE),
+    (b"wf", VMAF_WIPEONFORK),
+];
+
+/// The madvise advice that sets each `VMAF_*` advice flag again.
+const ADVICE: &[(u32, i32, &str)] = &[
+    (VMAF_DONTFORK, libc::MADV_DONTFORK, "MADV_DONTFORK"),
+    (VMAF_SEQUENTIAL, libc::MADV_SEQUENTIAL, "MADV_SEQUENTIAL"),
+    (VMAF_RANDOM, libc::MADV_RANDOM, "MADV_RANDOM"),
+    (VMAF_DONTDUMP, libc::MADV_DONTDUMP, "MADV_DONTDUMP"),
+    (VMAF_MERGEABLE, libc::MADV_MERGEABLE, "MADV_MERGEABLE"),
+    (VMAF_HUGEPAGE, libc::MADV_HUGEPAGE, "MADV_HUGEPAGE"),
+    (VMAF_NOHUGEPAGE, libc::MADV_NOHUGEPAGE, "MADV_NOHUGEPAGE"),
+    (VMAF_WIPEONFORK, libc::MADV_WIPEONFORK, "MADV_WIPEONFORK"),
+];
+
+/// mmap's MAP_DROPPABLE (Linux 6.11; not in every libc yet).
+const MAP_DROPPABLE: u64 = 0x08;
 
 /// Classifies one mapping; errors for mappings not supported yet.
 pub fn vma_of(pid: Pid, comm: &str, m: &MapEntry, shm: &mut ShmemTable) -> Result<Vma> {
@@ -123,56 +243,69 @@ pub fn vma_of(pid: Pid, comm: &str, m: &MapEntry, shm: &mut ShmemTable) -> Resul
         ),
         reason: reason.into(),
     };
+    if m.has_flag(b"ht") {
+        return Err(unsupported("hugetlb mappings are not supported yet"));
+    }
+    let map_files = || format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end);
     let mut obj = 0;
-    let kind =
-        match path {
-            b"[vdso]" => VMA_VDSO,
-            b"[vvar]" => VMA_VVAR,
-            b"[vvar_vclock]" => VMA_VVAR_VCLOCK,
-            b"[vsyscall]" => VMA_VSYSCALL,
-            b"[heap]" => VMA_HEAP,
-            b"[stack]" => VMA_STACK,
-            p if p.starts_with(b"/SYSV") => {
-                return Err(unsupported(
-                    "SysV shared memory segments are not supported yet",
-                ))
-            }
-            p if (p.starts_with(b"/dev/zero") && m.shared)
-                || p.starts_with(b"/memfd:")
-                || (p.starts_with(b"[anon_shmem")) =>
-            {
-                let k = if p.starts_with(b"/memfd:") {
-                    SHMEM_MEMFD
-                } else {
-                    SHMEM_ANON
-                };
-                let source = format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end);
-                // A memfd keeps its name (memfd_create adds "memfd:" again).
-                let name = p.strip_prefix(b"/memfd:").unwrap_or(p);
-                obj = shm.id(m.dev, m.ino, k, name, source)?;
-                VMA_SHMEM
-            }
-            p if p.starts_with(b"[anon:") || p.is_empty() => VMA_ANON,
-            p if p.starts_with(b"/") && m.ino != 0 && !(m.shared && deleted) => VMA_FILE,
-            _ => return Err(unsupported(
-                "deleted shared file mappings and unknown special mappings are not supported yet",
-            )),
-        };
+    let kind = match path {
+        b"[vdso]" => VMA_VDSO,
+        b"[vvar]" => VMA_VVAR,
+        b"[vvar_vclock]" => VMA_VVAR_VCLOCK,
+        b"[vsyscall]" => VMA_VSYSCALL,
+        b"[heap]" => VMA_HEAP,
+        b"[stack]" => VMA_STACK,
+        p if p.starts_with(b"/SYSV") => {
+            return Err(unsupported(
+                "SysV shared memory segments are not supported yet",
+            ))
+        }
+        // Shared anonymous memory and memfds, mapped shared or private (a
+        // private mapping of such an object sees the object's pages until
+        // it writes its own copy).
+        p if (p.starts_with(b"/dev/zero") && (m.shared || deleted))
+            || p.starts_with(b"/memfd:")
+            || (p.starts_with(b"[anon_shmem")) =>
+        {
+            let k = if p.starts_with(b"/memfd:") {
+                SHMEM_MEMFD
+            } else {
+                SHMEM_ANON
+            };
+            // A memfd keeps its name (memfd_create adds "memfd:" again).
+            let name = p.strip_prefix(b"/memfd:").unwrap_or(p);
+            obj = shm.id(m.dev, m.ino, k, name, map_files())?;
+            VMA_SHMEM
+        }
+        p if p.starts_with(b"[anon:") || p.is_empty() => VMA_ANON,
+        // An unlinked file: its content is saved once as a ghost object,
+        // which the mapping maps again (so pages never touched, and writes
+        // through other mappings or fds, stay shared with it).
+        p if p.starts_with(b"/") && m.ino != 0 && deleted => {
+            obj = shm.ghost(&unsupported, m.dev, m.ino, p, map_files())?;
+            VMA_FILE
+        }
+        p if p.starts_with(b"/") && m.ino != 0 => VMA_FILE,
+        _ => {
+            return Err(unsupported(
+                "unknown special mappings are not supported yet",
+            ))
+        }
+    };
     let mut flags = 0;
     if m.shared {
         flags |= VMAF_SHARED;
+        if m.has_flag(b"mw") {
+            flags |= VMAF_MAYWRITE;
+        }
     }
-    if m.has_flag(b"gd") {
-        flags |= VMAF_GROWSDOWN;
+    for (f, bit) in VMFLAGS {
+        if m.has_flag(f) {
+            flags |= bit;
+        }
     }
     if deleted && kind == VMA_FILE {
         flags |= VMAF_DELETED;
-    }
-    if m.has_flag(b"dc") {
-        flags |= VMAF_DONTFORK;
-    }
-    if m.has_flag(b"lo") {
-        flags |= VMAF_LOCKED;
     }
     let prot = (m.read as u32 * libc::PROT_READ as u32)
         | (m.write as u32 * libc::PROT_WRITE as u32)
@@ -191,18 +324,205 @@ pub fn vma_of(pid: Pid, comm: &str, m: &MapEntry, shm: &mut ShmemTable) -> Resul
     })
 }
 
+/// Whether the mapping's content comes from an object or file (so only
+/// its copied-on-write pages are saved), rather than all from the image.
+fn backed(v: &Vma) -> bool {
+    match v.kind {
+        VMA_SHMEM => true,
+        VMA_FILE => v.flags & VMAF_DELETED == 0 || v.obj != 0,
+        _ => false,
+    }
+}
+
 /// Whether a page of a private, non-special mapping must be saved, from
 /// its pagemap entry.
 fn page_needed(v: &Vma, pm: u64) -> bool {
     if pm & (PM_PRESENT | PM_SWAP) == 0 {
         return false;
     }
-    match v.kind {
-        // A private file (or memfd) mapping: only copied-on-write pages are
-        // anonymous; the rest are the file's pages and come back from it.
-        VMA_FILE | VMA_SHMEM if v.flags & VMAF_DELETED == 0 => pm & PM_FILE == 0,
-        _ => true,
+    // A private file (or memfd) mapping: only copied-on-write pages are
+    // anonymous; the rest are the file's pages and come back from it.
+    !backed(v) || pm & PM_FILE == 0
+}
+
+/// Private anonymous mappings whose pages a child may share with its
+/// parent and get back shared through fork. Not locked ones (mlock would
+/// break the sharing at once), nor those fork does not copy as they are.
+fn cow_eligible(v: &Vma) -> bool {
+    matches!(v.kind, VMA_ANON | VMA_HEAP)
+        && v.flags
+            & (VMAF_SHARED
+                | VMAF_GROWSDOWN
+                | VMAF_DONTFORK
+                | VMAF_WIPEONFORK
+                | VMAF_LOCKED
+                | VMAF_DROPPABLE)
+            == 0
+}
+
+/// The pages of `child` that are still its parent's very pages at the same
+/// address (same page frame in both pagemaps), in mappings both have with
+/// the same bounds. Needs root for page frame numbers; without them it
+/// finds none.
+pub fn cow_shared(
+    child: Pid,
+    cvmas: &[Vma],
+    parent: Pid,
+    pvmas: &[Vma],
+    zero_pfn: Option<u64>,
+) -> Result<Vec<CowShared>> {
+    let open = |pid: Pid| {
+        std::fs::File::open(format!("/proc/{pid}/pagemap")).ctx(pid, || "open pagemap".into())
+    };
+    let (cpm, ppm) = (open(child)?, open(parent)?);
+    let mut out: Vec<CowShared> = Vec::new();
+    for v in cvmas.iter().filter(|v| cow_eligible(v)) {
+        if !pvmas
+            .iter()
+            .any(|p| p.start == v.start && p.end == v.end && cow_eligible(p))
+        {
+            continue;
+        }
+        let mut addr = v.start;
+        while addr < v.end {
+            let end = (addr + CHUNK_PAGES * PAGE).min(v.end);
+            let c = procfs::pagemap(&cpm, addr, end).ctx(child, || "read pagemap".into())?;
+            let p = procfs::pagemap(&ppm, addr, end).ctx(parent, || "read pagemap".into())?;
+            for (i, (&c, &p)) in c.iter().zip(&p).enumerate() {
+                let pfn = c & PFN_MASK;
+                let same = c & PM_PRESENT != 0
+                    && p & PM_PRESENT != 0
+                    && pfn != 0
+                    && pfn == p & PFN_MASK
+                    && zero_pfn != Some(pfn);
+                if !same {
+                    continue;
+                }
+                let a = addr + i as u64 * PAGE;
+                match out.last_mut() {
+                    Some(r) if r.addr + r.nr_pages * PAGE == a => r.nr_pages += 1,
+                    _ => out.push(CowShared {
+                        addr: a,
+                        nr_pages: 1,
+                    }),
+                }
+            }
+            addr = end;
+        }
     }
+    Ok(out)
+}
+
+/// Finds, for every live process whose parent is in the tree, the pages it
+/// still shares with that parent (see `cow_shared`).
+pub fn find_cow(images: &mut [ProcessImage], zero_pfn: Option<u64>) -> Result<()> {
+    for i in 0..images.len() {
+        if images[i].is_zombie() {
+            continue;
+        }
+        let ppid = images[i].process.ppid;
+        let Some(j) = images
+            .iter()
+            .position(|q| q.pid() == ppid && !q.is_zombie() && q.pid() != images[i].pid())
+        else {
+            continue;
+        };
+        let cow = cow_shared(
+            images[i].pid(),
+            &images[i].vmas,
+            ppid,
+            &images[j].vmas,
+            zero_pfn,
+        )?;
+        images[i].cow = cow;
+    }
+    Ok(())
+}
+
+/// Runs in restored process `p` before it forks its children: maps and
+/// fills, at their addresses, its private anonymous mappings whose pages a
+/// child shares, so that the children inherit them through fork and share
+/// them again. Best effort: a mapping that collides with the restorer's own
+/// memory, or any failure, leaves that mapping to the usual restore (its
+/// pages are in every process's own page data too).
+pub fn premap_cow(img: &crate::model::Image, p: &ProcessImage, img_fd: i32) -> Vec<u64> {
+    // Reported on one status line, which must stay one atomic pipe write.
+    const MAX_PREMAPS: usize = 128;
+    let mut done_maps = Vec::new();
+    let kids: Vec<&ProcessImage> = img
+        .processes
+        .iter()
+        .filter(|c| c.process.ppid == p.pid() && c.pid() != p.pid() && !c.is_zombie())
+        .collect();
+    for v in p.vmas.iter().filter(|v| cow_eligible(v)) {
+        let wanted = kids.iter().any(|c| {
+            c.vmas
+                .iter()
+                .any(|cv| cv.start == v.start && cv.end == v.end)
+                && c.cow
+                    .iter()
+                    .any(|r| overlaps((r.addr, r.addr + r.nr_pages * PAGE), (v.start, v.end)))
+        });
+        if !wanted || done_maps.len() == MAX_PREMAPS {
+            continue;
+        }
+        let len = v.end - v.start;
+        let rw = libc::PROT_READ | libc::PROT_WRITE;
+        let Ok(a) = crate::sys::mmap_anon(v.start, len as usize, rw) else {
+            continue;
+        };
+        let filled = (|| -> std::io::Result<()> {
+            for run in p
+                .pages
+                .iter()
+                .filter(|r| v.start <= r.addr && r.addr < v.end)
+            {
+                let total = run.nr_pages * PAGE;
+                let mut done = 0;
+                while done < total {
+                    let n = crate::sys::pread_own(
+                        img_fd,
+                        run.addr + done,
+                        (total - done) as usize,
+                        run.data_offset + done,
+                    )?;
+                    if n == 0 {
+                        return Err(std::io::ErrorKind::UnexpectedEof.into());
+                    }
+                    done += n as u64;
+                }
+            }
+            Ok(())
+        })();
+        if filled.is_ok() {
+            done_maps.push(a);
+        } else {
+            crate::sys::munmap(a, len as usize);
+        }
+    }
+    done_maps
+}
+
+/// Subtracts `holes` from the ranges `runs` (both as (start, end)).
+fn subtract(runs: &[(u64, u64)], holes: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    for &(mut a, b) in runs {
+        let mut hs: Vec<&(u64, u64)> = holes.iter().filter(|h| overlaps(**h, (a, b))).collect();
+        hs.sort();
+        for h in hs {
+            if h.0 > a {
+                out.push((a, h.0.min(b)));
+            }
+            a = a.max(h.1);
+            if a >= b {
+                break;
+            }
+        }
+        if a < b {
+            out.push((a, b));
+        }
+    }
+    out
 }
 
 /// Saved page statistics.
@@ -259,10 +579,14 @@ pub fn dump_pages<S: Sink>(
     };
     for v in vmas {
         // Shared mappings' data lives in their file or shmem object.
-        if is_special(v.kind) || v.flags & VMAF_SHARED != 0 || !has_pages(v) {
+        // Droppable memory may be dropped by the kernel at any time: it is
+        // not saved, so it comes back empty, as after such a drop.
+        if is_special(v.kind) || v.flags & (VMAF_SHARED | VMAF_DROPPABLE) != 0 || !has_pages(v) {
             continue;
         }
-        let skip_zero = !matches!(v.kind, VMA_FILE | VMA_SHMEM) || v.flags & VMAF_DELETED != 0;
+        // A zero page over a file's data is data; over anonymous memory it
+        // is what a fresh mapping reads anyway.
+        let skip_zero = !backed(v);
         // The task cannot write from memory it cannot read (PROT_NONE...).
         let by_task = v.prot & libc::PROT_READ as u32 != 0;
         let zero_pfn = direct
@@ -387,6 +711,79 @@ pub fn dump_mm(pid: Pid, st: &procfs::Stat, brk: u64) -> Result<Mm> {
     })
 }
 
+const PR_SET_THP_DISABLE: u64 = 41;
+const PR_GET_THP_DISABLE: u64 = 42;
+const MEMBARRIER_CMD_GET_REGISTRATIONS: u64 = 1 << 9;
+/// MEMBARRIER_CMD_REGISTER_{GLOBAL_EXPEDITED, PRIVATE_EXPEDITED,
+/// PRIVATE_EXPEDITED_SYNC_CORE, PRIVATE_EXPEDITED_RSEQ}.
+const MEMBARRIER_REGISTER_CMDS: [u32; 4] = [1 << 2, 1 << 4, 1 << 6, 1 << 8];
+
+/// Per-mm state only the task itself can read: THP-disable and membarrier
+/// registrations (by injected prctl and membarrier).
+pub fn dump_mm_state(r: &mut Remote, comm: &str) -> Result<MmState> {
+    let thp = r.call(
+        "prctl(PR_GET_THP_DISABLE)",
+        libc::SYS_prctl,
+        &[PR_GET_THP_DISABLE, 0, 0, 0, 0],
+    )? as u32;
+    let regs = r.syscall(
+        libc::SYS_membarrier,
+        &[MEMBARRIER_CMD_GET_REGISTRATIONS, 0, 0],
+    )?;
+    let membarrier = if regs >= 0 {
+        regs as u32
+    } else if regs == -(libc::EINVAL as i64) {
+        // Before Linux 6.3 registrations cannot be read. Only refuse a
+        // process that could have made any.
+        let supported = r.syscall(libc::SYS_membarrier, &[0, 0, 0])?;
+        if supported > 0 && supported as u32 & MEMBARRIER_REGISTER_CMDS.iter().sum::<u32>() != 0 {
+            return Err(Error::Unsupported {
+                pid: r.tid(),
+                comm: comm.into(),
+                object: "membarrier registrations".into(),
+                reason: "this kernel cannot report them (MEMBARRIER_CMD_GET_REGISTRATIONS needs Linux 6.3)".into(),
+            });
+        }
+        0
+    } else {
+        0
+    };
+    if membarrier & !MEMBARRIER_REGISTER_CMDS.iter().sum::<u32>() != 0 {
+        return Err(Error::Unsupported {
+            pid: r.tid(),
+            comm: comm.into(),
+            object: format!("membarrier registrations {membarrier:#x}"),
+            reason: "unknown registration kinds".into(),
+        });
+    }
+    Ok(MmState {
+        thp_disable: thp,
+        membarrier,
+    })
+}
+
+/// Sets THP-disable (always: the restorer's own setting was inherited) and
+/// makes the saved membarrier registrations again.
+fn restore_mm_state(r: &mut Remote, st: &MmState) -> Result<()> {
+    let on = (st.thp_disable & 1) as u64;
+    let how = (st.thp_disable & !1) as u64;
+    r.call(
+        "prctl(PR_SET_THP_DISABLE)",
+        libc::SYS_prctl,
+        &[PR_SET_THP_DISABLE, on, how, 0, 0],
+    )?;
+    for cmd in MEMBARRIER_REGISTER_CMDS {
+        if st.membarrier & cmd != 0 {
+            r.call(
+                &format!("membarrier(register {cmd:#x})"),
+                libc::SYS_membarrier,
+                &[cmd as u64, 0, 0],
+            )?;
+        }
+    }
+    Ok(())
+}
+
 /// The kind of a special mapping by its /proc name.
 pub fn kind_of_special(path: &[u8]) -> Option<u32> {
     match path {
@@ -498,6 +895,110 @@ fn move_vdso(r: &mut Remote, cur: &[MapEntry], p: &ProcessImage) -> Result<()> {
     Ok(())
 }
 
+/// Creates a saved shared memory object (or unlinked file) in the
+/// restorer, filled with its saved pages, as an fd >= `base` for the tree
+/// to inherit and map.
+pub fn create_shmem(s: &ShmemImage, img_fd: i32, base: i32) -> Result<i32> {
+    let me = std::process::id() as Pid;
+    let io = |what: String| {
+        move |e| Error::Sys {
+            pid: me,
+            what,
+            source: e,
+        }
+    };
+    let id = s.shmem.id;
+    let fd = match s.shmem.kind {
+        // A real shared anonymous object (it shows as /dev/zero in maps),
+        // reached through map_files so others can map it.
+        SHMEM_ANON => crate::sys::shared_anon_fd(crate::align_up(s.shmem.size.max(1)), base)
+            .map_err(io("create shared anonymous memory".into()))?,
+        SHMEM_GHOST => create_ghost(s, base)?,
+        _ => {
+            let fd =
+                crate::sys::memfd_raw(&s.shmem.name.0, base).map_err(io("memfd_create".into()))?;
+            crate::sys::ftruncate(fd, s.shmem.size)
+                .map_err(io(format!("size shared memory object {id}")))?;
+            fd
+        }
+    };
+    let fill = || -> Result<()> {
+        let mut buf = Vec::new();
+        for r in &s.pages {
+            buf.resize((r.nr_pages * PAGE) as usize, 0);
+            let mut got = 0;
+            while got < buf.len() {
+                let n = crate::sys::pread(img_fd, &mut buf[got..], r.data_offset + got as u64)
+                    .map_err(io("read shared memory pages".into()))?;
+                if n == 0 {
+                    return Err(Error::Refused(
+                        "image ends inside shared memory pages".into(),
+                    ));
+                }
+                got += n;
+            }
+            crate::sys::pwrite_all(fd, &buf, r.addr)
+                .map_err(io(format!("fill shared memory object {id}")))?;
+        }
+        // Whole pages were written: cut an unlinked file back to its size.
+        if s.shmem.kind == SHMEM_GHOST {
+            crate::sys::ftruncate(fd, s.shmem.size)
+                .map_err(io(format!("size unlinked file {}", s.shmem.name)))?;
+        }
+        if let (Some(a), SHMEM_MEMFD | SHMEM_GHOST) = (&s.attrs, s.shmem.kind) {
+            crate::sys::fchown_fchmod(fd, a.uid, a.gid, a.mode)
+                .map_err(io(format!("set owner and mode of {}", s.shmem.name)))?;
+            if a.seals != 0 {
+                crate::sys::add_seals(fd, a.seals)
+                    .map_err(io(format!("seal memfd {}", s.shmem.name)))?;
+            }
+        }
+        Ok(())
+    };
+    fill().inspect_err(|_| crate::sys::close(fd))?;
+    Ok(fd)
+}
+
+/// An unlinked file again: a new file in the directory it was in (so on
+/// the same filesystem; mode and owner are set by the caller), briefly linked at its
+/// old name when that is free so that /proc shows the same "PATH
+/// (deleted)", then unlinked. Holes stay holes: only data is written.
+fn create_ghost(s: &ShmemImage, base: i32) -> Result<i32> {
+    let path = &s.shmem.name.0;
+    let me = std::process::id() as Pid;
+    let dir = match path.iter().rposition(|&c| c == b'/') {
+        Some(0) | None => b"/".to_vec(),
+        Some(i) => path[..i].to_vec(),
+    };
+    let fd = crate::sys::open_raw(
+        &dir,
+        libc::O_TMPFILE | libc::O_RDWR | libc::O_CLOEXEC,
+        0o600,
+    )
+    .map_err(|e| Error::Sys {
+        pid: me,
+        what: format!(
+            "create the unlinked file {} again in {} (the directory must exist, on a filesystem with O_TMPFILE)",
+            s.shmem.name,
+            String::from_utf8_lossy(&dir)
+        ),
+        source: e,
+    })?;
+    let set = || -> Result<i32> {
+        if crate::sys::link_fd(fd, path).is_ok() {
+            let _ = std::fs::remove_file(std::ffi::OsStr::from_bytes(path));
+        }
+        crate::sys::dup_above(fd, base).map_err(|e| Error::Sys {
+            pid: me,
+            what: "dup unlinked file".into(),
+            source: e,
+        })
+    };
+    let high = set();
+    crate::sys::close(fd);
+    high
+}
+
 /// What a restored process inherited from the restorer for its rebuild.
 #[derive(Clone, Copy)]
 pub struct Inherited<'a> {
@@ -508,6 +1009,47 @@ pub struct Inherited<'a> {
     pub img_fd: i32,
     /// The fd of each shared memory object, by id.
     pub shmem_fd: &'a dyn Fn(u32) -> Option<i32>,
+    /// (pid, start) of the mappings this process or its parent premapped
+    /// before forking (`premap_cow`).
+    pub premapped: &'a [(Pid, u64)],
+}
+
+/// A premapped copy-on-write region the process keeps (see `premap_cow`).
+struct Premap {
+    start: u64,
+    end: u64,
+    /// Mapped by this very process (all its pages are in place), rather
+    /// than inherited from its parent (only the shared pages are).
+    own: bool,
+}
+
+/// The premapped regions of `cur` that are right for `p`: its own, or its
+/// parent's where it shares pages with the parent. Any other (say the
+/// grandparent's) is unmapped like everything else.
+fn kept_premaps(p: &ProcessImage, cur: &[MapEntry], premapped: &[(Pid, u64)]) -> Vec<Premap> {
+    let mut out = Vec::new();
+    for m in cur {
+        let Some(&(owner, _)) = premapped.iter().find(|x| x.1 == m.start) else {
+            continue;
+        };
+        let same = p
+            .vmas
+            .iter()
+            .any(|v| v.start == m.start && v.end == m.end && cow_eligible(v));
+        let own = owner == p.pid();
+        let shares = p
+            .cow
+            .iter()
+            .any(|c| overlaps((c.addr, c.addr + c.nr_pages * PAGE), (m.start, m.end)));
+        if same && (own || (owner == p.process.ppid && shares)) {
+            out.push(Premap {
+                start: m.start,
+                end: m.end,
+                own,
+            });
+        }
+    }
+    out
 }
 
 /// Replaces the task's address space with the image's: unmaps everything
@@ -526,11 +1068,16 @@ pub fn replace_address_space(
         tramp_len,
         img_fd,
         shmem_fd,
+        premapped,
     } = *from;
     let pid = r.tid();
     let cur = procfs::maps(pid).ctx(pid, || "read maps".into())?;
+    let premaps = kept_premaps(p, &cur, premapped);
     for m in &cur {
-        if (m.start >= tramp && m.end <= tramp + tramp_len) || kind_of_special(&m.path).is_some() {
+        if (m.start >= tramp && m.end <= tramp + tramp_len)
+            || kind_of_special(&m.path).is_some()
+            || premaps.iter().any(|k| k.start == m.start)
+        {
             continue;
         }
         r.call("munmap", libc::SYS_munmap, &[m.start, m.size()])?;
@@ -541,6 +1088,13 @@ pub fn replace_address_space(
     let mut widened = Vec::new();
     for v in p.vmas.iter().filter(|v| !is_special(v.kind)) {
         let len = v.end - v.start;
+        if premaps.iter().any(|k| k.start == v.start) {
+            // Mapped read-write and (partly) filled before the fork.
+            if v.prot != (libc::PROT_READ | libc::PROT_WRITE) as u32 {
+                widened.push(v);
+            }
+            continue;
+        }
         let fill = p
             .pages
             .iter()
@@ -551,29 +1105,53 @@ pub fn replace_address_space(
             widened.push(v);
         }
         let shared = v.flags & VMAF_SHARED != 0;
+        let droppable = v.flags & VMAF_DROPPABLE != 0;
         let mut flags = libc::MAP_FIXED as u64
             | if shared {
-                libc::MAP_SHARED
+                libc::MAP_SHARED as u64
+            } else if droppable {
+                MAP_DROPPABLE
             } else {
-                libc::MAP_PRIVATE
-            } as u64;
+                libc::MAP_PRIVATE as u64
+            };
         if v.flags & VMAF_GROWSDOWN != 0 {
             flags |= libc::MAP_GROWSDOWN as u64;
         }
-        let (fd, off) = if v.kind == VMA_SHMEM {
+        if v.flags & VMAF_NORESERVE != 0 {
+            flags |= libc::MAP_NORESERVE as u64;
+        }
+        // A shared mapping may become writable (mprotect) only if its file
+        // was opened for writing: open it the same way again.
+        let writable =
+            shared && (v.flags & VMAF_MAYWRITE != 0 || v.prot & libc::PROT_WRITE as u32 != 0);
+        let mode = if writable {
+            libc::O_RDWR
+        } else {
+            libc::O_RDONLY
+        };
+        let (fd, off) = if v.obj != 0 && (v.kind == VMA_SHMEM || v.kind == VMA_FILE) {
             let fd = shmem_fd(v.obj).ok_or_else(|| {
                 Error::Refused(format!(
                     "mapping {:#x} names a missing shared memory object {}",
                     v.start, v.obj
                 ))
             })?;
-            (fd as u64, v.pgoff)
-        } else if v.kind == VMA_FILE && v.flags & VMAF_DELETED == 0 {
-            let mode = if shared && v.prot & libc::PROT_WRITE as u32 != 0 {
-                libc::O_RDWR
+            if shared && !writable {
+                // Our copy of the object is read-write; the task's file was not.
+                let path = format!("/proc/self/fd/{fd}").into_bytes();
+                let ro = match opened.iter().find(|o| o.0 == path && o.1 == mode) {
+                    Some(o) => o.2,
+                    None => {
+                        let ro = remote_open(r, s, &path, mode)?;
+                        opened.push((path, mode, ro));
+                        ro
+                    }
+                };
+                (ro, v.pgoff)
             } else {
-                libc::O_RDONLY
-            };
+                (fd as u64, v.pgoff)
+            }
+        } else if v.kind == VMA_FILE && v.flags & VMAF_DELETED == 0 {
             let fd = match opened.iter().find(|o| o.0 == v.path.0 && o.1 == mode) {
                 Some(o) => o.2,
                 None => {
@@ -602,30 +1180,92 @@ pub fn replace_address_space(
     for (_, _, fd) in opened {
         r.call("close", libc::SYS_close, &[fd])?;
     }
+    // Pages still shared with the parent are in place already; so are all
+    // the pages of a mapping this process premapped itself.
+    let cow: Vec<(u64, u64)> = p
+        .cow
+        .iter()
+        .map(|c| (c.addr, c.addr + c.nr_pages * PAGE))
+        .collect();
+    let own_premapped: Vec<(u64, u64)> = premaps
+        .iter()
+        .filter(|k| k.own)
+        .map(|k| (k.start, k.end))
+        .collect();
+    let runs: Vec<(u64, u64)> = p
+        .pages
+        .iter()
+        .map(|r| (r.addr, r.addr + r.nr_pages * PAGE))
+        .collect();
+    let mut in_place = own_premapped.clone();
+    in_place.extend(subtract(&cow, &own_premapped).iter().filter(|c| {
+        premaps
+            .iter()
+            .any(|k| !k.own && k.start <= c.0 && c.1 <= k.end)
+    }));
     // One copy per page: the task reads its own pages from the image file.
     for run in &p.pages {
-        let mut done = 0;
-        let total = run.nr_pages * PAGE;
-        while done < total {
-            let n = r.call(
-                "pread64(image)",
-                libc::SYS_pread64,
-                &[
-                    img_fd as u64,
-                    run.addr + done,
-                    total - done,
-                    run.data_offset + done,
-                ],
-            )?;
-            if n == 0 {
-                return Err(Error::Refused(format!(
-                    "image ends inside the page data for {:#x}",
-                    run.addr
-                )));
+        let span = (run.addr, run.addr + run.nr_pages * PAGE);
+        for (a, b) in subtract(&[span], &in_place) {
+            let mut done = 0;
+            let total = b - a;
+            let data = run.data_offset + (a - run.addr);
+            while done < total {
+                let n = r.call(
+                    "pread64(image)",
+                    libc::SYS_pread64,
+                    &[img_fd as u64, a + done, total - done, data + done],
+                )?;
+                if n == 0 {
+                    return Err(Error::Refused(format!(
+                        "image ends inside the page data for {:#x}",
+                        run.addr
+                    )));
+                }
+                done += n;
+                progress(n);
             }
-            done += n;
-            progress(n);
         }
+    }
+    // An inherited premap holds the parent's pages: where this process had
+    // none of its own (nor shared ones), it must read zeros.
+    for k in premaps.iter().filter(|k| !k.own) {
+        let mut have = runs.clone();
+        have.extend_from_slice(&cow);
+        for (a, b) in subtract(&[(k.start, k.end)], &have) {
+            r.call(
+                "madvise(MADV_DONTNEED)",
+                libc::SYS_madvise,
+                &[a, b - a, libc::MADV_DONTNEED as u64],
+            )?;
+        }
+    }
+    // Names of anonymous mappings (prctl PR_SET_VMA_ANON_NAME, on kernels
+    // that have them).
+    for v in p.vmas.iter().filter(|v| v.kind == VMA_ANON) {
+        let Some(name) = v
+            .path
+            .0
+            .strip_prefix(b"[anon:")
+            .and_then(|n| n.strip_suffix(b"]"))
+        else {
+            continue;
+        };
+        let mut z = name.to_vec();
+        z.push(0);
+        s.write(0, &z)?;
+        let arg = s.addr;
+        r.call(
+            "prctl(PR_SET_VMA_ANON_NAME)",
+            libc::SYS_prctl,
+            &[
+                crate::sys::PR_SET_VMA as u64,
+                crate::sys::PR_SET_VMA_ANON_NAME,
+                v.start,
+                v.end - v.start,
+                arg,
+            ],
+        )?;
     }
     for v in widened {
         r.call(
@@ -636,12 +1276,14 @@ pub fn replace_address_space(
     }
     for v in p.vmas.iter().filter(|v| !is_special(v.kind)) {
         let len = v.end - v.start;
-        if v.flags & VMAF_DONTFORK != 0 {
-            r.call(
-                "madvise(MADV_DONTFORK)",
-                libc::SYS_madvise,
-                &[v.start, len, libc::MADV_DONTFORK as u64],
-            )?;
+        for &(bit, advice, name) in ADVICE {
+            if v.flags & bit != 0 {
+                r.call(
+                    &format!("madvise({name}) on {:#x}-{:#x}", v.start, v.end),
+                    libc::SYS_madvise,
+                    &[v.start, len, advice as u64],
+                )?;
+            }
         }
         // Locked memory may exceed what RLIMIT_MEMLOCK allows the restorer:
         // the mapping is then restored unlocked, and said so.
@@ -653,7 +1295,8 @@ pub fn replace_address_space(
             );
         }
     }
-    set_mm_map(r, s, p)
+    set_mm_map(r, s, p)?;
+    restore_mm_state(r, &p.mm_state)
 }
 
 fn set_mm_map(r: &mut Remote, s: &Scratch, p: &ProcessImage) -> Result<()> {

@@ -37,7 +37,10 @@ pub struct ProcessImage {
     pub cgroups: Cgroups,
     pub fds: Vec<Fd>,
     pub mm: Mm,
+    pub mm_state: MmState,
     pub vmas: Vec<Vma>,
+    /// Page ranges still shared copy-on-write with the parent.
+    pub cow: Vec<CowShared>,
     pub threads: Vec<ThreadImage>,
     pub pages: Vec<PageRun>,
 }
@@ -55,6 +58,8 @@ impl ProcessImage {
 #[derive(Debug, Clone, Default)]
 pub struct ShmemImage {
     pub shmem: Shmem,
+    /// Mode, owner and seals.
+    pub attrs: Option<ShmemAttrs>,
     pub pages: Vec<PageRun>,
 }
 
@@ -86,8 +91,12 @@ impl ProcessImage {
             w.write(f)?;
         }
         w.write(&self.mm)?;
+        w.write(&self.mm_state)?;
         for v in &self.vmas {
             w.write(v)?;
+        }
+        for c in &self.cow {
+            w.write(c)?;
         }
         for t in &self.threads {
             w.write(&t.thread)?;
@@ -115,7 +124,7 @@ fn corrupt(r: &RawRecord, what: String) -> Error {
 }
 
 /// Per-process records a live process has exactly once; a zombie has none.
-const SINGLETONS: [u32; 7] = [
+const SINGLETONS: [u32; 8] = [
     T_CREDS,
     T_RLIMITS,
     T_SIGACTIONS,
@@ -123,6 +132,7 @@ const SINGLETONS: [u32; 7] = [
     T_SHARED_PENDING,
     T_CGROUPS,
     T_MM,
+    T_MM_STATE,
 ];
 /// Per-thread records every thread has exactly once.
 const THREAD_RECORDS: [u32; 3] = [T_X86_REGS, T_X86_XSTATE, T_X86_DEBUGREGS];
@@ -202,7 +212,7 @@ impl Image {
                         ..Default::default()
                     })
                 }
-                T_FILE | T_PIPE | T_SHMEM if !objects_allowed => {
+                T_FILE | T_PIPE | T_SHMEM | T_SHMEM_ATTRS if !objects_allowed => {
                     return Err(corrupt(
                         &r,
                         "shared object record after the first process".into(),
@@ -212,8 +222,16 @@ impl Image {
                 T_PIPE => img.pipes.push(r.decode()?),
                 T_SHMEM => img.shmems.push(ShmemImage {
                     shmem: r.decode()?,
+                    attrs: None,
                     pages: Vec::new(),
                 }),
+                T_SHMEM_ATTRS => {
+                    let g: ShmemAttrs = r.decode()?;
+                    match img.shmems.last_mut() {
+                        Some(s) if s.shmem.id == g.id => s.attrs = Some(g),
+                        _ => return Err(misplaced(&r)),
+                    }
+                }
                 T_TAIL => {}
                 T_IMAGE_END => {
                     if asm.open {
@@ -274,7 +292,7 @@ impl Image {
                     }
                     match r.rtype {
                         T_CREDS | T_RLIMITS | T_SIGACTIONS | T_ITIMERS | T_SHARED_PENDING
-                        | T_CGROUPS | T_MM => mark(&mut asm.singles, &SINGLETONS, &r)?,
+                        | T_CGROUPS | T_MM | T_MM_STATE => mark(&mut asm.singles, &SINGLETONS, &r)?,
                         _ => {}
                     }
                     match r.rtype {
@@ -286,7 +304,9 @@ impl Image {
                         T_CGROUPS => p.cgroups = r.decode()?,
                         T_FD => p.fds.push(r.decode()?),
                         T_MM => p.mm = r.decode()?,
+                        T_MM_STATE => p.mm_state = r.decode()?,
                         T_VMA => p.vmas.push(r.decode()?),
+                        T_COW_SHARED => p.cow.push(r.decode()?),
                         T_THREAD => {
                             asm.threads.push(0);
                             p.threads.push(ThreadImage {
@@ -453,6 +473,7 @@ mod tests {
             AnyRecord::SharedPending(SharedPending::default()),
             AnyRecord::Cgroups(Cgroups::default()),
             AnyRecord::Mm(Mm::default()),
+            AnyRecord::MmState(MmState::default()),
             AnyRecord::Vma(Vma::default()),
             AnyRecord::Thread(Thread {
                 tid: 100,

@@ -168,6 +168,9 @@ struct Build {
     /// Seized tasks (every thread of every live process).
     traced: Vec<Pid>,
     released: bool,
+    /// (pid, start) of each mapping a process premapped for its children
+    /// to inherit copy-on-write (see `mm::premap_cow`).
+    premapped: Vec<(Pid, u64)>,
 }
 
 /// Chooses where the trampoline goes: free in this process (every restored
@@ -230,36 +233,11 @@ impl Build {
             pgid_helpers: group_helpers(img),
             traced: Vec::new(),
             released: false,
+            premapped: Vec::new(),
         };
         for s in &img.shmems {
-            let fd = if s.shmem.kind == SHMEM_ANON {
-                // A real shared anonymous object (it shows as /dev/zero in
-                // maps), reached through map_files so others can map it.
-                sys::shared_anon_fd(crate::align_up(s.shmem.size.max(1)), base)
-                    .map_err(io_err("create shared anonymous memory".into()))?
-            } else {
-                let fd =
-                    sys::memfd_raw(&s.shmem.name.0, base).map_err(io_err("memfd_create".into()))?;
-                sys::ftruncate(fd, s.shmem.size)
-                    .map_err(io_err(format!("size shared memory object {}", s.shmem.id)))?;
-                fd
-            };
+            let fd = crate::mm::create_shmem(s, img_fd, base)?;
             b.shmem_fds.push((s.shmem.id, fd));
-            let mut buf = Vec::new();
-            for r in &s.pages {
-                buf.resize((r.nr_pages * PAGE) as usize, 0);
-                let mut got = 0;
-                while got < buf.len() {
-                    let n = sys::pread(img_fd, &mut buf[got..], r.data_offset + got as u64)
-                        .map_err(io_err("read shared memory pages".into()))?;
-                    if n == 0 {
-                        return refuse("image ends inside shared memory pages".into());
-                    }
-                    got += n;
-                }
-                sys::pwrite_all(fd, &buf, r.addr)
-                    .map_err(io_err("fill shared memory object".into()))?;
-            }
         }
         let shm = b.shmem_fds.clone();
         // An error opening a file names the first process holding it.
@@ -348,7 +326,14 @@ impl Build {
             while let Some(i) = text.iter().position(|&c| c == b'\n') {
                 let line: Vec<u8> = text.drain(..=i).collect();
                 let line = String::from_utf8_lossy(&line[..line.len() - 1]).into_owned();
-                if line.starts_with("ok ") {
+                if let Some(rest) = line.strip_prefix("ok ") {
+                    let mut words = rest.split(' ');
+                    let who = words.next().and_then(|w| w.parse::<Pid>().ok());
+                    if let Some(who) = who {
+                        self.premapped.extend(
+                            words.filter_map(|w| u64::from_str_radix(w, 16).ok().map(|a| (who, a))),
+                        );
+                    }
                     ok += 1;
                 } else {
                     return refuse(format!(
@@ -370,6 +355,7 @@ impl Build {
     /// PTRACE_O_EXITKILL alone once seized.
     fn become_process(&self, img: &Image, p: &ProcessImage, via_helper: bool) -> ! {
         let pid = p.pid();
+        let mut premapped = Vec::new();
         let res = (|| -> std::result::Result<(), String> {
             sys::block_all_signals();
             // If ckpt dies before the restore completes, the half-built tree dies too.
@@ -396,6 +382,8 @@ impl Build {
                     }
                 }
             }
+            // Memory children share copy-on-write is mapped before they fork.
+            premapped = crate::mm::premap_cow(img, p, self.img_fd);
             let mut zombies = Vec::new();
             let kids: Vec<&ProcessImage> = img
                 .processes
@@ -497,7 +485,9 @@ impl Build {
         })();
         match res {
             Ok(()) => {
-                let _ = sys::write_all(self.status.1, format!("ok {pid}\n").as_bytes());
+                // The mappings premapped for the children travel with "ok".
+                let cow: String = premapped.iter().map(|a| format!(" {a:x}")).collect();
+                let _ = sys::write_all(self.status.1, format!("ok {pid}{cow}\n").as_bytes());
                 sys::pause_forever()
             }
             Err(m) => {
@@ -553,7 +543,14 @@ impl Build {
         }
         let shm = self.shmem_fds.clone();
         let shmem_fd = move |id: u32| shm.iter().find(|x| x.0 == id).map(|x| x.1);
+        let premapped: Vec<(Pid, u64)> = self
+            .premapped
+            .iter()
+            .copied()
+            .filter(|&(who, _)| who == pid || who == p.process.ppid)
+            .collect();
         let from = crate::mm::Inherited {
+            premapped: &premapped,
             tramp: self.tramp,
             tramp_len: TRAMP_LEN,
             img_fd: self.img_fd,
@@ -983,6 +980,12 @@ fn validate_process(
             ));
         }
         last_end = v.end;
+        if v.flags & !VMAF_ALL != 0 {
+            return refuse(format!(
+                "pid {pid}: mapping {:#x} has flags {:#x} this ckpt does not know; restart with the ckpt that wrote the image",
+                v.start, v.flags
+            ));
+        }
         if v.kind == VMA_FILE && v.flags & VMAF_DELETED == 0 {
             let path = std::ffi::OsStr::from_bytes(&v.path.0);
             if let Err(e) = sys::with_fs_ids(fs, || std::fs::metadata(path)) {
@@ -1028,7 +1031,7 @@ fn validate_process(
             ));
         }
     }
-    for v in p.vmas.iter().filter(|v| v.kind == VMA_SHMEM) {
+    for v in p.vmas.iter().filter(|v| v.kind == VMA_SHMEM || v.obj != 0) {
         if !img.shmems.iter().any(|s| s.shmem.id == v.obj) {
             return refuse(format!(
                 "pid {pid}: mapping {:#x} names a missing shared memory object",
@@ -1073,7 +1076,9 @@ fn validate_objects(img: &Image, fs: Option<&sys::FsIds>) -> Result<()> {
         if matches!(f.kind, FILE_PIPE | FILE_FIFO) && !img.pipes.iter().any(|p| p.id == f.obj) {
             return refuse(format!("file {} names a missing pipe", f.path));
         }
-        if f.kind == FILE_MEMFD && !img.shmems.iter().any(|s| s.shmem.id == f.obj) {
+        if (f.kind == FILE_MEMFD || (f.kind == FILE_UNLINKED && f.obj != 0))
+            && !img.shmems.iter().any(|s| s.shmem.id == f.obj)
+        {
             return refuse(format!("memfd {} names a missing object", f.path));
         }
     }

@@ -354,6 +354,19 @@ pub fn munmap(addr: u64, len: usize) {
     unsafe { libc::munmap(addr as *mut _, len) };
 }
 
+/// pread(2) from `fd` at `off` straight into our own memory at `addr`
+/// (a writable mapping the caller made and owns, `len` bytes long).
+pub fn pread_own(fd: i32, addr: u64, len: usize, off: u64) -> io::Result<usize> {
+    // SAFETY: callers pass a writable anonymous mapping of ours holding
+    // `len` bytes that nothing else references; the kernel writes only there.
+    check(unsafe { libc::pread64(fd, addr as *mut libc::c_void, len, off as i64) } as libc::c_long)
+        .map(|v| v as usize)
+}
+
+/// prctl(PR_SET_VMA, PR_SET_VMA_ANON_NAME, ...): names anonymous memory.
+pub const PR_SET_VMA: i32 = 0x5356_4d41;
+pub const PR_SET_VMA_ANON_NAME: libc::c_ulong = 0;
+
 /// Writes `data` at `addr` in our own memory (a page we mapped ourselves).
 pub fn poke_own(addr: u64, data: &[u8]) {
     // SAFETY: callers pass an address inside a writable mapping of ours,
@@ -571,7 +584,10 @@ pub fn memfd_raw(name: &[u8], base: i32) -> io::Result<i32> {
     .expect("NULs removed");
     // SAFETY: c is NUL-terminated.
     let fd =
-        check(unsafe { libc::memfd_create(c.as_ptr(), libc::MFD_CLOEXEC) } as libc::c_long)? as i32;
+        check(
+            unsafe { libc::memfd_create(c.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) }
+                as libc::c_long,
+        )? as i32;
     let high = dup_above(fd, base);
     close(fd);
     high
@@ -603,6 +619,57 @@ pub fn pwrite_all(fd: i32, buf: &[u8], off: u64) -> io::Result<()> {
         done += n as usize;
     }
     Ok(())
+}
+
+/// fchown then fchmod of a raw fd (in that order: chown clears set-id bits).
+pub fn fchown_fchmod(fd: i32, uid: u32, gid: u32, mode: u32) -> io::Result<()> {
+    // SAFETY: integer arguments.
+    check(unsafe { libc::fchown(fd, uid, gid) } as libc::c_long)?;
+    // SAFETY: integer arguments.
+    check(unsafe { libc::fchmod(fd, mode) } as libc::c_long).map(drop)
+}
+
+/// fcntl(F_GET_SEALS): the seals of a memfd (EINVAL for other files).
+pub fn get_seals(f: &std::fs::File) -> io::Result<u32> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: F_GET_SEALS takes no argument.
+    check(unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GET_SEALS) } as libc::c_long)
+        .map(|v| v as u32)
+}
+
+/// fcntl(F_ADD_SEALS) of the seals in `seals` the file lacks (a tmpfs
+/// file not made by memfd_create already has F_SEAL_SEAL).
+pub fn add_seals(fd: i32, seals: u32) -> io::Result<()> {
+    // SAFETY: F_GET_SEALS takes no argument.
+    let have = check(unsafe { libc::fcntl(fd, libc::F_GET_SEALS) } as libc::c_long)? as u32;
+    if seals & !have == 0 {
+        return Ok(());
+    }
+    // SAFETY: F_ADD_SEALS takes an integer.
+    check(
+        unsafe { libc::fcntl(fd, libc::F_ADD_SEALS, (seals & !have) as libc::c_int) }
+            as libc::c_long,
+    )
+    .map(drop)
+}
+
+/// Gives the file open as `fd` (say an O_TMPFILE one) the name `path`:
+/// linkat of /proc/self/fd/FD with AT_SYMLINK_FOLLOW.
+pub fn link_fd(fd: i32, path: &[u8]) -> io::Result<()> {
+    let from = std::ffi::CString::new(format!("/proc/self/fd/{fd}")).expect("no NUL");
+    let to = std::ffi::CString::new(path)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))?;
+    // SAFETY: both are valid NUL-terminated strings.
+    check(unsafe {
+        libc::linkat(
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            libc::AT_SYMLINK_FOLLOW,
+        )
+    } as libc::c_long)
+    .map(drop)
 }
 
 /// pause(2) forever (signals are blocked by the caller; only ptrace or

@@ -1,0 +1,83 @@
+//! Address-space state beyond page contents: madvise advice and mmap flags
+//! (smaps VmFlags), the access mode behind shared file mappings, private
+//! mappings of shared memory objects, memfd mode and seals, THP-disable,
+//! membarrier registrations, and unlinked files (holes, size, mode, and one
+//! file again for its fd and its mappings). See `workloads/mmstate.c`.
+//!
+//! These tests need root; without it they print `SKIP: ...` and pass.
+
+mod common;
+
+use common::*;
+
+fn nothing(_: &TestEnv, _: &mut Workload) {}
+
+/// The workload passes on its own, without any checkpoint.
+#[test]
+fn mmstate_passes_without_checkpoint() {
+    let env = TestEnv::without_root("mmstate_passes_without_checkpoint");
+    env.run_control("mmstate", &[], nothing);
+}
+
+/// Every piece of `mmstate.c` is intact after checkpoint and restart.
+#[test]
+fn restore_mmstate() {
+    let Some(env) = TestEnv::new("restore_mmstate") else {
+        return;
+    };
+    env.roundtrip("mmstate", &[], nothing, nothing);
+}
+
+/// The unlinked file's holes are not in the image: of its four pages only
+/// the two that hold data are saved, and its mode, owner and size are.
+#[test]
+fn unlinked_file_holes_are_not_saved() {
+    let Some(env) = TestEnv::new("unlinked_file_holes_are_not_saved") else {
+        return;
+    };
+    let Some(mut w) = env.start_workload("mmstate", &[]) else {
+        return;
+    };
+    let img = env.path("img");
+    env.checkpoint_and_kill(&mut w, &img);
+    let out = env.ckpt([std::ffi::OsStr::new("inspect"), img.as_os_str()]);
+    assert!(out.success(), "inspect failed: {}", out.describe());
+    let text = out.stdout.clone();
+    let is_shmem = |l: &str| l.split_whitespace().nth(2) == Some("shmem");
+    let ghost = text
+        .lines()
+        .position(|l| is_shmem(l) && l.contains(".ghost (16384 bytes)"))
+        .unwrap_or_else(|| panic!("no unlinked-file object for the ghost in:\n{text}"));
+    let offsets: Vec<&str> = text
+        .lines()
+        .skip(ghost + 1)
+        .take_while(|l| !is_shmem(l))
+        .filter_map(|l| l.split("shmem offset ").nth(1))
+        .collect();
+    assert_eq!(
+        offsets,
+        ["0x0: 1 pages", "0x2000: 1 pages"],
+        "ghost pages saved: {offsets:?}\n{text}"
+    );
+    env.restart_detached(&mut w, &img);
+    env.signal_and_expect_pass(&mut w, libc::SIGTERM);
+}
+
+/// The cow workload passes on its own (it needs root to see page frames).
+#[test]
+fn cow_passes_without_checkpoint() {
+    let Some(env) = TestEnv::new("cow_passes_without_checkpoint") else {
+        return;
+    };
+    env.run_control("cow", &[], nothing);
+}
+
+/// Pages a child shares copy-on-write with its parent are still the same
+/// page frames in both after restart; pages either wrote are their own.
+#[test]
+fn restore_cow_sharing() {
+    let Some(env) = TestEnv::new("restore_cow_sharing") else {
+        return;
+    };
+    env.roundtrip("cow", &[], nothing, nothing);
+}
