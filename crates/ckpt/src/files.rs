@@ -76,6 +76,31 @@ fn pipe_contents(pid: Pid, fd: i32) -> std::io::Result<(u32, Vec<u8>)> {
     Ok((size, data))
 }
 
+/// Whether a character device can be reopened by path at restart: only the
+/// stateless memory devices can (`Err` gives what it is and why not).
+/// Terminals carry state (the line discipline, the session that owns them,
+/// the other end of a pty) that a reopened path would not bring back.
+pub fn chr_verdict(
+    major: u32,
+    minor: u32,
+) -> std::result::Result<(), (&'static str, &'static str)> {
+    const TERMINAL: &str = "terminals are not supported yet; run it with stdin/stdout redirected (e.g. setsid, nohup, </dev/null >log)";
+    match (major, minor) {
+        // null, zero, full, random, urandom
+        (1, 3 | 5 | 7 | 8 | 9) => Ok(()),
+        (136..=143, _) => Err(("a pseudo-terminal", TERMINAL)),
+        (5, 2) => Err(("the pseudo-terminal master multiplexer", TERMINAL)),
+        (5, 0) => Err(("the controlling terminal", TERMINAL)),
+        (5, 1) => Err(("the console", TERMINAL)),
+        (4, _) => Err(("a virtual console or serial terminal", TERMINAL)),
+        (128..=135, _) => Err(("a pseudo-terminal master", TERMINAL)),
+        _ => Err((
+            "a character device",
+            "among character devices only /dev/null, /dev/zero, /dev/full, /dev/random and /dev/urandom can be saved yet",
+        )),
+    }
+}
+
 impl FileTable {
     /// Reads every fd of `pid` into the table; returns its fd records.
     /// Errors name the fd and why it cannot be saved.
@@ -137,7 +162,24 @@ impl FileTable {
         let id = self.files.len() as u32 + 1;
         let mut content = Vec::new();
         let mut obj = 0;
-        let kind = if ft.is_fifo() {
+        let opath = info.flags & libc::O_PATH as u32 != 0;
+        let kind = if opath {
+            // An O_PATH fd only names a file (the file itself is never
+            // opened): whatever its type, reopening the path with O_PATH
+            // gives it back.
+            if deleted || !path.starts_with(b"/") {
+                return Err(unsupported(
+                    fd,
+                    link,
+                    "an O_PATH fd whose file was removed cannot be reopened",
+                ));
+            }
+            if ft.is_dir() {
+                FILE_DIR
+            } else {
+                FILE_REGULAR
+            }
+        } else if ft.is_fifo() {
             let (size, data) =
                 pipe_contents(pid, fd).ctx(pid, || format!("read the buffer of pipe fd {fd}"))?;
             obj = match self.pipe_ids.iter().find(|p| p.0 == meta.ino()) {
@@ -191,7 +233,19 @@ impl FileTable {
             }
         } else if ft.is_dir() {
             FILE_DIR
-        } else if ft.is_char_device() && path.starts_with(b"/dev/") && !deleted {
+        } else if ft.is_char_device() {
+            let (major, minor) = (libc::major(meta.rdev()), libc::minor(meta.rdev()));
+            if let Err((what, reason)) = chr_verdict(major, minor) {
+                let named = format!("{}, {what}", String::from_utf8_lossy(link));
+                return Err(unsupported(fd, named.as_bytes(), reason));
+            }
+            if deleted || !path.starts_with(b"/dev/") {
+                return Err(unsupported(
+                    fd,
+                    link,
+                    "the device node it was opened through is gone; cannot reopen it",
+                ));
+            }
             FILE_CHR
         } else {
             return Err(unsupported(
@@ -200,7 +254,7 @@ impl FileTable {
                 "only regular files, directories, character devices, pipes, FIFOs and memfds are supported yet (no sockets, eventfds...)",
             ));
         };
-        if matches!(kind, FILE_REGULAR | FILE_DIR | FILE_FIFO) {
+        if matches!(kind, FILE_REGULAR | FILE_DIR | FILE_FIFO) || opath {
             // The path must still name this very file.
             match std::fs::metadata(os(&path)) {
                 Ok(m) if m.dev() == meta.dev() && m.ino() == meta.ino() => {}
@@ -337,6 +391,13 @@ pub fn open_all(
         pipe_ends.push((p.id, r2, w2));
     }
     for f in files {
+        let mut f = f.clone();
+        if f.kind != FILE_DIR {
+            // An O_TMPFILE file reports O_DIRECTORY among its flags.
+            f.flags &= !(libc::O_DIRECTORY as u32);
+        }
+        let f = &f;
+        let opath = f.flags & libc::O_PATH as u32 != 0;
         let fd = match f.kind {
             FILE_PIPE | FILE_FIFO => {
                 let &(_, r, w) = pipe_ends.iter().find(|x| x.0 == f.obj).ok_or_else(|| {
@@ -432,6 +493,12 @@ pub fn open_all(
             _ => reopen(&f.path.0, f.flags as i32, base)
                 .map_err(|e| err(format!("open {}", f.path), e))?,
         };
+        if opath {
+            // Nothing else applies to an O_PATH fd (fcntl F_SETFL and
+            // lseek fail with EBADF).
+            by_id.push((f.id, fd));
+            continue;
+        }
         let want = f.flags as i32 & SETFL_FLAGS;
         sys::fcntl_set(fd, libc::F_SETFL, want)
             .map_err(|e| err(format!("set flags of {}", f.path), e))?;
@@ -485,4 +552,37 @@ pub fn install(fds: &[Fd], opened: &Opened, keep: &[i32]) -> std::result::Result
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_memory_devices_are_reopened() {
+        for minor in [3, 5, 7, 8, 9] {
+            assert!(chr_verdict(1, minor).is_ok(), "1:{minor}");
+        }
+        // /dev/mem, /dev/kmsg and /dev/port are memory-major too, but not stateless.
+        for minor in [1, 2, 4, 11] {
+            assert!(chr_verdict(1, minor).is_err(), "1:{minor}");
+        }
+        let term = |maj, min| {
+            let (what, reason) = chr_verdict(maj, min).unwrap_err();
+            assert!(
+                reason.contains("terminals are not supported"),
+                "{maj}:{min}"
+            );
+            what
+        };
+        assert_eq!(term(136, 3), "a pseudo-terminal");
+        assert_eq!(term(143, 1000), "a pseudo-terminal");
+        assert_eq!(term(5, 0), "the controlling terminal");
+        assert_eq!(term(5, 1), "the console");
+        assert_eq!(term(5, 2), "the pseudo-terminal master multiplexer");
+        assert_eq!(term(4, 1), "a virtual console or serial terminal");
+        let (what, reason) = chr_verdict(10, 200).unwrap_err(); // /dev/net/tun
+        assert_eq!(what, "a character device");
+        assert!(reason.contains("/dev/null"));
+    }
 }

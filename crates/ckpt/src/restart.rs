@@ -443,10 +443,9 @@ impl Build {
                 sys::drain_signal(libc::SIGCHLD);
             }
             files::install(&p.fds, &self.opened, &self.keep())?;
-            if p.process.root.0 != b"/" {
-                sys::chroot(&p.process.root.0)
-                    .map_err(|e| format!("chroot {}: {e}", p.process.root))?;
-            }
+            // The cwd is a path in our root (and need not lie under the
+            // process's root); the chroot comes in `rebuild`, once the
+            // mapped files are open, and leaves the cwd where it is.
             sys::chdir(&p.process.cwd.0).map_err(|e| format!("chdir {}: {e}", p.process.cwd))?;
             sys::umask(p.process.umask);
             sys::set_comm(&p.process.comm.0);
@@ -528,6 +527,13 @@ impl Build {
             task::restore_thread(&mut tr, &s, &t.thread)?;
             task::restore_pending(&mut tr, &s, pid, Some(tid), &t.thread.pending)?;
             others.push(tr);
+        }
+        if p.process.root.0 != b"/" {
+            // Its path is in our root, like every path of the image.
+            let mut path = p.process.root.0.clone();
+            path.push(0);
+            s.write(0, &path)?;
+            r.call("chroot", libc::SYS_chroot, &[s.addr])?;
         }
         task::restore_thread(&mut r, &s, &main.thread)?;
         task::restore_rlimits(&mut r, &s, &p.rlimits)?;
@@ -793,17 +799,12 @@ fn validate_process(img: &Image, p: &ProcessImage) -> Result<()> {
     if p.is_zombie() {
         return Ok(());
     }
-    // cwd is relative to the process's root; both must still be directories.
-    let root = std::path::Path::new(std::ffi::OsStr::from_bytes(&p.process.root.0));
-    let cwd = std::ffi::OsStr::from_bytes(&p.process.cwd.0);
-    let cwd = root.join(
-        std::path::Path::new(cwd)
-            .strip_prefix("/")
-            .unwrap_or(cwd.as_ref()),
-    );
+    // cwd and root are both paths in the checkpointer's root (the cwd need
+    // not lie under the root); both must still be directories.
+    let path = |t: &Text| std::path::PathBuf::from(std::ffi::OsStr::from_bytes(&t.0));
     for (what, dir) in [
-        ("root directory", root.to_path_buf()),
-        ("working directory", cwd),
+        ("root directory", path(&p.process.root)),
+        ("working directory", path(&p.process.cwd)),
     ] {
         if !dir.is_dir() {
             return refuse(format!(

@@ -7,7 +7,7 @@ use crate::procfs::{self, Stat, Status};
 use crate::remote::Remote;
 use crate::sys::{self, Pid};
 use ckpt_image::*;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 
 /// Number of resource limits (RLIM_NLIMITS).
 const NLIMITS: u32 = 16;
@@ -68,6 +68,30 @@ pub fn dump_process(
         .ok()
         .and_then(|p| u32::from_str_radix(p.trim(), 16).ok())
         .unwrap_or(0);
+    // Both are read from outside, so they are paths in our root, also for
+    // a chrooted process (restart does chdir, then chroot).
+    let mut dirs = Vec::new();
+    for (what, name) in [("working directory", "cwd"), ("root directory", "root")] {
+        let link = procfs::link(pid, name).ctx(pid, || format!("read {name}"))?;
+        let gone = std::fs::metadata(format!("/proc/{pid}/{name}"))
+            .ctx(pid, || format!("stat {name}"))?
+            .nlink()
+            == 0;
+        if gone {
+            return Err(crate::error::Error::Unsupported {
+                pid,
+                comm: String::from_utf8_lossy(&st.comm).into_owned(),
+                object: format!("its {what} {}", String::from_utf8_lossy(&link)),
+                reason: format!(
+                    "the directory was removed, so restart could not enter it; have it {} an existing directory",
+                    if name == "cwd" { "chdir to" } else { "chroot into" }
+                ),
+            });
+        }
+        dirs.push(text(&link));
+    }
+    let root = dirs.pop().unwrap_or_default();
+    let cwd = dirs.pop().unwrap_or_default();
     Ok(Process {
         pid,
         ppid: st.ppid,
@@ -76,8 +100,8 @@ pub fn dump_process(
         nr_threads: 1,
         comm: text(&st.comm),
         exe: text(&procfs::link(pid, "exe").unwrap_or_default()),
-        cwd: text(&procfs::link(pid, "cwd").ctx(pid, || "read cwd".into())?),
-        root: text(&procfs::link(pid, "root").ctx(pid, || "read root".into())?),
+        cwd,
+        root,
         umask: status.octal("Umask").unwrap_or(0o022),
         personality,
         dumpable: r.call(
