@@ -62,6 +62,7 @@ pub const T_FILE: u32 = 120;
 pub const T_FD: u32 = 121;
 pub const T_PIPE: u32 = 122;
 pub const T_SHMEM: u32 = 123;
+pub const T_FILE_ATTR: u32 = 125;
 pub const T_THREAD: u32 = 200;
 pub const T_X86_REGS: u32 = 201;
 pub const T_X86_XSTATE: u32 = 202;
@@ -250,7 +251,9 @@ record!(
 pub const FILE_REGULAR: u32 = 0;
 pub const FILE_DIR: u32 = 1;
 pub const FILE_CHR: u32 = 2;
-/// A regular file that was unlinked while open: content is in the record.
+/// A regular file that was unlinked while open: content is in the record,
+/// owner and times in a `FileAttr`. Another description of the same inode
+/// has `obj` = the id of the first (which holds the content), else 0.
 pub const FILE_UNLINKED: u32 = 3;
 /// One end of a pipe (`obj` = the `Pipe` id).
 pub const FILE_PIPE: u32 = 4;
@@ -272,8 +275,24 @@ record!(
         size: u64,
         path: Text,
         content: Bytes,
-        /// `Pipe` or `Shmem` id for pipes, FIFOs and memfds; 0 otherwise.
+        /// `Pipe` or `Shmem` id for pipes, FIFOs and memfds; for an unlinked
+        /// file, the `File` that recreates its inode (0: this one); else 0.
         obj: u32,
+    }
+);
+
+record!(
+    /// Owner and times of the unlinked file (`File` kind `FILE_UNLINKED`)
+    /// `file_id` creates: a recreated file gets them back, since nobody
+    /// could otherwise (its path is gone).
+    FileAttr = T_FILE_ATTR, "file-attr" {
+        file_id: u32,
+        uid: u32,
+        gid: u32,
+        atime_sec: i64,
+        atime_nsec: u32,
+        mtime_sec: i64,
+        mtime_nsec: u32,
     }
 );
 
@@ -384,6 +403,7 @@ pub enum AnyRecord {
     Vma(Vma),
     Pages(PagesHdr),
     File(File),
+    FileAttr(FileAttr),
     Fd(Fd),
     Pipe(Pipe),
     Shmem(Shmem),
@@ -428,6 +448,7 @@ dispatch!(
     Mm => Mm,
     Vma => Vma,
     File => File,
+    FileAttr => FileAttr,
     Fd => Fd,
     Pipe => Pipe,
     Shmem => Shmem,

@@ -138,6 +138,7 @@ fn write_rec<W: io::Write>(w: &mut ImageWriter<W>, r: &AnyRecord) -> io::Result<
         AnyRecord::Mm(r) => w.write(r),
         AnyRecord::Vma(r) => w.write(r),
         AnyRecord::File(r) => w.write(r),
+        AnyRecord::FileAttr(r) => w.write(r),
         AnyRecord::Pipe(r) => w.write(r),
         AnyRecord::Shmem(r) => w.write(r),
         AnyRecord::Fd(r) => w.write(r),
@@ -331,6 +332,15 @@ fn sample_image() -> &'static [u8] {
                 path: "/tmp/scratch (deleted)".into(),
                 content: Bytes(b"hello world".to_vec()),
                 obj: 0,
+            }),
+            AnyRecord::FileAttr(FileAttr {
+                file_id: 1,
+                uid: 1000,
+                gid: 100,
+                atime_sec: -1,
+                atime_nsec: 999_999_999,
+                mtime_sec: 123456,
+                mtime_nsec: 0,
             }),
             AnyRecord::Pipe(Pipe {
                 id: 1,

@@ -221,6 +221,9 @@ fn run<S: Sink>(
     for f in &ft.files {
         w.write(f).map_err(Error::Write)?;
     }
+    for a in &ft.attrs {
+        w.write(a).map_err(Error::Write)?;
+    }
     for p in &ft.pipes {
         w.write(p).map_err(Error::Write)?;
     }

@@ -47,6 +47,11 @@ pub struct FileTable {
     /// (dev, ino) of memfds met as fds, with their file ids: their content is
     /// saved as a shared memory object.
     pub memfds: Vec<(u64, u64, u32, String)>,
+    /// Owner and times of each unlinked file saved.
+    pub attrs: Vec<FileAttr>,
+    /// (dev, ino, file id) of unlinked files saved, so that a second
+    /// description of one shares its inode again.
+    unlinked: Vec<(u64, u64, u32)>,
 }
 
 fn os(b: &[u8]) -> &std::ffi::OsStr {
@@ -212,7 +217,19 @@ impl FileTable {
                 .push((meta.dev(), meta.ino(), id, format!("/proc/{pid}/fd/{fd}")));
             FILE_MEMFD
         } else if ft.is_file() {
-            if deleted || meta.nlink() == 0 {
+            if let Some(&(_, _, first)) = (deleted || meta.nlink() == 0)
+                .then(|| {
+                    self.unlinked
+                        .iter()
+                        .find(|u| u.0 == meta.dev() && u.1 == meta.ino())
+                })
+                .flatten()
+            {
+                // Another description of an unlinked file already saved:
+                // it reopens that one's inode.
+                obj = first;
+                FILE_UNLINKED
+            } else if deleted || meta.nlink() == 0 {
                 if meta.len() > MAX_UNLINKED {
                     return Err(unsupported(
                         fd,
@@ -227,6 +244,16 @@ impl FileTable {
                 std::fs::File::open(format!("/proc/{pid}/fd/{fd}"))
                     .and_then(|mut f| f.read_to_end(&mut content))
                     .ctx(pid, || format!("read unlinked file of fd {fd}"))?;
+                self.unlinked.push((meta.dev(), meta.ino(), id));
+                self.attrs.push(FileAttr {
+                    file_id: id,
+                    uid: meta.uid(),
+                    gid: meta.gid(),
+                    atime_sec: meta.atime(),
+                    atime_nsec: meta.atime_nsec() as u32,
+                    mtime_sec: meta.mtime(),
+                    mtime_nsec: meta.mtime_nsec() as u32,
+                });
                 FILE_UNLINKED
             } else {
                 FILE_REGULAR
@@ -354,6 +381,7 @@ fn reconnect_pipe(p: &Pipe, base: i32) -> Option<(i32, i32)> {
 /// a shared memory object.
 pub fn open_all(
     files: &[File],
+    attrs: &[FileAttr],
     pipes: &[Pipe],
     shmem_fd: &dyn Fn(u32) -> Option<i32>,
     base: i32,
@@ -364,6 +392,9 @@ pub fn open_all(
         source: e,
     };
     let mut by_id = Vec::new();
+    // Unlinked file id -> the recreated inode, open until every
+    // description of it is.
+    let mut inodes: Vec<(u32, i32)> = Vec::new();
     // Pipe id -> (read end, write end) in this process.
     let mut pipe_ends: Vec<(u32, i32, i32)> = Vec::new();
     for p in pipes {
@@ -461,6 +492,20 @@ pub fn open_all(
                 )
                 .map_err(|e| err(format!("reopen memfd {}", f.path), e))?
             }
+            FILE_UNLINKED if f.obj != 0 => {
+                let &(_, tmp) = inodes.iter().find(|x| x.0 == f.obj).ok_or_else(|| {
+                    Error::Refused(format!(
+                        "unlinked file {} names a missing file {}",
+                        f.id, f.obj
+                    ))
+                })?;
+                reopen(
+                    format!("/proc/self/fd/{tmp}").as_bytes(),
+                    f.flags as i32,
+                    base,
+                )
+                .map_err(|e| err("reopen unlinked file".into(), e))?
+            }
             FILE_UNLINKED => {
                 let dir = match f.path.0.iter().rposition(|&c| c == b'/') {
                     Some(0) | None => b"/".to_vec(),
@@ -480,15 +525,31 @@ pub fn open_all(
                         e,
                     )
                 })?;
+                inodes.push((f.id, tmp));
                 sys::write_all(tmp, &f.content.0)
                     .map_err(|e| err("write unlinked file".into(), e))?;
-                let fd = reopen(
+                // Owner before mode (chown clears set-id bits), times last
+                // (writing sets them).
+                if let Some(a) = attrs.iter().find(|a| a.file_id == f.id) {
+                    sys::fchown(tmp, a.uid, a.gid)
+                        .map_err(|e| err("set the owner of an unlinked file".into(), e))?;
+                }
+                sys::fchmod(tmp, f.mode & 0o7777)
+                    .map_err(|e| err("set the mode of an unlinked file".into(), e))?;
+                if let Some(a) = attrs.iter().find(|a| a.file_id == f.id) {
+                    sys::futimens(
+                        tmp,
+                        (a.atime_sec, a.atime_nsec),
+                        (a.mtime_sec, a.mtime_nsec),
+                    )
+                    .map_err(|e| err("set the times of an unlinked file".into(), e))?;
+                }
+                reopen(
                     format!("/proc/self/fd/{tmp}").as_bytes(),
                     f.flags as i32,
                     base,
-                );
-                sys::close(tmp);
-                fd.map_err(|e| err("reopen unlinked file".into(), e))?
+                )
+                .map_err(|e| err("reopen unlinked file".into(), e))?
             }
             _ => reopen(&f.path.0, f.flags as i32, base)
                 .map_err(|e| err(format!("open {}", f.path), e))?,
@@ -509,6 +570,9 @@ pub fn open_all(
             let _ = sys::lseek(fd, f.pos);
         }
         by_id.push((f.id, fd));
+    }
+    for (_, tmp) in inodes {
+        sys::close(tmp);
     }
     // Pipe ends no description uses.
     for (_, r, w) in pipe_ends {

@@ -63,6 +63,7 @@ pub struct Image {
     pub head: Head,
     pub arch: ArchX86_64,
     pub files: Vec<File>,
+    pub file_attrs: Vec<FileAttr>,
     pub pipes: Vec<Pipe>,
     pub shmems: Vec<ShmemImage>,
     pub processes: Vec<ProcessImage>,
@@ -124,6 +125,7 @@ impl Image {
                     ..Default::default()
                 }),
                 T_FILE => img.files.push(r.decode()?),
+                T_FILE_ATTR => img.file_attrs.push(r.decode()?),
                 T_PIPE => img.pipes.push(r.decode()?),
                 T_SHMEM => img.shmems.push(ShmemImage {
                     shmem: r.decode()?,

@@ -235,6 +235,7 @@ impl Build {
         let shm = b.shmem_fds.clone();
         b.opened = files::open_all(
             &img.files,
+            &img.file_attrs,
             &img.pipes,
             &|id| shm.iter().find(|x| x.0 == id).map(|x| x.1),
             base,
@@ -934,6 +935,21 @@ fn validate_process(img: &Image, p: &ProcessImage) -> Result<()> {
 }
 
 fn validate_objects(img: &Image) -> Result<()> {
+    for a in &img.file_attrs {
+        if !img
+            .files
+            .iter()
+            .any(|f| f.id == a.file_id && f.kind == FILE_UNLINKED && f.obj == 0)
+        {
+            return refuse(format!(
+                "file attributes name file {}, which is not an unlinked file of the image",
+                a.file_id
+            ));
+        }
+        if a.atime_nsec >= 1_000_000_000 || a.mtime_nsec >= 1_000_000_000 {
+            return refuse(format!("file {}: invalid file times", a.file_id));
+        }
+    }
     for f in &img.files {
         if matches!(f.kind, FILE_REGULAR | FILE_DIR | FILE_CHR | FILE_FIFO) {
             if let Err(e) = std::fs::metadata(std::ffi::OsStr::from_bytes(&f.path.0)) {
@@ -942,6 +958,20 @@ fn validate_objects(img: &Image) -> Result<()> {
         }
         if matches!(f.kind, FILE_PIPE | FILE_FIFO) && !img.pipes.iter().any(|p| p.id == f.obj) {
             return refuse(format!("file {} names a missing pipe", f.path));
+        }
+        if f.kind == FILE_UNLINKED && f.obj != 0 {
+            // It reopens the inode of an earlier unlinked file.
+            let first = img
+                .files
+                .iter()
+                .take_while(|g| g.id != f.id)
+                .find(|g| g.id == f.obj);
+            if !first.is_some_and(|g| g.kind == FILE_UNLINKED && g.obj == 0) {
+                return refuse(format!(
+                    "unlinked file {} names file {}, which is not an unlinked file before it",
+                    f.id, f.obj
+                ));
+            }
         }
         if f.kind == FILE_MEMFD && !img.shmems.iter().any(|s| s.shmem.id == f.obj) {
             return refuse(format!("memfd {} names a missing object", f.path));

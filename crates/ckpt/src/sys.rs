@@ -559,6 +559,29 @@ pub fn ftruncate(fd: i32, len: u64) -> io::Result<()> {
     check(unsafe { libc::ftruncate64(fd, len as i64) } as libc::c_long).map(drop)
 }
 
+/// fchown(fd, uid, gid).
+pub fn fchown(fd: i32, uid: u32, gid: u32) -> io::Result<()> {
+    // SAFETY: integer arguments.
+    check(unsafe { libc::fchown(fd, uid, gid) } as libc::c_long).map(drop)
+}
+
+/// fchmod(fd, mode).
+pub fn fchmod(fd: i32, mode: u32) -> io::Result<()> {
+    // SAFETY: integer arguments.
+    check(unsafe { libc::fchmod(fd, mode) } as libc::c_long).map(drop)
+}
+
+/// futimens(fd, [atime, mtime]) with (seconds, nanoseconds) each.
+pub fn futimens(fd: i32, atime: (i64, u32), mtime: (i64, u32)) -> io::Result<()> {
+    let ts = |(sec, nsec): (i64, u32)| libc::timespec {
+        tv_sec: sec,
+        tv_nsec: nsec as i64,
+    };
+    let times = [ts(atime), ts(mtime)];
+    // SAFETY: times is an array of two valid timespecs.
+    check(unsafe { libc::futimens(fd, times.as_ptr()) } as libc::c_long).map(drop)
+}
+
 /// memfd_create(name, MFD_CLOEXEC) as a raw fd >= base.
 pub fn memfd_raw(name: &[u8], base: i32) -> io::Result<i32> {
     let c = std::ffi::CString::new(
