@@ -261,6 +261,9 @@ pub const FILE_PIPE: u32 = 4;
 pub const FILE_FIFO: u32 = 5;
 /// A memfd (`obj` = the `Shmem` id holding its content).
 pub const FILE_MEMFD: u32 = 6;
+/// A file under /proc/PID of a process of the image: reopened by the
+/// process that holds it once PID exists again.
+pub const FILE_PROC: u32 = 7;
 
 record!(
     /// An open file description, possibly shared by several fds.

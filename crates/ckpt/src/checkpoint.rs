@@ -187,7 +187,7 @@ fn run<S: Sink>(
         });
     }
     let tree = freeze::freeze_tree(root, opts.freeze_cgroup.as_deref())?;
-    let mut ft = FileTable::default();
+    let mut ft = FileTable::new(tree.procs.iter().map(|p| p.0).collect());
     let mut shm = ShmemTable::default();
     let mut images = Vec::with_capacity(tree.procs.len());
     let mut first_xstate = None;

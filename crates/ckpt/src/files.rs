@@ -52,6 +52,28 @@ pub struct FileTable {
     /// (dev, ino, file id) of unlinked files saved, so that a second
     /// description of one shares its inode again.
     unlinked: Vec<(u64, u64, u32)>,
+    /// Pids of the tree: /proc files of other pids are refused.
+    tree: Vec<Pid>,
+    /// (pid, file id) of every /proc file saved, to refuse sharing one
+    /// description between processes (each reopens its own).
+    procs: Vec<(Pid, u32)>,
+}
+
+/// The pid a path under /proc is about, if it is under /proc/PID (`Err`
+/// if it is about another thread than the process's main one).
+pub fn proc_pid(path: &[u8]) -> Option<std::result::Result<Pid, ()>> {
+    let rest = path.strip_prefix(b"/proc/")?;
+    let mut parts = rest.split(|&c| c == b'/');
+    let num = |b: &[u8]| std::str::from_utf8(b).ok()?.parse::<Pid>().ok();
+    let pid = num(parts.next()?)?;
+    if parts.next() == Some(b"task") {
+        if let Some(tid) = parts.next().and_then(num) {
+            if tid != pid {
+                return Some(Err(()));
+            }
+        }
+    }
+    Some(Ok(pid))
 }
 
 fn os(b: &[u8]) -> &std::ffi::OsStr {
@@ -107,6 +129,14 @@ pub fn chr_verdict(
 }
 
 impl FileTable {
+    /// A table for the tree of these pids.
+    pub fn new(tree: Vec<Pid>) -> FileTable {
+        FileTable {
+            tree,
+            ..Default::default()
+        }
+    }
+
     /// Reads every fd of `pid` into the table; returns its fd records.
     /// Errors name the fd and why it cannot be saved.
     pub fn dump(&mut self, pid: Pid, comm: &str) -> Result<Vec<Fd>> {
@@ -134,6 +164,15 @@ impl FileTable {
                 {
                     shared = Some(id);
                     break;
+                }
+            }
+            if let Some(id) = shared {
+                if self.procs.iter().any(|&(p, f)| f == id && p != pid) {
+                    return Err(unsupported(
+                        fd,
+                        &link,
+                        "this /proc file is shared with another process (inherited across fork); each process reopens its own /proc files, so the sharing cannot come back",
+                    ));
                 }
             }
             let id = match shared {
@@ -168,7 +207,27 @@ impl FileTable {
         let mut content = Vec::new();
         let mut obj = 0;
         let opath = info.flags & libc::O_PATH as u32 != 0;
-        let kind = if opath {
+        let kind = if let Some(target) = proc_pid(&path).filter(|_| !deleted) {
+            match target {
+                Ok(p) if self.tree.contains(&p) => {}
+                Ok(p) => {
+                    return Err(unsupported(
+                        fd,
+                        link,
+                        &format!("it is about pid {p}, which is outside the checkpointed tree; after restart that pid would be another process or none"),
+                    ))
+                }
+                Err(()) => {
+                    return Err(unsupported(
+                        fd,
+                        link,
+                        "it is about a thread other than its process's main thread; such files cannot be reopened yet",
+                    ))
+                }
+            }
+            self.procs.push((pid, id));
+            FILE_PROC
+        } else if opath {
             // An O_PATH fd only names a file (the file itself is never
             // opened): whatever its type, reopening the path with O_PATH
             // gives it back.
@@ -312,6 +371,11 @@ impl FileTable {
 /// the restorer (all above every fd number of the image).
 pub struct Opened {
     pub by_id: Vec<(u32, i32)>,
+    /// /proc files, opened by each process in `install` (the pid they are
+    /// about does not exist yet when `open_all` runs).
+    pub deferred: Vec<File>,
+    /// Every fd of `by_id` is at least this.
+    pub base: i32,
 }
 
 impl Opened {
@@ -395,6 +459,7 @@ pub fn open_all(
     // Unlinked file id -> the recreated inode, open until every
     // description of it is.
     let mut inodes: Vec<(u32, i32)> = Vec::new();
+    let mut deferred = Vec::new();
     // Pipe id -> (read end, write end) in this process.
     let mut pipe_ends: Vec<(u32, i32, i32)> = Vec::new();
     for p in pipes {
@@ -429,6 +494,10 @@ pub fn open_all(
         }
         let f = &f;
         let opath = f.flags & libc::O_PATH as u32 != 0;
+        if f.kind == FILE_PROC {
+            deferred.push(f.clone());
+            continue;
+        }
         let fd = match f.kind {
             FILE_PIPE | FILE_FIFO => {
                 let &(_, r, w) = pipe_ends.iter().find(|x| x.0 == f.obj).ok_or_else(|| {
@@ -582,7 +651,36 @@ pub fn open_all(
             }
         }
     }
-    Ok(Opened { by_id })
+    Ok(Opened {
+        by_id,
+        deferred,
+        base,
+    })
+}
+
+/// Opens a /proc file of the image in a restored process, once the pid it
+/// is about exists (a sibling or a child may still be being created; every
+/// process of the tree is created without waiting for any other's setup).
+fn open_proc(f: &File, base: i32) -> std::result::Result<i32, String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match reopen(&f.path.0, f.flags as i32, base) {
+            Ok(fd) => {
+                if f.pos != 0 {
+                    sys::lseek(fd, f.pos)
+                        .map_err(|e| format!("seek {} to {}: {e}", f.path, f.pos))?;
+                }
+                return Ok(fd);
+            }
+            Err(e)
+                if e.raw_os_error() == Some(libc::ENOENT)
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            Err(e) => return Err(format!("open {}: {e}", f.path)),
+        }
+    }
 }
 
 /// Installs a process's fds from the inherited descriptions (in a restore
@@ -598,9 +696,20 @@ pub fn install(fds: &[Fd], opened: &Opened, keep: &[i32]) -> std::result::Result
             sys::close(fd);
         }
     }
+    let mut own: Vec<(u32, i32)> = Vec::new();
     for d in fds {
-        let src = opened
-            .fd_of(d.file_id)
+        if let Some(f) = opened.deferred.iter().find(|f| f.id == d.file_id) {
+            if !own.iter().any(|x| x.0 == f.id) {
+                own.push((f.id, open_proc(f, opened.base)?));
+            }
+        }
+    }
+    for d in fds {
+        let src = own
+            .iter()
+            .find(|x| x.0 == d.file_id)
+            .map(|x| x.1)
+            .or_else(|| opened.fd_of(d.file_id))
             .ok_or_else(|| format!("fd {} names unknown file {}", d.fd, d.file_id))?;
         sys::dup2(src, d.fd as i32).map_err(|e| format!("dup2 to fd {}: {e}", d.fd))?;
         sys::fcntl_set(
@@ -610,7 +719,7 @@ pub fn install(fds: &[Fd], opened: &Opened, keep: &[i32]) -> std::result::Result
         )
         .map_err(|e| format!("set FD_CLOEXEC on fd {}: {e}", d.fd))?;
     }
-    for s in sources {
+    for s in sources.into_iter().chain(own.iter().map(|x| x.1)) {
         if !keep.contains(&s) && !fds.iter().any(|d| d.fd as i32 == s) {
             sys::close(s);
         }

@@ -192,7 +192,11 @@ impl Build {
         let img_fd =
             sys::dup_above(file.as_raw_fd(), base).map_err(io_err("dup image fd".into()))?;
         let mut b = Build {
-            opened: files::Opened { by_id: Vec::new() },
+            opened: files::Opened {
+                by_id: Vec::new(),
+                deferred: Vec::new(),
+                base,
+            },
             shmem_fds: Vec::new(),
             img_fd,
             status: (-1, -1),
@@ -557,13 +561,13 @@ impl Build {
                 &[libc::PR_SET_CHILD_SUBREAPER as u64, 1],
             )?;
         }
-        if p.process.dumpable != 1 {
-            r.call(
-                "prctl(PR_SET_DUMPABLE)",
-                libc::SYS_prctl,
-                &[libc::PR_SET_DUMPABLE as u64, p.process.dumpable as u64],
-            )?;
-        }
+        // Always: changing credentials above reset it to suid_dumpable,
+        // which would bar the process's own uid from its /proc files.
+        r.call(
+            "prctl(PR_SET_DUMPABLE)",
+            libc::SYS_prctl,
+            &[libc::PR_SET_DUMPABLE as u64, p.process.dumpable as u64],
+        )?;
         for fd in self.keep() {
             if !p.fds.iter().any(|d| d.fd as i32 == fd) {
                 r.call("close", libc::SYS_close, &[fd as u64])?;
@@ -954,6 +958,17 @@ fn validate_objects(img: &Image) -> Result<()> {
         if matches!(f.kind, FILE_REGULAR | FILE_DIR | FILE_CHR | FILE_FIFO) {
             if let Err(e) = std::fs::metadata(std::ffi::OsStr::from_bytes(&f.path.0)) {
                 return refuse(format!("open file {} is missing: {e}", f.path));
+            }
+        }
+        if f.kind == FILE_PROC {
+            match files::proc_pid(&f.path.0) {
+                Some(Ok(pid)) if img.process(pid).is_some() => {}
+                _ => {
+                    return refuse(format!(
+                        "open file {} is not a /proc file of a process of the image",
+                        f.path
+                    ))
+                }
             }
         }
         if matches!(f.kind, FILE_PIPE | FILE_FIFO) && !img.pipes.iter().any(|p| p.id == f.obj) {
