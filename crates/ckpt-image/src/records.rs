@@ -63,6 +63,7 @@ pub const T_FD: u32 = 121;
 pub const T_PIPE: u32 = 122;
 pub const T_SHMEM: u32 = 123;
 pub const T_FILE_ATTR: u32 = 125;
+pub const T_FILES_SHARED: u32 = 126;
 pub const T_THREAD: u32 = 200;
 pub const T_X86_REGS: u32 = 201;
 pub const T_X86_XSTATE: u32 = 202;
@@ -326,6 +327,13 @@ record!(
 );
 
 record!(
+    /// The process shares its fd table with its parent (`clone(CLONE_FILES)`
+    /// without `CLONE_VM`): restart creates it that way, and its `fd`
+    /// records are its parent's. Absent for a process with its own table.
+    FilesShared = T_FILES_SHARED, "files-shared" { parent: i32 }
+);
+
+record!(
     /// Per-thread state that is not architecture specific.
     Thread = T_THREAD, "thread" {
         tid: i32,
@@ -408,6 +416,7 @@ pub enum AnyRecord {
     File(File),
     FileAttr(FileAttr),
     Fd(Fd),
+    FilesShared(FilesShared),
     Pipe(Pipe),
     Shmem(Shmem),
     Thread(Thread),
@@ -453,6 +462,7 @@ dispatch!(
     File => File,
     FileAttr => FileAttr,
     Fd => Fd,
+    FilesShared => FilesShared,
     Pipe => Pipe,
     Shmem => Shmem,
     Thread => Thread,

@@ -139,6 +139,7 @@ fn write_rec<W: io::Write>(w: &mut ImageWriter<W>, r: &AnyRecord) -> io::Result<
         AnyRecord::Vma(r) => w.write(r),
         AnyRecord::File(r) => w.write(r),
         AnyRecord::FileAttr(r) => w.write(r),
+        AnyRecord::FilesShared(r) => w.write(r),
         AnyRecord::Pipe(r) => w.write(r),
         AnyRecord::Shmem(r) => w.write(r),
         AnyRecord::Fd(r) => w.write(r),
@@ -364,6 +365,7 @@ fn sample_image() -> &'static [u8] {
                 file_id: 1,
                 cloexec: true,
             }),
+            AnyRecord::FilesShared(FilesShared { parent: 41 }),
             AnyRecord::Mm(Mm {
                 start_code: 0x400000,
                 end_code: 0x402000,

@@ -508,6 +508,7 @@ fn dump_process(
                     signals: shared_pending.clone(),
                 },
                 fds,
+                files_shared: ft.files_shared(pid),
                 mm: mm::dump_mm(pid, &st, brk)?,
                 vmas,
                 threads,

@@ -57,6 +57,9 @@ pub struct FileTable {
     /// (pid, file id) of every /proc file saved, to refuse sharing one
     /// description between processes (each reopens its own).
     procs: Vec<(Pid, u32)>,
+    /// Processes dumped so far, and those that share their parent's fd table.
+    dumped: Vec<Pid>,
+    shares_parent: Vec<Pid>,
 }
 
 /// The pid a path under /proc is about, if it is under /proc/PID (`Err`
@@ -140,6 +143,8 @@ impl FileTable {
     /// Reads every fd of `pid` into the table; returns its fd records.
     /// Errors name the fd and why it cannot be saved.
     pub fn dump(&mut self, pid: Pid, comm: &str) -> Result<Vec<Fd>> {
+        self.check_table(pid, comm)?;
+        self.dumped.push(pid);
         let mut fds = Vec::new();
         let unsupported = |fd: i32, link: &[u8], reason: &str| Error::Unsupported {
             pid,
@@ -187,6 +192,45 @@ impl FileTable {
             });
         }
         Ok(fds)
+    }
+
+    /// Whether `pid` shares its fd table with its parent (restorable: it is
+    /// forked with CLONE_FILES) or with another process (refused).
+    fn check_table(&mut self, pid: Pid, comm: &str) -> Result<()> {
+        let ppid = procfs::stat(pid)
+            .ctx(pid, || "read /proc stat".into())?
+            .ppid;
+        // The parent first: sharing with it implies sharing with whoever
+        // else shares it.
+        let mut others: Vec<Pid> = self.dumped.iter().copied().filter(|&q| q != ppid).collect();
+        if self.dumped.contains(&ppid) {
+            others.insert(0, ppid);
+        }
+        for q in others {
+            if !sys::same_fd_table(q, pid)
+                .ctx(pid, || format!("kcmp the fd tables of {q} and {pid}"))?
+            {
+                continue;
+            }
+            if q == ppid {
+                self.shares_parent.push(pid);
+                return Ok(());
+            }
+            return Err(Error::Unsupported {
+                pid,
+                comm: comm.into(),
+                object: format!("its fd table, shared with pid {q}"),
+                reason: "an fd table shared (clone CLONE_FILES) with a process other than the parent cannot be recreated".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The record saying `pid` shares its parent's fd table, if it does.
+    pub fn files_shared(&self, pid: Pid) -> Option<FilesShared> {
+        self.shares_parent.contains(&pid).then(|| FilesShared {
+            parent: procfs::stat(pid).map(|s| s.ppid).unwrap_or(0),
+        })
     }
 
     fn add(
@@ -685,7 +729,15 @@ fn open_proc(f: &File, base: i32) -> std::result::Result<i32, String> {
 
 /// Installs a process's fds from the inherited descriptions (in a restore
 /// child). Closes every other fd but `keep`.
-pub fn install(fds: &[Fd], opened: &Opened, keep: &[i32]) -> std::result::Result<(), String> {
+/// `shared`: other processes use this fd table too (CLONE_FILES) and may
+/// still fork children that need the descriptions: they stay open, and
+/// the restorer closes them once every process of the table is rebuilt.
+pub fn install(
+    fds: &[Fd],
+    opened: &Opened,
+    keep: &[i32],
+    shared: bool,
+) -> std::result::Result<(), String> {
     let open: Vec<i32> = std::fs::read_dir("/proc/self/fd")
         .map_err(|e| format!("list own fds: {e}"))?
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
@@ -719,7 +771,11 @@ pub fn install(fds: &[Fd], opened: &Opened, keep: &[i32]) -> std::result::Result
         )
         .map_err(|e| format!("set FD_CLOEXEC on fd {}: {e}", d.fd))?;
     }
-    for s in sources.into_iter().chain(own.iter().map(|x| x.1)) {
+    for (i, s) in sources.iter().chain(own.iter().map(|x| &x.1)).enumerate() {
+        if shared && i < sources.len() {
+            continue;
+        }
+        let s = *s;
         if !keep.contains(&s) && !fds.iter().any(|d| d.fd as i32 == s) {
             sys::close(s);
         }

@@ -35,6 +35,8 @@ pub struct ProcessImage {
     pub itimers: Itimers,
     pub shared_pending: SharedPending,
     pub fds: Vec<Fd>,
+    /// Set when the fd table is the parent's.
+    pub files_shared: Option<FilesShared>,
     pub mm: Mm,
     pub vmas: Vec<Vma>,
     pub threads: Vec<ThreadImage>,
@@ -83,6 +85,9 @@ impl ProcessImage {
         w.write(&self.shared_pending)?;
         for f in &self.fds {
             w.write(f)?;
+        }
+        if let Some(s) = &self.files_shared {
+            w.write(s)?;
         }
         w.write(&self.mm)?;
         for v in &self.vmas {
@@ -164,6 +169,7 @@ impl Image {
                         T_ITIMERS => p.itimers = r.decode()?,
                         T_SHARED_PENDING => p.shared_pending = r.decode()?,
                         T_FD => p.fds.push(r.decode()?),
+                        T_FILES_SHARED => p.files_shared = Some(r.decode()?),
                         T_MM => p.mm = r.decode()?,
                         T_VMA => p.vmas.push(r.decode()?),
                         T_THREAD => p.threads.push(ThreadImage {
@@ -196,6 +202,18 @@ impl Image {
             ));
         }
         Ok(img)
+    }
+
+    /// The process whose fd table `p` uses: itself, or the nearest
+    /// ancestor that does not share its parent's table.
+    pub fn table_owner<'a>(&'a self, mut p: &'a ProcessImage) -> &'a ProcessImage {
+        while p.files_shared.is_some() {
+            match self.process(p.process.ppid) {
+                Some(q) => p = q,
+                None => break,
+            }
+        }
+        p
     }
 
     /// The saved process with this pid.

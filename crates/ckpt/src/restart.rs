@@ -140,6 +140,8 @@ struct Build {
     /// Seized tasks (every thread of every live process).
     traced: Vec<Pid>,
     released: bool,
+    /// (live pid, the pid whose fd table it uses), in image order.
+    tables: Vec<(Pid, Pid)>,
 }
 
 /// Chooses where the trampoline goes: free in this process (every restored
@@ -205,6 +207,12 @@ impl Build {
             pgid_helpers: group_helpers(img),
             traced: Vec::new(),
             released: false,
+            tables: img
+                .processes
+                .iter()
+                .filter(|p| !p.is_zombie())
+                .map(|p| (p.pid(), img.table_owner(p).pid()))
+                .collect(),
         };
         for s in &img.shmems {
             let fd = if s.shmem.kind == SHMEM_ANON {
@@ -250,6 +258,16 @@ impl Build {
         b.status = (r, w2);
         b.tramp = map_trampoline(img)?;
         Ok(b)
+    }
+
+    /// The live processes using the same fd table as `pid`, in image order.
+    fn table_members(&self, pid: Pid) -> Vec<Pid> {
+        let owner = self.tables.iter().find(|t| t.0 == pid).map_or(pid, |t| t.1);
+        self.tables
+            .iter()
+            .filter(|t| t.1 == owner)
+            .map(|t| t.0)
+            .collect()
     }
 
     /// fds a restored process keeps until its restore is complete.
@@ -404,6 +422,7 @@ impl Build {
                                     set_ids(c);
                                     sys::exit_like(c.process.exit_status)
                                 }
+                                Ok(0) if c.files_shared.is_some() => sys::exit_now(1),
                                 Ok(0) => self.become_process(img, c, true),
                                 Ok(_) => {}
                                 Err(_) => sys::exit_now(1),
@@ -429,7 +448,12 @@ impl Build {
                 );
             }
             for c in kids.iter().filter(|c| !orphan_sid(c)) {
-                match sys::fork_with_pid(c.pid()) {
+                let flags = if c.files_shared.is_some() {
+                    libc::CLONE_FILES as u64
+                } else {
+                    0
+                };
+                match sys::fork_with_pid_flags(c.pid(), flags) {
                     Ok(0) if c.is_zombie() => {
                         set_ids(c);
                         sys::exit_like(c.process.exit_status)
@@ -447,7 +471,11 @@ impl Build {
                 // Their SIGCHLD was not pending in the saved process.
                 sys::drain_signal(libc::SIGCHLD);
             }
-            files::install(&p.fds, &self.opened, &self.keep())?;
+            // A process sharing its parent's fd table finds its fds there.
+            if p.files_shared.is_none() {
+                let shared = self.table_members(pid).len() > 1;
+                files::install(&p.fds, &self.opened, &self.keep(), shared)?;
+            }
             // The cwd is a path in our root (and need not lie under the
             // process's root); the chroot comes in `rebuild`, once the
             // mapped files are open, and leaves the cwd where it is.
@@ -568,10 +596,22 @@ impl Build {
             libc::SYS_prctl,
             &[libc::PR_SET_DUMPABLE as u64, p.process.dumpable as u64],
         )?;
-        for fd in self.keep() {
-            if !p.fds.iter().any(|d| d.fd as i32 == fd) {
-                r.call("close", libc::SYS_close, &[fd as u64])?;
+        let members = self.table_members(pid);
+        if members.len() == 1 {
+            for fd in self.keep() {
+                if !p.fds.iter().any(|d| d.fd as i32 == fd) {
+                    r.call("close", libc::SYS_close, &[fd as u64])?;
+                }
             }
+        } else if members.last() == Some(&pid) {
+            // The last process of a shared fd table to be rebuilt closes
+            // what the others still needed (the image, the descriptions
+            // they forked children with): every fd above the image's.
+            r.call(
+                "close_range",
+                libc::SYS_close_range,
+                &[self.opened.base as u64, u32::MAX as u64, 0],
+            )?;
         }
 
         // The last injected call unmaps the trampoline, so it must run from
@@ -924,6 +964,15 @@ fn validate_process(img: &Image, p: &ProcessImage) -> Result<()> {
             return refuse(format!(
                 "pid {pid}: mapping {:#x} names a missing shared memory object",
                 v.start
+            ));
+        }
+    }
+    if let Some(sh) = &p.files_shared {
+        let parent = img.process(p.process.ppid);
+        if sh.parent != p.process.ppid || !parent.is_some_and(|q| !q.is_zombie()) {
+            return refuse(format!(
+                "pid {pid}: shares the fd table of {}, which is not its live parent in the image",
+                sh.parent
             ));
         }
     }

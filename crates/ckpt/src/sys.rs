@@ -212,6 +212,14 @@ pub fn same_file(pid1: Pid, fd1: i32, pid2: Pid, fd2: i32) -> io::Result<bool> {
     Ok(r == 0)
 }
 
+/// kcmp(KCMP_FILES): do two processes share one fd table?
+pub fn same_fd_table(pid1: Pid, pid2: Pid) -> io::Result<bool> {
+    const KCMP_FILES: i32 = 2;
+    // SAFETY: kcmp takes integers only.
+    let r = check(unsafe { libc::syscall(libc::SYS_kcmp, pid1, pid2, KCMP_FILES, 0, 0) })?;
+    Ok(r == 0)
+}
+
 /// prlimit(pid, resource, new, old).
 pub fn prlimit(pid: Pid, res: u32, new: Option<(u64, u64)>) -> io::Result<(u64, u64)> {
     let n = new.map(|(c, m)| libc::rlimit64 {
@@ -231,9 +239,16 @@ pub fn prlimit(pid: Pid, res: u32, new: Option<(u64, u64)>) -> io::Result<(u64, 
 /// clone3 with `set_tid = [pid]`: a fork whose child gets `pid`.
 /// Returns 0 in the child, the pid in the parent.
 pub fn fork_with_pid(pid: Pid) -> io::Result<Pid> {
+    fork_with_pid_flags(pid, 0)
+}
+
+/// [`fork_with_pid`] with extra clone flags (only `CLONE_FILES` is used: the
+/// child shares our fd table).
+pub fn fork_with_pid_flags(pid: Pid, flags: u64) -> io::Result<Pid> {
     let tid: [libc::pid_t; 1] = [pid];
     // SAFETY: clone_args is plain integers.
     let mut a: libc::clone_args = unsafe { std::mem::zeroed() };
+    a.flags = flags & libc::CLONE_FILES as u64;
     a.exit_signal = libc::SIGCHLD as u64;
     a.set_tid = tid.as_ptr() as u64;
     a.set_tid_size = 1;
