@@ -969,7 +969,7 @@ fn validate_process(img: &Image, p: &ProcessImage) -> Result<()> {
     }
     if let Some(sh) = &p.files_shared {
         let parent = img.process(p.process.ppid);
-        if sh.parent != p.process.ppid || !parent.is_some_and(|q| !q.is_zombie()) {
+        if sh.parent != p.process.ppid || parent.is_none_or(|q| q.is_zombie()) {
             return refuse(format!(
                 "pid {pid}: shares the fd table of {}, which is not its live parent in the image",
                 sh.parent
