@@ -64,6 +64,7 @@ pub const T_PIPE: u32 = 122;
 pub const T_SHMEM: u32 = 123;
 pub const T_FILE_ATTR: u32 = 125;
 pub const T_FILES_SHARED: u32 = 126;
+pub const T_FILE_OWNER: u32 = 127;
 pub const T_THREAD: u32 = 200;
 pub const T_X86_REGS: u32 = 201;
 pub const T_X86_XSTATE: u32 = 202;
@@ -301,6 +302,19 @@ record!(
 );
 
 record!(
+    /// Who gets SIGIO/SIGURG for an open file description (F_SETOWN_EX:
+    /// `owner_type` F_OWNER_TID 0, F_OWNER_PID 1, F_OWNER_PGRP 2, `owner`
+    /// a pid or group of the image) and which signal (F_SETSIG, 0 for
+    /// SIGIO). Only for descriptions with an owner or a signal.
+    FileOwner = T_FILE_OWNER, "file-owner" {
+        file_id: u32,
+        owner_type: u32,
+        owner: i32,
+        signum: u32,
+    }
+);
+
+record!(
     /// A pipe (or FIFO) buffer: its size and the bytes in flight. `ino` is
     /// the pipe's inode: if a process outside the tree still holds the
     /// pipe at restart, the restored ends reconnect to it.
@@ -415,6 +429,7 @@ pub enum AnyRecord {
     Pages(PagesHdr),
     File(File),
     FileAttr(FileAttr),
+    FileOwner(FileOwner),
     Fd(Fd),
     FilesShared(FilesShared),
     Pipe(Pipe),
@@ -461,6 +476,7 @@ dispatch!(
     Vma => Vma,
     File => File,
     FileAttr => FileAttr,
+    FileOwner => FileOwner,
     Fd => Fd,
     FilesShared => FilesShared,
     Pipe => Pipe,

@@ -139,6 +139,7 @@ fn write_rec<W: io::Write>(w: &mut ImageWriter<W>, r: &AnyRecord) -> io::Result<
         AnyRecord::Vma(r) => w.write(r),
         AnyRecord::File(r) => w.write(r),
         AnyRecord::FileAttr(r) => w.write(r),
+        AnyRecord::FileOwner(r) => w.write(r),
         AnyRecord::FilesShared(r) => w.write(r),
         AnyRecord::Pipe(r) => w.write(r),
         AnyRecord::Shmem(r) => w.write(r),
@@ -342,6 +343,12 @@ fn sample_image() -> &'static [u8] {
                 atime_nsec: 999_999_999,
                 mtime_sec: 123456,
                 mtime_nsec: 0,
+            }),
+            AnyRecord::FileOwner(FileOwner {
+                file_id: 1,
+                owner_type: 1,
+                owner: 42,
+                signum: 29,
             }),
             AnyRecord::Pipe(Pipe {
                 id: 1,

@@ -224,6 +224,9 @@ fn run<S: Sink>(
     for a in &ft.attrs {
         w.write(a).map_err(Error::Write)?;
     }
+    for o in &ft.owners {
+        w.write(o).map_err(Error::Write)?;
+    }
     for p in &ft.pipes {
         w.write(p).map_err(Error::Write)?;
     }

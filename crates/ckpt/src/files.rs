@@ -33,7 +33,8 @@ const REOPEN_FLAGS: i32 = libc::O_ACCMODE
     | libc::O_PATH;
 
 /// Flags F_SETFL can change on an open description.
-const SETFL_FLAGS: i32 = libc::O_APPEND | libc::O_NONBLOCK | libc::O_DIRECT | libc::O_NOATIME;
+const SETFL_FLAGS: i32 =
+    libc::O_APPEND | libc::O_NONBLOCK | libc::O_DIRECT | libc::O_NOATIME | libc::O_ASYNC;
 
 /// The open file descriptions of a whole tree, filled process by process.
 #[derive(Default)]
@@ -57,6 +58,10 @@ pub struct FileTable {
     /// (pid, file id) of every /proc file saved, to refuse sharing one
     /// description between processes (each reopens its own).
     procs: Vec<(Pid, u32)>,
+    /// Owners and signals of descriptions that have them.
+    pub owners: Vec<FileOwner>,
+    /// A pidfd of the process being dumped, to look at its descriptions.
+    pidfd: Option<(Pid, std::os::fd::OwnedFd)>,
     /// Processes dumped so far, and those that share their parent's fd table.
     dumped: Vec<Pid>,
     shares_parent: Vec<Pid>,
@@ -192,6 +197,57 @@ impl FileTable {
             });
         }
         Ok(fds)
+    }
+
+    /// Saves the F_SETOWN owner and F_SETSIG signal of a description, if
+    /// it has either; an owner outside the tree is refused (after restart
+    /// that pid would be another process or none).
+    fn dump_owner(
+        &mut self,
+        pid: Pid,
+        fd: i32,
+        link: &[u8],
+        id: u32,
+        unsupported: &dyn Fn(i32, &[u8], &str) -> Error,
+    ) -> Result<()> {
+        use std::os::fd::AsRawFd;
+        if self.pidfd.as_ref().is_none_or(|p| p.0 != pid) {
+            let p = sys::pidfd_open(pid).ctx(pid, || "pidfd_open".into())?;
+            self.pidfd = Some((pid, p));
+        }
+        let pidfd = self.pidfd.as_ref().map_or(-1, |p| p.1.as_raw_fd());
+        let mine = sys::pidfd_getfd(pidfd, fd).ctx(pid, || format!("pidfd_getfd of fd {fd}"))?;
+        let (kind, owner, sig) =
+            sys::file_owner(mine.as_raw_fd()).ctx(pid, || format!("F_GETOWN_EX of fd {fd}"))?;
+        if owner == 0 && sig == 0 {
+            return Ok(());
+        }
+        if owner != 0 {
+            let known = match kind {
+                // F_OWNER_TID, F_OWNER_PID: a process (main thread) of the tree.
+                0 | 1 => self.tree.contains(&owner),
+                // F_OWNER_PGRP: a group some process of the tree is in.
+                2 => self
+                    .tree
+                    .iter()
+                    .any(|&p| procfs::stat(p).is_ok_and(|s| s.pgrp == owner)),
+                _ => false,
+            };
+            if !known {
+                return Err(unsupported(
+                    fd,
+                    link,
+                    &format!("its signal owner (F_SETOWN) {owner} is not a process or group of the checkpointed tree (or is a thread other than a main one)"),
+                ));
+            }
+        }
+        self.owners.push(FileOwner {
+            file_id: id,
+            owner_type: kind as u32,
+            owner,
+            signum: sig as u32,
+        });
+        Ok(())
     }
 
     /// Whether `pid` shares its fd table with its parent (restorable: it is
@@ -394,6 +450,9 @@ impl FileTable {
                     "its path now names another file (renamed or replaced over); cannot reopen it",
                 )),
             }
+        }
+        if !opath {
+            self.dump_owner(pid, fd, link, id, unsupported)?;
         }
         self.files.push(File {
             id,

@@ -66,6 +66,7 @@ pub struct Image {
     pub arch: ArchX86_64,
     pub files: Vec<File>,
     pub file_attrs: Vec<FileAttr>,
+    pub file_owners: Vec<FileOwner>,
     pub pipes: Vec<Pipe>,
     pub shmems: Vec<ShmemImage>,
     pub processes: Vec<ProcessImage>,
@@ -131,6 +132,7 @@ impl Image {
                 }),
                 T_FILE => img.files.push(r.decode()?),
                 T_FILE_ATTR => img.file_attrs.push(r.decode()?),
+                T_FILE_OWNER => img.file_owners.push(r.decode()?),
                 T_PIPE => img.pipes.push(r.decode()?),
                 T_SHMEM => img.shmems.push(ShmemImage {
                     shmem: r.decode()?,

@@ -142,6 +142,8 @@ struct Build {
     released: bool,
     /// (live pid, the pid whose fd table it uses), in image order.
     tables: Vec<(Pid, Pid)>,
+    /// Signal owners still to set, each by the first process holding it.
+    owners: Vec<FileOwner>,
 }
 
 /// Chooses where the trampoline goes: free in this process (every restored
@@ -213,6 +215,7 @@ impl Build {
                 .filter(|p| !p.is_zombie())
                 .map(|p| (p.pid(), img.table_owner(p).pid()))
                 .collect(),
+            owners: img.file_owners.clone(),
         };
         for s in &img.shmems {
             let fd = if s.shmem.kind == SHMEM_ANON {
@@ -258,6 +261,41 @@ impl Build {
         b.status = (r, w2);
         b.tramp = map_trampoline(img)?;
         Ok(b)
+    }
+
+    /// Sets the signal owner and signal of the descriptions this process
+    /// is the first to hold, from inside it and with its credentials just
+    /// restored: the kernel records the setter's uid and euid with the
+    /// owner and checks them when it sends the signal. (The original
+    /// setter's own credentials are not visible from outside; those of
+    /// the process holding the file are what a process usually had.)
+    fn restore_owners(&mut self, r: &mut Remote, s: &Scratch, p: &ProcessImage) -> Result<()> {
+        let mut i = 0;
+        while i < self.owners.len() {
+            let o = &self.owners[i];
+            let Some(d) = p.fds.iter().find(|d| d.file_id == o.file_id) else {
+                i += 1;
+                continue;
+            };
+            let fd = d.fd as u64;
+            r.call(
+                "fcntl(F_SETSIG)",
+                libc::SYS_fcntl,
+                &[fd, sys::F_SETSIG as u64, o.signum as u64],
+            )?;
+            if o.owner != 0 {
+                let mut ex = o.owner_type.to_le_bytes().to_vec();
+                ex.extend_from_slice(&o.owner.to_le_bytes());
+                s.write(0, &ex)?;
+                r.call(
+                    "fcntl(F_SETOWN_EX)",
+                    libc::SYS_fcntl,
+                    &[fd, sys::F_SETOWN_EX as u64, s.addr],
+                )?;
+            }
+            self.owners.remove(i);
+        }
+        Ok(())
     }
 
     /// The live processes using the same fd table as `pid`, in image order.
@@ -571,6 +609,7 @@ impl Build {
         task::restore_thread(&mut r, &s, &main.thread)?;
         task::restore_rlimits(&mut r, &s, &p.rlimits)?;
         crate::creds::restore(&mut r, &s, &p.creds)?;
+        self.restore_owners(&mut r, &s, p)?;
         task::restore_itimers(&mut r, &s, &p.itimers)?;
         if p.pid() == self.created[0] && !self.pgid_helpers.is_empty() {
             self.reap_group_helpers(&mut r, &s)?;
@@ -988,6 +1027,20 @@ fn validate_process(img: &Image, p: &ProcessImage) -> Result<()> {
 }
 
 fn validate_objects(img: &Image) -> Result<()> {
+    for o in &img.file_owners {
+        let ok_owner = match o.owner_type {
+            _ if o.owner == 0 => true,
+            0 | 1 => img.process(o.owner).is_some(),
+            2 => img.processes.iter().any(|p| p.process.pgid == o.owner),
+            _ => false,
+        };
+        if !ok_owner || o.signum > 64 || !img.files.iter().any(|f| f.id == o.file_id) {
+            return refuse(format!(
+                "file {}: invalid signal owner {} (type {}) or signal {}",
+                o.file_id, o.owner, o.owner_type, o.signum
+            ));
+        }
+    }
     for a in &img.file_attrs {
         if !img
             .files

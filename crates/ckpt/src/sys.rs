@@ -273,6 +273,39 @@ pub fn pidfd_open(pid: Pid) -> io::Result<std::os::fd::OwnedFd> {
     Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(r as i32) })
 }
 
+/// pidfd_getfd(pidfd, fd): a new fd of ours for the same open file
+/// description as `fd` of the pidfd's process (we trace it, so we may).
+pub fn pidfd_getfd(pidfd: i32, fd: i32) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: integer arguments; on success the kernel returns a new fd we own.
+    let r = check(unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd, fd, 0) })?;
+    // SAFETY: r is a fresh fd owned by nobody else.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(r as i32) })
+}
+
+/// struct f_owner_ex (F_GETOWN_EX / F_SETOWN_EX).
+#[repr(C)]
+#[derive(Default)]
+pub struct FOwnerEx {
+    pub kind: i32,
+    pub pid: i32,
+}
+const _: () = assert!(std::mem::size_of::<FOwnerEx>() == 8);
+pub const F_SETOWN_EX: i32 = 15;
+const F_GETOWN_EX: i32 = 16;
+pub const F_SETSIG: i32 = 10;
+const F_GETSIG: i32 = 11;
+
+/// The owner (F_GETOWN_EX: type, id) and F_GETSIG signal of a description.
+pub fn file_owner(fd: i32) -> io::Result<(i32, i32, i32)> {
+    let mut o = FOwnerEx::default();
+    // SAFETY: o is a valid f_owner_ex out-pointer.
+    check(unsafe { libc::fcntl(fd, F_GETOWN_EX, &mut o as *mut FOwnerEx) } as libc::c_long)?;
+    // SAFETY: F_GETSIG takes no argument.
+    let sig = check(unsafe { libc::fcntl(fd, F_GETSIG) } as libc::c_long)?;
+    Ok((o.kind, o.pid, sig as i32))
+}
+
 /// CPUID leaf/subleaf: (eax, ebx, ecx, edx).
 pub fn cpuid(leaf: u32, sub: u32) -> (u32, u32, u32, u32) {
     #[allow(unused_unsafe)]
