@@ -176,7 +176,8 @@ impl FileTable {
                     break;
                 }
             }
-            if let Some(id) = shared {
+            // (A process on its parent's fd table holds the very same fds.)
+            if let Some(id) = shared.filter(|_| !self.shares_parent.contains(&pid)) {
                 if self.procs.iter().any(|&(p, f)| f == id && p != pid) {
                     return Err(unsupported(
                         fd,

@@ -19,7 +19,8 @@
  *             O_ASYNC: after restore all three read back, and a write into
  *             the pipe raises SIGUSR1.
  *   fdtable   a child made by clone(CLONE_FILES): after restore a file the
- *             parent opens at fd 200 is seen by the child.
+ *             parent opens at fd 200 is seen by the child; /proc/self/status
+ *             opened before the clone (so in both) is still the parent's.
  *
  * Refused at checkpoint (the process carries on and verifies its state):
  *   pty       holds a pseudo-terminal pair (master and slave).
@@ -269,6 +270,8 @@ static void verify_fown(void)
 
 static void setup_fdtable(void)
 {
+    /* A /proc file in the shared table: reopened once, for both. */
+    fd_y = xopen("/proc/self/status", O_RDONLY);
     /* Without CLONE_VM and a NULL stack, clone works like fork. */
     child = (pid_t)syscall(SYS_clone, CLONE_FILES | SIGCHLD, NULL, NULL, NULL, NULL);
     if (child < 0)
@@ -282,6 +285,10 @@ static void setup_fdtable(void)
 
 static void verify_fdtable(void)
 {
+    char buf[4096] = {0}, want[64];
+    ssize_t n = pread(fd_y, buf, sizeof(buf) - 1, 0);
+    snprintf(want, sizeof(want), "\nPid:\t%d\n", (int)getpid());
+    WL_CHECK(n > 0 && strstr(buf, want), "/proc/self/status is not about pid %d", (int)getpid());
     int fd = xopen("/dev/null", O_RDONLY);
     if (dup2(fd, 200) != 200)
         wl_fail("dup2 200: %s", strerror(errno));
