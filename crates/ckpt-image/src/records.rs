@@ -65,6 +65,7 @@ pub const T_SHMEM: u32 = 123;
 pub const T_FILE_ATTR: u32 = 125;
 pub const T_FILES_SHARED: u32 = 126;
 pub const T_FILE_OWNER: u32 = 127;
+pub const T_CWD_REMOVED: u32 = 128;
 pub const T_THREAD: u32 = 200;
 pub const T_X86_REGS: u32 = 201;
 pub const T_X86_XSTATE: u32 = 202;
@@ -155,6 +156,13 @@ record!(
 pub const PROC_ALIVE: u32 = 0;
 /// Exited but not reaped: restored as a zombie child of its parent.
 pub const PROC_ZOMBIE: u32 = 1;
+
+record!(
+    /// The process's working directory (`Process.cwd`) was removed:
+    /// restart recreates it with this mode and owner, enters it and
+    /// removes it again. Absent when the cwd exists.
+    CwdRemoved = T_CWD_REMOVED, "cwd-removed" { mode: u32, uid: u32, gid: u32 }
+);
 
 record!(
     /// Credentials. Restore only ever lowers privileges to these.
@@ -419,6 +427,7 @@ pub enum AnyRecord {
     Head(Head),
     ArchX86_64(ArchX86_64),
     Process(Process),
+    CwdRemoved(CwdRemoved),
     Creds(Creds),
     Rlimits(Rlimits),
     SigActions(SigActions),
@@ -467,6 +476,7 @@ dispatch!(
     Head => Head,
     ArchX86_64 => ArchX86_64,
     Process => Process,
+    CwdRemoved => CwdRemoved,
     Creds => Creds,
     Rlimits => Rlimits,
     SigActions => SigActions,

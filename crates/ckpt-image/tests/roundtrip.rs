@@ -139,6 +139,7 @@ fn write_rec<W: io::Write>(w: &mut ImageWriter<W>, r: &AnyRecord) -> io::Result<
         AnyRecord::Vma(r) => w.write(r),
         AnyRecord::File(r) => w.write(r),
         AnyRecord::FileAttr(r) => w.write(r),
+        AnyRecord::CwdRemoved(r) => w.write(r),
         AnyRecord::FileOwner(r) => w.write(r),
         AnyRecord::FilesShared(r) => w.write(r),
         AnyRecord::Pipe(r) => w.write(r),
@@ -373,6 +374,11 @@ fn sample_image() -> &'static [u8] {
                 cloexec: true,
             }),
             AnyRecord::FilesShared(FilesShared { parent: 41 }),
+            AnyRecord::CwdRemoved(CwdRemoved {
+                mode: 0o40700,
+                uid: 1,
+                gid: 2,
+            }),
             AnyRecord::Mm(Mm {
                 start_code: 0x400000,
                 end_code: 0x402000,

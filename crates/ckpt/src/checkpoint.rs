@@ -503,6 +503,7 @@ fn dump_process(
             }
             Ok(ProcessImage {
                 process,
+                cwd_removed: task::dump_cwd_removed(pid)?,
                 creds: task::dump_creds(&status),
                 rlimits: task::dump_rlimits(pid)?,
                 sigactions,

@@ -29,6 +29,8 @@ pub struct PageRun {
 #[derive(Debug, Clone, Default)]
 pub struct ProcessImage {
     pub process: Process,
+    /// Set when the working directory was removed.
+    pub cwd_removed: Option<CwdRemoved>,
     pub creds: Creds,
     pub rlimits: Rlimits,
     pub sigactions: SigActions,
@@ -78,6 +80,9 @@ impl ProcessImage {
         w.write(&self.process)?;
         if self.is_zombie() {
             return Ok(());
+        }
+        if let Some(c) = &self.cwd_removed {
+            w.write(c)?;
         }
         w.write(&self.creds)?;
         w.write(&self.rlimits)?;
@@ -166,6 +171,7 @@ impl Image {
                     let p = img.processes.last_mut().ok_or_else(|| misplaced(&r))?;
                     match r.rtype {
                         T_CREDS => p.creds = r.decode()?,
+                        T_CWD_REMOVED => p.cwd_removed = Some(r.decode()?),
                         T_RLIMITS => p.rlimits = r.decode()?,
                         T_SIGACTIONS => p.sigactions = r.decode()?,
                         T_ITIMERS => p.itimers = r.decode()?,

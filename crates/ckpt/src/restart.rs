@@ -144,6 +144,8 @@ struct Build {
     tables: Vec<(Pid, Pid)>,
     /// Signal owners still to set, each by the first process holding it.
     owners: Vec<FileOwner>,
+    /// (path, fd) of each recreated removed working directory.
+    removed_cwds: Vec<(Vec<u8>, i32)>,
 }
 
 /// Chooses where the trampoline goes: free in this process (every restored
@@ -216,7 +218,9 @@ impl Build {
                 .map(|p| (p.pid(), img.table_owner(p).pid()))
                 .collect(),
             owners: img.file_owners.clone(),
+            removed_cwds: Vec::new(),
         };
+        b.recreate_removed_cwds(img, base)?;
         for s in &img.shmems {
             let fd = if s.shmem.kind == SHMEM_ANON {
                 // A real shared anonymous object (it shows as /dev/zero in
@@ -312,7 +316,47 @@ impl Build {
     fn keep(&self) -> Vec<i32> {
         let mut k = vec![self.img_fd, self.status.1];
         k.extend(self.shmem_fds.iter().map(|x| x.1));
+        k.extend(self.removed_cwds.iter().map(|x| x.1));
         k
+    }
+
+    /// Recreates each removed working directory for a moment: created,
+    /// given its mode and owner, opened (processes enter it by fd) and
+    /// removed again, so it is as removed as it was. Processes that were
+    /// in a removed directory of one name share one again.
+    fn recreate_removed_cwds(&mut self, img: &Image, base: i32) -> Result<()> {
+        for p in &img.processes {
+            let Some(c) = &p.cwd_removed else { continue };
+            let path = &p.process.cwd.0;
+            if self.removed_cwds.iter().any(|d| &d.0 == path) {
+                continue;
+            }
+            let what = |w: &str| format!("{w} removed cwd {} of pid {}", p.process.cwd, p.pid());
+            sys::mkdir(path, 0o700).map_err(io_err(what("recreate")))?;
+            let opened = sys::open_raw(
+                path,
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+                0,
+            )
+            .and_then(|fd| {
+                let high = sys::dup_above(fd, base);
+                sys::close(fd);
+                high
+            });
+            let fd = match opened {
+                Ok(fd) => fd,
+                Err(e) => {
+                    let _ = sys::rmdir(path);
+                    return Err(io_err(what("open"))(e));
+                }
+            };
+            self.removed_cwds.push((path.clone(), fd));
+            let set = sys::fchown(fd, c.uid, c.gid).and_then(|_| sys::fchmod(fd, c.mode & 0o7777));
+            let removed = sys::rmdir(path);
+            set.map_err(io_err(what("set mode and owner of")))?;
+            removed.map_err(io_err(what("remove")))?;
+        }
+        Ok(())
     }
 
     /// Creates the tree: ckpt forks the root, each process forks its own
@@ -343,7 +387,12 @@ impl Build {
         // Our copies of what the tree inherited are no longer needed.
         sys::munmap(self.tramp, TRAMP_LEN as usize);
         sys::close(self.status.1);
-        for fd in self.opened.all().chain(self.shmem_fds.iter().map(|x| x.1)) {
+        for fd in self
+            .opened
+            .all()
+            .chain(self.shmem_fds.iter().map(|x| x.1))
+            .chain(self.removed_cwds.iter().map(|x| x.1))
+        {
             sys::close(fd);
         }
         sys::close(self.img_fd);
@@ -517,7 +566,13 @@ impl Build {
             // The cwd is a path in our root (and need not lie under the
             // process's root); the chroot comes in `rebuild`, once the
             // mapped files are open, and leaves the cwd where it is.
-            sys::chdir(&p.process.cwd.0).map_err(|e| format!("chdir {}: {e}", p.process.cwd))?;
+            let cwd = &p.process.cwd;
+            match self.removed_cwds.iter().find(|d| d.0 == cwd.0) {
+                Some(d) if p.cwd_removed.is_some() => {
+                    sys::fchdir(d.1).map_err(|e| format!("enter recreated cwd {cwd}: {e}"))?
+                }
+                _ => sys::chdir(&cwd.0).map_err(|e| format!("chdir {cwd}: {e}"))?,
+            }
             sys::umask(p.process.umask);
             sys::set_comm(&p.process.comm.0);
             sys::personality(p.process.personality).map_err(|e| format!("personality: {e}"))?;
@@ -886,10 +941,25 @@ fn validate_process(img: &Image, p: &ProcessImage) -> Result<()> {
     // cwd and root are both paths in the checkpointer's root (the cwd need
     // not lie under the root); both must still be directories.
     let path = |t: &Text| std::path::PathBuf::from(std::ffi::OsStr::from_bytes(&t.0));
-    for (what, dir) in [
+    if p.cwd_removed.is_some() {
+        // It is recreated, entered and removed again: its name must be free
+        // and its parent must exist.
+        let cwd = path(&p.process.cwd);
+        if cwd.symlink_metadata().is_ok() || !cwd.parent().is_some_and(|d| d.is_dir()) {
+            return refuse(format!(
+                "pid {pid}: its working directory {} was removed; restart recreates it for a moment, which needs the name free and its parent directory present",
+                cwd.display()
+            ));
+        }
+    }
+    let dirs = [
         ("root directory", path(&p.process.root)),
         ("working directory", path(&p.process.cwd)),
-    ] {
+    ];
+    for (what, dir) in dirs
+        .into_iter()
+        .take(if p.cwd_removed.is_some() { 1 } else { 2 })
+    {
         if !dir.is_dir() {
             return refuse(format!(
                 "pid {pid}: its {what} {} does not exist here; create it or restart where it exists",

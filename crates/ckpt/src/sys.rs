@@ -531,10 +531,25 @@ pub fn chdir(path: &[u8]) -> io::Result<()> {
     // SAFETY: c is NUL-terminated.
     check(unsafe { libc::chdir(c.as_ptr()) } as libc::c_long).map(drop)
 }
+pub fn fchdir(fd: i32) -> io::Result<()> {
+    // SAFETY: plain syscall on an integer fd.
+    check(unsafe { libc::fchdir(fd) } as libc::c_long).map(drop)
+}
 pub fn chroot(path: &[u8]) -> io::Result<()> {
     let c = std::ffi::CString::new(path).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     // SAFETY: c is NUL-terminated.
     check(unsafe { libc::chroot(c.as_ptr()) } as libc::c_long).map(drop)
+}
+/// mkdir(path, mode) and rmdir(path) in the calling process.
+pub fn mkdir(path: &[u8], mode: u32) -> io::Result<()> {
+    let c = std::ffi::CString::new(path).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: c is NUL-terminated.
+    check(unsafe { libc::mkdir(c.as_ptr(), mode) } as libc::c_long).map(drop)
+}
+pub fn rmdir(path: &[u8]) -> io::Result<()> {
+    let c = std::ffi::CString::new(path).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: c is NUL-terminated.
+    check(unsafe { libc::rmdir(c.as_ptr()) } as libc::c_long).map(drop)
 }
 
 /// prctl with integer arguments in the calling process.

@@ -77,15 +77,18 @@ pub fn dump_process(
             .ctx(pid, || format!("stat {name}"))?
             .nlink()
             == 0;
+        if gone && name == "cwd" {
+            // Recreated at restart (see `dump_cwd_removed`).
+            let path = link.strip_suffix(b" (deleted)").unwrap_or(&link);
+            dirs.push(text(path));
+            continue;
+        }
         if gone {
             return Err(crate::error::Error::Unsupported {
                 pid,
                 comm: String::from_utf8_lossy(&st.comm).into_owned(),
                 object: format!("its {what} {}", String::from_utf8_lossy(&link)),
-                reason: format!(
-                    "the directory was removed, so restart could not enter it; have it {} an existing directory",
-                    if name == "cwd" { "chdir to" } else { "chroot into" }
-                ),
+                reason: "the directory was removed, so restart could not enter it; have it chroot into an existing directory".into(),
             });
         }
         dirs.push(text(&link));
@@ -118,6 +121,18 @@ pub fn dump_process(
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or(0),
     })
+}
+
+/// Mode and owner of the working directory if it was removed (restart
+/// recreates it, enters it and removes it again, so the process sees a
+/// removed directory of that name, mode and owner, as before).
+pub fn dump_cwd_removed(pid: Pid) -> Result<Option<CwdRemoved>> {
+    let m = std::fs::metadata(format!("/proc/{pid}/cwd")).ctx(pid, || "stat cwd".into())?;
+    Ok((m.nlink() == 0).then(|| CwdRemoved {
+        mode: m.mode(),
+        uid: m.uid(),
+        gid: m.gid(),
+    }))
 }
 
 pub fn dump_creds(status: &Status) -> Creds {

@@ -18,13 +18,15 @@
  *   fown      a pipe's read end with F_SETOWN getpid(), F_SETSIG SIGUSR1 and
  *             O_ASYNC: after restore all three read back, and a write into
  *             the pipe raises SIGUSR1.
+ *   cwdgone   its working directory (mode 0751, owner 4321:8765) was removed:
+ *             after restore it is in a removed directory of that name, mode
+ *             and owner, and the name is free.
  *   fdtable   a child made by clone(CLONE_FILES): after restore a file the
  *             parent opens at fd 200 is seen by the child; /proc/self/status
  *             opened before the clone (so in both) is still the parent's.
  *
  * Refused at checkpoint (the process carries on and verifies its state):
  *   pty       holds a pseudo-terminal pair (master and slave).
- *   cwdgone   its working directory was removed.
  *   foreign   holds /proc/1/stat (a pid outside the tree).
  *   ownerout  a pipe whose F_SETOWN owner is the harness (outside the tree).
  */
@@ -339,7 +341,8 @@ int main(int argc, char **argv)
         fd_x = xopen("/proc/1/stat", O_RDONLY);
     else if (!strcmp(mode, "cwdgone")) {
         snprintf(gone, sizeof(gone), "%s.gone", wl_result);
-        if (mkdir(gone, 0755) != 0 || chdir(gone) != 0 || rmdir(gone) != 0)
+        if (mkdir(gone, 0700) != 0 || chmod(gone, 0751) != 0 || chown(gone, 4321, 8765) != 0 ||
+            chdir(gone) != 0 || rmdir(gone) != 0)
             wl_die("mkdir/chdir/rmdir %s", gone);
     } else
         wl_die("unknown mode %s", mode);
@@ -361,7 +364,15 @@ int main(int argc, char **argv)
         verify_pty();
     else if (!strcmp(mode, "cwdgone")) {
         struct stat st;
-        WL_CHECK(stat(".", &st) == 0 && st.st_nlink == 0, "cwd is no longer the removed directory");
+        WL_CHECK(stat(".", &st) == 0 && st.st_nlink == 0, "cwd is no longer a removed directory");
+        WL_CHECK((st.st_mode & 07777) == 0751 && st.st_uid == 4321 && st.st_gid == 8765,
+                 "removed cwd has mode %o owner %d:%d", (unsigned)(st.st_mode & 07777),
+                 (int)st.st_uid, (int)st.st_gid);
+        char link[PATH_MAX + 16] = {0}, want[PATH_MAX + 16];
+        snprintf(want, sizeof(want), "%s (deleted)", gone);
+        WL_CHECK(readlink("/proc/self/cwd", link, sizeof(link) - 1) > 0 && !strcmp(link, want),
+                 "cwd reads \"%s\"", link);
+        WL_CHECK(access(gone, F_OK) != 0, "the removed cwd exists again");
     }
     wl_verify_common();
     wl_finish();
