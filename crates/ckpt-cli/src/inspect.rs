@@ -130,6 +130,7 @@ fn detail(r: &AnyRecord) -> String {
             o.file_id, o.owner, o.owner_type, o.signum
         ),
         AnyRecord::FilesShared(s) => format!("fd table of pid {}", s.parent),
+        AnyRecord::CwdRemoved(c) => format!("mode {:o} owner {}:{}", c.mode, c.uid, c.gid),
         AnyRecord::Thread(t) => format!("tid {} sigmask {:#x}", t.tid, t.sigmask),
         AnyRecord::X86Regs(x) => format!("tid {} rip {:#x} rsp {:#x}", x.tid, x.rip, x.rsp),
         AnyRecord::X86Xstate(x) => format!("tid {} {} bytes", x.tid, x.area.0.len()),
