@@ -104,13 +104,17 @@ fn checkpoint_refuses_terminals() {
     );
 }
 
-/// /proc/1/stat is about a process outside the tree: refused.
+/// /proc/PPID/stat is about a process outside the tree (the harness):
+/// refused, naming it.
 #[test]
 fn checkpoint_refuses_proc_file_of_foreign_pid() {
     refused(
         "checkpoint_refuses_proc_file_of_foreign_pid",
         "foreign",
-        &["/proc/1/stat", "outside the checkpointed tree"],
+        &[
+            format!("/proc/{}/stat", std::process::id()).as_str(),
+            "outside the checkpointed tree",
+        ],
     );
 }
 

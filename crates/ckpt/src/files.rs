@@ -308,7 +308,9 @@ impl FileTable {
         let mut content = Vec::new();
         let mut obj = 0;
         let opath = info.flags & libc::O_PATH as u32 != 0;
-        let kind = if let Some(target) = proc_pid(&path).filter(|_| !deleted) {
+        // /proc/1 is the pid namespace's init, the same process after a
+        // restart here: reopened by path like any file.
+        let kind = if let Some(target) = proc_pid(&path).filter(|t| !deleted && *t != Ok(1)) {
             match target {
                 Ok(p) if self.tree.contains(&p) => {}
                 Ok(p) => {

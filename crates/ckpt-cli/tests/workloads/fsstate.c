@@ -27,7 +27,8 @@
  *
  * Refused at checkpoint (the process carries on and verifies its state):
  *   pty       holds a pseudo-terminal pair (master and slave).
- *   foreign   holds /proc/1/stat (a pid outside the tree).
+ *   foreign   holds /proc/PPID/stat (the harness, outside the tree; /proc/1
+ *             of init alone would be accepted).
  *   ownerout  a pipe whose F_SETOWN owner is the harness (outside the tree).
  */
 #include "wl.h"
@@ -337,8 +338,12 @@ int main(int argc, char **argv)
         setup_fdtable();
     else if (!strcmp(mode, "pty"))
         setup_pty();
-    else if (!strcmp(mode, "foreign"))
-        fd_x = xopen("/proc/1/stat", O_RDONLY);
+    else if (!strcmp(mode, "foreign")) {
+        char p[64];
+        snprintf(p, sizeof(p), "/proc/%d/stat", (int)getppid());
+        fd_x = xopen(p, O_RDONLY);
+        fd_y = xopen("/proc/1/stat", O_RDONLY); /* init: would be fine */
+    }
     else if (!strcmp(mode, "cwdgone")) {
         snprintf(gone, sizeof(gone), "%s.gone", wl_result);
         if (mkdir(gone, 0700) != 0 || chmod(gone, 0751) != 0 || chown(gone, 4321, 8765) != 0 ||
