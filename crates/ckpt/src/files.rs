@@ -428,7 +428,7 @@ impl FileTable {
                 let named = format!("{}, {what}", String::from_utf8_lossy(link));
                 return Err(unsupported(fd, named.as_bytes(), reason));
             }
-            if deleted || !path.starts_with(b"/dev/") {
+            if deleted || !path.starts_with(b"/") {
                 return Err(unsupported(
                     fd,
                     link,
@@ -443,7 +443,7 @@ impl FileTable {
                 "only regular files, directories, character devices, pipes, FIFOs and memfds are supported yet (no sockets, eventfds...)",
             ));
         };
-        if matches!(kind, FILE_REGULAR | FILE_DIR | FILE_FIFO) || opath {
+        if matches!(kind, FILE_REGULAR | FILE_DIR | FILE_FIFO | FILE_CHR) || opath {
             // The path must still name this very file.
             match std::fs::metadata(os(&path)) {
                 Ok(m) if m.dev() == meta.dev() && m.ino() == meta.ino() => {}

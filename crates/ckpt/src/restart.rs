@@ -1128,8 +1128,25 @@ fn validate_objects(img: &Image) -> Result<()> {
     }
     for f in &img.files {
         if matches!(f.kind, FILE_REGULAR | FILE_DIR | FILE_CHR | FILE_FIFO) {
-            if let Err(e) = std::fs::metadata(std::ffi::OsStr::from_bytes(&f.path.0)) {
-                return refuse(format!("open file {} is missing: {e}", f.path));
+            match std::fs::metadata(std::ffi::OsStr::from_bytes(&f.path.0)) {
+                Err(e) => return refuse(format!("open file {} is missing: {e}", f.path)),
+                // Only the devices a checkpoint accepts, and the very one saved.
+                Ok(m) if f.kind == FILE_CHR && f.flags & libc::O_PATH as u32 == 0 => {
+                    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+                    let rdev = m.rdev();
+                    if !m.file_type().is_char_device()
+                        || rdev != f.rdev
+                        || files::chr_verdict(libc::major(rdev), libc::minor(rdev)).is_err()
+                    {
+                        return refuse(format!(
+                            "open file {} is not the character device the image saved ({}:{})",
+                            f.path,
+                            libc::major(f.rdev),
+                            libc::minor(f.rdev)
+                        ));
+                    }
+                }
+                Ok(_) => {}
             }
         }
         if f.kind == FILE_PROC {
