@@ -110,6 +110,7 @@ fn detail(r: &AnyRecord) -> String {
                 ckpt_image::FILE_FIFO => "fifo",
                 ckpt_image::FILE_MEMFD => "memfd",
                 ckpt_image::FILE_PROC => "proc",
+                ckpt_image::FILE_DIR_REMOVED => "removed-dir",
                 _ => "unknown",
             },
             f.path,

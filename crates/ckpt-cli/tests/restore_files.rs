@@ -54,8 +54,9 @@ fn restore_shared_fd_table() {
     roundtrip("restore_shared_fd_table", "fdtable");
 }
 
-/// A removed working directory: recreated for a moment at restart, so the
-/// process is again in a removed directory of that name, mode and owner.
+/// A removed working directory, also held as an fd: recreated for a moment
+/// at restart, so the process is again in a removed directory of that
+/// name, mode and owner, which its fd names too.
 #[test]
 fn restore_removed_cwd() {
     roundtrip("restore_removed_cwd", "cwdgone");

@@ -274,6 +274,9 @@ pub const FILE_MEMFD: u32 = 6;
 /// A file under /proc/PID of a process of the image: reopened by the
 /// process that holds it once PID exists again.
 pub const FILE_PROC: u32 = 7;
+/// A directory removed while open (`path` without " (deleted)", `mode`;
+/// owner and times in a `FileAttr`): recreated for a moment at restart.
+pub const FILE_DIR_REMOVED: u32 = 8;
 
 record!(
     /// An open file description, possibly shared by several fds.

@@ -420,6 +420,17 @@ impl FileTable {
             } else {
                 FILE_REGULAR
             }
+        } else if ft.is_dir() && (deleted || meta.nlink() == 0) {
+            self.attrs.push(FileAttr {
+                file_id: id,
+                uid: meta.uid(),
+                gid: meta.gid(),
+                atime_sec: meta.atime(),
+                atime_nsec: meta.atime_nsec() as u32,
+                mtime_sec: meta.mtime(),
+                mtime_nsec: meta.mtime_nsec() as u32,
+            });
+            FILE_DIR_REMOVED
         } else if ft.is_dir() {
             FILE_DIR
         } else if ft.is_char_device() {
@@ -552,6 +563,7 @@ fn reconnect_pipe(p: &Pipe, base: i32) -> Option<(i32, i32)> {
 pub fn open_all(
     files: &[File],
     attrs: &[FileAttr],
+    removed_dirs: &[(Vec<u8>, i32)],
     pipes: &[Pipe],
     shmem_fd: &dyn Fn(u32) -> Option<i32>,
     base: i32,
@@ -594,7 +606,7 @@ pub fn open_all(
     }
     for f in files {
         let mut f = f.clone();
-        if f.kind != FILE_DIR {
+        if f.kind != FILE_DIR && f.kind != FILE_DIR_REMOVED {
             // An O_TMPFILE file reports O_DIRECTORY among its flags.
             f.flags &= !(libc::O_DIRECTORY as u32);
         }
@@ -666,6 +678,20 @@ pub fn open_all(
                     base,
                 )
                 .map_err(|e| err(format!("reopen memfd {}", f.path), e))?
+            }
+            FILE_DIR_REMOVED => {
+                let &(_, dir) = removed_dirs
+                    .iter()
+                    .find(|d| d.0 == f.path.0)
+                    .ok_or_else(|| {
+                        Error::Refused(format!("removed directory {} was not recreated", f.path))
+                    })?;
+                reopen(
+                    format!("/proc/self/fd/{dir}").as_bytes(),
+                    f.flags as i32 | libc::O_DIRECTORY,
+                    base,
+                )
+                .map_err(|e| err(format!("reopen removed directory {}", f.path), e))?
             }
             FILE_UNLINKED if f.obj != 0 => {
                 let &(_, tmp) = inodes.iter().find(|x| x.0 == f.obj).ok_or_else(|| {
@@ -740,7 +766,7 @@ pub fn open_all(
             .map_err(|e| err(format!("set flags of {}", f.path), e))?;
         if matches!(f.kind, FILE_REGULAR | FILE_UNLINKED | FILE_MEMFD) {
             sys::lseek(fd, f.pos).map_err(|e| err(format!("seek {} to {}", f.path, f.pos), e))?;
-        } else if f.kind == FILE_DIR && f.pos != 0 {
+        } else if matches!(f.kind, FILE_DIR | FILE_DIR_REMOVED) && f.pos != 0 {
             // A directory position is a cookie; best effort.
             let _ = sys::lseek(fd, f.pos);
         }

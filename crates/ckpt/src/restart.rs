@@ -255,6 +255,7 @@ impl Build {
         b.opened = files::open_all(
             &img.files,
             &img.file_attrs,
+            &b.removed_cwds,
             &img.pipes,
             &|id| shm.iter().find(|x| x.0 == id).map(|x| x.1),
             base,
@@ -325,13 +326,25 @@ impl Build {
     /// removed again, so it is as removed as it was. Processes that were
     /// in a removed directory of one name share one again.
     fn recreate_removed_cwds(&mut self, img: &Image, base: i32) -> Result<()> {
+        // (path, mode, uid, gid, whose): removed cwds, then removed
+        // directories open as fds (kind FILE_DIR_REMOVED).
+        let mut dirs: Vec<(&[u8], u32, u32, u32, String)> = Vec::new();
         for p in &img.processes {
-            let Some(c) = &p.cwd_removed else { continue };
-            let path = &p.process.cwd.0;
-            if self.removed_cwds.iter().any(|d| &d.0 == path) {
+            if let Some(c) = &p.cwd_removed {
+                let whose = format!("cwd {} of pid {}", p.process.cwd, p.pid());
+                dirs.push((&p.process.cwd.0, c.mode, c.uid, c.gid, whose));
+            }
+        }
+        for f in img.files.iter().filter(|f| f.kind == FILE_DIR_REMOVED) {
+            let a = img.file_attrs.iter().find(|a| a.file_id == f.id);
+            let (uid, gid) = a.map_or((0, 0), |a| (a.uid, a.gid));
+            dirs.push((&f.path.0, f.mode, uid, gid, format!("directory {}", f.path)));
+        }
+        for (path, mode, uid, gid, whose) in dirs {
+            if self.removed_cwds.iter().any(|d| d.0 == path) {
                 continue;
             }
-            let what = |w: &str| format!("{w} removed cwd {} of pid {}", p.process.cwd, p.pid());
+            let what = |w: &str| format!("{w} removed {whose}");
             sys::mkdir(path, 0o700).map_err(io_err(what("recreate")))?;
             let opened = sys::open_raw(
                 path,
@@ -350,8 +363,8 @@ impl Build {
                     return Err(io_err(what("open"))(e));
                 }
             };
-            self.removed_cwds.push((path.clone(), fd));
-            let set = sys::fchown(fd, c.uid, c.gid).and_then(|_| sys::fchmod(fd, c.mode & 0o7777));
+            self.removed_cwds.push((path.to_vec(), fd));
+            let set = sys::fchown(fd, uid, gid).and_then(|_| sys::fchmod(fd, mode & 0o7777));
             let removed = sys::rmdir(path);
             set.map_err(io_err(what("set mode and owner of")))?;
             removed.map_err(io_err(what("remove")))?;
@@ -1112,11 +1125,10 @@ fn validate_objects(img: &Image) -> Result<()> {
         }
     }
     for a in &img.file_attrs {
-        if !img
-            .files
-            .iter()
-            .any(|f| f.id == a.file_id && f.kind == FILE_UNLINKED && f.obj == 0)
-        {
+        if !img.files.iter().any(|f| {
+            f.id == a.file_id
+                && (f.kind == FILE_UNLINKED && f.obj == 0 || f.kind == FILE_DIR_REMOVED)
+        }) {
             return refuse(format!(
                 "file attributes name file {}, which is not an unlinked file of the image",
                 a.file_id
@@ -1147,6 +1159,15 @@ fn validate_objects(img: &Image) -> Result<()> {
                     }
                 }
                 Ok(_) => {}
+            }
+        }
+        if f.kind == FILE_DIR_REMOVED {
+            let dir = std::path::Path::new(std::ffi::OsStr::from_bytes(&f.path.0));
+            if dir.symlink_metadata().is_ok() || !dir.parent().is_some_and(|d| d.is_dir()) {
+                return refuse(format!(
+                    "open directory {} was removed; restart recreates it for a moment, which needs the name free and its parent directory present",
+                    f.path
+                ));
             }
         }
         if f.kind == FILE_PROC {

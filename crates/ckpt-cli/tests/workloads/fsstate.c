@@ -18,9 +18,10 @@
  *   fown      a pipe's read end with F_SETOWN getpid(), F_SETSIG SIGUSR1 and
  *             O_ASYNC: after restore all three read back, and a write into
  *             the pipe raises SIGUSR1.
- *   cwdgone   its working directory (mode 0751, owner 4321:8765) was removed:
- *             after restore it is in a removed directory of that name, mode
- *             and owner, and the name is free.
+ *   cwdgone   its working directory (mode 0751, owner 4321:8765), also open
+ *             as an fd, was removed: after restore it is in a removed
+ *             directory of that name, mode and owner, the fd is that same
+ *             directory, and the name is free.
  *   fdtable   a child made by clone(CLONE_FILES): after restore a file the
  *             parent opens at fd 200 is seen by the child; /proc/self/status
  *             opened before the clone (so in both) is still the parent's.
@@ -347,8 +348,11 @@ int main(int argc, char **argv)
     else if (!strcmp(mode, "cwdgone")) {
         snprintf(gone, sizeof(gone), "%s.gone", wl_result);
         if (mkdir(gone, 0700) != 0 || chmod(gone, 0751) != 0 || chown(gone, 4321, 8765) != 0 ||
-            chdir(gone) != 0 || rmdir(gone) != 0)
-            wl_die("mkdir/chdir/rmdir %s", gone);
+            chdir(gone) != 0)
+            wl_die("mkdir/chdir %s", gone);
+        fd_x = xopen(gone, O_RDONLY | O_DIRECTORY);
+        if (rmdir(gone) != 0)
+            wl_die("rmdir %s", gone);
     } else
         wl_die("unknown mode %s", mode);
     wl_ready();
@@ -378,6 +382,9 @@ int main(int argc, char **argv)
         WL_CHECK(readlink("/proc/self/cwd", link, sizeof(link) - 1) > 0 && !strcmp(link, want),
                  "cwd reads \"%s\"", link);
         WL_CHECK(access(gone, F_OK) != 0, "the removed cwd exists again");
+        struct stat d;
+        WL_CHECK(fstat(fd_x, &d) == 0 && d.st_ino == st.st_ino && d.st_dev == st.st_dev,
+                 "the fd of the removed directory is not the cwd any more");
     }
     wl_verify_common();
     wl_finish();
