@@ -111,6 +111,7 @@ fn detail(r: &AnyRecord) -> String {
                 ckpt_image::FILE_MEMFD => "memfd",
                 ckpt_image::FILE_PROC => "proc",
                 ckpt_image::FILE_DIR_REMOVED => "removed-dir",
+                ckpt_image::FILE_FIFO_REMOVED => "removed-fifo",
                 _ => "unknown",
             },
             f.path,

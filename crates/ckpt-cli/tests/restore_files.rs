@@ -20,10 +20,13 @@ fn roundtrip(test: &str, case: &str) {
 
 /// Two descriptions of one unlinked file (opened by two names, both
 /// removed) share one inode again, with its owner, set-id mode and mtime;
-/// an O_TMPFILE file and an O_PATH fd come back.
+/// an O_TMPFILE file, an O_PATH fd and a removed FIFO with data come back.
 #[test]
-fn restore_unlinked_inode_attrs_tmpfile_opath() {
-    roundtrip("restore_unlinked_inode_attrs_tmpfile_opath", "unlinked");
+fn restore_unlinked_inode_attrs_tmpfile_opath_fifo() {
+    roundtrip(
+        "restore_unlinked_inode_attrs_tmpfile_opath_fifo",
+        "unlinked",
+    );
 }
 
 /// A chrooted child whose cwd lies outside its root: same root, same cwd,

@@ -277,6 +277,10 @@ pub const FILE_PROC: u32 = 7;
 /// A directory removed while open (`path` without " (deleted)", `mode`;
 /// owner and times in a `FileAttr`): recreated for a moment at restart.
 pub const FILE_DIR_REMOVED: u32 = 8;
+/// A FIFO whose path was removed while open (`obj` = its `Pipe`; `path`
+/// without " (deleted)"; owner in a `FileAttr` of the first description):
+/// made again at its path for a moment at restart.
+pub const FILE_FIFO_REMOVED: u32 = 9;
 
 record!(
     /// An open file description, possibly shared by several fds.

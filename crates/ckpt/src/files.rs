@@ -367,6 +367,17 @@ impl FileTable {
                 FILE_PIPE
             } else if !deleted {
                 FILE_FIFO
+            } else if path.starts_with(b"/") {
+                self.attrs.push(FileAttr {
+                    file_id: id,
+                    uid: meta.uid(),
+                    gid: meta.gid(),
+                    atime_sec: meta.atime(),
+                    atime_nsec: meta.atime_nsec() as u32,
+                    mtime_sec: meta.mtime(),
+                    mtime_nsec: meta.mtime_nsec() as u32,
+                });
+                FILE_FIFO_REMOVED
             } else {
                 return Err(unsupported(
                     fd,
@@ -568,6 +579,55 @@ pub fn open_all(
     shmem_fd: &dyn Fn(u32) -> Option<i32>,
     base: i32,
 ) -> Result<Opened> {
+    // Removed FIFOs are made again for as long as their descriptions take
+    // to open (by path), then removed again, whatever happens.
+    let mut made = Vec::new();
+    let r = open_all_inner(files, attrs, removed_dirs, pipes, shmem_fd, base, &mut made);
+    for path in made {
+        let _ = sys::unlink(&path);
+    }
+    r
+}
+
+/// Makes the removed FIFO of `f` again (once per path), with its mode
+/// and owner.
+fn remake_fifo(f: &File, attrs: &[FileAttr], made: &mut Vec<Vec<u8>>) -> std::io::Result<()> {
+    if made.contains(&f.path.0) {
+        return Ok(());
+    }
+    sys::mkfifo(&f.path.0, 0o600)?;
+    made.push(f.path.0.clone());
+    let fd = sys::open_raw(&f.path.0, libc::O_PATH | libc::O_CLOEXEC, 0)?;
+    let via = format!("/proc/self/fd/{fd}");
+    // fchown/fchmod need a real open; a FIFO opened O_RDWR never blocks.
+    let set = sys::open_raw(
+        via.as_bytes(),
+        libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC,
+        0,
+    )
+    .and_then(|rw| {
+        let owner = attrs
+            .iter()
+            .find(|a| a.file_id == f.id)
+            .map_or(Ok(()), |a| sys::fchown(rw, a.uid, a.gid));
+        let r = owner.and_then(|_| sys::fchmod(rw, f.mode & 0o7777));
+        sys::close(rw);
+        r
+    });
+    sys::close(fd);
+    set
+}
+
+#[allow(clippy::too_many_arguments)]
+fn open_all_inner(
+    files: &[File],
+    attrs: &[FileAttr],
+    removed_dirs: &[(Vec<u8>, i32)],
+    pipes: &[Pipe],
+    shmem_fd: &dyn Fn(u32) -> Option<i32>,
+    base: i32,
+    made: &mut Vec<Vec<u8>>,
+) -> Result<Opened> {
     let err = |what: String, e: std::io::Error| Error::Sys {
         pid: std::process::id() as Pid,
         what,
@@ -617,11 +677,15 @@ pub fn open_all(
             continue;
         }
         let fd = match f.kind {
-            FILE_PIPE | FILE_FIFO => {
+            FILE_PIPE | FILE_FIFO | FILE_FIFO_REMOVED => {
                 let &(_, r, w) = pipe_ends.iter().find(|x| x.0 == f.obj).ok_or_else(|| {
                     Error::Refused(format!("file {} names a missing pipe {}", f.id, f.obj))
                 })?;
-                if f.kind == FILE_FIFO {
+                if f.kind == FILE_FIFO_REMOVED {
+                    remake_fifo(f, attrs, made)
+                        .map_err(|e| err(format!("make removed FIFO {} again", f.path), e))?;
+                }
+                if f.kind != FILE_PIPE {
                     // Reopening the path gives the FIFO itself; its buffer
                     // was saved with the pipe object, refill it once.
                     let mode = f.flags as i32 & libc::O_ACCMODE;

@@ -1127,7 +1127,8 @@ fn validate_objects(img: &Image) -> Result<()> {
     for a in &img.file_attrs {
         if !img.files.iter().any(|f| {
             f.id == a.file_id
-                && (f.kind == FILE_UNLINKED && f.obj == 0 || f.kind == FILE_DIR_REMOVED)
+                && (f.kind == FILE_UNLINKED && f.obj == 0
+                    || matches!(f.kind, FILE_DIR_REMOVED | FILE_FIFO_REMOVED))
         }) {
             return refuse(format!(
                 "file attributes name file {}, which is not an unlinked file of the image",
@@ -1181,7 +1182,29 @@ fn validate_objects(img: &Image) -> Result<()> {
                 }
             }
         }
-        if matches!(f.kind, FILE_PIPE | FILE_FIFO) && !img.pipes.iter().any(|p| p.id == f.obj) {
+        if f.kind == FILE_FIFO_REMOVED {
+            let other_fifo = |g: &File| g.kind == FILE_FIFO_REMOVED && g.obj == f.obj;
+            let path = std::path::Path::new(std::ffi::OsStr::from_bytes(&f.path.0));
+            if path.symlink_metadata().is_ok() || !path.parent().is_some_and(|d| d.is_dir()) {
+                return refuse(format!(
+                    "open FIFO {} was removed; restart makes it again for a moment, which needs the name free and its parent directory present",
+                    f.path
+                ));
+            }
+            if img
+                .files
+                .iter()
+                .any(|g| other_fifo(g) && g.path.0 != f.path.0)
+            {
+                return refuse(format!(
+                    "removed FIFO {} has descriptions of two paths",
+                    f.path
+                ));
+            }
+        }
+        if matches!(f.kind, FILE_PIPE | FILE_FIFO | FILE_FIFO_REMOVED)
+            && !img.pipes.iter().any(|p| p.id == f.obj)
+        {
             return refuse(format!("file {} names a missing pipe", f.path));
         }
         if f.kind == FILE_UNLINKED && f.obj != 0 {

@@ -552,6 +552,18 @@ pub fn rmdir(path: &[u8]) -> io::Result<()> {
     check(unsafe { libc::rmdir(c.as_ptr()) } as libc::c_long).map(drop)
 }
 
+/// mkfifo(path, mode) and unlink(path) in the calling process.
+pub fn mkfifo(path: &[u8], mode: u32) -> io::Result<()> {
+    let c = std::ffi::CString::new(path).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: c is NUL-terminated.
+    check(unsafe { libc::mkfifo(c.as_ptr(), mode) } as libc::c_long).map(drop)
+}
+pub fn unlink(path: &[u8]) -> io::Result<()> {
+    let c = std::ffi::CString::new(path).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: c is NUL-terminated.
+    check(unsafe { libc::unlink(c.as_ptr()) } as libc::c_long).map(drop)
+}
+
 /// prctl with integer arguments in the calling process.
 pub fn prctl(opt: i32, a: u64) -> io::Result<()> {
     // SAFETY: integer-only prctl options.

@@ -6,8 +6,10 @@
  *             hard link), both names removed, chown 1234:5678, mode 06640,
  *             mtime 123456.789: after restore both fds name one inode (a
  *             write through one is read through the other) with that owner,
- *             mode and mtime. Plus an O_TMPFILE file with content, and an
- *             O_PATH fd (still O_PATH).
+ *             mode and mtime. Plus an O_TMPFILE file with content, an
+ *             O_PATH fd (still O_PATH), and a FIFO (mode 0640) opened twice,
+ *             with 5 bytes in it, whose name was removed: one FIFO again,
+ *             its bytes and mode intact, its name still free.
  *   chroot    a child chroots into RESULT.root, keeping its cwd outside the
  *             root, and holds RESULT.root/inside open: after restore it still
  *             sees /inside through the root, its cwd is the same directory
@@ -42,7 +44,8 @@
 
 static const char *mode;
 static char p_a[PATH_MAX], p_b[PATH_MAX], p_dir[PATH_MAX];
-static int fd_w, fd_r, fd_tmp, fd_path, fd_x, fd_y;
+static int fd_w, fd_r, fd_tmp, fd_path, fd_x, fd_y, fd_fifo_rw, fd_fifo_r;
+static char p_fifo[PATH_MAX];
 static pid_t child;
 static int report[2];
 static volatile sig_atomic_t usr1;
@@ -101,6 +104,17 @@ static void setup_unlinked(void)
     if (write(fd_tmp, "tmpfile", 7) != 7)
         wl_die("write tmpfile");
 
+    snprintf(p_fifo, sizeof(p_fifo), "%s.fifo", wl_result);
+    unlink(p_fifo);
+    if (mkfifo(p_fifo, 0600) != 0 || chmod(p_fifo, 0640) != 0)
+        wl_die("mkfifo %s", p_fifo);
+    fd_fifo_rw = xopen(p_fifo, O_RDWR);
+    fd_fifo_r = xopen(p_fifo, O_RDONLY | O_NONBLOCK);
+    if (write(fd_fifo_rw, "fifo!", 5) != 5)
+        wl_die("write fifo");
+    if (unlink(p_fifo) != 0)
+        wl_die("unlink fifo");
+
     snprintf(p_dir, sizeof(p_dir), "%s.path", wl_result);
     close(xopen(p_dir, O_WRONLY | O_CREAT));
     fd_path = open(p_dir, O_PATH);
@@ -134,6 +148,18 @@ static void verify_unlinked(void)
     WL_CHECK(n == 7 && strcmp(buf, "tmpfile") == 0, "O_TMPFILE file reads \"%s\"", buf);
     WL_CHECK((fcntl(fd_tmp, F_GETFL) & O_ACCMODE) == O_RDWR, "O_TMPFILE file is not O_RDWR");
     WL_CHECK(lseek(fd_tmp, 0, SEEK_CUR) == 7, "O_TMPFILE offset changed");
+
+    struct stat f1, f2;
+    WL_CHECK(fstat(fd_fifo_rw, &f1) == 0 && fstat(fd_fifo_r, &f2) == 0 && f1.st_ino == f2.st_ino &&
+                 S_ISFIFO(f1.st_mode) && (f1.st_mode & 07777) == 0640 && f1.st_nlink == 0,
+             "removed FIFO: two inodes, or mode %o nlink %ld", (unsigned)f1.st_mode,
+             (long)f1.st_nlink);
+    WL_CHECK(access(p_fifo, F_OK) != 0, "the removed FIFO's name exists again");
+    memset(buf, 0, sizeof(buf));
+    WL_CHECK(read(fd_fifo_r, buf, sizeof(buf)) == 5 && !strcmp(buf, "fifo!"),
+             "removed FIFO holds \"%s\"", buf);
+    WL_CHECK(write(fd_fifo_rw, "z", 1) == 1 && read(fd_fifo_r, buf, 1) == 1 && buf[0] == 'z',
+             "removed FIFO: a write is not read through the other description");
 
     int fl = fcntl(fd_path, F_GETFL);
     WL_CHECK(fl >= 0 && (fl & O_PATH), "O_PATH fd lost O_PATH (flags %o)", fl);
