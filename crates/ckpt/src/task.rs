@@ -73,10 +73,7 @@ pub fn dump_process(
     let mut dirs = Vec::new();
     for (what, name) in [("working directory", "cwd"), ("root directory", "root")] {
         let link = procfs::link(pid, name).ctx(pid, || format!("read {name}"))?;
-        let gone = std::fs::metadata(format!("/proc/{pid}/{name}"))
-            .ctx(pid, || format!("stat {name}"))?
-            .nlink()
-            == 0;
+        let gone = dir_removed(pid, name, &link)?;
         if gone && name == "cwd" {
             // Recreated at restart (see `dump_cwd_removed`).
             let path = link.strip_suffix(b" (deleted)").unwrap_or(&link);
@@ -127,12 +124,31 @@ pub fn dump_process(
 /// recreates it, enters it and removes it again, so the process sees a
 /// removed directory of that name, mode and owner, as before).
 pub fn dump_cwd_removed(pid: Pid) -> Result<Option<CwdRemoved>> {
+    let link = procfs::link(pid, "cwd").ctx(pid, || "read cwd".into())?;
     let m = std::fs::metadata(format!("/proc/{pid}/cwd")).ctx(pid, || "stat cwd".into())?;
-    Ok((m.nlink() == 0).then(|| CwdRemoved {
+    Ok(dir_removed(pid, "cwd", &link)?.then(|| CwdRemoved {
         mode: m.mode(),
         uid: m.uid(),
         gid: m.gid(),
     }))
+}
+
+/// Whether /proc/PID/NAME (cwd or root, whose link reads `link`) is a
+/// removed directory: no links left, or (on file systems that keep a
+/// directory's count) a "(deleted)" name that no longer leads to it.
+fn dir_removed(pid: Pid, name: &str, link: &[u8]) -> Result<bool> {
+    use std::os::unix::ffi::OsStrExt;
+    let m = std::fs::metadata(format!("/proc/{pid}/{name}")).ctx(pid, || format!("stat {name}"))?;
+    if m.nlink() == 0 {
+        return Ok(true);
+    }
+    let same = |p: &[u8]| {
+        std::fs::metadata(std::ffi::OsStr::from_bytes(p))
+            .is_ok_and(|o| o.dev() == m.dev() && o.ino() == m.ino())
+    };
+    Ok(link
+        .strip_suffix(b" (deleted)")
+        .is_some_and(|p| !same(p) && !same(link)))
 }
 
 pub fn dump_creds(status: &Status) -> Creds {
