@@ -134,3 +134,13 @@ fn checkpoint_refuses_file_owner_outside_tree() {
         ],
     );
 }
+
+/// A removed root directory (chroot into it, then rmdir): refused.
+#[test]
+fn checkpoint_refuses_removed_root() {
+    refused(
+        "checkpoint_refuses_removed_root",
+        "rootgone",
+        &["root directory", "was removed"],
+    );
+}

@@ -33,6 +33,7 @@
  *   foreign   holds /proc/PPID/stat (the harness, outside the tree; /proc/1
  *             of init alone would be accepted).
  *   ownerout  a pipe whose F_SETOWN owner is the harness (outside the tree).
+ *   rootgone  a child's root directory (chroot) was removed.
  */
 #include "wl.h"
 
@@ -379,6 +380,24 @@ int main(int argc, char **argv)
         fd_x = xopen(gone, O_RDONLY | O_DIRECTORY);
         if (rmdir(gone) != 0)
             wl_die("rmdir %s", gone);
+    } else if (!strcmp(mode, "rootgone")) {
+        /* A child chroots into a directory that is then removed. */
+        snprintf(gone, sizeof(gone), "%s.root", wl_result);
+        if (pipe(report) != 0)
+            wl_die("pipe");
+        child = fork();
+        if (child < 0)
+            wl_die("fork");
+        if (child == 0) {
+            if (mkdir(gone, 0700) != 0 || chdir(gone) != 0 || rmdir(gone) != 0 ||
+                chroot(".") != 0 || write(report[1], "r", 1) != 1)
+                _exit(2);
+            wait_term();
+            _exit(0);
+        }
+        char c;
+        if (read(report[0], &c, 1) != 1)
+            wl_die("the child did not chroot into a removed directory");
     } else
         wl_die("unknown mode %s", mode);
     wl_ready();
@@ -411,6 +430,12 @@ int main(int argc, char **argv)
         struct stat d;
         WL_CHECK(fstat(fd_x, &d) == 0 && d.st_ino == st.st_ino && d.st_dev == st.st_dev,
                  "the fd of the removed directory is not the cwd any more");
+    }
+    else if (!strcmp(mode, "rootgone")) {
+        kill(child, SIGTERM);
+        int st;
+        WL_CHECK(waitpid(child, &st, 0) == child && WIFEXITED(st) && WEXITSTATUS(st) == 0,
+                 "child exit status %d", st);
     }
     wl_verify_common();
     wl_finish();
