@@ -144,3 +144,14 @@ fn checkpoint_refuses_removed_root() {
         &["root directory", "was removed"],
     );
 }
+
+/// Two children sharing an fd table their parent left (unshare): refused,
+/// as only sharing with the parent can be recreated.
+#[test]
+fn checkpoint_refuses_fd_table_shared_with_a_sibling() {
+    refused(
+        "checkpoint_refuses_fd_table_shared_with_a_sibling",
+        "fdsibling",
+        &["fd table, shared with pid", "other than the parent"],
+    );
+}

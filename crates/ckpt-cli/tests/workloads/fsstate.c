@@ -34,6 +34,8 @@
  *             of init alone would be accepted).
  *   ownerout  a pipe whose F_SETOWN owner is the harness (outside the tree).
  *   rootgone  a child's root directory (chroot) was removed.
+ *   fdsibling two children share one fd table (clone CLONE_FILES) that
+ *             their parent no longer uses (unshare).
  */
 #include "wl.h"
 
@@ -380,6 +382,23 @@ int main(int argc, char **argv)
         fd_x = xopen(gone, O_RDONLY | O_DIRECTORY);
         if (rmdir(gone) != 0)
             wl_die("rmdir %s", gone);
+    } else if (!strcmp(mode, "fdsibling")) {
+        /* Two children on one fd table that is no longer the parent's. */
+        for (int i = 0; i < 2; i++) {
+            pid_t c = (pid_t)syscall(SYS_clone, CLONE_FILES | SIGCHLD, NULL, NULL, NULL, NULL);
+            if (c < 0)
+                wl_die("clone(CLONE_FILES)");
+            if (c == 0) {
+                wait_term();
+                _exit(0);
+            }
+            if (i == 0)
+                child = c;
+            else
+                fd_y = c; /* the second child's pid */
+        }
+        if (unshare(CLONE_FILES) != 0)
+            wl_die("unshare(CLONE_FILES)");
     } else if (!strcmp(mode, "rootgone")) {
         /* A child chroots into a directory that is then removed. */
         snprintf(gone, sizeof(gone), "%s.root", wl_result);
@@ -431,7 +450,15 @@ int main(int argc, char **argv)
         WL_CHECK(fstat(fd_x, &d) == 0 && d.st_ino == st.st_ino && d.st_dev == st.st_dev,
                  "the fd of the removed directory is not the cwd any more");
     }
-    else if (!strcmp(mode, "rootgone")) {
+    else if (!strcmp(mode, "fdsibling")) {
+        pid_t kids[2] = {child, (pid_t)fd_y};
+        for (int i = 0; i < 2; i++) {
+            int st;
+            kill(kids[i], SIGTERM);
+            WL_CHECK(waitpid(kids[i], &st, 0) == kids[i] && WIFEXITED(st) && WEXITSTATUS(st) == 0,
+                     "child %d exit status %d", (int)kids[i], st);
+        }
+    } else if (!strcmp(mode, "rootgone")) {
         kill(child, SIGTERM);
         int st;
         WL_CHECK(waitpid(child, &st, 0) == child && WIFEXITED(st) && WEXITSTATUS(st) == 0,
