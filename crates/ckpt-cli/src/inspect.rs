@@ -117,6 +117,9 @@ fn detail(r: &AnyRecord) -> String {
                 ckpt_image::FILE_PIPE => "pipe",
                 ckpt_image::FILE_FIFO => "fifo",
                 ckpt_image::FILE_MEMFD => "memfd",
+                ckpt_image::FILE_PROC => "proc",
+                ckpt_image::FILE_DIR_REMOVED => "removed-dir",
+                ckpt_image::FILE_FIFO_REMOVED => "removed-fifo",
                 _ => "unknown",
             },
             f.path,
@@ -128,6 +131,16 @@ fn detail(r: &AnyRecord) -> String {
             f.file_id,
             if f.cloexec { " cloexec" } else { "" }
         ),
+        AnyRecord::FileAttr(a) => format!(
+            "file {} owner {}:{} mtime {}.{:09}",
+            a.file_id, a.uid, a.gid, a.mtime_sec, a.mtime_nsec
+        ),
+        AnyRecord::FileOwner(o) => format!(
+            "file {} owner {} (type {}) signal {}",
+            o.file_id, o.owner, o.owner_type, o.signum
+        ),
+        AnyRecord::FilesShared(s) => format!("fd table of pid {}", s.parent),
+        AnyRecord::CwdRemoved(c) => format!("mode {:o} owner {}:{}", c.mode, c.uid, c.gid),
         AnyRecord::Thread(t) => format!("tid {} sigmask {:#x}", t.tid, t.sigmask),
         AnyRecord::X86Regs(x) => format!("tid {} rip {:#x} rsp {:#x}", x.tid, x.rip, x.rsp),
         AnyRecord::X86Xstate(x) => format!("tid {} {} bytes", x.tid, x.area.0.len()),

@@ -66,6 +66,10 @@ pub const T_SHMEM: u32 = 123;
 pub const T_SHMEM_ATTRS: u32 = 124;
 pub const T_MM_STATE: u32 = 113;
 pub const T_COW_SHARED: u32 = 114;
+pub const T_FILE_ATTR: u32 = 125;
+pub const T_FILES_SHARED: u32 = 126;
+pub const T_FILE_OWNER: u32 = 127;
+pub const T_CWD_REMOVED: u32 = 128;
 pub const T_THREAD: u32 = 200;
 pub const T_X86_REGS: u32 = 201;
 pub const T_X86_XSTATE: u32 = 202;
@@ -161,6 +165,13 @@ pub const PROC_ALIVE: u32 = 0;
 pub const PROC_ZOMBIE: u32 = 1;
 /// In a group stop (SIGSTOP, SIGTSTP...): restored stopped by the same signal.
 pub const PROC_STOPPED: u32 = 2;
+
+record!(
+    /// The process's working directory (`Process.cwd`) was removed:
+    /// restart recreates it with this mode and owner, enters it and
+    /// removes it again. Absent when the cwd exists.
+    CwdRemoved = T_CWD_REMOVED, "cwd-removed" { mode: u32, uid: u32, gid: u32 }
+);
 
 record!(
     /// Credentials. Restore only ever lowers privileges to these.
@@ -288,8 +299,9 @@ record!(
 pub const FILE_REGULAR: u32 = 0;
 pub const FILE_DIR: u32 = 1;
 pub const FILE_CHR: u32 = 2;
-/// A regular file that was unlinked while open: its content is the
-/// `SHMEM_GHOST` object `obj` (or, when `obj` is 0, in `content`).
+/// A regular file that was unlinked while open: its content, mode, owner
+/// and times are the `SHMEM_GHOST` object `obj` and its `shmem-attrs` (or,
+/// when `obj` is 0, in `content`: images before ghost objects).
 pub const FILE_UNLINKED: u32 = 3;
 /// One end of a pipe (`obj` = the `Pipe` id).
 pub const FILE_PIPE: u32 = 4;
@@ -297,6 +309,16 @@ pub const FILE_PIPE: u32 = 4;
 pub const FILE_FIFO: u32 = 5;
 /// A memfd (`obj` = the `Shmem` id holding its content).
 pub const FILE_MEMFD: u32 = 6;
+/// A file under /proc/PID of a process of the image: reopened by the
+/// process that holds it once PID exists again.
+pub const FILE_PROC: u32 = 7;
+/// A directory removed while open (`path` without " (deleted)", `mode`;
+/// owner and times in a `FileAttr`): recreated for a moment at restart.
+pub const FILE_DIR_REMOVED: u32 = 8;
+/// A FIFO whose path was removed while open (`obj` = its `Pipe`; `path`
+/// without " (deleted)"; owner in a `FileAttr` of the first description):
+/// made again at its path for a moment at restart.
+pub const FILE_FIFO_REMOVED: u32 = 9;
 
 record!(
     /// An open file description, possibly shared by several fds.
@@ -311,8 +333,37 @@ record!(
         size: u64,
         path: Text,
         content: Bytes,
-        /// `Pipe` or `Shmem` id for pipes, FIFOs and memfds; 0 otherwise.
+        /// `Pipe` or `Shmem` id for pipes, FIFOs and memfds; for an unlinked
+        /// file, the `File` that recreates its inode (0: this one); else 0.
         obj: u32,
+    }
+);
+
+record!(
+    /// Owner and times of the unlinked file (`File` kind `FILE_UNLINKED`)
+    /// `file_id` creates: a recreated file gets them back, since nobody
+    /// could otherwise (its path is gone).
+    FileAttr = T_FILE_ATTR, "file-attr" {
+        file_id: u32,
+        uid: u32,
+        gid: u32,
+        atime_sec: i64,
+        atime_nsec: u32,
+        mtime_sec: i64,
+        mtime_nsec: u32,
+    }
+);
+
+record!(
+    /// Who gets SIGIO/SIGURG for an open file description (F_SETOWN_EX:
+    /// `owner_type` F_OWNER_TID 0, F_OWNER_PID 1, F_OWNER_PGRP 2, `owner`
+    /// a pid or group of the image) and which signal (F_SETSIG, 0 for
+    /// SIGIO). Only for descriptions with an owner or a signal.
+    FileOwner = T_FILE_OWNER, "file-owner" {
+        file_id: u32,
+        owner_type: u32,
+        owner: i32,
+        signum: u32,
     }
 );
 
@@ -338,9 +389,12 @@ record!(
 );
 
 record!(
-    /// Mode, owner and seals (F_GET_SEALS; 0 for objects that have none)
-    /// of the preceding `Shmem` object `id`. Images before it lack it.
-    ShmemAttrs = T_SHMEM_ATTRS, "shmem-attrs" { id: u32, mode: u32, uid: u32, gid: u32, seals: u32 }
+    /// Mode, owner, seals (F_GET_SEALS; 0 for objects that have none) and
+    /// access and modification times of the preceding `Shmem` object `id`.
+    ShmemAttrs = T_SHMEM_ATTRS, "shmem-attrs" {
+        id: u32, mode: u32, uid: u32, gid: u32, seals: u32,
+        atime_sec: i64, atime_nsec: u32, mtime_sec: i64, mtime_nsec: u32,
+    }
 );
 
 record!(
@@ -368,6 +422,13 @@ pub const PAGES_SHMEM: u32 = 1;
 record!(
     /// One fd of the process, naming its open file description.
     Fd = T_FD, "fd" { fd: u32, file_id: u32, cloexec: bool }
+);
+
+record!(
+    /// The process shares its fd table with its parent (`clone(CLONE_FILES)`
+    /// without `CLONE_VM`): restart creates it that way, and its `fd`
+    /// records are its parent's. Absent for a process with its own table.
+    FilesShared = T_FILES_SHARED, "files-shared" { parent: i32 }
 );
 
 record!(
@@ -471,6 +532,7 @@ pub enum AnyRecord {
     Head(Head),
     ArchX86_64(ArchX86_64),
     Process(Process),
+    CwdRemoved(CwdRemoved),
     Creds(Creds),
     Rlimits(Rlimits),
     SigActions(SigActions),
@@ -481,7 +543,10 @@ pub enum AnyRecord {
     Vma(Vma),
     Pages(PagesHdr),
     File(File),
+    FileAttr(FileAttr),
+    FileOwner(FileOwner),
     Fd(Fd),
+    FilesShared(FilesShared),
     Pipe(Pipe),
     Shmem(Shmem),
     ShmemAttrs(ShmemAttrs),
@@ -532,6 +597,7 @@ dispatch!(
     Head => Head,
     ArchX86_64 => ArchX86_64,
     Process => Process,
+    CwdRemoved => CwdRemoved,
     Creds => Creds,
     Rlimits => Rlimits,
     SigActions => SigActions,
@@ -541,7 +607,10 @@ dispatch!(
     Mm => Mm,
     Vma => Vma,
     File => File,
+    FileAttr => FileAttr,
+    FileOwner => FileOwner,
     Fd => Fd,
+    FilesShared => FilesShared,
     Pipe => Pipe,
     Shmem => Shmem,
     ShmemAttrs => ShmemAttrs,

@@ -310,6 +310,21 @@ fn sample_image() -> &'static [u8] {
                 content: Bytes(b"hello world".to_vec()),
                 obj: 0,
             }),
+            AnyRecord::FileAttr(FileAttr {
+                file_id: 1,
+                uid: 1000,
+                gid: 100,
+                atime_sec: -1,
+                atime_nsec: 999_999_999,
+                mtime_sec: 123456,
+                mtime_nsec: 0,
+            }),
+            AnyRecord::FileOwner(FileOwner {
+                file_id: 1,
+                owner_type: 1,
+                owner: 42,
+                signum: 29,
+            }),
             AnyRecord::Pipe(Pipe {
                 id: 1,
                 size: 65536,
@@ -334,6 +349,10 @@ fn sample_image() -> &'static [u8] {
                 uid: 1000,
                 gid: 100,
                 seals: 0,
+                atime_sec: 1_700_000_000,
+                atime_nsec: 5,
+                mtime_sec: -1,
+                mtime_nsec: 999_999_999,
             }),
             AnyRecord::Fd(Fd {
                 fd: 0,
@@ -344,6 +363,12 @@ fn sample_image() -> &'static [u8] {
                 fd: 3,
                 file_id: 1,
                 cloexec: true,
+            }),
+            AnyRecord::FilesShared(FilesShared { parent: 41 }),
+            AnyRecord::CwdRemoved(CwdRemoved {
+                mode: 0o40700,
+                uid: 1,
+                gid: 2,
             }),
             AnyRecord::Mm(Mm {
                 start_code: 0x400000,

@@ -282,7 +282,7 @@ fn run<S: Sink>(
     }
     opts.check_cancel()?;
     let tree = freeze::freeze_tree(root, opts.freeze_cgroup.as_deref())?;
-    let mut ft = FileTable::default();
+    let mut ft = FileTable::new(tree.procs.iter().map(|p| p.0).collect());
     let mut shm = ShmemTable::default();
     let mut images = Vec::with_capacity(tree.procs.len());
     // Declared after the tree: on every path the sessions give their
@@ -342,6 +342,8 @@ fn run<S: Sink>(
                 pages: Vec::new(),
             })
             .collect(),
+        file_attrs: ft.attrs.clone(),
+        file_owners: ft.owners.clone(),
         processes: images.clone(),
     };
     crate::restart::check_restorable(&meta).map_err(|e| {
@@ -352,6 +354,12 @@ fn run<S: Sink>(
     w.write(&arch_rec).map_err(Error::Write)?;
     for f in &ft.files {
         w.write(f).map_err(Error::Write)?;
+    }
+    for a in &ft.attrs {
+        w.write(a).map_err(Error::Write)?;
+    }
+    for o in &ft.owners {
+        w.write(o).map_err(Error::Write)?;
     }
     for p in &ft.pipes {
         w.write(p).map_err(Error::Write)?;
@@ -573,6 +581,8 @@ fn dump_process(
     }
     let img = ProcessImage {
         process,
+        cwd_removed: task::dump_cwd_removed(pid)?,
+        files_shared: ft.files_shared(pid),
         creds: task::dump_creds(&status),
         rlimits: task::dump_rlimits(pid)?,
         sigactions,

@@ -29,7 +29,8 @@ const REOPEN_FLAGS: i32 = libc::O_ACCMODE
     | libc::O_PATH;
 
 /// Flags F_SETFL can change on an open description.
-const SETFL_FLAGS: i32 = libc::O_APPEND | libc::O_NONBLOCK | libc::O_DIRECT | libc::O_NOATIME;
+const SETFL_FLAGS: i32 =
+    libc::O_APPEND | libc::O_NONBLOCK | libc::O_DIRECT | libc::O_NOATIME | libc::O_ASYNC;
 
 /// The open file descriptions of a whole tree, filled process by process.
 #[derive(Default)]
@@ -46,6 +47,37 @@ pub struct FileTable {
     /// Unlinked regular files met as fds: their content is saved as a
     /// ghost object.
     ghosts: Vec<GhostFd>,
+    /// Owner and times of each removed directory saved.
+    pub attrs: Vec<FileAttr>,
+    /// Pids of the tree: /proc files of other pids are refused.
+    tree: Vec<Pid>,
+    /// (pid, file id) of every /proc file saved, to refuse sharing one
+    /// description between processes (each reopens its own).
+    procs: Vec<(Pid, u32)>,
+    /// Owners and signals of descriptions that have them.
+    pub owners: Vec<FileOwner>,
+    /// A pidfd of the process being dumped, to look at its descriptions.
+    pidfd: Option<(Pid, std::os::fd::OwnedFd)>,
+    /// Processes dumped so far, and those that share their parent's fd table.
+    dumped: Vec<Pid>,
+    shares_parent: Vec<Pid>,
+}
+
+/// The pid a path under /proc is about, if it is under /proc/PID (`Err`
+/// if it is about another thread than the process's main one).
+pub fn proc_pid(path: &[u8]) -> Option<std::result::Result<Pid, ()>> {
+    let rest = path.strip_prefix(b"/proc/")?;
+    let mut parts = rest.split(|&c| c == b'/');
+    let num = |b: &[u8]| std::str::from_utf8(b).ok()?.parse::<Pid>().ok();
+    let pid = num(parts.next()?)?;
+    if parts.next() == Some(b"task") {
+        if let Some(tid) = parts.next().and_then(num) {
+            if tid != pid {
+                return Some(Err(()));
+            }
+        }
+    }
+    Some(Ok(pid))
 }
 
 /// An fd of an unlinked regular file, waiting for its ghost object.
@@ -86,10 +118,45 @@ fn pipe_contents(pid: Pid, fd: i32) -> std::io::Result<(u32, Vec<u8>)> {
     Ok((size, data))
 }
 
+/// Whether a character device can be reopened by path at restart: only the
+/// stateless memory devices can (`Err` gives what it is and why not).
+/// Terminals carry state (the line discipline, the session that owns them,
+/// the other end of a pty) that a reopened path would not bring back.
+pub fn chr_verdict(
+    major: u32,
+    minor: u32,
+) -> std::result::Result<(), (&'static str, &'static str)> {
+    const TERMINAL: &str = "terminals are not supported yet; run it with stdin/stdout redirected (e.g. setsid, nohup, </dev/null >log)";
+    match (major, minor) {
+        // null, zero, full, random, urandom
+        (1, 3 | 5 | 7 | 8 | 9) => Ok(()),
+        (136..=143, _) => Err(("a pseudo-terminal", TERMINAL)),
+        (5, 2) => Err(("the pseudo-terminal master multiplexer", TERMINAL)),
+        (5, 0) => Err(("the controlling terminal", TERMINAL)),
+        (5, 1) => Err(("the console", TERMINAL)),
+        (4, _) => Err(("a virtual console or serial terminal", TERMINAL)),
+        (128..=135, _) => Err(("a pseudo-terminal master", TERMINAL)),
+        _ => Err((
+            "a character device",
+            "among character devices only /dev/null, /dev/zero, /dev/full, /dev/random and /dev/urandom can be saved yet",
+        )),
+    }
+}
+
 impl FileTable {
+    /// A table for the tree of these pids.
+    pub fn new(tree: Vec<Pid>) -> FileTable {
+        FileTable {
+            tree,
+            ..Default::default()
+        }
+    }
+
     /// Reads every fd of `pid` into the table; returns its fd records.
     /// Errors name the fd and why it cannot be saved.
     pub fn dump(&mut self, pid: Pid, comm: &str) -> Result<Vec<Fd>> {
+        self.check_table(pid, comm)?;
+        self.dumped.push(pid);
         let mut fds = Vec::new();
         let unsupported = |fd: i32, link: &[u8], reason: &str| Error::Unsupported {
             pid,
@@ -116,6 +183,16 @@ impl FileTable {
                     break;
                 }
             }
+            // (A process on its parent's fd table holds the very same fds.)
+            if let Some(id) = shared.filter(|_| !self.shares_parent.contains(&pid)) {
+                if self.procs.iter().any(|&(p, f)| f == id && p != pid) {
+                    return Err(unsupported(
+                        fd,
+                        &link,
+                        "this /proc file is shared with another process (inherited across fork); each process reopens its own /proc files, so the sharing cannot come back",
+                    ));
+                }
+            }
             let id = match shared {
                 Some(id) => id,
                 None => self.add(pid, comm, fd, &link, &meta, &info, &unsupported)?,
@@ -128,6 +205,96 @@ impl FileTable {
             });
         }
         Ok(fds)
+    }
+
+    /// Saves the F_SETOWN owner and F_SETSIG signal of a description, if
+    /// it has either; an owner outside the tree is refused (after restart
+    /// that pid would be another process or none).
+    fn dump_owner(
+        &mut self,
+        pid: Pid,
+        fd: i32,
+        link: &[u8],
+        id: u32,
+        unsupported: &dyn Fn(i32, &[u8], &str) -> Error,
+    ) -> Result<()> {
+        use std::os::fd::AsRawFd;
+        if self.pidfd.as_ref().is_none_or(|p| p.0 != pid) {
+            let p = sys::pidfd_open(pid).ctx(pid, || "pidfd_open".into())?;
+            self.pidfd = Some((pid, p));
+        }
+        let pidfd = self.pidfd.as_ref().map_or(-1, |p| p.1.as_raw_fd());
+        let mine = sys::pidfd_getfd(pidfd, fd).ctx(pid, || format!("pidfd_getfd of fd {fd}"))?;
+        let (kind, owner, sig) =
+            sys::file_owner(mine.as_raw_fd()).ctx(pid, || format!("F_GETOWN_EX of fd {fd}"))?;
+        if owner == 0 && sig == 0 {
+            return Ok(());
+        }
+        if owner != 0 {
+            let known = match kind {
+                // F_OWNER_TID, F_OWNER_PID: a process (main thread) of the tree.
+                0 | 1 => self.tree.contains(&owner),
+                // F_OWNER_PGRP: a group some process of the tree is in.
+                2 => self
+                    .tree
+                    .iter()
+                    .any(|&p| procfs::stat(p).is_ok_and(|s| s.pgrp == owner)),
+                _ => false,
+            };
+            if !known {
+                return Err(unsupported(
+                    fd,
+                    link,
+                    &format!("its signal owner (F_SETOWN) {owner} is not a process or group of the checkpointed tree (or is a thread other than a main one)"),
+                ));
+            }
+        }
+        self.owners.push(FileOwner {
+            file_id: id,
+            owner_type: kind as u32,
+            owner,
+            signum: sig as u32,
+        });
+        Ok(())
+    }
+
+    /// Whether `pid` shares its fd table with its parent (restorable: it is
+    /// forked with CLONE_FILES) or with another process (refused).
+    fn check_table(&mut self, pid: Pid, comm: &str) -> Result<()> {
+        let ppid = procfs::stat(pid)
+            .ctx(pid, || "read /proc stat".into())?
+            .ppid;
+        // The parent first: sharing with it implies sharing with whoever
+        // else shares it.
+        let mut others: Vec<Pid> = self.dumped.iter().copied().filter(|&q| q != ppid).collect();
+        if self.dumped.contains(&ppid) {
+            others.insert(0, ppid);
+        }
+        for q in others {
+            if !sys::same_fd_table(q, pid)
+                .ctx(pid, || format!("kcmp the fd tables of {q} and {pid}"))?
+            {
+                continue;
+            }
+            if q == ppid {
+                self.shares_parent.push(pid);
+                return Ok(());
+            }
+            return Err(Error::Unsupported {
+                pid,
+                comm: comm.into(),
+                object: format!("its fd table, shared with pid {q}"),
+                reason: "an fd table shared (clone CLONE_FILES) with a process other than the parent cannot be recreated".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The record saying `pid` shares its parent's fd table, if it does.
+    pub fn files_shared(&self, pid: Pid) -> Option<FilesShared> {
+        self.shares_parent.contains(&pid).then(|| FilesShared {
+            parent: procfs::stat(pid).map(|s| s.ppid).unwrap_or(0),
+        })
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -149,7 +316,46 @@ impl FileTable {
         let id = self.files.len() as u32 + 1;
         let content = Vec::new();
         let mut obj = 0;
-        let kind = if ft.is_fifo() {
+        let opath = info.flags & libc::O_PATH as u32 != 0;
+        // /proc/1 is the pid namespace's init, the same process after a
+        // restart here: reopened by path like any file.
+        let kind = if let Some(target) = proc_pid(&path).filter(|t| !deleted && *t != Ok(1)) {
+            match target {
+                Ok(p) if self.tree.contains(&p) => {}
+                Ok(p) => {
+                    return Err(unsupported(
+                        fd,
+                        link,
+                        &format!("it is about pid {p}, which is outside the checkpointed tree; after restart that pid would be another process or none"),
+                    ))
+                }
+                Err(()) => {
+                    return Err(unsupported(
+                        fd,
+                        link,
+                        "it is about a thread other than its process's main thread; such files cannot be reopened yet",
+                    ))
+                }
+            }
+            self.procs.push((pid, id));
+            FILE_PROC
+        } else if opath {
+            // An O_PATH fd only names a file (the file itself is never
+            // opened): whatever its type, reopening the path with O_PATH
+            // gives it back.
+            if deleted || !path.starts_with(b"/") {
+                return Err(unsupported(
+                    fd,
+                    link,
+                    "an O_PATH fd whose file was removed cannot be reopened",
+                ));
+            }
+            if ft.is_dir() {
+                FILE_DIR
+            } else {
+                FILE_REGULAR
+            }
+        } else if ft.is_fifo() {
             let (size, data) =
                 pipe_contents(pid, fd).ctx(pid, || format!("read the buffer of pipe fd {fd}"))?;
             obj = match self.pipe_ids.iter().find(|p| p.0 == meta.ino()) {
@@ -170,6 +376,17 @@ impl FileTable {
                 FILE_PIPE
             } else if !deleted {
                 FILE_FIFO
+            } else if path.starts_with(b"/") {
+                self.attrs.push(FileAttr {
+                    file_id: id,
+                    uid: meta.uid(),
+                    gid: meta.gid(),
+                    atime_sec: meta.atime(),
+                    atime_nsec: meta.atime_nsec() as u32,
+                    mtime_sec: meta.mtime(),
+                    mtime_nsec: meta.mtime_nsec() as u32,
+                });
+                FILE_FIFO_REMOVED
             } else {
                 return Err(unsupported(
                     fd,
@@ -198,9 +415,32 @@ impl FileTable {
             } else {
                 FILE_REGULAR
             }
+        } else if ft.is_dir() && (deleted || meta.nlink() == 0) {
+            self.attrs.push(FileAttr {
+                file_id: id,
+                uid: meta.uid(),
+                gid: meta.gid(),
+                atime_sec: meta.atime(),
+                atime_nsec: meta.atime_nsec() as u32,
+                mtime_sec: meta.mtime(),
+                mtime_nsec: meta.mtime_nsec() as u32,
+            });
+            FILE_DIR_REMOVED
         } else if ft.is_dir() {
             FILE_DIR
-        } else if ft.is_char_device() && path.starts_with(b"/dev/") && !deleted {
+        } else if ft.is_char_device() {
+            let (major, minor) = (libc::major(meta.rdev()), libc::minor(meta.rdev()));
+            if let Err((what, reason)) = chr_verdict(major, minor) {
+                let named = format!("{}, {what}", String::from_utf8_lossy(link));
+                return Err(unsupported(fd, named.as_bytes(), reason));
+            }
+            if deleted || !path.starts_with(b"/") {
+                return Err(unsupported(
+                    fd,
+                    link,
+                    "the device node it was opened through is gone; cannot reopen it",
+                ));
+            }
             FILE_CHR
         } else {
             return Err(unsupported(
@@ -209,7 +449,7 @@ impl FileTable {
                 "only regular files, directories, character devices, pipes, FIFOs and memfds are supported yet (no sockets, eventfds...)",
             ));
         };
-        if matches!(kind, FILE_REGULAR | FILE_DIR | FILE_FIFO) {
+        if matches!(kind, FILE_REGULAR | FILE_DIR | FILE_FIFO | FILE_CHR) || opath {
             // The path must still name this very file.
             match std::fs::metadata(os(&path)) {
                 Ok(m) if m.dev() == meta.dev() && m.ino() == meta.ino() => {}
@@ -219,6 +459,9 @@ impl FileTable {
                     "its path now names another file (renamed or replaced over); cannot reopen it",
                 )),
             }
+        }
+        if !opath {
+            self.dump_owner(pid, fd, link, id, unsupported)?;
         }
         self.files.push(File {
             id,
@@ -260,6 +503,11 @@ impl FileTable {
 /// the restorer (all above every fd number of the image).
 pub struct Opened {
     pub by_id: Vec<(u32, i32)>,
+    /// /proc files, opened by each process in `install` (the pid they are
+    /// about does not exist yet when `open_all` runs).
+    pub deferred: Vec<File>,
+    /// Every fd of `by_id` is at least this.
+    pub base: i32,
 }
 
 impl Opened {
@@ -327,18 +575,77 @@ fn reconnect_pipe(p: &Pipe, base: i32, fs: Option<&sys::FsIds>) -> Option<(i32, 
     None
 }
 
+/// What `open_all` opens, and how.
+pub struct OpenArgs<'a> {
+    pub files: &'a [File],
+    /// Owner and times of removed directories and FIFOs.
+    pub attrs: &'a [FileAttr],
+    /// (path, fd) of the removed directories restart recreated.
+    pub removed_dirs: &'a [(Vec<u8>, i32)],
+    pub pipes: &'a [Pipe],
+    /// The memfd restored for a shared memory object.
+    pub shmem_fd: &'a dyn Fn(u32) -> Option<i32>,
+    /// Every fd opened is at or above it.
+    pub base: i32,
+    /// Paths of the image are opened as these (see `trust`).
+    pub fs: Option<&'a sys::FsIds>,
+    /// A process holding a file, named in errors.
+    pub user_of: &'a dyn Fn(u32) -> Pid,
+}
+
 /// Opens every saved description (and creates every pipe) in the calling
-/// process, at fd numbers >= `base`. `shmem_fd` gives the memfd restored for
-/// a shared memory object. Paths of the image are opened as `fs` (see
-/// `trust`); `user_of` names a process holding a file, for errors.
-pub fn open_all(
-    files: &[File],
-    pipes: &[Pipe],
-    shmem_fd: &dyn Fn(u32) -> Option<i32>,
-    base: i32,
-    fs: Option<&sys::FsIds>,
-    user_of: &dyn Fn(u32) -> Pid,
-) -> Result<Opened> {
+/// process, at fd numbers >= `a.base`.
+pub fn open_all(a: &OpenArgs) -> Result<Opened> {
+    // Removed FIFOs are made again for as long as their descriptions take
+    // to open (by path), then removed again, whatever happens.
+    let mut made = Vec::new();
+    let r = open_all_inner(a, &mut made);
+    for path in made {
+        let _ = sys::unlink(&path);
+    }
+    r
+}
+
+/// Makes the removed FIFO of `f` again (once per path), with its mode
+/// and owner.
+fn remake_fifo(f: &File, attrs: &[FileAttr], made: &mut Vec<Vec<u8>>) -> std::io::Result<()> {
+    if made.contains(&f.path.0) {
+        return Ok(());
+    }
+    sys::mkfifo(&f.path.0, 0o600)?;
+    made.push(f.path.0.clone());
+    let fd = sys::open_raw(&f.path.0, libc::O_PATH | libc::O_CLOEXEC, 0)?;
+    let via = format!("/proc/self/fd/{fd}");
+    // fchown/fchmod need a real open; a FIFO opened O_RDWR never blocks.
+    let set = sys::open_raw(
+        via.as_bytes(),
+        libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC,
+        0,
+    )
+    .and_then(|rw| {
+        let owner = attrs
+            .iter()
+            .find(|a| a.file_id == f.id)
+            .map_or(Ok(()), |a| sys::fchown(rw, a.uid, a.gid));
+        let r = owner.and_then(|_| sys::fchmod(rw, f.mode & 0o7777));
+        sys::close(rw);
+        r
+    });
+    sys::close(fd);
+    set
+}
+
+fn open_all_inner(a: &OpenArgs, made: &mut Vec<Vec<u8>>) -> Result<Opened> {
+    let OpenArgs {
+        files,
+        attrs,
+        removed_dirs,
+        pipes,
+        shmem_fd,
+        base,
+        fs,
+        user_of,
+    } = *a;
     let err = |what: String, e: std::io::Error| Error::Sys {
         pid: std::process::id() as Pid,
         what,
@@ -353,6 +660,10 @@ pub fn open_all(
     let mut by_id = Vec::new();
     // Memfd objects whose own description a file took.
     let mut memfd_taken: Vec<u32> = Vec::new();
+    // Unlinked file id -> the recreated inode, open until every
+    // description of it is.
+    let mut inodes: Vec<(u32, i32)> = Vec::new();
+    let mut deferred = Vec::new();
     // Pipe id -> (read end, write end) in this process.
     let mut pipe_ends: Vec<(u32, i32, i32)> = Vec::new();
     for p in pipes {
@@ -380,12 +691,27 @@ pub fn open_all(
         pipe_ends.push((p.id, r2, w2));
     }
     for f in files {
+        let mut f = f.clone();
+        if f.kind != FILE_DIR && f.kind != FILE_DIR_REMOVED {
+            // An O_TMPFILE file reports O_DIRECTORY among its flags.
+            f.flags &= !(libc::O_DIRECTORY as u32);
+        }
+        let f = &f;
+        let opath = f.flags & libc::O_PATH as u32 != 0;
+        if f.kind == FILE_PROC {
+            deferred.push(f.clone());
+            continue;
+        }
         let fd = match f.kind {
-            FILE_PIPE | FILE_FIFO => {
+            FILE_PIPE | FILE_FIFO | FILE_FIFO_REMOVED => {
                 let &(_, r, w) = pipe_ends.iter().find(|x| x.0 == f.obj).ok_or_else(|| {
                     Error::Refused(format!("file {} names a missing pipe {}", f.id, f.obj))
                 })?;
-                if f.kind == FILE_FIFO {
+                if f.kind == FILE_FIFO_REMOVED {
+                    sys::with_fs_ids(fs, || remake_fifo(f, attrs, made))
+                        .map_err(|e| err(format!("make removed FIFO {} again", f.path), e))?;
+                }
+                if f.kind != FILE_PIPE {
                     // Reopening the path gives the FIFO itself; its buffer
                     // was saved with the pipe object, refill it once.
                     let mode = f.flags as i32 & libc::O_ACCMODE;
@@ -470,6 +796,20 @@ pub fn open_all(
                 .map_err(|e| err(format!("reopen unlinked file {}", f.path), e))?
             }
             // Images before ghost objects carried the content in the record.
+            FILE_DIR_REMOVED => {
+                let &(_, dir) = removed_dirs
+                    .iter()
+                    .find(|d| d.0 == f.path.0)
+                    .ok_or_else(|| {
+                        Error::Refused(format!("removed directory {} was not recreated", f.path))
+                    })?;
+                reopen(
+                    format!("/proc/self/fd/{dir}").as_bytes(),
+                    f.flags as i32 | libc::O_DIRECTORY,
+                    base,
+                )
+                .map_err(|e| err(format!("reopen removed directory {}", f.path), e))?
+            }
             FILE_UNLINKED => {
                 let dir = match f.path.0.iter().rposition(|&c| c == b'/') {
                     Some(0) | None => b"/".to_vec(),
@@ -490,29 +830,54 @@ pub fn open_all(
                     ),
                     source: e,
                 })?;
+                inodes.push((f.id, tmp));
                 sys::write_all(tmp, &f.content.0)
                     .map_err(|e| err("write unlinked file".into(), e))?;
-                let fd = reopen(
+                // Owner before mode (chown clears set-id bits), times last
+                // (writing sets them).
+                if let Some(a) = attrs.iter().find(|a| a.file_id == f.id) {
+                    sys::fchown(tmp, a.uid, a.gid)
+                        .map_err(|e| err("set the owner of an unlinked file".into(), e))?;
+                }
+                sys::fchmod(tmp, f.mode & 0o7777)
+                    .map_err(|e| err("set the mode of an unlinked file".into(), e))?;
+                if let Some(a) = attrs.iter().find(|a| a.file_id == f.id) {
+                    sys::futimens(
+                        tmp,
+                        (a.atime_sec, a.atime_nsec),
+                        (a.mtime_sec, a.mtime_nsec),
+                    )
+                    .map_err(|e| err("set the times of an unlinked file".into(), e))?;
+                }
+                reopen(
                     format!("/proc/self/fd/{tmp}").as_bytes(),
                     f.flags as i32,
                     base,
-                );
-                sys::close(tmp);
-                fd.map_err(|e| err("reopen unlinked file".into(), e))?
+                )
+                .map_err(|e| err("reopen unlinked file".into(), e))?
             }
             _ => sys::with_fs_ids(fs, || reopen(&f.path.0, f.flags as i32, base))
                 .map_err(|e| open_err(f, "", e))?,
         };
+        if opath {
+            // Nothing else applies to an O_PATH fd (fcntl F_SETFL and
+            // lseek fail with EBADF).
+            by_id.push((f.id, fd));
+            continue;
+        }
         let want = f.flags as i32 & SETFL_FLAGS;
         sys::fcntl_set(fd, libc::F_SETFL, want)
             .map_err(|e| err(format!("set flags of {}", f.path), e))?;
         if matches!(f.kind, FILE_REGULAR | FILE_UNLINKED | FILE_MEMFD) {
             sys::lseek(fd, f.pos).map_err(|e| err(format!("seek {} to {}", f.path, f.pos), e))?;
-        } else if f.kind == FILE_DIR && f.pos != 0 {
+        } else if matches!(f.kind, FILE_DIR | FILE_DIR_REMOVED) && f.pos != 0 {
             // A directory position is a cookie; best effort.
             let _ = sys::lseek(fd, f.pos);
         }
         by_id.push((f.id, fd));
+    }
+    for (_, tmp) in inodes {
+        sys::close(tmp);
     }
     // Pipe ends no description uses.
     for (_, r, w) in pipe_ends {
@@ -522,12 +887,49 @@ pub fn open_all(
             }
         }
     }
-    Ok(Opened { by_id })
+    Ok(Opened {
+        by_id,
+        deferred,
+        base,
+    })
+}
+
+/// Opens a /proc file of the image in a restored process, once the pid it
+/// is about exists (a sibling or a child may still be being created; every
+/// process of the tree is created without waiting for any other's setup).
+fn open_proc(f: &File, base: i32) -> std::result::Result<i32, String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match reopen(&f.path.0, f.flags as i32, base) {
+            Ok(fd) => {
+                if f.pos != 0 {
+                    sys::lseek(fd, f.pos)
+                        .map_err(|e| format!("seek {} to {}: {e}", f.path, f.pos))?;
+                }
+                return Ok(fd);
+            }
+            Err(e)
+                if e.raw_os_error() == Some(libc::ENOENT)
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            Err(e) => return Err(format!("open {}: {e}", f.path)),
+        }
+    }
 }
 
 /// Installs a process's fds from the inherited descriptions (in a restore
 /// child). Closes every other fd but `keep`.
-pub fn install(fds: &[Fd], opened: &Opened, keep: &[i32]) -> std::result::Result<(), String> {
+/// `shared`: other processes use this fd table too (CLONE_FILES) and may
+/// still fork children that need the descriptions: they stay open, and
+/// the restorer closes them once every process of the table is rebuilt.
+pub fn install(
+    fds: &[Fd],
+    opened: &Opened,
+    keep: &[i32],
+    shared: bool,
+) -> std::result::Result<(), String> {
     let open: Vec<i32> = std::fs::read_dir("/proc/self/fd")
         .map_err(|e| format!("list own fds: {e}"))?
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
@@ -538,9 +940,20 @@ pub fn install(fds: &[Fd], opened: &Opened, keep: &[i32]) -> std::result::Result
             sys::close(fd);
         }
     }
+    let mut own: Vec<(u32, i32)> = Vec::new();
     for d in fds {
-        let src = opened
-            .fd_of(d.file_id)
+        if let Some(f) = opened.deferred.iter().find(|f| f.id == d.file_id) {
+            if !own.iter().any(|x| x.0 == f.id) {
+                own.push((f.id, open_proc(f, opened.base)?));
+            }
+        }
+    }
+    for d in fds {
+        let src = own
+            .iter()
+            .find(|x| x.0 == d.file_id)
+            .map(|x| x.1)
+            .or_else(|| opened.fd_of(d.file_id))
             .ok_or_else(|| format!("fd {} names unknown file {}", d.fd, d.file_id))?;
         sys::dup2(src, d.fd as i32).map_err(|e| format!("dup2 to fd {}: {e}", d.fd))?;
         sys::fcntl_set(
@@ -550,10 +963,47 @@ pub fn install(fds: &[Fd], opened: &Opened, keep: &[i32]) -> std::result::Result
         )
         .map_err(|e| format!("set FD_CLOEXEC on fd {}: {e}", d.fd))?;
     }
-    for s in sources {
+    for (i, s) in sources.iter().chain(own.iter().map(|x| &x.1)).enumerate() {
+        if shared && i < sources.len() {
+            continue;
+        }
+        let s = *s;
         if !keep.contains(&s) && !fds.iter().any(|d| d.fd as i32 == s) {
             sys::close(s);
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_memory_devices_are_reopened() {
+        for minor in [3, 5, 7, 8, 9] {
+            assert!(chr_verdict(1, minor).is_ok(), "1:{minor}");
+        }
+        // /dev/mem, /dev/kmsg and /dev/port are memory-major too, but not stateless.
+        for minor in [1, 2, 4, 11] {
+            assert!(chr_verdict(1, minor).is_err(), "1:{minor}");
+        }
+        let term = |maj, min| {
+            let (what, reason) = chr_verdict(maj, min).unwrap_err();
+            assert!(
+                reason.contains("terminals are not supported"),
+                "{maj}:{min}"
+            );
+            what
+        };
+        assert_eq!(term(136, 3), "a pseudo-terminal");
+        assert_eq!(term(143, 1000), "a pseudo-terminal");
+        assert_eq!(term(5, 0), "the controlling terminal");
+        assert_eq!(term(5, 1), "the console");
+        assert_eq!(term(5, 2), "the pseudo-terminal master multiplexer");
+        assert_eq!(term(4, 1), "a virtual console or serial terminal");
+        let (what, reason) = chr_verdict(10, 200).unwrap_err(); // /dev/net/tun
+        assert_eq!(what, "a character device");
+        assert!(reason.contains("/dev/null"));
+    }
 }

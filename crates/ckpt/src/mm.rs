@@ -95,6 +95,10 @@ impl ShmemTable {
             uid: meta.uid(),
             gid: meta.gid(),
             seals,
+            atime_sec: meta.atime(),
+            atime_nsec: meta.atime_nsec() as u32,
+            mtime_sec: meta.mtime(),
+            mtime_nsec: meta.mtime_nsec() as u32,
         };
         self.objs.push(ShmObj {
             dev,
@@ -948,6 +952,9 @@ pub fn create_shmem(s: &ShmemImage, img_fd: i32, base: i32) -> Result<i32> {
         if let (Some(a), SHMEM_MEMFD | SHMEM_GHOST) = (&s.attrs, s.shmem.kind) {
             crate::sys::fchown_fchmod(fd, a.uid, a.gid, a.mode)
                 .map_err(io(format!("set owner and mode of {}", s.shmem.name)))?;
+            // Times last: writing the content set them.
+            crate::sys::futimens(fd, (a.atime_sec, a.atime_nsec), (a.mtime_sec, a.mtime_nsec))
+                .map_err(io(format!("set the times of {}", s.shmem.name)))?;
             if a.seals != 0 {
                 crate::sys::add_seals(fd, a.seals)
                     .map_err(io(format!("seal memfd {}", s.shmem.name)))?;

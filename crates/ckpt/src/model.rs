@@ -29,6 +29,8 @@ pub struct PageRun {
 #[derive(Debug, Clone, Default)]
 pub struct ProcessImage {
     pub process: Process,
+    /// Set when the working directory was removed.
+    pub cwd_removed: Option<CwdRemoved>,
     pub creds: Creds,
     pub rlimits: Rlimits,
     pub sigactions: SigActions,
@@ -36,6 +38,8 @@ pub struct ProcessImage {
     pub shared_pending: SharedPending,
     pub cgroups: Cgroups,
     pub fds: Vec<Fd>,
+    /// Set when the fd table is the parent's.
+    pub files_shared: Option<FilesShared>,
     pub mm: Mm,
     pub mm_state: MmState,
     pub vmas: Vec<Vma>,
@@ -69,6 +73,8 @@ pub struct Image {
     pub head: Head,
     pub arch: ArchX86_64,
     pub files: Vec<File>,
+    pub file_attrs: Vec<FileAttr>,
+    pub file_owners: Vec<FileOwner>,
     pub pipes: Vec<Pipe>,
     pub shmems: Vec<ShmemImage>,
     pub processes: Vec<ProcessImage>,
@@ -81,6 +87,9 @@ impl ProcessImage {
         if self.is_zombie() {
             return Ok(());
         }
+        if let Some(c) = &self.cwd_removed {
+            w.write(c)?;
+        }
         w.write(&self.creds)?;
         w.write(&self.rlimits)?;
         w.write(&self.sigactions)?;
@@ -89,6 +98,9 @@ impl ProcessImage {
         w.write(&self.cgroups)?;
         for f in &self.fds {
             w.write(f)?;
+        }
+        if let Some(s) = &self.files_shared {
+            w.write(s)?;
         }
         w.write(&self.mm)?;
         w.write(&self.mm_state)?;
@@ -134,6 +146,8 @@ const SINGLETONS: [u32; 8] = [
     T_MM,
     T_MM_STATE,
 ];
+/// Per-process records a live process may have, at most once.
+const OPTIONALS: [u32; 2] = [T_CWD_REMOVED, T_FILES_SHARED];
 /// Per-thread records every thread has exactly once.
 const THREAD_RECORDS: [u32; 3] = [T_X86_REGS, T_X86_XSTATE, T_X86_DEBUGREGS];
 
@@ -145,6 +159,8 @@ struct Assembly {
     open: bool,
     /// Bit i: SINGLETONS[i] seen for the open process.
     singles: u32,
+    /// Bit i: OPTIONALS[i] seen for the open process.
+    optionals: u32,
     /// Per thread of the open process, bit i: THREAD_RECORDS[i] seen.
     threads: Vec<u32>,
     /// The image-end record was read: only the tail may follow.
@@ -212,13 +228,17 @@ impl Image {
                         ..Default::default()
                     })
                 }
-                T_FILE | T_PIPE | T_SHMEM | T_SHMEM_ATTRS if !objects_allowed => {
+                T_FILE | T_PIPE | T_SHMEM | T_SHMEM_ATTRS | T_FILE_ATTR | T_FILE_OWNER
+                    if !objects_allowed =>
+                {
                     return Err(corrupt(
                         &r,
                         "shared object record after the first process".into(),
                     ))
                 }
                 T_FILE => img.files.push(r.decode()?),
+                T_FILE_ATTR => img.file_attrs.push(r.decode()?),
+                T_FILE_OWNER => img.file_owners.push(r.decode()?),
                 T_PIPE => img.pipes.push(r.decode()?),
                 T_SHMEM => img.shmems.push(ShmemImage {
                     shmem: r.decode()?,
@@ -293,16 +313,19 @@ impl Image {
                     match r.rtype {
                         T_CREDS | T_RLIMITS | T_SIGACTIONS | T_ITIMERS | T_SHARED_PENDING
                         | T_CGROUPS | T_MM | T_MM_STATE => mark(&mut asm.singles, &SINGLETONS, &r)?,
+                        T_CWD_REMOVED | T_FILES_SHARED => mark(&mut asm.optionals, &OPTIONALS, &r)?,
                         _ => {}
                     }
                     match r.rtype {
                         T_CREDS => p.creds = r.decode()?,
+                        T_CWD_REMOVED => p.cwd_removed = Some(r.decode()?),
                         T_RLIMITS => p.rlimits = r.decode()?,
                         T_SIGACTIONS => p.sigactions = r.decode()?,
                         T_ITIMERS => p.itimers = r.decode()?,
                         T_SHARED_PENDING => p.shared_pending = r.decode()?,
                         T_CGROUPS => p.cgroups = r.decode()?,
                         T_FD => p.fds.push(r.decode()?),
+                        T_FILES_SHARED => p.files_shared = Some(r.decode()?),
                         T_MM => p.mm = r.decode()?,
                         T_MM_STATE => p.mm_state = r.decode()?,
                         T_VMA => p.vmas.push(r.decode()?),
@@ -381,6 +404,18 @@ impl Image {
             ));
         }
         Ok(img)
+    }
+
+    /// The process whose fd table `p` uses: itself, or the nearest
+    /// ancestor that does not share its parent's table.
+    pub fn table_owner<'a>(&'a self, mut p: &'a ProcessImage) -> &'a ProcessImage {
+        while p.files_shared.is_some() {
+            match self.process(p.process.ppid) {
+                Some(q) => p = q,
+                None => break,
+            }
+        }
+        p
     }
 
     /// The saved process with this pid.

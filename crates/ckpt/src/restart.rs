@@ -171,6 +171,12 @@ struct Build {
     /// (pid, start) of each mapping a process premapped for its children
     /// to inherit copy-on-write (see `mm::premap_cow`).
     premapped: Vec<(Pid, u64)>,
+    /// (live pid, the pid whose fd table it uses), in image order.
+    tables: Vec<(Pid, Pid)>,
+    /// Signal owners still to set, each by the first process holding it.
+    owners: Vec<FileOwner>,
+    /// (path, fd) of each recreated removed working directory.
+    removed_cwds: Vec<(Vec<u8>, i32)>,
 }
 
 /// Chooses where the trampoline goes: free in this process (every restored
@@ -224,7 +230,11 @@ impl Build {
             sys::dup_above(file.as_raw_fd(), base).map_err(io_err("dup image fd".into()))?;
         let mut b = Build {
             fs,
-            opened: files::Opened { by_id: Vec::new() },
+            opened: files::Opened {
+                by_id: Vec::new(),
+                deferred: Vec::new(),
+                base,
+            },
             shmem_fds: Vec::new(),
             img_fd,
             status: (-1, -1),
@@ -234,7 +244,16 @@ impl Build {
             traced: Vec::new(),
             released: false,
             premapped: Vec::new(),
+            tables: img
+                .processes
+                .iter()
+                .filter(|p| !p.is_zombie())
+                .map(|p| (p.pid(), img.table_owner(p).pid()))
+                .collect(),
+            owners: img.file_owners.clone(),
+            removed_cwds: Vec::new(),
         };
+        b.recreate_removed_cwds(img, base)?;
         for s in &img.shmems {
             let fd = crate::mm::create_shmem(s, img_fd, base)?;
             b.shmem_fds.push((s.shmem.id, fd));
@@ -247,14 +266,16 @@ impl Build {
                 .find(|p| p.fds.iter().any(|d| d.file_id == id))
                 .map_or(0, |p| p.pid())
         };
-        b.opened = files::open_all(
-            &img.files,
-            &img.pipes,
-            &|id| shm.iter().find(|x| x.0 == id).map(|x| x.1),
+        b.opened = files::open_all(&files::OpenArgs {
+            files: &img.files,
+            attrs: &img.file_attrs,
+            removed_dirs: &b.removed_cwds,
+            pipes: &img.pipes,
+            shmem_fd: &|id| shm.iter().find(|x| x.0 == id).map(|x| x.1),
             base,
-            b.fs.as_ref(),
-            &user_of,
-        )?;
+            fs: b.fs.as_ref(),
+            user_of: &user_of,
+        })?;
         let (r, w) = sys::pipe().map_err(io_err("pipe".into()))?;
         let w2 = sys::dup_above(w, base).map_err(io_err("dup".into()))?;
         sys::close(w);
@@ -263,11 +284,108 @@ impl Build {
         Ok(b)
     }
 
+    /// Sets the signal owner and signal of the descriptions this process
+    /// is the first to hold, from inside it and with its credentials just
+    /// restored: the kernel records the setter's uid and euid with the
+    /// owner and checks them when it sends the signal. (The original
+    /// setter's own credentials are not visible from outside; those of
+    /// the process holding the file are what a process usually had.)
+    fn restore_owners(&mut self, r: &mut Remote, s: &Scratch, p: &ProcessImage) -> Result<()> {
+        let mut i = 0;
+        while i < self.owners.len() {
+            let o = &self.owners[i];
+            let Some(d) = p.fds.iter().find(|d| d.file_id == o.file_id) else {
+                i += 1;
+                continue;
+            };
+            let fd = d.fd as u64;
+            r.call(
+                "fcntl(F_SETSIG)",
+                libc::SYS_fcntl,
+                &[fd, sys::F_SETSIG as u64, o.signum as u64],
+            )?;
+            if o.owner != 0 {
+                let mut ex = o.owner_type.to_le_bytes().to_vec();
+                ex.extend_from_slice(&o.owner.to_le_bytes());
+                s.write(0, &ex)?;
+                r.call(
+                    "fcntl(F_SETOWN_EX)",
+                    libc::SYS_fcntl,
+                    &[fd, sys::F_SETOWN_EX as u64, s.addr],
+                )?;
+            }
+            self.owners.remove(i);
+        }
+        Ok(())
+    }
+
+    /// The live processes using the same fd table as `pid`, in image order.
+    fn table_members(&self, pid: Pid) -> Vec<Pid> {
+        let owner = self.tables.iter().find(|t| t.0 == pid).map_or(pid, |t| t.1);
+        self.tables
+            .iter()
+            .filter(|t| t.1 == owner)
+            .map(|t| t.0)
+            .collect()
+    }
+
     /// fds a restored process keeps until its restore is complete.
     fn keep(&self) -> Vec<i32> {
         let mut k = vec![self.img_fd, self.status.1];
         k.extend(self.shmem_fds.iter().map(|x| x.1));
+        k.extend(self.removed_cwds.iter().map(|x| x.1));
         k
+    }
+
+    /// Recreates each removed working directory for a moment: created,
+    /// given its mode and owner, opened (processes enter it by fd) and
+    /// removed again, so it is as removed as it was. Processes that were
+    /// in a removed directory of one name share one again.
+    fn recreate_removed_cwds(&mut self, img: &Image, base: i32) -> Result<()> {
+        // (path, mode, uid, gid, whose): removed cwds, then removed
+        // directories open as fds (kind FILE_DIR_REMOVED).
+        let mut dirs: Vec<(&[u8], u32, u32, u32, String)> = Vec::new();
+        for p in &img.processes {
+            if let Some(c) = &p.cwd_removed {
+                let whose = format!("cwd {} of pid {}", p.process.cwd, p.pid());
+                dirs.push((&p.process.cwd.0, c.mode, c.uid, c.gid, whose));
+            }
+        }
+        for f in img.files.iter().filter(|f| f.kind == FILE_DIR_REMOVED) {
+            let a = img.file_attrs.iter().find(|a| a.file_id == f.id);
+            let (uid, gid) = a.map_or((0, 0), |a| (a.uid, a.gid));
+            dirs.push((&f.path.0, f.mode, uid, gid, format!("directory {}", f.path)));
+        }
+        for (path, mode, uid, gid, whose) in dirs {
+            if self.removed_cwds.iter().any(|d| d.0 == path) {
+                continue;
+            }
+            let what = |w: &str| format!("{w} removed {whose}");
+            sys::mkdir(path, 0o700).map_err(io_err(what("recreate")))?;
+            let opened = sys::open_raw(
+                path,
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+                0,
+            )
+            .and_then(|fd| {
+                let high = sys::dup_above(fd, base);
+                sys::close(fd);
+                high
+            });
+            let fd = match opened {
+                Ok(fd) => fd,
+                Err(e) => {
+                    let _ = sys::rmdir(path);
+                    return Err(io_err(what("open"))(e));
+                }
+            };
+            self.removed_cwds.push((path.to_vec(), fd));
+            let set = sys::fchown(fd, uid, gid).and_then(|_| sys::fchmod(fd, mode & 0o7777));
+            let removed = sys::rmdir(path);
+            set.map_err(io_err(what("set mode and owner of")))?;
+            removed.map_err(io_err(what("remove")))?;
+        }
+        Ok(())
     }
 
     /// Creates the tree: ckpt forks the root, each process forks its own
@@ -298,7 +416,12 @@ impl Build {
         // Our copies of what the tree inherited are no longer needed.
         sys::munmap(self.tramp, TRAMP_LEN as usize);
         sys::close(self.status.1);
-        for fd in self.opened.all().chain(self.shmem_fds.iter().map(|x| x.1)) {
+        for fd in self
+            .opened
+            .all()
+            .chain(self.shmem_fds.iter().map(|x| x.1))
+            .chain(self.removed_cwds.iter().map(|x| x.1))
+        {
             sys::close(fd);
         }
         sys::close(self.img_fd);
@@ -425,6 +548,7 @@ impl Build {
                                     set_ids(c);
                                     sys::exit_like(c.process.exit_status)
                                 }
+                                Ok(0) if c.files_shared.is_some() => sys::exit_now(1),
                                 Ok(0) => self.become_process(img, c, true),
                                 Ok(_) => {}
                                 Err(_) => sys::exit_now(1),
@@ -450,7 +574,12 @@ impl Build {
                 );
             }
             for c in kids.iter().filter(|c| !orphan_sid(c)) {
-                match sys::fork_with_pid(c.pid()) {
+                let flags = if c.files_shared.is_some() {
+                    libc::CLONE_FILES as u64
+                } else {
+                    0
+                };
+                match sys::fork_with_pid_flags(c.pid(), flags) {
                     Ok(0) if c.is_zombie() => {
                         set_ids(c);
                         sys::exit_like(c.process.exit_status)
@@ -468,15 +597,24 @@ impl Build {
                 // Their SIGCHLD was not pending in the saved process.
                 sys::drain_signal(libc::SIGCHLD);
             }
-            files::install(&p.fds, &self.opened, &self.keep())?;
+            // A process sharing its parent's fd table finds its fds there.
+            if p.files_shared.is_none() {
+                let shared = self.table_members(pid).len() > 1;
+                files::install(&p.fds, &self.opened, &self.keep(), shared)?;
+            }
+            // The cwd is a path in our root (and need not lie under the
+            // process's root); the chroot comes in `rebuild`, once the
+            // mapped files are open, and leaves the cwd where it is.
             let fs = self.fs.as_ref();
             let who = fs.map(|f| format!(" as uid {}", f.uid)).unwrap_or_default();
-            if p.process.root.0 != b"/" {
-                sys::with_fs_ids(fs, || sys::chroot(&p.process.root.0))
-                    .map_err(|e| format!("chroot {}{who}: {e}", p.process.root))?;
+            let cwd = &p.process.cwd;
+            match self.removed_cwds.iter().find(|d| d.0 == cwd.0) {
+                Some(d) if p.cwd_removed.is_some() => {
+                    sys::fchdir(d.1).map_err(|e| format!("enter recreated cwd {cwd}: {e}"))?
+                }
+                _ => sys::with_fs_ids(fs, || sys::chdir(&cwd.0))
+                    .map_err(|e| format!("chdir {cwd}{who}: {e}"))?,
             }
-            sys::with_fs_ids(fs, || sys::chdir(&p.process.cwd.0))
-                .map_err(|e| format!("chdir {}{who}: {e}", p.process.cwd))?;
             sys::umask(p.process.umask);
             sys::set_comm(&p.process.comm.0);
             sys::personality(p.process.personality).map_err(|e| format!("personality: {e}"))?;
@@ -572,6 +710,13 @@ impl Build {
             task::restore_pending(&mut tr, &s, pid, Some(tid), &t.thread.pending)?;
             others.push(tr);
         }
+        if p.process.root.0 != b"/" {
+            // Its path is in our root, like every path of the image.
+            let mut path = p.process.root.0.clone();
+            path.push(0);
+            s.write(0, &path)?;
+            r.call("chroot", libc::SYS_chroot, &[s.addr])?;
+        }
         task::restore_thread(&mut r, &s, &main.thread)?;
         task::restore_rlimits(&mut r, &s, &p.rlimits)?;
         if p.process.dumpable == 2 {
@@ -582,6 +727,7 @@ impl Build {
             crate::creds::restore(tr, &s, &p.creds)?;
         }
         crate::creds::restore(&mut r, &s, &p.creds)?;
+        self.restore_owners(&mut r, &s, p)?;
         task::restore_itimers(&mut r, &s, &p.itimers)?;
         if p.pid() == self.created[0] && !self.pgid_helpers.is_empty() {
             self.reap_group_helpers(&mut r, &s)?;
@@ -602,10 +748,22 @@ impl Build {
         }
         // After the credentials, whose change reset it.
         crate::creds::restore_dumpable(&mut r, p.process.dumpable)?;
-        for fd in self.keep() {
-            if !p.fds.iter().any(|d| d.fd as i32 == fd) {
-                r.call("close", libc::SYS_close, &[fd as u64])?;
+        let members = self.table_members(pid);
+        if members.len() == 1 {
+            for fd in self.keep() {
+                if !p.fds.iter().any(|d| d.fd as i32 == fd) {
+                    r.call("close", libc::SYS_close, &[fd as u64])?;
+                }
             }
+        } else if members.last() == Some(&pid) {
+            // The last process of a shared fd table to be rebuilt closes
+            // what the others still needed (the image, the descriptions
+            // they forked children with): every fd above the image's.
+            r.call(
+                "close_range",
+                libc::SYS_close_range,
+                &[self.opened.base as u64, u32::MAX as u64, 0],
+            )?;
         }
 
         // The last injected call unmaps the trampoline, so it must run from
@@ -903,18 +1061,28 @@ fn validate_process(
             ))
         }
     }
-    // cwd is relative to the process's root; both must still be directories.
-    let root = std::path::Path::new(std::ffi::OsStr::from_bytes(&p.process.root.0));
-    let cwd = std::ffi::OsStr::from_bytes(&p.process.cwd.0);
-    let cwd = root.join(
-        std::path::Path::new(cwd)
-            .strip_prefix("/")
-            .unwrap_or(cwd.as_ref()),
-    );
-    for (what, dir) in [
-        ("root directory", root.to_path_buf()),
-        ("working directory", cwd),
-    ] {
+    // cwd and root are both paths in the checkpointer's root (the cwd need
+    // not lie under the root); both must still be directories.
+    let path = |t: &Text| std::path::PathBuf::from(std::ffi::OsStr::from_bytes(&t.0));
+    if p.cwd_removed.is_some() {
+        // It is recreated, entered and removed again: its name must be free
+        // and its parent must exist.
+        let cwd = path(&p.process.cwd);
+        if cwd.symlink_metadata().is_ok() || !cwd.parent().is_some_and(|d| d.is_dir()) {
+            return refuse(format!(
+                "pid {pid}: its working directory {} was removed; restart recreates it for a moment, which needs the name free and its parent directory present",
+                cwd.display()
+            ));
+        }
+    }
+    let dirs = [
+        ("root directory", path(&p.process.root)),
+        ("working directory", path(&p.process.cwd)),
+    ];
+    for (what, dir) in dirs
+        .into_iter()
+        .take(if p.cwd_removed.is_some() { 1 } else { 2 })
+    {
         if !sys::with_fs_ids(fs, || std::fs::metadata(&dir)).is_ok_and(|m| m.is_dir()) {
             return refuse(format!(
                 "pid {pid}: its {what} {} does not exist here; create it or restart where it exists",
@@ -1039,6 +1207,15 @@ fn validate_process(
             ));
         }
     }
+    if let Some(sh) = &p.files_shared {
+        let parent = img.process(p.process.ppid);
+        if sh.parent != p.process.ppid || parent.is_none_or(|q| q.is_zombie()) {
+            return refuse(format!(
+                "pid {pid}: shares the fd table of {}, which is not its live parent in the image",
+                sh.parent
+            ));
+        }
+    }
     for (i, d) in p.fds.iter().enumerate() {
         if p.fds[..i].iter().any(|e| e.fd == d.fd) {
             return refuse(format!("pid {pid}: fd {} appears twice in the image", d.fd));
@@ -1066,14 +1243,102 @@ fn validate_objects(img: &Image, fs: Option<&sys::FsIds>) -> Result<()> {
             "the image has two shared objects (files, pipes or shmem objects) with one id".into(),
         );
     }
+    for o in &img.file_owners {
+        let ok_owner = match o.owner_type {
+            _ if o.owner == 0 => true,
+            0 | 1 => img.process(o.owner).is_some(),
+            2 => img.processes.iter().any(|p| p.process.pgid == o.owner),
+            _ => false,
+        };
+        if !ok_owner || o.signum > 64 || !img.files.iter().any(|f| f.id == o.file_id) {
+            return refuse(format!(
+                "file {}: invalid signal owner {} (type {}) or signal {}",
+                o.file_id, o.owner, o.owner_type, o.signum
+            ));
+        }
+    }
+    for a in &img.file_attrs {
+        if !img
+            .files
+            .iter()
+            .any(|f| f.id == a.file_id && matches!(f.kind, FILE_DIR_REMOVED | FILE_FIFO_REMOVED))
+        {
+            return refuse(format!(
+                "file attributes name file {}, which is not a removed directory or FIFO of the image",
+                a.file_id
+            ));
+        }
+        if a.atime_nsec >= 1_000_000_000 || a.mtime_nsec >= 1_000_000_000 {
+            return refuse(format!("file {}: invalid file times", a.file_id));
+        }
+    }
     for f in &img.files {
         if matches!(f.kind, FILE_REGULAR | FILE_DIR | FILE_CHR | FILE_FIFO) {
             let path = std::ffi::OsStr::from_bytes(&f.path.0);
-            if let Err(e) = sys::with_fs_ids(fs, || std::fs::metadata(path)) {
-                return refuse(format!("open file {} is missing: {e}", f.path));
+            match sys::with_fs_ids(fs, || std::fs::metadata(path)) {
+                Err(e) => return refuse(format!("open file {} is missing: {e}", f.path)),
+                // Only the devices a checkpoint accepts, and the very one saved.
+                Ok(m) if f.kind == FILE_CHR && f.flags & libc::O_PATH as u32 == 0 => {
+                    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+                    let rdev = m.rdev();
+                    if !m.file_type().is_char_device()
+                        || rdev != f.rdev
+                        || files::chr_verdict(libc::major(rdev), libc::minor(rdev)).is_err()
+                    {
+                        return refuse(format!(
+                            "open file {} is not the character device the image saved ({}:{})",
+                            f.path,
+                            libc::major(f.rdev),
+                            libc::minor(f.rdev)
+                        ));
+                    }
+                }
+                Ok(_) => {}
             }
         }
-        if matches!(f.kind, FILE_PIPE | FILE_FIFO) && !img.pipes.iter().any(|p| p.id == f.obj) {
+        if f.kind == FILE_DIR_REMOVED {
+            let dir = std::path::Path::new(std::ffi::OsStr::from_bytes(&f.path.0));
+            if dir.symlink_metadata().is_ok() || !dir.parent().is_some_and(|d| d.is_dir()) {
+                return refuse(format!(
+                    "open directory {} was removed; restart recreates it for a moment, which needs the name free and its parent directory present",
+                    f.path
+                ));
+            }
+        }
+        if f.kind == FILE_PROC {
+            match files::proc_pid(&f.path.0) {
+                Some(Ok(pid)) if img.process(pid).is_some() => {}
+                _ => {
+                    return refuse(format!(
+                        "open file {} is not a /proc file of a process of the image",
+                        f.path
+                    ))
+                }
+            }
+        }
+        if f.kind == FILE_FIFO_REMOVED {
+            let other_fifo = |g: &File| g.kind == FILE_FIFO_REMOVED && g.obj == f.obj;
+            let path = std::path::Path::new(std::ffi::OsStr::from_bytes(&f.path.0));
+            if path.symlink_metadata().is_ok() || !path.parent().is_some_and(|d| d.is_dir()) {
+                return refuse(format!(
+                    "open FIFO {} was removed; restart makes it again for a moment, which needs the name free and its parent directory present",
+                    f.path
+                ));
+            }
+            if img
+                .files
+                .iter()
+                .any(|g| other_fifo(g) && g.path.0 != f.path.0)
+            {
+                return refuse(format!(
+                    "removed FIFO {} has descriptions of two paths",
+                    f.path
+                ));
+            }
+        }
+        if matches!(f.kind, FILE_PIPE | FILE_FIFO | FILE_FIFO_REMOVED)
+            && !img.pipes.iter().any(|p| p.id == f.obj)
+        {
             return refuse(format!("file {} names a missing pipe", f.path));
         }
         if (f.kind == FILE_MEMFD || (f.kind == FILE_UNLINKED && f.obj != 0))

@@ -212,6 +212,14 @@ pub fn same_file(pid1: Pid, fd1: i32, pid2: Pid, fd2: i32) -> io::Result<bool> {
     Ok(r == 0)
 }
 
+/// kcmp(KCMP_FILES): do two processes share one fd table?
+pub fn same_fd_table(pid1: Pid, pid2: Pid) -> io::Result<bool> {
+    const KCMP_FILES: i32 = 2;
+    // SAFETY: kcmp takes integers only.
+    let r = check(unsafe { libc::syscall(libc::SYS_kcmp, pid1, pid2, KCMP_FILES, 0, 0) })?;
+    Ok(r == 0)
+}
+
 /// prlimit(pid, resource, new, old).
 pub fn prlimit(pid: Pid, res: u32, new: Option<(u64, u64)>) -> io::Result<(u64, u64)> {
     let n = new.map(|(c, m)| libc::rlimit64 {
@@ -231,9 +239,16 @@ pub fn prlimit(pid: Pid, res: u32, new: Option<(u64, u64)>) -> io::Result<(u64, 
 /// clone3 with `set_tid = [pid]`: a fork whose child gets `pid`.
 /// Returns 0 in the child, the pid in the parent.
 pub fn fork_with_pid(pid: Pid) -> io::Result<Pid> {
+    fork_with_pid_flags(pid, 0)
+}
+
+/// [`fork_with_pid`] with extra clone flags (only `CLONE_FILES` is used: the
+/// child shares our fd table).
+pub fn fork_with_pid_flags(pid: Pid, flags: u64) -> io::Result<Pid> {
     let tid: [libc::pid_t; 1] = [pid];
     // SAFETY: clone_args is plain integers.
     let mut a: libc::clone_args = unsafe { std::mem::zeroed() };
+    a.flags = flags & libc::CLONE_FILES as u64;
     a.exit_signal = libc::SIGCHLD as u64;
     a.set_tid = tid.as_ptr() as u64;
     a.set_tid_size = 1;
@@ -256,6 +271,39 @@ pub fn pidfd_open(pid: Pid) -> io::Result<std::os::fd::OwnedFd> {
     let r = check(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) })?;
     // SAFETY: r is a fresh fd owned by nobody else.
     Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(r as i32) })
+}
+
+/// pidfd_getfd(pidfd, fd): a new fd of ours for the same open file
+/// description as `fd` of the pidfd's process (we trace it, so we may).
+pub fn pidfd_getfd(pidfd: i32, fd: i32) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: integer arguments; on success the kernel returns a new fd we own.
+    let r = check(unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd, fd, 0) })?;
+    // SAFETY: r is a fresh fd owned by nobody else.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(r as i32) })
+}
+
+/// struct f_owner_ex (F_GETOWN_EX / F_SETOWN_EX).
+#[repr(C)]
+#[derive(Default)]
+pub struct FOwnerEx {
+    pub kind: i32,
+    pub pid: i32,
+}
+const _: () = assert!(std::mem::size_of::<FOwnerEx>() == 8);
+pub const F_SETOWN_EX: i32 = 15;
+const F_GETOWN_EX: i32 = 16;
+pub const F_SETSIG: i32 = 10;
+const F_GETSIG: i32 = 11;
+
+/// The owner (F_GETOWN_EX: type, id) and F_GETSIG signal of a description.
+pub fn file_owner(fd: i32) -> io::Result<(i32, i32, i32)> {
+    let mut o = FOwnerEx::default();
+    // SAFETY: o is a valid f_owner_ex out-pointer.
+    check(unsafe { libc::fcntl(fd, F_GETOWN_EX, &mut o as *mut FOwnerEx) } as libc::c_long)?;
+    // SAFETY: F_GETSIG takes no argument.
+    let sig = check(unsafe { libc::fcntl(fd, F_GETSIG) } as libc::c_long)?;
+    Ok((o.kind, o.pid, sig as i32))
 }
 
 /// CPUID leaf/subleaf: (eax, ebx, ecx, edx).
@@ -496,10 +544,37 @@ pub fn chdir(path: &[u8]) -> io::Result<()> {
     // SAFETY: c is NUL-terminated.
     check(unsafe { libc::chdir(c.as_ptr()) } as libc::c_long).map(drop)
 }
+pub fn fchdir(fd: i32) -> io::Result<()> {
+    // SAFETY: plain syscall on an integer fd.
+    check(unsafe { libc::fchdir(fd) } as libc::c_long).map(drop)
+}
 pub fn chroot(path: &[u8]) -> io::Result<()> {
     let c = std::ffi::CString::new(path).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     // SAFETY: c is NUL-terminated.
     check(unsafe { libc::chroot(c.as_ptr()) } as libc::c_long).map(drop)
+}
+/// mkdir(path, mode) and rmdir(path) in the calling process.
+pub fn mkdir(path: &[u8], mode: u32) -> io::Result<()> {
+    let c = std::ffi::CString::new(path).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: c is NUL-terminated.
+    check(unsafe { libc::mkdir(c.as_ptr(), mode) } as libc::c_long).map(drop)
+}
+pub fn rmdir(path: &[u8]) -> io::Result<()> {
+    let c = std::ffi::CString::new(path).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: c is NUL-terminated.
+    check(unsafe { libc::rmdir(c.as_ptr()) } as libc::c_long).map(drop)
+}
+
+/// mkfifo(path, mode) and unlink(path) in the calling process.
+pub fn mkfifo(path: &[u8], mode: u32) -> io::Result<()> {
+    let c = std::ffi::CString::new(path).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: c is NUL-terminated.
+    check(unsafe { libc::mkfifo(c.as_ptr(), mode) } as libc::c_long).map(drop)
+}
+pub fn unlink(path: &[u8]) -> io::Result<()> {
+    let c = std::ffi::CString::new(path).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: c is NUL-terminated.
+    check(unsafe { libc::unlink(c.as_ptr()) } as libc::c_long).map(drop)
 }
 
 /// prctl with integer arguments in the calling process.
@@ -570,6 +645,29 @@ pub fn next_data(f: &std::fs::File, off: u64, size: u64) -> Option<(u64, u64)> {
 pub fn ftruncate(fd: i32, len: u64) -> io::Result<()> {
     // SAFETY: integer arguments.
     check(unsafe { libc::ftruncate64(fd, len as i64) } as libc::c_long).map(drop)
+}
+
+/// fchown(fd, uid, gid).
+pub fn fchown(fd: i32, uid: u32, gid: u32) -> io::Result<()> {
+    // SAFETY: integer arguments.
+    check(unsafe { libc::fchown(fd, uid, gid) } as libc::c_long).map(drop)
+}
+
+/// fchmod(fd, mode).
+pub fn fchmod(fd: i32, mode: u32) -> io::Result<()> {
+    // SAFETY: integer arguments.
+    check(unsafe { libc::fchmod(fd, mode) } as libc::c_long).map(drop)
+}
+
+/// futimens(fd, [atime, mtime]) with (seconds, nanoseconds) each.
+pub fn futimens(fd: i32, atime: (i64, u32), mtime: (i64, u32)) -> io::Result<()> {
+    let ts = |(sec, nsec): (i64, u32)| libc::timespec {
+        tv_sec: sec,
+        tv_nsec: nsec as i64,
+    };
+    let times = [ts(atime), ts(mtime)];
+    // SAFETY: times is an array of two valid timespecs.
+    check(unsafe { libc::futimens(fd, times.as_ptr()) } as libc::c_long).map(drop)
 }
 
 /// memfd_create(name, MFD_CLOEXEC) as a raw fd >= base.

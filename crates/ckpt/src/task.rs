@@ -7,7 +7,7 @@ use crate::procfs::{self, Stat, Status};
 use crate::remote::Remote;
 use crate::sys::{self, Pid};
 use ckpt_image::*;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 
 /// Number of resource limits (RLIM_NLIMITS).
 const NLIMITS: u32 = 16;
@@ -68,6 +68,30 @@ pub fn dump_process(
         .ok()
         .and_then(|p| u32::from_str_radix(p.trim(), 16).ok())
         .unwrap_or(0);
+    // Both are read from outside, so they are paths in our root, also for
+    // a chrooted process (restart does chdir, then chroot).
+    let mut dirs = Vec::new();
+    for (what, name) in [("working directory", "cwd"), ("root directory", "root")] {
+        let link = procfs::link(pid, name).ctx(pid, || format!("read {name}"))?;
+        let gone = dir_removed(pid, name, &link)?;
+        if gone && name == "cwd" {
+            // Recreated at restart (see `dump_cwd_removed`).
+            let path = link.strip_suffix(b" (deleted)").unwrap_or(&link);
+            dirs.push(text(path));
+            continue;
+        }
+        if gone {
+            return Err(crate::error::Error::Unsupported {
+                pid,
+                comm: String::from_utf8_lossy(&st.comm).into_owned(),
+                object: format!("its {what} {}", String::from_utf8_lossy(&link)),
+                reason: "the directory was removed, so restart could not enter it; have it chroot into an existing directory".into(),
+            });
+        }
+        dirs.push(text(&link));
+    }
+    let root = dirs.pop().unwrap_or_default();
+    let cwd = dirs.pop().unwrap_or_default();
     Ok(Process {
         pid,
         ppid: st.ppid,
@@ -76,8 +100,8 @@ pub fn dump_process(
         nr_threads: 1,
         comm: text(&st.comm),
         exe: text(&procfs::link(pid, "exe").unwrap_or_default()),
-        cwd: text(&procfs::link(pid, "cwd").ctx(pid, || "read cwd".into())?),
-        root: text(&procfs::link(pid, "root").ctx(pid, || "read root".into())?),
+        cwd,
+        root,
         umask: status.octal("Umask").unwrap_or(0o022),
         personality,
         dumpable: r.call(
@@ -94,6 +118,37 @@ pub fn dump_process(
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or(0),
     })
+}
+
+/// Mode and owner of the working directory if it was removed (restart
+/// recreates it, enters it and removes it again, so the process sees a
+/// removed directory of that name, mode and owner, as before).
+pub fn dump_cwd_removed(pid: Pid) -> Result<Option<CwdRemoved>> {
+    let link = procfs::link(pid, "cwd").ctx(pid, || "read cwd".into())?;
+    let m = std::fs::metadata(format!("/proc/{pid}/cwd")).ctx(pid, || "stat cwd".into())?;
+    Ok(dir_removed(pid, "cwd", &link)?.then(|| CwdRemoved {
+        mode: m.mode(),
+        uid: m.uid(),
+        gid: m.gid(),
+    }))
+}
+
+/// Whether /proc/PID/NAME (cwd or root, whose link reads `link`) is a
+/// removed directory: no links left, or (on file systems that keep a
+/// directory's count) a "(deleted)" name that no longer leads to it.
+fn dir_removed(pid: Pid, name: &str, link: &[u8]) -> Result<bool> {
+    use std::os::unix::ffi::OsStrExt;
+    let m = std::fs::metadata(format!("/proc/{pid}/{name}")).ctx(pid, || format!("stat {name}"))?;
+    if m.nlink() == 0 {
+        return Ok(true);
+    }
+    let same = |p: &[u8]| {
+        std::fs::metadata(std::ffi::OsStr::from_bytes(p))
+            .is_ok_and(|o| o.dev() == m.dev() && o.ino() == m.ino())
+    };
+    Ok(link
+        .strip_suffix(b" (deleted)")
+        .is_some_and(|p| !same(p) && !same(link)))
 }
 
 pub fn dump_creds(status: &Status) -> Creds {
