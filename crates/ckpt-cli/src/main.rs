@@ -168,6 +168,8 @@ fn run(cli: Cli) -> Result<u8> {
             freeze_cgroup,
             log,
         } => {
+            // First, so that no moment of the checkpoint misses a signal.
+            let cancel = install_cancel_handlers()?;
             let mut log = open_log(&log)?;
             if !ckpt::procfs::exists(pid) {
                 bail!("no process with pid {pid}; check the pid with `ps -p {pid}`");
@@ -191,7 +193,6 @@ fn run(cli: Cli) -> Result<u8> {
                     .open(&output)
                     .with_context(|| format!("cannot create image {output}"))?
             };
-            let cancel = install_cancel_handlers()?;
             let opts = ckpt::CheckpointOptions {
                 leave_running,
                 freeze_cgroup,
