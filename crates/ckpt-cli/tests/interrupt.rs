@@ -5,7 +5,7 @@
 //! checkpointed with `--leave-running` again and again while ckpt is
 //! killed: SIGKILL at exact injected syscalls (the
 //! `CKPT_TEST_KILL_AT_INJECTION` hook: before, at the entry and at the exit
-//! of the Nth one) and SIGKILL, SIGTERM, SIGINT after random delays over
+//! of the Nth one, and of the final munmap of the scratch region) and SIGKILL, SIGTERM, SIGINT after random delays over
 //! the length of a whole checkpoint. After each, the process must be
 //! running, untraced, with every thread's blocked mask and its fds as
 //! before, no mapping changed (after SIGKILL, only the scratch region may
@@ -229,6 +229,14 @@ fn checkpoint_killed_at_any_moment_leaves_the_process_unharmed() {
         img.as_os_str(),
         OsStr::new("--leave-running"),
     ];
+    // It closes the readiness FIFO right after writing to it.
+    let wpid = w.pid;
+    let closed = wait_until(TIMEOUT, || !fds(wpid).iter().any(|f| f.ends_with(".ready")));
+    assert!(
+        closed,
+        "the workload keeps its FIFO open{}",
+        w.diagnostics()
+    );
     let mut base = baseline(w.pid);
 
     // One uninterrupted checkpoint: how long a whole one takes.
@@ -241,7 +249,11 @@ fn checkpoint_killed_at_any_moment_leaves_the_process_unharmed() {
 
     // Exact moments: the Nth injected syscall, before/at entry/at exit.
     // (About 100 calls read the metadata, then one per 4 MiB of pages.)
-    let ns = [1, 2, 3, 4, 5, 6, 8, 11, 16, 30, 60, 90, 120, 150];
+    // `unmap` is the final munmap of the scratch region.
+    let ns = [
+        "1", "2", "3", "4", "5", "6", "8", "11", "16", "30", "60", "90", "120", "150", "unmap",
+        "unmap", "unmap",
+    ];
     for (i, n) in ns.into_iter().enumerate() {
         let moment = ["before", "entry", "exit"][i % 3];
         let hook = format!("{n}:{moment}");

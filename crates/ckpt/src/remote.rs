@@ -190,22 +190,27 @@ fn resumable(saved: &Regs) -> Regs {
 
 /// Test hook: `CKPT_TEST_KILL_AT_INJECTION=N[:before|:entry|:exit]` makes
 /// ckpt SIGKILL itself at that moment of its Nth injected syscall (counted
-/// from 1 over the whole run), so tests can hit exact moments.
-fn test_hook(moment: &str) {
-    static AT: OnceLock<Option<(u64, String)>> = OnceLock::new();
+/// from 1 over the whole run), so tests can hit exact moments; N = `unmap`
+/// names the final munmap of the first session's scratch region.
+fn test_hook(moment: &str, tag: Option<&str>) {
+    static AT: OnceLock<Option<(String, String)>> = OnceLock::new();
     static COUNT: AtomicU64 = AtomicU64::new(0);
     let at = AT.get_or_init(|| {
         let v = std::env::var("CKPT_TEST_KILL_AT_INJECTION").ok()?;
         let (n, m) = v.split_once(':').unwrap_or((&v, "entry"));
-        Some((n.parse().ok()?, m.to_string()))
+        Some((n.to_string(), m.to_string()))
     });
-    let Some((n, m)) = at else { return };
     let c = if moment == "before" {
         COUNT.fetch_add(1, Ordering::SeqCst) + 1
     } else {
         COUNT.load(Ordering::SeqCst)
     };
-    if c == *n && m == moment {
+    let Some((n, m)) = at else { return };
+    let hit = match n.parse::<u64>() {
+        Ok(n) => c == n,
+        Err(_) => tag == Some(n.as_str()),
+    };
+    if hit && m == moment {
         let _ = sys::kill(std::process::id() as Pid, libc::SIGKILL);
     }
 }
@@ -213,11 +218,15 @@ fn test_hook(moment: &str) {
 /// Runs the task, whose registers are set up at a `syscall` at `ip`, to the
 /// syscall's exit; returns rax.
 fn complete(t: Pid, ip: u64) -> Result<i64> {
-    test_hook("before");
+    complete_tagged(t, ip, None)
+}
+
+fn complete_tagged(t: Pid, ip: u64, tag: Option<&str>) -> Result<i64> {
+    test_hook("before", tag);
     step_to_syscall_stop(t, ip)?; // entry
-    test_hook("entry");
+    test_hook("entry", tag);
     step_to_syscall_stop(t, ip)?; // exit
-    test_hook("exit");
+    test_hook("exit", tag);
     let out = sys::get_regs(t).ctx(t, || "read syscall result".into())?;
     Ok(out.rax as i64)
 }
@@ -724,16 +733,13 @@ impl Session {
         let maps = procfs::maps(self.pid).ctx(self.pid, || "read /proc smaps".into())?;
         let mut r = self.outer_call(t, &maps, libc::SYS_munmap, &[addr, len])?;
         if r.rip == self.vdso_syscall {
-            // No healing frame: the slot's stub at least heals until the
-            // munmap has run.
+            // No healing frame: from here until the registers are back,
+            // a killed ckpt leaves the thread to fault after the munmap.
             r.rip = t.slot().stub(0);
         }
         t.set_regs(&r)?;
-        check(
-            t.tid,
-            "munmap of the scratch region",
-            complete(t.tid, r.rip)?,
-        )?;
+        let rc = complete_tagged(t.tid, r.rip, Some("unmap"))?;
+        check(t.tid, "munmap of the scratch region", rc)?;
         self.scratch = None;
         Ok(())
     }
