@@ -327,3 +327,122 @@ fn assert_incomplete_without_pages(env: &TestEnv, img: &Path, what: &str) {
         run.describe()
     );
 }
+
+/// Every process of a tree (`tree.c`: a session, a group, a pipe with
+/// 64 KiB in flight, a zombie) comes out of killed and cancelled
+/// checkpoints as it went in, and the stream through the pipe has no gap
+/// or duplicate at the end (nothing was consumed or injected).
+#[test]
+fn tree_checkpoint_killed_or_cancelled_leaves_every_process_unharmed() {
+    let Some(env) = TestEnv::new("tree_checkpoint_killed_or_cancelled") else {
+        return;
+    };
+    let Some(mut w) = env.start_workload("tree", &[]) else {
+        return;
+    };
+    // R writes the pids file once its tree is in place.
+    let pids_file = w.result_sibling(".pids");
+    let ok = wait_until(TIMEOUT, || {
+        fs::read_to_string(&pids_file).is_ok_and(|s| s.split_whitespace().count() == 4)
+    });
+    assert!(ok, "no pids file{}", w.diagnostics());
+    let pids: Vec<i32> = fs::read_to_string(&pids_file)
+        .unwrap()
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    let rpid = w.pid;
+    let closed = wait_until(TIMEOUT, || !fds(rpid).iter().any(|f| f.ends_with(".ready")));
+    assert!(
+        closed,
+        "the workload keeps its FIFO open{}",
+        w.diagnostics()
+    );
+    let img = env.path("t.img");
+    let pid = w.pid.to_string();
+    let args = [
+        OsStr::new("checkpoint"),
+        OsStr::new(&pid),
+        OsStr::new("-o"),
+        img.as_os_str(),
+        OsStr::new("--leave-running"),
+    ];
+    // Zombie, stopped, or alive (running and sleeping alike).
+    let class = |p: i32| match proc_state(p) {
+        Some('Z') => 'Z',
+        Some('T' | 't') => 'T',
+        Some(_) => 'A',
+        None => '-',
+    };
+    let snap = |p: i32| (baseline(p), class(p));
+    let base: Vec<_> = pids.iter().map(|&p| snap(p)).collect();
+    let base_class = |p: i32| {
+        let i = pids.iter().position(|&q| q == p).expect("a tree pid");
+        base[i].1
+    };
+    let check = |w: &Workload, what: &str| {
+        eprintln!("{what}");
+        let settled = wait_until(TIMEOUT, || {
+            pids.iter().zip(&base).all(|(&p, (b, _))| {
+                let now = baseline(p);
+                now.masks == b.masks
+                    && now.fds == b.fds
+                    && proc_status_field(p, "TracerPid").as_deref() == Some("0")
+                    && class(p) == base_class(p)
+            })
+        });
+        for (&p, (b, state)) in pids.iter().zip(&base) {
+            let now = baseline(p);
+            assert!(
+                settled && now.masks == b.masks && now.fds == b.fds,
+                "{what}: pid {p} changed: masks {:?} -> {:?}, fds {:?} -> {:?}{}",
+                b.masks,
+                now.masks,
+                b.fds,
+                now.fds,
+                w.diagnostics()
+            );
+            // Alive stays alive, the zombie a zombie; never stopped.
+            assert_eq!(class(p), *state, "{what}: pid {p} state{}", w.diagnostics());
+        }
+    };
+    let t0 = Instant::now();
+    let run = env.ckpt(args);
+    let whole = t0.elapsed();
+    assert!(run.success(), "{}{}", run.describe(), w.diagnostics());
+    check(&w, "after a whole checkpoint");
+    for hook in [
+        "1:entry",
+        "2:exit",
+        "5:before",
+        "20:entry",
+        "60:exit",
+        "unmap:exit",
+    ] {
+        let run = env.ckpt_with_env(args, &[("CKPT_TEST_KILL_AT_INJECTION", hook)]);
+        check(
+            &w,
+            &format!("ckpt killed at injection {hook} ({})", run.status),
+        );
+    }
+    let span = whole.as_micros() as u64 + 1;
+    let mut rng = Rng(span.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+    for k in 0..6 {
+        let sig = [libc::SIGTERM, libc::SIGINT, libc::SIGKILL][k % 3];
+        let delay = Duration::from_micros(rng.next() % span);
+        let mut c = env.spawn_ckpt(args);
+        if sig != libc::SIGKILL {
+            let cpid = c.proc.pid;
+            let caught = wait_until(TIMEOUT, || signal_in_mask(cpid, "SigCgt", sig));
+            assert!(caught, "ckpt never installed a handler for signal {sig}");
+        }
+        std::thread::sleep(delay);
+        let _ = c.proc.signal(sig);
+        let run = c.wait(CKPT_TIMEOUT).expect("ckpt exits");
+        check(
+            &w,
+            &format!("signal {sig} to ckpt after {delay:?} ({})", run.status),
+        );
+    }
+    env.signal_and_expect_pass(&mut w, libc::SIGTERM);
+}
