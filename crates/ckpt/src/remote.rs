@@ -334,8 +334,11 @@ impl Thread {
                         .map(|c| c.trim_end().to_string())
                         .unwrap_or_default(),
                     object: format!("thread {tid}"),
-                    reason: "it uses a shadow stack, which ckpt cannot inject syscalls around yet"
-                        .into(),
+                    reason:
+                        "it uses a shadow stack, which ckpt cannot inject syscalls around yet; \
+                             run the program with shadow stacks off \
+                             (GLIBC_TUNABLES=glibc.cpu.x86_shstk=off)"
+                            .into(),
                 });
             }
         }
@@ -346,7 +349,9 @@ impl Thread {
             heal::sigframe_xstate(&area, heal::cpu_component_end).ok_or_else(|| Error::Sys {
                 pid: tid,
                 what: format!(
-                    "its xsave area ({} bytes) has no valid software-reserved header",
+                    "thread {tid}: its xsave area ({} bytes) is shorter than the components \
+                     it says it holds, so no signal frame can restore it (a kernel or CPU \
+                     ckpt does not know)",
                     area.len()
                 ),
                 source: std::io::Error::from_raw_os_error(libc::EINVAL),
