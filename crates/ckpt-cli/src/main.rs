@@ -46,8 +46,8 @@ enum Cmd {
     ///
     /// SIGTERM, SIGINT or SIGHUP to ckpt abandon the checkpoint: every
     /// process is given back as it was, and ckpt exits with 128+signal. If
-    /// ckpt itself is killed (SIGKILL), the processes heal by themselves; an
-    /// 80 KiB scratch mapping of ckpt's may remain in them (named
+    /// ckpt itself is killed (SIGKILL), the processes heal by themselves
+    /// (rarely, an 80 KiB scratch mapping of ckpt's remains in them, named
     /// [anon:ckpt-scratch] where the kernel supports naming).
     Checkpoint {
         /// Process to checkpoint.

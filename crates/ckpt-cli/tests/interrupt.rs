@@ -5,7 +5,9 @@
 //! checkpointed with `--leave-running` again and again while ckpt is
 //! killed: SIGKILL at exact injected syscalls (the
 //! `CKPT_TEST_KILL_AT_INJECTION` hook: before, at the entry and at the exit
-//! of the Nth one, and of the final munmap of the scratch region) and SIGKILL, SIGTERM, SIGINT after random delays over
+//! of the Nth one, and of the final munmap of the scratch region; also with
+//! the fallbacks forced, `CKPT_TEST_OTHER_IN_SLOT` and
+//! `CKPT_TEST_NO_HEAL_GADGETS`) and SIGKILL, SIGTERM, SIGINT after random delays over
 //! the length of a whole checkpoint. After each, the process must be
 //! running, untraced, with every thread's blocked mask and its fds as
 //! before, no mapping changed (after SIGKILL, only the scratch region may
@@ -105,7 +107,8 @@ fn counters_addr(w: &Workload) -> u64 {
 }
 
 /// The process is as before `what`; `leftover` allows the scratch region
-/// (what a SIGKILLed ckpt cannot remove) as extra anonymous mappings.
+/// (which a SIGKILLed ckpt leaves only around its first mmap or in the
+/// fallbacks) as extra anonymous mappings.
 fn assert_unharmed(
     env: &TestEnv,
     w: &mut Workload,
@@ -259,6 +262,25 @@ fn checkpoint_killed_at_any_moment_leaves_the_process_unharmed() {
         let hook = format!("{n}:{moment}");
         let run = env.ckpt_with_env(args, &[("CKPT_TEST_KILL_AT_INJECTION", &hook)]);
         let what = format!("ckpt killed at injection {hook} ({})", run.status);
+        // Only a kill around the first mmap (before the heal code knows
+        // the region) leaves the scratch region behind.
+        assert_unharmed(&env, &mut w, &base, addr, &what, n == "1");
+        base = baseline(w.pid);
+    }
+
+    // The fallbacks: the second slot for the other threads, and no
+    // gadgets at all (then only the first mmap and the final munmap cannot
+    // heal, so they are not hit here). Both may leave the scratch region.
+    for (mode, n) in [
+        ("CKPT_TEST_OTHER_IN_SLOT", "80:entry"),
+        ("CKPT_TEST_OTHER_IN_SLOT", "90:exit"),
+        ("CKPT_TEST_NO_HEAL_GADGETS", "3:entry"),
+        ("CKPT_TEST_NO_HEAL_GADGETS", "85:exit"),
+        ("CKPT_TEST_NO_HEAL_GADGETS", "140:before"),
+    ] {
+        let env_vars = [("CKPT_TEST_KILL_AT_INJECTION", n), (mode, "1")];
+        let run = env.ckpt_with_env(args, &env_vars);
+        let what = format!("{mode}: ckpt killed at injection {n} ({})", run.status);
         assert_unharmed(&env, &mut w, &base, addr, &what, true);
         base = baseline(w.pid);
     }
