@@ -512,8 +512,11 @@ impl Session {
         let rsp = t.regs.rsp;
         let len = heal::frame_len(t.xsave.len()) as u64;
         let at = rsp.checked_sub(128 + len)? & !63;
+        // Like a signal frame the kernel pushes, it goes below the red
+        // zone of the stack rsp is in; a page of slack must remain in the
+        // same writable private mapping, or the slot serves instead.
         let m = maps.iter().find(|m| m.start < rsp && rsp <= m.end)?;
-        if at < m.start || !m.write {
+        if at < m.start.checked_add(4096)? || !m.write || m.shared {
             return None;
         }
         let img = heal::frame_image(at, &resumable(&t.regs), t.mask, &t.xsave, g.restorer);
