@@ -46,8 +46,9 @@ enum Cmd {
     ///
     /// SIGTERM, SIGINT or SIGHUP to ckpt abandon the checkpoint: every
     /// process is given back as it was, and ckpt exits with 128+signal. If
-    /// ckpt itself is killed (SIGKILL), the processes heal by themselves; a
-    /// mapping named [anon:ckpt-scratch] may remain in them.
+    /// ckpt itself is killed (SIGKILL), the processes heal by themselves
+    /// (rarely, an 80 KiB scratch mapping of ckpt's remains in them, named
+    /// [anon:ckpt-scratch] where the kernel supports naming).
     Checkpoint {
         /// Process to checkpoint.
         pid: i32,
@@ -168,6 +169,8 @@ fn run(cli: Cli) -> Result<u8> {
             freeze_cgroup,
             log,
         } => {
+            // First, so that no moment of the checkpoint misses a signal.
+            let cancel = install_cancel_handlers()?;
             let mut log = open_log(&log)?;
             if !ckpt::procfs::exists(pid) {
                 bail!("no process with pid {pid}; check the pid with `ps -p {pid}`");
@@ -191,7 +194,6 @@ fn run(cli: Cli) -> Result<u8> {
                     .open(&output)
                     .with_context(|| format!("cannot create image {output}"))?
             };
-            let cancel = install_cancel_handlers()?;
             let opts = ckpt::CheckpointOptions {
                 leave_running,
                 freeze_cgroup,

@@ -125,25 +125,37 @@ impl<S: Sink> Sink for std::io::BufWriter<S> {
 /// A sink whose writes interrupted by a signal (EINTR) are retried unless
 /// the checkpoint is being cancelled: then they fail, so a write blocked on
 /// a slow pipe does not keep a cancelled checkpoint alive. Put it under any
-/// buffering (which retries EINTR itself).
+/// buffering (which retries EINTR itself). Once a write was cut short so,
+/// later ones fail at once (the error record must not block on the same
+/// stuck reader).
 pub struct Interruptible<S> {
     inner: S,
     cancel: Arc<AtomicBool>,
+    stuck: bool,
 }
 
 impl<S> Interruptible<S> {
     pub fn new(inner: S, cancel: Arc<AtomicBool>) -> Self {
-        Interruptible { inner, cancel }
+        Interruptible {
+            inner,
+            cancel,
+            stuck: false,
+        }
     }
 }
 
 impl<S: Write> Write for Interruptible<S> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let stuck = || std::io::Error::other("output blocked and the checkpoint was cancelled");
+        if self.stuck {
+            return Err(stuck());
+        }
         loop {
             match self.inner.write(buf) {
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
                     if self.cancel.load(Ordering::SeqCst) {
-                        return Err(std::io::Error::other("interrupted by a signal"));
+                        self.stuck = true;
+                        return Err(stuck());
                     }
                 }
                 r => return r,

@@ -259,8 +259,9 @@ pub fn frame_len(xsave_len: usize) -> usize {
 pub const SYSCALL: [u8; 2] = [0x0f, 0x05];
 /// One heal step: `mov $3,%eax; mov $fd,%edi; syscall` (close(fd)).
 pub const CLOSE_LEN: u64 = 12;
-/// `mov $15,%eax; lea frame+8(%rip),%rsp; syscall; ud2`.
-pub const TAIL_LEN: u64 = 16;
+/// Both heal tails: `unmap_tail`, or nops and `tail`.
+pub const TAIL_LEN: u64 = 49;
+const RT_TAIL_LEN: usize = 16;
 
 /// The close step for `fd`; its last two bytes are its `syscall`.
 pub fn close_step(fd: u32) -> [u8; CLOSE_LEN as usize] {
@@ -273,18 +274,48 @@ pub fn close_step(fd: u32) -> [u8; CLOSE_LEN as usize] {
     b
 }
 
-/// The heal tail at `at`, returning through the frame at `frame`.
+/// The heal tail at `at`, returning through the frame at `frame`: `nop`s,
+/// then `mov $15,%eax; lea frame+8(%rip),%rsp; syscall (rt_sigreturn); ud2`.
 pub fn tail(at: u64, frame: u64) -> [u8; TAIL_LEN as usize] {
+    let mut b = [0x90u8; TAIL_LEN as usize];
+    let o = TAIL_LEN as usize - RT_TAIL_LEN;
+    b[o] = 0xb8;
+    b[o + 1..o + 5].copy_from_slice(&15u32.to_le_bytes());
+    // lea disp32(%rip),%rsp: the displacement counts from the next insn.
+    b[o + 5..o + 8].copy_from_slice(&[0x48, 0x8d, 0x25]);
+    let next = at + o as u64 + 12;
+    let disp = (frame + 8).wrapping_sub(next) as i64;
+    b[o + 8..o + 12].copy_from_slice(&(disp as i32).to_le_bytes());
+    b[o + 12..o + 14].copy_from_slice(&SYSCALL);
+    b[o + 14..o + 16].copy_from_slice(&[0x0f, 0x0b]);
+    b
+}
+
+/// The heal tail that also unmaps the scratch region the code lies in:
+/// `mov $11,%eax; movabs $addr,%rdi; movabs $len,%rsi; movabs $frame,%rsp;
+/// movabs $syscall_ret,%rcx; jmp *%rcx; ud2`. The munmap runs from the
+/// `syscall; ret` gadget, whose `ret` pops the frame's pretcode (the
+/// restorer): rt_sigreturn then reads the frame at `frame` on the stack.
+pub fn unmap_tail(addr: u64, len: u64, frame: u64, syscall_ret: u64) -> [u8; TAIL_LEN as usize] {
     let mut b = [0u8; TAIL_LEN as usize];
     b[0] = 0xb8;
-    b[1..5].copy_from_slice(&15u32.to_le_bytes());
-    // lea disp32(%rip),%rsp: the displacement counts from the next insn.
-    b[5..8].copy_from_slice(&[0x48, 0x8d, 0x25]);
-    let next = at + 12;
-    let disp = (frame + 8).wrapping_sub(next) as i64;
-    b[8..12].copy_from_slice(&(disp as i32).to_le_bytes());
-    b[12..14].copy_from_slice(&SYSCALL);
-    b[14..16].copy_from_slice(&[0x0f, 0x0b]);
+    b[1..5].copy_from_slice(&11u32.to_le_bytes());
+    for (i, (reg, v)) in [
+        (0xbf, addr),
+        (0xbe, len),
+        (0xbc, frame),
+        (0xb9, syscall_ret),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let o = 5 + i * 10;
+        b[o] = 0x48;
+        b[o + 1] = reg;
+        b[o + 2..o + 10].copy_from_slice(&v.to_le_bytes());
+    }
+    b[45..47].copy_from_slice(&[0xff, 0xe1]);
+    b[47..49].copy_from_slice(&[0x0f, 0x0b]);
     b
 }
 
@@ -388,10 +419,20 @@ mod tests {
         let c = close_step(7);
         assert_eq!(c, [0xb8, 3, 0, 0, 0, 0xbf, 7, 0, 0, 0, 0x0f, 0x05]);
         let t = tail(0x1000, 0x800);
-        // lea ends at 0x100c; the frame + 8 is 0x808.
-        let disp = i32::from_le_bytes(t[8..12].try_into().unwrap());
-        assert_eq!(0x100c + disp as i64, 0x808);
-        assert_eq!(&t[12..], &[0x0f, 0x05, 0x0f, 0x0b]);
+        let o = TAIL_LEN as usize - 16;
+        assert!(t[..o].iter().all(|&b| b == 0x90));
+        assert_eq!(&t[o..o + 5], &[0xb8, 15, 0, 0, 0]);
+        // lea ends 12 bytes into the sequence; the frame + 8 is 0x808.
+        let disp = i32::from_le_bytes(t[o + 8..o + 12].try_into().unwrap());
+        assert_eq!(0x1000 + o as i64 + 12 + disp as i64, 0x808);
+        assert_eq!(&t[o + 12..], &[0x0f, 0x05, 0x0f, 0x0b]);
+        let u = unmap_tail(0x1111, 0x2222, 0x3333, 0x4444);
+        assert_eq!(&u[..5], &[0xb8, 11, 0, 0, 0]);
+        assert_eq!(&u[5..7], &[0x48, 0xbf]);
+        assert_eq!(u64::from_le_bytes(u[7..15].try_into().unwrap()), 0x1111);
+        assert_eq!(&u[25..27], &[0x48, 0xbc]);
+        assert_eq!(u64::from_le_bytes(u[27..35].try_into().unwrap()), 0x3333);
+        assert_eq!(&u[45..], &[0xff, 0xe1, 0x0f, 0x0b]);
     }
 
     #[test]

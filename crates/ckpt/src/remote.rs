@@ -10,28 +10,35 @@
 //! process, resumed by the kernel as it is at that instant, returns to
 //! exactly the state it had before ckpt touched it**: registers (after the
 //! syscall-restart fixup), signal mask, FPU/AVX state, alternate stack, and
-//! no fd of ckpt's left open in it. The only leftover is the scratch
-//! mapping, named `[anon:ckpt-scratch]` where the kernel supports it.
+//! no fd of ckpt's left open in it. The scratch region goes too, except
+//! when ckpt dies right around its mmap or the gadgets below are missing
+//! (it is then named `[anon:ckpt-scratch]` where the kernel supports it).
 //!
 //! How (docs/injection.md has the full story):
-//! - A thread gets injections only from the `syscall` of its *slot* in the
-//!   scratch region. The code after that instruction closes each fd ckpt
-//!   has open in the task, then loads rsp with the slot's `rt_sigframe` and
-//!   calls `rt_sigreturn`, which restores registers, mask, xsave area and
-//!   altstack. The frame and code are written before the thread's
-//!   registers point there, and the close steps before an fd is opened
-//!   (the fd an open returns is predictable: all threads are frozen).
-//! - Registers move to the slot before the mask becomes "all blocked", and
-//!   the mask comes back before the registers; rsp stays the thread's own,
-//!   so a handler that runs in between pushes below its red zone.
-//! - Only the threads being injected into have signals blocked: the main
+//! - Before a thread's registers change, a healing `rt_sigframe` holding
+//!   its original registers, mask, xsave area and altstack is written
+//!   below its red zone, with libc's signal restorer as pretcode, and rsp
+//!   points at it during injections (a handler that runs in a gap pushes
+//!   below it). Threads other than the main one run their injections from
+//!   a `syscall; xor...; ret` in the vDSO: after any syscall, `ret` lands
+//!   in the restorer, i.e. rt_sigreturn.
+//! - The main thread runs its injections from the `syscall` of its slot
+//!   in the scratch region. The code after it closes each fd ckpt has open
+//!   in the task, then jumps to the vDSO gadget to munmap the region and
+//!   return through the stack frame. The close steps are written before an
+//!   fd is opened (the fd an open returns is predictable: all threads are
+//!   frozen).
+//! - Without the gadgets or room on the stack, a slot's code ends with
+//!   `lea frame(%rip),%rsp; rt_sigreturn` through a frame in the slot
+//!   (rsp stays the thread's own), and the second slot serves the other
+//!   thread (the main thread's tail then stops unmapping meanwhile).
+//! - Registers move before the mask becomes "all blocked", and the mask
+//!   comes back before the registers: in between, the thread heals itself.
+//!   Only the threads being injected into have signals blocked: the main
 //!   thread for the whole session, one other thread at a time.
-//! - The first `mmap` (no slot exists yet) and the final `munmap` (the
-//!   slot disappears) run from a `syscall; ret` in the vDSO with rsp at a
-//!   frame written below the thread's red zone whose pretcode is libc's
-//!   signal restorer, so they heal too. Without those gadgets they run from
-//!   the vDSO's plain `syscall`: then these two calls (one each) are the
-//!   remaining windows.
+//! - The first `mmap` and final `munmap` run from the vDSO gadget with rsp
+//!   at the stack frame, so they heal too; without gadgets they run from
+//!   the vDSO's plain `syscall` and the slot, and are the two windows left.
 //! - The session owns all it borrows (saved registers and masks of every
 //!   thread it touched, the scratch region, the fds it opened) and gives
 //!   everything back on every path, `?` and panics included (Drop),
@@ -190,22 +197,27 @@ fn resumable(saved: &Regs) -> Regs {
 
 /// Test hook: `CKPT_TEST_KILL_AT_INJECTION=N[:before|:entry|:exit]` makes
 /// ckpt SIGKILL itself at that moment of its Nth injected syscall (counted
-/// from 1 over the whole run), so tests can hit exact moments.
-fn test_hook(moment: &str) {
-    static AT: OnceLock<Option<(u64, String)>> = OnceLock::new();
+/// from 1 over the whole run), so tests can hit exact moments; N = `unmap`
+/// names the final munmap of the first session's scratch region.
+fn test_hook(moment: &str, tag: Option<&str>) {
+    static AT: OnceLock<Option<(String, String)>> = OnceLock::new();
     static COUNT: AtomicU64 = AtomicU64::new(0);
     let at = AT.get_or_init(|| {
         let v = std::env::var("CKPT_TEST_KILL_AT_INJECTION").ok()?;
         let (n, m) = v.split_once(':').unwrap_or((&v, "entry"));
-        Some((n.parse().ok()?, m.to_string()))
+        Some((n.to_string(), m.to_string()))
     });
-    let Some((n, m)) = at else { return };
     let c = if moment == "before" {
         COUNT.fetch_add(1, Ordering::SeqCst) + 1
     } else {
         COUNT.load(Ordering::SeqCst)
     };
-    if c == *n && m == moment {
+    let Some((n, m)) = at else { return };
+    let hit = match n.parse::<u64>() {
+        Ok(n) => c == n,
+        Err(_) => tag == Some(n.as_str()),
+    };
+    if hit && m == moment {
         let _ = sys::kill(std::process::id() as Pid, libc::SIGKILL);
     }
 }
@@ -213,11 +225,15 @@ fn test_hook(moment: &str) {
 /// Runs the task, whose registers are set up at a `syscall` at `ip`, to the
 /// syscall's exit; returns rax.
 fn complete(t: Pid, ip: u64) -> Result<i64> {
-    test_hook("before");
+    complete_tagged(t, ip, None)
+}
+
+fn complete_tagged(t: Pid, ip: u64, tag: Option<&str>) -> Result<i64> {
+    test_hook("before", tag);
     step_to_syscall_stop(t, ip)?; // entry
-    test_hook("entry");
+    test_hook("entry", tag);
     step_to_syscall_stop(t, ip)?; // exit
-    test_hook("exit");
+    test_hook("exit", tag);
     let out = sys::get_regs(t).ctx(t, || "read syscall result".into())?;
     Ok(out.rax as i64)
 }
@@ -308,6 +324,9 @@ struct Thread {
     /// Fds ckpt opened in the task through this thread, oldest first.
     fds: Vec<u32>,
     slot: Option<Slot>,
+    /// A healing frame below its red zone (pretcode: the restorer); rsp
+    /// points there during injections, so a handler runs below it.
+    stack: Option<u64>,
     remote: Remote,
 }
 
@@ -325,8 +344,11 @@ impl Thread {
                         .map(|c| c.trim_end().to_string())
                         .unwrap_or_default(),
                     object: format!("thread {tid}"),
-                    reason: "it uses a shadow stack, which ckpt cannot inject syscalls around yet"
-                        .into(),
+                    reason:
+                        "it uses a shadow stack, which ckpt cannot inject syscalls around yet; \
+                             run the program with shadow stacks off \
+                             (GLIBC_TUNABLES=glibc.cpu.x86_shstk=off)"
+                            .into(),
                 });
             }
         }
@@ -337,7 +359,9 @@ impl Thread {
             heal::sigframe_xstate(&area, heal::cpu_component_end).ok_or_else(|| Error::Sys {
                 pid: tid,
                 what: format!(
-                    "its xsave area ({} bytes) has no valid software-reserved header",
+                    "thread {tid}: its xsave area ({} bytes) is shorter than the components \
+                     it says it holds, so no signal frame can restore it (a kernel or CPU \
+                     ckpt does not know)",
                     area.len()
                 ),
                 source: std::io::Error::from_raw_os_error(libc::EINVAL),
@@ -351,6 +375,7 @@ impl Thread {
             moved: false,
             fds: Vec::new(),
             slot: None,
+            stack: None,
             remote: Remote::owned_by_session(tid, 0, regs),
         })
     }
@@ -387,12 +412,27 @@ impl Thread {
         self.slot.expect("thread has a slot")
     }
 
-    /// Points the thread at its slot's stub with a harmless call pending.
+    /// Its registers for injections: rsp at the stack frame if it has one.
+    fn base(&self) -> Regs {
+        let mut r = self.regs;
+        if let Some(f) = self.stack {
+            r.rsp = f;
+        }
+        r
+    }
+
+    /// Points the thread at the `syscall` at `ip` (its slot's stub or the
+    /// vDSO gadget) with a harmless call pending.
+    fn park_at(&mut self, ip: u64) -> Result<()> {
+        self.remote.set_syscall_ip(ip);
+        self.remote.saved = self.base();
+        let r = call_regs(&self.base(), ip, libc::SYS_getpid, &[]);
+        self.set_regs(&r)
+    }
+
     fn park(&mut self) -> Result<()> {
         let ip = self.slot().stub(self.fds.len());
-        self.remote.set_syscall_ip(ip);
-        let r = call_regs(&self.regs, ip, libc::SYS_getpid, &[]);
-        self.set_regs(&r)
+        self.park_at(ip)
     }
 }
 
@@ -407,8 +447,13 @@ pub struct Session {
     /// (address, length) of the scratch region while mapped.
     scratch: Option<(u64, u64)>,
     slot_len: u64,
+    /// The process's mappings when the session began (for stack room).
+    maps: Vec<MapEntry>,
     main: Option<Thread>,
     other: Option<Thread>,
+    /// The other thread uses the second slot: the main thread's heal must
+    /// then not unmap the region under it.
+    other_in_slot: bool,
 }
 
 impl Session {
@@ -434,10 +479,13 @@ impl Session {
             gadgets,
             scratch: None,
             slot_len,
+            maps: Vec::new(),
             main: Some(main),
             other: None,
+            other_in_slot: false,
         };
         s.map_scratch(&maps)?;
+        s.maps = maps;
         Ok(s)
     }
 
@@ -464,8 +512,11 @@ impl Session {
         let rsp = t.regs.rsp;
         let len = heal::frame_len(t.xsave.len()) as u64;
         let at = rsp.checked_sub(128 + len)? & !63;
+        // Like a signal frame the kernel pushes, it goes below the red
+        // zone of the stack rsp is in; a page of slack must remain in the
+        // same writable private mapping, or the slot serves instead.
         let m = maps.iter().find(|m| m.start < rsp && rsp <= m.end)?;
-        if at < m.start || !m.write {
+        if at < m.start.checked_add(4096)? || !m.write || m.shared {
             return None;
         }
         let img = heal::frame_image(at, &resumable(&t.regs), t.mask, &t.xsave, g.restorer);
@@ -501,7 +552,7 @@ impl Session {
             )?;
             self.scratch = Some((addr, len));
             let slot = self.slot_at(0);
-            self.arm(&mut t, slot)?;
+            self.arm(&mut t, slot, maps)?;
             t.remote.call(
                 "mprotect of the scratch region",
                 libc::SYS_mprotect,
@@ -523,15 +574,39 @@ impl Session {
         res
     }
 
-    /// Writes `slot` for `t` (frame, then code), parks `t` at its stub, and
-    /// blocks its signals.
-    fn arm(&self, t: &mut Thread, slot: Slot) -> Result<()> {
+    /// Writes a healing frame below `t`'s red zone if there is room and the
+    /// gadgets exist.
+    fn stack_heal(&self, t: &mut Thread, maps: &[MapEntry]) -> Result<()> {
+        if let Some(g) = self.gadgets {
+            if let Some((at, img)) = self.stack_frame(t, maps, &g) {
+                self.write(at, &img)?;
+                t.stack = Some(at);
+            }
+        }
+        Ok(())
+    }
+
+    /// The heal tail of `t`'s slot: unmap the region and return through
+    /// the stack frame when possible, else return through the slot frame.
+    fn tail_code(&self, t: &Thread, slot: Slot) -> [u8; heal::TAIL_LEN as usize] {
+        match (t.stack, self.gadgets, self.scratch) {
+            (Some(f), Some(g), Some((addr, len))) if !self.other_in_slot => {
+                heal::unmap_tail(addr, len, f, g.syscall_ret)
+            }
+            _ => heal::tail(slot.tail(), slot.frame),
+        }
+    }
+
+    /// Writes `slot` for `t` (frames, then code), parks `t` at its stub,
+    /// and blocks its signals.
+    fn arm(&self, t: &mut Thread, slot: Slot, maps: &[MapEntry]) -> Result<()> {
+        self.stack_heal(t, maps)?;
         let frame = heal::frame_image(slot.frame, &resumable(&t.regs), t.mask, &t.xsave, 0);
         assert!(frame.len() as u64 <= self.slot_len - GUARD, "frame fits");
         self.write(slot.frame, &frame)?;
         let mut code = vec![0xcc; CODE_LEN as usize];
         let tail = (slot.tail() - slot.code) as usize;
-        code[tail..].copy_from_slice(&heal::tail(slot.tail(), slot.frame));
+        code[tail..].copy_from_slice(&self.tail_code(t, slot));
         code[tail - 2..tail].copy_from_slice(&heal::SYSCALL);
         self.write(slot.code, &code)?;
         t.slot = Some(slot);
@@ -540,6 +615,34 @@ impl Session {
             t.block()?;
         }
         Ok(())
+    }
+
+    /// Rewrites the main thread's heal tail (same length, so no stub moves).
+    fn rewrite_main_tail(&self) -> Result<()> {
+        let t = self.main.as_ref().expect("main thread");
+        let slot = t.slot();
+        self.write(slot.tail(), &self.tail_code(t, slot))
+    }
+
+    /// Takes another thread for injections: from the vDSO gadget with rsp
+    /// at a frame on its stack (it then never runs scratch code), else from
+    /// the second slot.
+    fn arm_other(&mut self, t: &mut Thread) -> Result<()> {
+        // Test hook: exercise the second slot.
+        if std::env::var_os("CKPT_TEST_OTHER_IN_SLOT").is_none() {
+            let maps = std::mem::take(&mut self.maps);
+            let res = self.stack_heal(t, &maps);
+            self.maps = maps;
+            res?;
+        }
+        if let (Some(_), Some(g)) = (t.stack, self.gadgets) {
+            t.park_at(g.syscall_ret)?;
+            return t.block();
+        }
+        self.other_in_slot = true;
+        self.rewrite_main_tail()?;
+        let slot = self.slot_at(1);
+        self.arm(t, slot, &[])
     }
 
     /// Scratch memory for arguments (one page).
@@ -571,10 +674,9 @@ impl Session {
         f: impl FnOnce(&mut Remote, &Scratch) -> Result<T>,
     ) -> Result<T> {
         assert!(self.other.is_none(), "one other thread at a time");
-        let slot = self.slot_at(1);
         self.other = Some(Thread::take(tid)?);
         let mut t = self.other.take().expect("just set");
-        let armed = self.arm(&mut t, slot).and_then(|_| read_altstack(&mut t));
+        let armed = self.arm_other(&mut t).and_then(|_| read_altstack(&mut t));
         self.other = Some(t);
         let res = armed.and_then(|_| {
             let addr = self.scratch.expect("scratch mapped").0;
@@ -589,10 +691,13 @@ impl Session {
             f(&mut other.as_mut().expect("other thread").remote, &s)
         });
         let mut t = self.other.take().expect("other thread");
-        let restored = t.restore();
+        let mut restored = t.restore();
         if restored.is_err() {
             // Not given back: `release` tries once more before unmapping.
             self.other = Some(t);
+        } else if self.other_in_slot {
+            self.other_in_slot = false;
+            restored = self.rewrite_main_tail();
         }
         let v = res?;
         restored?;
@@ -724,16 +829,13 @@ impl Session {
         let maps = procfs::maps(self.pid).ctx(self.pid, || "read /proc smaps".into())?;
         let mut r = self.outer_call(t, &maps, libc::SYS_munmap, &[addr, len])?;
         if r.rip == self.vdso_syscall {
-            // No healing frame: the slot's stub at least heals until the
-            // munmap has run.
+            // No healing frame: from here until the registers are back,
+            // a killed ckpt leaves the thread to fault after the munmap.
             r.rip = t.slot().stub(0);
         }
         t.set_regs(&r)?;
-        check(
-            t.tid,
-            "munmap of the scratch region",
-            complete(t.tid, r.rip)?,
-        )?;
+        let rc = complete_tagged(t.tid, r.rip, Some("unmap"))?;
+        check(t.tid, "munmap of the scratch region", rc)?;
         self.scratch = None;
         Ok(())
     }
@@ -750,10 +852,14 @@ impl Drop for Session {
 /// Reads the thread's alternate stack straight into its frame's uc_stack
 /// (until then it holds a value rt_sigreturn ignores).
 fn read_altstack(t: &mut Thread) -> Result<()> {
-    let at = t.slot().frame + heal::UC_STACK_OFF;
-    t.remote
-        .call("sigaltstack", libc::SYS_sigaltstack, &[0, at])
-        .map(drop)
+    for frame in [t.stack, t.slot.map(|s| s.frame)].into_iter().flatten() {
+        t.remote.call(
+            "sigaltstack",
+            libc::SYS_sigaltstack,
+            &[0, frame + heal::UC_STACK_OFF],
+        )?;
+    }
+    Ok(())
 }
 
 /// The fd number the next open in `pid` returns (its lowest free one).
@@ -784,6 +890,10 @@ fn read_mapping(mem: &std::fs::File, m: &MapEntry, cap: u64) -> Option<Vec<u8>> 
 
 /// The gadgets of `Gadgets` in the task's vDSO and executable mappings.
 fn find_gadgets(maps: &[MapEntry], mem: &std::fs::File) -> Option<Gadgets> {
+    // Test hook: exercise the fallback (the vDSO's plain syscall).
+    if std::env::var_os("CKPT_TEST_NO_HEAL_GADGETS").is_some() {
+        return None;
+    }
     let vdso = maps.iter().find(|m| m.path == b"[vdso]")?;
     let code = read_mapping(mem, vdso, 1 << 20)?;
     let syscall_ret = vdso.start + heal::find_syscall_ret(&code)? as u64;
