@@ -190,9 +190,7 @@ pub fn checkpoint<S: Sink>(
     log: &mut Log,
 ) -> Result<Summary> {
     let mut w = ImageWriter::new(out);
-    let comm = procfs::read(pid, "comm")
-        .map(|s| s.trim_end().to_string())
-        .unwrap_or_default();
+    let comm = procfs::comm(pid);
     log.info(w.offset(), pid, &comm, "checkpoint started");
     // The head goes first, so that even a failed image names its writer.
     let head = crate::head(if opts.leave_running {
@@ -287,7 +285,7 @@ fn run<S: Sink>(
     if status.num("Seccomp").unwrap_or(0) != 0 {
         return Err(Error::Unsupported {
             pid: root,
-            comm: comm_of(root),
+            comm: procfs::comm(root),
             object: "seccomp filters".into(),
             reason: "seccomp state cannot be saved yet".into(),
         });
@@ -479,12 +477,6 @@ fn run<S: Sink>(
     Ok((tree, summary))
 }
 
-fn comm_of(pid: Pid) -> String {
-    procfs::read(pid, "comm")
-        .map(|s| s.trim_end().to_string())
-        .unwrap_or_default()
-}
-
 /// A zombie: its ids and exit status are all there is.
 fn zombie(pid: Pid) -> Result<ProcessImage> {
     let st = procfs::stat(pid).ctx(pid, || "read /proc stat".into())?;
@@ -512,7 +504,7 @@ fn dump_process(
     shm: &mut ShmemTable,
     opts: &CheckpointOptions,
 ) -> Result<(ProcessImage, Session)> {
-    let comm = comm_of(pid);
+    let comm = procfs::comm(pid);
     let st = procfs::stat(pid).ctx(pid, || "read /proc stat".into())?;
     let status = procfs::status(pid).ctx(pid, || "read /proc status".into())?;
     if status.num("Seccomp").unwrap_or(0) != 0 {

@@ -161,7 +161,7 @@ impl FileTable {
         let unsupported = |fd: i32, link: &[u8], reason: &str| Error::Unsupported {
             pid,
             comm: comm.into(),
-            object: format!("fd {fd} ({})", String::from_utf8_lossy(link)),
+            object: format!("fd {fd} ({})", ckpt_image::escape(link)),
             reason: reason.into(),
         };
         for fd in procfs::fds(pid).ctx(pid, || "list fds".into())? {
@@ -431,7 +431,7 @@ impl FileTable {
         } else if ft.is_char_device() {
             let (major, minor) = (libc::major(meta.rdev()), libc::minor(meta.rdev()));
             if let Err((what, reason)) = chr_verdict(major, minor) {
-                let named = format!("{}, {what}", String::from_utf8_lossy(link));
+                let named = format!("{}, {what}", ckpt_image::escape(link));
                 return Err(unsupported(fd, named.as_bytes(), reason));
             }
             if deleted || !path.starts_with(b"/") {
@@ -487,7 +487,7 @@ impl FileTable {
             let unsupported = |reason: &str| Error::Unsupported {
                 pid: g.pid,
                 comm: g.comm.clone(),
-                object: format!("fd {} ({})", g.fd, String::from_utf8_lossy(&g.link)),
+                object: format!("fd {} ({})", g.fd, ckpt_image::escape(&g.link)),
                 reason: reason.into(),
             };
             let path = g.link.strip_suffix(b" (deleted)").unwrap_or(&g.link);
@@ -826,7 +826,7 @@ fn open_all_inner(a: &OpenArgs, made: &mut Vec<Vec<u8>>) -> Result<Opened> {
                     pid: user_of(f.id),
                     what: format!(
                         "cannot create an unlinked file in {}{who}",
-                        String::from_utf8_lossy(&dir)
+                        ckpt_image::escape(&dir)
                     ),
                     source: e,
                 })?;

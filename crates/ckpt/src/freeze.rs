@@ -22,12 +22,6 @@ pub struct Frozen {
     killed: bool,
 }
 
-fn comm(pid: Pid) -> String {
-    procfs::read(pid, "comm")
-        .map(|s| s.trim_end().to_string())
-        .unwrap_or_default()
-}
-
 /// Seizes and stops every thread of `pid`, re-listing threads until the set
 /// is stable (a thread may be created while we attach).
 pub fn freeze(pid: Pid) -> Result<Frozen> {
@@ -46,7 +40,7 @@ fn freeze_with(pid: Pid, wait: bool) -> Result<Frozen> {
     if let Some(tracer) = st.num("TracerPid").filter(|&t| t != 0) {
         return Err(Error::Unsupported {
             pid,
-            comm: comm(pid),
+            comm: procfs::comm(pid),
             object: "the process".into(),
             reason: format!("it is already traced by pid {tracer} (a debugger?); detach it first"),
         });
@@ -72,12 +66,12 @@ fn freeze_with(pid: Pid, wait: bool) -> Result<Frozen> {
             sys::seize(t, TRACE_OPTIONS).map_err(|e| match e.raw_os_error() {
                 Some(libc::EPERM) => Error::Unsupported {
                     pid,
-                    comm: comm(pid),
+                    comm: procfs::comm(pid),
                     object: format!("thread {t}"),
                     reason: match thread_tracer(pid, t) {
                         Some(tracer) => format!(
                             "it is already traced by pid {tracer} ({}); detach that tracer first",
-                            comm(tracer)
+                            procfs::comm(tracer)
                         ),
                         None => {
                             "ptrace is not permitted (missing CAP_SYS_PTRACE?); run ckpt as root"
@@ -339,7 +333,7 @@ impl FrozenTree {
             let ppid = procfs::stat(pid).map(|s| s.ppid).unwrap_or(0);
             warnings.push(format!(
                 "pid {pid} is a zombie: its parent {ppid} ({}) has not reaped it, so the pid is not free for `ckpt restart` yet",
-                comm(ppid)
+                procfs::comm(ppid)
             ));
         }
         Ok(warnings)

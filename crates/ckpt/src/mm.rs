@@ -243,7 +243,7 @@ pub fn vma_of(pid: Pid, comm: &str, m: &MapEntry, shm: &mut ShmemTable) -> Resul
             "mapping {:#x}-{:#x} ({})",
             m.start,
             m.end,
-            String::from_utf8_lossy(&m.path)
+            ckpt_image::escape(&m.path)
         ),
         reason: reason.into(),
     };
@@ -811,12 +811,12 @@ fn remote_open(r: &mut Remote, s: &Scratch, path: &[u8], flags: i32) -> Result<u
     if p.len() > 4096 {
         return Err(Error::Refused(format!(
             "path too long: {}",
-            String::from_utf8_lossy(path)
+            ckpt_image::escape(path)
         )));
     }
     s.write(0, &p)?;
     r.call(
-        &format!("open {}", String::from_utf8_lossy(path)),
+        &format!("open {}", ckpt_image::escape(path)),
         libc::SYS_openat,
         &[
             libc::AT_FDCWD as i64 as u64,
@@ -987,7 +987,7 @@ fn create_ghost(s: &ShmemImage, base: i32) -> Result<i32> {
         what: format!(
             "create the unlinked file {} again in {} (the directory must exist, on a filesystem with O_TMPFILE)",
             s.shmem.name,
-            String::from_utf8_lossy(&dir)
+            ckpt_image::escape(&dir)
         ),
         source: e,
     })?;

@@ -418,3 +418,11 @@ mod tests {
         assert!(stack.present_kb > 0, "the stack has resident pages");
     }
 }
+
+/// The process's name, escaped for printing (a process chooses its own
+/// name, escape sequences included); empty if it cannot be read.
+pub fn comm(pid: Pid) -> String {
+    read(pid, "comm")
+        .map(|s| ckpt_image::escape(s.trim_end_matches('\n').as_bytes()))
+        .unwrap_or_default()
+}

@@ -1031,7 +1031,7 @@ fn validate_process(
         return refuse(format!("image pid {pid} is not restorable"));
     }
     if restart && procfs::exists(pid) {
-        let who = procfs::read(pid, "comm").unwrap_or_default();
+        let who = procfs::comm(pid);
         return refuse(format!(
             "pid {pid} is in use by another process ({}); stop it, or wait until it exits, then restart",
             who.trim_end()

@@ -83,8 +83,8 @@ pub fn dump_process(
         if gone {
             return Err(crate::error::Error::Unsupported {
                 pid,
-                comm: String::from_utf8_lossy(&st.comm).into_owned(),
-                object: format!("its {what} {}", String::from_utf8_lossy(&link)),
+                comm: ckpt_image::escape(&st.comm),
+                object: format!("its {what} {}", ckpt_image::escape(&link)),
                 reason: "the directory was removed, so restart could not enter it; have it chroot into an existing directory".into(),
             });
         }
