@@ -363,6 +363,14 @@ pub fn mem(pid: Pid) -> io::Result<fs::File> {
         .open(path(pid, "mem"))
 }
 
+/// The process's name, escaped for printing (a process chooses its own
+/// name, escape sequences included); empty if it cannot be read.
+pub fn comm(pid: Pid) -> String {
+    read(pid, "comm")
+        .map(|s| ckpt_image::escape(s.trim_end_matches('\n').as_bytes()))
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -417,12 +425,4 @@ mod tests {
         let stack = m.iter().find(|e| e.path == b"[stack]").unwrap();
         assert!(stack.present_kb > 0, "the stack has resident pages");
     }
-}
-
-/// The process's name, escaped for printing (a process chooses its own
-/// name, escape sequences included); empty if it cannot be read.
-pub fn comm(pid: Pid) -> String {
-    read(pid, "comm")
-        .map(|s| ckpt_image::escape(s.trim_end_matches('\n').as_bytes()))
-        .unwrap_or_default()
 }
