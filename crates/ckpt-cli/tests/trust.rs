@@ -15,7 +15,7 @@ use ckpt_image::*;
 use common::*;
 use std::ffi::OsStr;
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 const NOBODY: u32 = 65534;
 const NOGROUP: u32 = 65534;
@@ -205,6 +205,20 @@ fn user_image_restarts_as_the_user_who_can_checkpoint_it_again() {
     env.signal_and_expect_pass(&mut w, libc::SIGTERM);
 }
 
+/// A sleeper run as nobody, checkpointed (killed) by root into an image
+/// that nobody owns, as a user's own image would be.
+fn nobody_sleeper_image(name: &str) -> Option<(TestEnv, Workload, PathBuf)> {
+    let env = TestEnv::new(name)?;
+    if !have_nobody(name) {
+        return None;
+    }
+    let mut w = env.start_workload_as("sleeper", &[], NOBODY, NOGROUP)?;
+    let img = env.path("img");
+    env.checkpoint_and_kill(&mut w, &img);
+    chown_dir(&env, NOBODY, NOGROUP);
+    Some((env, w, img))
+}
+
 /// A user's image edited to run as root, or with capabilities, is refused
 /// by root before any process exists; a user may not restart root's image
 /// either. The same uid-0 image owned by root is believed and restarts as
@@ -212,18 +226,9 @@ fn user_image_restarts_as_the_user_who_can_checkpoint_it_again() {
 #[test]
 fn forged_credentials_are_refused_unless_root_owns_the_image() {
     let name = "forged_credentials_are_refused_unless_root_owns_the_image";
-    let Some(env) = TestEnv::new(name) else {
+    let Some((env, mut w, img)) = nobody_sleeper_image(name) else {
         return;
     };
-    if !have_nobody(name) {
-        return;
-    }
-    let Some(mut w) = env.start_workload_as("sleeper", &[], NOBODY, NOGROUP) else {
-        return;
-    };
-    let img = env.path("img");
-    env.checkpoint_and_kill(&mut w, &img);
-    chown_dir(&env, NOBODY, NOGROUP);
     let pid = w.pid;
 
     let as_root = env.path("root.img");
@@ -288,18 +293,9 @@ fn forged_credentials_are_refused_unless_root_owns_the_image() {
 #[test]
 fn forged_fds_naming_root_files_fail_as_the_user_would() {
     let name = "forged_fds_naming_root_files_fail_as_the_user_would";
-    let Some(env) = TestEnv::new(name) else {
+    let Some((env, w, img)) = nobody_sleeper_image(name) else {
         return;
     };
-    if !have_nobody(name) {
-        return;
-    }
-    let Some(mut w) = env.start_workload_as("sleeper", &[], NOBODY, NOGROUP) else {
-        return;
-    };
-    let img = env.path("img");
-    env.checkpoint_and_kill(&mut w, &img);
-    chown_dir(&env, NOBODY, NOGROUP);
     let pid = w.pid;
 
     let shadow = env.path("shadow.img");
@@ -374,18 +370,9 @@ fn forged_fds_naming_root_files_fail_as_the_user_would() {
 #[test]
 fn forged_mapping_of_shadow_fails_as_the_user_would() {
     let name = "forged_mapping_of_shadow_fails_as_the_user_would";
-    let Some(env) = TestEnv::new(name) else {
+    let Some((env, w, img)) = nobody_sleeper_image(name) else {
         return;
     };
-    if !have_nobody(name) {
-        return;
-    }
-    let Some(mut w) = env.start_workload_as("sleeper", &[], NOBODY, NOGROUP) else {
-        return;
-    };
-    let img = env.path("img");
-    env.checkpoint_and_kill(&mut w, &img);
-    chown_dir(&env, NOBODY, NOGROUP);
     let pid = w.pid;
 
     let mapped = env.path("mapped.img");

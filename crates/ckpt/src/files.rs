@@ -80,6 +80,19 @@ pub fn proc_pid(path: &[u8]) -> Option<std::result::Result<Pid, ()>> {
     Some(Ok(pid))
 }
 
+/// Owner and times of file `id`, for what restart recreates.
+fn file_attr(id: u32, meta: &std::fs::Metadata) -> FileAttr {
+    FileAttr {
+        file_id: id,
+        uid: meta.uid(),
+        gid: meta.gid(),
+        atime_sec: meta.atime(),
+        atime_nsec: meta.atime_nsec() as u32,
+        mtime_sec: meta.mtime(),
+        mtime_nsec: meta.mtime_nsec() as u32,
+    }
+}
+
 /// An fd of an unlinked regular file, waiting for its ghost object.
 struct GhostFd {
     pid: Pid,
@@ -377,15 +390,7 @@ impl FileTable {
             } else if !deleted {
                 FILE_FIFO
             } else if path.starts_with(b"/") {
-                self.attrs.push(FileAttr {
-                    file_id: id,
-                    uid: meta.uid(),
-                    gid: meta.gid(),
-                    atime_sec: meta.atime(),
-                    atime_nsec: meta.atime_nsec() as u32,
-                    mtime_sec: meta.mtime(),
-                    mtime_nsec: meta.mtime_nsec() as u32,
-                });
+                self.attrs.push(file_attr(id, meta));
                 FILE_FIFO_REMOVED
             } else {
                 return Err(unsupported(
@@ -416,15 +421,7 @@ impl FileTable {
                 FILE_REGULAR
             }
         } else if ft.is_dir() && (deleted || meta.nlink() == 0) {
-            self.attrs.push(FileAttr {
-                file_id: id,
-                uid: meta.uid(),
-                gid: meta.gid(),
-                atime_sec: meta.atime(),
-                atime_nsec: meta.atime_nsec() as u32,
-                mtime_sec: meta.mtime(),
-                mtime_nsec: meta.mtime_nsec() as u32,
-            });
+            self.attrs.push(file_attr(id, meta));
             FILE_DIR_REMOVED
         } else if ft.is_dir() {
             FILE_DIR
