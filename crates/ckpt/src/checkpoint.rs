@@ -255,7 +255,7 @@ pub fn find_syscall_insn(pid: Pid, maps: &[procfs::MapEntry]) -> Result<u64> {
         .find(|m| m.path == b"[vdso]")
         .ok_or_else(|| Error::Unsupported {
             pid,
-            comm: String::new(),
+            comm: procfs::comm(pid),
             object: "the address space".into(),
             reason: "it has no [vdso] mapping to run injected syscalls from".into(),
         })?;
@@ -268,7 +268,7 @@ pub fn find_syscall_insn(pid: Pid, maps: &[procfs::MapEntry]) -> Result<u64> {
         .map(|i| vdso.start + i as u64)
         .ok_or_else(|| Error::Unsupported {
             pid,
-            comm: String::new(),
+            comm: procfs::comm(pid),
             object: "the vDSO".into(),
             reason: "it contains no syscall instruction".into(),
         })

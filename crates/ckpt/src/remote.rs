@@ -256,10 +256,13 @@ fn step_to_syscall_stop(t: Pid, ip: u64) -> Result<()> {
             // A ptrace event stop (e.g. a late PTRACE_INTERRUPT): go on.
             continue;
         }
-        return Err(Error::Sys {
+        return Err(Error::Unsupported {
             pid: t,
-            what: format!("injected syscall at {ip:#x} raised signal {sig} instead of completing"),
-            source: std::io::Error::from_raw_os_error(libc::EFAULT),
+            comm: crate::procfs::comm(t),
+            object: format!("an injected syscall at {ip:#x}"),
+            reason: format!(
+                "signal {sig} arrived instead of its completion (SIGSTOP and SIGKILL cannot be blocked); retry the checkpoint"
+            ),
         });
     }
 }

@@ -423,7 +423,7 @@ fn check_sched_policy(pid: Pid, tid: Pid, policy: u32) -> Result<()> {
     }
     Err(Error::Unsupported {
         pid,
-        comm: String::new(),
+        comm: crate::procfs::comm(pid),
         object: format!("thread {tid}"),
         reason: format!(
             "its scheduling policy {base} (SCHED_DEADLINE?) cannot be saved yet; switch it to another policy first"

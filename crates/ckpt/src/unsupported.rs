@@ -26,6 +26,7 @@ const NAMESPACES: [&str; 10] = [
 /// Every rule for one frozen process.
 pub fn check_process(pid: Pid, comm: &str) -> Result<()> {
     namespaces(pid, comm, &|kind| own_namespace(kind))?;
+    pending_stop(pid, comm)?;
     posix_timers(pid, comm)?;
     file_locks(pid, comm)?;
     Ok(())
@@ -68,6 +69,32 @@ fn namespaces(pid: Pid, comm: &str, own: &dyn Fn(&str) -> Option<Vec<u8>>) -> Re
                     "it is not ckpt's ({}); namespaces cannot be saved yet: run ckpt inside the process's namespaces (e.g. `nsenter -t {pid} -a ckpt ...`) so that it is restored into them",
                     ckpt_image::escape(&mine)
                 ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A SIGSTOP queued while the process is stopped cannot be blocked while
+/// ckpt injects syscalls: it would be taken from the queue on the way.
+fn pending_stop(pid: Pid, comm: &str) -> Result<()> {
+    let stop = 1u64 << (libc::SIGSTOP - 1);
+    let mut tasks = vec![format!("/proc/{pid}/status")];
+    if let Ok(tids) = procfs::tids(pid) {
+        tasks.extend(tids.iter().map(|t| format!("/proc/{pid}/task/{t}/status")));
+    }
+    for path in tasks {
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        let st = procfs::Status(text);
+        if (st.hex("ShdPnd") | st.hex("SigPnd")) & stop != 0 {
+            return Err(unsupported(
+                pid,
+                comm,
+                "a pending SIGSTOP".into(),
+                "it was sent while the process was already stopped, and ckpt cannot keep it queued while it works yet; continue the process (SIGCONT) or let it take the signal, then retry"
+                    .into(),
             ));
         }
     }
