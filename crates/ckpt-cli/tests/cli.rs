@@ -905,6 +905,17 @@ fn wait_until_state(pid: i32, want: &str) -> bool {
 /// that `ckpt checkpoint` refuses it with a message naming the pid and
 /// containing `why`, leaves it running untraced, and writes no page data.
 fn assert_refused(name: &str, argv: &[&str], ready: &dyn Fn(i32) -> bool, why: &str) {
+    assert_refused_in(name, argv, ready, why, "S");
+}
+
+/// [`assert_refused`] for a process that must be left in `state`.
+fn assert_refused_in(
+    name: &str,
+    argv: &[&str],
+    ready: &dyn Fn(i32) -> bool,
+    why: &str,
+    state: &str,
+) {
     let d = tmpdir(name);
     let mut c = Command::new(argv[0]);
     c.args(&argv[1..]);
@@ -937,13 +948,13 @@ fn assert_refused(name: &str, argv: &[&str], ready: &dyn Fn(i32) -> bool, why: &
         "{name}: left traced or gone: {status}"
     );
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let state = stat
+    let now = stat
         .rsplit(')')
         .next()
         .unwrap_or("")
         .split_whitespace()
         .next();
-    assert_eq!(state, Some("S"), "{name}: not running as before");
+    assert_eq!(now, Some(state), "{name}: not as before");
     let len = std::fs::metadata(&img).map(|m| m.len()).unwrap_or(0);
     assert!(
         len < 4096,
@@ -979,6 +990,27 @@ fn unsupported_process_state_is_refused() {
                 && sleeping(pid)
         },
         "POSIX timer",
+    );
+    // Stopped, with a second SIGSTOP queued: it cannot stay queued while
+    // ckpt injects syscalls.
+    assert_refused_in(
+        "pending-sigstop",
+        &["sleep", "1000"],
+        &|pid| {
+            if !sleeping(pid) {
+                return false;
+            }
+            // SAFETY: signals to our own child.
+            unsafe { libc::kill(pid, libc::SIGSTOP) };
+            let stopped = wait_until_state(pid, "T");
+            if stopped {
+                // SAFETY: as above; tgkill queues it on the stopped thread.
+                unsafe { libc::syscall(libc::SYS_tgkill, pid, pid, libc::SIGSTOP) };
+            }
+            stopped
+        },
+        "pending SIGSTOP",
+        "T",
     );
     let d = tmpdir("flock");
     let lockfile = d.join("lockfile");
