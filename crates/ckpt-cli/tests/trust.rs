@@ -300,23 +300,11 @@ fn forged_fds_naming_root_files_fail_as_the_user_would() {
 
     let shadow = env.path("shadow.img");
     forge(&img, &shadow, (NOBODY, NOGROUP), |items| {
-        let stdin = items
-            .iter()
-            .find_map(|it| match it {
-                Item::Rec(AnyRecord::Fd(d)) if d.fd == 0 => Some(d.file_id),
-                _ => None,
-            })
-            .expect("the workload has an fd 0");
-        for it in items.iter_mut() {
-            if let Item::Rec(AnyRecord::File(f)) = it {
-                if f.id == stdin {
-                    f.kind = FILE_REGULAR;
-                    f.path = Text(b"/etc/shadow".to_vec());
-                    f.flags = libc::O_RDWR as u32;
-                    f.pos = 0;
-                }
-            }
-        }
+        let f = stdin_file(items);
+        f.kind = FILE_REGULAR;
+        f.path = Text(b"/etc/shadow".to_vec());
+        f.flags = libc::O_RDWR as u32;
+        f.pos = 0;
     });
     restart_must_fail(
         &env,
@@ -333,25 +321,13 @@ fn forged_fds_naming_root_files_fail_as_the_user_would() {
     // could link back into the tree through /proc/self/fd).
     let unlinked = env.path("unlinked.img");
     forge(&img, &unlinked, (NOBODY, NOGROUP), |items| {
-        let stdin = items
-            .iter()
-            .find_map(|it| match it {
-                Item::Rec(AnyRecord::Fd(d)) if d.fd == 0 => Some(d.file_id),
-                _ => None,
-            })
-            .expect("the workload has an fd 0");
-        for it in items.iter_mut() {
-            if let Item::Rec(AnyRecord::File(f)) = it {
-                if f.id == stdin {
-                    f.kind = FILE_UNLINKED;
-                    f.path = Text(b"/etc/forged".to_vec());
-                    f.flags = libc::O_RDWR as u32;
-                    f.mode = 0o104755;
-                    f.content = Bytes(b"#!/bin/sh\n".to_vec());
-                    f.pos = 0;
-                }
-            }
-        }
+        let f = stdin_file(items);
+        f.kind = FILE_UNLINKED;
+        f.path = Text(b"/etc/forged".to_vec());
+        f.flags = libc::O_RDWR as u32;
+        f.mode = 0o104755;
+        f.content = Bytes(b"#!/bin/sh\n".to_vec());
+        f.pos = 0;
     });
     restart_must_fail(
         &env,
@@ -362,6 +338,76 @@ fn forged_fds_naming_root_files_fail_as_the_user_would() {
             "Permission denied",
         ],
     );
+
+    // The same as a ghost object (how ckpt saves unlinked files), owned by
+    // root and set-user-id: created as the user, so refused as well.
+    let ghost = env.path("ghost.img");
+    forge(&img, &ghost, (NOBODY, NOGROUP), |items| {
+        const ID: u32 = 0x7777;
+        let f = stdin_file(items);
+        f.kind = FILE_UNLINKED;
+        f.path = Text(b"/etc/forged-ghost".to_vec());
+        f.flags = libc::O_RDWR as u32;
+        f.content = Bytes(Vec::new());
+        f.obj = ID;
+        f.pos = 0;
+        let first_process = items
+            .iter()
+            .position(|it| matches!(it, Item::Rec(AnyRecord::Process(_))))
+            .expect("a process");
+        let objects = [
+            AnyRecord::Shmem(Shmem {
+                id: ID,
+                kind: SHMEM_GHOST,
+                size: 10,
+                name: Text(b"/etc/forged-ghost".to_vec()),
+            }),
+            AnyRecord::ShmemAttrs(ShmemAttrs {
+                id: ID,
+                mode: 0o4755,
+                ..Default::default()
+            }),
+        ];
+        for (i, r) in objects.into_iter().enumerate() {
+            items.insert(first_process + i, Item::Rec(r));
+        }
+        for it in items.iter_mut() {
+            if let Item::Rec(AnyRecord::ImageEnd(e)) = it {
+                e.nr_shmems += 1;
+            }
+        }
+    });
+    restart_must_fail(
+        &env,
+        &ghost,
+        pid,
+        &[
+            "create the unlinked file /etc/forged-ghost",
+            "Permission denied",
+        ],
+    );
+    assert!(
+        !Path::new("/etc/forged-ghost").exists(),
+        "a forged image left /etc/forged-ghost"
+    );
+}
+
+/// The description behind fd 0 of an image's first process.
+fn stdin_file(items: &mut [Item]) -> &mut File {
+    let stdin = items
+        .iter()
+        .find_map(|it| match it {
+            Item::Rec(AnyRecord::Fd(d)) if d.fd == 0 => Some(d.file_id),
+            _ => None,
+        })
+        .expect("the workload has an fd 0");
+    items
+        .iter_mut()
+        .find_map(|it| match it {
+            Item::Rec(AnyRecord::File(f)) if f.id == stdin => Some(f),
+            _ => None,
+        })
+        .expect("fd 0 has its file")
 }
 
 /// A user's image mapping /etc/shadow fails too: mappings are opened by the

@@ -902,7 +902,14 @@ fn move_vdso(r: &mut Remote, cur: &[MapEntry], p: &ProcessImage) -> Result<()> {
 /// Creates a saved shared memory object (or unlinked file) in the
 /// restorer, filled with its saved pages, as an fd >= `base` for the tree
 /// to inherit and map.
-pub fn create_shmem(s: &ShmemImage, img_fd: i32, base: i32) -> Result<i32> {
+/// An unlinked file is created, and every object's owner and mode set, as
+/// `fs` (see `trust`): an image may only make files its owner could.
+pub fn create_shmem(
+    s: &ShmemImage,
+    img_fd: i32,
+    base: i32,
+    fs: Option<&crate::sys::FsIds>,
+) -> Result<i32> {
     let me = std::process::id() as Pid;
     let io = |what: String| {
         move |e| Error::Sys {
@@ -917,7 +924,7 @@ pub fn create_shmem(s: &ShmemImage, img_fd: i32, base: i32) -> Result<i32> {
         // reached through map_files so others can map it.
         SHMEM_ANON => crate::sys::shared_anon_fd(crate::align_up(s.shmem.size.max(1)), base)
             .map_err(io("create shared anonymous memory".into()))?,
-        SHMEM_GHOST => create_ghost(s, base)?,
+        SHMEM_GHOST => create_ghost(s, base, fs)?,
         _ => {
             let fd =
                 crate::sys::memfd_raw(&s.shmem.name.0, base).map_err(io("memfd_create".into()))?;
@@ -950,7 +957,7 @@ pub fn create_shmem(s: &ShmemImage, img_fd: i32, base: i32) -> Result<i32> {
                 .map_err(io(format!("size unlinked file {}", s.shmem.name)))?;
         }
         if let (Some(a), SHMEM_MEMFD | SHMEM_GHOST) = (&s.attrs, s.shmem.kind) {
-            crate::sys::fchown_fchmod(fd, a.uid, a.gid, a.mode)
+            crate::sys::with_fs_ids(fs, || crate::sys::fchown_fchmod(fd, a.uid, a.gid, a.mode))
                 .map_err(io(format!("set owner and mode of {}", s.shmem.name)))?;
             // Times last: writing the content set them.
             crate::sys::futimens(fd, (a.atime_sec, a.atime_nsec), (a.mtime_sec, a.mtime_nsec))
@@ -970,18 +977,16 @@ pub fn create_shmem(s: &ShmemImage, img_fd: i32, base: i32) -> Result<i32> {
 /// the same filesystem; mode and owner are set by the caller), briefly linked at its
 /// old name when that is free so that /proc shows the same "PATH
 /// (deleted)", then unlinked. Holes stay holes: only data is written.
-fn create_ghost(s: &ShmemImage, base: i32) -> Result<i32> {
+fn create_ghost(s: &ShmemImage, base: i32, fs: Option<&crate::sys::FsIds>) -> Result<i32> {
     let path = &s.shmem.name.0;
     let me = std::process::id() as Pid;
     let dir = match path.iter().rposition(|&c| c == b'/') {
         Some(0) | None => b"/".to_vec(),
         Some(i) => path[..i].to_vec(),
     };
-    let fd = crate::sys::open_raw(
-        &dir,
-        libc::O_TMPFILE | libc::O_RDWR | libc::O_CLOEXEC,
-        0o600,
-    )
+    let fd = crate::sys::with_fs_ids(fs, || {
+        crate::sys::open_raw(&dir, libc::O_TMPFILE | libc::O_RDWR | libc::O_CLOEXEC, 0o600)
+    })
     .map_err(|e| Error::Sys {
         pid: me,
         what: format!(
@@ -992,8 +997,10 @@ fn create_ghost(s: &ShmemImage, base: i32) -> Result<i32> {
         source: e,
     })?;
     let set = || -> Result<i32> {
-        if crate::sys::link_fd(fd, path).is_ok() {
-            let _ = std::fs::remove_file(std::ffi::OsStr::from_bytes(path));
+        if crate::sys::with_fs_ids(fs, || crate::sys::link_fd(fd, path)).is_ok() {
+            let _ = crate::sys::with_fs_ids(fs, || {
+                std::fs::remove_file(std::ffi::OsStr::from_bytes(path))
+            });
         }
         crate::sys::dup_above(fd, base).map_err(|e| Error::Sys {
             pid: me,

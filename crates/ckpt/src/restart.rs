@@ -255,7 +255,7 @@ impl Build {
         };
         b.recreate_removed_cwds(img, base)?;
         for s in &img.shmems {
-            let fd = crate::mm::create_shmem(s, img_fd, base)?;
+            let fd = crate::mm::create_shmem(s, img_fd, base, b.fs.as_ref())?;
             b.shmem_fds.push((s.shmem.id, fd));
         }
         let shm = b.shmem_fds.clone();
@@ -361,12 +361,16 @@ impl Build {
                 continue;
             }
             let what = |w: &str| format!("{w} removed {whose}");
-            sys::mkdir(path, 0o700).map_err(io_err(what("recreate")))?;
-            let opened = sys::open_raw(
-                path,
-                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
-                0,
-            )
+            // As the image's owner (see `trust`), like every path it names.
+            let fs = self.fs.as_ref();
+            sys::with_fs_ids(fs, || sys::mkdir(path, 0o700)).map_err(io_err(what("recreate")))?;
+            let opened = sys::with_fs_ids(fs, || {
+                sys::open_raw(
+                    path,
+                    libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+                    0,
+                )
+            })
             .and_then(|fd| {
                 let high = sys::dup_above(fd, base);
                 sys::close(fd);
@@ -375,13 +379,15 @@ impl Build {
             let fd = match opened {
                 Ok(fd) => fd,
                 Err(e) => {
-                    let _ = sys::rmdir(path);
+                    let _ = sys::with_fs_ids(fs, || sys::rmdir(path));
                     return Err(io_err(what("open"))(e));
                 }
             };
             self.removed_cwds.push((path.to_vec(), fd));
-            let set = sys::fchown(fd, uid, gid).and_then(|_| sys::fchmod(fd, mode & 0o7777));
-            let removed = sys::rmdir(path);
+            let set = sys::with_fs_ids(fs, || {
+                sys::fchown(fd, uid, gid).and_then(|_| sys::fchmod(fd, mode & 0o7777))
+            });
+            let removed = sys::with_fs_ids(fs, || sys::rmdir(path));
             set.map_err(io_err(what("set mode and owner of")))?;
             removed.map_err(io_err(what("remove")))?;
         }
