@@ -204,6 +204,21 @@ fn assert_unharmed(
 }
 
 /// xorshift64*, seeded from the clock (printed, to replay a failure).
+/// Runs `ckpt args` and sends it `sig` `delay` after it started (counted,
+/// for a signal ckpt catches, from when its handler is in place: it
+/// installs its handlers first thing); returns the finished run.
+fn signal_ckpt_after(env: &TestEnv, args: [&OsStr; 5], sig: i32, delay: Duration) -> CkptRun {
+    let mut c = env.spawn_ckpt(args);
+    if sig != libc::SIGKILL {
+        let cpid = c.proc.pid;
+        let caught = wait_until(TIMEOUT, || signal_in_mask(cpid, "SigCgt", sig));
+        assert!(caught, "ckpt never installed a handler for signal {sig}");
+    }
+    std::thread::sleep(delay);
+    let _ = c.proc.signal(sig);
+    c.wait(CKPT_TIMEOUT).expect("ckpt exits")
+}
+
 struct Rng(u64);
 impl Rng {
     fn next(&mut self) -> u64 {
@@ -297,16 +312,7 @@ fn checkpoint_killed_at_any_moment_leaves_the_process_unharmed() {
     for k in 0..15 {
         let sig = [libc::SIGKILL, libc::SIGTERM, libc::SIGINT][k % 3];
         let delay = Duration::from_micros(rng.next() % span);
-        let mut c = env.spawn_ckpt(args);
-        if sig != libc::SIGKILL {
-            // From when ckpt catches it (it starts by installing handlers).
-            let cpid = c.proc.pid;
-            let caught = wait_until(TIMEOUT, || signal_in_mask(cpid, "SigCgt", sig));
-            assert!(caught, "ckpt never installed a handler for signal {sig}");
-        }
-        std::thread::sleep(delay);
-        let _ = c.proc.signal(sig);
-        let run = c.wait(CKPT_TIMEOUT).expect("ckpt exits");
+        let run = signal_ckpt_after(&env, args, sig, delay);
         let what = format!("signal {sig} to ckpt after {delay:?} ({})", run.status);
         if sig != libc::SIGKILL {
             use std::os::unix::process::ExitStatusExt;
@@ -452,15 +458,7 @@ fn tree_checkpoint_killed_or_cancelled_leaves_every_process_unharmed() {
     for k in 0..6 {
         let sig = [libc::SIGTERM, libc::SIGINT, libc::SIGKILL][k % 3];
         let delay = Duration::from_micros(rng.next() % span);
-        let mut c = env.spawn_ckpt(args);
-        if sig != libc::SIGKILL {
-            let cpid = c.proc.pid;
-            let caught = wait_until(TIMEOUT, || signal_in_mask(cpid, "SigCgt", sig));
-            assert!(caught, "ckpt never installed a handler for signal {sig}");
-        }
-        std::thread::sleep(delay);
-        let _ = c.proc.signal(sig);
-        let run = c.wait(CKPT_TIMEOUT).expect("ckpt exits");
+        let run = signal_ckpt_after(&env, args, sig, delay);
         check(
             &w,
             &format!("signal {sig} to ckpt after {delay:?} ({})", run.status),
