@@ -68,6 +68,23 @@ pub fn dump(pid: Pid, comm: &str) -> Result<String> {
     Ok(text)
 }
 
+/// Where each hierarchy is mounted here, and ckpt's own cgroups: read once
+/// for all the processes of an image.
+pub struct Host {
+    mounts: Vec<(String, PathBuf)>,
+    own: Vec<Membership>,
+}
+
+impl Host {
+    pub fn read() -> Host {
+        Host {
+            mounts: mounts(),
+            own: parse(&std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default())
+                .unwrap_or_default(),
+        }
+    }
+}
+
 /// Where each hierarchy is mounted here: (controllers, mount point);
 /// controllers "" is cgroup v2.
 fn mounts() -> Vec<(String, PathBuf)> {
@@ -116,15 +133,13 @@ fn key(controllers: &str) -> String {
 /// What restart must do: for each hierarchy where the image's cgroup
 /// differs from ckpt's own, the `cgroup.procs` file to write the pid to.
 /// Errors name the cgroup that is missing here.
-pub fn plan(pid: Pid, saved: &str) -> Result<Vec<PathBuf>> {
+pub fn plan(host: &Host, pid: Pid, saved: &str) -> Result<Vec<PathBuf>> {
     let refuse = |m: String| Err(Error::Refused(format!("pid {pid}: {m}")));
     let want = match parse(saved) {
         Ok(w) => w,
         Err(e) => return refuse(format!("its cgroups in the image: {e}")),
     };
-    let own = parse(&std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default())
-        .unwrap_or_default();
-    let mounts = mounts();
+    let Host { mounts, own } = host;
     let mut out = Vec::new();
     for m in &want {
         let k = key(&m.controllers);
@@ -180,8 +195,9 @@ mod tests {
     #[test]
     fn own_cgroups_need_no_move() {
         let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
-        assert_eq!(plan(1, &own).unwrap(), Vec::<PathBuf>::new());
-        let err = plan(1, "4:memory:/no-such-cgroup-here\n")
+        let host = Host::read();
+        assert_eq!(plan(&host, 1, &own).unwrap(), Vec::<PathBuf>::new());
+        let err = plan(&host, 1, "4:memory:/no-such-cgroup-here\n")
             .unwrap_err()
             .to_string();
         assert!(err.contains("no-such-cgroup-here"), "{err}");

@@ -282,14 +282,8 @@ fn run<S: Sink>(
 ) -> Result<(FrozenTree, Summary)> {
     let status =
         procfs::status(root).ctx(root, || "read /proc status (is the pid right?)".into())?;
-    if status.num("Seccomp").unwrap_or(0) != 0 {
-        return Err(Error::Unsupported {
-            pid: root,
-            comm: procfs::comm(root),
-            object: "seccomp filters".into(),
-            reason: "seccomp state cannot be saved yet".into(),
-        });
-    }
+    // Before anything is frozen: the common refusal, cheaply.
+    crate::unsupported::seccomp(root, &procfs::comm(root), &status)?;
     opts.check_cancel()?;
     let tree = freeze::freeze_tree(root, opts.freeze_cgroup.as_deref())?;
     let mut ft = FileTable::new(tree.procs.iter().map(|p| p.0).collect());
@@ -507,15 +501,7 @@ fn dump_process(
     let comm = procfs::comm(pid);
     let st = procfs::stat(pid).ctx(pid, || "read /proc stat".into())?;
     let status = procfs::status(pid).ctx(pid, || "read /proc status".into())?;
-    if status.num("Seccomp").unwrap_or(0) != 0 {
-        return Err(Error::Unsupported {
-            pid,
-            comm,
-            object: "seccomp filters".into(),
-            reason: "seccomp state cannot be saved yet".into(),
-        });
-    }
-    crate::unsupported::check_process(pid, &comm)?;
+    crate::unsupported::check_process(pid, &comm, &status)?;
     let maps = procfs::maps(pid).ctx(pid, || "read /proc smaps".into())?;
     let mut vmas = Vec::with_capacity(maps.len());
     for m in &maps {

@@ -90,8 +90,9 @@ pub fn restart(input: std::fs::File, opts: &RestartOptions, log: &mut Log) -> Re
     b.spawn(&img)?;
     b.seize_all(&img)?;
     // Into their cgroups before their memory is rebuilt (and charged).
+    let cg = crate::cgroup::Host::read();
     for p in img.processes.iter().filter(|p| !p.is_zombie()) {
-        let plan = crate::cgroup::plan(p.pid(), &p.cgroups.membership.lossy())?;
+        let plan = crate::cgroup::plan(&cg, p.pid(), &p.cgroups.membership.lossy())?;
         crate::cgroup::join(p.pid(), &plan)?;
     }
     for &g in &b.pgid_helpers {
@@ -988,6 +989,7 @@ fn validate(img: &Image, mode: Mode, fs: Option<&sys::FsIds>, log: &mut Log) -> 
             ));
         }
     }
+    let cg = crate::cgroup::Host::read();
     for (i, p) in img.processes.iter().enumerate() {
         let pid = p.pid();
         if img.processes[..i].iter().any(|q| q.pid() == pid) {
@@ -1008,7 +1010,7 @@ fn validate(img: &Image, mode: Mode, fs: Option<&sys::FsIds>, log: &mut Log) -> 
                 }
             }
         }
-        validate_process(img, p, mode, fs)?;
+        validate_process(img, p, mode, fs, &cg)?;
         // A session whose leader is gone is reopened by a helper with the
         // leader's pid (see `become_process`).
         let sid = p.process.sid;
@@ -1030,6 +1032,7 @@ fn validate_process(
     p: &ProcessImage,
     mode: Mode,
     fs: Option<&sys::FsIds>,
+    cg: &crate::cgroup::Host,
 ) -> Result<()> {
     let pid = p.pid();
     let restart = mode == Mode::Restart;
@@ -1096,7 +1099,7 @@ fn validate_process(
             ));
         }
     }
-    crate::cgroup::plan(pid, &p.cgroups.membership.lossy())?;
+    crate::cgroup::plan(cg, pid, &p.cgroups.membership.lossy())?;
     if p.threads.is_empty() || p.threads[0].thread.tid != pid {
         return refuse(format!("pid {pid}: the image lacks its main thread"));
     }
