@@ -184,6 +184,13 @@ impl FileTable {
             let meta = std::fs::metadata(format!("/proc/{pid}/fd/{fd}"))
                 .ctx(pid, || format!("stat fd {fd}"))?;
             let info = procfs::fdinfo(pid, fd).ctx(pid, || format!("read fdinfo of fd {fd}"))?;
+            if let Some(lock) = &info.lock {
+                return Err(unsupported(
+                    fd,
+                    &link,
+                    &format!("it holds a file lock ({lock}); file locks cannot be saved yet; release the lock or checkpoint when it is not held"),
+                ));
+            }
             let cloexec = info.flags & libc::O_CLOEXEC as u32 != 0;
             let (dev, ino) = (meta.dev(), meta.ino());
             let mut shared = None;

@@ -314,19 +314,26 @@ pub fn limits(pid: Pid) -> io::Result<Vec<(u64, u64)>> {
 pub struct FdInfo {
     pub pos: u64,
     pub flags: u32,
+    /// The first `lock:` line (a lock held through this description).
+    pub lock: Option<String>,
 }
 
 pub fn fdinfo(pid: Pid, fd: i32) -> io::Result<FdInfo> {
-    let s = read(pid, &format!("fdinfo/{fd}"))?;
+    Ok(parse_fdinfo(&read(pid, &format!("fdinfo/{fd}"))?))
+}
+
+fn parse_fdinfo(s: &str) -> FdInfo {
     let mut fi = FdInfo::default();
     for l in s.lines() {
         if let Some(v) = l.strip_prefix("pos:") {
             fi.pos = v.trim().parse().unwrap_or(0);
         } else if let Some(v) = l.strip_prefix("flags:") {
             fi.flags = u32::from_str_radix(v.trim(), 8).unwrap_or(0);
+        } else if let Some(v) = l.strip_prefix("lock:") {
+            fi.lock.get_or_insert_with(|| v.trim().to_owned());
         }
     }
-    Ok(fi)
+    fi
 }
 
 /// Open fd numbers of a process.
@@ -374,6 +381,18 @@ pub fn comm(pid: Pid) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fdinfo_gives_position_flags_and_locks() {
+        let held = "pos:\t7\nflags:\t02\nmnt_id:\t25\nino:\t12\nlock:\t1: FLOCK  ADVISORY  WRITE 42 00:1a:12 0 EOF\n";
+        let fi = parse_fdinfo(held);
+        assert_eq!((fi.pos, fi.flags), (7, 2));
+        assert_eq!(
+            fi.lock.as_deref(),
+            Some("1: FLOCK  ADVISORY  WRITE 42 00:1a:12 0 EOF")
+        );
+        assert_eq!(parse_fdinfo("pos:\t0\nflags:\t02\n").lock, None);
+    }
 
     #[test]
     fn parses_stat_with_odd_comm() {

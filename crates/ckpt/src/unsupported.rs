@@ -2,7 +2,8 @@
 //! checkpoint, naming the process, the object and what to do, instead of
 //! writing an image that would restore the process changed ("refuse or
 //! restore, never change silently"). The kinds that ckpt does save are
-//! checked where they are dumped (fds in `files`, mappings in `mm`).
+//! checked where they are dumped (fds, file locks included, in `files`;
+//! mappings in `mm`).
 
 use crate::error::{Error, Result};
 use crate::procfs;
@@ -29,7 +30,6 @@ pub fn check_process(pid: Pid, comm: &str, status: &procfs::Status) -> Result<()
     namespaces(pid, comm, &|kind| own_namespace(kind))?;
     pending_stop(pid, comm)?;
     posix_timers(pid, comm)?;
-    file_locks(pid, comm)?;
     Ok(())
 }
 
@@ -93,13 +93,15 @@ fn namespaces(pid: Pid, comm: &str, own: &dyn Fn(&str) -> Option<Vec<u8>>) -> Re
 /// ckpt injects syscalls: it would be taken from the queue on the way.
 fn pending_stop(pid: Pid, comm: &str) -> Result<()> {
     let stop = 1u64 << (libc::SIGSTOP - 1);
-    let mut tasks = vec![format!("/proc/{pid}/status")];
-    if let Ok(tids) = procfs::tids(pid) {
-        tasks.extend(tids.iter().map(|t| format!("/proc/{pid}/task/{t}/status")));
-    }
-    for path in tasks {
-        let Ok(text) = std::fs::read_to_string(&path) else {
-            continue;
+    // Each thread's status shows its own queue and the shared one.
+    let tids = procfs::tids(pid).map_err(|e| Error::Sys {
+        pid,
+        what: "list threads".into(),
+        source: e,
+    })?;
+    for t in tids {
+        let Ok(text) = procfs::read(pid, &format!("task/{t}/status")) else {
+            continue; // a thread of a frozen process cannot vanish but by a kill
         };
         let st = procfs::Status(text);
         if (st.hex("ShdPnd") | st.hex("SigPnd")) & stop != 0 {
@@ -149,46 +151,6 @@ fn timer_ids(text: &str) -> Vec<&str> {
         .collect()
 }
 
-/// File locks (flock, POSIX, OFD) are not re-taken at restart.
-fn file_locks(pid: Pid, comm: &str) -> Result<()> {
-    let fds = match std::fs::read_dir(format!("/proc/{pid}/fdinfo")) {
-        Ok(d) => d,
-        Err(e) => {
-            return Err(Error::Sys {
-                pid,
-                what: format!("list /proc/{pid}/fdinfo"),
-                source: e,
-            })
-        }
-    };
-    for e in fds.flatten() {
-        let fd = e.file_name().to_string_lossy().into_owned();
-        // An fd closed meanwhile by another thread cannot happen (frozen);
-        // one unreadable for another reason is reported by the fd dump.
-        let Ok(info) = std::fs::read_to_string(e.path()) else {
-            continue;
-        };
-        if let Some(lock) = lock_line(&info) {
-            return Err(unsupported(
-                pid,
-                comm,
-                format!("the file lock on fd {fd} ({lock})"),
-                "file locks cannot be saved yet; release the lock or checkpoint when it is not held"
-                    .into(),
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// The first "lock:" line of an fdinfo text, without its prefix.
-fn lock_line(fdinfo: &str) -> Option<&str> {
-    fdinfo
-        .lines()
-        .find_map(|l| l.strip_prefix("lock:"))
-        .map(str::trim)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -198,16 +160,6 @@ mod tests {
         let text = "ID: 0\nsignal: 14/0000000000000000\nnotify: signal/pid.42\nClockID: 0\nID: 3\nsignal: 10/0000000000000000\nnotify: thread/tid.42\nClockID: 1\n";
         assert_eq!(timer_ids(text), ["0", "3"]);
         assert!(timer_ids("").is_empty());
-    }
-
-    #[test]
-    fn lock_lines_are_found_in_fdinfo() {
-        let held = "pos:\t0\nflags:\t02\nmnt_id:\t25\nino:\t12\nlock:\t1: FLOCK  ADVISORY  WRITE 42 00:1a:12 0 EOF\n";
-        assert_eq!(
-            lock_line(held),
-            Some("1: FLOCK  ADVISORY  WRITE 42 00:1a:12 0 EOF")
-        );
-        assert_eq!(lock_line("pos:\t0\nflags:\t02\n"), None);
     }
 
     #[test]
