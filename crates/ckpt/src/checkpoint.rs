@@ -332,11 +332,12 @@ fn run<S: Sink>(
     let arch_rec = arch::arch_record(xcr0, xstate.len() as u32);
     // Before anything is written or killed: the image must pass the rules
     // restart applies, or the only copy of the tree would be unrestorable.
+    // (It is then written from this very model.)
     let meta = crate::model::Image {
         head: crate::head(0),
         arch: arch_rec.clone(),
-        files: ft.files.clone(),
-        pipes: ft.pipes.clone(),
+        files: std::mem::take(&mut ft.files),
+        pipes: std::mem::take(&mut ft.pipes),
         shmems: shm
             .objs
             .iter()
@@ -346,9 +347,9 @@ fn run<S: Sink>(
                 pages: Vec::new(),
             })
             .collect(),
-        file_attrs: ft.attrs.clone(),
-        file_owners: ft.owners.clone(),
-        processes: images.clone(),
+        file_attrs: std::mem::take(&mut ft.attrs),
+        file_owners: std::mem::take(&mut ft.owners),
+        processes: images,
     };
     crate::restart::check_restorable(&meta).map_err(|e| {
         Error::Refused(format!(
@@ -356,34 +357,35 @@ fn run<S: Sink>(
         ))
     })?;
     w.write(&arch_rec).map_err(Error::Write)?;
-    for f in &ft.files {
+    for f in &meta.files {
         w.write(f).map_err(Error::Write)?;
     }
-    for a in &ft.attrs {
+    for a in &meta.file_attrs {
         w.write(a).map_err(Error::Write)?;
     }
-    for o in &ft.owners {
+    for o in &meta.file_owners {
         w.write(o).map_err(Error::Write)?;
     }
-    for p in &ft.pipes {
+    for p in &meta.pipes {
         w.write(p).map_err(Error::Write)?;
     }
     opts.check_cancel()?;
     let shmem_pages = shm.dump(w)?;
     let mut summary = Summary {
         pages: shmem_pages,
-        files: ft.files.len(),
+        files: meta.files.len(),
         ..Default::default()
     };
     // Resident memory of the tree: an upper bound of what will be saved.
-    let total: u64 = images
+    let total: u64 = meta
+        .processes
         .iter()
         .filter(|i| !i.is_zombie())
         .filter_map(|i| procfs::status(i.pid()).ok()?.bytes("VmRSS"))
         .sum();
     let mut saved = 0u64;
     let zero_pfn = sys::zero_page_pfn();
-    for (img, session) in images.iter().zip(sessions.iter_mut()) {
+    for (img, session) in meta.processes.iter().zip(sessions.iter_mut()) {
         opts.check_cancel()?;
         img.write_meta(w).map_err(Error::Write)?;
         summary.processes += 1;
@@ -457,9 +459,9 @@ fn run<S: Sink>(
         summary.vmas += img.vmas.len();
     }
     w.write(&ImageEnd {
-        nr_processes: images.len() as u32,
-        nr_files: ft.files.len() as u32,
-        nr_pipes: ft.pipes.len() as u32,
+        nr_processes: meta.processes.len() as u32,
+        nr_files: meta.files.len() as u32,
+        nr_pipes: meta.pipes.len() as u32,
         nr_shmems: shm.objs.len() as u32,
         nr_shmem_pages: shmem_pages,
     })
