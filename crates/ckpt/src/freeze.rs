@@ -224,8 +224,7 @@ pub fn freeze_tree(root: Pid, cgroup: Option<&Path>) -> Result<FrozenTree> {
         procs.push((p, Some(f)));
         stack.extend(kids.iter().rev());
     }
-    let tree = FrozenTree { procs };
-    let mut tree = tree;
+    let mut tree = FrozenTree { procs };
     if let Some(cg) = cg {
         // Everything is seized with an interrupt pending: once thawed, each
         // task stops before it returns to user space.
