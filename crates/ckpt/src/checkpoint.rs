@@ -544,7 +544,7 @@ fn dump_process(
     let mut session = Session::open(pid)?;
     let (main, s) = session.main();
     let brk = main.call("brk", libc::SYS_brk, &[0])?;
-    let mut process = task::dump_process(pid, &st, &status, main, &s)?;
+    let (mut process, cwd_removed) = task::dump_process(pid, &st, &status, main, &s)?;
     process.nr_threads = raws.len() as u32;
     let sigactions = task::dump_sigactions(main, &s)?;
     let itimers = task::dump_itimers(main, &s)?;
@@ -573,7 +573,7 @@ fn dump_process(
     }
     let img = ProcessImage {
         process,
-        cwd_removed: task::dump_cwd_removed(pid)?,
+        cwd_removed,
         files_shared: ft.files_shared(pid),
         creds: task::dump_creds(&status),
         rlimits: task::dump_rlimits(pid)?,

@@ -58,7 +58,7 @@ pub fn dump_process(
     status: &Status,
     r: &mut Remote,
     s: &Scratch,
-) -> Result<Process> {
+) -> Result<(Process, Option<CwdRemoved>)> {
     let int_at = |r: &mut Remote, opt: i32| -> Result<u32> {
         r.call("prctl", libc::SYS_prctl, &[opt as u64, s.addr])?;
         let b = s.read(0, 4)?;
@@ -71,13 +71,22 @@ pub fn dump_process(
     // Both are read from outside, so they are paths in our root, also for
     // a chrooted process (restart does chdir, then chroot).
     let mut dirs = Vec::new();
+    let mut cwd_removed = None;
     for (what, name) in [("working directory", "cwd"), ("root directory", "root")] {
         let link = procfs::link(pid, name).ctx(pid, || format!("read {name}"))?;
-        let gone = dir_removed(pid, name, &link)?;
+        let m =
+            std::fs::metadata(format!("/proc/{pid}/{name}")).ctx(pid, || format!("stat {name}"))?;
+        let gone = dir_removed(&m, &link);
         if gone && name == "cwd" {
-            // Recreated at restart (see `dump_cwd_removed`).
+            // Restart recreates it, enters it and removes it again, so the
+            // process sees a removed directory of that name, mode and owner.
             let path = link.strip_suffix(b" (deleted)").unwrap_or(&link);
             dirs.push(text(path));
+            cwd_removed = Some(CwdRemoved {
+                mode: m.mode(),
+                uid: m.uid(),
+                gid: m.gid(),
+            });
             continue;
         }
         if gone {
@@ -92,7 +101,7 @@ pub fn dump_process(
     }
     let root = dirs.pop().unwrap_or_default();
     let cwd = dirs.pop().unwrap_or_default();
-    Ok(Process {
+    let process = Process {
         pid,
         ppid: st.ppid,
         pgid: st.pgrp,
@@ -117,38 +126,24 @@ pub fn dump_process(
             .ok()
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or(0),
-    })
+    };
+    Ok((process, cwd_removed))
 }
 
-/// Mode and owner of the working directory if it was removed (restart
-/// recreates it, enters it and removes it again, so the process sees a
-/// removed directory of that name, mode and owner, as before).
-pub fn dump_cwd_removed(pid: Pid) -> Result<Option<CwdRemoved>> {
-    let link = procfs::link(pid, "cwd").ctx(pid, || "read cwd".into())?;
-    let m = std::fs::metadata(format!("/proc/{pid}/cwd")).ctx(pid, || "stat cwd".into())?;
-    Ok(dir_removed(pid, "cwd", &link)?.then(|| CwdRemoved {
-        mode: m.mode(),
-        uid: m.uid(),
-        gid: m.gid(),
-    }))
-}
-
-/// Whether /proc/PID/NAME (cwd or root, whose link reads `link`) is a
-/// removed directory: no links left, or (on file systems that keep a
-/// directory's count) a "(deleted)" name that no longer leads to it.
-fn dir_removed(pid: Pid, name: &str, link: &[u8]) -> Result<bool> {
+/// Whether a cwd or root directory `m`, whose /proc link reads `link`, was
+/// removed: no links left, or (on file systems that keep a directory's
+/// count) a "(deleted)" name that no longer leads to it.
+fn dir_removed(m: &std::fs::Metadata, link: &[u8]) -> bool {
     use std::os::unix::ffi::OsStrExt;
-    let m = std::fs::metadata(format!("/proc/{pid}/{name}")).ctx(pid, || format!("stat {name}"))?;
     if m.nlink() == 0 {
-        return Ok(true);
+        return true;
     }
     let same = |p: &[u8]| {
         std::fs::metadata(std::ffi::OsStr::from_bytes(p))
             .is_ok_and(|o| o.dev() == m.dev() && o.ino() == m.ino())
     };
-    Ok(link
-        .strip_suffix(b" (deleted)")
-        .is_some_and(|p| !same(p) && !same(link)))
+    link.strip_suffix(b" (deleted)")
+        .is_some_and(|p| !same(p) && !same(link))
 }
 
 pub fn dump_creds(status: &Status) -> Creds {
