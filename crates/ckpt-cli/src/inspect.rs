@@ -109,19 +109,7 @@ fn detail(r: &AnyRecord) -> String {
         AnyRecord::File(f) => format!(
             "file {} {} {} pos {}",
             f.id,
-            match f.kind {
-                ckpt_image::FILE_REGULAR => "regular",
-                ckpt_image::FILE_DIR => "dir",
-                ckpt_image::FILE_CHR => "chr",
-                ckpt_image::FILE_UNLINKED => "unlinked",
-                ckpt_image::FILE_PIPE => "pipe",
-                ckpt_image::FILE_FIFO => "fifo",
-                ckpt_image::FILE_MEMFD => "memfd",
-                ckpt_image::FILE_PROC => "proc",
-                ckpt_image::FILE_DIR_REMOVED => "removed-dir",
-                ckpt_image::FILE_FIFO_REMOVED => "removed-fifo",
-                _ => "unknown",
-            },
+            ckpt_image::file_kind_name(f.kind),
             f.path,
             f.pos
         ),
@@ -152,11 +140,28 @@ fn detail(r: &AnyRecord) -> String {
             e.pid, e.nr_threads, e.nr_fds, e.nr_vmas, e.nr_pages
         ),
         AnyRecord::ImageEnd(e) => format!(
-            "{} process(es), {} file(s), {} pipe(s), {} shmem object(s) with {} page(s)",
-            e.nr_processes, e.nr_files, e.nr_pipes, e.nr_shmems, e.nr_shmem_pages
+            "{} process(es), {} file(s), {} pipe(s), {} kind object(s), {} shmem object(s) with {} page(s)",
+            e.nr_processes, e.nr_files, e.nr_pipes, e.nr_objects, e.nr_shmems, e.nr_shmem_pages
         ),
+        AnyRecord::Skipped(k) => format!("type {:#x}, {} bytes, skipped (optional)", k.rtype, k.len),
+        // Records of kinds: their fields, as `name value` pairs.
+        r if ckpt_image::is_object_record(r.rtype()) || ckpt_image::is_process_kind_record(r.rtype()) => fields(r),
         _ => String::new(),
     }
+}
+
+/// A record's fields as "name value" pairs, for records without a
+/// hand-written line (escaped: fields may hold image text).
+fn fields(r: &AnyRecord) -> String {
+    let v = serde_json::to_value(r).unwrap_or_default();
+    let Some(m) = v.as_object() else {
+        return String::new();
+    };
+    m.iter()
+        .filter(|(k, _)| *k != "kind")
+        .map(|(k, v)| format!("{k} {}", ckpt_image::escape(v.to_string().as_bytes())))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 pub fn run<R: Read>(input: R, json: bool) -> Result<u8> {

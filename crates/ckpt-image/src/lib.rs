@@ -28,7 +28,7 @@ pub const HEAD_MAGIC: u64 = 0x00fe_ed0c_c0a2_d200;
 /// Magic number of the tail record (the seeds' value).
 pub const TAIL_MAGIC: u64 = 0x002d_2a0c_c0de_ef00;
 /// Format revision; bumped on any incompatible change. Readers refuse others.
-pub const FORMAT_REVISION: u32 = 2;
+pub const FORMAT_REVISION: u32 = 3;
 /// Size of the record header `{type, len}`.
 pub const HDR_LEN: u64 = 8;
 /// Page size the image's page data is laid out with.

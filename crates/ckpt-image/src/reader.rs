@@ -50,6 +50,10 @@ impl RawRecord {
             Body::Pages { hdr, .. } => Ok(AnyRecord::Pages(*hdr)),
             Body::Meta(p) => match decode_any(self.rtype, p) {
                 Some(r) => r.map_err(|e| ImageError::corrupt(self.offset, self.rtype, e.0)),
+                None if self.rtype & T_OPTIONAL != 0 => Ok(AnyRecord::Skipped(Skipped {
+                    rtype: self.rtype,
+                    len: p.len() as u32,
+                })),
                 None => Err(ImageError::corrupt(
                     self.offset,
                     self.rtype,

@@ -46,6 +46,14 @@ macro_rules! record {
     };
 }
 
+mod objects;
+pub use objects::*;
+
+/// Type bit: a reader that does not know the record may skip it (the
+/// writer marked it as something an older reader can do without). An
+/// unknown record without the bit makes the image unreadable.
+pub const T_OPTIONAL: u32 = 0x8000_0000;
+
 pub const T_HEAD: u32 = 1;
 pub const T_ARCH_X86_64: u32 = 2;
 pub const T_PROCESS: u32 = 100;
@@ -320,6 +328,27 @@ pub const FILE_DIR_REMOVED: u32 = 8;
 /// made again at its path for a moment at restart.
 pub const FILE_FIFO_REMOVED: u32 = 9;
 
+/// A short name of each `File` kind, for `inspect`.
+pub fn file_kind_name(k: u32) -> &'static str {
+    const NAMES: [&str; 10] = [
+        "regular",
+        "dir",
+        "chr",
+        "unlinked",
+        "pipe",
+        "fifo",
+        "memfd",
+        "proc",
+        "removed-dir",
+        "removed-fifo",
+    ];
+    NAMES
+        .get(k as usize)
+        .copied()
+        .or_else(|| objects::file_kind_name(k))
+        .unwrap_or("unknown")
+}
+
 record!(
     /// An open file description, possibly shared by several fds.
     File = T_FILE, "file" {
@@ -500,6 +529,7 @@ record!(
         nr_processes: u32,
         nr_files: u32,
         nr_pipes: u32,
+        nr_objects: u32,
         nr_shmems: u32,
         nr_shmem_pages: u64,
     }
@@ -548,6 +578,7 @@ pub enum AnyRecord {
     Fd(Fd),
     FilesShared(FilesShared),
     Pipe(Pipe),
+    Eventfd(Eventfd),
     Shmem(Shmem),
     ShmemAttrs(ShmemAttrs),
     MmState(MmState),
@@ -560,6 +591,16 @@ pub enum AnyRecord {
     ImageEnd(ImageEnd),
     Tail(Tail),
     Error(ErrorRec),
+    /// A record this reader does not know, marked `T_OPTIONAL` by its writer.
+    Skipped(Skipped),
+}
+
+/// What is known of a skipped optional record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Skipped {
+    pub rtype: u32,
+    /// Payload length.
+    pub len: u32,
 }
 
 macro_rules! dispatch {
@@ -580,13 +621,35 @@ macro_rules! dispatch {
                 _ => None,
             }
         }
+        impl AnyRecord {
+            /// The record's type number (`T_PAGES` for page headers, the
+            /// skipped type for a skipped record).
+            pub fn rtype(&self) -> u32 {
+                match self {
+                    $(AnyRecord::$v(_) => <$t>::TYPE,)*
+                    AnyRecord::Pages(_) => T_PAGES,
+                    AnyRecord::Skipped(k) => k.rtype,
+                }
+            }
+            /// The record itself, to downcast to its type.
+            pub fn as_any(&self) -> &dyn std::any::Any {
+                match self {
+                    $(AnyRecord::$v(x) => x,)*
+                    AnyRecord::Pages(x) => x,
+                    AnyRecord::Skipped(x) => x,
+                }
+            }
+        }
+        $(impl From<$t> for AnyRecord {
+            fn from(r: $t) -> AnyRecord { AnyRecord::$v(r) }
+        })*
         /// The type and encoded payload of a metadata record; `None` for
         /// page headers, whose data is written with `write_pages`.
         pub fn encode_any(r: &AnyRecord) -> Option<(u32, Vec<u8>)> {
             let mut e = Enc::default();
             let t = match r {
                 $(AnyRecord::$v(x) => { x.encode(&mut e); <$t>::TYPE })*
-                AnyRecord::Pages(_) => return None,
+                AnyRecord::Pages(_) | AnyRecord::Skipped(_) => return None,
             };
             Some((t, e.buf))
         }
@@ -612,6 +675,7 @@ dispatch!(
     Fd => Fd,
     FilesShared => FilesShared,
     Pipe => Pipe,
+    Eventfd => Eventfd,
     Shmem => Shmem,
     ShmemAttrs => ShmemAttrs,
     MmState => MmState,

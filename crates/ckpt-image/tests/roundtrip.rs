@@ -856,6 +856,7 @@ fn ends() -> impl Strategy<Value = AnyRecord> {
                     nr_processes: a,
                     nr_files: b,
                     nr_pipes: c,
+                    nr_objects: a ^ d,
                     nr_shmems: d,
                     nr_shmem_pages: n,
                 })

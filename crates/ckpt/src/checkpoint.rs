@@ -286,8 +286,10 @@ fn run<S: Sink>(
     crate::unsupported::seccomp(root, &procfs::comm(root), &status)?;
     opts.check_cancel()?;
     let tree = freeze::freeze_tree(root, opts.freeze_cgroup.as_deref())?;
-    let mut ft = FileTable::new(tree.procs.iter().map(|p| p.0).collect());
-    let mut shm = ShmemTable::default();
+    // Files, pipes, shared memory and kind objects share one id space.
+    let ids = crate::ids::IdSpace::default();
+    let mut ft = FileTable::new(tree.procs.iter().map(|p| p.0).collect(), ids.clone());
+    let mut shm = ShmemTable::new(ids);
     let mut images = Vec::with_capacity(tree.procs.len());
     // Declared after the tree: on every path the sessions give their
     // processes back before the tree detaches from them.
@@ -314,18 +316,7 @@ fn run<S: Sink>(
             }
         }
     }
-    // A memfd open as an fd is the same object as its mappings.
-    for (dev, ino, file_id, source) in std::mem::take(&mut ft.memfds) {
-        let f = &mut ft.files[file_id as usize - 1];
-        let name = f
-            .path
-            .0
-            .strip_prefix(b"/memfd:")
-            .unwrap_or(&f.path.0)
-            .to_vec();
-        f.obj = shm.id(dev, ino, SHMEM_MEMFD, &name, source)?;
-    }
-    ft.link_ghosts(&mut shm)?;
+    ft.finish(&mut shm)?;
     mm::find_cow(&mut images, sys::zero_page_pfn())?;
     let xstate = first_xstate.unwrap_or_default();
     let xcr0 = arch::xstate_xfeatures(&xstate).unwrap_or(sys::xcr0());
@@ -337,7 +328,8 @@ fn run<S: Sink>(
         head: crate::head(0),
         arch: arch_rec.clone(),
         files: std::mem::take(&mut ft.files),
-        pipes: std::mem::take(&mut ft.pipes),
+        pipes: std::mem::take(&mut ft.cx.pipes),
+        objects: std::mem::take(&mut ft.cx.objects),
         shmems: shm
             .objs
             .iter()
@@ -347,7 +339,7 @@ fn run<S: Sink>(
                 pages: Vec::new(),
             })
             .collect(),
-        file_attrs: std::mem::take(&mut ft.attrs),
+        file_attrs: std::mem::take(&mut ft.cx.attrs),
         file_owners: std::mem::take(&mut ft.owners),
         processes: images,
     };
@@ -368,6 +360,9 @@ fn run<S: Sink>(
     }
     for p in &meta.pipes {
         w.write(p).map_err(Error::Write)?;
+    }
+    for o in &meta.objects {
+        w.write_any(o).map_err(Error::Write)?;
     }
     opts.check_cancel()?;
     let shmem_pages = shm.dump(w)?;
@@ -462,6 +457,7 @@ fn run<S: Sink>(
         nr_processes: meta.processes.len() as u32,
         nr_files: meta.files.len() as u32,
         nr_pipes: meta.pipes.len() as u32,
+        nr_objects: meta.objects.len() as u32,
         nr_shmems: shm.objs.len() as u32,
         nr_shmem_pages: shmem_pages,
     })
@@ -549,6 +545,10 @@ fn dump_process(
     let sigactions = task::dump_sigactions(main, &s)?;
     let itimers = task::dump_itimers(main, &s)?;
     let mm_state = mm::dump_mm_state(main, &comm)?;
+    let mut extra = Vec::new();
+    for k in crate::process_kind::PROCESS_KINDS {
+        extra.extend(k.dump(pid, &comm, main, &s)?);
+    }
     let mut threads = Vec::new();
     for r in &raws {
         opts.check_cancel()?;
@@ -590,6 +590,7 @@ fn dump_process(
         mm_state,
         vmas,
         cow: Vec::new(),
+        extra,
         threads,
         pages: Vec::new(),
     };

@@ -48,6 +48,7 @@ pub struct ShmObj {
 #[derive(Default)]
 pub struct ShmemTable {
     pub objs: Vec<ShmObj>,
+    ids: crate::ids::IdSpace,
 }
 
 fn stat_source(source: &str) -> Result<std::fs::Metadata> {
@@ -69,6 +70,14 @@ fn data_bytes(f: &std::fs::File, size: u64) -> u64 {
 }
 
 impl ShmemTable {
+    /// An empty table drawing object ids from `ids`.
+    pub fn new(ids: crate::ids::IdSpace) -> ShmemTable {
+        ShmemTable {
+            objs: Vec::new(),
+            ids,
+        }
+    }
+
     /// The id of the object (dev, ino), adding it if new. `source` is a
     /// /proc path that opens it (a map_files or fd link).
     pub fn id(
@@ -83,7 +92,7 @@ impl ShmemTable {
             return Ok(o.shmem.id);
         }
         let meta = stat_source(&source)?;
-        let id = self.objs.len() as u32 + 1;
+        let id = self.ids.next().0;
         use std::os::unix::fs::MetadataExt;
         let seals = std::fs::File::open(&source)
             .ok()

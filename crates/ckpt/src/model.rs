@@ -45,6 +45,9 @@ pub struct ProcessImage {
     pub vmas: Vec<Vma>,
     /// Page ranges still shared copy-on-write with the parent.
     pub cow: Vec<CowShared>,
+    /// Records of per-process kinds (`is_process_kind_record`), in order;
+    /// each kind reads its own.
+    pub extra: Vec<AnyRecord>,
     pub threads: Vec<ThreadImage>,
     pub pages: Vec<PageRun>,
 }
@@ -76,6 +79,9 @@ pub struct Image {
     pub file_attrs: Vec<FileAttr>,
     pub file_owners: Vec<FileOwner>,
     pub pipes: Vec<Pipe>,
+    /// Records of fd kinds about shared objects (`is_object_record`), in
+    /// order; each kind reads its own (see `files::kind`).
+    pub objects: Vec<AnyRecord>,
     pub shmems: Vec<ShmemImage>,
     pub processes: Vec<ProcessImage>,
 }
@@ -101,6 +107,9 @@ impl ProcessImage {
         }
         if let Some(s) = &self.files_shared {
             w.write(s)?;
+        }
+        for x in &self.extra {
+            w.write_any(x)?;
         }
         w.write(&self.mm)?;
         w.write(&self.mm_state)?;
@@ -198,6 +207,9 @@ impl Image {
         let mut asm = Assembly::default();
         let mut image_end: Option<(ImageEnd, RawRecord)> = None;
         while let Some(r) = rd.next_record()? {
+            if r.rtype & T_OPTIONAL != 0 && type_name(r.rtype) == "unknown" {
+                continue; // its writer said we may do without it
+            }
             if asm.ended && r.rtype != T_TAIL {
                 return Err(corrupt(&r, "record after the image-end record".into()));
             }
@@ -228,8 +240,11 @@ impl Image {
                         ..Default::default()
                     })
                 }
-                T_FILE | T_PIPE | T_SHMEM | T_SHMEM_ATTRS | T_FILE_ATTR | T_FILE_OWNER
-                    if !objects_allowed =>
+                t if (matches!(
+                    t,
+                    T_FILE | T_PIPE | T_SHMEM | T_SHMEM_ATTRS | T_FILE_ATTR | T_FILE_OWNER
+                ) || is_object_record(t))
+                    && !objects_allowed =>
                 {
                     return Err(corrupt(
                         &r,
@@ -240,6 +255,7 @@ impl Image {
                 T_FILE_ATTR => img.file_attrs.push(r.decode()?),
                 T_FILE_OWNER => img.file_owners.push(r.decode()?),
                 T_PIPE => img.pipes.push(r.decode()?),
+                t if is_object_record(t) => img.objects.push(r.decode_any()?),
                 T_SHMEM => img.shmems.push(ShmemImage {
                     shmem: r.decode()?,
                     attrs: None,
@@ -330,6 +346,7 @@ impl Image {
                         T_MM_STATE => p.mm_state = r.decode()?,
                         T_VMA => p.vmas.push(r.decode()?),
                         T_COW_SHARED => p.cow.push(r.decode()?),
+                        t if is_process_kind_record(t) => p.extra.push(r.decode_any()?),
                         T_THREAD => {
                             asm.threads.push(0);
                             p.threads.push(ThreadImage {
@@ -387,6 +404,7 @@ impl Image {
             img.processes.len() as u32,
             img.files.len() as u32,
             img.pipes.len() as u32,
+            img.objects.len() as u32,
             img.shmems.len() as u32,
             shmem_pages,
         );
@@ -394,13 +412,14 @@ impl Image {
             end.nr_processes,
             end.nr_files,
             end.nr_pipes,
+            end.nr_objects,
             end.nr_shmems,
             end.nr_shmem_pages,
         );
         if counted != said {
             return Err(corrupt(
                 &r,
-                format!("the image holds (processes, files, pipes, shmem objects, shmem pages) {counted:?} but its image-end record says {said:?}"),
+                format!("the image holds (processes, files, pipes, kind objects, shmem objects, shmem pages) {counted:?} but its image-end record says {said:?}"),
             ));
         }
         Ok(img)

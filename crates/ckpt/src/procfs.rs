@@ -316,6 +316,8 @@ pub struct FdInfo {
     pub flags: u32,
     /// The first `lock:` line (a lock held through this description).
     pub lock: Option<String>,
+    /// The whole fdinfo, for the fields of each kind.
+    pub text: String,
 }
 
 pub fn fdinfo(pid: Pid, fd: i32) -> io::Result<FdInfo> {
@@ -333,6 +335,7 @@ fn parse_fdinfo(s: &str) -> FdInfo {
             fi.lock.get_or_insert_with(|| v.trim().to_owned());
         }
     }
+    fi.text = s.to_owned();
     fi
 }
 

@@ -268,10 +268,8 @@ impl Build {
                 .map_or(0, |p| p.pid())
         };
         b.opened = files::open_all(&files::OpenArgs {
-            files: &img.files,
-            attrs: &img.file_attrs,
+            img,
             removed_dirs: &b.removed_cwds,
-            pipes: &img.pipes,
             shmem_fd: &|id| shm.iter().find(|x| x.0 == id).map(|x| x.1),
             base,
             fs: b.fs.as_ref(),
@@ -344,7 +342,7 @@ impl Build {
     /// in a removed directory of one name share one again.
     fn recreate_removed_cwds(&mut self, img: &Image, base: i32) -> Result<()> {
         // (path, mode, uid, gid, whose): removed cwds, then removed
-        // directories open as fds (kind FILE_DIR_REMOVED).
+        // directories open as fds.
         let mut dirs: Vec<(&[u8], u32, u32, u32, String)> = Vec::new();
         for p in &img.processes {
             if let Some(c) = &p.cwd_removed {
@@ -352,9 +350,7 @@ impl Build {
                 dirs.push((&p.process.cwd.0, c.mode, c.uid, c.gid, whose));
             }
         }
-        for f in img.files.iter().filter(|f| f.kind == FILE_DIR_REMOVED) {
-            let a = img.file_attrs.iter().find(|a| a.file_id == f.id);
-            let (uid, gid) = a.map_or((0, 0), |a| (a.uid, a.gid));
+        for (f, uid, gid) in files::removed_dirs(img) {
             dirs.push((&f.path.0, f.mode, uid, gid, format!("directory {}", f.path)));
         }
         for (path, mode, uid, gid, whose) in dirs {
@@ -607,7 +603,11 @@ impl Build {
             // A process sharing its parent's fd table finds its fds there.
             if p.files_shared.is_none() {
                 let shared = self.table_members(pid).len() > 1;
-                files::install(&p.fds, &self.opened, &self.keep(), shared)?;
+                files::install(img, p, &self.opened, &self.keep(), shared)?;
+            }
+            for k in crate::process_kind::PROCESS_KINDS {
+                k.restore_in_process(img, p)
+                    .map_err(|e| format!("{}: {e}", k.name()))?;
             }
             // The cwd is a path in our root (and need not lie under the
             // process's root); the chroot comes in `rebuild`, once the
@@ -736,6 +736,9 @@ impl Build {
         crate::creds::restore(&mut r, &s, &p.creds)?;
         self.restore_owners(&mut r, &s, p)?;
         task::restore_itimers(&mut r, &s, &p.itimers)?;
+        for k in crate::process_kind::PROCESS_KINDS {
+            k.restore(&mut r, &s, p)?;
+        }
         if p.pid() == self.created[0] && !self.pgid_helpers.is_empty() {
             self.reap_group_helpers(&mut r, &s)?;
         }
@@ -1011,6 +1014,12 @@ fn validate(img: &Image, mode: Mode, fs: Option<&sys::FsIds>, log: &mut Log) -> 
             }
         }
         validate_process(img, p, mode, fs, &cg)?;
+        if !p.is_zombie() {
+            for k in crate::process_kind::PROCESS_KINDS {
+                k.validate(img, p)
+                    .or_else(|e| refuse(format!("pid {}: {}: {e}", p.pid(), k.name())))?;
+            }
+        }
         // A session whose leader is gone is reopened by a helper with the
         // leader's pid (see `become_process`).
         let sid = p.process.sid;
@@ -1267,11 +1276,8 @@ fn validate_objects(img: &Image, fs: Option<&sys::FsIds>) -> Result<()> {
         }
     }
     for a in &img.file_attrs {
-        if !img
-            .files
-            .iter()
-            .any(|f| f.id == a.file_id && matches!(f.kind, FILE_DIR_REMOVED | FILE_FIFO_REMOVED))
-        {
+        let f = img.files.iter().find(|f| f.id == a.file_id);
+        if !f.is_some_and(|f| files::kind_of(f.kind).is_some_and(|k| k.has_attrs(f))) {
             return refuse(format!(
                 "file attributes name file {}, which is not a removed directory or FIFO of the image",
                 a.file_id
@@ -1281,80 +1287,8 @@ fn validate_objects(img: &Image, fs: Option<&sys::FsIds>) -> Result<()> {
             return refuse(format!("file {}: invalid file times", a.file_id));
         }
     }
-    for f in &img.files {
-        if matches!(f.kind, FILE_REGULAR | FILE_DIR | FILE_CHR | FILE_FIFO) {
-            let path = std::ffi::OsStr::from_bytes(&f.path.0);
-            match sys::with_fs_ids(fs, || std::fs::metadata(path)) {
-                Err(e) => return refuse(format!("open file {} is missing: {e}", f.path)),
-                // Only the devices a checkpoint accepts, and the very one saved.
-                Ok(m) if f.kind == FILE_CHR && f.flags & libc::O_PATH as u32 == 0 => {
-                    use std::os::unix::fs::{FileTypeExt, MetadataExt};
-                    let rdev = m.rdev();
-                    if !m.file_type().is_char_device()
-                        || rdev != f.rdev
-                        || files::chr_verdict(libc::major(rdev), libc::minor(rdev)).is_err()
-                    {
-                        return refuse(format!(
-                            "open file {} is not the character device the image saved ({}:{})",
-                            f.path,
-                            libc::major(f.rdev),
-                            libc::minor(f.rdev)
-                        ));
-                    }
-                }
-                Ok(_) => {}
-            }
-        }
-        if f.kind == FILE_DIR_REMOVED {
-            let dir = std::path::Path::new(std::ffi::OsStr::from_bytes(&f.path.0));
-            if dir.symlink_metadata().is_ok() || !dir.parent().is_some_and(|d| d.is_dir()) {
-                return refuse(format!(
-                    "open directory {} was removed; restart recreates it for a moment, which needs the name free and its parent directory present",
-                    f.path
-                ));
-            }
-        }
-        if f.kind == FILE_PROC {
-            match files::proc_pid(&f.path.0) {
-                Some(Ok(pid)) if img.process(pid).is_some() => {}
-                _ => {
-                    return refuse(format!(
-                        "open file {} is not a /proc file of a process of the image",
-                        f.path
-                    ))
-                }
-            }
-        }
-        if f.kind == FILE_FIFO_REMOVED {
-            let other_fifo = |g: &File| g.kind == FILE_FIFO_REMOVED && g.obj == f.obj;
-            let path = std::path::Path::new(std::ffi::OsStr::from_bytes(&f.path.0));
-            if path.symlink_metadata().is_ok() || !path.parent().is_some_and(|d| d.is_dir()) {
-                return refuse(format!(
-                    "open FIFO {} was removed; restart makes it again for a moment, which needs the name free and its parent directory present",
-                    f.path
-                ));
-            }
-            if img
-                .files
-                .iter()
-                .any(|g| other_fifo(g) && g.path.0 != f.path.0)
-            {
-                return refuse(format!(
-                    "removed FIFO {} has descriptions of two paths",
-                    f.path
-                ));
-            }
-        }
-        if matches!(f.kind, FILE_PIPE | FILE_FIFO | FILE_FIFO_REMOVED)
-            && !img.pipes.iter().any(|p| p.id == f.obj)
-        {
-            return refuse(format!("file {} names a missing pipe", f.path));
-        }
-        if (f.kind == FILE_MEMFD || (f.kind == FILE_UNLINKED && f.obj != 0))
-            && !img.shmems.iter().any(|s| s.shmem.id == f.obj)
-        {
-            return refuse(format!("memfd {} names a missing object", f.path));
-        }
+    if let Err(e) = files::validate(img, fs) {
+        return refuse(e);
     }
     for s in &img.shmems {
         for r in &s.pages {

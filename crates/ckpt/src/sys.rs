@@ -513,6 +513,13 @@ pub fn pipe() -> io::Result<(i32, i32)> {
     Ok((fds[0], fds[1]))
 }
 
+/// eventfd2(0, flags | EFD_CLOEXEC) as a raw fd.
+pub fn eventfd(flags: i32) -> io::Result<i32> {
+    // SAFETY: no pointers; returns a new fd or -1.
+    let fd = check(unsafe { libc::eventfd(0, flags | libc::EFD_CLOEXEC) } as libc::c_long)?;
+    Ok(fd as i32)
+}
+
 /// read(2) into buf from a raw fd.
 pub fn read(fd: i32, buf: &mut [u8]) -> io::Result<usize> {
     loop {

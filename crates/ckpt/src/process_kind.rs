@@ -1,0 +1,46 @@
+//! The seam for per-process kinds of kernel state (POSIX timers, file
+//! locks...): like `files::kind` for fds, each kind is one module with its
+//! checkpoint, validation and restart side by side, and the orchestrators
+//! only walk `PROCESS_KINDS`. Its records are in the per-process kind range
+//! (`ckpt_image::is_process_kind_record`) and land in `ProcessImage::extra`.
+
+use crate::error::Result;
+use crate::model::{Image, ProcessImage};
+use crate::remote::Remote;
+use crate::sys::Pid;
+use crate::task::Scratch;
+use ckpt_image::AnyRecord;
+
+/// One kind of per-process state.
+pub trait ProcessKind: Sync {
+    /// What it is, for messages ("POSIX timers").
+    fn name(&self) -> &'static str;
+    /// Saves this kind's state of a frozen process whose fds are saved;
+    /// `main` runs injected calls in its main thread (`s` is its scratch).
+    fn dump(&self, pid: Pid, comm: &str, main: &mut Remote, s: &Scratch) -> Result<Vec<AnyRecord>>;
+    /// Checks the process's records of this kind before restart creates
+    /// anything. An `Err` is the reason the image is refused.
+    fn validate(&self, img: &Image, p: &ProcessImage) -> std::result::Result<(), String>;
+    /// Runs inside the restored process (still ckpt's code) once its fds
+    /// are in place, before it is seized and its memory replaced.
+    fn restore_in_process(
+        &self,
+        _img: &Image,
+        _p: &ProcessImage,
+    ) -> std::result::Result<(), String> {
+        Ok(())
+    }
+    /// Runs from outside once the process's memory, threads and
+    /// credentials are back, just before its signals are queued again.
+    fn restore(&self, _r: &mut Remote, _s: &Scratch, _p: &ProcessImage) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Every per-process kind, in the order they are saved and restored.
+pub static PROCESS_KINDS: &[&dyn ProcessKind] = &[];
+
+/// The records of type `R` of process `p`.
+pub fn records_of<R: 'static>(p: &ProcessImage) -> impl Iterator<Item = &R> + '_ {
+    p.extra.iter().filter_map(|r| r.as_any().downcast_ref())
+}
