@@ -546,8 +546,14 @@ fn dump_process(
     let itimers = task::dump_itimers(main, &s)?;
     let mm_state = mm::dump_mm_state(main, &comm)?;
     let mut extra = Vec::new();
+    let pcx = crate::process_kind::ProcessCx {
+        pid,
+        comm: &comm,
+        fds: &ft.cx.fds,
+        files: &ft.files,
+    };
     for k in crate::process_kind::PROCESS_KINDS {
-        extra.extend(k.dump(pid, &comm, main, &s)?);
+        extra.extend(k.dump(&pcx, main, &s)?);
     }
     let mut threads = Vec::new();
     for r in &raws {

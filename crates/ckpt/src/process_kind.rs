@@ -11,13 +11,24 @@ use crate::sys::Pid;
 use crate::task::Scratch;
 use ckpt_image::AnyRecord;
 
+/// What a per-process kind sees while a frozen process is saved.
+pub struct ProcessCx<'a> {
+    pub pid: Pid,
+    pub comm: &'a str,
+    /// Every fd of the tree saved so far (this process's are all in) and
+    /// the id of its description.
+    pub fds: &'a crate::ids::FdIds,
+    /// The descriptions saved so far.
+    pub files: &'a [ckpt_image::File],
+}
+
 /// One kind of per-process state.
 pub trait ProcessKind: Sync {
     /// What it is, for messages ("POSIX timers").
     fn name(&self) -> &'static str;
     /// Saves this kind's state of a frozen process whose fds are saved;
     /// `main` runs injected calls in its main thread (`s` is its scratch).
-    fn dump(&self, pid: Pid, comm: &str, main: &mut Remote, s: &Scratch) -> Result<Vec<AnyRecord>>;
+    fn dump(&self, cx: &ProcessCx, main: &mut Remote, s: &Scratch) -> Result<Vec<AnyRecord>>;
     /// Checks the process's records of this kind before restart creates
     /// anything. An `Err` is the reason the image is refused.
     fn validate(&self, img: &Image, p: &ProcessImage) -> std::result::Result<(), String>;
