@@ -5,7 +5,10 @@
 mod skip;
 use skip::skip;
 
-use ckpt_image::{Body, ImageReader, ImageWriter, RawRecord, T_TAIL, T_THREAD, T_X86_DEBUGREGS};
+use ckpt_image::{
+    Body, ImageReader, ImageWriter, RawRecord, T_OPTIONAL, T_PROCESS, T_TAIL, T_THREAD,
+    T_X86_DEBUGREGS,
+};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -1152,9 +1155,33 @@ fn edited_images_are_refused_before_anything_is_created() {
         );
     }
 
-    // The rebuilt whole image restarts: the edits above, not the
-    // rebuilding, are what restart refused.
-    std::fs::write(&forged, rebuild(&bytes, &all)).unwrap();
+    // A record of a type this ckpt does not know, inside the first
+    // process: refused, unless its writer marked it optional.
+    let unknown = |rtype: u32| RawRecord {
+        rtype,
+        offset: 0,
+        len: 16,
+        body: Body::Meta(vec![1, 2, 3, 4, 5, 6, 7, 8]),
+    };
+    let first = recs.iter().position(|r| r.rtype == T_PROCESS).unwrap() + 1;
+    let (mandatory, optional) = (unknown(0x7777), unknown(T_OPTIONAL | 0x7777));
+    let mut with = all.clone();
+    with.insert(first, &mandatory);
+    std::fs::write(&forged, rebuild(&bytes, &with)).unwrap();
+    let err = refused(&forged, "an unknown mandatory record");
+    assert!(err.contains("unknown record type 30583"), "{err}");
+    assert!(!pid_present(pid), "a refused restart created pid {pid}");
+
+    // The rebuilt whole image, with an unknown optional record, restarts:
+    // the edits above, not the rebuilding, are what restart refused.
+    let mut with = all.clone();
+    with.insert(first, &optional);
+    std::fs::write(&forged, rebuild(&bytes, &with)).unwrap();
+    let shown = ckpt().arg("inspect").arg(&forged).output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&shown.stdout).contains("skipped (optional)"),
+        "inspect does not show the optional record as skipped"
+    );
     let out = ckpt()
         .args(["restart", "--detach"])
         .arg(&forged)

@@ -495,3 +495,70 @@ pub(crate) fn same_path(p: &Probe) -> Result<()> {
         )),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    /// The kind that would take `fd` of this process.
+    fn kind_name(fd: i32) -> Option<&'static str> {
+        let me = std::process::id() as Pid;
+        let link = procfs::link(me, &format!("fd/{fd}")).unwrap();
+        let meta = std::fs::metadata(format!("/proc/self/fd/{fd}")).unwrap();
+        let info = procfs::fdinfo(me, fd).unwrap();
+        let (path, deleted) = match link.strip_suffix(b" (deleted)") {
+            Some(p) => (p, true),
+            None => (&link[..], false),
+        };
+        let p = Probe {
+            pid: me,
+            comm: "test",
+            fd,
+            link: &link,
+            path,
+            deleted,
+            meta: &meta,
+            info: &info,
+        };
+        kind_for(&p).map(|k| k.name())
+    }
+
+    #[test]
+    fn fds_are_dispatched_to_their_kind() {
+        let file = std::fs::File::open("/proc/self/exe").unwrap();
+        assert_eq!(kind_name(file.as_raw_fd()), Some("open file"));
+        let null = std::fs::File::open("/dev/null").unwrap();
+        assert_eq!(kind_name(null.as_raw_fd()), Some("open file"));
+        let (r, _w) = std::io::pipe().unwrap();
+        assert_eq!(kind_name(r.as_raw_fd()), Some("pipe"));
+        let ev = sys::eventfd(0).unwrap();
+        assert_eq!(kind_name(ev), Some("eventfd"));
+        sys::close(ev);
+        let stat = std::fs::File::open(format!("/proc/{}/stat", std::process::id())).unwrap();
+        assert_eq!(kind_name(stat.as_raw_fd()), Some("/proc file"));
+        let opath = sys::open_raw(b"/proc/self/exe", libc::O_PATH | libc::O_CLOEXEC, 0).unwrap();
+        assert_eq!(kind_name(opath), Some("O_PATH fd"));
+        sys::close(opath);
+        let dir = std::env::temp_dir().join(format!("ckpt-kinds-{}", std::process::id()));
+        std::fs::write(&dir, b"x").unwrap();
+        let gone = std::fs::File::open(&dir).unwrap();
+        std::fs::remove_file(&dir).unwrap();
+        assert_eq!(kind_name(gone.as_raw_fd()), Some("removed file"));
+        let sock = std::os::unix::net::UnixDatagram::unbound().unwrap();
+        assert_eq!(kind_name(sock.as_raw_fd()), None);
+    }
+
+    #[test]
+    fn every_saved_kind_has_one_module() {
+        for k in 0..=FILE_PIDFD {
+            let owners = KINDS.iter().filter(|x| x.kinds().contains(&k)).count();
+            assert!(owners <= 1, "file kind {k} has {owners} modules");
+        }
+        for k in KINDS {
+            for &fk in k.kinds() {
+                assert_eq!(kind_of(fk).map(|x| x.name()), Some(k.name()));
+            }
+        }
+    }
+}
