@@ -29,7 +29,32 @@ pub struct Probe<'a> {
     pub info: &'a procfs::FdInfo,
 }
 
-impl Probe<'_> {
+impl<'a> Probe<'a> {
+    /// The probe of fd `fd` of `pid` from its /proc link, stat and fdinfo.
+    pub fn new(
+        pid: Pid,
+        comm: &'a str,
+        fd: i32,
+        link: &'a [u8],
+        meta: &'a std::fs::Metadata,
+        info: &'a procfs::FdInfo,
+    ) -> Probe<'a> {
+        let (path, deleted) = match link.strip_suffix(b" (deleted)") {
+            Some(p) => (p, true),
+            None => (link, false),
+        };
+        Probe {
+            pid,
+            comm,
+            fd,
+            link,
+            path,
+            deleted,
+            meta,
+            info,
+        }
+    }
+
     /// The name of an anonymous inode ("eventfd", "[eventfd]"...), if it is one.
     pub fn anon_inode(&self) -> Option<&[u8]> {
         self.link.strip_prefix(b"anon_inode:")

@@ -93,20 +93,7 @@ impl FileTable {
             let meta = std::fs::metadata(format!("/proc/{pid}/fd/{fd}"))
                 .ctx(pid, || format!("stat fd {fd}"))?;
             let info = procfs::fdinfo(pid, fd).ctx(pid, || format!("read fdinfo of fd {fd}"))?;
-            let (path, deleted) = match link.strip_suffix(b" (deleted)") {
-                Some(p) => (p, true),
-                None => (&link[..], false),
-            };
-            let p = Probe {
-                pid,
-                comm,
-                fd,
-                link: &link,
-                path,
-                deleted,
-                meta: &meta,
-                info: &info,
-            };
+            let p = Probe::new(pid, comm, fd, &link, &meta, &info);
             if let Some(lock) = &info.lock {
                 return Err(p.unsupported(&format!("it holds a file lock ({lock}); file locks cannot be saved yet; release the lock or checkpoint when it is not held")));
             }
@@ -507,21 +494,7 @@ mod tests {
         let link = procfs::link(me, &format!("fd/{fd}")).unwrap();
         let meta = std::fs::metadata(format!("/proc/self/fd/{fd}")).unwrap();
         let info = procfs::fdinfo(me, fd).unwrap();
-        let (path, deleted) = match link.strip_suffix(b" (deleted)") {
-            Some(p) => (p, true),
-            None => (&link[..], false),
-        };
-        let p = Probe {
-            pid: me,
-            comm: "test",
-            fd,
-            link: &link,
-            path,
-            deleted,
-            meta: &meta,
-            info: &info,
-        };
-        kind_for(&p).map(|k| k.name())
+        kind_for(&Probe::new(me, "test", fd, &link, &meta, &info)).map(|k| k.name())
     }
 
     #[test]
