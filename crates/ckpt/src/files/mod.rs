@@ -10,6 +10,7 @@
 
 pub mod kind;
 
+mod epoll;
 mod eventfd;
 pub mod ghost;
 mod memfd;
@@ -39,6 +40,7 @@ pub static KINDS: &[&dyn FdKind] = &[
     &memfd::Memfd,
     &ghost::Ghost,
     &eventfd::EventFd,
+    &epoll::EpollKind,
     &path::ByPath,
 ];
 
