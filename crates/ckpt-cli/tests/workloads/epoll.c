@@ -1,0 +1,320 @@
+/*
+ * epoll: epoll instances and their watches, one case per argv[3].
+ *
+ * Restored ("watches"; verifies itself on SIGTERM). Epoll EP (also dup'ed
+ * as EPD, and shared with a child forked after the setup) watches:
+ *   EV     an eventfd with count 5, EPOLLIN, cookie 0xdeadbeefcafef00d;
+ *   PR     a pipe's read end, EPOLLIN|EPOLLET, data written after the
+ *          last epoll_wait (one edge pending);
+ *   PW     a pipe's write end, EPOLLOUT|EPOLLONESHOT, fired (disarmed);
+ *   fd 40  an eventfd with count 1 added as fd 40, dup'ed to fd 41, fd 40
+ *          then reused by INNER: a watch whose fd names another file;
+ *   fd 40  INNER, a nested epoll watching an eventfd with count 1;
+ *   fd 50  an eventfd with count 0 added as fd 50, dup'ed to 51, 50 closed;
+ *   EX     an eventfd with count 0, EPOLLIN|EPOLLEXCLUSIVE.
+ * After restart: one epoll_wait reports EV, PR, fd 40 twice (eventfd and
+ * INNER), with their cookies and nothing else; a second one the same but
+ * PR (edge-triggered); the child sees the same epoll (its EPOLL_CTL_DEL of
+ * EV shows in the parent); EPOLL_CTL_MOD / DEL on every original fd number
+ * work (MOD of PW re-arms it, MOD of EX is EINVAL as for any exclusive
+ * watch, fd 40 and 50 once they hold their targets again); INNER reports
+ * its eventfd; EV still reads 5.
+ *
+ * Refused at checkpoint ("outside"): EP watches an eventfd whose only fd is
+ * held by a process outside the tree (an orphaned grandchild); the
+ * workload keeps running and verifies the watch is intact.
+ */
+#include "wl.h"
+
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/wait.h>
+
+#define C_EV 0xdeadbeefcafef00dULL
+#define C_PR 0x1111ULL
+#define C_PW 0x2222ULL
+#define C_E40 0x3333ULL
+#define C_INNER_EV 0x4444ULL
+#define C_INNER 0x5555ULL
+#define C_E50 0x6666ULL
+#define C_EX 0x7777ULL
+
+static const char *mode;
+static int ep, epd, ev, pr, pr_w, pw, inner, ex;
+static pid_t child;
+static int report[2];
+static int hold_w, gone_r;
+
+static void wait_term(void)
+{
+    sigset_t block, old;
+    sigemptyset(&block);
+    sigaddset(&block, SIGTERM);
+    sigprocmask(SIG_BLOCK, &block, &old);
+    while (!wl_term)
+        sigsuspend(&old);
+    sigprocmask(SIG_SETMASK, &old, NULL);
+}
+
+static void add(int epfd, int fd, uint32_t events, uint64_t data)
+{
+    struct epoll_event e = {.events = events, .data.u64 = data};
+    if (epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &e) != 0)
+        wl_die("epoll_ctl ADD fd %d", fd);
+}
+
+static int ctl(int epfd, int op, int fd, uint32_t events, uint64_t data)
+{
+    struct epoll_event e = {.events = events, .data.u64 = data};
+    return epoll_ctl(epfd, op, fd, &e) == 0 ? 0 : errno;
+}
+
+/* The cookies one epoll_wait (no waiting) reports, as a bit set of the
+ * C_* above (bit n for 0x1111 * n, bit 0 for C_EV), or -1. */
+static int ready(int epfd, uint32_t *pw_events)
+{
+    struct epoll_event evs[16];
+    int n = epoll_wait(epfd, evs, 16, 0), set = 0;
+    if (n < 0)
+        return -1;
+    for (int i = 0; i < n; i++) {
+        uint64_t d = evs[i].data.u64;
+        if (d == C_EV)
+            set |= 1;
+        else if (d % 0x1111 == 0 && d / 0x1111 >= 1 && d / 0x1111 <= 7)
+            set |= 1 << (d / 0x1111);
+        else
+            set |= 1 << 15;
+        if (d == C_PW && pw_events)
+            *pw_events = evs[i].events;
+    }
+    return set;
+}
+
+#define B(c) (1 << ((c) / 0x1111))
+
+static int xeventfd(unsigned count)
+{
+    int fd = eventfd(count, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (fd < 0)
+        wl_die("eventfd");
+    return fd;
+}
+
+/* Puts the new fd `fd` at `at` exactly. */
+static void move_to(int fd, int at)
+{
+    if (dup2(fd, at) != at)
+        wl_die("dup2 %d", at);
+    close(fd);
+}
+
+static void setup_watches(void)
+{
+    int p[2];
+    ep = epoll_create1(EPOLL_CLOEXEC);
+    if (ep < 0)
+        wl_die("epoll_create1");
+    epd = dup(ep);
+    ev = xeventfd(5);
+    add(ep, ev, EPOLLIN, C_EV);
+    if (pipe2(p, O_NONBLOCK) != 0)
+        wl_die("pipe");
+    pr = p[0];
+    pr_w = p[1];
+    add(ep, pr, EPOLLIN | EPOLLET, C_PR);
+    if (pipe2(p, O_NONBLOCK) != 0) /* (its read end stays open: no EPOLLERR) */
+        wl_die("pipe");
+    pw = p[1];
+    add(ep, pw, EPOLLOUT | EPOLLONESHOT, C_PW);
+    /* fd 40: an eventfd, then another file (INNER) at that number. */
+    move_to(xeventfd(1), 40);
+    add(ep, 40, EPOLLIN, C_E40);
+    if (dup2(40, 41) != 41)
+        wl_die("dup2 41");
+    inner = epoll_create1(0);
+    if (inner < 0)
+        wl_die("epoll_create1");
+    move_to(inner, 40);
+    inner = 40;
+    int iev = xeventfd(1);
+    add(inner, iev, EPOLLIN, C_INNER_EV);
+    add(ep, inner, EPOLLIN, C_INNER);
+    /* fd 50: closed, its eventfd alive at 51. */
+    move_to(xeventfd(0), 50);
+    add(ep, 50, EPOLLIN, C_E50);
+    if (dup2(50, 51) != 51)
+        wl_die("dup2 51");
+    close(50);
+    ex = xeventfd(0);
+    add(ep, ex, EPOLLIN | EPOLLEXCLUSIVE, C_EX);
+
+    int want = 1 | B(C_PW) | B(C_E40) | B(C_INNER);
+    int got = ready(ep, NULL);
+    if (got != want)
+        wl_die("before checkpoint epoll reports %#x, not %#x", got, want);
+    /* PW fired: disarmed now. One PR edge pending. */
+    if (write(pr_w, "hello", 5) != 5)
+        wl_die("write pipe");
+    if (pipe(report) != 0)
+        wl_die("pipe");
+    child = fork();
+    if (child < 0)
+        wl_die("fork");
+    if (child == 0) {
+        close(report[0]);
+        wait_term();
+        /* The parent has seen the PR edge by now. */
+        char res = 0;
+        int s = ready(ep, NULL);
+        if (s != (1 | B(C_E40) | B(C_INNER)))
+            res |= 1;
+        if (ctl(ep, EPOLL_CTL_DEL, ev, 0, 0) != 0)
+            res |= 2;
+        if (write(report[1], &res, 1) != 1)
+            _exit(3);
+        _exit(0);
+    }
+    close(report[1]);
+}
+
+static void verify_watches(void)
+{
+    int e;
+    int base = 1 | B(C_E40) | B(C_INNER);
+    int got = ready(ep, NULL);
+    WL_CHECK(got == (base | B(C_PR)), "first epoll_wait reports %#x, not %#x", got,
+             base | B(C_PR));
+    got = ready(epd, NULL);
+    WL_CHECK(got == base, "second epoll_wait (dup'ed fd) reports %#x, not %#x (EPOLLET lost?)",
+             got, base);
+
+    /* The child shares EP: its DEL of EV is seen here. */
+    kill(child, SIGTERM);
+    char res = -1;
+    WL_CHECK(read(report[0], &res, 1) == 1, "no report from the child");
+    WL_CHECK(res == 0, "child's checks failed: %d (1 readiness, 2 DEL of EV)", res);
+    int st;
+    WL_CHECK(waitpid(child, &st, 0) == child && WIFEXITED(st) && WEXITSTATUS(st) == 0,
+             "child exit status %d", st);
+    WL_CHECK((e = ctl(ep, EPOLL_CTL_MOD, ev, EPOLLIN, C_EV)) == ENOENT,
+             "MOD of EV after the child's DEL: %s", strerror(e));
+    WL_CHECK((e = ctl(ep, EPOLL_CTL_ADD, ev, EPOLLIN, C_EV)) == 0, "ADD of EV again: %s",
+             strerror(e));
+
+    /* The fired one-shot watch: MOD re-arms it, it fires once. */
+    WL_CHECK((e = ctl(ep, EPOLL_CTL_MOD, pw, EPOLLOUT | EPOLLONESHOT, C_PW)) == 0,
+             "MOD of PW: %s", strerror(e));
+    uint32_t pwe = 0;
+    got = ready(ep, &pwe);
+    WL_CHECK(got == (base | B(C_PW)) && pwe == EPOLLOUT,
+             "after re-arming PW epoll reports %#x (PW events %#x)", got, pwe);
+    got = ready(ep, NULL);
+    WL_CHECK(got == base, "PW fired twice: %#x", got);
+
+    /* Exclusive watches cannot be modified; a write wakes it. */
+    WL_CHECK((e = ctl(ep, EPOLL_CTL_MOD, ex, EPOLLIN, C_EX)) == EINVAL,
+             "MOD of the EPOLLEXCLUSIVE watch: %s (EXCLUSIVE lost?)", strerror(e));
+    uint64_t one = 1;
+    WL_CHECK(write(ex, &one, 8) == 8, "write EX");
+    got = ready(ep, NULL);
+    WL_CHECK(got == (base | B(C_EX)), "after writing EX epoll reports %#x", got);
+
+    /* MOD and DEL by the original fd numbers. */
+    WL_CHECK((e = ctl(ep, EPOLL_CTL_MOD, pr, EPOLLIN, C_PR)) == 0, "MOD of PR: %s", strerror(e));
+    WL_CHECK((e = ctl(ep, EPOLL_CTL_DEL, pr, 0, 0)) == 0, "DEL of PR: %s", strerror(e));
+    WL_CHECK((e = ctl(ep, EPOLL_CTL_DEL, ex, 0, 0)) == 0, "DEL of EX: %s", strerror(e));
+    /* fd 40 is INNER: its watch; then the eventfd put back at 40. */
+    got = ready(inner, NULL);
+    WL_CHECK(got == B(C_INNER_EV), "INNER reports %#x", got);
+    WL_CHECK((e = ctl(ep, EPOLL_CTL_MOD, 40, EPOLLIN, C_INNER)) == 0, "MOD of fd 40 (INNER): %s",
+             strerror(e));
+    WL_CHECK((e = ctl(ep, EPOLL_CTL_DEL, 40, 0, 0)) == 0, "DEL of fd 40 (INNER): %s",
+             strerror(e));
+    int keep_inner = dup(40);
+    WL_CHECK(dup2(41, 40) == 40, "dup2 41 40");
+    WL_CHECK((e = ctl(ep, EPOLL_CTL_MOD, 40, EPOLLIN, C_E40)) == 0,
+             "MOD of fd 40 (the eventfd once there): %s", strerror(e));
+    WL_CHECK((e = ctl(ep, EPOLL_CTL_DEL, 40, 0, 0)) == 0, "DEL of fd 40 (eventfd): %s",
+             strerror(e));
+    WL_CHECK(dup2(keep_inner, 40) == 40, "dup2 inner back");
+    close(keep_inner);
+    /* fd 50, closed since: its eventfd put back there. */
+    WL_CHECK(dup2(51, 50) == 50, "dup2 51 50");
+    WL_CHECK((e = ctl(ep, EPOLL_CTL_MOD, 50, EPOLLIN, C_E50)) == 0,
+             "MOD of fd 50 (closed before the checkpoint): %s", strerror(e));
+    WL_CHECK((e = ctl(ep, EPOLL_CTL_DEL, 50, 0, 0)) == 0, "DEL of fd 50: %s", strerror(e));
+    close(50);
+    got = ready(ep, NULL);
+    WL_CHECK(got == 1, "at the end epoll reports %#x, only EV expected", got);
+
+    uint64_t n = 0;
+    WL_CHECK(read(ev, &n, 8) == 8 && n == 5, "EV reads %llu, not 5", (unsigned long long)n);
+    char buf[8] = {0};
+    WL_CHECK(read(pr, buf, sizeof(buf)) == 5 && !memcmp(buf, "hello", 5), "PR reads \"%s\"",
+             buf);
+}
+
+static void setup_outside(void)
+{
+    int hold[2], gone[2];
+    if (pipe(hold) != 0 || pipe(gone) != 0)
+        wl_die("pipe");
+    ep = epoll_create1(EPOLL_CLOEXEC);
+    ev = xeventfd(1);
+    add(ep, ev, EPOLLIN, C_EV);
+    pid_t c = fork();
+    if (c < 0)
+        wl_die("fork");
+    if (c == 0) {
+        if (fork() != 0)
+            _exit(0);
+        /* The grandchild, orphaned: holds EV until the workload ends. */
+        close(hold[1]);
+        close(gone[0]);
+        char x;
+        while (read(hold[0], &x, 1) > 0)
+            ;
+        _exit(0);
+    }
+    if (waitpid(c, NULL, 0) != c)
+        wl_die("waitpid");
+    close(hold[0]);
+    close(gone[1]);
+    hold_w = hold[1];
+    gone_r = gone[0];
+    close(ev);
+}
+
+/* The grandchild goes once the pipe closes. */
+static void release_outside(void)
+{
+    close(hold_w);
+    char x;
+    WL_CHECK(read(gone_r, &x, 1) == 0, "the grandchild did not go");
+    close(gone_r);
+}
+
+int main(int argc, char **argv)
+{
+    wl_init(argc, argv, "epoll");
+    mode = argc > 3 ? argv[3] : "";
+    if (!strcmp(mode, "watches"))
+        setup_watches();
+    else if (!strcmp(mode, "outside"))
+        setup_outside();
+    else
+        wl_die("unknown mode %s", mode);
+    wl_ready();
+    wait_term();
+    if (!strcmp(mode, "watches"))
+        verify_watches();
+    else {
+        int got = ready(ep, NULL);
+        WL_CHECK(got == 1, "epoll reports %#x, not EV", got);
+    }
+    wl_verify_common();
+    if (!strcmp(mode, "outside"))
+        release_outside();
+    wl_finish();
+}
