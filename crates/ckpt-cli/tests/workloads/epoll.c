@@ -11,14 +11,19 @@
  *          then reused by INNER: a watch whose fd names another file;
  *   fd 40  INNER, a nested epoll watching an eventfd with count 1;
  *   fd 50  an eventfd with count 0 added as fd 50, dup'ed to 51, 50 closed;
- *   EX     an eventfd with count 0, EPOLLIN|EPOLLEXCLUSIVE.
+ *   EX     an eventfd with count 0, EPOLLIN|EPOLLEXCLUSIVE;
+ *   PO     a pipe's read end, EPOLLIN|EPOLLONESHOT, fired, and empty again;
+ *   PE     a pipe's write end whose read end is closed (EPOLLERR), with
+ *          EPOLLOUT|EPOLLONESHOT, fired;
+ *   WK     an eventfd with count 0, EPOLLIN|EPOLLWAKEUP (if the kernel keeps it).
  * After restart: one epoll_wait reports EV, PR, fd 40 twice (eventfd and
  * INNER), with their cookies and nothing else; a second one the same but
  * PR (edge-triggered); the child sees the same epoll (its EPOLL_CTL_DEL of
  * EV shows in the parent); EPOLL_CTL_MOD / DEL on every original fd number
  * work (MOD of PW re-arms it, MOD of EX is EINVAL as for any exclusive
  * watch, fd 40 and 50 once they hold their targets again); INNER reports
- * its eventfd; EV still reads 5.
+ * its eventfd; EV still reads 5; PO stays disarmed when its pipe gets data;
+ * PE does not report its EPOLLERR again; WK keeps EPOLLWAKEUP.
  *
  * Refused at checkpoint ("outside"): EP watches an eventfd whose only fd is
  * held by a process outside the tree (an orphaned grandchild); the
@@ -38,12 +43,16 @@
 #define C_INNER 0x5555ULL
 #define C_E50 0x6666ULL
 #define C_EX 0x7777ULL
+#define C_PO 0x8888ULL
+#define C_WK 0x9999ULL
+#define C_PE 0xaaaaULL
 
 static const char *mode;
-static int ep, epd, ev, pr, pr_w, pw, inner, ex;
+static int ep, epd, ev, pr, pr_w, pw, inner, ex, po, po_w, wk, pe;
 static pid_t child;
 static int report[2];
 static int hold_w, gone_r;
+static unsigned wk_kept;
 
 static void wait_term(void)
 {
@@ -81,7 +90,7 @@ static int ready(int epfd, uint32_t *pw_events)
         uint64_t d = evs[i].data.u64;
         if (d == C_EV)
             set |= 1;
-        else if (d % 0x1111 == 0 && d / 0x1111 >= 1 && d / 0x1111 <= 7)
+        else if (d % 0x1111 == 0 && d / 0x1111 >= 1 && d / 0x1111 <= 10)
             set |= 1 << (d / 0x1111);
         else
             set |= 1 << 15;
@@ -107,6 +116,23 @@ static void move_to(int fd, int at)
     if (dup2(fd, at) != at)
         wl_die("dup2 %d", at);
     close(fd);
+}
+
+/* The mask of WK's watch as the kernel holds it (fdinfo of EP). */
+static unsigned wk_mask(void)
+{
+    char path[64], *info;
+    snprintf(path, sizeof(path), "/proc/self/fdinfo/%d", ep);
+    info = wl_read_file(path, NULL);
+    char *line = info ? strstr(info, " data:             9999 ") : NULL;
+    unsigned mask = 0;
+    if (line) {
+        while (line > info && line[-1] != '\n')
+            line--;
+        sscanf(line, "tfd: %*d events: %x", &mask);
+    }
+    free(info);
+    return mask;
 }
 
 static void setup_watches(void)
@@ -148,12 +174,33 @@ static void setup_watches(void)
     close(50);
     ex = xeventfd(0);
     add(ep, ex, EPOLLIN | EPOLLEXCLUSIVE, C_EX);
+    if (pipe2(p, O_NONBLOCK) != 0)
+        wl_die("pipe");
+    po = p[0];
+    po_w = p[1];
+    add(ep, po, EPOLLIN | EPOLLONESHOT, C_PO);
+    if (pipe2(p, O_NONBLOCK) != 0)
+        wl_die("pipe");
+    close(p[0]);
+    pe = p[1];
+    add(ep, pe, EPOLLOUT | EPOLLONESHOT, C_PE);
+    wk = xeventfd(0);
+    add(ep, wk, EPOLLIN | EPOLLWAKEUP, C_WK);
+    /* (Kept with CAP_BLOCK_SUSPEND on a kernel with CONFIG_PM_SLEEP.) */
+    wk_kept = wk_mask() & EPOLLWAKEUP;
+    if (!wk_kept)
+        fprintf(stderr, "epoll: this kernel drops EPOLLWAKEUP, not checked\n");
+    if (write(po_w, "x", 1) != 1)
+        wl_die("write pipe");
 
-    int want = 1 | B(C_PW) | B(C_E40) | B(C_INNER);
+    int want = 1 | B(C_PW) | B(C_E40) | B(C_INNER) | B(C_PO) | B(C_PE);
     int got = ready(ep, NULL);
     if (got != want)
         wl_die("before checkpoint epoll reports %#x, not %#x", got, want);
-    /* PW fired: disarmed now. One PR edge pending. */
+    char x;
+    if (read(po, &x, 1) != 1)
+        wl_die("read pipe");
+    /* PW, PO and PE fired: disarmed now. One PR edge pending. */
     if (write(pr_w, "hello", 5) != 5)
         wl_die("write pipe");
     if (pipe(report) != 0)
@@ -247,6 +294,13 @@ static void verify_watches(void)
     close(50);
     got = ready(ep, NULL);
     WL_CHECK(got == 1, "at the end epoll reports %#x, only EV expected", got);
+
+    /* PO: data comes, it stays disarmed. */
+    WL_CHECK(write(po_w, "y", 1) == 1, "write PO");
+    got = ready(ep, NULL);
+    WL_CHECK(got == 1, "PO fired again after restart: epoll reports %#x", got);
+    unsigned mask = wk_mask();
+    WL_CHECK(!wk_kept || (mask & wk_kept), "the watch of WK lost EPOLLWAKEUP (mask %#x)", mask);
 
     uint64_t n = 0;
     WL_CHECK(read(ev, &n, 8) == 8 && n == 5, "EV reads %llu, not 5", (unsigned long long)n);
