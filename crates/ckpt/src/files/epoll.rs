@@ -214,6 +214,13 @@ impl FdKind for EpollKind {
                 w.epoll_id
             ));
         }
+        if let Some(e) = objects_of::<Epoll>(c.img).find(|e| kind_of(e.file_id) != Some(FILE_EPOLL))
+        {
+            return Err(format!(
+                "is not alone: an epoll record names {}, no epoll",
+                e.file_id
+            ));
+        }
         let watches: Vec<&EpollWatch> = watches_of(c.img, f.id).collect();
         for (i, w) in watches.iter().enumerate() {
             let what = format!("its watch of fd number {}", w.tfd);
@@ -482,6 +489,78 @@ mod tests {
         assert_eq!(parse_watches("pos:\t0\nflags:\t02\n").unwrap(), vec![]);
         assert!(parse_watches("tfd: 5 events: zz data: 0\n").is_err());
         assert!(parse_watches("tfd: 5 events: 1\n").is_err());
+    }
+
+    #[test]
+    fn validates_watches() {
+        let file = |id, kind| File {
+            id,
+            kind,
+            ..Default::default()
+        };
+        let watch = |target_id, tfd, events| -> AnyRecord {
+            EpollWatch {
+                epoll_id: 1,
+                target_id,
+                tfd,
+                events,
+                data: 0,
+            }
+            .into()
+        };
+        let epoll: AnyRecord = Epoll {
+            file_id: 1,
+            ..Default::default()
+        }
+        .into();
+        let img = |objects: Vec<AnyRecord>| crate::model::Image {
+            files: vec![
+                file(1, FILE_EPOLL),
+                file(2, FILE_EVENTFD),
+                file(3, FILE_EPOLL),
+            ],
+            objects,
+            ..Default::default()
+        };
+        let check = |objects: Vec<AnyRecord>| {
+            let i = img(objects);
+            EpollKind.validate(&Check { img: &i, fs: None }, &i.files[0])
+        };
+        let third: AnyRecord = Epoll {
+            file_id: 3,
+            ..Default::default()
+        }
+        .into();
+        // Two watches of one fd number on two files: fine.
+        let ok = vec![
+            epoll.clone(),
+            third.clone(),
+            watch(2, 5, EPOLLIN | EPOLLET),
+            watch(3, 5, EPOLLIN),
+        ];
+        assert_eq!(check(ok), Ok(()));
+        let refused = [
+            vec![third.clone()],
+            vec![epoll.clone(), epoll.clone()],
+            vec![epoll.clone(), watch(9, 5, EPOLLIN)],
+            vec![epoll.clone(), watch(1, 5, EPOLLIN)],
+            vec![epoll.clone(), watch(2, 5, 0x800)],
+            vec![epoll.clone(), watch(2, 5, EPOLLIN), watch(2, 5, EPOLLOUT)],
+            vec![
+                epoll.clone(),
+                watch(2, 5, EPOLLIN | EPOLLEXCLUSIVE | EPOLLONESHOT),
+            ],
+            vec![
+                epoll.clone(),
+                third.clone(),
+                watch(3, 5, EPOLLIN | EPOLLEXCLUSIVE),
+            ],
+            vec![epoll.clone(), watch(2, u32::MAX, EPOLLIN)],
+        ];
+        for objects in refused {
+            let what = format!("{objects:?}");
+            assert!(check(objects).is_err(), "{what} must be refused");
+        }
     }
 
     #[test]
