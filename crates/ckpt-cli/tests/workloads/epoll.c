@@ -28,6 +28,9 @@
  * Refused at checkpoint ("outside"): EP watches an eventfd whose only fd is
  * held by a process outside the tree (an orphaned grandchild); the
  * workload keeps running and verifies the watch is intact.
+ * Refused too ("procwatch"): a child adds its /proc/self/mounts to the epoll
+ * it shares with the parent (restart adds watches in the parent, and /proc
+ * files are each process's own).
  */
 #include "wl.h"
 
@@ -349,6 +352,30 @@ static void release_outside(void)
     close(gone_r);
 }
 
+static void setup_procwatch(void)
+{
+    if (pipe(report) != 0)
+        wl_die("pipe");
+    ep = epoll_create1(EPOLL_CLOEXEC);
+    if (ep < 0)
+        wl_die("epoll_create1");
+    child = fork();
+    if (child < 0)
+        wl_die("fork");
+    if (child == 0) {
+        int m = open("/proc/self/mounts", O_RDONLY | O_CLOEXEC);
+        struct epoll_event e = {.events = EPOLLPRI, .data.u64 = C_EV};
+        if (m < 0 || epoll_ctl(ep, EPOLL_CTL_ADD, m, &e) != 0 || write(report[1], "m", 1) != 1)
+            _exit(2);
+        wait_term();
+        _exit(0);
+    }
+    close(report[1]);
+    char c;
+    if (read(report[0], &c, 1) != 1)
+        wl_die("the child did not add its /proc file");
+}
+
 int main(int argc, char **argv)
 {
     wl_init(argc, argv, "epoll");
@@ -357,13 +384,20 @@ int main(int argc, char **argv)
         setup_watches();
     else if (!strcmp(mode, "outside"))
         setup_outside();
+    else if (!strcmp(mode, "procwatch"))
+        setup_procwatch();
     else
         wl_die("unknown mode %s", mode);
     wl_ready();
     wait_term();
     if (!strcmp(mode, "watches"))
         verify_watches();
-    else {
+    else if (!strcmp(mode, "procwatch")) {
+        int st;
+        kill(child, SIGTERM);
+        WL_CHECK(waitpid(child, &st, 0) == child && WIFEXITED(st) && WEXITSTATUS(st) == 0,
+                 "child exit status %d", st);
+    } else {
         int got = ready(ep, NULL);
         WL_CHECK(got == 1, "epoll reports %#x, not EV", got);
     }

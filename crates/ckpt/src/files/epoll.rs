@@ -222,11 +222,24 @@ impl FdKind for EpollKind {
             ));
         }
         let watches: Vec<&EpollWatch> = watches_of(c.img, f.id).collect();
+        // The process that adds the watches at restart (`install`).
+        let setter = c
+            .img
+            .processes
+            .iter()
+            .filter(|q| !q.is_zombie() && q.files_shared.is_none())
+            .find(|q| q.fds.iter().any(|d| d.file_id == f.id));
         for (i, w) in watches.iter().enumerate() {
             let what = format!("its watch of fd number {}", w.tfd);
             let Some(k) = kind_of(w.target_id) else {
                 return Err(format!("{what} names no file ({})", w.target_id));
             };
+            // Each process reopens its own /proc files: no other has them.
+            if k == FILE_PROC
+                && !setter.is_some_and(|q| q.fds.iter().any(|d| d.file_id == w.target_id))
+            {
+                return Err(format!("{what} is on a /proc file that the first process holding the epoll{} does not hold; each process reopens its own /proc files, so only that process could add the watch", setter.map(|q| format!(" (pid {})", q.pid())).unwrap_or_default()));
+            }
             if w.target_id == f.id {
                 return Err(format!("{what} watches the epoll itself"));
             }
