@@ -11,7 +11,8 @@
 //! kcmp(KCMP_EPOLL_TFD) among every fd of the tree, once the whole tree is
 //! saved (`finish`): first the fd of that number in the process holding
 //! the epoll, then every other fd. A target no fd of the tree holds is
-//! refused.
+//! refused, and so is a /proc file of another process than the one adding
+//! the watches at restart (each process reopens its own /proc files).
 //!
 //! Restart creates the epoll in the restorer (so it is shared like any
 //! description) and adds the watches inside the first restored process
