@@ -15,6 +15,8 @@
  *   PO     a pipe's read end, EPOLLIN|EPOLLONESHOT, fired, and empty again;
  *   PE     a pipe's write end whose read end is closed (EPOLLERR), with
  *          EPOLLOUT|EPOLLONESHOT, fired;
+ *   CE     an eventfd with count 1 the child opened and added, at an fd
+ *          number that is another file in the parent;
  *   WK     an eventfd with count 0, EPOLLIN|EPOLLWAKEUP (if the kernel keeps it).
  * After restart: one epoll_wait reports EV, PR, fd 40 twice (eventfd and
  * INNER), with their cookies and nothing else; a second one the same but
@@ -49,6 +51,7 @@
 #define C_PO 0x8888ULL
 #define C_WK 0x9999ULL
 #define C_PE 0xaaaaULL
+#define C_CE 0xbbbbULL
 
 static const char *mode;
 static int ep, epd, ev, pr, pr_w, pw, inner, ex, po, po_w, wk, pe;
@@ -93,7 +96,7 @@ static int ready(int epfd, uint32_t *pw_events)
         uint64_t d = evs[i].data.u64;
         if (d == C_EV)
             set |= 1;
-        else if (d % 0x1111 == 0 && d / 0x1111 >= 1 && d / 0x1111 <= 10)
+        else if (d % 0x1111 == 0 && d / 0x1111 >= 1 && d / 0x1111 <= 11)
             set |= 1 << (d / 0x1111);
         else
             set |= 1 << 15;
@@ -213,19 +216,30 @@ static void setup_watches(void)
         wl_die("fork");
     if (child == 0) {
         close(report[0]);
+        /* CE: the child's own, at an fd number the parent uses for another
+         * file (report[0]). */
+        int ce = xeventfd(1);
+        add(ep, ce, EPOLLIN, C_CE);
+        if (write(report[1], "c", 1) != 1)
+            _exit(3);
         wait_term();
         /* The parent has seen the PR edge by now. */
         char res = 0;
         int s = ready(ep, NULL);
-        if (s != (1 | B(C_E40) | B(C_INNER)))
+        if (s != (1 | B(C_E40) | B(C_INNER) | B(C_CE)))
             res |= 1;
         if (ctl(ep, EPOLL_CTL_DEL, ev, 0, 0) != 0)
             res |= 2;
+        if (ctl(ep, EPOLL_CTL_MOD, ce, EPOLLIN, C_CE) != 0)
+            res |= 4;
         if (write(report[1], &res, 1) != 1)
             _exit(3);
         _exit(0);
     }
     close(report[1]);
+    char c;
+    if (read(report[0], &c, 1) != 1)
+        wl_die("the child did not add its eventfd");
 }
 
 static void verify_watches(void)
@@ -233,17 +247,18 @@ static void verify_watches(void)
     int e;
     int base = 1 | B(C_E40) | B(C_INNER);
     int got = ready(ep, NULL);
-    WL_CHECK(got == (base | B(C_PR)), "first epoll_wait reports %#x, not %#x", got,
-             base | B(C_PR));
+    WL_CHECK(got == (base | B(C_CE) | B(C_PR)), "first epoll_wait reports %#x, not %#x", got,
+             base | B(C_CE) | B(C_PR));
     got = ready(epd, NULL);
-    WL_CHECK(got == base, "second epoll_wait (dup'ed fd) reports %#x, not %#x (EPOLLET lost?)",
-             got, base);
+    WL_CHECK(got == (base | B(C_CE)),
+             "second epoll_wait (dup'ed fd) reports %#x, not %#x (EPOLLET lost?)", got,
+             base | B(C_CE));
 
     /* The child shares EP: its DEL of EV is seen here. */
     kill(child, SIGTERM);
     char res = -1;
     WL_CHECK(read(report[0], &res, 1) == 1, "no report from the child");
-    WL_CHECK(res == 0, "child's checks failed: %d (1 readiness, 2 DEL of EV)", res);
+    WL_CHECK(res == 0, "child's checks failed: %d (1 readiness, 2 DEL of EV, 4 MOD of CE)", res);
     int st;
     WL_CHECK(waitpid(child, &st, 0) == child && WIFEXITED(st) && WEXITSTATUS(st) == 0,
              "child exit status %d", st);
