@@ -17,15 +17,18 @@
  *          EPOLLOUT|EPOLLONESHOT, fired;
  *   CE     an eventfd with count 1 the child opened and added, at an fd
  *          number that is another file in the parent;
- *   WK     an eventfd with count 0, EPOLLIN|EPOLLWAKEUP (if the kernel keeps it).
+ *   WK     an eventfd with count 0, EPOLLIN|EPOLLWAKEUP (if the kernel
+ *          keeps it).
+ * Epoll EP2 watches an eventfd ZX under fd number N, and EP2 is now fd N.
  * After restart: one epoll_wait reports EV, PR, fd 40 twice (eventfd and
- * INNER), with their cookies and nothing else; a second one the same but
+ * INNER), CE, with their cookies and nothing else; a second one the same but
  * PR (edge-triggered); the child sees the same epoll (its EPOLL_CTL_DEL of
  * EV shows in the parent); EPOLL_CTL_MOD / DEL on every original fd number
  * work (MOD of PW re-arms it, MOD of EX is EINVAL as for any exclusive
  * watch, fd 40 and 50 once they hold their targets again); INNER reports
  * its eventfd; EV still reads 5; PO stays disarmed when its pipe gets data;
- * PE does not report its EPOLLERR again; WK keeps EPOLLWAKEUP.
+ * PE does not report its EPOLLERR again; WK keeps EPOLLWAKEUP; EP2
+ * reports ZX and its watch is deleted by fd number N once ZX is there.
  *
  * Refused at checkpoint ("outside"): EP watches an eventfd whose only fd is
  * held by a process outside the tree (an orphaned grandchild); the
@@ -52,6 +55,7 @@
 #define C_WK 0x9999ULL
 #define C_PE 0xaaaaULL
 #define C_CE 0xbbbbULL
+#define C_ZX 0xccccULL
 
 static const char *mode;
 static int ep, epd, ev, pr, pr_w, pw, inner, ex, po, po_w, wk, pe;
@@ -59,6 +63,7 @@ static pid_t child;
 static int report[2];
 static int hold_w, gone_r;
 static unsigned wk_kept;
+static int ep2, zx;
 
 static void wait_term(void)
 {
@@ -96,7 +101,7 @@ static int ready(int epfd, uint32_t *pw_events)
         uint64_t d = evs[i].data.u64;
         if (d == C_EV)
             set |= 1;
-        else if (d % 0x1111 == 0 && d / 0x1111 >= 1 && d / 0x1111 <= 11)
+        else if (d % 0x1111 == 0 && d / 0x1111 >= 1 && d / 0x1111 <= 12)
             set |= 1 << (d / 0x1111);
         else
             set |= 1 << 15;
@@ -209,6 +214,17 @@ static void setup_watches(void)
     /* PW, PO and PE fired: disarmed now. One PR edge pending. */
     if (write(pr_w, "hello", 5) != 5)
         wl_die("write pipe");
+    /* EP2 watches ZX under the fd number EP2 itself has now. */
+    int a = epoll_create1(EPOLL_CLOEXEC);
+    zx = xeventfd(1);
+    if (a < 0)
+        wl_die("epoll_create1");
+    add(a, zx, EPOLLIN, C_ZX);
+    ep2 = zx;
+    zx = dup(zx);
+    if (dup2(a, ep2) != ep2)
+        wl_die("dup2 ep2");
+    close(a);
     if (pipe(report) != 0)
         wl_die("pipe");
     child = fork();
@@ -312,6 +328,15 @@ static void verify_watches(void)
     close(50);
     got = ready(ep, NULL);
     WL_CHECK(got == 1, "at the end epoll reports %#x, only EV expected", got);
+
+    /* EP2's watch of ZX, under EP2's own fd number. */
+    got = ready(ep2, NULL);
+    WL_CHECK(got == B(C_ZX), "EP2 reports %#x", got);
+    int c = dup(ep2);
+    WL_CHECK(c >= 0 && dup2(zx, ep2) == ep2, "dup2 zx");
+    WL_CHECK((e = ctl(c, EPOLL_CTL_DEL, ep2, 0, 0)) == 0, "DEL of ZX from EP2: %s", strerror(e));
+    WL_CHECK(dup2(c, ep2) == ep2, "dup2 ep2 back");
+    close(c);
 
     /* PO: data comes, it stays disarmed. */
     WL_CHECK(write(po_w, "y", 1) == 1, "write PO");
