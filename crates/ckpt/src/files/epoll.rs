@@ -179,6 +179,20 @@ impl FdKind for EpollKind {
         let pending = std::mem::take(cx.scratch::<Vec<Pending>>(SCRATCH));
         let all: Vec<(Pid, i32, ObjId)> = cx.fds.all().collect();
         for e in pending {
+            // kcmp counts watches in the order the fdinfo was read in: the
+            // same watches still (only a process outside the frozen tree
+            // could change them).
+            let now = crate::procfs::fdinfo(e.pid, e.epfd)
+                .ok()
+                .and_then(|i| parse_watches(&i.text).ok());
+            if now.as_ref() != Some(&e.watches) {
+                return Err(Error::Unsupported {
+                    pid: e.pid,
+                    comm: e.comm.clone(),
+                    object: format!("fd {} (epoll)", e.epfd),
+                    reason: "its watches changed during the checkpoint (is it shared with a process outside the tree?); checkpoint that process too".into(),
+                });
+            }
             for (i, w) in e.watches.iter().enumerate() {
                 // Watches of one fd number are told apart by their rank.
                 let toff = e.watches[..i].iter().filter(|x| x.tfd == w.tfd).count() as u32;
