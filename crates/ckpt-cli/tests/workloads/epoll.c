@@ -19,7 +19,8 @@
  *          number that is another file in the parent;
  *   WK     an eventfd with count 0, EPOLLIN|EPOLLWAKEUP (if the kernel
  *          keeps it).
- * Epoll EP2 watches an eventfd ZX under fd number N, and EP2 is now fd N.
+ * Epoll EP2 watches an eventfd ZX under fd number N, and EP2 is now fd N;
+ * its busy poll is 25 us, budget 8, preferred (EPIOCSPARAMS, Linux 6.9).
  * After restart: one epoll_wait reports EV, PR, fd 40 twice (eventfd and
  * INNER), CE, with their cookies and nothing else; a second one the same but
  * PR (edge-triggered); the child sees the same epoll (its EPOLL_CTL_DEL of
@@ -28,7 +29,8 @@
  * watch, fd 40 and 50 once they hold their targets again); INNER reports
  * its eventfd; EV still reads 5; PO stays disarmed when its pipe gets data;
  * PE does not report its EPOLLERR again; WK keeps EPOLLWAKEUP; EP2
- * reports ZX and its watch is deleted by fd number N once ZX is there.
+ * reports ZX and its watch is deleted by fd number N once ZX is there; its
+ * busy-poll parameters read back.
  *
  * Refused at checkpoint ("outside"): EP watches an eventfd whose only fd is
  * held by a process outside the tree (an orphaned grandchild); the
@@ -41,7 +43,18 @@
 
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/ioctl.h>
 #include <sys/wait.h>
+
+/* <linux/eventpoll.h> of Linux 6.9, which the libc headers may lack. */
+struct wl_epoll_params {
+    uint32_t busy_poll_usecs;
+    uint16_t busy_poll_budget;
+    uint8_t prefer_busy_poll;
+    uint8_t pad;
+};
+#define WL_EPIOCSPARAMS _IOW(0x8A, 0x01, struct wl_epoll_params)
+#define WL_EPIOCGPARAMS _IOR(0x8A, 0x02, struct wl_epoll_params)
 
 #define C_EV 0xdeadbeefcafef00dULL
 #define C_PR 0x1111ULL
@@ -64,6 +77,7 @@ static int report[2];
 static int hold_w, gone_r;
 static unsigned wk_kept;
 static int ep2, zx;
+static int params_set;
 
 static void wait_term(void)
 {
@@ -225,6 +239,10 @@ static void setup_watches(void)
     if (dup2(a, ep2) != ep2)
         wl_die("dup2 ep2");
     close(a);
+    struct wl_epoll_params bp = {.busy_poll_usecs = 25, .busy_poll_budget = 8, .prefer_busy_poll = 1};
+    params_set = ioctl(ep2, WL_EPIOCSPARAMS, &bp) == 0;
+    if (!params_set)
+        fprintf(stderr, "epoll: no EPIOCSPARAMS (%s), busy poll not checked\n", strerror(errno));
     if (pipe(report) != 0)
         wl_die("pipe");
     child = fork();
@@ -329,6 +347,11 @@ static void verify_watches(void)
     got = ready(ep, NULL);
     WL_CHECK(got == 1, "at the end epoll reports %#x, only EV expected", got);
 
+    struct wl_epoll_params bp = {0};
+    WL_CHECK(!params_set || (ioctl(ep2, WL_EPIOCGPARAMS, &bp) == 0 && bp.busy_poll_usecs == 25 &&
+                             bp.busy_poll_budget == 8 && bp.prefer_busy_poll == 1),
+             "EP2's busy poll is %u us, budget %u, prefer %u", bp.busy_poll_usecs,
+             bp.busy_poll_budget, bp.prefer_busy_poll);
     /* EP2's watch of ZX, under EP2's own fd number. */
     got = ready(ep2, NULL);
     WL_CHECK(got == B(C_ZX), "EP2 reports %#x", got);
