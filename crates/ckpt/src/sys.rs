@@ -220,6 +220,45 @@ pub fn same_fd_table(pid1: Pid, pid2: Pid) -> io::Result<bool> {
     Ok(r == 0)
 }
 
+/// kcmp(KCMP_EPOLL_TFD): is fd `fd1` of `pid1` the description that the
+/// `toff`-th watch under fd number `tfd` of epoll `efd` of `pid2` watches?
+/// (ENOENT: the epoll has no such watch.)
+pub fn same_epoll_target(
+    pid1: Pid,
+    fd1: i32,
+    pid2: Pid,
+    efd: i32,
+    tfd: i32,
+    toff: u32,
+) -> io::Result<bool> {
+    const KCMP_EPOLL_TFD: i32 = 7;
+    /// struct kcmp_epoll_slot of <linux/kcmp.h>.
+    #[repr(C)]
+    struct KcmpEpollSlot {
+        efd: u32,
+        tfd: u32,
+        toff: u32,
+    }
+    const _: () = assert!(std::mem::size_of::<KcmpEpollSlot>() == 12);
+    let slot = KcmpEpollSlot {
+        efd: efd as u32,
+        tfd: tfd as u32,
+        toff,
+    };
+    // SAFETY: slot is a live kcmp_epoll_slot the kernel only reads.
+    let r = check(unsafe {
+        libc::syscall(
+            libc::SYS_kcmp,
+            pid1,
+            pid2,
+            KCMP_EPOLL_TFD,
+            fd1,
+            &slot as *const KcmpEpollSlot,
+        )
+    })?;
+    Ok(r == 0)
+}
+
 /// prlimit(pid, resource, new, old).
 pub fn prlimit(pid: Pid, res: u32, new: Option<(u64, u64)>) -> io::Result<(u64, u64)> {
     let n = new.map(|(c, m)| libc::rlimit64 {
@@ -518,6 +557,87 @@ pub fn eventfd(flags: i32) -> io::Result<i32> {
     // SAFETY: no pointers; returns a new fd or -1.
     let fd = check(unsafe { libc::eventfd(0, flags | libc::EFD_CLOEXEC) } as libc::c_long)?;
     Ok(fd as i32)
+}
+
+/// epoll_create1(EPOLL_CLOEXEC) as a raw fd.
+pub fn epoll_create() -> io::Result<i32> {
+    // SAFETY: no pointers; returns a new fd or -1.
+    let fd = check(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) } as libc::c_long)?;
+    Ok(fd as i32)
+}
+
+/// epoll_ctl(epfd, op, fd, {events, data}).
+pub fn epoll_ctl(epfd: i32, op: i32, fd: i32, events: u32, data: u64) -> io::Result<()> {
+    let mut ev = libc::epoll_event { events, u64: data };
+    // SAFETY: ev is a live epoll_event (read by ADD/MOD, ignored by DEL).
+    check(unsafe { libc::epoll_ctl(epfd, op, fd, &mut ev) } as libc::c_long).map(drop)
+}
+
+/// epoll_wait(epfd, 1 event, timeout 0): how many events it reported (0 or 1).
+pub fn epoll_wait_now(epfd: i32) -> io::Result<usize> {
+    let mut ev = libc::epoll_event { events: 0, u64: 0 };
+    loop {
+        // SAFETY: ev is a live, writable array of one epoll_event.
+        let r = unsafe { libc::epoll_wait(epfd, &mut ev, 1, 0) };
+        if r >= 0 {
+            return Ok(r as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// struct epoll_params of <linux/eventpoll.h> (EPIOCGPARAMS, Linux 6.9).
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct EpollParams {
+    pub busy_poll_usecs: u32,
+    pub busy_poll_budget: u16,
+    pub prefer_busy_poll: u8,
+    pad: u8,
+}
+const _: () = assert!(std::mem::size_of::<EpollParams>() == 8);
+/// _IOR(0x8A, 0x02, struct epoll_params) and _IOW(0x8A, 0x01, ...).
+const EPIOCGPARAMS: libc::c_ulong = 0x8008_8a02;
+const EPIOCSPARAMS: libc::c_ulong = 0x4008_8a01;
+
+impl EpollParams {
+    pub fn new(busy_poll_usecs: u32, busy_poll_budget: u16, prefer_busy_poll: u8) -> Self {
+        EpollParams {
+            busy_poll_usecs,
+            busy_poll_budget,
+            prefer_busy_poll,
+            pad: 0,
+        }
+    }
+}
+
+/// The busy-poll parameters of epoll `fd`; all 0 on kernels without
+/// EPIOCGPARAMS (ENOTTY), where they cannot have been set either.
+pub fn epoll_params(fd: i32) -> io::Result<EpollParams> {
+    let mut p = EpollParams::default();
+    // SAFETY: p is a live, writable epoll_params.
+    let r = unsafe { libc::ioctl(fd, EPIOCGPARAMS, &mut p as *mut EpollParams) };
+    match check(r as libc::c_long) {
+        Ok(_) => Ok(p),
+        Err(e) if e.raw_os_error() == Some(libc::ENOTTY) => Ok(EpollParams::default()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Sets the busy-poll parameters of epoll `fd` (EPIOCSPARAMS).
+pub fn set_epoll_params(fd: i32, p: &EpollParams) -> io::Result<()> {
+    // SAFETY: p is a live epoll_params the kernel only reads.
+    check(unsafe { libc::ioctl(fd, EPIOCSPARAMS, p as *const EpollParams) } as libc::c_long)
+        .map(drop)
+}
+
+/// fcntl(F_GETFD): the fd flags (FD_CLOEXEC) of `fd`.
+pub fn fd_flags(fd: i32) -> io::Result<i32> {
+    // SAFETY: F_GETFD takes no argument.
+    check(unsafe { libc::fcntl(fd, libc::F_GETFD) } as libc::c_long).map(|v| v as i32)
 }
 
 /// read(2) into buf from a raw fd.

@@ -66,3 +66,30 @@ record!(
     /// other flags are the `File`'s).
     Eventfd = T_EVENTFD, "eventfd" { file_id: u32, count: u64, semaphore: bool }
 );
+
+record!(
+    /// Epoll instance `file_id` (its status flags are the `File`'s): the
+    /// busy-poll parameters of EPIOCSPARAMS (all 0 when never set). Its
+    /// watches are `EpollWatch` records.
+    Epoll = T_EPOLL, "epoll" {
+        file_id: u32,
+        busy_poll_usecs: u32,
+        busy_poll_budget: u16,
+        prefer_busy_poll: u8,
+    }
+);
+
+record!(
+    /// One watch of epoll `epoll_id`: the description `target_id` as it was
+    /// added under fd number `tfd` (the kernel keys a watch by description
+    /// and fd number; the fd may since have been closed or reused), with
+    /// its event mask (EPOLLET, EPOLLONESHOT... included; a fired
+    /// EPOLLONESHOT watch has no event bits left) and 64-bit cookie.
+    EpollWatch = T_EPOLL_WATCH, "epoll-watch" {
+        epoll_id: u32,
+        target_id: u32,
+        tfd: u32,
+        events: u32,
+        data: u64,
+    }
+);

@@ -10,6 +10,7 @@
 
 pub mod kind;
 
+mod epoll;
 mod eventfd;
 pub mod ghost;
 mod memfd;
@@ -39,6 +40,7 @@ pub static KINDS: &[&dyn FdKind] = &[
     &memfd::Memfd,
     &ghost::Ghost,
     &eventfd::EventFd,
+    &epoll::EpollKind,
     &path::ByPath,
 ];
 
@@ -253,7 +255,7 @@ fn unsupported_reason(p: &Probe) -> String {
     } else {
         "this kind of file".into()
     };
-    format!("{what} cannot be saved yet; ckpt saves regular files, directories, memory character devices, pipes, FIFOs, memfds and eventfds")
+    format!("{what} cannot be saved yet; ckpt saves regular files, directories, memory character devices, pipes, FIFOs, memfds, eventfds and epolls")
 }
 
 /// Checks every description of the image through its kind.
