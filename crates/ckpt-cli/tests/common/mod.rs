@@ -791,6 +791,27 @@ impl TestEnv {
             .chain(extra.iter().copied())
             .collect::<Vec<_>>()
             .join("-");
+        let extra: Vec<&OsStr> = extra.iter().map(OsStr::new).collect();
+        Some(self.start_protocol_full(&label, &bin, &[], &extra, cgroup, user))
+    }
+
+    /// Starts `program LEAD... FIFO RESULT` that follows the workloads'
+    /// protocol (see workloads/wl.h) though it is no C workload: a node
+    /// script, a Go program.
+    pub fn start_protocol(&self, label: &str, program: &Path, lead: &[&OsStr]) -> Workload {
+        self.start_protocol_full(label, program, lead, &[], None, None)
+    }
+
+    fn start_protocol_full(
+        &self,
+        label: &str,
+        bin: &Path,
+        lead: &[&OsStr],
+        extra: &[&OsStr],
+        cgroup: Option<&Path>,
+        user: Option<(u32, u32)>,
+    ) -> Workload {
+        let label = label.to_owned();
         let fifo = self.path(&format!("{label}.ready"));
         let result = self.path(&format!("{label}.result"));
         let _ = fs::remove_file(&fifo);
@@ -808,9 +829,10 @@ impl TestEnv {
             .open(&fifo)
             .unwrap_or_else(|e| panic!("opening {}: {e}", fifo.display()));
 
-        let mut args: Vec<&OsStr> = vec![fifo.as_os_str(), result.as_os_str()];
-        args.extend(extra.iter().map(OsStr::new));
-        let (mut proc, log) = self.spawn_full(&label, &bin, &args, cgroup, user);
+        let mut args: Vec<&OsStr> = lead.to_vec();
+        args.extend([fifo.as_os_str(), result.as_os_str()]);
+        args.extend(extra.iter().copied());
+        let (mut proc, log) = self.spawn_full(&label, bin, &args, cgroup, user);
         let pid = proc.pid;
         let fail = |why: String| -> ! {
             panic!(
@@ -857,14 +879,14 @@ impl TestEnv {
         }
         drop(ready);
         let identity = identity(pid).unwrap_or_else(|e| panic!("reading /proc/{pid}: {e}"));
-        Some(Workload {
+        Workload {
             label,
             pid,
             proc,
             log,
             result: Some(result),
             identity,
-        })
+        }
     }
 
     /// Starts a program that cannot report readiness; `ready` is polled (see
