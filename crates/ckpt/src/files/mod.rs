@@ -16,6 +16,8 @@ mod memfd;
 mod path;
 mod pipe;
 mod procfile;
+mod signalfd;
+mod timerfd;
 
 use crate::error::{Ctx, Error, Result};
 use crate::ids::{IdSpace, ObjId};
@@ -39,6 +41,8 @@ pub static KINDS: &[&dyn FdKind] = &[
     &memfd::Memfd,
     &ghost::Ghost,
     &eventfd::EventFd,
+    &timerfd::TimerFd,
+    &signalfd::SignalFd,
     &path::ByPath,
 ];
 
@@ -266,7 +270,7 @@ fn unsupported_reason(p: &Probe) -> String {
     } else {
         "this kind of file".into()
     };
-    format!("{what} cannot be saved yet; ckpt saves regular files, directories, memory character devices, pipes, FIFOs, memfds and eventfds")
+    format!("{what} cannot be saved yet; ckpt saves regular files, directories, memory character devices, pipes, FIFOs, memfds, eventfds, timerfds and signalfds")
 }
 
 /// Checks every description of the image through its kind.
