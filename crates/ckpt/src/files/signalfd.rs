@@ -94,4 +94,30 @@ mod tests {
         assert_eq!(parse_mask("00000000000000000a00"), None);
         assert_eq!(parse_mask("zz"), None);
     }
+
+    #[test]
+    fn validation_refuses_unblockable_signals() {
+        let check = |mask| {
+            let img = crate::model::Image {
+                objects: vec![Signalfd { file_id: 1, mask }.into()],
+                ..Default::default()
+            };
+            let f = File {
+                id: 1,
+                kind: FILE_SIGNALFD,
+                ..Default::default()
+            };
+            SignalFd.validate(
+                &Check {
+                    img: &img,
+                    fs: None,
+                },
+                &f,
+            )
+        };
+        assert_eq!(check(0xa00), Ok(()));
+        assert_eq!(check(0), Ok(()));
+        assert!(check(1 << (libc::SIGKILL - 1)).is_err());
+        assert!(check(1 << (libc::SIGSTOP - 1)).is_err());
+    }
 }

@@ -448,4 +448,59 @@ mod tests {
         let a = arm(&once, S(1085), false);
         assert_eq!((a.value, a.missed, a.flags), (S(0), 1, TIMERFD_ABSTIME));
     }
+
+    fn validate_one(r: Timerfd, untrusted: bool) -> std::result::Result<(), String> {
+        let img = crate::model::Image {
+            objects: vec![r.into()],
+            ..Default::default()
+        };
+        let ids = sys::FsIds {
+            uid: 1000,
+            gid: 1000,
+            groups: Vec::new(),
+        };
+        let c = Check {
+            img: &img,
+            fs: untrusted.then_some(&ids),
+        };
+        let f = File {
+            id: 1,
+            kind: FILE_TIMERFD,
+            ..Default::default()
+        };
+        TimerFd.validate(&c, &f)
+    }
+
+    #[test]
+    fn validation_refuses_what_cannot_be_armed() {
+        let ok = || rec(libc::CLOCK_MONOTONIC, 0, S(5), S(1), S(100));
+        assert_eq!(validate_one(ok(), true), Ok(()));
+        let e = validate_one(Timerfd { clockid: 3, ..ok() }, false).unwrap_err();
+        assert!(e.contains("unknown clock 3"), "{e}");
+        let e = validate_one(
+            Timerfd {
+                value_nsec: 1_000_000_000,
+                ..ok()
+            },
+            false,
+        )
+        .unwrap_err();
+        assert!(e.contains("invalid value"), "{e}");
+        let e = validate_one(
+            Timerfd {
+                settime_flags: 4,
+                ..ok()
+            },
+            false,
+        )
+        .unwrap_err();
+        assert!(e.contains("settime flags"), "{e}");
+        let alarm = || Timerfd {
+            clockid: libc::CLOCK_BOOTTIME_ALARM as u32,
+            ..ok()
+        };
+        assert_eq!(validate_one(alarm(), false), Ok(()));
+        let e = validate_one(alarm(), true).unwrap_err();
+        assert!(e.contains("CAP_WAKE_ALARM"), "{e}");
+    }
 }
