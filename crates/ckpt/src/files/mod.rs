@@ -25,7 +25,7 @@ use crate::model::{Image, ProcessImage};
 use crate::procfs;
 use crate::sys::{self, Pid};
 use ckpt_image::*;
-use kind::{Check, DumpCx, FdKind, InstallCx, OpenCx, Probe, Stage};
+use kind::{Check, DumpCx, FdKind, InstallCx, OpenCx, Probe, ResumeCx, Stage};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 
@@ -444,6 +444,18 @@ pub fn install(
         let s = *s;
         if !keep.contains(&s) && !fds.iter().any(|d| d.fd as i32 == s) {
             sys::close(s);
+        }
+    }
+    Ok(())
+}
+
+/// Lets every kind touch its descriptions once the whole tree is rebuilt,
+/// just before it runs (`FdKind::resume`).
+pub fn resume(img: &Image) -> Result<()> {
+    let cx = ResumeCx { img };
+    for f in &img.files {
+        if let Some(k) = kind_of(f.kind) {
+            k.resume(&cx, f)?;
         }
     }
     Ok(())

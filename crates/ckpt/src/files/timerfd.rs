@@ -9,7 +9,9 @@
 //! holds the time left and the clock's reading, so an absolute expiry is
 //! `clock + value`.
 //!
-//! Restart creates the timer in the restorer and arms it at once:
+//! Restart creates the timer in the restorer, and arms it there and again
+//! once every process is rebuilt, just before the tree runs
+//! (`FdKind::resume`), so the restore's own time does not count:
 //! - a relative timer gets the time it had left: the time the process
 //!   spent checkpointed does not count, as for its sleeps (a one-shot
 //!   timer of 1 hour checkpointed after 10 minutes fires 50 minutes after
@@ -37,7 +39,7 @@
 //! restart. The alarm clocks need CAP_WAKE_ALARM: an image not owned by
 //! root (see docs/trust.md) with one is refused.
 
-use super::kind::{Check, DumpCx, FdKind, OpenCx, Probe};
+use super::kind::{Check, DumpCx, FdKind, OpenCx, Probe, ResumeCx};
 use crate::error::{Error, Result};
 use crate::procfs;
 use crate::sys::{self, Pid};
@@ -317,41 +319,67 @@ impl FdKind for TimerFd {
     fn open(&self, cx: &mut OpenCx, files: &[&File]) -> Result<()> {
         let boot_id = procfs::boot_id().map_err(|e| cx.err("read boot_id".into(), e))?;
         for f in files {
-            let r = kind_records(cx.img, f.id).next().ok_or_else(|| {
-                Error::Refused(format!("timerfd file {} has no timerfd record", f.id))
-            })?;
-            let what = clock_name(r.clockid).unwrap_or("unknown clock");
-            let user = (cx.user_of)(f.id);
-            let failed = |what: String, source| Error::Sys {
-                pid: user,
-                what,
+            let r = record(cx.img, f)?;
+            let pid = (cx.user_of)(f.id);
+            let raw = sys::timerfd_create(r.clockid as i32).map_err(|source| Error::Sys {
+                pid,
+                what: format!("create a {} timerfd", clock_name(r.clockid).unwrap_or("?")),
                 source,
-            };
-            let raw = sys::timerfd_create(r.clockid as i32)
-                .map_err(|e| failed(format!("create a {what} timerfd"), e))?;
+            })?;
             let fd = sys::dup_above(raw, cx.base);
             sys::close(raw);
             let fd = fd.map_err(|e| cx.err("dup timerfd".into(), e))?;
             cx.by_id.push((0, fd)); // closed with the rest if what follows fails
-            let now = sys::clock_gettime(base_clock(r.clockid))
-                .map_err(|e| cx.err(format!("clock_gettime({what})"), e))?;
-            let a = arm(r, now, r.boot_id.0 == boot_id.as_bytes());
-            sys::timerfd_settime(fd, a.flags as i32, a.value, a.interval)
-                .map_err(|e| failed(format!("arm the {what} timerfd ({a:?})"), e))?;
-            let ticks = r.ticks.saturating_add(a.missed);
-            if ticks > 0 {
-                sys::timerfd_set_ticks(fd, ticks).map_err(|e| {
-                    cx.err(
-                        format!("set the {ticks} expirations of timerfd {}", f.id),
-                        e,
-                    )
-                })?;
-            }
+                                    // Armed now, and again by `resume` just before the tree runs
+                                    // (here in case no fd of a live process names it).
+            start(r, fd, pid, &boot_id)?;
             cx.by_id.pop();
             cx.opened(f, fd)?;
         }
         Ok(())
     }
+    fn resume(&self, cx: &ResumeCx, f: &File) -> Result<()> {
+        use std::os::fd::AsRawFd;
+        let r = record(cx.img, f)?;
+        let Some((pid, fd)) = cx.fetch(f.id)? else {
+            return Ok(());
+        };
+        let boot_id = procfs::boot_id().map_err(|source| Error::Sys {
+            pid: std::process::id() as Pid,
+            what: "read boot_id".into(),
+            source,
+        })?;
+        start(r, fd.as_raw_fd(), pid, &boot_id)
+    }
+}
+
+/// The timerfd record of `f`.
+fn record<'a>(img: &'a crate::model::Image, f: &File) -> Result<&'a Timerfd> {
+    kind_records(img, f.id)
+        .next()
+        .ok_or_else(|| Error::Refused(format!("timerfd file {} has no timerfd record", f.id)))
+}
+
+/// Arms timerfd `fd` as record `r` says, from now, with its ticks (errors
+/// name `pid`, a process holding it).
+fn start(r: &Timerfd, fd: i32, pid: Pid, boot_id: &str) -> Result<()> {
+    let what = clock_name(r.clockid).unwrap_or("?");
+    let failed = |what: String, source| Error::Sys { pid, what, source };
+    let now = sys::clock_gettime(base_clock(r.clockid))
+        .map_err(|e| failed(format!("clock_gettime({what})"), e))?;
+    let a = arm(r, now, r.boot_id.0 == boot_id.as_bytes());
+    sys::timerfd_settime(fd, a.flags as i32, a.value, a.interval)
+        .map_err(|e| failed(format!("arm the {what} timerfd ({a:?})"), e))?;
+    let ticks = r.ticks.saturating_add(a.missed);
+    if ticks > 0 {
+        sys::timerfd_set_ticks(fd, ticks).map_err(|e| {
+            failed(
+                format!("set the {ticks} expirations of a {what} timerfd"),
+                e,
+            )
+        })?;
+    }
+    Ok(())
 }
 
 /// The timerfd records of file `id`.
