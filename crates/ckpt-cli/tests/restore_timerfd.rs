@@ -90,7 +90,7 @@ fn roundtrip(test: &str, mode: &str, expect_fds: usize, times: usize) {
 #[test]
 fn timerfd_workloads_pass_without_checkpoint() {
     let env = TestEnv::without_root("timerfd_workloads_pass_without_checkpoint");
-    for mode in ["timers", "signalfd"] {
+    for mode in ["timers", "signalfd", "shared"] {
         if !env.run_control("timerfd", &[mode], asleep) {
             return;
         }
@@ -122,4 +122,12 @@ fn restore_timerfds_twice() {
 #[test]
 fn restore_signalfd() {
     roundtrip("restore_signalfd", "signalfd", 2, 1);
+}
+
+/// A timerfd with 3 unread expirations shared by a parent and the child it
+/// forked: the child reads the 3 after restart, leaving none for the
+/// parent.
+#[test]
+fn restore_timerfd_shared_across_fork() {
+    roundtrip("restore_timerfd_shared_across_fork", "shared", 1, 1);
 }

@@ -36,11 +36,18 @@
  *   sfd_usr2  a second signalfd for SIGUSR2 only, blocking: still blocking,
  *             sigmask 0000000000000800.
  *
- * Both wait in sigsuspend with SIGTERM the only signal unblocked.
+ * "shared":
+ *   a timerfd with 3 unread expirations (as ticks3), inherited by a child
+ *   through fork: after restart the child reads 3 from it (on SIGUSR1 from
+ *   the parent, reporting through a pipe), then the parent's fd has
+ *   nothing left: one description again for both processes.
+ *
+ * All wait in sigsuspend with SIGTERM the only signal unblocked.
  */
 #include "wl.h"
 
 #include <poll.h>
+#include <sys/wait.h>
 #include <sys/signalfd.h>
 #include <sys/timerfd.h>
 
@@ -346,6 +353,65 @@ static int signals(void)
     wl_finish();
 }
 
+static volatile sig_atomic_t got_usr1;
+
+static void on_usr1(int sig)
+{
+    (void)sig;
+    got_usr1 = 1;
+}
+
+static int shared(void)
+{
+    int tfd = make_timer(CLOCK_REALTIME, TFD_NONBLOCK, TFD_TIMER_ABSTIME,
+                         now_of(CLOCK_REALTIME) - 9000, 3600);
+    int p[2];
+    if (tfd < 0 || pipe2(p, O_CLOEXEC) != 0)
+        wl_die("timerfd_create/pipe");
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_usr1;
+    if (sigaction(SIGUSR1, &sa, NULL) != 0)
+        wl_die("sigaction(SIGUSR1)");
+    sigset_t usr1;
+    sigemptyset(&usr1);
+    sigaddset(&usr1, SIGUSR1);
+    sigprocmask(SIG_BLOCK, &usr1, NULL);
+    block_term();
+    pid_t child = fork();
+    if (child < 0)
+        wl_die("fork");
+    if (child == 0) {
+        close(p[0]);
+        sigset_t m = wait_mask;
+        sigdelset(&m, SIGUSR1);
+        while (!got_usr1)
+            sigsuspend(&m);
+        long n = read_ticks(tfd);
+        if (write(p[1], &n, sizeof(n)) != sizeof(n))
+            _exit(3);
+        _exit(0);
+    }
+    close(p[1]);
+    wl_ready();
+    wait_for_term();
+    wl_verify_common();
+
+    kill(child, SIGUSR1);
+    long n = -100;
+    struct pollfd pf = {.fd = p[0], .events = POLLIN};
+    if (poll(&pf, 1, 10000) != 1 || read(p[0], &n, sizeof(n)) != sizeof(n))
+        wl_fail("shared: no answer from the child %d", (int)child);
+    WL_CHECK(n == 3, "shared: the child read %ld expirations, not 3", n);
+    n = read_ticks(tfd);
+    WL_CHECK(n == -1, "shared: the parent read %ld after the child read all, not EAGAIN", n);
+    int status;
+    WL_CHECK(waitpid(child, &status, 0) == child && WIFEXITED(status) &&
+                 WEXITSTATUS(status) == 0,
+             "shared: child %d did not exit 0", (int)child);
+    wl_finish();
+}
+
 int main(int argc, char **argv)
 {
     wl_init(argc, argv, "timerfd");
@@ -354,6 +420,8 @@ int main(int argc, char **argv)
         return timers();
     if (strcmp(mode, "signalfd") == 0)
         return signals();
+    if (strcmp(mode, "shared") == 0)
+        return shared();
     fprintf(stderr, "timerfd: unknown mode '%s'\n", mode);
     return 2;
 }
