@@ -25,6 +25,8 @@
  *             (reading 3 from the copy leaves nothing for the original).
  *   tick1     CLOCK_MONOTONIC, relative, 1 ms then every hour: 1 unread
  *             expiration, reads exactly 1.
+ *   fast      CLOCK_MONOTONIC, every 20 us (due again before ckpt can read
+ *             its fdinfo): still armed at that interval, and firing.
  *   disarmed  armed, then disarmed with an interval of 5 s: not readable,
  *             (0, 5 s); and one never armed: (0, 0).
  *
@@ -188,8 +190,9 @@ static int timers(void)
     if (timerfd_settime(disarmed, 0, &off, NULL) != 0)
         wl_die("disarm");
     int never = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC);
+    int fast = make_timer(CLOCK_MONOTONIC, TFD_NONBLOCK, 0, 0.00002, 0.00002);
     if (periodic < 0 || oneshot < 0 || boottime < 0 || abs_real < 0 || abs_mono < 0 ||
-        abs_every < 0 || ticks3 < 0 || ticks3_dup < 0 || tick1 < 0 || never < 0)
+        abs_every < 0 || ticks3 < 0 || ticks3_dup < 0 || tick1 < 0 || never < 0 || fast < 0)
         wl_die("timerfd_create");
     /* Let tick1 fire. */
     for (int i = 0; i < 1000; i++) {
@@ -301,6 +304,17 @@ static int timers(void)
     get_time(never, &left, &interval);
     WL_CHECK(left == 0 && interval == 0, "never: (%.6f, %.6f), not (0, 0)", left, interval);
     check_field("never", never, "ticks:", "0");
+
+    get_time(fast, &left, &interval);
+    WL_CHECK(interval > 0.0000199 && interval < 0.0000201, "fast: interval %.9f, not 20 us",
+             interval);
+    n = read_ticks(fast);
+    if (n < 0) {
+        struct pollfd p = {.fd = fast, .events = POLLIN};
+        if (poll(&p, 1, 1000) == 1)
+            n = read_ticks(fast);
+    }
+    WL_CHECK(n >= 1, "fast: read %ld, it should keep firing", n);
     wl_finish();
 }
 

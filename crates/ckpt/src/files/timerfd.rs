@@ -202,9 +202,10 @@ impl TimerFd {
             // Counts the periods a periodic timer missed since it fired
             // and re-arms it, as a read would; without it, fdinfo shows
             // a fired periodic timer as disarmed.
-            sys::timerfd_gettime(fd).map_err(|e| p.sys("timerfd_gettime", e))?;
+            let (left, interval) =
+                sys::timerfd_gettime(fd).map_err(|e| p.sys("timerfd_gettime", e))?;
             let info = procfs::fdinfo(me, fd).map_err(|e| p.sys("read fdinfo of the copy", e))?;
-            let Some(t) = parse(&info.text) else {
+            let Some(mut t) = parse(&info.text) else {
                 return Err(p.unsupported(&format!(
                     "its fdinfo cannot be read as a timerfd's: {:?}",
                     info.text
@@ -213,10 +214,18 @@ impl TimerFd {
             let clock = sys::clock_gettime(base_clock(t.clockid))
                 .map_err(|e| p.sys(&format!("clock_gettime({})", t.clockid), e))?;
             tries += 1;
-            // (0, interval) is a disarmed timer, or a periodic one that
-            // came due between gettime and fdinfo: look again.
-            let unsure = t.value.is_zero() && !t.interval.is_zero();
-            if !unsure || tries == 3 {
+            // Settled: disarmed (or a one-shot that fired), or armed with
+            // fdinfo's time left read together with `clock`.
+            let disarmed = left.is_zero() && interval.is_zero();
+            if disarmed || !t.value.is_zero() {
+                return Ok((t, clock));
+            }
+            // Else the timer came due between gettime and fdinfo, or it is
+            // disarmed with an interval kept (gettime says 0 every time),
+            // or so fast it is due again before fdinfo is read: look again,
+            // a few times, then take gettime's time left.
+            if tries == 5 {
+                t.value = left;
                 return Ok((t, clock));
             }
         }
