@@ -10,6 +10,10 @@
 mod common;
 
 use std::fs;
+use std::path::Path;
+use std::time::Duration;
+
+use ckpt_image::*;
 
 use common::*;
 
@@ -90,7 +94,7 @@ fn roundtrip(test: &str, mode: &str, expect_fds: usize, times: usize) {
 #[test]
 fn timerfd_workloads_pass_without_checkpoint() {
     let env = TestEnv::without_root("timerfd_workloads_pass_without_checkpoint");
-    for mode in ["timers", "signalfd", "shared"] {
+    for mode in ["timers", "signalfd", "shared", "absmono"] {
         if !env.run_control("timerfd", &[mode], asleep) {
             return;
         }
@@ -130,4 +134,114 @@ fn restore_signalfd() {
 #[test]
 fn restore_timerfd_shared_across_fork() {
     roundtrip("restore_timerfd_shared_across_fork", "shared", 1, 1);
+}
+
+/// Time left of timerfd `fd` of `pid`, from its fdinfo.
+fn time_left(pid: i32, fd: i32) -> f64 {
+    let info = fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}"))
+        .unwrap_or_else(|e| panic!("fdinfo {fd} of {pid}: {e}"));
+    let v = info
+        .lines()
+        .find_map(|l| l.strip_prefix("it_value: ("))
+        .and_then(|v| v.strip_suffix(')'))
+        .and_then(|v| v.split_once(", "))
+        .unwrap_or_else(|| panic!("no it_value in {info}"));
+    v.0.parse::<f64>().expect("sec") + v.1.parse::<f64>().expect("nsec") / 1e9
+}
+
+/// Copies image `src` to `dst` with every timerfd's `boot_id` replaced
+/// (records decoded, written again with a fresh checksum).
+fn with_boot_id(src: &Path, dst: &Path, boot_id: &[u8]) {
+    let data = fs::read(src).unwrap_or_else(|e| panic!("read {}: {e}", src.display()));
+    let mut r = ImageReader::new(&data[..]);
+    let mut w = ImageWriter::new(Vec::new());
+    while let Some(rec) = r.next_record().expect("the image reads") {
+        match &rec.body {
+            Body::Pages { hdr, data_offset } => {
+                let off = *data_offset as usize;
+                let len = hdr.nr_pages as usize * PAGE_SIZE as usize;
+                w.write_pages_flags(hdr.addr, &data[off..off + len], hdr.flags)
+                    .expect("encode");
+            }
+            Body::Meta(_) => match rec.decode_any().expect("a known record") {
+                AnyRecord::Tail(_) => {}
+                AnyRecord::Timerfd(mut t) => {
+                    t.boot_id = Text(boot_id.to_vec());
+                    w.write_any(&AnyRecord::Timerfd(t)).expect("encode");
+                }
+                a => w.write_any(&a).expect("encode"),
+            },
+        }
+    }
+    fs::write(dst, w.finish().expect("finish")).expect("write the edited image");
+}
+
+/// An absolute CLOCK_MONOTONIC timer restarted in the boot it was saved
+/// in keeps its expiry: the time checkpointed (>= 1.5 s here) is gone from
+/// its time left, while a relative timer keeps the time it had left. The
+/// same image marked as saved in another boot (`boot_id` edited): the
+/// absolute timer gets the time it had left too, as the old expiry means
+/// nothing on the new clock.
+#[test]
+fn restore_absolute_monotonic_timer_in_same_and_other_boot() {
+    let test = "restore_absolute_monotonic_timer_in_same_and_other_boot";
+    let Some(env) = TestEnv::new(test) else {
+        return;
+    };
+    let Some(mut w) = env.start_workload("timerfd", &["absmono"]) else {
+        return;
+    };
+    asleep(&env, &mut w);
+    let img = env.path("img");
+    env.checkpoint_and_kill(&mut w, &img);
+    let saved = {
+        let data = fs::read(&img).expect("read image");
+        let mut r = ImageReader::new(&data[..]);
+        let mut left = Vec::new();
+        while let Some(rec) = r.next_record().expect("the image reads") {
+            if let Body::Meta(_) = rec.body {
+                if let Ok(AnyRecord::Timerfd(t)) = rec.decode_any() {
+                    left.push((
+                        t.settime_flags,
+                        t.value_sec as f64 + t.value_nsec as f64 / 1e9,
+                    ));
+                }
+            }
+        }
+        left.sort_by(|a, b| a.partial_cmp(b).expect("numbers"));
+        assert_eq!(left.len(), 2, "two timerfd records: {left:?}");
+        (left[1].1, left[0].1) // (absolute, relative)
+    };
+    let other = env.path("img-other-boot");
+    with_boot_id(&img, &other, b"00000000-0000-0000-0000-000000000000");
+    const DOWN: f64 = 1.5;
+    for (image, same_boot) in [(&img, true), (&other, false)] {
+        // The time the process is away is what this test measures.
+        std::thread::sleep(Duration::from_secs_f64(DOWN));
+        env.restart_detached(&mut w, image);
+        let (abs, rel) = (time_left(w.pid, 100), time_left(w.pid, 101));
+        assert!(
+            rel <= saved.1 && rel > saved.1 - 1.0,
+            "{test}: the relative timer has {rel:.3} s left, saved with {:.3}{}",
+            saved.1,
+            w.diagnostics()
+        );
+        if same_boot {
+            assert!(
+                abs <= saved.0 - DOWN && abs > saved.0 - DOWN - 30.0,
+                "{test}: same boot: the absolute timer has {abs:.3} s left, saved with {:.3} s, {DOWN} s away: its expiry moved{}",
+                saved.0,
+                w.diagnostics()
+            );
+        } else {
+            assert!(
+                abs <= saved.0 && abs > saved.0 - 1.0,
+                "{test}: other boot: the absolute timer has {abs:.3} s left, saved with {:.3}: not the time it had left{}",
+                saved.0,
+                w.diagnostics()
+            );
+        }
+        asleep(&env, &mut w);
+        env.signal_and_expect_pass(&mut w, libc::SIGTERM);
+    }
 }

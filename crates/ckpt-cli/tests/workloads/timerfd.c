@@ -44,6 +44,13 @@
  *   the parent, reporting through a pipe), then the parent's fd has
  *   nothing left: one description again for both processes.
  *
+ * "absmono":
+ *   fd 100    CLOCK_MONOTONIC, TFD_TIMER_ABSTIME, at now + 1 hour; fd 101
+ *             the same as a relative timer. Both still armed (not fired,
+ *             time left in (0, 3600 s]), flags 01 and 00: the harness checks
+ *             the time left from outside (the same expiry in the same boot,
+ *             the time left at checkpoint in another).
+ *
  * All wait in sigsuspend with SIGTERM the only signal unblocked.
  */
 #include "wl.h"
@@ -426,6 +433,31 @@ static int shared(void)
     wl_finish();
 }
 
+static int absmono(void)
+{
+    int a = make_timer(CLOCK_MONOTONIC, 0, TFD_TIMER_ABSTIME, now_of(CLOCK_MONOTONIC) + 3600, 0);
+    int r = make_timer(CLOCK_MONOTONIC, 0, 0, 3600, 0);
+    if (a < 0 || r < 0 || dup3(a, 100, O_CLOEXEC) != 100 || dup3(r, 101, O_CLOEXEC) != 101)
+        wl_die("timerfd_create/dup3");
+    close(a);
+    close(r);
+    block_term();
+    wl_ready();
+    wait_for_term();
+    wl_verify_common();
+    const int fds[] = {100, 101};
+    const char *flags[] = {"01", "00"};
+    for (int i = 0; i < 2; i++) {
+        double left, interval;
+        get_time(fds[i], &left, &interval);
+        WL_CHECK(left > 0 && left <= 3600 && interval == 0, "fd %d: %.3f s left, interval %.3f",
+                 fds[i], left, interval);
+        WL_CHECK(read_ticks(fds[i]) == -1, "fd %d: fired", fds[i]);
+        check_field("absmono", fds[i], "settime flags:", flags[i]);
+    }
+    wl_finish();
+}
+
 int main(int argc, char **argv)
 {
     wl_init(argc, argv, "timerfd");
@@ -436,6 +468,8 @@ int main(int argc, char **argv)
         return signals();
     if (strcmp(mode, "shared") == 0)
         return shared();
+    if (strcmp(mode, "absmono") == 0)
+        return absmono();
     fprintf(stderr, "timerfd: unknown mode '%s'\n", mode);
     return 2;
 }
