@@ -339,6 +339,14 @@ fn parse_fdinfo(s: &str) -> FdInfo {
     fi
 }
 
+/// This boot's id (/proc/sys/kernel/random/boot_id, a UUID): monotonic
+/// clock readings of two checkpoints compare only when it is the same.
+pub fn boot_id() -> io::Result<String> {
+    Ok(fs::read_to_string("/proc/sys/kernel/random/boot_id")?
+        .trim()
+        .to_owned())
+}
+
 /// Open fd numbers of a process.
 pub fn fds(pid: Pid) -> io::Result<Vec<i32>> {
     let mut v: Vec<i32> = fs::read_dir(path(pid, "fd"))?

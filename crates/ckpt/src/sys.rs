@@ -1353,3 +1353,99 @@ pub fn with_fs_ids<T>(ids: Option<&FsIds>, f: impl FnOnce() -> io::Result<T>) ->
     let _g = ids.map(FsIdsGuard::enter).transpose()?;
     f()
 }
+
+/// A `Duration` as a kernel timespec.
+fn timespec(d: std::time::Duration) -> libc::timespec {
+    libc::timespec {
+        tv_sec: d.as_secs().min(i64::MAX as u64) as i64,
+        tv_nsec: d.subsec_nanos() as i64,
+    }
+}
+
+/// A kernel timespec as a `Duration` (negative fields read as 0).
+fn duration(t: &libc::timespec) -> std::time::Duration {
+    std::time::Duration::new(
+        t.tv_sec.max(0) as u64,
+        t.tv_nsec.clamp(0, 999_999_999) as u32,
+    )
+}
+
+/// clock_gettime(clockid).
+pub fn clock_gettime(clockid: i32) -> io::Result<std::time::Duration> {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: t is a writable timespec.
+    check(unsafe { libc::clock_gettime(clockid, &mut t) } as libc::c_long)?;
+    Ok(duration(&t))
+}
+
+/// timerfd_create(clockid, TFD_CLOEXEC) as a raw fd.
+pub fn timerfd_create(clockid: i32) -> io::Result<i32> {
+    // SAFETY: no pointers; returns a new fd or -1.
+    let fd = check(unsafe { libc::timerfd_create(clockid, libc::TFD_CLOEXEC) } as libc::c_long)?;
+    Ok(fd as i32)
+}
+
+/// timerfd_settime(fd, flags, {interval, value}, NULL).
+pub fn timerfd_settime(
+    fd: i32,
+    flags: i32,
+    value: std::time::Duration,
+    interval: std::time::Duration,
+) -> io::Result<()> {
+    let t = libc::itimerspec {
+        it_interval: timespec(interval),
+        it_value: timespec(value),
+    };
+    // SAFETY: t is a valid itimerspec; the old value is not asked for.
+    check(unsafe { libc::timerfd_settime(fd, flags, &t, std::ptr::null_mut()) } as libc::c_long)
+        .map(drop)
+}
+
+/// timerfd_gettime(fd): (time left, interval). Also counts the expirations
+/// of a periodic timer since it last fired into its ticks and re-arms it,
+/// as a read would (the kernel does that lazily).
+pub fn timerfd_gettime(fd: i32) -> io::Result<(std::time::Duration, std::time::Duration)> {
+    let zero = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    let mut t = libc::itimerspec {
+        it_interval: zero,
+        it_value: zero,
+    };
+    // SAFETY: t is a writable itimerspec.
+    check(unsafe { libc::timerfd_gettime(fd, &mut t) } as libc::c_long)?;
+    Ok((duration(&t.it_value), duration(&t.it_interval)))
+}
+
+/// TFD_IOC_SET_TICKS, `_IOW('T', 0, __u64)` (include/uapi/linux/timerfd.h).
+const TFD_IOC_SET_TICKS: libc::c_ulong = (1 << 30) | (8 << 16) | ((b'T' as libc::c_ulong) << 8);
+
+/// ioctl(fd, TFD_IOC_SET_TICKS, &ticks): sets the expirations a read of
+/// timerfd `fd` returns (ticks > 0). Exists with CONFIG_CHECKPOINT_RESTORE
+/// only (ENOTTY without).
+pub fn timerfd_set_ticks(fd: i32, ticks: u64) -> io::Result<()> {
+    // SAFETY: the ioctl reads one u64 from the pointer, a live local.
+    check(unsafe { libc::ioctl(fd, TFD_IOC_SET_TICKS, &ticks as *const u64) } as libc::c_long)
+        .map(drop)
+}
+
+/// signalfd4(-1, &mask, 8, SFD_CLOEXEC) as a raw fd: a new signalfd for
+/// the signals of `mask` (bit n-1 for signal n; the kernel's sigset is 8
+/// bytes on x86_64).
+pub fn signalfd(mask: u64) -> io::Result<i32> {
+    // SAFETY: the kernel reads 8 bytes from the pointer, a live local.
+    let fd = check(unsafe {
+        libc::syscall(
+            libc::SYS_signalfd4,
+            -1,
+            &mask as *const u64,
+            std::mem::size_of::<u64>(),
+            libc::SFD_CLOEXEC,
+        )
+    })?;
+    Ok(fd as i32)
+}

@@ -93,3 +93,39 @@ record!(
         data: u64,
     }
 );
+
+/// `Timerfd::settime_flags`: `TFD_TIMER_ABSTIME`, `TFD_TIMER_CANCEL_ON_SET`.
+pub const TIMERFD_ABSTIME: u32 = 1;
+pub const TIMERFD_CANCEL_ON_SET: u32 = 2;
+
+record!(
+    /// The state of timerfd `file_id` (its status flags are the `File`'s).
+    /// Times are (seconds, nanoseconds below 10^9).
+    Timerfd = T_TIMERFD, "timerfd" {
+        file_id: u32,
+        /// CLOCK_REALTIME 0, CLOCK_MONOTONIC 1, CLOCK_BOOTTIME 7,
+        /// CLOCK_REALTIME_ALARM 8, CLOCK_BOOTTIME_ALARM 9.
+        clockid: u32,
+        /// The flags of the last timerfd_settime (`TIMERFD_*`).
+        settime_flags: u32,
+        /// Expirations not read yet.
+        ticks: u64,
+        /// Time left until the next expiry at checkpoint; (0, 0): disarmed.
+        value_sec: u64,
+        value_nsec: u32,
+        interval_sec: u64,
+        interval_nsec: u32,
+        /// The timer's clock when `value` was read: an absolute timer
+        /// expires at `clock + value`.
+        clock_sec: u64,
+        clock_nsec: u32,
+        /// /proc/sys/kernel/random/boot_id at checkpoint: monotonic and
+        /// boot-time clocks only compare within one boot.
+        boot_id: Text,
+    }
+);
+
+record!(
+    /// The signals signalfd `file_id` reads (bit `n - 1` for signal `n`).
+    Signalfd = T_SIGNALFD, "signalfd" { file_id: u32, mask: u64 }
+);

@@ -274,6 +274,41 @@ impl InstallCx<'_> {
     }
 }
 
+/// What `FdKind::resume` sees: the restored tree, every process rebuilt
+/// and still stopped, about to run.
+pub struct ResumeCx<'a> {
+    pub img: &'a Image,
+}
+
+impl ResumeCx<'_> {
+    /// A copy in ckpt of description `file_id`, taken from the first live
+    /// process holding it, and that process (`None` when no fd names it).
+    pub fn fetch(&self, file_id: u32) -> Result<Option<(Pid, std::os::fd::OwnedFd)>> {
+        let holder = self
+            .img
+            .processes
+            .iter()
+            .filter(|p| !p.is_zombie())
+            .find_map(|p| {
+                let d = p.fds.iter().find(|d| d.file_id == file_id)?;
+                Some((p.pid(), d.fd as i32))
+            });
+        let Some((pid, fd)) = holder else {
+            return Ok(None);
+        };
+        let sys_err = |what: &str, source| Error::Sys {
+            pid,
+            what: format!("{what} of fd {fd}"),
+            source,
+        };
+        let pidfd = sys::pidfd_open(pid).map_err(|e| sys_err("pidfd_open", e))?;
+        use std::os::fd::AsRawFd;
+        let copy =
+            sys::pidfd_getfd(pidfd.as_raw_fd(), fd).map_err(|e| sys_err("pidfd_getfd", e))?;
+        Ok(Some((pid, copy)))
+    }
+}
+
 /// One kind of open file: how it is recognised, saved, checked and restored.
 pub trait FdKind: Sync {
     /// What it is, for messages ("eventfd").
@@ -324,6 +359,13 @@ pub trait FdKind: Sync {
             self.name(),
             f.id
         ))
+    }
+    /// Runs once every process is rebuilt, just before the tree runs, for
+    /// each description `f` of this kind: state that should start when the
+    /// processes do (a timer re-armed, so the restore's own time does not
+    /// count). Reaches the description through `ResumeCx::fetch`.
+    fn resume(&self, _cx: &ResumeCx, _f: &File) -> Result<()> {
+        Ok(())
     }
     /// Per-process step once the process's fds are in place, for each of
     /// its descriptions of this kind.
