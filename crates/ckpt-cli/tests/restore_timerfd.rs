@@ -243,5 +243,12 @@ fn restore_absolute_monotonic_timer_in_same_and_other_boot() {
         }
         asleep(&env, &mut w);
         env.signal_and_expect_pass(&mut w, libc::SIGTERM);
+        // Restored detached, it is not our child: whoever reaps it may take
+        // a moment, and the next restart needs its pid free.
+        assert!(
+            wait_until(TIMEOUT, || !pid_exists(w.pid)),
+            "{test}: pid {} was not reaped after it exited",
+            w.pid
+        );
     }
 }
