@@ -66,3 +66,24 @@ record!(
     /// other flags are the `File`'s).
     Eventfd = T_EVENTFD, "eventfd" { file_id: u32, count: u64, semaphore: bool }
 );
+
+record!(
+    /// Inotify instance `file_id` (its O_NONBLOCK is the `File`'s status
+    /// flag); `watches` `InotifyWatch` records follow.
+    Inotify = T_INOTIFY, "inotify" { file_id: u32, watches: u32 }
+);
+
+record!(
+    /// One watch of inotify `file_id`: watch descriptor `wd`, the mask as
+    /// the kernel keeps it (events plus IN_ONESHOT / IN_EXCL_UNLINK), and
+    /// the watched inode: its path in ckpt's root, device and inode number
+    /// at checkpoint.
+    InotifyWatch = T_INOTIFY_WATCH, "inotify-watch" { file_id: u32, wd: i32, mask: u32, dev: u64, ino: u64, path: Text }
+);
+
+record!(
+    /// Pidfd `file_id` on process `pid` of the image (PIDFD_NONBLOCK is the
+    /// `File`'s O_NONBLOCK); `ino` is its pidfs inode at checkpoint, the
+    /// same for every pidfd of one process.
+    Pidfd = T_PIDFD, "pidfd" { file_id: u32, pid: i32, ino: u64 }
+);

@@ -12,8 +12,10 @@ pub mod kind;
 
 mod eventfd;
 pub mod ghost;
+mod inotify;
 mod memfd;
 mod path;
+mod pidfd;
 mod pipe;
 mod procfile;
 
@@ -39,6 +41,8 @@ pub static KINDS: &[&dyn FdKind] = &[
     &memfd::Memfd,
     &ghost::Ghost,
     &eventfd::EventFd,
+    &inotify::Inotify,
+    &pidfd::PidFd,
     &path::ByPath,
 ];
 
@@ -254,7 +258,10 @@ impl FileTable {
 /// Why an fd no kind takes is refused.
 fn unsupported_reason(p: &Probe) -> String {
     use std::os::unix::fs::FileTypeExt;
-    let what = if let Some(name) = p.anon_inode() {
+    let what = if p.anon_inode() == Some(b"[fanotify]") {
+        // (Its marks and queued permission events cannot be read back.)
+        return "a fanotify instance: fanotify is not supported yet; close it before the checkpoint".into();
+    } else if let Some(name) = p.anon_inode() {
         format!(
             "an anonymous inode ({})",
             ckpt_image::escape(name.strip_prefix(b"[").unwrap_or(name)).trim_end_matches(']')
@@ -266,7 +273,7 @@ fn unsupported_reason(p: &Probe) -> String {
     } else {
         "this kind of file".into()
     };
-    format!("{what} cannot be saved yet; ckpt saves regular files, directories, memory character devices, pipes, FIFOs, memfds and eventfds")
+    format!("{what} cannot be saved yet; ckpt saves regular files, directories, memory character devices, pipes, FIFOs, memfds, eventfds, inotify instances and pidfds")
 }
 
 /// Checks every description of the image through its kind.
