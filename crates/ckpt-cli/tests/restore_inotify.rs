@@ -20,7 +20,7 @@ fn inotify_workloads_pass_without_checkpoint() {
     let Some(env) = TestEnv::new("inotify_workloads_pass_without_checkpoint") else {
         return;
     };
-    for case in ["inotify", "pidfd", "fanotify", "pidfdout"] {
+    for case in ["inotify", "pidfd", "pidfddead", "fanotify", "pidfdout"] {
         if !env.run_control("inotify", &[case], nothing) {
             return;
         }
@@ -58,6 +58,16 @@ fn restore_pidfd_on_child() {
         return;
     };
     env.roundtrip("inotify", &["pidfd"], nothing, nothing);
+}
+
+/// pidfds on reaped processes (two on one, one on another): still dead
+/// after restart, sharing inodes as before, with the same exit statuses.
+#[test]
+fn restore_pidfds_of_reaped_processes() {
+    let Some(env) = TestEnv::new("restore_pidfds_of_reaped_processes") else {
+        return;
+    };
+    env.roundtrip("inotify", &["pidfddead"], nothing, nothing);
 }
 
 /// Checkpoint of `case` must fail naming the pid and saying each of `words`;

@@ -1309,3 +1309,39 @@ pub fn pidfd_open_raw(pid: Pid, flags: u32) -> io::Result<i32> {
     // SAFETY: integer arguments; on success the kernel returns a new fd.
     check(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, flags) }).map(|r| r as i32)
 }
+
+/// fork(2): 0 in the child, the child's pid in the parent. The child must
+/// only make plain syscalls and leave with `exit_now`/`exit_like`.
+pub fn fork() -> io::Result<Pid> {
+    // SAFETY: callers' children run no Rust runtime code that could depend
+    // on other threads' state; they only make syscalls and _exit.
+    check(unsafe { libc::fork() } as libc::c_long).map(|r| r as Pid)
+}
+
+/// struct pidfd_info, its first version (PIDFD_INFO_SIZE_VER0).
+#[repr(C)]
+#[derive(Default)]
+struct PidfdInfo {
+    mask: u64,
+    cgroupid: u64,
+    ids: [u32; 11],
+    exit_code: i32,
+}
+const _: () = assert!(std::mem::size_of::<PidfdInfo>() == 64);
+/// _IOWR(PIDFS_IOCTL_MAGIC 0xFF, 11, struct pidfd_info) of size 64.
+const PIDFD_GET_INFO: libc::c_ulong = 0xC040_FF0B;
+const PIDFD_INFO_EXIT: u64 = 1 << 3;
+
+/// The wait status of the process pidfd `fd` refers to, once it has exited
+/// (PIDFD_GET_INFO, Linux 6.15); None while it runs or if the kernel
+/// recorded none.
+pub fn pidfd_exit_status(fd: i32) -> io::Result<Option<i32>> {
+    let mut info = PidfdInfo {
+        mask: PIDFD_INFO_EXIT,
+        ..Default::default()
+    };
+    // SAFETY: info is a live struct pidfd_info of the size the command encodes.
+    let r = unsafe { libc::ioctl(fd, PIDFD_GET_INFO, &mut info as *mut PidfdInfo) };
+    check(r as libc::c_long)?;
+    Ok((info.mask & PIDFD_INFO_EXIT != 0).then_some(info.exit_code))
+}

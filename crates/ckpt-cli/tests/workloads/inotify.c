@@ -15,6 +15,11 @@
  *            PIDFD_NONBLOCK pidfd on it at fd 41: after restore the pidfd is
  *            not readable while the child lives, pidfd_send_signal(SIGUSR1)
  *            works, poll reports the exit and waitid(P_PIDFD) gives status 7.
+ *   pidfddead  pidfds on reaped processes: two (fds 41, 42) on a child that
+ *            exited 3, one (fd 43) on a child killed by SIGKILL: after
+ *            restore all say Pid -1, poll readable, signals fail with ESRCH,
+ *            41 and 42 share an inode that 43 does not, and PIDFD_GET_INFO
+ *            gives each its exit status.
  *
  * Refused at checkpoint (the process carries on and verifies its state):
  *   fanotify   a fanotify instance at fd 40 (it must still work: its
@@ -28,6 +33,8 @@
 #include <poll.h>
 #include <sys/fanotify.h>
 #include <sys/inotify.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 
@@ -180,6 +187,64 @@ static void setup_pidfd(void)
     at_fd((int)syscall(SYS_pidfd_open, child, O_NONBLOCK), 41);
 }
 
+/* A pidfd on a child that ends `how` (exit 3 or SIGKILL), opened while it
+ * lives, at fd `at` (and `at2` if not -1); the child is reaped. */
+static void dead_child(int how, int at, int at2)
+{
+    int p[2];
+    if (pipe2(p, O_CLOEXEC) != 0)
+        wl_die("pipe");
+    pid_t c = fork();
+    if (c < 0)
+        wl_die("fork");
+    if (c == 0) {
+        char x;
+        close(p[1]);
+        if (read(p[0], &x, 1) < 0)
+            _exit(2);
+        if (how == SIGKILL)
+            raise(SIGKILL);
+        _exit(3);
+    }
+    close(p[0]);
+    at_fd((int)syscall(SYS_pidfd_open, c, 0), at);
+    if (at2 >= 0)
+        at_fd((int)syscall(SYS_pidfd_open, c, 0), at2);
+    close(p[1]);
+    int st;
+    if (waitpid(c, &st, 0) != c)
+        wl_die("waitpid");
+}
+
+/* struct pidfd_info as of Linux 6.15 (PIDFD_INFO_SIZE_VER0). */
+struct pidfd_info0 {
+    uint64_t mask, cgroupid;
+    uint32_t ids[11];
+    int32_t exit_code;
+};
+#define PIDFD_GET_INFO0 _IOWR(0xFF, 11, struct pidfd_info0)
+
+static void verify_dead(int fd, int status)
+{
+    char info[256];
+    fdinfo_lines(fd, "Pid:", info, sizeof(info));
+    WL_CHECK(!strcmp(info, "Pid:\t-1\n"), "fd %d: pidfd fdinfo says %s, expected Pid -1", fd, info);
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    WL_CHECK(poll(&p, 1, 0) == 1 && (p.revents & POLLIN), "fd %d: not readable", fd);
+    WL_CHECK(syscall(SYS_pidfd_send_signal, fd, 0, NULL, 0) != 0 && errno == ESRCH,
+             "fd %d: pidfd_send_signal did not fail with ESRCH (errno %d)", fd, errno);
+    struct pidfd_info0 pi = {.mask = 8 /* PIDFD_INFO_EXIT */};
+    WL_CHECK(ioctl(fd, PIDFD_GET_INFO0, &pi) == 0 && (pi.mask & 8) && pi.exit_code == status,
+             "fd %d: PIDFD_GET_INFO exit %#x (mask %#llx, errno %d), expected %#x", fd,
+             pi.exit_code, (unsigned long long)pi.mask, errno, status);
+}
+
+static ino_t ino_of(int fd)
+{
+    struct stat st;
+    return fstat(fd, &st) == 0 ? st.st_ino : 0;
+}
+
 static void verify_pidfd(void)
 {
     struct pollfd p = {.fd = 41, .events = POLLIN};
@@ -213,7 +278,10 @@ int main(int argc, char **argv)
         setup_inotify();
     else if (!strcmp(mode, "pidfd"))
         setup_pidfd();
-    else if (!strcmp(mode, "fanotify"))
+    else if (!strcmp(mode, "pidfddead")) {
+        dead_child(0, 41, 42);
+        dead_child(SIGKILL, 43, -1);
+    } else if (!strcmp(mode, "fanotify"))
         at_fd(fanotify_init(FAN_CLASS_NOTIF | FAN_CLOEXEC, O_RDONLY), 40);
     else if (!strcmp(mode, "pidfdout"))
         at_fd((int)syscall(SYS_pidfd_open, harness, 0), 41);
@@ -226,7 +294,14 @@ int main(int argc, char **argv)
         verify_inotify();
     else if (!strcmp(mode, "pidfd"))
         verify_pidfd();
-    else if (!strcmp(mode, "fanotify")) {
+    else if (!strcmp(mode, "pidfddead")) {
+        verify_dead(41, 3 << 8);
+        verify_dead(42, 3 << 8);
+        verify_dead(43, SIGKILL);
+        WL_CHECK(ino_of(41) == ino_of(42) && ino_of(41) != ino_of(43),
+                 "pidfd inodes %lu %lu %lu: 41 and 42 must match, 43 differ",
+                 (unsigned long)ino_of(41), (unsigned long)ino_of(42), (unsigned long)ino_of(43));
+    } else if (!strcmp(mode, "fanotify")) {
         char info[256];
         fdinfo_lines(40, "flags:", info, sizeof(info));
         WL_CHECK(info[0] != 0, "the fanotify fd is gone");

@@ -84,6 +84,7 @@ record!(
 record!(
     /// Pidfd `file_id` on process `pid` of the image (PIDFD_NONBLOCK is the
     /// `File`'s O_NONBLOCK); `ino` is its pidfs inode at checkpoint, the
-    /// same for every pidfd of one process.
-    Pidfd = T_PIDFD, "pidfd" { file_id: u32, pid: i32, ino: u64 }
+    /// same for every pidfd of one process. `pid` -1: the process had
+    /// exited and been reaped, with wait status `exit_status`.
+    Pidfd = T_PIDFD, "pidfd" { file_id: u32, pid: i32, ino: u64, exit_status: i32 }
 );

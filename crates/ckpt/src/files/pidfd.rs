@@ -1,10 +1,21 @@
 //! pidfds on processes of the tree: reopened with pidfd_open by the
 //! process that holds one, once the process it refers to exists again (a
 //! child or a sibling may still be being created at restart).
-//! PIDFD_NONBLOCK is the description's O_NONBLOCK. Refused: a pidfd on a
-//! process outside the tree (after restart that pid would be another
-//! process or none), on a single thread (PIDFD_THREAD), on a process that
-//! has exited and been reaped, and a pidfd inherited by another process
+//! PIDFD_NONBLOCK is the description's O_NONBLOCK.
+//!
+//! A pidfd on a process that has exited and been reaped ("Pid: -1") is
+//! recreated on a stand-in: the restorer forks a process that exits the
+//! way the saved one did (its wait status, read with PIDFD_GET_INFO),
+//! opens the pidfds on its zombie (one stand-in per saved pidfs inode, so
+//! pidfds of one process still share an inode, those of two do not) and
+//! reaps it. Like the original it then shows Pid -1, polls readable,
+//! signals fail with ESRCH and PIDFD_GET_INFO gives the same exit status;
+//! the cgroup id PIDFD_GET_INFO reports is the restorer's.
+//!
+//! Refused: a pidfd on a process outside the tree (after restart that pid
+//! would be another process or none), on a single thread (PIDFD_THREAD),
+//! on a reaped process whose exit status the kernel does not show (before
+//! Linux 6.15), and a pidfd on a live process inherited by another process
 //! (each process opens its own, so the sharing cannot come back).
 
 use super::kind::{objects_of, Check, DumpCx, FdKind, OpenCx, Probe};
@@ -45,16 +56,29 @@ impl FdKind for PidFd {
                 "it is a pidfd on a single thread (PIDFD_THREAD); such pidfds cannot be saved yet",
             ));
         }
-        let pid = match parse_pid(&p.info.text) {
+        let (pid, exit_status) = match parse_pid(&p.info.text) {
             None => return Err(p.unsupported("its fdinfo has no readable Pid: line")),
-            Some(-1) => return Err(p.unsupported("the process it refers to has exited and been reaped; a pidfd of a reaped process cannot be recreated yet; close it before the checkpoint")),
+            Some(-1) => {
+                use std::os::fd::AsRawFd;
+                let mine = cx
+                    .fetch_fd(p.pid, p.fd)
+                    .map_err(|e| p.sys("pidfd_getfd", e))?;
+                match sys::pidfd_exit_status(mine.as_raw_fd()) {
+                    // (A stand-in cannot be made to dump core the same way.)
+                    Ok(Some(st)) if libc::WCOREDUMP(st) => return Err(p.unsupported("the process it refers to has exited, dumping core, and been reaped; a stand-in cannot exit that way again, so the pidfd cannot be recreated; close it before the checkpoint")),
+                    Ok(Some(st)) => (-1, st),
+                    _ => return Err(p.unsupported("the process it refers to has exited and been reaped, and the kernel does not show how it exited (PIDFD_GET_INFO, Linux 6.15), so the pidfd cannot be recreated; close it before the checkpoint")),
+                }
+            }
             Some(0) => return Err(p.unsupported("the process it refers to is outside the tree (in a pid namespace ckpt cannot see)")),
             Some(q) if !cx.tree.contains(&q) => {
                 return Err(p.unsupported(&format!("the process it refers to is outside the tree (pid {q}); after restart that pid would be another process or none")))
             }
-            Some(q) => q,
+            Some(q) => (q, 0),
         };
-        cx.scratch::<Holders>("pidfd").push((p.pid, f.id));
+        if pid != -1 {
+            cx.scratch::<Holders>("pidfd").push((p.pid, f.id));
+        }
         f.kind = FILE_PIDFD;
         f.path = Text(p.link.to_vec());
         cx.objects.push(
@@ -62,6 +86,7 @@ impl FdKind for PidFd {
                 file_id: f.id,
                 pid,
                 ino: p.meta.ino(),
+                exit_status,
             }
             .into(),
         );
@@ -80,7 +105,7 @@ impl FdKind for PidFd {
     fn validate(&self, c: &Check, f: &File) -> std::result::Result<(), String> {
         let mut recs = objects_of::<Pidfd>(c.img).filter(|r| r.file_id == f.id);
         match (recs.next(), recs.next()) {
-            (Some(r), None) if c.img.process(r.pid).is_some() => Ok(()),
+            (Some(r), None) if r.pid == -1 || c.img.process(r.pid).is_some() => Ok(()),
             (Some(r), None) => Err(format!(
                 "refers to pid {}, which is not a process of the image",
                 r.pid
@@ -89,17 +114,26 @@ impl FdKind for PidFd {
         }
     }
     fn open(&self, cx: &mut OpenCx, files: &[&File]) -> Result<()> {
+        let mut dead: Vec<(&File, &Pidfd)> = Vec::new();
         for f in files {
             let r = objects_of::<Pidfd>(cx.img)
                 .find(|r| r.file_id == f.id)
                 .ok_or_else(|| {
                     Error::Refused(format!("pidfd file {} has no pidfd record", f.id))
                 })?;
+            if r.pid == -1 {
+                dead.push((f, r));
+                continue;
+            }
             // `open_in_process` sees only the `File`: the deferred copy
             // carries the pid in its path.
             let mut d = (*f).clone();
             d.path = Text(format!("pid {}", r.pid).into_bytes());
             cx.deferred.push(d);
+        }
+        dead.sort_by_key(|d| d.1.ino);
+        for group in dead.chunk_by(|a, b| a.1.ino == b.1.ino) {
+            open_dead(cx, group)?;
         }
         Ok(())
     }
@@ -128,6 +162,39 @@ impl FdKind for PidFd {
         let fd = sys::dup_above(raw, base);
         sys::close(raw);
         fd.map_err(|e| format!("dup pidfd of {pid}: {e}"))
+    }
+}
+
+/// Opens the pidfds of `group` (one reaped process) on a stand-in that
+/// exits like it, then reaps the stand-in.
+fn open_dead(cx: &mut OpenCx, group: &[(&File, &Pidfd)]) -> Result<()> {
+    let status = group[0].1.exit_status;
+    let child =
+        sys::fork().map_err(|e| cx.err("fork a stand-in for a reaped process".into(), e))?;
+    if child == 0 {
+        sys::exit_like(status);
+    }
+    let r: Result<()> = (|| {
+        sys::wait_exited_noreap(child)
+            .map_err(|e| cx.err(format!("wait for stand-in {child}"), e))?;
+        for (f, _) in group {
+            let raw = sys::pidfd_open_raw(child, f.flags & libc::O_NONBLOCK as u32)
+                .map_err(|e| cx.err(format!("pidfd_open of stand-in {child}"), e))?;
+            let fd = sys::dup_above(raw, cx.base);
+            sys::close(raw);
+            let fd = fd.map_err(|e| cx.err("dup pidfd".into(), e))?;
+            cx.opened(f, fd)?;
+        }
+        Ok(())
+    })();
+    let reaped = sys::wait(child, 0);
+    r?;
+    match reaped {
+        Ok((_, st)) if st == status => Ok(()),
+        Ok((_, st)) => Err(Error::Refused(format!(
+            "the stand-in for a reaped process exited with status {st:#x}, not {status:#x}"
+        ))),
+        Err(e) => Err(cx.err(format!("reap stand-in {child}"), e)),
     }
 }
 
