@@ -20,7 +20,15 @@ fn inotify_workloads_pass_without_checkpoint() {
     let Some(env) = TestEnv::new("inotify_workloads_pass_without_checkpoint") else {
         return;
     };
-    for case in ["inotify", "pidfd", "pidfddead", "fanotify", "pidfdout"] {
+    for case in [
+        "inotify",
+        "pidfd",
+        "pidfddead",
+        "fanotify",
+        "pidfdout",
+        "inogone",
+        "inoqueued",
+    ] {
         if !env.run_control("inotify", &[case], nothing) {
             return;
         }
@@ -114,5 +122,30 @@ fn checkpoint_refuses_pidfd_outside_tree() {
         "checkpoint_refuses_pidfd_outside_tree",
         "pidfdout",
         &["fd 41", "pidfd", "outside the tree", &harness],
+    );
+}
+
+/// A watch on a file that was unlinked (still open): no path to watch
+/// again, refused naming the watch.
+#[test]
+fn checkpoint_refuses_inotify_watch_on_deleted_file() {
+    refused(
+        "checkpoint_refuses_inotify_watch_on_deleted_file",
+        "inogone",
+        &["fd 40", "anon_inode:inotify", "watch 1", "deleted"],
+    );
+}
+
+/// Unread events cannot be saved (reading them would consume them).
+#[test]
+fn checkpoint_refuses_inotify_with_queued_events() {
+    refused(
+        "checkpoint_refuses_inotify_with_queued_events",
+        "inoqueued",
+        &[
+            "fd 40",
+            "queued and unread",
+            "once the process has read its events",
+        ],
     );
 }

@@ -26,6 +26,10 @@
  *              fdinfo shows it).
  *   pidfdout   a pidfd at fd 41 on the harness (outside the tree): it must
  *              still name the harness.
+ *   inogone    an inotify at fd 40 whose watch 1 is on RESULT.g, unlinked
+ *              while still open at fd 42: the watch must still be there.
+ *   inoqueued  an inotify at fd 40 with an unread IN_CREATE event queued:
+ *              the event must still be there.
  */
 #include "wl.h"
 
@@ -175,15 +179,22 @@ static void on_usr1(int sig)
 
 static void setup_pidfd(void)
 {
+    /* Blocked until the child's handler is in place: a SIGUSR1 sent early waits. */
+    sigset_t usr1, old;
+    sigemptyset(&usr1);
+    sigaddset(&usr1, SIGUSR1);
+    sigprocmask(SIG_BLOCK, &usr1, &old);
     child = fork();
     if (child < 0)
         wl_die("fork");
     if (child == 0) {
         signal(SIGTERM, SIG_IGN);
         signal(SIGUSR1, on_usr1);
+        sigprocmask(SIG_UNBLOCK, &usr1, NULL);
         for (;;)
             pause();
     }
+    sigprocmask(SIG_SETMASK, &old, NULL);
     at_fd((int)syscall(SYS_pidfd_open, child, O_NONBLOCK), 41);
 }
 
@@ -281,6 +292,24 @@ int main(int argc, char **argv)
     else if (!strcmp(mode, "pidfddead")) {
         dead_child(0, 41, 42);
         dead_child(SIGKILL, 43, -1);
+    } else if (!strcmp(mode, "inogone")) {
+        snprintf(p_file, sizeof(p_file), "%s.g", wl_result);
+        at_fd(open(p_file, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644), 42);
+        at_fd(inotify_init1(IN_NONBLOCK), 40);
+        if (inotify_add_watch(40, p_file, IN_MODIFY) != 1 || unlink(p_file) != 0)
+            wl_die("watch and unlink %s", p_file);
+    } else if (!strcmp(mode, "inoqueued")) {
+        snprintf(p_dir, sizeof(p_dir), "%s.d", wl_result);
+        snprintf(p_new, sizeof(p_new), "%s.d/new", wl_result);
+        if (mkdir(p_dir, 0755) && errno != EEXIST)
+            wl_die("mkdir");
+        at_fd(inotify_init1(IN_NONBLOCK), 40);
+        if (inotify_add_watch(40, p_dir, IN_CREATE) != 1)
+            wl_die("watch %s", p_dir);
+        int fd = open(p_new, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+        if (fd < 0)
+            wl_die("create %s", p_new);
+        close(fd);
     } else if (!strcmp(mode, "fanotify"))
         at_fd(fanotify_init(FAN_CLASS_NOTIF | FAN_CLOEXEC, O_RDONLY), 40);
     else if (!strcmp(mode, "pidfdout"))
@@ -301,6 +330,13 @@ int main(int argc, char **argv)
         WL_CHECK(ino_of(41) == ino_of(42) && ino_of(41) != ino_of(43),
                  "pidfd inodes %lu %lu %lu: 41 and 42 must match, 43 differ",
                  (unsigned long)ino_of(41), (unsigned long)ino_of(42), (unsigned long)ino_of(43));
+    } else if (!strcmp(mode, "inogone")) {
+        if (write(42, "x", 1) != 1)
+            wl_die("write");
+        expect_event(1, IN_MODIFY, NULL);
+    } else if (!strcmp(mode, "inoqueued")) {
+        expect_event(1, IN_CREATE, "new");
+        unlink(p_new);
     } else if (!strcmp(mode, "fanotify")) {
         char info[256];
         fdinfo_lines(40, "flags:", info, sizeof(info));

@@ -230,8 +230,12 @@ impl FdKind for Inotify {
         let watches = parse_watches(&p.info.text).map_err(|e| p.unsupported(&e))?;
         let mut recs = Vec::new();
         for w in &watches {
-            let path = watched_path(p.pid, w)
-                .map_err(|e| p.unsupported(&format!("its watch {}: {e}", w.wd)))?;
+            let path = watched_path(p.pid, w).map_err(|e| {
+                p.unsupported(&format!(
+                    "its watch {}: {e}; remove the watch (inotify_rm_watch) before the checkpoint",
+                    w.wd
+                ))
+            })?;
             recs.push(InotifyWatch {
                 file_id: f.id,
                 wd: w.wd,
