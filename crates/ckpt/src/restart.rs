@@ -120,6 +120,7 @@ pub fn restart(input: std::fs::File, opts: &RestartOptions, log: &mut Log) -> Re
         b.rebuild(p, &mut progress)
             .inspect_err(|e| log.error(e, 0, p.pid(), &p.process.comm.to_string()))?;
     }
+    files::restored(&img)?;
     b.release(&img)?;
     log.info(0, root, &comm, "restart: process tree running");
     if opts.detach {

@@ -3,11 +3,14 @@
  *
  * Restored (each verifies itself on SIGTERM):
  *   inotify  an IN_NONBLOCK inotify at fd 40 watching RESULT.d (IN_CREATE |
- *            IN_DELETE | IN_EXCL_UNLINK, wd 1) and RESULT.f (IN_MODIFY |
- *            IN_ONESHOT, wd 3); wd 2 (on RESULT.e) was removed and its
- *            IN_IGNORED read. After restore: the watch lines of its fdinfo
- *            are as before, it is still non-blocking with an empty queue,
- *            creating RESULT.d/new gives IN_CREATE "new" on wd 1, writing
+ *            IN_DELETE | IN_OPEN | IN_EXCL_UNLINK, wd 1) and RESULT.f
+ *            (IN_MODIFY | IN_ONESHOT, wd 3); wd 2 (on RESULT.e) was removed
+ *            and its IN_IGNORED read; RESULT.d/held is open at fd 44 (so the
+ *            restart reopens a file of the watched directory). After
+ *            restore: the watch lines of its fdinfo are as before, it is
+ *            still non-blocking with an empty queue (no event of the
+ *            restart itself), creating RESULT.d/new gives IN_CREATE and
+ *            IN_OPEN "new" on wd 1, writing
  *            RESULT.f gives IN_MODIFY on wd 3 (then IN_IGNORED: one-shot),
  *            removing RESULT.d/new gives IN_DELETE on wd 1, a new watch gets
  *            wd 4 and inotify_rm_watch of wd 1 and 4 succeeds.
@@ -101,8 +104,11 @@ static void setup_inotify(void)
     if (fd < 0)
         wl_die("open %s", p_file);
     close(fd);
+    char held[PATH_MAX + 8];
+    snprintf(held, sizeof(held), "%s/held", p_dir);
+    at_fd(open(held, O_RDONLY | O_CREAT | O_CLOEXEC, 0644), 44);
     at_fd(inotify_init1(IN_NONBLOCK), 40);
-    int w1 = inotify_add_watch(40, p_dir, IN_CREATE | IN_DELETE | IN_EXCL_UNLINK);
+    int w1 = inotify_add_watch(40, p_dir, IN_CREATE | IN_DELETE | IN_OPEN | IN_EXCL_UNLINK);
     int w2 = inotify_add_watch(40, p_other, IN_ATTRIB);
     if (w1 != 1 || w2 != 2 || inotify_rm_watch(40, w2) != 0)
         wl_die("watches 1 and 2: got %d, %d", w1, w2);
@@ -155,6 +161,7 @@ static void verify_inotify(void)
         wl_die("create %s", p_new);
     close(fd);
     expect_event(1, IN_CREATE, "new");
+    expect_event(1, IN_OPEN, "new");
     fd = open(p_file, O_WRONLY | O_CLOEXEC);
     if (fd < 0 || write(fd, "x", 1) != 1)
         wl_die("write %s", p_file);

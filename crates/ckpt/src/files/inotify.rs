@@ -12,10 +12,16 @@
 //! kernel numbers watches cyclically (the next wd follows the last one
 //! given), so a gap in the saved wds is recreated by adding and removing
 //! placeholder watches (on "/" or another directory the instance does not
-//! watch) until the next wd is the saved one; every wd is checked. The
-//! IN_IGNORED events the placeholders leave are read away before the
-//! process gets the instance. New watches after restart are numbered after
-//! the highest saved wd (the kernel does not show where its numbering was).
+//! watch) until the next wd is the saved one; every wd is checked. New
+//! watches after restart are numbered after the highest saved wd (the
+//! kernel does not show where its numbering was).
+//!
+//! Once the tree is rebuilt, before it runs, the events queued during the
+//! restart are read away (`restored`): the placeholders' IN_IGNORED, and
+//! the IN_OPEN/IN_CLOSE... the restart itself causes by reopening the
+//! process's files and mapping its libraries. So the watches are in force
+//! from the end of the restart; like every event between checkpoint and
+//! restart, one from someone else during the restart is not seen.
 //!
 //! Queued events: the kernel offers no way to read an inotify queue
 //! without consuming it, and no way to queue an event by hand. A
@@ -304,10 +310,8 @@ impl FdKind for Inotify {
     }
     fn open(&self, cx: &mut OpenCx, files: &[&File]) -> Result<()> {
         for f in files {
-            // Non-blocking while the placeholders' events are read away;
-            // `opened` gives it the saved status flags.
-            let raw = sys::inotify_init1(libc::IN_NONBLOCK)
-                .map_err(|e| cx.err("inotify_init1".into(), e))?;
+            // (`opened` gives it the saved status flags.)
+            let raw = sys::inotify_init1(0).map_err(|e| cx.err("inotify_init1".into(), e))?;
             let fd = sys::dup_above(raw, cx.base);
             sys::close(raw);
             let fd = fd.map_err(|e| cx.err("dup inotify".into(), e))?;
@@ -315,6 +319,24 @@ impl FdKind for Inotify {
             add_watches(cx, f, fd)?;
             cx.by_id.pop();
             cx.opened(f, fd)?;
+        }
+        Ok(())
+    }
+    fn restored(&self, f: &File, pid: Pid, fd: i32) -> Result<()> {
+        let sys_err = |what: &str, e| Error::Sys {
+            pid,
+            what: format!("{what} of inotify fd {fd} (file {})", f.id),
+            source: e,
+        };
+        let pidfd = sys::pidfd_open(pid).map_err(|e| sys_err("pidfd_open", e))?;
+        let mine =
+            sys::pidfd_getfd(pidfd.as_raw_fd(), fd).map_err(|e| sys_err("pidfd_getfd", e))?;
+        // Only while something is queued: the description may be blocking.
+        // (4096 bytes hold any one event: 16 + NAME_MAX + 1, padded.)
+        let mut buf = [0u8; 4096];
+        while sys::fionread(mine.as_raw_fd()).map_err(|e| sys_err("FIONREAD", e))? > 0 {
+            sys::read(mine.as_raw_fd(), &mut buf)
+                .map_err(|e| sys_err("read the restart's events", e))?;
         }
         Ok(())
     }
@@ -336,7 +358,6 @@ fn add_watches(cx: &OpenCx, f: &File, fd: i32) -> Result<()> {
     let fail = |what: String| Error::Refused(format!("pid {pid}: inotify file {}: {what}", f.id));
     // The wd the kernel gives next: it starts at 1 and follows the last one.
     let mut next = 1;
-    let mut placeholders = false;
     for w in watches_of(cx.img, f.id) {
         while next < w.wd {
             let got = placeholder(fd).map_err(|e| {
@@ -352,7 +373,6 @@ fn add_watches(cx: &OpenCx, f: &File, fd: i32) -> Result<()> {
                 )));
             }
             let _ = sys::inotify_rm_watch(fd, got);
-            placeholders = true;
             next = got + 1;
         }
         let mask = w.mask | libc::IN_DONT_FOLLOW | IN_MASK_CREATE;
@@ -370,12 +390,6 @@ fn add_watches(cx: &OpenCx, f: &File, fd: i32) -> Result<()> {
             return Err(fail(format!("watching {} gave wd {got}, the image has wd {}; the restored process would see other watch descriptors", w.path, w.wd)));
         }
         next = got + 1;
-    }
-    if placeholders {
-        // The IN_IGNORED events of the placeholders (and anything else
-        // queued during the restore: the watches exist only from now on).
-        let mut buf = [0u8; 4096];
-        while sys::read(fd, &mut buf).is_ok_and(|n| n > 0) {}
     }
     Ok(())
 }

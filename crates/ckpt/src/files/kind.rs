@@ -300,6 +300,13 @@ pub trait FdKind: Sync {
             f.id
         ))
     }
+    /// Runs in ckpt once every process of the tree is rebuilt and before
+    /// any runs again, for each description of this kind: `pid` (the first
+    /// process holding it) has it at `fd` (say, to drop what the restart
+    /// itself caused).
+    fn restored(&self, _f: &File, _pid: Pid, _fd: i32) -> Result<()> {
+        Ok(())
+    }
     /// Per-process step once the process's fds are in place, for each of
     /// its descriptions of this kind.
     fn install(&self, _cx: &InstallCx, _f: &File, _id: ObjId) -> std::result::Result<(), String> {

@@ -452,6 +452,29 @@ pub fn install(
     Ok(())
 }
 
+/// Lets every kind see its descriptions once the tree is rebuilt, before
+/// it runs again (`FdKind::restored`), through the first process holding
+/// each.
+pub fn restored(img: &Image) -> Result<()> {
+    for f in &img.files {
+        let Some(k) = kind_of(f.kind) else {
+            continue;
+        };
+        let holder = img
+            .processes
+            .iter()
+            .filter(|p| !p.is_zombie() && p.files_shared.is_none())
+            .find_map(|p| {
+                let d = p.fds.iter().find(|d| d.file_id == f.id)?;
+                Some((p.pid(), d.fd as i32))
+            });
+        if let Some((pid, fd)) = holder {
+            k.restored(f, pid, fd)?;
+        }
+    }
+    Ok(())
+}
+
 /// Opens one description at an fd >= `base` in the calling process.
 pub(crate) fn reopen(path: &[u8], flags: i32, base: i32) -> std::io::Result<i32> {
     /// Status flags a reopened file gets back (never O_CREAT/O_TRUNC/O_EXCL).
