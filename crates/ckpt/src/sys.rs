@@ -1345,3 +1345,10 @@ pub fn pidfd_exit_status(fd: i32) -> io::Result<Option<i32>> {
     check(r as libc::c_long)?;
     Ok((info.mask & PIDFD_INFO_EXIT != 0).then_some(info.exit_code))
 }
+
+/// unshare(CLONE_FS): the calling thread gets its own cwd and root (so a
+/// helper thread can fchdir without moving the rest of ckpt).
+pub fn unshare_fs() -> io::Result<()> {
+    // SAFETY: integer-only syscall affecting the calling thread.
+    check(unsafe { libc::unshare(libc::CLONE_FS) } as libc::c_long).map(drop)
+}

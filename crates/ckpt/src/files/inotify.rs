@@ -35,7 +35,7 @@ use crate::sys::{self, Pid};
 use ckpt_image::*;
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 
 pub struct Inotify;
 
@@ -164,8 +164,29 @@ fn unescape_octal(s: &str) -> Vec<u8> {
     out
 }
 
+/// The paths of the inodes `watches` (of process `pid`) watch, each or
+/// why it has none.
+fn watched_paths(
+    pid: Pid,
+    watches: &[WatchInfo],
+) -> std::result::Result<Vec<std::result::Result<Vec<u8>, String>>, String> {
+    // open_by_handle_at finds the filesystem through a directory fd it
+    // cannot take as O_PATH, and opening a mount point for real would be
+    // an IN_OPEN event to whoever watches it (this very instance, say). So
+    // a thread with a cwd of its own enters each mount by fchdir of an
+    // O_PATH fd and decodes the handle against AT_FDCWD.
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            sys::unshare_fs().map_err(|e| format!("unshare(CLONE_FS): {e}"))?;
+            Ok(watches.iter().map(|w| watched_path(pid, w)).collect())
+        })
+        .join()
+        .unwrap_or_else(|_| Err("the thread looking up watched paths panicked".into()))
+    })
+}
+
 /// The path (in ckpt's root) of the inode watch `w` of process `pid`
-/// watches; `Err` is why it has none.
+/// watches; `Err` is why it has none. Runs in a thread of its own cwd.
 fn watched_path(pid: Pid, w: &WatchInfo) -> std::result::Result<Vec<u8>, String> {
     let (ma, mi) = w.major_minor();
     let what = format!("inode {} on device {ma}:{mi}", w.ino);
@@ -181,10 +202,17 @@ fn watched_path(pid: Pid, w: &WatchInfo) -> std::result::Result<Vec<u8>, String>
     for point in points {
         let mut at = format!("/proc/{pid}/root").into_bytes();
         at.extend_from_slice(&point);
-        let Ok(mnt) = std::fs::File::open(std::ffi::OsStr::from_bytes(&at)) else {
+        let Ok(mnt) = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH)
+            .open(std::ffi::OsStr::from_bytes(&at))
+        else {
             continue;
         };
-        let fd = match sys::open_by_handle(mnt.as_raw_fd(), *htype, handle) {
+        if sys::fchdir(mnt.as_raw_fd()).is_err() {
+            continue;
+        }
+        let fd = match sys::open_by_handle(libc::AT_FDCWD, *htype, handle) {
             Ok(fd) => fd,
             Err(e) if e.raw_os_error() == Some(libc::ESTALE) => {
                 return Err(format!(
@@ -234,9 +262,10 @@ impl FdKind for Inotify {
     }
     fn dump(&self, cx: &mut DumpCx, p: &Probe, f: &mut File) -> Result<()> {
         let watches = parse_watches(&p.info.text).map_err(|e| p.unsupported(&e))?;
+        let paths = watched_paths(p.pid, &watches).map_err(|e| p.unsupported(&e))?;
         let mut recs = Vec::new();
-        for w in &watches {
-            let path = watched_path(p.pid, w).map_err(|e| {
+        for (w, path) in watches.iter().zip(paths) {
+            let path = path.map_err(|e| {
                 p.unsupported(&format!(
                     "its watch {}: {e}; remove the watch (inotify_rm_watch) before the checkpoint",
                     w.wd
