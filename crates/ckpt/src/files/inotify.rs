@@ -8,6 +8,12 @@
 //! on a mount ckpt cannot reach) is refused: there is nothing to watch
 //! again at restart.
 //!
+//! The mask is saved as the kernel keeps it: the events, IN_ONESHOT and
+//! IN_EXCL_UNLINK. IN_MASK_ADD, IN_MASK_CREATE, IN_ONLYDIR and
+//! IN_DONT_FOLLOW only act on the call that sets a watch, so there is
+//! nothing of them to save (restart adds by the inode's own path, never
+//! following a last symlink).
+//!
 //! Restart creates the instance and adds the watches in wd order. The
 //! kernel numbers watches cyclically (the next wd follows the last one
 //! given), so a gap in the saved wds is recreated by adding and removing
