@@ -1449,3 +1449,122 @@ pub fn signalfd(mask: u64) -> io::Result<i32> {
     })?;
     Ok(fd as i32)
 }
+
+/// inotify_init1(flags | IN_CLOEXEC) as a raw fd.
+pub fn inotify_init1(flags: i32) -> io::Result<i32> {
+    // SAFETY: no pointers; returns a new fd or -1.
+    check(unsafe { libc::inotify_init1(flags | libc::IN_CLOEXEC) } as libc::c_long)
+        .map(|v| v as i32)
+}
+
+/// inotify_add_watch(fd, path, mask): the watch descriptor.
+pub fn inotify_add_watch(fd: i32, path: &[u8], mask: u32) -> io::Result<i32> {
+    let c = std::ffi::CString::new(path)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))?;
+    // SAFETY: c is a valid NUL-terminated string.
+    check(unsafe { libc::inotify_add_watch(fd, c.as_ptr(), mask) } as libc::c_long)
+        .map(|v| v as i32)
+}
+
+/// inotify_rm_watch(fd, wd).
+pub fn inotify_rm_watch(fd: i32, wd: i32) -> io::Result<()> {
+    // SAFETY: integer arguments only.
+    check(unsafe { libc::inotify_rm_watch(fd, wd) } as libc::c_long).map(drop)
+}
+
+/// ioctl(FIONREAD): bytes ready to be read from `fd`.
+pub fn fionread(fd: i32) -> io::Result<u32> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int to the pointer given.
+    check(unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n as *mut libc::c_int) } as libc::c_long)?;
+    Ok(n as u32)
+}
+
+/// struct file_handle with room for the largest handle (MAX_HANDLE_SZ).
+#[repr(C)]
+struct FileHandle {
+    handle_bytes: u32,
+    handle_type: i32,
+    f_handle: [u8; 128],
+}
+const _: () = assert!(std::mem::size_of::<FileHandle>() == 136);
+
+/// open_by_handle_at(mount_fd, handle, O_PATH): the inode a file handle
+/// names, found on the filesystem of `mount_fd`.
+pub fn open_by_handle(
+    mount_fd: i32,
+    handle_type: i32,
+    handle: &[u8],
+) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let mut h = FileHandle {
+        handle_bytes: handle.len() as u32,
+        handle_type,
+        f_handle: [0; 128],
+    };
+    h.f_handle
+        .get_mut(..handle.len())
+        .ok_or_else(|| io::Error::from_raw_os_error(libc::EOVERFLOW))?
+        .copy_from_slice(handle);
+    // SAFETY: h is a valid struct file_handle whose f_handle holds
+    // handle_bytes bytes; the kernel only reads it.
+    let r = check(unsafe {
+        libc::syscall(
+            libc::SYS_open_by_handle_at,
+            mount_fd,
+            &mut h as *mut FileHandle,
+            libc::O_PATH | libc::O_CLOEXEC,
+        )
+    })?;
+    // SAFETY: r is a fresh fd owned by nobody else.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(r as i32) })
+}
+
+/// pidfd_open(pid, flags) as a raw fd (flags: PIDFD_NONBLOCK).
+pub fn pidfd_open_raw(pid: Pid, flags: u32) -> io::Result<i32> {
+    // SAFETY: integer arguments; on success the kernel returns a new fd.
+    check(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, flags) }).map(|r| r as i32)
+}
+
+/// fork(2): 0 in the child, the child's pid in the parent. The child must
+/// only make plain syscalls and leave with `exit_now`/`exit_like`.
+pub fn fork() -> io::Result<Pid> {
+    // SAFETY: callers' children run no Rust runtime code that could depend
+    // on other threads' state; they only make syscalls and _exit.
+    check(unsafe { libc::fork() } as libc::c_long).map(|r| r as Pid)
+}
+
+/// struct pidfd_info, its first version (PIDFD_INFO_SIZE_VER0).
+#[repr(C)]
+#[derive(Default)]
+struct PidfdInfo {
+    mask: u64,
+    cgroupid: u64,
+    ids: [u32; 11],
+    exit_code: i32,
+}
+const _: () = assert!(std::mem::size_of::<PidfdInfo>() == 64);
+/// _IOWR(PIDFS_IOCTL_MAGIC 0xFF, 11, struct pidfd_info) of size 64.
+const PIDFD_GET_INFO: libc::c_ulong = 0xC040_FF0B;
+const PIDFD_INFO_EXIT: u64 = 1 << 3;
+
+/// The wait status of the process pidfd `fd` refers to, once it has exited
+/// (PIDFD_GET_INFO, Linux 6.15); None while it runs or if the kernel
+/// recorded none.
+pub fn pidfd_exit_status(fd: i32) -> io::Result<Option<i32>> {
+    let mut info = PidfdInfo {
+        mask: PIDFD_INFO_EXIT,
+        ..Default::default()
+    };
+    // SAFETY: info is a live struct pidfd_info of the size the command encodes.
+    let r = unsafe { libc::ioctl(fd, PIDFD_GET_INFO, &mut info as *mut PidfdInfo) };
+    check(r as libc::c_long)?;
+    Ok((info.mask & PIDFD_INFO_EXIT != 0).then_some(info.exit_code))
+}
+
+/// unshare(CLONE_FS): the calling thread gets its own cwd and root (so a
+/// helper thread can fchdir without moving the rest of ckpt).
+pub fn unshare_fs() -> io::Result<()> {
+    // SAFETY: integer-only syscall affecting the calling thread.
+    check(unsafe { libc::unshare(libc::CLONE_FS) } as libc::c_long).map(drop)
+}

@@ -129,3 +129,25 @@ record!(
     /// The signals signalfd `file_id` reads (bit `n - 1` for signal `n`).
     Signalfd = T_SIGNALFD, "signalfd" { file_id: u32, mask: u64 }
 );
+
+record!(
+    /// Inotify instance `file_id` (its O_NONBLOCK is the `File`'s status
+    /// flag); `watches` `InotifyWatch` records follow.
+    Inotify = T_INOTIFY, "inotify" { file_id: u32, watches: u32 }
+);
+
+record!(
+    /// One watch of inotify `file_id`: watch descriptor `wd`, the mask as
+    /// the kernel keeps it (events plus IN_ONESHOT / IN_EXCL_UNLINK), and
+    /// the watched inode: its path in ckpt's root, device and inode number
+    /// at checkpoint.
+    InotifyWatch = T_INOTIFY_WATCH, "inotify-watch" { file_id: u32, wd: i32, mask: u32, dev: u64, ino: u64, path: Text }
+);
+
+record!(
+    /// Pidfd `file_id` on process `pid` of the image (PIDFD_NONBLOCK is the
+    /// `File`'s O_NONBLOCK); `ino` is its pidfs inode at checkpoint, the
+    /// same for every pidfd of one process. `pid` -1: the process had
+    /// exited and been reaped, with wait status `exit_status`.
+    Pidfd = T_PIDFD, "pidfd" { file_id: u32, pid: i32, ino: u64, exit_status: i32 }
+);
