@@ -107,9 +107,7 @@ impl FileTable {
                 meta: &meta,
                 info: &info,
             };
-            if let Some(lock) = &info.lock {
-                return Err(p.unsupported(&format!("it holds a file lock ({lock}); file locks cannot be saved yet; release the lock or checkpoint when it is not held")));
-            }
+            // Its locks (`lock:` lines) are saved by `locks`.
             let cloexec = info.flags & libc::O_CLOEXEC as u32 != 0;
             let shared = self
                 .cx
