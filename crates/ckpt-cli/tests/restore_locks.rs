@@ -263,6 +263,17 @@ fn checkpoint_refuses_lease() {
     );
 }
 
+/// An flock on an unlinked file: refused (restart makes a new file, which
+/// the lock would not protect), and the lock is still held.
+#[test]
+fn checkpoint_refuses_lock_on_unlinked_file() {
+    refused(
+        "checkpoint_refuses_lock_on_unlinked_file",
+        "unlinked",
+        &["gone.lck", "makes anew rather than reopens (unlinked)"],
+    );
+}
+
 /// A POSIX lock in a process whose child shares its fd table: refused (the
 /// restart would drop it), and the lock is still held.
 #[test]

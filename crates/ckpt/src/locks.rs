@@ -213,10 +213,17 @@ impl ProcessKind for FileLocks {
                     Class::Ofd => LOCK_OFD,
                     Class::Flock => LOCK_FLOCK,
                     Class::Lease | Class::Deleg => {
+                        let name = if l.class == Class::Deleg {
+                            "delegation"
+                        } else {
+                            "lease"
+                        };
+                        let what = match l.mode.as_str() {
+                            "ACTIVE" => format!("a {} {name}", l.kind.to_lowercase()),
+                            _ => format!("a {name} being broken"),
+                        };
                         return Err(unsupported(cx, object(), format!(
-                            "it is a {} {} (F_SETLEASE); leases cannot be saved: release it (F_SETLEASE F_UNLCK) or checkpoint when it is not held",
-                            l.kind.to_lowercase(),
-                            if l.class == Class::Deleg { "delegation" } else { "lease" }
+                            "it is {what} (F_SETLEASE); leases cannot be saved yet: release it (F_SETLEASE F_UNLCK) or checkpoint when it is not held"
                         )));
                     }
                     Class::Other => {
@@ -248,7 +255,7 @@ impl ProcessKind for FileLocks {
                     Some(f) if REOPENED_KINDS.contains(&f.kind) => {}
                     Some(f) => {
                         return Err(unsupported(cx, object(), format!(
-                            "the lock is on a {} file, which restart makes anew rather than reopens: the lock would no longer keep out whoever else holds the original; release it or checkpoint when it is not held",
+                            "the lock is on a file restart makes anew rather than reopens ({}): it would no longer keep out whoever else holds the original; release it or checkpoint when it is not held",
                             file_kind_name(f.kind)
                         )))
                     }

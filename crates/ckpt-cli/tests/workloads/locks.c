@@ -13,6 +13,8 @@
  *            child exits it is free.
  *   lease    a read lease (F_SETLEASE) on lease.lck: refused at checkpoint;
  *            verification checks the lease is still there.
+ *   unlinked flock(LOCK_EX) on a file then unlinked: refused at checkpoint
+ *            (restart makes a new file); the lock is still held.
  *   posixshared  a POSIX lock in a process whose child shares its fd table
  *            (clone CLONE_FILES): refused at checkpoint.
  */
@@ -209,6 +211,15 @@ static void setup_lease(void)
         wl_die("F_SETLEASE lease.lck");
 }
 
+static void setup_unlinked(void)
+{
+    fd_flock = make_file("gone.lck");
+    if (flock(fd_flock, LOCK_EX | LOCK_NB) != 0)
+        wl_die("flock gone.lck");
+    if (unlink("gone.lck") != 0)
+        wl_die("unlink gone.lck");
+}
+
 static void setup_posixshared(void)
 {
     fd_posix = make_file("posix.lck");
@@ -235,6 +246,8 @@ int main(int argc, char **argv)
         setup_lease();
     else if (!strcmp(mode, "posixshared"))
         setup_posixshared();
+    else if (!strcmp(mode, "unlinked"))
+        setup_unlinked();
     else
         wl_die("unknown mode %s", mode);
     wl_ready();
@@ -246,6 +259,11 @@ int main(int argc, char **argv)
         verify_inherit();
     else if (!strcmp(mode, "lease"))
         WL_CHECK(fcntl(fd_flock, F_GETLEASE) == F_RDLCK, "the read lease is gone");
+    else if (!strcmp(mode, "unlinked")) {
+        char p[64];
+        snprintf(p, sizeof(p), "/proc/self/fd/%d", fd_flock);
+        WL_CHECK(!flock_free(p, LOCK_SH), "the flock on the unlinked file is gone");
+    }
     else if (!strcmp(mode, "posixshared")) {
         struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET};
         int st;
