@@ -202,6 +202,43 @@ fn restore_flock_of_a_description_shared_with_a_child() {
     );
 }
 
+/// Children blocked in flock(LOCK_EX) and F_SETLKW on the parent's locks:
+/// the waits are not saved as locks; after restart the children wait
+/// again (shown as waiters in /proc/locks) and get the locks once the
+/// parent releases them.
+#[test]
+fn restore_processes_waiting_for_locks() {
+    let Some(env) = TestEnv::new("restore_processes_waiting_for_locks") else {
+        return;
+    };
+    let check = |env: &TestEnv, w: &mut Workload, when: &str| {
+        let path = env.path("wait.lck");
+        let ino = std::fs::metadata(&path).unwrap().ino();
+        let waiters = || {
+            std::fs::read_to_string("/proc/locks")
+                .unwrap()
+                .lines()
+                .filter(|l| l.contains("->") && l.contains(&format!(":{ino} ")))
+                .count()
+        };
+        assert!(
+            wait_until(TIMEOUT, || waiters() == 2),
+            "{when}: /proc/locks shows {} waiters on wait.lck, not 2{}",
+            waiters(),
+            w.diagnostics()
+        );
+        let held = proc_locks_on(&path);
+        assert_eq!(held.len(), 2, "{when}: the parent's two locks: {held:?}");
+        assert!(held.iter().all(|l| l.2 == w.pid), "{when}: {held:?}");
+    };
+    env.roundtrip(
+        "locks",
+        &["waiter"],
+        |env, w| check(env, w, "before checkpoint"),
+        |env, w| check(env, w, "after restart"),
+    );
+}
+
 /// The `lock:` lines of the fdinfo of `pid`'s fds on `path`.
 fn fdinfo_locks(pid: i32, path: &Path) -> Vec<String> {
     let mut out = Vec::new();

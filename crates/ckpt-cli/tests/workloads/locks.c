@@ -15,6 +15,10 @@
  *            verification checks the lease is still there.
  *   unlinked flock(LOCK_EX) on a file then unlinked: refused at checkpoint
  *            (restart makes a new file); the lock is still held.
+ *   waiter   flock(LOCK_EX) and a POSIX write lock on wait.lck; one child
+ *            blocks in flock(LOCK_EX), another in F_SETLKW on it. Waiters
+ *            are not locks: after restart they ask again, and get the
+ *            locks once the parent releases them.
  *   posixshared  a POSIX lock in a process whose child shares its fd table
  *            (clone CLONE_FILES): refused at checkpoint.
  */
@@ -22,6 +26,7 @@
 #include <sched.h>
 #include <sys/file.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 
@@ -220,6 +225,61 @@ static void setup_unlinked(void)
         wl_die("unlink gone.lck");
 }
 
+static pid_t waiters[2];
+
+/* Whether /proc/locks shows `n` waiters on the inode of `fd`. */
+static int waiting(int fd, int n)
+{
+    struct stat st;
+    char want[64], *text = wl_read_file("/proc/locks", NULL);
+    int found = 0;
+    if (fstat(fd, &st) != 0 || !text)
+        wl_die("fstat / read /proc/locks");
+    snprintf(want, sizeof(want), ":%llu ", (unsigned long long)st.st_ino);
+    for (char *l = strtok(text, "\n"); l; l = strtok(NULL, "\n"))
+        if (strstr(l, "->") && strstr(l, want))
+            found++;
+    free(text);
+    return found == n;
+}
+
+static void setup_waiter(void)
+{
+    fd_flock = make_file("wait.lck");
+    if (flock(fd_flock, LOCK_EX | LOCK_NB) != 0 || lock(fd_flock, F_SETLK, F_WRLCK, 0, 0) != 0)
+        wl_die("lock wait.lck");
+    for (int i = 0; i < 2; i++) {
+        waiters[i] = fork();
+        if (waiters[i] < 0)
+            wl_die("fork");
+        if (waiters[i] == 0) {
+            int fd = xopen("wait.lck", O_RDWR);
+            int r = i == 0 ? flock(fd, LOCK_EX) : lock(fd, F_SETLKW, F_WRLCK, 0, 0);
+            if (r != 0)
+                fprintf(stderr, "locks: waiter %d: %s\n", i, strerror(errno));
+            _exit(r == 0 ? 0 : 1);
+        }
+    }
+    double deadline = wl_monotonic() + 10;
+    while (!waiting(fd_flock, 2))
+        if (wl_monotonic() > deadline)
+            wl_die("the children do not wait for the locks of wait.lck");
+        else
+            wl_sleep_ns(1000000);
+}
+
+static void verify_waiter(void)
+{
+    WL_CHECK(waiting(fd_flock, 2), "/proc/locks does not show the two waiters on wait.lck");
+    if (flock(fd_flock, LOCK_UN) != 0 || lock(fd_flock, F_SETLK, F_UNLCK, 0, 0) != 0)
+        wl_fail("unlock wait.lck: %s", strerror(errno));
+    for (int i = 0; i < 2; i++) {
+        int st;
+        WL_CHECK(waitpid(waiters[i], &st, 0) == waiters[i] && WIFEXITED(st) && WEXITSTATUS(st) == 0,
+                 "waiter %d: status %d", i, st);
+    }
+}
+
 static void setup_posixshared(void)
 {
     fd_posix = make_file("posix.lck");
@@ -248,6 +308,8 @@ int main(int argc, char **argv)
         setup_posixshared();
     else if (!strcmp(mode, "unlinked"))
         setup_unlinked();
+    else if (!strcmp(mode, "waiter"))
+        setup_waiter();
     else
         wl_die("unknown mode %s", mode);
     wl_ready();
@@ -257,6 +319,8 @@ int main(int argc, char **argv)
         verify_hold();
     else if (!strcmp(mode, "inherit"))
         verify_inherit();
+    else if (!strcmp(mode, "waiter"))
+        verify_waiter();
     else if (!strcmp(mode, "lease"))
         WL_CHECK(fcntl(fd_flock, F_GETLEASE) == F_RDLCK, "the read lease is gone");
     else if (!strcmp(mode, "unlinked")) {
