@@ -640,4 +640,121 @@ mod tests {
         );
         assert_eq!(describe(LOCK_FLOCK, true, 0, 0), "flock LOCK_EX");
     }
+
+    fn proc_with(pid: Pid, fds: &[(u32, u32)], locks: Vec<FileLock>) -> ProcessImage {
+        let mut p = ProcessImage::default();
+        p.process.pid = pid;
+        p.fds = fds
+            .iter()
+            .map(|&(fd, file_id)| Fd {
+                fd,
+                file_id,
+                cloexec: false,
+            })
+            .collect();
+        p.extra = locks.into_iter().map(AnyRecord::from).collect();
+        p
+    }
+
+    fn lock(class: u32, file_id: u32, pid: Pid) -> FileLock {
+        FileLock {
+            class,
+            file_id,
+            write: true,
+            start: 0,
+            len: 0,
+            pid,
+        }
+    }
+
+    fn image(files: &[(u32, u32)], procs: Vec<ProcessImage>) -> Image {
+        Image {
+            files: files
+                .iter()
+                .map(|&(id, kind)| File {
+                    id,
+                    kind,
+                    path: Text(format!("/f{id}").into_bytes()),
+                    ..Default::default()
+                })
+                .collect(),
+            processes: procs,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn validate_refuses_what_restart_cannot_take() {
+        let ok = |img: &Image, i: usize| FileLocks.validate(img, &img.processes[i]);
+        let img = image(
+            &[(1, FILE_REGULAR), (2, FILE_PIPE)],
+            vec![proc_with(
+                10,
+                &[(3, 1), (4, 2)],
+                vec![lock(LOCK_POSIX, 1, 10)],
+            )],
+        );
+        assert_eq!(ok(&img, 0), Ok(()));
+        for (bad, why) in [
+            (lock(LOCK_POSIX, 2, 10), "a pipe file"),
+            (lock(LOCK_POSIX, 9, 10), "unknown file 9"),
+            (lock(7, 1, 10), "unknown class 7"),
+            (
+                FileLock {
+                    start: 5,
+                    ..lock(LOCK_FLOCK, 1, 10)
+                },
+                "byte range",
+            ),
+            (
+                FileLock {
+                    start: i64::MAX as u64,
+                    len: 2,
+                    ..lock(LOCK_POSIX, 1, 10)
+                },
+                "largest file offset",
+            ),
+        ] {
+            let img = image(
+                &[(1, FILE_REGULAR), (2, FILE_PIPE)],
+                vec![proc_with(10, &[(3, 1), (4, 2)], vec![bad])],
+            );
+            let e = ok(&img, 0).unwrap_err();
+            assert!(e.contains(why), "{e:?} should say {why:?}");
+        }
+        // Not held by the process.
+        let img = image(
+            &[(1, FILE_REGULAR)],
+            vec![proc_with(10, &[], vec![lock(LOCK_OFD, 1, -1)])],
+        );
+        assert!(ok(&img, 0).unwrap_err().contains("does not hold"));
+        // A POSIX lock of a process whose child shares its fd table.
+        let mut kid = proc_with(11, &[(3, 1)], vec![]);
+        kid.files_shared = Some(FilesShared { parent: 10 });
+        let img = image(
+            &[(1, FILE_REGULAR)],
+            vec![proc_with(10, &[(3, 1)], vec![lock(LOCK_POSIX, 1, 10)]), kid],
+        );
+        assert!(ok(&img, 0).unwrap_err().contains("shared"));
+    }
+
+    #[test]
+    fn a_description_lock_is_taken_once_by_its_taker_or_first_holder() {
+        let mut kid = proc_with(12, &[(3, 1)], vec![]);
+        kid.files_shared = Some(FilesShared { parent: 10 });
+        let img = image(
+            &[(1, FILE_REGULAR)],
+            vec![
+                proc_with(10, &[(3, 1)], vec![]),
+                proc_with(11, &[(5, 1)], vec![]),
+                kid,
+            ],
+        );
+        assert_eq!(taker(&img, &lock(LOCK_FLOCK, 1, 11)), Some(11));
+        assert_eq!(taker(&img, &lock(LOCK_FLOCK, 1, 99)), Some(10));
+        assert_eq!(taker(&img, &lock(LOCK_OFD, 1, -1)), Some(10));
+        // One on its parent's fd table leaves it to the parent.
+        assert_eq!(taker(&img, &lock(LOCK_FLOCK, 1, 12)), Some(10));
+        assert_eq!(taker(&img, &lock(LOCK_FLOCK, 2, 10)), None);
+    }
 }
