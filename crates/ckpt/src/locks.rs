@@ -191,12 +191,13 @@ impl ProcessKind for FileLocks {
         for (fd, id) in fds {
             let info = procfs::fdinfo(pid, fd).ctx(pid, || format!("read fdinfo of fd {fd}"))?;
             let f = cx.files.iter().find(|f| f.id == id);
-            let object = || {
+            let object_as = |what: &str| {
                 format!(
-                    "the lock held through fd {fd} ({})",
+                    "the {what} held through fd {fd} ({})",
                     f.map(|f| f.path.to_string()).unwrap_or_default()
                 )
             };
+            let object = || object_as("lock");
             for text in info.text.lines().filter_map(|l| l.strip_prefix("lock:")) {
                 let Some(l) = parse_line(text) else {
                     return Err(unsupported(
@@ -222,7 +223,7 @@ impl ProcessKind for FileLocks {
                             "ACTIVE" => format!("a {} {name}", l.kind.to_lowercase()),
                             _ => format!("a {name} being broken"),
                         };
-                        return Err(unsupported(cx, object(), format!(
+                        return Err(unsupported(cx, object_as(name), format!(
                             "it is {what} (F_SETLEASE); leases cannot be saved yet: release it (F_SETLEASE F_UNLCK) or checkpoint when it is not held"
                         )));
                     }
