@@ -163,7 +163,7 @@ fn describe(class: u32, write: bool, start: u64, len: u64) -> String {
 
 /// Descriptions restart opens again by path (the very file, so its locks
 /// mean the same to everyone after restart).
-const REOPENED_KINDS: &[u32] = &[FILE_REGULAR, FILE_DIR, FILE_CHR];
+const REOPENED_KINDS: &[u32] = &[FILE_REGULAR, FILE_DIR, FILE_CHR, FILE_FIFO];
 
 fn unsupported(cx: &ProcessCx, object: String, reason: String) -> Error {
     Error::Unsupported {
