@@ -1008,19 +1008,21 @@ fn unsupported_process_state_is_refused() {
         "pending SIGSTOP",
         "T",
     );
-    let d = tmpdir("flock");
+    // A read lease (F_SETLEASE 1024, F_RDLCK 0); file locks are saved
+    // (tests/restore_locks.rs), leases not.
+    let d = tmpdir("lease");
     let lockfile = d.join("lockfile");
     let locked = d.join("locked");
     let lock = py(&format!(
-        "import fcntl,time\nf=open('{}','w')\nfcntl.flock(f,fcntl.LOCK_EX)\nopen('{}','w').close()\ntime.sleep(1000)",
+        "import fcntl,time\nopen('{0}','w').close()\nf=open('{0}','r')\nfcntl.fcntl(f,1024,0)\nopen('{1}','w').close()\ntime.sleep(1000)",
         lockfile.display(),
         locked.display()
     ));
     assert_refused(
-        "flock",
+        "lease",
         &lock.each_ref().map(String::as_str),
         &|pid| locked.exists() && sleeping(pid),
-        "file lock",
+        "read lease",
     );
 }
 

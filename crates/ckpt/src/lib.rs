@@ -16,6 +16,7 @@ pub mod files;
 pub mod freeze;
 pub mod heal;
 pub mod ids;
+pub mod locks;
 pub mod log;
 pub mod mm;
 pub mod model;

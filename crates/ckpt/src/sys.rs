@@ -1568,3 +1568,84 @@ pub fn unshare_fs() -> io::Result<()> {
     // SAFETY: integer-only syscall affecting the calling thread.
     check(unsafe { libc::unshare(libc::CLONE_FS) } as libc::c_long).map(drop)
 }
+
+/// A byte range lock for fcntl: `write` or read, `start`, `len` bytes
+/// (0: to the end of the file), l_pid 0 (OFD locks require it).
+fn flock_of(write: bool, start: u64, len: u64) -> libc::flock {
+    const _: () = assert!(std::mem::size_of::<libc::flock>() == 32);
+    libc::flock {
+        l_type: if write { libc::F_WRLCK } else { libc::F_RDLCK } as libc::c_short,
+        l_whence: libc::SEEK_SET as libc::c_short,
+        l_start: start as i64,
+        l_len: len as i64,
+        l_pid: 0,
+    }
+}
+
+/// fcntl(fd, F_SETLK or F_OFD_SETLK) of a read or write lock, not waiting.
+pub fn set_lock(fd: i32, cmd: i32, write: bool, start: u64, len: u64) -> io::Result<()> {
+    let fl = flock_of(write, start, len);
+    // SAFETY: `fl` is a valid struct flock the kernel only reads.
+    check(unsafe { libc::fcntl(fd, cmd, &fl as *const libc::flock) } as libc::c_long).map(drop)
+}
+
+/// A lock held by someone else, as fcntl(F_GETLK) reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LockConflict {
+    pub write: bool,
+    pub start: u64,
+    pub len: u64,
+    /// -1 for an OFD lock.
+    pub pid: Pid,
+}
+
+/// fcntl(fd, F_GETLK or F_OFD_GETLK): the first lock that would block
+/// taking this one, if any.
+pub fn get_lock(
+    fd: i32,
+    cmd: i32,
+    write: bool,
+    start: u64,
+    len: u64,
+) -> io::Result<Option<LockConflict>> {
+    let mut fl = flock_of(write, start, len);
+    // SAFETY: `fl` is a valid struct flock the kernel fills in.
+    check(unsafe { libc::fcntl(fd, cmd, &mut fl as *mut libc::flock) } as libc::c_long)?;
+    Ok(
+        (fl.l_type != libc::F_UNLCK as libc::c_short).then_some(LockConflict {
+            write: fl.l_type == libc::F_WRLCK as libc::c_short,
+            start: fl.l_start as u64,
+            len: fl.l_len as u64,
+            pid: fl.l_pid,
+        }),
+    )
+}
+
+/// The bytes of the struct flock `set_lock` passes, for a lock taken by
+/// an injected fcntl.
+pub fn flock_bytes(write: bool, start: u64, len: u64) -> Vec<u8> {
+    let fl = flock_of(write, start, len);
+    let mut b = vec![0u8; 32];
+    b[0..2].copy_from_slice(&fl.l_type.to_ne_bytes());
+    b[2..4].copy_from_slice(&fl.l_whence.to_ne_bytes());
+    b[8..16].copy_from_slice(&fl.l_start.to_ne_bytes());
+    b[16..24].copy_from_slice(&fl.l_len.to_ne_bytes());
+    b[24..28].copy_from_slice(&fl.l_pid.to_ne_bytes());
+    b
+}
+
+/// flock(fd, op).
+pub fn flock(fd: i32, op: i32) -> io::Result<()> {
+    // SAFETY: integer-only syscall.
+    check(unsafe { libc::flock(fd, op) } as libc::c_long).map(drop)
+}
+
+/// (st_dev, st_ino) of an fd.
+pub fn fstat_ino(fd: i32) -> io::Result<(u64, u64)> {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::zeroed();
+    // SAFETY: `st` is a valid buffer for a struct stat.
+    check(unsafe { libc::fstat(fd, st.as_mut_ptr()) } as libc::c_long)?;
+    // SAFETY: fstat succeeded, so it filled `st`.
+    let st = unsafe { st.assume_init() };
+    Ok((st.st_dev, st.st_ino))
+}

@@ -2,8 +2,8 @@
 //! checkpoint, naming the process, the object and what to do, instead of
 //! writing an image that would restore the process changed ("refuse or
 //! restore, never change silently"). The kinds that ckpt does save are
-//! checked where they are dumped (fds, file locks included, in `files`;
-//! mappings in `mm`).
+//! checked where they are dumped (fds in `files`, file locks and leases in
+//! `locks`; mappings in `mm`).
 
 use crate::error::{Error, Result};
 use crate::procfs;

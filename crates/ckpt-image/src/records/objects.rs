@@ -151,3 +151,31 @@ record!(
     /// exited and been reaped, with wait status `exit_status`.
     Pidfd = T_PIDFD, "pidfd" { file_id: u32, pid: i32, ino: u64, exit_status: i32 }
 );
+
+/// `FileLock::class`: a POSIX record lock (fcntl F_SETLK), owned by the
+/// process.
+pub const LOCK_POSIX: u32 = 1;
+/// An open file description lock (F_OFD_SETLK), owned by the description.
+pub const LOCK_OFD: u32 = 2;
+/// A flock() lock, owned by the description (`start`, `len` are 0).
+pub const LOCK_FLOCK: u32 = 3;
+
+record!(
+    /// One lock the process holds through description `file_id` (for a
+    /// POSIX lock: on that description's file). A lock of a description
+    /// several processes hold is in each of their records; restart takes
+    /// it once.
+    FileLock = T_FILE_LOCK, "file-lock" {
+        /// `LOCK_POSIX`, `LOCK_OFD` or `LOCK_FLOCK`.
+        class: u32,
+        file_id: u32,
+        /// Write (exclusive) rather than read (shared).
+        write: bool,
+        /// First byte locked.
+        start: u64,
+        /// Bytes locked; 0: up to the end of the file, however it grows.
+        len: u64,
+        /// The pid /proc/locks showed (who took it; -1 for OFD locks).
+        pid: i32,
+    }
+);

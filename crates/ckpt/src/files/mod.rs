@@ -104,9 +104,7 @@ impl FileTable {
                 .ctx(pid, || format!("stat fd {fd}"))?;
             let info = procfs::fdinfo(pid, fd).ctx(pid, || format!("read fdinfo of fd {fd}"))?;
             let p = Probe::new(pid, comm, fd, &link, &meta, &info);
-            if let Some(lock) = &info.lock {
-                return Err(p.unsupported(&format!("it holds a file lock ({lock}); file locks cannot be saved yet; release the lock or checkpoint when it is not held")));
-            }
+            // Its locks (`lock:` lines) are saved by `locks`.
             let cloexec = info.flags & libc::O_CLOEXEC as u32 != 0;
             let shared = self
                 .cx
