@@ -49,7 +49,7 @@ pub trait ProcessKind: Sync {
 }
 
 /// Every per-process kind, in the order they are saved and restored.
-pub static PROCESS_KINDS: &[&dyn ProcessKind] = &[];
+pub static PROCESS_KINDS: &[&dyn ProcessKind] = &[&crate::timers::PosixTimers];
 
 /// The records of type `R` of process `p`.
 pub fn records_of<R: 'static>(p: &ProcessImage) -> impl Iterator<Item = &R> + '_ {
