@@ -35,11 +35,13 @@
 //! returns 0 until the timer's next signal is delivered (restart says so in
 //! a warning when the saved count was not 0). A timer signal that was
 //! pending at checkpoint is queued again by ckpt with its saved siginfo
-//! (si_timerid, si_value, and the si_overrun the queue held, which the
-//! kernel would have updated on delivery), as an ordinary signal: the
-//! periodic timer itself is already armed for its next expiry, so if the
-//! program keeps the signal blocked past that, it finds two signals queued
-//! where the kernel would have kept one and counted an overrun.
+//! (si_code SI_TIMER, si_timerid, si_value, and si_overrun as the queue
+//! held it: 0, the kernel fills it in on delivery), as an ordinary signal:
+//! the periodic timer itself is already armed for its next expiry, so if
+//! the program keeps the signal blocked past that, it finds two signals
+//! queued (the second with the overruns since the restart) where the
+//! kernel would have kept one and counted every overrun; expiries missed
+//! before the checkpoint are not counted. Restart warns of such timers.
 
 use crate::error::{Ctx, Error, Result};
 use crate::model::{Image, ProcessImage};
@@ -379,8 +381,29 @@ impl ProcessKind for PosixTimers {
                 t.overrun
             );
         }
+        let periodic = |t: &&&PosixTimer| (t.interval_sec, t.interval_nsec) != (0, 0);
+        for t in timers.iter().filter(periodic) {
+            if signal_pending(p, t.id) {
+                tracing::warn!(
+                    "pid {pid}: POSIX timer {}: its signal was pending and is queued again as a plain signal (si_overrun 0); the timer runs on, so a signal kept blocked past its next expiry arrives twice, where the kernel would have counted an overrun",
+                    t.id
+                );
+            }
+        }
         Ok(())
     }
+}
+
+/// Whether a signal of timer `id` is among the process's saved pending
+/// ones (SI_TIMER, si_timerid at offset 16 of the siginfo).
+fn signal_pending(p: &ProcessImage, id: i32) -> bool {
+    const SI_TIMER: i32 = -2;
+    let threads = p.threads.iter().flat_map(|t| &t.thread.pending);
+    p.shared_pending
+        .signals
+        .iter()
+        .chain(threads)
+        .any(|si| si.code == SI_TIMER && si.raw.0.get(16..20) == Some(&id.to_le_bytes()[..]))
 }
 
 /// The kernel's struct sigevent (64 bytes) for timer `t`.

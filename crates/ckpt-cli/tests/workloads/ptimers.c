@@ -10,6 +10,10 @@
  *   thr    CLOCK_MONOTONIC, SIGEV_THREAD_ID to a second thread, SIGRTMIN+1
  *          every 20 ms: keeps ticking, always taken by that thread.
  *   none   CLOCK_BOOTTIME, SIGEV_NONE, 2 h left, interval 5 s: same value.
+ *   pend   CLOCK_MONOTONIC every 50 ms, SIGRTMIN+2 blocked, so its signal is
+ *          pending at checkpoint: once unblocked at verification it is
+ *          delivered (SI_TIMER, si_value 0x77, si_timerid its id) and the
+ *          timer keeps ticking.
  * argv[3] "cpu" adds a CLOCK_PROCESS_CPUTIME_ID timer, "dead-target" a
  * SIGEV_THREAD_ID timer whose thread has exited: checkpoints that must be
  * refused, after which the workload still passes.
@@ -28,13 +32,14 @@
 #define NONE_IV_S 5
 #define SLACK_S 60
 
-static timer_t t_mono, t_real, t_thr, t_none;
-static int id_mono, id_gap, id_real, id_thr, id_none;
+static timer_t t_mono, t_real, t_thr, t_none, t_pend;
+static int id_mono, id_gap, id_real, id_thr, id_none, id_pend;
 static char ids_at_ready[512];
 
 static volatile int mono_ticks, mono_bad_code, mono_bad_timerid;
 static volatile long mono_last_value;
 static volatile int thr_ticks, thr_wrong_thread;
+static volatile int pend_ticks, pend_bad;
 static volatile pid_t worker_tid;
 
 static void on_mono(int sig, siginfo_t *si, void *uc)
@@ -57,6 +62,15 @@ static void on_thr(int sig, siginfo_t *si, void *uc)
     if ((pid_t)syscall(SYS_gettid) != worker_tid)
         thr_wrong_thread++;
     thr_ticks++;
+}
+
+static void on_pend(int sig, siginfo_t *si, void *uc)
+{
+    (void)sig;
+    (void)uc;
+    if (si->si_code != SI_TIMER || si->si_timerid != id_pend || si->si_value.sival_ptr != (void *)0x77)
+        pend_bad++;
+    pend_ticks++;
 }
 
 static void *short_lived(void *arg)
@@ -152,15 +166,21 @@ static void check_left(const char *name, timer_t t, long want_s, long want_iv_s,
 int main(int argc, char **argv)
 {
     wl_init(argc, argv, "ptimers");
-    const int sig_mono = SIGRTMIN, sig_thr = SIGRTMIN + 1;
+    const int sig_mono = SIGRTMIN, sig_thr = SIGRTMIN + 1, sig_pend = SIGRTMIN + 2;
     set_action(sig_mono, on_mono);
     set_action(sig_thr, on_thr);
+    set_action(sig_pend, on_pend);
 
     /* Only the worker takes sig_thr (a thread-directed signal would wait
      * for it anyway; this makes a stray process-wide one visible too). */
     sigset_t thr_only;
     sigemptyset(&thr_only);
     sigaddset(&thr_only, sig_thr);
+    sigset_t pend_set;
+    sigemptyset(&pend_set);
+    sigaddset(&pend_set, sig_pend);
+    /* Blocked in every thread, so it stays pending. */
+    sigprocmask(SIG_BLOCK, &pend_set, NULL);
     pthread_t th;
     if (pthread_create(&th, NULL, worker, NULL) != 0)
         wl_die("pthread_create");
@@ -175,6 +195,7 @@ int main(int argc, char **argv)
         wl_die("timer_delete");
     t_thr = make(CLOCK_MONOTONIC, SIGEV_THREAD_ID, sig_thr, 0x5678, worker_tid, &id_thr);
     t_none = make(CLOCK_BOOTTIME, SIGEV_NONE, 0, 0, 0, &id_none);
+    t_pend = make(CLOCK_MONOTONIC, SIGEV_SIGNAL, sig_pend, 0x77, 0, &id_pend);
     const char *mode = argc > 3 ? argv[3] : "";
     int id_extra = -1;
     if (strcmp(mode, "cpu") == 0) {
@@ -192,15 +213,25 @@ int main(int argc, char **argv)
     } else if (*mode) {
         wl_die("unknown mode %s", mode);
     }
-    fprintf(stderr, "ptimers: ids mono %d gap %d (deleted) real %d thr %d none %d extra %d\n",
-            id_mono, id_gap, id_real, id_thr, id_none, id_extra);
+    fprintf(stderr, "ptimers: ids mono %d gap %d (deleted) real %d thr %d none %d pend %d extra %d\n",
+            id_mono, id_gap, id_real, id_thr, id_none, id_pend, id_extra);
 
     arm(t_mono, 0, TICK_NS, 0, TICK_NS);
     arm(t_real, REAL_S, 0, 0, 0);
     arm(t_thr, 0, TICK_NS, 0, TICK_NS);
     arm(t_none, NONE_S, 0, NONE_IV_S, 0);
+    arm(t_pend, 0, 50 * 1000 * 1000L, 0, 50 * 1000 * 1000L);
     if (!wait_more(&mono_ticks, 3, 5) || !wait_more(&thr_ticks, 3, 5))
         wl_die("timers do not tick (mono %d, thr %d)", mono_ticks, thr_ticks);
+    for (double t0 = wl_monotonic();;) {
+        sigset_t p;
+        sigpending(&p);
+        if (sigismember(&p, sig_pend))
+            break;
+        if (wl_monotonic() - t0 > 5)
+            wl_die("the pend timer's signal never became pending");
+        wl_sleep_ns(5 * 1000 * 1000);
+    }
     proc_ids(ids_at_ready, sizeof(ids_at_ready));
 
     wl_ready();
@@ -223,6 +254,11 @@ int main(int argc, char **argv)
              thr_wrong_thread, (int)worker_tid);
     check_left("real", t_real, REAL_S, 0, 0);
     check_left("none", t_none, NONE_S, NONE_IV_S, 0);
+    WL_CHECK(pend_ticks == 0, "pend: delivered while blocked");
+    sigprocmask(SIG_UNBLOCK, &pend_set, NULL);
+    WL_CHECK(pend_ticks >= 1, "pend: its pending signal was lost");
+    WL_CHECK(wait_more(&pend_ticks, 3, 5), "pend: no more ticks (%d so far)", pend_ticks);
+    WL_CHECK(!pend_bad, "pend: %d signals with the wrong si_code, si_timerid or si_value", pend_bad);
     /* The deleted id is still free. */
     struct itimerspec its;
     WL_CHECK(timer_gettime((timer_t)(intptr_t)id_gap, &its) != 0 && errno == EINVAL,
