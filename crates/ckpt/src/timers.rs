@@ -33,15 +33,26 @@
 //!
 //! Overrun: the kernel has no setter. After restart timer_getoverrun()
 //! returns 0 until the timer's next signal is delivered (restart says so in
-//! a warning when the saved count was not 0). A timer signal that was
-//! pending at checkpoint is queued again by ckpt with its saved siginfo
-//! (si_code SI_TIMER, si_timerid, si_value, and si_overrun as the queue
-//! held it: 0, the kernel fills it in on delivery), as an ordinary signal:
-//! the periodic timer itself is already armed for its next expiry, so if
-//! the program keeps the signal blocked past that, it finds two signals
-//! queued (the second with the overruns since the restart) where the
-//! kernel would have kept one and counted every overrun; expiries missed
-//! before the checkpoint are not counted. Restart warns of such timers.
+//! a warning when the saved count was not 0).
+//!
+//! A pending timer signal: the kernel queues one preallocated signal per
+//! timer, fills in si_overrun when it is delivered, re-arms a periodic
+//! timer only then, and drops the signal if the timer was set again or
+//! deleted meanwhile. Queued again as an ordinary siginfo it would have
+//! none of that (a periodic timer would queue a second signal). So restart
+//! leaves that signal out of the queues it refills (`own_pending`) and
+//! arms the timer to expire at once instead: the kernel queues its own
+//! signal, as at checkpoint, and a periodic one is armed on delivery on the
+//! grid of the time it had left, si_overrun counting the expiries since the
+//! restart (those missed before the checkpoint are lost: the kernel does
+//! not show them). Among saved signals of the same number in its queue it
+//! may change places: it is queued when the timer is armed, before the
+//! shared and main-thread queues are refilled and after the other
+//! threads' (only real-time signals can have several). A one-shot timer
+//! that is armed although its signal is pending was set again, so that
+//! signal is dropped, as the kernel would. Not told apart: a timer
+//! disarmed, or re-armed periodic, after its signal was queued; restart
+//! delivers that signal, where the kernel would have dropped it.
 
 use crate::error::{Ctx, Error, Result};
 use crate::model::{Image, ProcessImage};
@@ -364,7 +375,11 @@ impl ProcessKind for PosixTimers {
         };
         let res = timers.iter().try_for_each(|t| {
             create(r, s, pid, t, by_id)?;
-            arm(r, s, pid, t)
+            match own_signal(p, t) {
+                Some(_) if stale(t) => arm(r, s, pid, t),
+                Some(_) => arm_expired(r, s, pid, t),
+                None => arm(r, s, pid, t),
+            }
         });
         if by_id {
             r.call(
@@ -381,29 +396,120 @@ impl ProcessKind for PosixTimers {
                 t.overrun
             );
         }
-        let periodic = |t: &&&PosixTimer| (t.interval_sec, t.interval_nsec) != (0, 0);
-        for t in timers.iter().filter(periodic) {
-            if signal_pending(p, t.id) {
-                tracing::warn!(
-                    "pid {pid}: POSIX timer {}: its signal was pending and is queued again as a plain signal (si_overrun 0); the timer runs on, so a signal kept blocked past its next expiry arrives twice, where the kernel would have counted an overrun",
-                    t.id
-                );
-            }
-        }
         Ok(())
+    }
+
+    fn own_pending(&self, p: &ProcessImage) -> Vec<(Option<Pid>, usize)> {
+        records_of::<PosixTimer>(p)
+            .filter_map(|t| own_signal(p, t))
+            .collect()
     }
 }
 
-/// Whether a signal of timer `id` is among the process's saved pending
-/// ones (SI_TIMER, si_timerid at offset 16 of the siginfo).
-fn signal_pending(p: &ProcessImage, id: i32) -> bool {
+/// Where the timer's own signal waits among the saved pending signals, if
+/// it does: the first SI_TIMER entry with its signal and id (si_timerid at
+/// offset 16 of the siginfo) in the queue it goes to, the target thread's
+/// for SIGEV_THREAD_ID, else the shared one. Restart does not queue it
+/// again: `restore` makes the timer queue it itself (`arm_expired`), or
+/// drops it when the kernel would have (`stale`).
+fn own_signal(p: &ProcessImage, t: &PosixTimer) -> Option<(Option<Pid>, usize)> {
     const SI_TIMER: i32 = -2;
-    let threads = p.threads.iter().flat_map(|t| &t.thread.pending);
-    p.shared_pending
-        .signals
-        .iter()
-        .chain(threads)
-        .any(|si| si.code == SI_TIMER && si.raw.0.get(16..20) == Some(&id.to_le_bytes()[..]))
+    let (queue, sigs) = match t.notify {
+        SIGEV_NONE => return None,
+        SIGEV_THREAD_ID => {
+            let th = p.threads.iter().find(|th| th.thread.tid == t.tid)?;
+            (Some(t.tid), &th.thread.pending)
+        }
+        _ => (None, &p.shared_pending.signals),
+    };
+    sigs.iter()
+        .position(|si| {
+            si.code == SI_TIMER
+                && si.signo as i32 == t.signo
+                && si.raw.0.get(16..20) == Some(&t.id.to_le_bytes()[..])
+        })
+        .map(|i| (queue, i))
+}
+
+/// Whether the pending signal of timer `t` is one the kernel drops on
+/// delivery because the timer was set again after it was queued: a
+/// one-shot timer whose signal is pending has expired, so if it is armed
+/// it was re-armed since. (A timer disarmed, or re-armed periodic, after
+/// its signal was queued cannot be told apart; see the module doc.)
+fn stale(t: &PosixTimer) -> bool {
+    (t.interval_sec, t.interval_nsec) == (0, 0) && (t.value_sec, t.value_nsec) != (0, 0)
+}
+
+/// Arms timer `t`, whose signal was pending, so that it expires at once
+/// and the kernel queues its own signal again, as at checkpoint: on
+/// delivery a periodic timer is re-armed from its expiry, on the grid of
+/// the time it had left, and si_overrun counts the expiries since.
+fn arm_expired(r: &mut Remote, s: &Scratch, pid: Pid, t: &PosixTimer) -> Result<()> {
+    let ns = |sec: u64, nsec: u32| sec as i128 * NSEC as i128 + nsec as i128;
+    let interval = ns(t.interval_sec, t.interval_nsec);
+    let (flags, value) = if interval == 0 {
+        (0, 1) // one-shot: 1 ns from now
+    } else {
+        r.call(
+            "clock_gettime",
+            libc::SYS_clock_gettime,
+            &[t.clock as u64, s.addr + SPEC],
+        )?;
+        let now = s.u64s(SPEC, 2)?;
+        let now = ns(now[0], now[1] as u32);
+        // The last expiry of the grid, at most now; 0 would disarm it.
+        let due = now + ns(t.value_sec, t.value_nsec) - interval;
+        (libc::TIMER_ABSTIME as u64, due.max(1))
+    };
+    let spec = [
+        t.interval_sec,
+        t.interval_nsec as u64,
+        (value / NSEC as i128) as u64,
+        (value % NSEC as i128) as u64,
+    ];
+    settime(r, s, pid, t, flags, spec)
+}
+
+/// Arms timer `t` relative, with the time it had left.
+fn arm(r: &mut Remote, s: &Scratch, pid: Pid, t: &PosixTimer) -> Result<()> {
+    if t.value_sec == 0 && t.value_nsec == 0 {
+        return Ok(());
+    }
+    let spec = [
+        t.interval_sec,
+        t.interval_nsec as u64,
+        t.value_sec,
+        t.value_nsec as u64,
+    ];
+    settime(r, s, pid, t, 0, spec)
+}
+
+/// timer_settime(t.id, flags, {interval sec, nsec, value sec, nsec}).
+fn settime(
+    r: &mut Remote,
+    s: &Scratch,
+    pid: Pid,
+    t: &PosixTimer,
+    flags: u64,
+    spec: [u64; 4],
+) -> Result<()> {
+    let b: Vec<u8> = spec.iter().flat_map(|v| v.to_le_bytes()).collect();
+    s.write(SPEC, &b)?;
+    let rc = r.syscall(
+        libc::SYS_timer_settime,
+        &[t.id as u64, flags, s.addr + SPEC, 0],
+    )?;
+    if rc < 0 {
+        return Err(sys_err(
+            pid,
+            format!(
+                "arm POSIX timer {} for {}.{:09} s every {}.{:09} s",
+                t.id, t.value_sec, t.value_nsec, t.interval_sec, t.interval_nsec
+            ),
+            rc,
+        ));
+    }
+    Ok(())
 }
 
 /// The kernel's struct sigevent (64 bytes) for timer `t`.
@@ -488,33 +594,6 @@ fn create(r: &mut Remote, s: &Scratch, pid: Pid, t: &PosixTimer, by_id: bool) ->
         "pid {pid}: cannot {}: {MAX_PLACEHOLDERS} placeholder timers did not reach its id; a kernel with PR_TIMER_CREATE_RESTORE_IDS (Linux 6.15+) restores any id",
         what()
     )))
-}
-
-/// Arms timer `t` relative, with the time it had left.
-fn arm(r: &mut Remote, s: &Scratch, pid: Pid, t: &PosixTimer) -> Result<()> {
-    if t.value_sec == 0 && t.value_nsec == 0 {
-        return Ok(());
-    }
-    let spec = [
-        t.interval_sec,
-        t.interval_nsec as u64,
-        t.value_sec,
-        t.value_nsec as u64,
-    ];
-    let b: Vec<u8> = spec.iter().flat_map(|v| v.to_le_bytes()).collect();
-    s.write(SPEC, &b)?;
-    let rc = r.syscall(libc::SYS_timer_settime, &[t.id as u64, 0, s.addr + SPEC, 0])?;
-    if rc < 0 {
-        return Err(sys_err(
-            pid,
-            format!(
-                "arm POSIX timer {} for {}.{:09} s every {}.{:09} s",
-                t.id, t.value_sec, t.value_nsec, t.interval_sec, t.interval_nsec
-            ),
-            rc,
-        ));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

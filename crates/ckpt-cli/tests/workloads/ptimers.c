@@ -11,9 +11,15 @@
  *          every 20 ms: keeps ticking, always taken by that thread.
  *   none   CLOCK_BOOTTIME, SIGEV_NONE, 2 h left, interval 5 s: same value.
  *   pend   CLOCK_MONOTONIC every 50 ms, SIGRTMIN+2 blocked, so its signal is
- *          pending at checkpoint: once unblocked at verification it is
- *          delivered (SI_TIMER, si_value 0x77, si_timerid its id) and the
- *          timer keeps ticking.
+ *          pending at checkpoint: unblocked 200 ms into verification, it is
+ *          delivered once (the kernel keeps one signal and counts overruns:
+ *          si_overrun >= 3; SI_TIMER, si_value 0x77, si_timerid its id) and
+ *          the timer keeps ticking.
+ *   shot   one-shot, expired with SIGRTMIN+3 blocked: its signal is
+ *          delivered once when unblocked, and the timer stays disarmed.
+ *   stale  one-shot, expired with SIGRTMIN+3 blocked, then armed again for
+ *          1 h: the kernel drops the stale pending signal on delivery, so
+ *          nothing comes when it is unblocked, and 1 h is left.
  * argv[3] "cpu" adds a CLOCK_PROCESS_CPUTIME_ID timer, "dead-target" a
  * SIGEV_THREAD_ID timer whose thread has exited: checkpoints that must be
  * refused, after which the workload still passes.
@@ -32,14 +38,15 @@
 #define NONE_IV_S 5
 #define SLACK_S 60
 
-static timer_t t_mono, t_real, t_thr, t_none, t_pend;
-static int id_mono, id_gap, id_real, id_thr, id_none, id_pend;
+static timer_t t_mono, t_real, t_thr, t_none, t_pend, t_shot, t_stale;
+static int id_mono, id_gap, id_real, id_thr, id_none, id_pend, id_shot, id_stale;
 static char ids_at_ready[512];
 
 static volatile int mono_ticks, mono_bad_code, mono_bad_timerid;
 static volatile long mono_last_value;
 static volatile int thr_ticks, thr_wrong_thread;
-static volatile int pend_ticks, pend_bad;
+static volatile int pend_ticks, pend_bad, pend_overrun;
+static volatile int shot_got, stale_got, other_got;
 static volatile pid_t worker_tid;
 
 static void on_mono(int sig, siginfo_t *si, void *uc)
@@ -70,7 +77,20 @@ static void on_pend(int sig, siginfo_t *si, void *uc)
     (void)uc;
     if (si->si_code != SI_TIMER || si->si_timerid != id_pend || si->si_value.sival_ptr != (void *)0x77)
         pend_bad++;
-    pend_ticks++;
+    if (pend_ticks++ == 0)
+        pend_overrun = si->si_overrun;
+}
+
+static void on_shot(int sig, siginfo_t *si, void *uc)
+{
+    (void)sig;
+    (void)uc;
+    if (si->si_code == SI_TIMER && si->si_timerid == id_shot)
+        shot_got++;
+    else if (si->si_code == SI_TIMER && si->si_timerid == id_stale)
+        stale_got++;
+    else
+        other_got++;
 }
 
 static void *short_lived(void *arg)
@@ -167,9 +187,11 @@ int main(int argc, char **argv)
 {
     wl_init(argc, argv, "ptimers");
     const int sig_mono = SIGRTMIN, sig_thr = SIGRTMIN + 1, sig_pend = SIGRTMIN + 2;
+    const int sig_shot = SIGRTMIN + 3;
     set_action(sig_mono, on_mono);
     set_action(sig_thr, on_thr);
     set_action(sig_pend, on_pend);
+    set_action(sig_shot, on_shot);
 
     /* Only the worker takes sig_thr (a thread-directed signal would wait
      * for it anyway; this makes a stray process-wide one visible too). */
@@ -179,6 +201,7 @@ int main(int argc, char **argv)
     sigset_t pend_set;
     sigemptyset(&pend_set);
     sigaddset(&pend_set, sig_pend);
+    sigaddset(&pend_set, sig_shot);
     /* Blocked in every thread, so it stays pending. */
     sigprocmask(SIG_BLOCK, &pend_set, NULL);
     pthread_t th;
@@ -196,6 +219,8 @@ int main(int argc, char **argv)
     t_thr = make(CLOCK_MONOTONIC, SIGEV_THREAD_ID, sig_thr, 0x5678, worker_tid, &id_thr);
     t_none = make(CLOCK_BOOTTIME, SIGEV_NONE, 0, 0, 0, &id_none);
     t_pend = make(CLOCK_MONOTONIC, SIGEV_SIGNAL, sig_pend, 0x77, 0, &id_pend);
+    t_shot = make(CLOCK_MONOTONIC, SIGEV_SIGNAL, sig_shot, 0, 0, &id_shot);
+    t_stale = make(CLOCK_MONOTONIC, SIGEV_SIGNAL, sig_shot, 0, 0, &id_stale);
     const char *mode = argc > 3 ? argv[3] : "";
     int id_extra = -1;
     if (strcmp(mode, "cpu") == 0) {
@@ -221,6 +246,19 @@ int main(int argc, char **argv)
     arm(t_thr, 0, TICK_NS, 0, TICK_NS);
     arm(t_none, NONE_S, 0, NONE_IV_S, 0);
     arm(t_pend, 0, 50 * 1000 * 1000L, 0, 50 * 1000 * 1000L);
+    arm(t_shot, 0, 1000 * 1000L, 0, 0);
+    arm(t_stale, 0, 1000 * 1000L, 0, 0);
+    for (double t0 = wl_monotonic();;) {
+        struct itimerspec a, b;
+        timer_gettime(t_shot, &a);
+        timer_gettime(t_stale, &b);
+        if (!a.it_value.tv_sec && !a.it_value.tv_nsec && !b.it_value.tv_sec && !b.it_value.tv_nsec)
+            break; /* both expired, their signals queued */
+        if (wl_monotonic() - t0 > 5)
+            wl_die("the one-shot timers do not expire");
+        wl_sleep_ns(1000 * 1000);
+    }
+    arm(t_stale, REAL_S, 0, 0, 0);
     if (!wait_more(&mono_ticks, 3, 5) || !wait_more(&thr_ticks, 3, 5))
         wl_die("timers do not tick (mono %d, thr %d)", mono_ticks, thr_ticks);
     for (double t0 = wl_monotonic();;) {
@@ -255,8 +293,15 @@ int main(int argc, char **argv)
     check_left("real", t_real, REAL_S, 0, 0);
     check_left("none", t_none, NONE_S, NONE_IV_S, 0);
     WL_CHECK(pend_ticks == 0, "pend: delivered while blocked");
+    wl_sleep_ns(200 * 1000 * 1000L); /* 4 expiries of pend while blocked */
     sigprocmask(SIG_UNBLOCK, &pend_set, NULL);
-    WL_CHECK(pend_ticks >= 1, "pend: its pending signal was lost");
+    WL_CHECK(pend_ticks == 1, "pend: %d signals delivered on unblocking, want 1", pend_ticks);
+    WL_CHECK(pend_overrun >= 3, "pend: si_overrun %d, want >= 3", pend_overrun);
+    WL_CHECK(shot_got == 1, "shot: %d signals delivered, want 1", shot_got);
+    WL_CHECK(stale_got == 0, "stale: its dropped signal was delivered %d times", stale_got);
+    WL_CHECK(other_got == 0, "shot/stale: %d unexpected signals", other_got);
+    check_left("shot", t_shot, 0, 0, 0);
+    check_left("stale", t_stale, REAL_S, 0, 0);
     WL_CHECK(wait_more(&pend_ticks, 3, 5), "pend: no more ticks (%d so far)", pend_ticks);
     WL_CHECK(!pend_bad, "pend: %d signals with the wrong si_code, si_timerid or si_value", pend_bad);
     /* The deleted id is still free. */
