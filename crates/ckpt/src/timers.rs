@@ -671,4 +671,135 @@ mod tests {
         assert_eq!(&b[12..16], &4i32.to_le_bytes());
         assert_eq!(&b[16..20], &77i32.to_le_bytes());
     }
+
+    fn process(timers: &[PosixTimer]) -> ProcessImage {
+        let mut p = ProcessImage::default();
+        p.process.pid = 100;
+        for tid in [100, 101] {
+            let mut t = crate::model::ThreadImage::default();
+            t.thread.tid = tid;
+            p.threads.push(t);
+        }
+        p.extra = timers.iter().cloned().map(AnyRecord::from).collect();
+        p
+    }
+
+    fn timer(id: i32) -> PosixTimer {
+        PosixTimer {
+            id,
+            clock: libc::CLOCK_MONOTONIC,
+            notify: SIGEV_SIGNAL,
+            signo: 34,
+            value_sec: 1,
+            interval_sec: 1,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn validate_refuses_what_cannot_be_restored() {
+        let check = |ts: &[PosixTimer]| PosixTimers.validate(&Image::default(), &process(ts));
+        let none = PosixTimer {
+            notify: SIGEV_NONE,
+            signo: 0, // never sent: any value
+            ..timer(3)
+        };
+        let thread = PosixTimer {
+            notify: SIGEV_THREAD_ID,
+            tid: 101,
+            ..timer(5)
+        };
+        assert_eq!(check(&[timer(0), none.clone(), thread.clone()]), Ok(()));
+        let bad: [(&[PosixTimer], &str); 9] = [
+            (&[timer(-1)], "negative"),
+            (&[timer(2), timer(2)], "twice"),
+            (
+                &[PosixTimer {
+                    clock: 2,
+                    ..timer(1)
+                }],
+                "CPU time",
+            ),
+            (
+                &[PosixTimer {
+                    notify: 3,
+                    ..timer(1)
+                }],
+                "unknown notification",
+            ),
+            (
+                &[PosixTimer {
+                    tid: 102,
+                    ..thread.clone()
+                }],
+                "not a thread",
+            ),
+            (
+                &[PosixTimer {
+                    tid: 101,
+                    ..timer(1)
+                }],
+                "does not signal a thread",
+            ),
+            (
+                &[PosixTimer {
+                    signo: 65,
+                    ..timer(1)
+                }],
+                "not 1..64",
+            ),
+            (
+                &[PosixTimer {
+                    value_nsec: NSEC,
+                    ..timer(1)
+                }],
+                "not a valid time",
+            ),
+            (
+                &[PosixTimer {
+                    value_sec: 0,
+                    ..timer(1)
+                }],
+                "disarmed but has an interval",
+            ),
+        ];
+        for (ts, why) in bad {
+            let e = check(ts).unwrap_err();
+            assert!(e.contains(why), "{ts:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn own_signal_is_found_in_its_queue() {
+        let si = |signo: u32, id: i32| {
+            let mut raw = vec![0u8; 128];
+            raw[0..4].copy_from_slice(&signo.to_le_bytes());
+            raw[8..12].copy_from_slice(&(-2i32).to_le_bytes());
+            raw[16..20].copy_from_slice(&id.to_le_bytes());
+            SigInfo {
+                signo,
+                code: -2,
+                raw: Bytes(raw),
+            }
+        };
+        let thread = PosixTimer {
+            notify: SIGEV_THREAD_ID,
+            tid: 101,
+            ..timer(5)
+        };
+        let mut p = process(&[timer(0), thread.clone()]);
+        // Another timer's, then timer 0's; a look-alike with another signal.
+        p.shared_pending.signals = vec![si(34, 9), si(35, 0), si(34, 0)];
+        p.threads[1].thread.pending = vec![si(34, 5)];
+        assert_eq!(own_signal(&p, &timer(0)), Some((None, 2)));
+        assert_eq!(own_signal(&p, &thread), Some((Some(101), 0)));
+        assert_eq!(own_signal(&p, &timer(7)), None);
+        let left = crate::process_kind::pending_left(&p, None, &p.shared_pending.signals);
+        assert_eq!(left.len(), 2);
+        assert!(stale(&PosixTimer {
+            interval_sec: 0,
+            ..timer(0)
+        }));
+        assert!(!stale(&timer(0)));
+    }
 }
