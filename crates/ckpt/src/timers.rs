@@ -84,6 +84,9 @@ const MAX_PLACEHOLDERS: u32 = 1 << 20;
 
 const NSEC: u32 = 1_000_000_000;
 
+/// The capability timers on the _ALARM clocks need.
+const CAP_WAKE_ALARM: u32 = 35;
+
 pub struct PosixTimers;
 
 /// One entry of /proc/PID/timers.
@@ -308,6 +311,14 @@ impl ProcessKind for PosixTimers {
             }
             if let Some(why) = clock_refusal(t.clock) {
                 return Err(format!("timer {id}: {why}"));
+            }
+            // Restart recreates it with the process's own credentials.
+            let alarm = [libc::CLOCK_REALTIME_ALARM, libc::CLOCK_BOOTTIME_ALARM];
+            if alarm.contains(&t.clock) && p.creds.cap_eff & (1 << CAP_WAKE_ALARM) == 0 {
+                return Err(format!(
+                    "timer {id} is on {}, and the process lacks CAP_WAKE_ALARM, which creating it again needs",
+                    clock_name(t.clock).unwrap_or("an alarm clock")
+                ));
             }
             match t.notify {
                 SIGEV_THREAD_ID => {
@@ -710,7 +721,7 @@ mod tests {
             ..timer(5)
         };
         assert_eq!(check(&[timer(0), none.clone(), thread.clone()]), Ok(()));
-        let bad: [(&[PosixTimer], &str); 9] = [
+        let bad: [(&[PosixTimer], &str); 10] = [
             (&[timer(-1)], "negative"),
             (&[timer(2), timer(2)], "twice"),
             (
@@ -761,6 +772,13 @@ mod tests {
                     ..timer(1)
                 }],
                 "disarmed but has an interval",
+            ),
+            (
+                &[PosixTimer {
+                    clock: 8,
+                    ..timer(1)
+                }],
+                "CAP_WAKE_ALARM",
             ),
         ];
         for (ts, why) in bad {
