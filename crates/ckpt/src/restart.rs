@@ -714,8 +714,8 @@ impl Build {
             let tid = self.clone_thread(&mut r, &s, t.thread.tid)?;
             let mut tr = Remote::new(tid, self.tramp)?;
             task::restore_thread(&mut tr, &s, &t.thread)?;
-            let own = crate::process_kind::pending_left(p, Some(t.thread.tid), &t.thread.pending);
-            task::restore_pending(&mut tr, &s, pid, Some(tid), &own)?;
+            let left = crate::process_kind::pending_left(p, Some(t.thread.tid), &t.thread.pending);
+            task::restore_pending(&mut tr, &s, pid, Some(tid), &left)?;
             others.push(tr);
         }
         if p.process.root.0 != b"/" {
@@ -745,8 +745,8 @@ impl Build {
         }
         let shared = crate::process_kind::pending_left(p, None, &p.shared_pending.signals);
         task::restore_pending(&mut r, &s, pid, None, &shared)?;
-        let own = crate::process_kind::pending_left(p, Some(pid), &main.thread.pending);
-        task::restore_pending(&mut r, &s, pid, Some(pid), &own)?;
+        let left = crate::process_kind::pending_left(p, Some(pid), &main.thread.pending);
+        task::restore_pending(&mut r, &s, pid, Some(pid), &left)?;
         r.call(
             "prctl(PR_SET_PDEATHSIG)",
             libc::SYS_prctl,
