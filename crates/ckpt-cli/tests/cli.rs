@@ -977,16 +977,6 @@ fn unsupported_process_state_is_refused() {
         "uts namespace",
     );
     let py = |code: &str| ["python3", "-c", code].map(str::to_owned);
-    let timer = py("import ctypes,time\nt=ctypes.c_void_p()\nassert ctypes.CDLL(None).timer_create(1, None, ctypes.byref(t))==0\ntime.sleep(1000)");
-    assert_refused(
-        "posix-timer",
-        &timer.each_ref().map(String::as_str),
-        &|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/timers")).is_ok_and(|t| t.contains("ID:"))
-                && sleeping(pid)
-        },
-        "POSIX timer",
-    );
     // Stopped, with a second SIGSTOP queued: it cannot stay queued while
     // ckpt injects syscalls.
     assert_refused_in(

@@ -26,6 +26,7 @@ pub mod remote;
 pub mod restart;
 pub mod sys;
 pub mod task;
+pub mod timers;
 pub mod trust;
 pub mod unsupported;
 

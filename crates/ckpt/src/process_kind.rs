@@ -46,12 +46,40 @@ pub trait ProcessKind: Sync {
     fn restore(&self, _r: &mut Remote, _s: &Scratch, _p: &ProcessImage) -> Result<()> {
         Ok(())
     }
+    /// Saved pending signals that `restore` makes the kernel queue again
+    /// itself (a POSIX timer's own signal), which restart then leaves out
+    /// of the queues it refills: each is the queue (`None` the process's
+    /// shared one, else that thread's) and the signal's index in it.
+    fn own_pending(&self, _p: &ProcessImage) -> Vec<(Option<Pid>, usize)> {
+        Vec::new()
+    }
 }
 
 /// Every per-process kind, in the order they are saved and restored.
-pub static PROCESS_KINDS: &[&dyn ProcessKind] = &[&crate::locks::FileLocks];
+pub static PROCESS_KINDS: &[&dyn ProcessKind] =
+    &[&crate::locks::FileLocks, &crate::timers::PosixTimers];
 
 /// The records of type `R` of process `p`.
 pub fn records_of<R: 'static>(p: &ProcessImage) -> impl Iterator<Item = &R> + '_ {
     p.extra.iter().filter_map(|r| r.as_any().downcast_ref())
+}
+
+/// Saved queue `queue` of `p` (see `ProcessKind::own_pending`) without the
+/// signals a kind queues again itself.
+pub fn pending_left(
+    p: &ProcessImage,
+    queue: Option<Pid>,
+    sigs: &[ckpt_image::SigInfo],
+) -> Vec<ckpt_image::SigInfo> {
+    let own: Vec<usize> = PROCESS_KINDS
+        .iter()
+        .flat_map(|k| k.own_pending(p))
+        .filter(|o| o.0 == queue)
+        .map(|o| o.1)
+        .collect();
+    sigs.iter()
+        .enumerate()
+        .filter(|(i, _)| !own.contains(i))
+        .map(|(_, si)| si.clone())
+        .collect()
 }

@@ -715,7 +715,8 @@ impl Build {
             let tid = self.clone_thread(&mut r, &s, t.thread.tid)?;
             let mut tr = Remote::new(tid, self.tramp)?;
             task::restore_thread(&mut tr, &s, &t.thread)?;
-            task::restore_pending(&mut tr, &s, pid, Some(tid), &t.thread.pending)?;
+            let left = crate::process_kind::pending_left(p, Some(t.thread.tid), &t.thread.pending);
+            task::restore_pending(&mut tr, &s, pid, Some(tid), &left)?;
             others.push(tr);
         }
         if p.process.root.0 != b"/" {
@@ -743,8 +744,10 @@ impl Build {
         if p.pid() == self.created[0] && !self.pgid_helpers.is_empty() {
             self.reap_group_helpers(&mut r, &s)?;
         }
-        task::restore_pending(&mut r, &s, pid, None, &p.shared_pending.signals)?;
-        task::restore_pending(&mut r, &s, pid, Some(pid), &main.thread.pending)?;
+        let shared = crate::process_kind::pending_left(p, None, &p.shared_pending.signals);
+        task::restore_pending(&mut r, &s, pid, None, &shared)?;
+        let left = crate::process_kind::pending_left(p, Some(pid), &main.thread.pending);
+        task::restore_pending(&mut r, &s, pid, Some(pid), &left)?;
         r.call(
             "prctl(PR_SET_PDEATHSIG)",
             libc::SYS_prctl,

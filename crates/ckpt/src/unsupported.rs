@@ -29,7 +29,6 @@ pub fn check_process(pid: Pid, comm: &str, status: &procfs::Status) -> Result<()
     seccomp(pid, comm, status)?;
     namespaces(pid, comm, &|kind| own_namespace(kind))?;
     pending_stop(pid, comm)?;
-    posix_timers(pid, comm)?;
     Ok(())
 }
 
@@ -117,50 +116,9 @@ fn pending_stop(pid: Pid, comm: &str) -> Result<()> {
     Ok(())
 }
 
-/// POSIX timers (timer_create) live in the kernel only: lost at restart.
-fn posix_timers(pid: Pid, comm: &str) -> Result<()> {
-    let text = match procfs::read(pid, "timers") {
-        Ok(t) => t,
-        // Without CONFIG_CHECKPOINT_RESTORE there is no list to look at.
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => {
-            return Err(Error::Sys {
-                pid,
-                what: format!("read /proc/{pid}/timers"),
-                source: e,
-            })
-        }
-    };
-    let ids: Vec<&str> = timer_ids(&text);
-    if ids.is_empty() {
-        return Ok(());
-    }
-    Err(unsupported(
-        pid,
-        comm,
-        format!("POSIX timer(s) {}", ids.join(", ")),
-        "POSIX timers (timer_create) cannot be saved yet".into(),
-    ))
-}
-
-/// The ids in /proc/PID/timers ("ID: 0" lines).
-fn timer_ids(text: &str) -> Vec<&str> {
-    text.lines()
-        .filter_map(|l| l.strip_prefix("ID:"))
-        .map(str::trim)
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn timer_ids_are_read_from_proc_timers() {
-        let text = "ID: 0\nsignal: 14/0000000000000000\nnotify: signal/pid.42\nClockID: 0\nID: 3\nsignal: 10/0000000000000000\nnotify: thread/tid.42\nClockID: 1\n";
-        assert_eq!(timer_ids(text), ["0", "3"]);
-        assert!(timer_ids("").is_empty());
-    }
 
     #[test]
     fn other_namespaces_are_refused_naming_the_kind() {

@@ -179,3 +179,42 @@ record!(
         pid: i32,
     }
 );
+
+/// `PosixTimer::notify`: how the timer tells of an expiry (sigev_notify).
+pub const SIGEV_SIGNAL: u32 = 0;
+pub const SIGEV_NONE: u32 = 1;
+/// The kernel treats it as `SIGEV_SIGNAL` (glibc never passes it).
+pub const SIGEV_THREAD: u32 = 2;
+/// `SIGEV_SIGNAL | SIGEV_THREAD_ID`: the signal goes to thread `tid`.
+pub const SIGEV_THREAD_ID: u32 = 4;
+
+record!(
+    /// One POSIX timer (timer_create) of the process, per-process record.
+    PosixTimer = T_POSIX_TIMER, "posix-timer" {
+        /// Its timer id, which timer_create must give back.
+        id: i32,
+        /// The clockid it counts on (CLOCK_REALTIME, MONOTONIC, BOOTTIME,
+        /// TAI, or an _ALARM one).
+        clock: i32,
+        /// sigev_notify (`SIGEV_*` above).
+        notify: u32,
+        /// sigev_signo (any value for SIGEV_NONE, which never sends it).
+        signo: i32,
+        /// sigev_value, delivered as si_value.
+        value: u64,
+        /// Target thread of SIGEV_THREAD_ID, else 0.
+        tid: i32,
+        /// timer_gettime(): the time left until it fires (0: disarmed) and
+        /// its interval (0: one-shot).
+        value_sec: u64,
+        value_nsec: u32,
+        interval_sec: u64,
+        interval_nsec: u32,
+        /// timer_getoverrun() at checkpoint (not restorable, see ckpt's
+        /// `timers` module).
+        overrun: i32,
+        /// The timer's clock at checkpoint (clock_gettime in the process).
+        now_sec: i64,
+        now_nsec: u32,
+    }
+);
