@@ -265,29 +265,7 @@ fn fdinfo_locks(pid: i32, path: &Path) -> Vec<String> {
 /// Checkpoint of `case` must fail naming the pid and saying each of `words`;
 /// the process keeps running untraced and passes its own checks.
 fn refused(test: &str, case: &str, words: &[&str]) {
-    let Some(env) = TestEnv::new(test) else {
-        return;
-    };
-    let Some(mut w) = env.start_workload("locks", &[case]) else {
-        return;
-    };
-    let img = env.path("img");
-    let run = env.checkpoint_must_fail(&mut w, &img, &format!("checkpoint of locks {case}"));
-    let pid = w.pid.to_string();
-    assert!(
-        digit_tokens(&run.stderr).contains(&pid.as_str()),
-        "the error must name pid {pid}\n{}",
-        run.describe()
-    );
-    for word in words {
-        assert!(
-            run.stderr.contains(word),
-            "the error must say {word:?}\n{}",
-            run.describe()
-        );
-    }
-    env.assert_running_untraced(&mut w, "after the refused checkpoint");
-    env.signal_and_expect_pass(&mut w, libc::SIGTERM);
+    refused_workload(test, "locks", case, words);
 }
 
 /// A read lease: refused, and the lease is still there.

@@ -311,6 +311,35 @@ pub fn describe_pid(pid: i32) -> String {
     }
 }
 
+/// Checkpoint of workload `name` run with `case` must fail naming the pid
+/// and saying each of `words`; the process keeps running untraced and
+/// passes its own checks.
+pub fn refused_workload(test: &str, name: &str, case: &str, words: &[&str]) {
+    let Some(env) = TestEnv::new(test) else {
+        return;
+    };
+    let Some(mut w) = env.start_workload(name, &[case]) else {
+        return;
+    };
+    let img = env.path("img");
+    let run = env.checkpoint_must_fail(&mut w, &img, &format!("checkpoint of {name} {case}"));
+    let pid = w.pid.to_string();
+    assert!(
+        digit_tokens(&run.stderr).contains(&pid.as_str()),
+        "the error must name pid {pid}\n{}",
+        run.describe()
+    );
+    for word in words {
+        assert!(
+            run.stderr.contains(word),
+            "the error must say {word:?}\n{}",
+            run.describe()
+        );
+    }
+    env.assert_running_untraced(&mut w, "after the refused checkpoint");
+    env.signal_and_expect_pass(&mut w, libc::SIGTERM);
+}
+
 /// Maximal runs of ASCII digits in `s` (to find a pid or fd number in a message).
 pub fn digit_tokens(s: &str) -> Vec<&str> {
     s.split(|c: char| !c.is_ascii_digit())
