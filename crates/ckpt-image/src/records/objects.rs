@@ -22,6 +22,15 @@ pub const T_SIGNALFD: u32 = 134;
 pub const T_INOTIFY: u32 = 135;
 pub const T_INOTIFY_WATCH: u32 = 136;
 pub const T_PIDFD: u32 = 137;
+/// Sockets (issue 9): unix 138-141, TCP 142-145, UDP 146-147, netlink 148.
+pub const T_UNIX_SK: u32 = 138;
+pub const T_UNIX_QUEUE: u32 = 139;
+pub const T_UNIX_SCM: u32 = 140;
+pub const T_TCP_SK: u32 = 142;
+pub const T_TCP_QUEUE: u32 = 143;
+pub const T_UDP_SK: u32 = 146;
+pub const T_UDP_QUEUE: u32 = 147;
+pub const T_NETLINK_SK: u32 = 148;
 pub const T_POSIX_TIMER: u32 = 160;
 pub const T_FILE_LOCK: u32 = 161;
 
@@ -47,6 +56,12 @@ pub const FILE_SIGNALFD: u32 = 13;
 pub const FILE_INOTIFY: u32 = 14;
 /// A pidfd on a process of the tree (`FILE_PIDFD`).
 pub const FILE_PIDFD: u32 = 15;
+/// A unix socket (`FILE_UNIX`), TCP socket (`FILE_TCP`), UDP socket
+/// (`FILE_UDP`), netlink socket (`FILE_NETLINK`).
+pub const FILE_UNIX: u32 = 16;
+pub const FILE_TCP: u32 = 17;
+pub const FILE_UDP: u32 = 18;
+pub const FILE_NETLINK: u32 = 19;
 
 /// Names of the kinds above, for `inspect`.
 pub(super) fn file_kind_name(k: u32) -> Option<&'static str> {
@@ -57,6 +72,10 @@ pub(super) fn file_kind_name(k: u32) -> Option<&'static str> {
         FILE_SIGNALFD => "signalfd",
         FILE_INOTIFY => "inotify",
         FILE_PIDFD => "pidfd",
+        FILE_UNIX => "unix-socket",
+        FILE_TCP => "tcp-socket",
+        FILE_UDP => "udp-socket",
+        FILE_NETLINK => "netlink-socket",
         _ => return None,
     })
 }

@@ -552,7 +552,7 @@ mod tests {
 
     #[test]
     fn every_saved_kind_has_one_module() {
-        for k in 0..=FILE_PIDFD {
+        for k in 0..=FILE_NETLINK {
             let owners = KINDS.iter().filter(|x| x.kinds().contains(&k)).count();
             assert!(owners <= 1, "file kind {k} has {owners} modules");
         }
