@@ -207,6 +207,5 @@ int main(int argc, char **argv)
         ;
     WL_CHECK(w == child && WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL,
              "child status %#x", st);
-    rmdir(dir);
     wl_finish();
 }
