@@ -53,3 +53,40 @@ fn event_loop_left_running_then_restarted() {
     env.restart_detached(&mut w, &img);
     env.signal_and_expect_pass(&mut w, libc::SIGTERM);
 }
+
+/// A checkpoint of the event-loop process killed at injected syscalls
+/// (those that read its POSIX timers and signal state among them) leaves
+/// every object as it was: the process verifies itself afterwards.
+#[test]
+fn event_loop_checkpoint_killed_midway_is_unharmed() {
+    let Some(env) = TestEnv::new("event_loop_checkpoint_killed_midway_is_unharmed") else {
+        return;
+    };
+    let Some(mut w) = env.start_workload("eventloop", &[]) else {
+        return;
+    };
+    let img = env.path("img");
+    let pid = w.pid.to_string();
+    let args = [
+        std::ffi::OsStr::new("checkpoint"),
+        std::ffi::OsStr::new(&pid),
+        std::ffi::OsStr::new("-o"),
+        img.as_os_str(),
+        std::ffi::OsStr::new("--leave-running"),
+    ];
+    // The first ones are reached by every checkpoint; the later ones only
+    // if it makes that many calls (then it completes, which is fine too).
+    for (i, n) in [1, 2, 5, 10, 20, 30, 45, 60].into_iter().enumerate() {
+        let hook = format!("{n}:{}", ["before", "entry", "exit"][i % 3]);
+        let run = env.ckpt_with_env(args, &[("CKPT_TEST_KILL_AT_INJECTION", &hook)]);
+        if n <= 20 {
+            assert!(
+                !run.success(),
+                "ckpt was not killed at {hook}\n{}",
+                run.describe()
+            );
+        }
+        env.assert_running_untraced(&mut w, &format!("after ckpt was killed at {hook}"));
+    }
+    env.signal_and_expect_pass(&mut w, libc::SIGTERM);
+}
