@@ -1351,6 +1351,13 @@ pub fn sock_meminfo(fd: i32) -> io::Result<[u32; 9]> {
     Ok(m)
 }
 
+/// shutdown(2) (`how`: SHUT_RD 0, SHUT_WR 1, SHUT_RDWR 2).
+pub fn shutdown(fd: i32, how: i32) -> io::Result<()> {
+    // SAFETY: plain syscall on integers.
+    check(unsafe { libc::shutdown(fd, how) } as libc::c_long)?;
+    Ok(())
+}
+
 /// ioctl(SIOCINQ) (for UDP: the length of the first queued datagram).
 pub fn siocinq(fd: i32) -> io::Result<i32> {
     let mut n: libc::c_int = 0;

@@ -294,6 +294,12 @@ record!(
         pktinfo: bool,
         /// IP_RECVERR / IPV6_RECVERR.
         recverr: bool,
+        /// IP_FREEBIND / IPV6_FREEBIND, IP_TRANSPARENT / IPV6_TRANSPARENT.
+        freebind: bool,
+        transparent: bool,
+        /// shutdown() done on it: bit 0 SHUT_RD, bit 1 SHUT_WR (sock_diag's
+        /// INET_DIAG_SHUTDOWN).
+        shutdown: u32,
         queued: u32,
     }
 );

@@ -17,7 +17,8 @@
 //! UDP_CORK with pending data, UDP encapsulation, GSO/GRO, a queue beyond
 //! `MAX_QUEUE_BYTES` / `MAX_QUEUE_DATAGRAMS`.
 //!
-//! Not seen: zero-length datagrams behind non-empty ones (the kernel's peek
+//! Not seen: the shutdown state of a socket never bound (sock_diag does
+//! not list it; a bound one's comes from INET_DIAG_SHUTDOWN); zero-length datagrams behind non-empty ones (the kernel's peek
 //! offset skips them); an IPv4 IP_MULTICAST_IF given by ifindex only
 //! (getsockopt shows the address); whether a connected socket was bound to
 //! the wildcard before connect (restart binds it to the address connect
@@ -53,7 +54,7 @@ const UDP_GRO: i32 = 104;
 /// The IP-level options kept, in `IpOpts` order: name and (level, option)
 /// for IPv4 and for IPv6 (`None`: not for that family).
 type OptRow = (&'static str, Option<(i32, i32)>, Option<(i32, i32)>);
-const IP_OPTS: [OptRow; 9] = [
+const IP_OPTS: [OptRow; N_OPTS] = [
     (
         "IP_TOS/IPV6_TCLASS",
         Some((SOL_IP, 1)),
@@ -87,7 +88,18 @@ const IP_OPTS: [OptRow; 9] = [
         Some((SOL_IP, 11)),
         Some((SOL_IPV6, 25)),
     ),
+    (
+        "IP_FREEBIND",
+        Some((SOL_IP, IP_FREEBIND)),
+        Some((SOL_IPV6, IPV6_FREEBIND)),
+    ),
+    (
+        "IP_TRANSPARENT",
+        Some((SOL_IP, IP_TRANSPARENT)),
+        Some((SOL_IPV6, IPV6_TRANSPARENT)),
+    ),
 ];
+const N_OPTS: usize = 11;
 
 fn opt_of(family: u32, row: &OptRow) -> Option<(i32, i32)> {
     if family == libc::AF_INET as u32 {
@@ -98,8 +110,8 @@ fn opt_of(family: u32, row: &OptRow) -> Option<(i32, i32)> {
 }
 
 /// The IP options of `fd` in `IP_OPTS` order (0 where not applicable).
-fn ip_opts(fd: i32, family: u32) -> std::io::Result<[i32; 9]> {
-    let mut v = [0; 9];
+fn ip_opts(fd: i32, family: u32) -> std::io::Result<[i32; N_OPTS]> {
+    let mut v = [0; N_OPTS];
     for (i, row) in IP_OPTS.iter().enumerate() {
         if let Some((l, o)) = opt_of(family, row) {
             v[i] = sys::getsockopt_int(fd, l, o)?;
@@ -108,7 +120,7 @@ fn ip_opts(fd: i32, family: u32) -> std::io::Result<[i32; 9]> {
     Ok(v)
 }
 
-fn record_opts(u: &UdpSk) -> [i32; 9] {
+fn record_opts(u: &UdpSk) -> [i32; N_OPTS] {
     [
         u.tos,
         u.ttl,
@@ -119,6 +131,8 @@ fn record_opts(u: &UdpSk) -> [i32; 9] {
         u.mc_if as i32,
         u.pktinfo as i32,
         u.recverr as i32,
+        u.freebind as i32,
+        u.transparent as i32,
     ]
 }
 
@@ -172,6 +186,18 @@ impl FdKind for Udp {
                 groups.join(", ")
             )));
         }
+        // (sock_diag lists bound sockets only: a socket never bound is
+        // taken as not shut down.)
+        let shutdown = match diag_shutdown(fd, family) {
+            _ if port(&local) == 0 => 0,
+            Ok(Some(s)) => s,
+            Ok(None) => {
+                return Err(p.unsupported(
+                    "sock_diag does not show it (is it in another network namespace than ckpt?), so whether it was shut down is unknown",
+                ))
+            }
+            Err(e) => return Err(p.sys("sock_diag query", e)),
+        };
         let queue = peek_queue(fd, opts.peek_off).map_err(|e| match e {
             QueueErr::Sys(what, e) => p.sys(what, e),
             QueueErr::Refuse(why) => p.unsupported(&why),
@@ -194,6 +220,9 @@ impl FdKind for Udp {
                 mc_if: ip[6] as u32,
                 pktinfo: ip[7] != 0,
                 recverr: ip[8] != 0,
+                freebind: ip[9] != 0,
+                transparent: ip[10] != 0,
+                shutdown,
                 queued: queue.len() as u32,
             }
             .into(),
@@ -224,6 +253,9 @@ impl FdKind for Udp {
             check_addr(u.family, &u.peer.0).map_err(|e| format!("peer address {e}"))?;
         }
         sockopt::validate(&u.opts)?;
+        if u.shutdown > 3 {
+            return Err(format!("has shutdown state {}", u.shutdown));
+        }
         let q: Vec<&UdpQueue> = queue_of(c.img, f.id).collect();
         if q.len() != u.queued as usize || q.iter().enumerate().any(|(i, d)| d.seq != i as u32) {
             return Err(format!(
@@ -279,6 +311,16 @@ impl FdKind for Udp {
                 })?;
             }
             sockopt::restore_late(fd, &u.opts).map_err(|e| fail(cx, f, &e))?;
+            if u.shutdown != 0 {
+                // (The kernel records it, then says ENOTCONN, on a socket
+                // never connected.)
+                match sys::shutdown(fd, u.shutdown as i32 - 1) {
+                    Err(e) if e.raw_os_error() != Some(libc::ENOTCONN) => {
+                        return Err(fail(cx, f, &format!("shutdown: {e}")))
+                    }
+                    _ => {}
+                }
+            }
             if u.queued > 0 {
                 let q: Vec<&UdpQueue> = queue_of(cx.img, f.id).collect();
                 verify_queue(fd, &q, u.opts.peek_off).map_err(|e| fail(cx, f, &e))?;
@@ -499,6 +541,76 @@ fn peek_queue(fd: i32, peek_off: i32) -> std::result::Result<Vec<Datagram>, Queu
     Ok(out)
 }
 
+/// The shutdown state (`UdpSk::shutdown`) of UDP socket `fd` from
+/// sock_diag, found by inode; `None` when sock_diag does not list it.
+fn diag_shutdown(fd: i32, family: u32) -> std::io::Result<Option<u32>> {
+    let ino = sys::fstat_ino(fd)?.1;
+    let nl = sys::socket(libc::AF_NETLINK, libc::SOCK_RAW, libc::NETLINK_SOCK_DIAG)?;
+    let r = diag_query(nl, family, ino);
+    sys::close(nl);
+    r
+}
+
+fn diag_query(nl: i32, family: u32, ino: u64) -> std::io::Result<Option<u32>> {
+    const SOCK_DIAG_BY_FAMILY: u16 = 20;
+    const INET_DIAG_SHUTDOWN: u16 = 8;
+    // nlmsghdr + inet_diag_req_v2 (family, protocol, ext, pad, states, id).
+    let mut req = Vec::with_capacity(72);
+    req.extend_from_slice(&72u32.to_ne_bytes());
+    req.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    req.extend_from_slice(&((libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16).to_ne_bytes());
+    req.extend_from_slice(&[0u8; 8]);
+    req.extend_from_slice(&[family as u8, libc::IPPROTO_UDP as u8, 0, 0]);
+    req.extend_from_slice(&u32::MAX.to_ne_bytes());
+    req.extend_from_slice(&[0u8; 48]);
+    sys::write_all(nl, &req)?;
+    let mut buf = vec![0u8; 65536];
+    let mut found = None;
+    loop {
+        let n = sys::read(nl, &mut buf)?;
+        let mut off = 0;
+        while off + 16 <= n {
+            let len = u32::from_ne_bytes(buf[off..off + 4].try_into().expect("4")) as usize;
+            let ty = u16::from_ne_bytes([buf[off + 4], buf[off + 5]]);
+            if len < 16 || off + len > n {
+                break;
+            }
+            match ty {
+                3 => return Ok(found), // NLMSG_DONE
+                2 => {
+                    // NLMSG_ERROR: an errno (negative) follows the header.
+                    let e = i32::from_ne_bytes(buf[off + 16..off + 20].try_into().expect("4"));
+                    return Err(std::io::Error::from_raw_os_error(-e));
+                }
+                SOCK_DIAG_BY_FAMILY if len >= 16 + 72 => {
+                    let m = &buf[off + 16..off + len];
+                    if u32::from_ne_bytes(m[68..72].try_into().expect("4")) as u64 == ino {
+                        let mut a = 72;
+                        let mut shut = 0;
+                        while a + 4 <= m.len() {
+                            let alen = u16::from_ne_bytes([m[a], m[a + 1]]) as usize;
+                            let aty = u16::from_ne_bytes([m[a + 2], m[a + 3]]);
+                            if alen < 4 || a + alen > m.len() {
+                                break;
+                            }
+                            if aty == INET_DIAG_SHUTDOWN && alen >= 5 {
+                                shut = m[a + 4] as u32 & 3;
+                            }
+                            a += (alen + 3) & !3;
+                        }
+                        found = Some(shut);
+                    }
+                }
+                _ => {}
+            }
+            off += (len + 3) & !3;
+        }
+        if n == 0 {
+            return Ok(found);
+        }
+    }
+}
+
 /// The port of a raw sockaddr_in/in6.
 fn port(a: &[u8]) -> u16 {
     if a.len() < 4 {
@@ -643,6 +755,18 @@ mod tests {
                 std::net::Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1).octets()
             )]
         );
+    }
+
+    #[test]
+    fn shutdown_state_is_read_from_sock_diag() {
+        let a = sys::socket(libc::AF_INET6, libc::SOCK_DGRAM, 0).unwrap();
+        let mut any = vec![0u8; 28];
+        any[..2].copy_from_slice(&(libc::AF_INET6 as u16).to_ne_bytes());
+        sys::bind(a, &any).unwrap();
+        assert_eq!(diag_shutdown(a, libc::AF_INET6 as u32).unwrap(), Some(0));
+        let _ = sys::shutdown(a, libc::SHUT_WR); // ENOTCONN, but recorded
+        assert_eq!(diag_shutdown(a, libc::AF_INET6 as u32).unwrap(), Some(2));
+        sys::close(a);
     }
 
     #[test]
