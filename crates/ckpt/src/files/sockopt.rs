@@ -261,7 +261,7 @@ pub fn describe(p: &Probe) -> String {
                 (_, libc::IPPROTO_UDP) => "UDP".into(),
                 _ => format!("protocol {proto}"),
             };
-            format!("a {what} {fam} socket")
+            format!("an {fam} {what} socket")
         }
         libc::AF_UNIX => "a unix socket".into(),
         d => format!("a socket of address family {d}"),

@@ -368,10 +368,29 @@ fn new_socket(cx: &mut OpenCx, f: &File, u: &UdpSk) -> Result<i32> {
     }
     sockopt::restore(fd, &u.opts).map_err(|e| fail(cx, f, &e))?;
     if port(&u.local.0) != 0 {
-        sys::bind(fd, &u.local.0)
-            .map_err(|e| fail(cx, f, &format!("bind to {}: {e}", show_addr(&u.local.0))))?;
+        bind(fd, u).map_err(|e| fail(cx, f, &format!("bind to {}: {e}", show_addr(&u.local.0))))?;
     }
     Ok(fd)
+}
+
+/// Binds `fd` to the saved address. An address that is not (or no
+/// longer) local was bound with IP_FREEBIND since cleared: it is set for
+/// the bind only.
+fn bind(fd: i32, u: &UdpSk) -> std::io::Result<()> {
+    match sys::bind(fd, &u.local.0) {
+        Err(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) && !u.freebind => {
+            let (l, o) = if u.family == libc::AF_INET as u32 {
+                (SOL_IP, IP_FREEBIND)
+            } else {
+                (SOL_IPV6, IPV6_FREEBIND)
+            };
+            sys::setsockopt_int(fd, l, o, 1)?;
+            let r = sys::bind(fd, &u.local.0);
+            sys::setsockopt_int(fd, l, o, 0)?;
+            r
+        }
+        r => r,
+    }
 }
 
 /// Sends the saved datagrams `q` to socket `fd` (record `u`) from their
