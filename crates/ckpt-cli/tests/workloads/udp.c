@@ -7,12 +7,14 @@
  *            sources (s1, kept open, and s2, closed before the checkpoint);
  *            r6: the same on [::1] with IPV6_V6ONLY, from two closed
  *            sources; c4: a UDP socket connected to p4; u: never bound;
- *            nl: NETLINK_ROUTE bound with RTMGRP_LINK.
+ *            nl: NETLINK_ROUTE bound with RTMGRP_LINK; m4: joined to
+ *            239.1.2.3 on lo and to 232.1.1.1 from source 127.0.0.5 only,
+ *            IP_MULTICAST_TTL 5, IP_MULTICAST_LOOP 0.
  *            Verified on SIGTERM: the queues read back in order with their
  *            boundaries and sources, new datagrams still arrive on the same
  *            ports, c4 sends to p4 and hears only p4, the options read back
  *            the same, nl has the same port id and groups and answers an
- *            RTM_GETLINK dump.
+ *            RTM_GETLINK dump, m4 has both groups with the same filters.
  *   filter   a UDP socket with a classic filter attached (refused)
  *   packet   an AF_PACKET socket (refused)
  *   nlqueue  a netlink socket with replies queued (refused)
@@ -27,7 +29,7 @@
 #include <netinet/ip.h>
 #include <sys/socket.h>
 
-static int r4, r6, s1, c4, p4, u, nl;
+static int r4, r6, s1, c4, p4, u, nl, m4;
 static struct sockaddr_in r4a, s1a, s2a, c4a, p4a;
 static struct sockaddr_in6 r6a, t1a, t2a;
 static int rcvbuf4, tos4, reuse4, v6only6, rcvbuf6;
@@ -181,6 +183,44 @@ static void verify_netlink(void)
     WL_CHECK(done && links > 0, "RTM_GETLINK dump: %d links, done %d", links, done);
 }
 
+/* The filter mode and first source of m4's membership of `group` on lo;
+ * -1 when not a member. */
+static int membership(const char *group, struct in_addr *src, int *nsrc)
+{
+    struct {
+        struct group_filter gf;
+        struct sockaddr_storage more[4];
+    } f;
+    memset(&f, 0, sizeof(f));
+    f.gf.gf_interface = 1;
+    f.gf.gf_numsrc = 4;
+    struct sockaddr_in *g = (struct sockaddr_in *)&f.gf.gf_group;
+    g->sin_family = AF_INET;
+    g->sin_addr.s_addr = inet_addr(group);
+    socklen_t l = sizeof(f);
+    if (getsockopt(m4, IPPROTO_IP, MCAST_MSFILTER, &f, &l) != 0)
+        return -1;
+    *nsrc = (int)f.gf.gf_numsrc;
+    if (f.gf.gf_numsrc > 0)
+        *src = ((struct sockaddr_in *)&f.gf.gf_slist[0])->sin_addr;
+    return (int)f.gf.gf_fmode;
+}
+
+static void verify_multicast(void)
+{
+    struct in_addr src = {0};
+    int n = -1;
+    int mode = membership("239.1.2.3", &src, &n);
+    WL_CHECK(mode == MCAST_EXCLUDE && n == 0, "m4 239.1.2.3: mode %d, %d sources", mode, n);
+    mode = membership("232.1.1.1", &src, &n);
+    WL_CHECK(mode == MCAST_INCLUDE && n == 1 && src.s_addr == inet_addr("127.0.0.5"),
+             "m4 232.1.1.1: mode %d, %d sources", mode, n);
+    mode = membership("239.9.9.9", &src, &n);
+    WL_CHECK(mode == -1, "m4 is a member of 239.9.9.9");
+    WL_CHECK(getint(m4, IPPROTO_IP, IP_MULTICAST_TTL) == 5, "m4 IP_MULTICAST_TTL changed");
+    WL_CHECK(getint(m4, IPPROTO_IP, IP_MULTICAST_LOOP) == 0, "m4 IP_MULTICAST_LOOP changed");
+}
+
 static void verify(void)
 {
     wl_verify_common();
@@ -235,6 +275,7 @@ static void verify(void)
     WL_CHECK(ua.sin_port == 0, "unbound socket has port %d", ntohs(ua.sin_port));
 
     verify_netlink();
+    verify_multicast();
 }
 
 int main(int argc, char **argv)
@@ -305,6 +346,20 @@ int main(int argc, char **argv)
             wl_die("connect c4");
         name_of(c4, &c4a, sizeof(c4a));
         u = udp(AF_INET, NULL, 0);
+
+        m4 = udp(AF_INET, NULL, 0);
+        struct ip_mreqn mr = {.imr_ifindex = 1};
+        mr.imr_multiaddr.s_addr = inet_addr("239.1.2.3");
+        struct ip_mreq_source ms = {0};
+        ms.imr_multiaddr.s_addr = inet_addr("232.1.1.1");
+        ms.imr_interface.s_addr = htonl(INADDR_LOOPBACK);
+        ms.imr_sourceaddr.s_addr = inet_addr("127.0.0.5");
+        int ttl = 5, loop = 0;
+        if (setsockopt(m4, IPPROTO_IP, IP_ADD_MEMBERSHIP, &mr, sizeof(mr)) ||
+            setsockopt(m4, IPPROTO_IP, IP_ADD_SOURCE_MEMBERSHIP, &ms, sizeof(ms)) ||
+            setsockopt(m4, IPPROTO_IP, IP_MULTICAST_TTL, &ttl, sizeof(ttl)) ||
+            setsockopt(m4, IPPROTO_IP, IP_MULTICAST_LOOP, &loop, sizeof(loop)))
+            wl_die("multicast options");
 
         nl = socket(AF_NETLINK, SOCK_RAW, NETLINK_ROUTE);
         struct sockaddr_nl n = {.nl_family = AF_NETLINK, .nl_groups = RTMGRP_LINK};

@@ -267,6 +267,13 @@ fields!(
     }
 );
 
+fields!(
+    /// A multicast group a UDP socket joined on interface `ifindex`:
+    /// `group` a raw sockaddr (AF_INET or AF_INET6), the source filter mode
+    /// (`include`: MCAST_INCLUDE, else MCAST_EXCLUDE) and its sources.
+    UdpGroup { ifindex: u32, group: Bytes, include: bool, sources: Vec<Bytes> }
+);
+
 record!(
     /// UDP socket `file_id` (IPv4 or IPv6; O_NONBLOCK/O_ASYNC are the
     /// `File`'s status flags). Addresses are raw sockaddr_in/sockaddr_in6
@@ -300,6 +307,8 @@ record!(
         /// shutdown() done on it: bit 0 SHUT_RD, bit 1 SHUT_WR (sock_diag's
         /// INET_DIAG_SHUTDOWN).
         shutdown: u32,
+        /// Multicast memberships.
+        groups: Vec<UdpGroup>,
         queued: u32,
     }
 );

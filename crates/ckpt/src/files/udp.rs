@@ -11,10 +11,12 @@
 //! before it is connected (a connected socket filters by peer), then reads
 //! them back the same way to check every one arrived.
 //!
-//! Refused: a filter attached (`sockopt::refuse_filters`), multicast
-//! group memberships (the kernel shows them per device only; ckpt finds a
-//! socket's own with MCAST_MSFILTER but does not join them again yet),
-//! UDP_CORK with pending data, UDP encapsulation, GSO/GRO, a queue beyond
+//! Multicast memberships: the kernel lists groups per device only
+//! (/proc/net/igmp, igmp6); each is asked of the socket with MCAST_MSFILTER,
+//! which answers (with the source filter) only for the socket's own, and
+//! restart joins them again (MCAST_JOIN_GROUP, then the filter).
+//!
+//! Refused: a filter attached (`sockopt::refuse_filters`), UDP_CORK with pending data, UDP encapsulation, GSO/GRO, a queue beyond
 //! `MAX_QUEUE_BYTES` / `MAX_QUEUE_DATAGRAMS`.
 //!
 //! Not seen: the shutdown state of a socket never bound (sock_diag does
@@ -179,13 +181,7 @@ impl FdKind for Udp {
             .unwrap_or_default();
         let opts = sockopt::save(fd).map_err(|e| p.sys("read socket options", e))?;
         let ip = ip_opts(fd, family).map_err(|e| p.sys("read IP options", e))?;
-        let groups = joined_groups(p.pid, fd, family);
-        if !groups.is_empty() {
-            return Err(p.unsupported(&format!(
-                "it is a member of the multicast group(s) {}; ckpt does not restore multicast memberships yet: leave them before the checkpoint",
-                groups.join(", ")
-            )));
-        }
+        let groups = joined_groups(p.pid, fd).map_err(|e| p.unsupported(&e))?;
         // (sock_diag lists bound sockets only: a socket never bound is
         // taken as not shut down.)
         let shutdown = match diag_shutdown(fd, family) {
@@ -223,6 +219,7 @@ impl FdKind for Udp {
                 freebind: ip[9] != 0,
                 transparent: ip[10] != 0,
                 shutdown,
+                groups,
                 queued: queue.len() as u32,
             }
             .into(),
@@ -253,6 +250,23 @@ impl FdKind for Udp {
             check_addr(u.family, &u.peer.0).map_err(|e| format!("peer address {e}"))?;
         }
         sockopt::validate(&u.opts)?;
+        if u.groups.len() > 1024 {
+            return Err(format!("has {} multicast groups", u.groups.len()));
+        }
+        for g in &u.groups {
+            let fam = if g.group.0.len() == 16 {
+                libc::AF_INET
+            } else {
+                libc::AF_INET6
+            } as u32;
+            check_addr(fam, &g.group.0).map_err(|e| format!("multicast group {e}"))?;
+            if g.sources.len() > MAX_SOURCES || g.ifindex == 0 {
+                return Err("has a multicast group with too many sources or no interface".into());
+            }
+            for src in &g.sources {
+                check_addr(fam, &src.0).map_err(|e| format!("multicast source {e}"))?;
+            }
+        }
         if u.shutdown > 3 {
             return Err(format!("has shutdown state {}", u.shutdown));
         }
@@ -310,6 +324,7 @@ impl FdKind for Udp {
                     fail(cx, f, &format!("connect to {}: {e}", show_addr(&u.peer.0)))
                 })?;
             }
+            join_groups(fd, &u.groups).map_err(|e| fail(cx, f, &e))?;
             sockopt::restore_late(fd, &u.opts).map_err(|e| fail(cx, f, &e))?;
             if u.shutdown != 0 {
                 // (The kernel records it, then says ENOTCONN, on a socket
@@ -667,52 +682,113 @@ fn show_addr(a: &[u8]) -> String {
     }
 }
 
+/// Most sources of one group's filter saved.
+const MAX_SOURCES: usize = 64;
+const MCAST_JOIN_GROUP: i32 = 42;
+
 /// The multicast groups socket `fd` (of process `pid`) joined: the groups
 /// of its network namespace (/proc/PID/net/igmp, igmp6), each asked of the
 /// socket with MCAST_MSFILTER (which fails unless the socket joined it on
-/// that interface).
-fn joined_groups(pid: Pid, fd: i32, family: u32) -> Vec<String> {
-    let mut out = Vec::new();
-    let v4 = std::fs::read_to_string(format!("/proc/{pid}/net/igmp")).unwrap_or_default();
-    let v6 = std::fs::read_to_string(format!("/proc/{pid}/net/igmp6")).unwrap_or_default();
-    let mut ask = |level: i32, ifindex: u32, group: &[u8], name: String| {
-        let mut gf = vec![0u8; 272];
-        gf[..4].copy_from_slice(&ifindex.to_ne_bytes());
-        gf[8..8 + group.len()].copy_from_slice(group);
-        if sys::getsockopt_raw(fd, level, MCAST_MSFILTER, &mut gf).is_ok() {
-            out.push(name);
-        }
+/// that interface) with its source filter. Err: why they cannot be saved.
+fn joined_groups(pid: Pid, fd: i32) -> std::result::Result<Vec<UdpGroup>, String> {
+    let read = |f: &str| std::fs::read_to_string(format!("/proc/{pid}/net/{f}"));
+    let (Ok(v4), Ok(v6)) = (read("igmp"), read("igmp6")) else {
+        return Ok(Vec::new()); // (no multicast in this kernel)
     };
+    let mut out = Vec::new();
+    let mut candidates: Vec<(i32, u32, Vec<u8>)> = Vec::new();
     for (ifindex, g) in parse_igmp(&v4) {
         let mut sa = vec![0u8; 16];
         sa[..2].copy_from_slice(&(libc::AF_INET as u16).to_ne_bytes());
         sa[4..8].copy_from_slice(&g);
-        let level = if family == libc::AF_INET as u32 {
+        // (IPv4 groups of an IPv6 socket are at SOL_IP too.)
+        candidates.push((SOL_IP, ifindex, sa));
+    }
+    for (ifindex, g) in parse_igmp6(&v6) {
+        let mut sa = vec![0u8; 28];
+        sa[..2].copy_from_slice(&(libc::AF_INET6 as u16).to_ne_bytes());
+        sa[8..24].copy_from_slice(&g);
+        candidates.push((SOL_IPV6, ifindex, sa));
+    }
+    for (level, ifindex, sa) in candidates {
+        let mut gf = group_filter(ifindex, &sa, false, MAX_SOURCES as u32, &[]);
+        if sys::getsockopt_raw(fd, level, MCAST_MSFILTER, &mut gf).is_err() {
+            continue;
+        }
+        let fmode = u32::from_ne_bytes(gf[136..140].try_into().expect("4"));
+        let n = u32::from_ne_bytes(gf[140..144].try_into().expect("4")) as usize;
+        if n > MAX_SOURCES {
+            return Err(format!(
+                "its multicast group {} has a filter of {n} sources, more than ckpt saves ({MAX_SOURCES})",
+                show_group(&sa)
+            ));
+        }
+        let sources = (0..n)
+            .map(|i| {
+                let s = &gf[144 + 128 * i..144 + 128 * (i + 1)];
+                Bytes(s[..sa.len()].to_vec())
+            })
+            .collect();
+        out.push(UdpGroup {
+            ifindex,
+            group: Bytes(sa),
+            include: fmode == 1,
+            sources,
+        });
+    }
+    Ok(out)
+}
+
+/// A struct group_filter: gf_interface, (pad), gf_group, gf_fmode,
+/// gf_numsrc, then room for `room` sources (`sources` filled in).
+fn group_filter(
+    ifindex: u32,
+    group: &[u8],
+    include: bool,
+    room: u32,
+    sources: &[Bytes],
+) -> Vec<u8> {
+    let room = room.max(sources.len() as u32) as usize;
+    let mut gf = vec![0u8; 144 + 128 * room.max(1)];
+    gf[..4].copy_from_slice(&ifindex.to_ne_bytes());
+    gf[8..8 + group.len()].copy_from_slice(group);
+    gf[136..140].copy_from_slice(&(include as u32).to_ne_bytes());
+    gf[140..144].copy_from_slice(&(room as u32).to_ne_bytes());
+    for (i, s) in sources.iter().enumerate() {
+        gf[144 + 128 * i..144 + 128 * i + s.0.len()].copy_from_slice(&s.0);
+    }
+    gf
+}
+
+/// Joins the saved groups again on new socket `fd`, with their filters.
+fn join_groups(fd: i32, groups: &[UdpGroup]) -> std::result::Result<(), String> {
+    for g in groups {
+        let level = if g.group.0.len() == 16 {
             SOL_IP
         } else {
             SOL_IPV6
         };
-        ask(
-            level,
-            ifindex,
-            &sa,
-            format!("{} on interface {ifindex}", std::net::Ipv4Addr::from(g)),
-        );
-    }
-    if family == libc::AF_INET6 as u32 {
-        for (ifindex, g) in parse_igmp6(&v6) {
-            let mut sa = vec![0u8; 28];
-            sa[..2].copy_from_slice(&(libc::AF_INET6 as u16).to_ne_bytes());
-            sa[8..24].copy_from_slice(&g);
-            ask(
-                SOL_IPV6,
-                ifindex,
-                &sa,
-                format!("{} on interface {ifindex}", std::net::Ipv6Addr::from(g)),
-            );
+        let name = format!("{} on interface {}", show_group(&g.group.0), g.ifindex);
+        let mut req = vec![0u8; 136];
+        req[..4].copy_from_slice(&g.ifindex.to_ne_bytes());
+        req[8..8 + g.group.0.len()].copy_from_slice(&g.group.0);
+        sys::setsockopt_raw(fd, level, MCAST_JOIN_GROUP, &req)
+            .map_err(|e| format!("join multicast group {name}: {e}"))?;
+        if g.include || !g.sources.is_empty() {
+            let mut gf = group_filter(g.ifindex, &g.group.0, g.include, 0, &g.sources);
+            let len = 144 + 128 * g.sources.len();
+            gf.truncate(len.max(144));
+            sys::setsockopt_raw(fd, level, MCAST_MSFILTER, &gf)
+                .map_err(|e| format!("set the source filter of group {name}: {e}"))?;
         }
     }
-    out
+    Ok(())
+}
+
+/// A group's address for messages.
+fn show_group(a: &[u8]) -> String {
+    let s = show_addr(a);
+    s.rsplit_once(':').map_or(s.clone(), |x| x.0.to_string())
 }
 
 /// (ifindex, group) of /proc/net/igmp: a device line ("1\tlo : ...")
