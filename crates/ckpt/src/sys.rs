@@ -1351,6 +1351,56 @@ pub fn sock_meminfo(fd: i32) -> io::Result<[u32; 9]> {
     Ok(m)
 }
 
+/// One datagram to `addr` with one control message (`level`, `ty`,
+/// `data`), such as IP_PKTINFO choosing the source address.
+pub fn sendmsg_cmsg(
+    fd: i32,
+    payload: &[u8],
+    addr: &[u8],
+    level: i32,
+    ty: i32,
+    data: &[u8],
+) -> io::Result<usize> {
+    const HDR: usize = std::mem::size_of::<libc::cmsghdr>();
+    const _: () = assert!(HDR == 16);
+    let space = HDR + data.len().next_multiple_of(8);
+    let mut control = vec![0u64; space / 8];
+    let hdr = libc::cmsghdr {
+        cmsg_len: HDR + data.len(),
+        cmsg_level: level,
+        cmsg_type: ty,
+    };
+    let bytes: &mut [u8] = bytemuck_u8(&mut control);
+    bytes[..8].copy_from_slice(&hdr.cmsg_len.to_ne_bytes());
+    bytes[8..12].copy_from_slice(&hdr.cmsg_level.to_ne_bytes());
+    bytes[12..16].copy_from_slice(&hdr.cmsg_type.to_ne_bytes());
+    bytes[HDR..HDR + data.len()].copy_from_slice(data);
+    let mut iov = libc::iovec {
+        iov_base: payload.as_ptr() as *mut libc::c_void,
+        iov_len: payload.len(),
+    };
+    // SAFETY: msghdr is plain data; every pointer set below is valid.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_name = addr.as_ptr() as *mut libc::c_void;
+    msg.msg_namelen = addr.len() as libc::socklen_t;
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = space;
+    // SAFETY: msg points at live buffers (payload, addr, control) of the
+    // lengths given; the kernel only reads them.
+    let r = unsafe { libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT) };
+    Ok(check(r as libc::c_long)? as usize)
+}
+
+/// The bytes of a u64 buffer (8-byte aligned, as control messages need).
+fn bytemuck_u8(v: &mut [u64]) -> &mut [u8] {
+    let len = v.len() * 8;
+    // SAFETY: u64 has no padding and any byte pattern is valid; the slice
+    // covers exactly the buffer and borrows it mutably.
+    unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr().cast(), len) }
+}
+
 /// shutdown(2) (`how`: SHUT_RD 0, SHUT_WR 1, SHUT_RDWR 2).
 pub fn shutdown(fd: i32, how: i32) -> io::Result<()> {
     // SAFETY: plain syscall on integers.

@@ -4,7 +4,9 @@
  *
  *   (none)   r4: IPv4 UDP bound to 127.0.0.1:<free>, O_NONBLOCK, SO_RCVBUF,
  *            SO_REUSEADDR, IP_TOS set, with 3 datagrams queued from two
- *            sources (s1, kept open, and s2, closed before the checkpoint);
+ *            sources (s1, kept open, and s2, closed before the checkpoint)
+ *            and a fourth from a4 (autobound to the wildcard, kept open);
+ *            r6d: dual-stack on [::] with a datagram from s1 (IPv4);
  *            r6: the same on [::1] with IPV6_V6ONLY, from two closed
  *            sources; c4: a UDP socket connected to p4; u: never bound;
  *            nl: NETLINK_ROUTE bound with RTMGRP_LINK; m4: joined to
@@ -29,7 +31,9 @@
 #include <netinet/ip.h>
 #include <sys/socket.h>
 
-static int r4, r6, s1, c4, p4, u, nl, m4;
+static int r4, r6, s1, c4, p4, u, nl, m4, a4, r6d;
+static struct sockaddr_in a4a;
+static struct sockaddr_in6 r6da, s1m;
 static struct sockaddr_in r4a, s1a, s2a, c4a, p4a;
 static struct sockaddr_in6 r6a, t1a, t2a;
 static int rcvbuf4, tos4, reuse4, v6only6, rcvbuf6;
@@ -239,7 +243,10 @@ static void verify(void)
     expect4(r4, "r4 #1", "one", &s1a);
     expect4(r4, "r4 #2", "second-from-s2", &s2a);
     expect4(r4, "r4 #3", "third", &s1a);
-    expect_empty(r4, "r4 after 3");
+    expect4(r4, "r4 #4", "fourth-from-a4", &a4a);
+    expect_empty(r4, "r4 after 4");
+    expect6(r6d, "r6d #1", "v4-to-dual", &s1m);
+    expect_empty(r6d, "r6d after 1");
     send_to(s1, "after", &r4a, sizeof(r4a));
     expect4(r4, "r4 new", "after", &s1a);
 
@@ -317,6 +324,10 @@ int main(int argc, char **argv)
         send_to(s2, "second-from-s2", &r4a, sizeof(r4a));
         send_to(s1, "third", &r4a, sizeof(r4a));
         close(s2);
+        a4 = udp(AF_INET, NULL, 0);
+        send_to(a4, "fourth-from-a4", &r4a, sizeof(r4a));
+        name_of(a4, &a4a, sizeof(a4a));
+        a4a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
         rcvbuf4 = getint(r4, SOL_SOCKET, SO_RCVBUF);
         reuse4 = getint(r4, SOL_SOCKET, SO_REUSEADDR);
         tos4 = getint(r4, IPPROTO_IP, IP_TOS);
@@ -337,6 +348,17 @@ int main(int argc, char **argv)
         close(t1);
         close(t2);
         v6only6 = getint(r6, IPPROTO_IPV6, IPV6_V6ONLY);
+        struct sockaddr_in6 any6 = {.sin6_family = AF_INET6};
+        r6d = udp(AF_INET6, &any6, sizeof(any6));
+        name_of(r6d, &r6da, sizeof(r6da));
+        struct sockaddr_in to = lo4();
+        to.sin_port = r6da.sin6_port;
+        send_to(s1, "v4-to-dual", &to, sizeof(to));
+        memset(&s1m, 0, sizeof(s1m));
+        s1m.sin6_family = AF_INET6;
+        s1m.sin6_port = s1a.sin_port;
+        s1m.sin6_addr.s6_addr[10] = s1m.sin6_addr.s6_addr[11] = 0xff;
+        memcpy(&s1m.sin6_addr.s6_addr[12], &s1a.sin_addr, 4);
         rcvbuf6 = getint(r6, SOL_SOCKET, SO_RCVBUF);
 
         p4 = udp(AF_INET, &a, sizeof(a));

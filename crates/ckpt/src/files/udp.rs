@@ -312,10 +312,10 @@ impl FdKind for Udp {
             let fd = new_socket(cx, f, u)?;
             made.push((f, u, fd));
         }
-        for &(f, u, fd) in &made {
+        for &(f, u, _) in &made {
             if u.queued > 0 {
                 let q: Vec<&UdpQueue> = queue_of(cx.img, f.id).collect();
-                refill(&made, u, fd, &q).map_err(|e| fail(cx, f, &e))?;
+                refill(&made, u, &q).map_err(|e| fail(cx, f, &e))?;
             }
         }
         for &(f, u, fd) in &made {
@@ -413,28 +413,46 @@ fn bind(fd: i32, u: &UdpSk) -> std::io::Result<()> {
 fn refill(
     made: &[(&File, &UdpSk, i32)],
     u: &UdpSk,
-    fd: i32,
     q: &[&UdpQueue],
 ) -> std::result::Result<(), String> {
-    let dest = loopback_dest(&u.local.0);
     let mut helpers: Vec<(Vec<u8>, i32)> = Vec::new();
     let r = (|| {
         for d in q {
-            let src = &d.source.0;
-            let from = match made.iter().find(|m| m.1.local.0 == *src) {
-                Some(m) => m.2,
-                None => match helpers.iter().find(|h| h.0 == *src) {
+            // An IPv4 source of an IPv6 socket (::ffff:a.b.c.d) sends as IPv4.
+            let (family, src, dest) = match (
+                unmap(&d.source.0),
+                unmap(&loopback_dest(&u.local.0, &d.source.0)),
+            ) {
+                (Some(s), Some(t)) => (libc::AF_INET as u32, s, t),
+                _ => (
+                    u.family,
+                    d.source.0.clone(),
+                    loopback_dest(&u.local.0, &d.source.0),
+                ),
+            };
+            let src = &src;
+            let sent = if let Some(m) = made.iter().find(|m| m.1.local.0 == *src) {
+                sys::sendto(m.2, &d.data.0, &dest)
+            } else if let Some(m) = made.iter().find(|m| {
+                m.1.family == family && port(&m.1.local.0) == port(src) && wildcard(&m.1.local.0)
+            }) {
+                // The restored socket of that port, bound to the wildcard:
+                // the source address is chosen with IP_PKTINFO.
+                send_from_wildcard(m.2, family, &d.data.0, &dest, src)
+            } else {
+                let h = match helpers.iter().find(|h| h.0 == *src) {
                     Some(h) => h.1,
                     None => {
-                        let h = helper(u.family, src).map_err(|e| {
+                        let h = helper(family, src).map_err(|e| {
                             format!("cannot send its queued datagrams again from {}: {e} (is another socket bound there?)", show_addr(src))
                         })?;
                         helpers.push((src.clone(), h));
                         h
                     }
-                },
+                };
+                sys::sendto(h, &d.data.0, &dest)
             };
-            let n = sys::sendto(from, &d.data.0, &dest).map_err(|e| {
+            let n = sent.map_err(|e| {
                 format!(
                     "send queued datagram {} from {}: {e}",
                     d.seq,
@@ -447,11 +465,54 @@ fn refill(
         }
         Ok(())
     })();
-    let _ = fd;
     for (_, h) in helpers {
         sys::close(h);
     }
     r
+}
+
+/// The sockaddr_in of a v4-mapped sockaddr_in6 (::ffff:a.b.c.d).
+fn unmap(a: &[u8]) -> Option<Vec<u8>> {
+    if a.len() != 28 || a[8..20] != [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff] {
+        return None;
+    }
+    let mut v = vec![0u8; 16];
+    v[..2].copy_from_slice(&(libc::AF_INET as u16).to_ne_bytes());
+    v[2..4].copy_from_slice(&a[2..4]);
+    v[4..8].copy_from_slice(&a[20..24]);
+    Some(v)
+}
+
+/// Whether raw sockaddr `a` has the wildcard address.
+fn wildcard(a: &[u8]) -> bool {
+    if a.len() == 16 {
+        a[4..8] == [0; 4]
+    } else {
+        a.len() == 28 && a[8..24] == [0; 16]
+    }
+}
+
+/// Sends from socket `fd` (bound to the wildcard) with source address
+/// that of `src` (IP_PKTINFO / IPV6_PKTINFO).
+fn send_from_wildcard(
+    fd: i32,
+    family: u32,
+    data: &[u8],
+    dest: &[u8],
+    src: &[u8],
+) -> std::io::Result<usize> {
+    if family == libc::AF_INET as u32 {
+        // struct in_pktinfo: ifindex, spec_dst, addr.
+        let mut info = [0u8; 12];
+        info[4..8].copy_from_slice(&src[4..8]);
+        sys::sendmsg_cmsg(fd, data, dest, SOL_IP, 8, &info)
+    } else {
+        // struct in6_pktinfo: addr, ifindex (a v4-mapped address works for
+        // a v4-mapped destination).
+        let mut info = [0u8; 20];
+        info[..16].copy_from_slice(&src[8..24]);
+        sys::sendmsg_cmsg(fd, data, dest, SOL_IPV6, 50, &info)
+    }
 }
 
 /// A socket bound to `src` whatever it is (IP_TRANSPARENT, IP_FREEBIND;
@@ -478,16 +539,21 @@ fn helper(family: u32, src: &[u8]) -> std::io::Result<i32> {
     }
 }
 
-/// Where to send to reach a socket bound to `local`: that address, or
-/// loopback for the wildcard.
-fn loopback_dest(local: &[u8]) -> Vec<u8> {
+/// Where to send to reach a socket bound to `local` from `src`: that
+/// address, or loopback for the wildcard (::ffff:127.0.0.1 when an IPv6
+/// socket hears from an IPv4 source).
+fn loopback_dest(local: &[u8], src: &[u8]) -> Vec<u8> {
     let mut d = local.to_vec();
-    if d.len() >= 16 && u16::from_ne_bytes([d[0], d[1]]) == libc::AF_INET as u16 {
+    if d.len() == 16 {
         if d[4..8] == [0; 4] {
             d[4..8].copy_from_slice(&[127, 0, 0, 1]);
         }
-    } else if d.len() >= 24 && d[8..24] == [0; 16] {
-        d[23] = 1; // ::1
+    } else if d.len() == 28 && d[8..24] == [0; 16] {
+        if src.len() == 28 && src[8..20] == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff] {
+            d[18..24].copy_from_slice(&[0xff, 0xff, 127, 0, 0, 1]);
+        } else {
+            d[23] = 1; // ::1
+        }
     }
     d
 }
@@ -891,7 +957,7 @@ mod tests {
         assert_eq!(sys::siocinq(r).unwrap(), 3);
         assert_eq!(sys::getsockopt_int(r, libc::SOL_SOCKET, 42).unwrap(), -1);
         assert_eq!(show_addr(&local).split(':').next(), Some("127.0.0.1"));
-        assert_eq!(loopback_dest(&any), any);
+        assert_eq!(loopback_dest(&any, &src), any);
         sys::close(r);
         sys::close(s);
     }
