@@ -1,8 +1,10 @@
 //! UDP and netlink sockets (see `workloads/udp.c`): bound IPv4 and IPv6
 //! sockets with datagrams queued from two sources, a connected socket, an
-//! unbound one and a NETLINK_ROUTE socket with groups come back and verify
-//! themselves; a filter, a packet socket and a netlink socket with queued
-//! replies are refused at checkpoint, and the process keeps running.
+//! unbound one, multicast memberships, shut down sockets and a
+//! NETLINK_ROUTE socket with groups come back and verify themselves; a
+//! filter, a packet socket, a NETLINK_SOCK_DIAG socket and a netlink
+//! socket with queued replies are refused at checkpoint, and the process
+//! keeps running.
 //!
 //! These tests need root; without it they print `SKIP: ...` and pass.
 
@@ -58,5 +60,15 @@ fn checkpoint_refuses_netlink_socket_with_queued_messages() {
         "udp",
         "nlqueue",
         &["NETLINK_ROUTE", "receive queue"],
+    );
+}
+
+#[test]
+fn checkpoint_refuses_netlink_sock_diag_socket() {
+    refused_workload(
+        "checkpoint_refuses_netlink_sock_diag_socket",
+        "udp",
+        "diag",
+        &["netlink socket of family NETLINK_SOCK_DIAG"],
     );
 }

@@ -17,6 +17,10 @@
  *            ports, c4 sends to p4 and hears only p4, the options read back
  *            the same, nl has the same port id and groups and answers an
  *            RTM_GETLINK dump, m4 has both groups with the same filters.
+ *            shr: bound, shutdown(SHUT_RD); shw: connected,
+ *            shutdown(SHUT_WR): after restart shr polls POLLRDHUP, shw
+ *            sends EPIPE.
+ *   diag     a NETLINK_SOCK_DIAG socket (refused)
  *   filter   a UDP socket with a classic filter attached (refused)
  *   packet   an AF_PACKET socket (refused)
  *   nlqueue  a netlink socket with replies queued (refused)
@@ -29,9 +33,10 @@
 #include <linux/rtnetlink.h>
 #include <netinet/in.h>
 #include <netinet/ip.h>
+#include <poll.h>
 #include <sys/socket.h>
 
-static int r4, r6, s1, c4, p4, u, nl, m4, a4, r6d;
+static int r4, r6, s1, c4, p4, u, nl, m4, a4, r6d, shr, shw;
 static struct sockaddr_in a4a;
 static struct sockaddr_in6 r6da, s1m;
 static struct sockaddr_in r4a, s1a, s2a, c4a, p4a;
@@ -283,6 +288,11 @@ static void verify(void)
 
     verify_netlink();
     verify_multicast();
+
+    struct pollfd pf = {.fd = shr, .events = POLLIN | POLLRDHUP};
+    WL_CHECK(poll(&pf, 1, 0) == 1 && (pf.revents & POLLRDHUP), "shr is no longer shut down for reading");
+    signal(SIGPIPE, SIG_IGN);
+    WL_CHECK(send(shw, "x", 1, 0) < 0 && errno == EPIPE, "shw is no longer shut down for writing");
 }
 
 int main(int argc, char **argv)
@@ -295,6 +305,9 @@ int main(int argc, char **argv)
         struct sock_fprog prog = {1, code};
         if (setsockopt(fd, SOL_SOCKET, SO_ATTACH_FILTER, &prog, sizeof(prog)) != 0)
             wl_die("SO_ATTACH_FILTER");
+    } else if (strcmp(mode, "diag") == 0) {
+        if (socket(AF_NETLINK, SOCK_RAW, NETLINK_SOCK_DIAG) < 0)
+            wl_die("socket(NETLINK_SOCK_DIAG)");
     } else if (strcmp(mode, "packet") == 0) {
         if (socket(AF_PACKET, SOCK_DGRAM, 0) < 0)
             wl_die("socket(AF_PACKET)");
@@ -369,6 +382,11 @@ int main(int argc, char **argv)
         name_of(c4, &c4a, sizeof(c4a));
         u = udp(AF_INET, NULL, 0);
 
+        shr = udp(AF_INET, &a, sizeof(a));
+        shutdown(shr, SHUT_RD); /* ENOTCONN, but recorded */
+        shw = udp(AF_INET, NULL, 0);
+        if (connect(shw, (struct sockaddr *)&p4a, sizeof(p4a)) != 0 || shutdown(shw, SHUT_WR) != 0)
+            wl_die("shw");
         m4 = udp(AF_INET, NULL, 0);
         struct ip_mreqn mr = {.imr_ifindex = 1};
         mr.imr_multiaddr.s_addr = inet_addr("239.1.2.3");
