@@ -3,7 +3,7 @@
  * (argv[3]):
  *
  *   (none)   r4: IPv4 UDP bound to 127.0.0.1:<free>, O_NONBLOCK, SO_RCVBUF,
- *            SO_REUSEADDR, IP_TOS set, with 3 datagrams queued from two
+ *            SO_REUSEADDR, IP_TOS, IP_PKTINFO set (c4: IP_RECVERR), with 3 datagrams queued from two
  *            sources (s1, kept open, and s2, closed before the checkpoint)
  *            and a fourth from a4 (autobound to the wildcard, kept open);
  *            r6d: dual-stack on [::] with a datagram from s1 (IPv4);
@@ -239,6 +239,8 @@ static void verify(void)
     WL_CHECK(getint(r4, SOL_SOCKET, SO_REUSEADDR) == reuse4, "r4 SO_REUSEADDR changed");
     WL_CHECK(getint(r4, IPPROTO_IP, IP_TOS) == tos4, "r4 IP_TOS %d, was %d",
              getint(r4, IPPROTO_IP, IP_TOS), tos4);
+    WL_CHECK(getint(r4, IPPROTO_IP, IP_PKTINFO) == 1, "r4 lost IP_PKTINFO");
+    WL_CHECK(getint(c4, IPPROTO_IP, IP_RECVERR) == 1, "c4 lost IP_RECVERR");
     WL_CHECK(getint(r6, IPPROTO_IPV6, IPV6_V6ONLY) == v6only6, "r6 IPV6_V6ONLY changed");
     WL_CHECK(getint(r6, SOL_SOCKET, SO_RCVBUF) == rcvbuf6, "r6 SO_RCVBUF changed");
     struct sockaddr_in now;
@@ -323,7 +325,8 @@ int main(int argc, char **argv)
         int one = 1, tos = IPTOS_LOWDELAY, rb = 50000;
         if (setsockopt(r4, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) ||
             setsockopt(r4, SOL_SOCKET, SO_RCVBUF, &rb, sizeof(rb)) ||
-            setsockopt(r4, IPPROTO_IP, IP_TOS, &tos, sizeof(tos)))
+            setsockopt(r4, IPPROTO_IP, IP_TOS, &tos, sizeof(tos)) ||
+            setsockopt(r4, IPPROTO_IP, IP_PKTINFO, &one, sizeof(one)))
             wl_die("r4 options");
         if (bind(r4, (struct sockaddr *)&a, sizeof(a)) != 0)
             wl_die("bind r4");
@@ -377,7 +380,8 @@ int main(int argc, char **argv)
         p4 = udp(AF_INET, &a, sizeof(a));
         name_of(p4, &p4a, sizeof(p4a));
         c4 = udp(AF_INET, NULL, 0);
-        if (connect(c4, (struct sockaddr *)&p4a, sizeof(p4a)) != 0)
+        if (setsockopt(c4, IPPROTO_IP, IP_RECVERR, &one, sizeof(one)) ||
+            connect(c4, (struct sockaddr *)&p4a, sizeof(p4a)) != 0)
             wl_die("connect c4");
         name_of(c4, &c4a, sizeof(c4a));
         u = udp(AF_INET, NULL, 0);
