@@ -431,7 +431,7 @@ fn refill(
                 ),
             };
             let src = &src;
-            let sent = if let Some(m) = made.iter().find(|m| m.1.local.0 == *src) {
+            let sent = if let Some(m) = made.iter().find(|m| same_addr(&m.1.local.0, src)) {
                 sys::sendto(m.2, &d.data.0, &dest)
             } else if let Some(m) = made.iter().find(|m| {
                 m.1.family == family && port(&m.1.local.0) == port(src) && wildcard(&m.1.local.0)
@@ -440,7 +440,7 @@ fn refill(
                 // the source address is chosen with IP_PKTINFO.
                 send_from_wildcard(m.2, family, &d.data.0, &dest, src)
             } else {
-                let h = match helpers.iter().find(|h| h.0 == *src) {
+                let h = match helpers.iter().find(|h| same_addr(&h.0, src)) {
                     Some(h) => h.1,
                     None => {
                         let h = helper(family, src).map_err(|e| {
@@ -481,6 +481,16 @@ fn unmap(a: &[u8]) -> Option<Vec<u8>> {
     v[2..4].copy_from_slice(&a[2..4]);
     v[4..8].copy_from_slice(&a[20..24]);
     Some(v)
+}
+
+/// Whether raw sockaddrs `a` and `b` name one address and port (an IPv6
+/// flow label, which recvfrom may report, does not count).
+fn same_addr(a: &[u8], b: &[u8]) -> bool {
+    match (a.len(), b.len()) {
+        (16, 16) => a[..8] == b[..8],
+        (28, 28) => a[..4] == b[..4] && a[8..] == b[8..],
+        _ => false,
+    }
 }
 
 /// Whether raw sockaddr `a` has the wildcard address.
