@@ -232,6 +232,61 @@ mod tests {
     use super::*;
 
     #[test]
+    fn validation_refuses_other_families_and_bad_fields() {
+        let check = |n: NetlinkSk| {
+            let img = crate::model::Image {
+                objects: vec![n.into()],
+                ..Default::default()
+            };
+            let f = File {
+                id: 1,
+                kind: FILE_NETLINK,
+                ..Default::default()
+            };
+            Netlink.validate(
+                &Check {
+                    img: &img,
+                    fs: None,
+                },
+                &f,
+            )
+        };
+        let ok = NetlinkSk {
+            file_id: 1,
+            sock_type: libc::SOCK_RAW as u32,
+            protocol: libc::NETLINK_GENERIC as u32,
+            groups: vec![1, 0, 4],
+            opts: SockOpts {
+                peek_off: -1,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        assert_eq!(check(ok.clone()), Ok(()));
+        let e = check(NetlinkSk {
+            protocol: 4,
+            ..ok.clone()
+        })
+        .unwrap_err();
+        assert!(e.contains("NETLINK_SOCK_DIAG"), "{e}");
+        assert!(check(NetlinkSk {
+            sock_type: 1,
+            ..ok.clone()
+        })
+        .is_err());
+        assert!(check(NetlinkSk {
+            flags: 128,
+            ..ok.clone()
+        })
+        .is_err());
+        assert!(check(NetlinkSk {
+            groups: vec![0; 33],
+            ..ok
+        })
+        .is_err());
+    }
+
+    #[test]
     fn route_socket_state_comes_back() {
         let a = sys::socket(libc::AF_NETLINK, libc::SOCK_RAW, libc::NETLINK_ROUTE).unwrap();
         sys::bind(a, &sockaddr_nl(0, 1)).unwrap(); // RTMGRP_LINK

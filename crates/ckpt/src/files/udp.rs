@@ -928,6 +928,92 @@ mod tests {
         );
     }
 
+    fn validate_recs(recs: Vec<AnyRecord>) -> std::result::Result<(), String> {
+        let img = crate::model::Image {
+            objects: recs,
+            ..Default::default()
+        };
+        let c = Check {
+            img: &img,
+            fs: None,
+        };
+        let f = File {
+            id: 1,
+            kind: FILE_UDP,
+            ..Default::default()
+        };
+        Udp.validate(&c, &f)
+    }
+
+    fn v4(port: u16) -> Bytes {
+        let mut a = vec![0u8; 16];
+        a[..2].copy_from_slice(&(libc::AF_INET as u16).to_ne_bytes());
+        a[2..4].copy_from_slice(&port.to_be_bytes());
+        a[4..8].copy_from_slice(&[127, 0, 0, 1]);
+        Bytes(a)
+    }
+
+    #[test]
+    fn validation_refuses_malformed_sockets_and_queues() {
+        let sk = |queued| UdpSk {
+            file_id: 1,
+            family: libc::AF_INET as u32,
+            local: v4(5000),
+            queued,
+            opts: SockOpts {
+                peek_off: -1,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let dg = |seq, len| UdpQueue {
+            file_id: 1,
+            seq,
+            source: v4(6000),
+            data: Bytes(vec![7; len]),
+        };
+        assert_eq!(validate_recs(vec![sk(0).into()]), Ok(()));
+        assert_eq!(
+            validate_recs(vec![sk(2).into(), dg(0, 3).into(), dg(1, 0).into()]),
+            Ok(())
+        );
+        // Count, order, sizes, addresses.
+        assert!(validate_recs(vec![sk(2).into(), dg(0, 3).into()]).is_err());
+        assert!(validate_recs(vec![sk(2).into(), dg(1, 3).into(), dg(0, 3).into()]).is_err());
+        assert!(validate_recs(vec![sk(1).into(), dg(0, 70000).into()]).is_err());
+        let mut bad = dg(0, 1);
+        bad.source = Bytes(vec![1, 2, 3]);
+        assert!(validate_recs(vec![sk(1).into(), bad.into()]).is_err());
+        assert!(validate_recs(vec![UdpSk { family: 1, ..sk(0) }.into()]).is_err());
+        assert!(validate_recs(vec![
+            UdpSk {
+                local: v4(0),
+                ..sk(1)
+            }
+            .into(),
+            dg(0, 1).into()
+        ])
+        .is_err());
+        assert!(validate_recs(vec![UdpSk {
+            shutdown: 4,
+            ..sk(0)
+        }
+        .into()])
+        .is_err());
+        let mut o = sk(0);
+        o.opts.bindtodevice = Text(vec![b'x'; 16]);
+        assert!(validate_recs(vec![o.into()]).is_err());
+        let mut g = sk(0);
+        g.groups = vec![UdpGroup {
+            ifindex: 0,
+            group: v4(0),
+            ..Default::default()
+        }];
+        assert!(validate_recs(vec![g.into()]).is_err());
+        assert!(validate_recs(vec![]).is_err());
+        assert!(validate_recs(vec![sk(0).into(), sk(0).into()]).is_err());
+    }
+
     #[test]
     fn shutdown_state_is_read_from_sock_diag() {
         let a = sys::socket(libc::AF_INET6, libc::SOCK_DGRAM, 0).unwrap();
