@@ -16,12 +16,18 @@
 //! which answers (with the source filter) only for the socket's own, and
 //! restart joins them again (MCAST_JOIN_GROUP, then the filter).
 //!
-//! Refused: a filter attached (`sockopt::refuse_filters`), UDP_CORK with pending data, UDP encapsulation, GSO/GRO, a queue beyond
+//! Refused: a filter attached (`sockopt::refuse_filters`), UDP_CORK,
+//! UDP encapsulation, GSO/GRO (UDP_SEGMENT, UDP_GRO), a queue beyond
 //! `MAX_QUEUE_BYTES` / `MAX_QUEUE_DATAGRAMS`.
 //!
-//! Not seen: the shutdown state of a socket never bound (sock_diag does
-//! not list it; a bound one's comes from INET_DIAG_SHUTDOWN); zero-length datagrams behind non-empty ones (the kernel's peek
-//! offset skips them); an IPv4 IP_MULTICAST_IF given by ifindex only
+//! Zero-length datagrams are saved too: the peek offset walk returns each
+//! once (the kernel marks it peeked), and a plain peek first catches one at
+//! the head that the process had peeked at itself.
+//!
+//! Not seen: a second zero-length datagram the process had peeked at,
+//! right behind the first (the walk steps over those); the shutdown state
+//! of a socket never bound (sock_diag does not list it; a bound one's comes
+//! from INET_DIAG_SHUTDOWN); an IPv4 IP_MULTICAST_IF given by ifindex only
 //! (getsockopt shows the address); whether a connected socket was bound to
 //! the wildcard before connect (restart binds it to the address connect
 //! chose, which only matters after a later disconnect).
@@ -619,6 +625,20 @@ fn peek_queue(fd: i32, peek_off: i32) -> std::result::Result<Vec<Datagram>, Queu
     let mut out = Vec::new();
     let mut total = 0usize;
     let mut buf = vec![0u8; 65536];
+    // A zero-length datagram the process already peeked at is stepped over
+    // by the peek offset: a plain peek sees the head whatever it is (and
+    // marks it, so the offset walk below steps over it in turn).
+    let head = sockopt::set_peek_off(fd, -1)
+        .and_then(|_| sys::recv_peek(fd, &mut buf))
+        .and_then(|h| sockopt::set_peek_off(fd, 0).map(|_| h));
+    match head {
+        Ok(Some((0, src))) => out.push((src, Vec::new())),
+        Ok(_) => {}
+        Err(e) => {
+            let _ = sockopt::set_peek_off(fd, peek_off);
+            return Err(QueueErr::Sys("recvfrom(MSG_PEEK)", e));
+        }
+    }
     let r = loop {
         match sys::recv_peek(fd, &mut buf) {
             Ok(None) => break Ok(()),
@@ -1039,6 +1059,21 @@ mod tests {
             sys::sendto(s, m, &local).unwrap();
         }
         let src = sys::sockname(s).unwrap();
+        // Zero-length ones: one the process peeked at, one later.
+        let r0 = sys::socket(libc::AF_INET, libc::SOCK_DGRAM, 0).unwrap();
+        sys::bind(r0, &any).unwrap();
+        let l0 = sys::sockname(r0).unwrap();
+        for m in [&b""[..], b"x", b""] {
+            sys::sendto(s, m, &l0).unwrap();
+        }
+        let mut b = [0u8; 8];
+        assert_eq!(sys::recv_peek(r0, &mut b).unwrap().unwrap().0, 0);
+        let q0: Vec<usize> = match peek_queue(r0, -1) {
+            Ok(q) => q.iter().map(|d| d.1.len()).collect(),
+            Err(_) => panic!("peek of zero-length datagrams failed"),
+        };
+        assert_eq!(q0, vec![0, 1, 0]);
+        sys::close(r0);
         let q = match peek_queue(r, -1) {
             Ok(q) => q,
             Err(QueueErr::Refuse(w)) => panic!("peek refused: {w}"),
