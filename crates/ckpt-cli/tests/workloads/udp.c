@@ -8,7 +8,8 @@
  *            and a fourth from a4 (autobound to the wildcard, kept open);
  *            r6d: dual-stack on [::] with a datagram from s1 (IPv4);
  *            r6: the same on [::1] with IPV6_V6ONLY, from two closed
- *            sources; c4: a UDP socket connected to p4; u: never bound;
+ *            sources, and SO_PEEK_OFF 0 with the first datagram peeked
+ *            (offset 5: the next MSG_PEEK gives the second); c4: a UDP socket connected to p4; u: never bound;
  *            nl: NETLINK_ROUTE bound with RTMGRP_LINK; m4: joined to
  *            239.1.2.3 on lo and to 232.1.1.1 from source 127.0.0.5 only,
  *            IP_MULTICAST_TTL 5, IP_MULTICAST_LOOP 0.
@@ -257,6 +258,11 @@ static void verify(void)
     send_to(s1, "after", &r4a, sizeof(r4a));
     expect4(r4, "r4 new", "after", &s1a);
 
+    WL_CHECK(getint(r6, SOL_SOCKET, SO_PEEK_OFF) == 5, "r6 SO_PEEK_OFF %d, was 5",
+             getint(r6, SOL_SOCKET, SO_PEEK_OFF));
+    char pk[16] = {0};
+    WL_CHECK(recv(r6, pk, sizeof(pk) - 1, MSG_PEEK | MSG_DONTWAIT) == 5 && strcmp(pk, "six-2") == 0,
+             "r6 MSG_PEEK at offset 5 gives \"%s\", not six-2", pk);
     expect6(r6, "r6 #1", "six-1", &t1a);
     expect6(r6, "r6 #2", "six-2", &t2a);
     expect6(r6, "r6 #3", "six-3", &t1a);
@@ -363,6 +369,11 @@ int main(int argc, char **argv)
         send_to(t1, "six-3", &r6a, sizeof(r6a));
         close(t1);
         close(t2);
+        int zero = 0;
+        char pk[16];
+        if (setsockopt(r6, SOL_SOCKET, SO_PEEK_OFF, &zero, sizeof(zero)) ||
+            recv(r6, pk, sizeof(pk), MSG_PEEK) != 5)
+            wl_die("peek r6");
         v6only6 = getint(r6, IPPROTO_IPV6, IPV6_V6ONLY);
         struct sockaddr_in6 any6 = {.sin6_family = AF_INET6};
         r6d = udp(AF_INET6, &any6, sizeof(any6));
