@@ -24,6 +24,9 @@
 //! once (the kernel marks it peeked), and a plain peek first catches one at
 //! the head that the process had peeked at itself.
 //!
+//! An SO_REUSEPORT socket's queue may be sent to another socket of its
+//! group at restart: the check then fails the restart, saying so.
+//!
 //! Not seen: a second zero-length datagram the process had peeked at,
 //! right behind the first (the walk steps over those); the shutdown state
 //! of a socket never bound (sock_diag does not list it; a bound one's comes
@@ -344,7 +347,14 @@ impl FdKind for Udp {
             }
             if u.queued > 0 {
                 let q: Vec<&UdpQueue> = queue_of(cx.img, f.id).collect();
-                verify_queue(fd, &q, u.opts.peek_off).map_err(|e| fail(cx, f, &e))?;
+                verify_queue(fd, &q, u.opts.peek_off).map_err(|e| {
+                    let why = if u.opts.reuseport {
+                        " (it is in an SO_REUSEPORT group, which shares incoming datagrams between its sockets)"
+                    } else {
+                        ""
+                    };
+                    fail(cx, f, &format!("{e}{why}"))
+                })?;
             }
         }
         for (f, _, fd) in made {
