@@ -1217,6 +1217,205 @@ pub fn unix_peer_uid(fd: i32) -> Option<u32> {
     (r == 0 && cred.pid > 0).then_some(cred.uid)
 }
 
+// Sockets: generic option and address calls (addresses are raw sockaddr
+// bytes, as the image keeps them).
+
+/// getsockopt into `buf`; the length the kernel wrote.
+pub fn getsockopt_raw(fd: i32, level: i32, opt: i32, buf: &mut [u8]) -> io::Result<usize> {
+    let mut len = buf.len() as libc::socklen_t;
+    // SAFETY: buf is writable for len bytes; the kernel updates len.
+    let r = unsafe { libc::getsockopt(fd, level, opt, buf.as_mut_ptr().cast(), &mut len) };
+    check(r as libc::c_long)?;
+    Ok(len as usize)
+}
+
+/// An int socket option.
+pub fn getsockopt_int(fd: i32, level: i32, opt: i32) -> io::Result<i32> {
+    let mut b = [0u8; 4];
+    getsockopt_raw(fd, level, opt, &mut b)?;
+    Ok(i32::from_ne_bytes(b))
+}
+
+pub fn setsockopt_raw(fd: i32, level: i32, opt: i32, val: &[u8]) -> io::Result<()> {
+    // SAFETY: val is readable for its length.
+    check(unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            opt,
+            val.as_ptr().cast(),
+            val.len() as libc::socklen_t,
+        )
+    } as libc::c_long)?;
+    Ok(())
+}
+
+pub fn setsockopt_int(fd: i32, level: i32, opt: i32, v: i32) -> io::Result<()> {
+    setsockopt_raw(fd, level, opt, &v.to_ne_bytes())
+}
+
+/// A new socket, close-on-exec.
+pub fn socket(domain: i32, ty: i32, proto: i32) -> io::Result<i32> {
+    // SAFETY: plain syscall on integers.
+    Ok(
+        check(unsafe { libc::socket(domain, ty | libc::SOCK_CLOEXEC, proto) } as libc::c_long)?
+            as i32,
+    )
+}
+
+pub fn bind(fd: i32, addr: &[u8]) -> io::Result<()> {
+    // SAFETY: addr is a sockaddr of its length.
+    let r = unsafe { libc::bind(fd, addr.as_ptr().cast(), addr.len() as libc::socklen_t) };
+    check(r as libc::c_long)?;
+    Ok(())
+}
+
+pub fn connect(fd: i32, addr: &[u8]) -> io::Result<()> {
+    // SAFETY: addr is a sockaddr of its length.
+    let r = unsafe { libc::connect(fd, addr.as_ptr().cast(), addr.len() as libc::socklen_t) };
+    check(r as libc::c_long)?;
+    Ok(())
+}
+
+/// getsockname, as raw sockaddr bytes.
+pub fn sockname(fd: i32) -> io::Result<Vec<u8>> {
+    let mut ss = [0u8; 128];
+    let mut len = ss.len() as libc::socklen_t;
+    // SAFETY: ss is writable for len bytes.
+    check(unsafe { libc::getsockname(fd, ss.as_mut_ptr().cast(), &mut len) } as libc::c_long)?;
+    Ok(ss[..(len as usize).min(128)].to_vec())
+}
+
+/// getpeername, as raw sockaddr bytes; `None` when not connected.
+pub fn peername(fd: i32) -> io::Result<Option<Vec<u8>>> {
+    let mut ss = [0u8; 128];
+    let mut len = ss.len() as libc::socklen_t;
+    // SAFETY: ss is writable for len bytes.
+    match check(unsafe { libc::getpeername(fd, ss.as_mut_ptr().cast(), &mut len) } as libc::c_long)
+    {
+        Ok(_) => Ok(Some(ss[..(len as usize).min(128)].to_vec())),
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Peeks at the next datagram without waiting (MSG_PEEK|MSG_DONTWAIT|MSG_TRUNC):
+/// its full length (bytes copied: up to `buf.len()`) and source address;
+/// `None` when the queue is empty.
+pub fn recv_peek(fd: i32, buf: &mut [u8]) -> io::Result<Option<(usize, Vec<u8>)>> {
+    let mut ss = [0u8; 128];
+    let mut len = ss.len() as libc::socklen_t;
+    // SAFETY: buf and ss are writable for their lengths.
+    let r = unsafe {
+        libc::recvfrom(
+            fd,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_PEEK | libc::MSG_DONTWAIT | libc::MSG_TRUNC,
+            ss.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    match check(r as libc::c_long) {
+        Ok(n) => Ok(Some((n as usize, ss[..(len as usize).min(128)].to_vec()))),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// One datagram to `addr`.
+pub fn sendto(fd: i32, data: &[u8], addr: &[u8]) -> io::Result<usize> {
+    // SAFETY: data and addr are readable for their lengths.
+    let r = unsafe {
+        libc::sendto(
+            fd,
+            data.as_ptr().cast(),
+            data.len(),
+            libc::MSG_DONTWAIT,
+            addr.as_ptr().cast(),
+            addr.len() as libc::socklen_t,
+        )
+    };
+    Ok(check(r as libc::c_long)? as usize)
+}
+
+/// SO_MEMINFO: the socket's memory counters (`SK_MEMINFO_*` order; [0] is
+/// the receive queue's allocation).
+pub fn sock_meminfo(fd: i32) -> io::Result<[u32; 9]> {
+    let mut b = [0u8; 36];
+    getsockopt_raw(fd, libc::SOL_SOCKET, libc::SO_MEMINFO, &mut b)?;
+    let mut m = [0u32; 9];
+    for (i, v) in m.iter_mut().enumerate() {
+        *v = u32::from_ne_bytes(b[i * 4..i * 4 + 4].try_into().expect("4 bytes"));
+    }
+    Ok(m)
+}
+
+/// One datagram to `addr` with one control message (`level`, `ty`,
+/// `data`), such as IP_PKTINFO choosing the source address.
+pub fn sendmsg_cmsg(
+    fd: i32,
+    payload: &[u8],
+    addr: &[u8],
+    level: i32,
+    ty: i32,
+    data: &[u8],
+) -> io::Result<usize> {
+    const HDR: usize = std::mem::size_of::<libc::cmsghdr>();
+    const _: () = assert!(HDR == 16);
+    let space = HDR + data.len().next_multiple_of(8);
+    let mut control = vec![0u64; space / 8];
+    let hdr = libc::cmsghdr {
+        cmsg_len: HDR + data.len(),
+        cmsg_level: level,
+        cmsg_type: ty,
+    };
+    let bytes: &mut [u8] = bytemuck_u8(&mut control);
+    bytes[..8].copy_from_slice(&hdr.cmsg_len.to_ne_bytes());
+    bytes[8..12].copy_from_slice(&hdr.cmsg_level.to_ne_bytes());
+    bytes[12..16].copy_from_slice(&hdr.cmsg_type.to_ne_bytes());
+    bytes[HDR..HDR + data.len()].copy_from_slice(data);
+    let mut iov = libc::iovec {
+        iov_base: payload.as_ptr() as *mut libc::c_void,
+        iov_len: payload.len(),
+    };
+    // SAFETY: msghdr is plain data; every pointer set below is valid.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_name = addr.as_ptr() as *mut libc::c_void;
+    msg.msg_namelen = addr.len() as libc::socklen_t;
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = space;
+    // SAFETY: msg points at live buffers (payload, addr, control) of the
+    // lengths given; the kernel only reads them.
+    let r = unsafe { libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT) };
+    Ok(check(r as libc::c_long)? as usize)
+}
+
+/// The bytes of a u64 buffer (8-byte aligned, as control messages need).
+fn bytemuck_u8(v: &mut [u64]) -> &mut [u8] {
+    let len = v.len() * 8;
+    // SAFETY: u64 has no padding and any byte pattern is valid; the slice
+    // covers exactly the buffer and borrows it mutably.
+    unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr().cast(), len) }
+}
+
+/// shutdown(2) (`how`: SHUT_RD 0, SHUT_WR 1, SHUT_RDWR 2).
+pub fn shutdown(fd: i32, how: i32) -> io::Result<()> {
+    // SAFETY: plain syscall on integers.
+    check(unsafe { libc::shutdown(fd, how) } as libc::c_long)?;
+    Ok(())
+}
+
+/// ioctl(SIOCINQ) (for UDP: the length of the first queued datagram).
+pub fn siocinq(fd: i32) -> io::Result<i32> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: n is a valid int out-pointer for SIOCINQ (== FIONREAD).
+    check(unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n as *mut libc::c_int) } as libc::c_long)?;
+    Ok(n)
+}
+
 /// The primary group and every group (getgrouplist) of user `uid` from the
 /// user database, or `None` when it has no entry.
 pub fn user_groups(uid: u32) -> Option<(u32, Vec<u32>)> {

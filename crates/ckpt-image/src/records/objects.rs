@@ -237,3 +237,113 @@ record!(
         now_nsec: u32,
     }
 );
+
+fields!(
+    /// The SOL_SOCKET options of a socket, common to every family (saved
+    /// and set again by ckpt's `files::sockopt`; other socket kinds embed
+    /// it in their own record).
+    SockOpts {
+        reuseaddr: bool,
+        reuseport: bool,
+        keepalive: bool,
+        broadcast: bool,
+        passcred: bool,
+        /// SO_RCVBUF / SO_SNDBUF as getsockopt reads them (the kernel's
+        /// doubled value).
+        rcvbuf: u32,
+        sndbuf: u32,
+        /// SO_LINGER: on, seconds.
+        linger_on: bool,
+        linger_secs: u32,
+        /// SO_RCVTIMEO / SO_SNDTIMEO in microseconds (0: none).
+        rcvtimeo_us: u64,
+        sndtimeo_us: u64,
+        priority: u32,
+        mark: u32,
+        /// SO_BINDTODEVICE ("": none).
+        bindtodevice: Text,
+        /// SO_PEEK_OFF (-1: off).
+        peek_off: i32,
+    }
+);
+
+fields!(
+    /// A multicast group a UDP socket joined on interface `ifindex`:
+    /// `group` a raw sockaddr (AF_INET or AF_INET6), the source filter mode
+    /// (`include`: MCAST_INCLUDE, else MCAST_EXCLUDE) and its sources.
+    UdpGroup { ifindex: u32, group: Bytes, include: bool, sources: Vec<Bytes> }
+);
+
+record!(
+    /// UDP socket `file_id` (IPv4 or IPv6; O_NONBLOCK/O_ASYNC are the
+    /// `File`'s status flags). Addresses are raw sockaddr_in/sockaddr_in6
+    /// bytes; `local` port 0: never bound; `peer` empty: not connected.
+    /// `queued` `UdpQueue` records follow.
+    UdpSk = T_UDP_SK, "udp-socket" {
+        file_id: u32,
+        /// AF_INET or AF_INET6.
+        family: u32,
+        local: Bytes,
+        peer: Bytes,
+        opts: SockOpts,
+        /// IP_TOS / IPV6_TCLASS.
+        tos: i32,
+        /// IP_TTL / IPV6_UNICAST_HOPS.
+        ttl: i32,
+        v6only: bool,
+        mc_ttl: i32,
+        mc_loop: bool,
+        /// IP_MULTICAST_ALL (IPv4 only).
+        mc_all: bool,
+        /// IP_MULTICAST_IF: address (IPv4) or IPV6_MULTICAST_IF ifindex.
+        mc_if: u32,
+        /// IP_PKTINFO / IPV6_RECVPKTINFO.
+        pktinfo: bool,
+        /// IP_RECVERR / IPV6_RECVERR.
+        recverr: bool,
+        /// IP_FREEBIND / IPV6_FREEBIND, IP_TRANSPARENT / IPV6_TRANSPARENT.
+        freebind: bool,
+        transparent: bool,
+        /// shutdown() done on it: bit 0 SHUT_RD, bit 1 SHUT_WR (sock_diag's
+        /// INET_DIAG_SHUTDOWN).
+        shutdown: u32,
+        /// Multicast memberships.
+        groups: Vec<UdpGroup>,
+        queued: u32,
+    }
+);
+
+record!(
+    /// Datagram `seq` (0 first) queued for reading on UDP socket `file_id`,
+    /// from `source` (raw sockaddr).
+    UdpQueue = T_UDP_QUEUE, "udp-queue" { file_id: u32, seq: u32, source: Bytes, data: Bytes }
+);
+
+record!(
+    /// Netlink socket `file_id` of family `protocol` (NETLINK_ROUTE...),
+    /// bound to port id `portid` (0: unbound), with the multicast groups
+    /// of `groups` (bit n of word n/32: group n+1), connected to
+    /// `dst_portid`/`dst_group` (0: not connected). Its receive queue was
+    /// empty. `flags`: `NL_*` bits.
+    NetlinkSk = T_NETLINK_SK, "netlink-socket" {
+        file_id: u32,
+        /// SOCK_RAW or SOCK_DGRAM.
+        sock_type: u32,
+        protocol: u32,
+        portid: u32,
+        groups: Vec<u32>,
+        dst_portid: u32,
+        dst_group: u32,
+        flags: u32,
+        opts: SockOpts,
+    }
+);
+
+/// `NetlinkSk::flags`: the boolean NETLINK_* options set.
+pub const NL_PKTINFO: u32 = 1;
+pub const NL_BROADCAST_ERROR: u32 = 2;
+pub const NL_NO_ENOBUFS: u32 = 4;
+pub const NL_LISTEN_ALL_NSID: u32 = 8;
+pub const NL_CAP_ACK: u32 = 16;
+pub const NL_EXT_ACK: u32 = 32;
+pub const NL_GET_STRICT_CHK: u32 = 64;

@@ -15,12 +15,15 @@ mod eventfd;
 pub mod ghost;
 mod inotify;
 mod memfd;
+mod netlink;
 mod path;
 mod pidfd;
 mod pipe;
 mod procfile;
 mod signalfd;
+pub mod sockopt;
 mod timerfd;
+mod udp;
 
 use crate::error::{Ctx, Error, Result};
 use crate::ids::{IdSpace, ObjId};
@@ -49,6 +52,8 @@ pub static KINDS: &[&dyn FdKind] = &[
     &signalfd::SignalFd,
     &inotify::Inotify,
     &pidfd::PidFd,
+    &udp::Udp,
+    &netlink::Netlink,
     &path::ByPath,
 ];
 
@@ -258,7 +263,7 @@ fn unsupported_reason(p: &Probe) -> String {
             ckpt_image::escape(name.strip_prefix(b"[").unwrap_or(name)).trim_end_matches(']')
         )
     } else if p.meta.file_type().is_socket() {
-        "a socket".into()
+        sockopt::describe(p)
     } else if p.meta.file_type().is_block_device() {
         "a block device".into()
     } else {
