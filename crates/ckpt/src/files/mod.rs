@@ -21,6 +21,7 @@ mod pipe;
 mod procfile;
 mod signalfd;
 mod timerfd;
+mod unix;
 
 use crate::error::{Ctx, Error, Result};
 use crate::ids::{IdSpace, ObjId};
@@ -49,6 +50,7 @@ pub static KINDS: &[&dyn FdKind] = &[
     &signalfd::SignalFd,
     &inotify::Inotify,
     &pidfd::PidFd,
+    &unix::UnixKind,
     &path::ByPath,
 ];
 
@@ -547,7 +549,9 @@ mod tests {
         std::fs::remove_file(&dir).unwrap();
         assert_eq!(kind_name(gone.as_raw_fd()), Some("removed file"));
         let sock = std::os::unix::net::UnixDatagram::unbound().unwrap();
-        assert_eq!(kind_name(sock.as_raw_fd()), None);
+        assert_eq!(kind_name(sock.as_raw_fd()), Some("unix socket"));
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        assert_eq!(kind_name(udp.as_raw_fd()), None);
     }
 
     #[test]
