@@ -2014,3 +2014,11 @@ pub fn unix_sendto(fd: i32, data: &[u8], name: &[u8]) -> io::Result<usize> {
     };
     check(n as libc::c_long).map(|v| v as usize)
 }
+
+/// lchown(2).
+pub fn lchown(path: &[u8], uid: u32, gid: u32) -> io::Result<()> {
+    let c = std::ffi::CString::new(path)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))?;
+    // SAFETY: c is NUL-terminated.
+    check(unsafe { libc::lchown(c.as_ptr(), uid, gid) } as libc::c_long).map(drop)
+}

@@ -258,8 +258,10 @@ record!(
         /// The socket file of a path name had been removed: restart
         /// binds and removes it again.
         deleted: bool,
-        /// Permission bits of the socket file.
+        /// Permission bits and owner of the socket file.
         mode: u32,
+        uid: u32,
+        gid: u32,
         /// The peer's description, 0: none.
         peer_id: u32,
         /// A stream or seqpacket socket whose peer was closed (peer_id 0).

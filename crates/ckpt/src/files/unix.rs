@@ -50,6 +50,7 @@ use crate::sockdiag::{self, UnixDiag};
 use crate::sys::{self, Pid};
 use ckpt_image::*;
 use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 
 pub struct UnixKind;
@@ -299,6 +300,10 @@ impl FdKind for UnixKind {
             match sys::lstat_mode_ino(&path) {
                 Ok((mode, i)) if mode & libc::S_IFMT == libc::S_IFSOCK && Some(i) == vfs_ino => {
                     rec.mode = mode & 0o7777;
+                    let m = std::fs::symlink_metadata(std::ffi::OsStr::from_bytes(&path))
+                        .map_err(|e| p.sys("lstat of its socket file", e))?;
+                    rec.uid = m.uid();
+                    rec.gid = m.gid();
                 }
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
                     rec.deleted = true;
@@ -320,7 +325,8 @@ impl FdKind for UnixKind {
             }
             rec.bind_dir = Text(dir);
         }
-        let queue = if state == TCP_LISTEN {
+        // (An unconnected stream or seqpacket socket has no queue to read.)
+        let queue = if state == TCP_LISTEN || (ty != DGRAM && state != TCP_ESTABLISHED) {
             Vec::new()
         } else {
             peek_queue(p, fd, ty, d.shutdown & 1 != 0)?
@@ -528,9 +534,13 @@ impl FdKind for UnixKind {
             let Some(p) = rec_of(r.peer_id) else {
                 return Err(format!("has peer {}, which is no unix socket", r.peer_id));
             };
-            if p.file_id == r.file_id || p.sock_type != r.sock_type || p.state == TCP_LISTEN {
+            let own = p.file_id == r.file_id;
+            if (own && (r.sock_type != DGRAM || name.is_empty()))
+                || p.sock_type != r.sock_type
+                || p.state == TCP_LISTEN
+            {
                 return Err(format!(
-                    "has peer {}, which is itself, of another type or listening",
+                    "has peer {}, which is of another type, listening, or itself without being a bound datagram socket",
                     r.peer_id
                 ));
             }
@@ -645,6 +655,13 @@ impl FdKind for UnixKind {
     }
 }
 
+/// Whether `r` is a datagram socket connected to a socket that is not
+/// connected back (or to itself): connected by name once both exist.
+fn one_way<'a>(r: &UnixSk, rec: &impl Fn(u32) -> Option<&'a UnixSk>) -> bool {
+    r.peer_id != 0
+        && (r.peer_id == r.file_id || rec(r.peer_id).is_some_and(|p| p.peer_id != r.file_id))
+}
+
 /// The sockets made in `open`, by file id (fds >= the base).
 struct Builder {
     fds: Vec<(u32, i32)>,
@@ -731,6 +748,10 @@ impl Builder {
         })
         .map_err(|e| cx.err(format!("{what}{}", cx.who()), e))?;
         sys::chmod(&path, r.mode).map_err(|e| cx.err(format!("chmod {}", escape(&path)), e))?;
+        if sys::geteuid() == 0 && !r.deleted {
+            sys::lchown(&path, r.uid, r.gid)
+                .map_err(|e| cx.err(format!("chown {}", escape(&path)), e))?;
+        }
         if r.deleted {
             self.unlink.push(path);
         }
@@ -762,7 +783,7 @@ impl Builder {
         // Listeners and unconnected sockets.
         for r in &recs {
             let alone = r.peer_id == 0 && !r.peer_gone && r.listener_id == 0;
-            let one_way = r.peer_id != 0 && rec(r.peer_id).is_some_and(|p| p.peer_id != r.file_id);
+            let one_way = one_way(r, &rec);
             if !(alone || one_way) {
                 continue;
             }
@@ -780,7 +801,7 @@ impl Builder {
         for r in &recs {
             let (a, b) = if r.peer_gone {
                 (*r, None)
-            } else if r.peer_id != 0 && r.peer_id > r.file_id {
+            } else if r.peer_id != 0 && r.peer_id > r.file_id && !one_way(r, &rec) {
                 match rec(r.peer_id) {
                     Some(p) if p.peer_id == r.file_id => (*r, Some(p)),
                     _ => continue,
@@ -802,7 +823,7 @@ impl Builder {
         }
         // One-way datagram connections, then the backlogs in order.
         for r in &recs {
-            if r.peer_id != 0 && rec(r.peer_id).is_some_and(|p| p.peer_id != r.file_id) {
+            if one_way(r, &rec) {
                 let p = rec(r.peer_id).expect("checked");
                 Self::connect(cx, self.fd(r.file_id).expect("made"), p)?;
             }
