@@ -393,11 +393,15 @@ static void verify_all(void)
     for (int i = 0; i < 2; i++) {
         socklen_t fl = sizeof(from);
         memset(buf, 0, sizeof(buf));
+        memset(&from, 0, sizeof(from));
         ssize_t r = recvfrom(dn_recv, buf, sizeof(buf), MSG_DONTWAIT, (struct sockaddr *)&from, &fl);
         WL_CHECK(r == (ssize_t)strlen(want[i]) && memcmp(buf, want[i], (size_t)r) == 0,
                  "named datagram %d: \"%s\"", i, buf);
-        WL_CHECK(fl > 2 && from.sun_path[0] == 0 && strcmp(from.sun_path + 1, sn) == 0,
-                 "named datagram %d from \"%s\"", i, from.sun_path + 1);
+        size_t nl = fl > offsetof(struct sockaddr_un, sun_path) + 1
+                        ? fl - offsetof(struct sockaddr_un, sun_path) - 1
+                        : 0;
+        WL_CHECK(nl == strlen(sn) && from.sun_path[0] == 0 && memcmp(from.sun_path + 1, sn, nl) == 0,
+                 "named datagram %d from \"%.*s\"", i, (int)nl, from.sun_path + 1);
     }
 }
 
