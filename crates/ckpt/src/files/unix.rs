@@ -639,7 +639,7 @@ impl FdKind for UnixKind {
             sys::close(t);
         }
         for p in &b.unlink {
-            let _ = sys::unlink(p);
+            let _ = sys::with_fs_ids(cx.fs, || sys::unlink(p));
         }
         if r.is_err() {
             for &(_, fd) in &b.fds {
@@ -722,7 +722,7 @@ impl Builder {
             sys::close(probe);
             match c {
                 Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {
-                    sys::unlink(&path).map_err(|e| {
+                    sys::with_fs_ids(cx.fs, || sys::unlink(&path)).map_err(|e| {
                         cx.err(format!("remove the stale socket file {}", escape(&path)), e)
                     })?;
                 }
@@ -747,8 +747,11 @@ impl Builder {
             }
         })
         .map_err(|e| cx.err(format!("{what}{}", cx.who()), e))?;
-        sys::chmod(&path, r.mode).map_err(|e| cx.err(format!("chmod {}", escape(&path)), e))?;
-        if sys::geteuid() == 0 && !r.deleted {
+        // (As the image's user: a path swapped meanwhile is theirs to change.)
+        sys::with_fs_ids(cx.fs, || sys::chmod(&path, r.mode))
+            .map_err(|e| cx.err(format!("chmod {}{}", escape(&path), cx.who()), e))?;
+        // An image restored with a user's ids keeps that user as owner.
+        if sys::geteuid() == 0 && cx.fs.is_none() && !r.deleted {
             sys::lchown(&path, r.uid, r.gid)
                 .map_err(|e| cx.err(format!("chown {}", escape(&path)), e))?;
         }
