@@ -2022,3 +2022,14 @@ pub fn lchown(path: &[u8], uid: u32, gid: u32) -> io::Result<()> {
     // SAFETY: c is NUL-terminated.
     check(unsafe { libc::lchown(c.as_ptr(), uid, gid) } as libc::c_long).map(drop)
 }
+
+/// rename(2).
+pub fn rename(from: &[u8], to: &[u8]) -> io::Result<()> {
+    let nul = |p: &[u8]| {
+        std::ffi::CString::new(p)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))
+    };
+    let (a, b) = (nul(from)?, nul(to)?);
+    // SAFETY: a and b are NUL-terminated.
+    check(unsafe { libc::rename(a.as_ptr(), b.as_ptr()) } as libc::c_long).map(drop)
+}

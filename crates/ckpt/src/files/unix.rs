@@ -105,7 +105,11 @@ fn show_name(name: &[u8]) -> String {
     match name.first() {
         None => String::new(),
         Some(0) => format!(" bound to @{}", escape(&name[1..])),
-        Some(_) => format!(" bound to {}", escape(name)),
+        // (A path as bound may carry NULs after it.)
+        Some(_) => {
+            let end = name.iter().position(|&c| c == 0).unwrap_or(name.len());
+            format!(" bound to {}", escape(&name[..end]))
+        }
     }
 }
 
@@ -317,10 +321,11 @@ impl FdKind for UnixKind {
                     )));
                 }
                 _ => {
-                    return Err(p.unsupported(&format!(
-                        "its path {} now names another file than its socket (renamed or replaced over); ckpt could not bind it again there: remove or rename that file",
-                        escape(&name)
-                    )));
+                    // Its file was removed and the path reused (the kernel
+                    // keeps no link from a socket to a renamed file: a
+                    // renamed socket file is taken as removed too).
+                    rec.deleted = true;
+                    rec.mode = 0o777;
                 }
             }
             rec.bind_dir = Text(dir);
@@ -501,7 +506,7 @@ impl FdKind for UnixKind {
                 return Err("has a relative path address without its absolute directory".into());
             }
             let path = abs_path(name, &r.bind_dir.0);
-            if let Ok((mode, _)) = sys::lstat_mode_ino(&path) {
+            if let Some((mode, _)) = sys::lstat_mode_ino(&path).ok().filter(|_| !r.deleted) {
                 if mode & libc::S_IFMT != libc::S_IFSOCK {
                     return Err(format!("is bound to {}, which now names a file that is not a socket; remove or rename it", escape(&path)));
                 }
@@ -632,15 +637,14 @@ impl FdKind for UnixKind {
         let mut b = Builder {
             fds: Vec::new(),
             temps: Vec::new(),
-            unlink: Vec::new(),
+            freed: Vec::new(),
         };
         let r = b.build(cx, files);
         for &t in &b.temps {
             sys::close(t);
         }
-        for p in &b.unlink {
-            let _ = sys::with_fs_ids(cx.fs, || sys::unlink(p));
-        }
+        let settled = b.settle_to(cx, 0);
+        let r = r.and(settled);
         if r.is_err() {
             for &(_, fd) in &b.fds {
                 sys::close(fd);
@@ -667,8 +671,17 @@ struct Builder {
     fds: Vec<(u32, i32)>,
     /// Sockets needed only while building (closed after).
     temps: Vec<i32>,
-    /// Socket files to remove once built (removed before the checkpoint).
-    unlink: Vec<Vec<u8>>,
+    /// Names of removed socket files bound for the moment (`settle_to`).
+    freed: Vec<Freed>,
+}
+
+/// A path made free to bind a removed socket's name again: what was there
+/// moved aside, missing directories made; `Builder::settle_to` removes the
+/// socket file and puts things back.
+struct Freed {
+    path: Vec<u8>,
+    moved: Option<Vec<u8>>,
+    dirs: Vec<Vec<u8>>,
 }
 
 impl Builder {
@@ -707,7 +720,9 @@ impl Builder {
             return sys::unix_bind(fd, name).map_err(|e| cx.err(what, e));
         }
         let path = abs_path(name, &r.bind_dir.0);
-        if let Ok((mode, _)) = sys::lstat_mode_ino(&path) {
+        if r.deleted {
+            self.free_path(cx, &path)?;
+        } else if let Ok((mode, _)) = sys::lstat_mode_ino(&path) {
             if mode & libc::S_IFMT != libc::S_IFSOCK {
                 return Err(Error::Refused(format!(
                     "unix socket {}: {} names a file that is not a socket; remove or rename it",
@@ -755,10 +770,74 @@ impl Builder {
             sys::lchown(&path, r.uid, r.gid)
                 .map_err(|e| cx.err(format!("chown {}", escape(&path)), e))?;
         }
-        if r.deleted {
-            self.unlink.push(path);
-        }
         Ok(())
+    }
+
+    /// Makes `path` free for a bind: what is there is renamed aside,
+    /// missing directories are made (as the image's user).
+    fn free_path(&mut self, cx: &OpenCx, path: &[u8]) -> Result<()> {
+        let mut f = Freed {
+            path: path.to_vec(),
+            moved: None,
+            dirs: Vec::new(),
+        };
+        let mut missing = Vec::new();
+        let mut d = path;
+        while let Some(i) = d.iter().rposition(|&c| c == b'/') {
+            d = &d[..i];
+            if d.is_empty() || sys::lstat_mode_ino(d).is_ok() {
+                break;
+            }
+            missing.push(d.to_vec());
+        }
+        let r = sys::with_fs_ids(cx.fs, || {
+            for d in missing.iter().rev() {
+                sys::mkdir(d, 0o700)?;
+                f.dirs.push(d.clone());
+            }
+            if sys::lstat_mode_ino(path).is_ok() {
+                let mut aside = path.to_vec();
+                aside.extend_from_slice(format!(".ckpt-aside-{}", std::process::id()).as_bytes());
+                sys::rename(path, &aside)?;
+                f.moved = Some(aside);
+            }
+            Ok(())
+        });
+        self.freed.push(f);
+        r.map_err(|e| {
+            cx.err(
+                format!(
+                    "make {} free to bind a removed socket's name again",
+                    escape(path)
+                ),
+                e,
+            )
+        })
+    }
+
+    /// Undoes the `free_path`s above the first `mark`: the socket file
+    /// bound goes, what was there comes back.
+    fn settle_to(&mut self, cx: &OpenCx, mark: usize) -> Result<()> {
+        let mut first_err = None;
+        while self.freed.len() > mark {
+            let f = self.freed.pop().expect("above mark");
+            let r = sys::with_fs_ids(cx.fs, || {
+                let _ = sys::unlink(&f.path);
+                if let Some(aside) = &f.moved {
+                    sys::rename(aside, &f.path)?;
+                }
+                for d in f.dirs.iter().rev() {
+                    sys::rmdir(d)?;
+                }
+                Ok(())
+            });
+            if let Err(e) = r {
+                first_err.get_or_insert_with(|| {
+                    cx.err(format!("put {} back as it was", escape(&f.path)), e)
+                });
+            }
+        }
+        first_err.map_or(Ok(()), Err)
     }
 
     /// connect `fd` to the socket bound to `r`'s name.
@@ -791,13 +870,39 @@ impl Builder {
                 continue;
             }
             let fd = self.socket(cx, r.file_id, r.sock_type)?;
-            if !r.name.0.is_empty() {
+            if !r.name.0.is_empty() && !r.deleted {
                 self.bind(cx, fd, r)?;
             }
-            if r.state == TCP_LISTEN {
+            if r.state == TCP_LISTEN && !r.deleted {
                 sys::listen(fd, r.backlog as i32)
                     .map_err(|e| cx.err(format!("listen on unix socket {}", r.file_id), e))?;
             }
+        }
+        // Sockets whose file was removed: bound for the moment, and
+        // connected to while bound (a listener stays bound until its
+        // connections are made).
+        let mut connected: Vec<u32> = Vec::new();
+        for r in &recs {
+            let alone = r.peer_id == 0 && !r.peer_gone && r.listener_id == 0;
+            if !(r.deleted && (alone || one_way(r, &rec))) {
+                continue;
+            }
+            let mark = self.freed.len();
+            let fd = self.fd(r.file_id).expect("made");
+            self.bind(cx, fd, r)?;
+            if r.state == TCP_LISTEN {
+                sys::listen(fd, r.backlog as i32)
+                    .map_err(|e| cx.err(format!("listen on unix socket {}", r.file_id), e))?;
+                continue;
+            }
+            for c in recs
+                .iter()
+                .filter(|c| c.peer_id == r.file_id && one_way(c, &rec))
+            {
+                Self::connect(cx, self.fd(c.file_id).expect("made"), r)?;
+                connected.push(c.file_id);
+            }
+            self.settle_to(cx, mark)?;
         }
         // Connected pairs (and sockets whose peer was closed).
         let mut gone_peers: Vec<(u32, i32)> = Vec::new();
@@ -826,7 +931,7 @@ impl Builder {
         }
         // One-way datagram connections, then the backlogs in order.
         for r in &recs {
-            if one_way(r, &rec) {
+            if one_way(r, &rec) && !connected.contains(&r.file_id) {
                 let p = rec(r.peer_id).expect("checked");
                 Self::connect(cx, self.fd(r.file_id).expect("made"), p)?;
             }
@@ -842,11 +947,14 @@ impl Builder {
                 ))
             })?;
             let fd = self.socket(cx, r.file_id, r.sock_type)?;
+            let mark = self.freed.len();
             if !r.name.0.is_empty() {
                 self.bind(cx, fd, r)?;
             }
+            self.settle_to(cx, mark)?;
             Self::connect(cx, fd, l)?;
         }
+        self.settle_to(cx, 0)?;
         // Queued data, sent from the other end.
         let force = sys::geteuid() == 0;
         for q in objects_of::<UnixQueue>(img) {
@@ -993,11 +1101,14 @@ impl Builder {
             let x = self.keep(cx, 0, x)?;
             let y = self.keep(cx, 0, y)?;
             self.temps.retain(|&t| t != x && t != y);
+            let mark = self.freed.len();
             if a_named {
                 self.bind(cx, x, a)?;
+                self.settle_to(cx, mark)?;
             }
             if let Some(b) = b.filter(|_| b_named) {
                 self.bind(cx, y, b)?;
+                self.settle_to(cx, mark)?;
             }
             return Ok((x, y));
         }
@@ -1011,6 +1122,7 @@ impl Builder {
         } else {
             (b.expect("named"), Some(a), false)
         };
+        let mark = self.freed.len();
         let listener = match Self::listened(server, recs).and_then(|l| self.fd(l)) {
             Some(l) => l,
             None => {
@@ -1025,11 +1137,16 @@ impl Builder {
         };
         let c = self.socket(cx, 0, ty)?;
         if let Some(cl) = client.filter(|c| !c.name.0.is_empty()) {
+            // (Its own name, when removed, is put back before the connect
+            // to the server's, which may be the same path.)
+            let inner = self.freed.len();
             self.bind(cx, c, cl)?;
+            self.settle_to(cx, inner)?;
         }
         Self::connect(cx, c, server)?;
         let s = sys::accept(listener)
             .map_err(|e| cx.err(format!("accept for unix socket {}", server.file_id), e))?;
+        self.settle_to(cx, mark)?;
         let s = self.keep(cx, 0, s)?;
         self.temps.retain(|&t| t != c && t != s);
         Ok(if server_is_a { (s, c) } else { (c, s) })
