@@ -113,6 +113,33 @@ fn show_name(name: &[u8]) -> String {
     }
 }
 
+const EMBRYO_DATA: &str = "it waits in the backlog of a listener and already sent data, which sits in a socket no fd holds yet (only accept() could read it); let the program accept the connection before the checkpoint";
+
+fn outside_peer(ino: u32, name: &str) -> String {
+    format!("it is connected to a unix socket (inode {ino}{name}) that no process of the checkpointed tree holds; ckpt does not reconnect it (the other side would see a new connection): checkpoint the process holding the other end too, or close the connection before the checkpoint")
+}
+
+fn outside_icon(ino: u32) -> String {
+    if ino == 0 {
+        "a connection waiting in its backlog was closed by its client; ckpt cannot recreate it: let the program accept it before the checkpoint".into()
+    } else {
+        format!("a connection from a socket (inode {ino}) that no process of the checkpointed tree holds waits in its backlog; checkpoint the process holding the client too, or let the program accept it first")
+    }
+}
+
+/// Whether a process of `tree` has an fd on socket inode `ino`.
+fn held_in_tree(tree: &[Pid], ino: u32) -> bool {
+    let want = format!("socket:[{ino}]");
+    tree.iter().any(|pid| {
+        std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|d| {
+            d.flatten().any(|e| {
+                std::fs::read_link(e.path())
+                    .is_ok_and(|l| l.as_os_str().as_bytes() == want.as_bytes())
+            })
+        })
+    })
+}
+
 #[derive(Default)]
 struct Scratch {
     diag: Option<Vec<UnixDiag>>,
@@ -340,6 +367,35 @@ impl FdKind for UnixKind {
             return Err(p.unsupported("it has SO_PASSCRED and messages wait in its receive queue: their credentials cannot be saved yet; let the program read them before the checkpoint"));
         }
         let has_peername = sys::unix_peername(fd).is_ok();
+        // What involves sockets outside the tree is refused now, before
+        // the rest of the tree is saved.
+        let tree = &cx.tree;
+        if d.peer != 0 && !held_in_tree(tree, d.peer) {
+            let all = cx
+                .scratch::<Scratch>(SCRATCH)
+                .diag
+                .as_deref()
+                .unwrap_or_default();
+            let name = all
+                .iter()
+                .find(|x| x.ino == d.peer)
+                .map(|x| show_name(&x.name))
+                .unwrap_or_default();
+            return Err(p.unsupported(&outside_peer(d.peer, &name)));
+        }
+        for &icon in &d.icons {
+            if icon == 0 || !held_in_tree(tree, icon) {
+                return Err(p.unsupported(&outside_icon(icon)));
+            }
+        }
+        let all = cx
+            .scratch::<Scratch>(SCRATCH)
+            .diag
+            .as_deref()
+            .unwrap_or_default();
+        if d.wqueue > 0 && d.peer == 0 && all.iter().any(|l| l.icons.contains(&d.ino)) {
+            return Err(p.unsupported(EMBRYO_DATA));
+        }
         f.kind = FILE_UNIX;
         f.path = Text(p.link.to_vec());
         cx.scratch::<Scratch>(SCRATCH).pending.push(Pending {
@@ -380,14 +436,10 @@ impl FdKind for UnixKind {
                     .iter()
                     .position(|q| q.rec.ino == icon as u64 && icon != 0)
                 else {
-                    return Err(all[l].refuse(if icon == 0 {
-                        "a connection waiting in its backlog was closed by its client; ckpt cannot recreate it: let the program accept it before the checkpoint".into()
-                    } else {
-                        format!("a connection from a socket (inode {icon}) that no process of the checkpointed tree holds waits in its backlog; checkpoint the process holding the client too, or let the program accept it first")
-                    }));
+                    return Err(all[l].refuse(outside_icon(icon)));
                 };
                 if all[c].wqueue > 0 || !all[c].queue.is_empty() {
-                    return Err(all[c].refuse("it waits in the backlog of a listener of the tree and already sent data, which sits in a socket no fd holds yet (only accept() could read it); let the program accept the connection before the checkpoint".into()));
+                    return Err(all[c].refuse(EMBRYO_DATA.into()));
                 }
                 all[c].rec.listener_id = all[l].rec.file_id;
                 order.push(c);
@@ -404,7 +456,7 @@ impl FdKind for UnixKind {
                     None => {
                         let other = diag.iter().find(|d| d.ino == q.peer_ino);
                         let name = other.map(|d| show_name(&d.name)).unwrap_or_default();
-                        return Err(q.refuse(format!("it is connected to a unix socket (inode {}{name}) that no process of the checkpointed tree holds; ckpt does not reconnect it (the other side would see a new connection): checkpoint the process holding the other end too, or close the connection before the checkpoint", q.peer_ino)));
+                        return Err(q.refuse(outside_peer(q.peer_ino, &name)));
                     }
                 }
             } else if q.rec.sock_type != DGRAM && q.rec.state == TCP_ESTABLISHED {
