@@ -16,7 +16,8 @@
  *   accepted a connection accepted from the path listener, data queued
  *            both ways: getsockname/getpeername and the data come back
  *   shut     "tail" then shutdown(SHUT_WR): the peer reads "tail" then EOF
- *   gone     "bye" then close: the peer reads "bye" then EOF
+ *   gone     "bye" then close: the peer reads "bye" then EOF; a datagram
+ *            pair the same way: the message, then ECONNREFUSED
  *   options  O_NONBLOCK, SO_RCVTIMEO, SO_PASSCRED, SO_PEEK_OFF, SO_SNDBUF
  *   dgramname  a bound datagram socket with messages from a bound sender
  *            (not connected): recvfrom gives the sender's name
@@ -136,7 +137,7 @@ static uint32_t sent_parent;
 static int seq[2], dg[2];
 static const int msg_sizes[3] = {1, 100, 3000};
 static int lpath, lab, bl_client, acc_srv, acc_cli, shp[2], gone_b, opt_fd, opt_peer;
-static int dn_recv, dn_send;
+static int dn_recv, dn_send, dgone;
 static char absname[64];
 static struct timeval rcvtimeo;
 
@@ -276,6 +277,12 @@ static int do_all(void)
         wl_die("bye");
     close(g[0]);
     gone_b = g[1];
+    if (socketpair(AF_UNIX, SOCK_DGRAM, 0, g))
+        wl_die("socketpair dgram gone");
+    if (send(g[0], "dg-bye", 6, 0) != 6)
+        wl_die("dg-bye");
+    close(g[0]);
+    dgone = g[1];
 
     int o[2];
     if (socketpair(AF_UNIX, SOCK_STREAM, 0, o))
@@ -364,6 +371,11 @@ static void verify_all(void)
 
     expect_read(gone_b, "bye", "closed peer");
     WL_CHECK(recv(gone_b, b, 8, MSG_DONTWAIT) == 0, "no EOF after bye");
+    expect_read(dgone, "dg-bye", "datagram from a closed peer");
+    WL_CHECK(send(dgone, "x", 1, MSG_DONTWAIT) < 0 && errno == ECONNREFUSED,
+             "send to the closed datagram peer: %s, want ECONNREFUSED", strerror(errno));
+    WL_CHECK(send(dgone, "x", 1, MSG_DONTWAIT) < 0 && errno == ENOTCONN,
+             "second send to the closed datagram peer: %s, want ENOTCONN", strerror(errno));
 
     WL_CHECK(fcntl(opt_fd, F_GETFL) & O_NONBLOCK, "O_NONBLOCK lost");
     WL_CHECK(!(fcntl(opt_peer, F_GETFL) & O_NONBLOCK), "O_NONBLOCK gained");

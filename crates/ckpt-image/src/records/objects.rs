@@ -264,8 +264,10 @@ record!(
         gid: u32,
         /// The peer's description, 0: none.
         peer_id: u32,
-        /// A stream or seqpacket socket whose peer was closed (peer_id 0).
+        /// A socket whose peer was closed (peer_id 0), and that peer's
+        /// address (getpeername; empty: unnamed).
         peer_gone: bool,
+        peer_name: Bytes,
         /// Connected to a connection waiting in this listener's backlog.
         listener_id: u32,
         /// listen() backlog.

@@ -13,8 +13,13 @@
 //! - a listener is bound and listens with its backlog; a socket bound and
 //!   not connected is bound again. A path whose socket file is there
 //!   from before is unlinked first only when it is a stale socket
-//!   (connecting to it is refused); a socket file removed since the bind
-//!   is made for the bind and removed again.
+//!   (connecting to it is refused); a path naming another kind of file is
+//!   refused. A socket whose file was removed since the bind (or whose
+//!   path now names another file: the kernel keeps no link to a renamed
+//!   socket file, so a renamed one is taken as removed) is bound for a
+//!   moment: what the path names is renamed aside, missing directories
+//!   made, the sockets connected to it connect, then its file goes and
+//!   the rest comes back (`Builder::free_path`, `settle_to`).
 //! - a connected pair: socketpair(), or, when one end of a stream or
 //!   seqpacket pair has a name (an accepted socket has its listener's),
 //!   a connect to a listener of that name (the restored one, or one made
@@ -24,8 +29,10 @@
 //!   connected back is connected to its name again.
 //! - a client waiting in a listener's backlog connects to the restored
 //!   listener, in backlog order, so the program's accept() finds it.
-//! - a stream socket whose peer was closed gets a socketpair whose other
-//!   end is closed once its queue is refilled (its reads end with EOF).
+//! - a socket whose peer was closed gets a peer under the closed one's
+//!   address (getpeername), closed once its queue is refilled: a stream
+//!   socket reads EOF after the data, a datagram socket's next send fails
+//!   with ECONNREFUSED.
 //! - queued data is sent again from the peer end (or from the sender
 //!   bound to a datagram's source address, or an unnamed socket), then
 //!   shutdown() is applied, then the options.
@@ -35,9 +42,8 @@
 //! the other side would see a new connection); a client waiting in a
 //! backlog that already sent data (it sits in a socket no fd holds, and
 //! only accept() could read it); fds in flight (SCM_RIGHTS), credentials
-//! in flight (a queue read with SO_PASSCRED), SO_PASSSEC; a datagram
-//! socket connected to a socket since closed; queues over `MAX_QUEUE`; a
-//! socket of another network namespace than ckpt's.
+//! in flight (a queue read with SO_PASSCRED), SO_PASSSEC; queues over
+//! `MAX_QUEUE`; a socket of another network namespace than ckpt's.
 //!
 //! What differs after restart: a stream socket whose peer was closed
 //! while its own data was unread reported ECONNRESET once (SO_ERROR);
@@ -77,7 +83,7 @@ struct Pending {
     fd: i32,
     peer_ino: u32,
     /// Connected (getpeername works) though sock_diag shows no live peer.
-    has_peername: bool,
+    peername: Option<Vec<u8>>,
     icons: Vec<u32>,
     /// Bytes it sent that its peer has not read (sk_wmem_alloc).
     wqueue: u32,
@@ -366,7 +372,7 @@ impl FdKind for UnixKind {
         if rec.passcred && !queue.is_empty() {
             return Err(p.unsupported("it has SO_PASSCRED and messages wait in its receive queue: their credentials cannot be saved yet; let the program read them before the checkpoint"));
         }
-        let has_peername = sys::unix_peername(fd).is_ok();
+        let peername = sys::unix_peername(fd).ok();
         // What involves sockets outside the tree is refused now, before
         // the rest of the tree is saved.
         let tree = &cx.tree;
@@ -404,7 +410,7 @@ impl FdKind for UnixKind {
             comm: p.comm.into(),
             fd: p.fd,
             peer_ino: d.peer,
-            has_peername,
+            peername,
             icons: d.icons,
             wqueue: d.wqueue,
             queue,
@@ -459,10 +465,19 @@ impl FdKind for UnixKind {
                         return Err(q.refuse(outside_peer(q.peer_ino, &name)));
                     }
                 }
-            } else if q.rec.sock_type != DGRAM && q.rec.state == TCP_ESTABLISHED {
+            } else if (q.rec.sock_type != DGRAM && q.rec.state == TCP_ESTABLISHED)
+                || (q.rec.sock_type == DGRAM && q.peername.is_some())
+            {
+                // Its peer was closed (a datagram socket's next send
+                // fails with ECONNREFUSED): restart closes one again.
+                let name = q.peername.clone().unwrap_or_default();
+                if name.len() > MAX_NAME {
+                    return Err(
+                        q.refuse("its closed peer's address is longer than sun_path".into())
+                    );
+                }
                 all[i].rec.peer_gone = true;
-            } else if q.has_peername {
-                return Err(q.refuse("it is connected to a datagram socket that was closed since (its next send fails with ECONNREFUSED), which ckpt cannot recreate; connect it again or close it before the checkpoint".into()));
+                all[i].rec.peer_name = Bytes(name);
             }
         }
         // Pairs are whole; one-way datagram connections go to a name.
@@ -492,7 +507,8 @@ impl FdKind for UnixKind {
                         .iter()
                         .find(|x| x.rec.file_id == q.rec.peer_id && q.rec.peer_id != 0)
                         .map(|x| x.rec.name.0.as_slice());
-                    if peer_name != Some(addr.as_slice()) {
+                    let gone_name = q.rec.peer_gone.then_some(q.rec.peer_name.0.as_slice());
+                    if peer_name != Some(addr.as_slice()) && gone_name != Some(addr.as_slice()) {
                         match all
                             .iter()
                             .find(|x| x.rec.name.0 == *addr && x.rec.sock_type == DGRAM)
@@ -617,8 +633,15 @@ impl FdKind for UnixKind {
                 return Err("has a peer and a closed peer or a listener".into());
             }
         }
-        if r.peer_gone && (r.sock_type == DGRAM || r.listener_id != 0) {
-            return Err("has a closed peer but is a datagram socket or waits in a backlog".into());
+        if r.peer_gone && r.listener_id != 0 {
+            return Err("has a closed peer but waits in a backlog".into());
+        }
+        let pn = &r.peer_name.0;
+        if pn.len() > MAX_NAME
+            || (!r.peer_gone && !pn.is_empty())
+            || (is_path(pn) && pn.contains(&0))
+        {
+            return Err("has a bad closed peer's address".into());
         }
         if r.listener_id != 0 {
             let Some(l) = rec_of(r.listener_id) else {
@@ -959,8 +982,22 @@ impl Builder {
         // Connected pairs (and sockets whose peer was closed).
         let mut gone_peers: Vec<(u32, i32)> = Vec::new();
         for r in &recs {
-            let (a, b) = if r.peer_gone {
-                (*r, None)
+            // A closed peer comes back for a moment, under its name.
+            let ghost = r.peer_gone.then(|| UnixSk {
+                sock_type: r.sock_type,
+                state: TCP_ESTABLISHED,
+                name: r.peer_name.clone(),
+                bind_dir: if is_path(&r.peer_name.0) && r.peer_name.0[0] != b'/' {
+                    r.bind_dir.clone()
+                } else {
+                    Text(Vec::new())
+                },
+                deleted: true,
+                mode: 0o777,
+                ..Default::default()
+            });
+            let (a, b) = if let Some(g) = &ghost {
+                (*r, Some(g))
             } else if r.peer_id != 0 && r.peer_id > r.file_id && !one_way(r, &rec) {
                 match rec(r.peer_id) {
                     Some(p) if p.peer_id == r.file_id => (*r, Some(p)),
@@ -970,15 +1007,10 @@ impl Builder {
                 continue;
             };
             let (fa, fb) = self.pair(cx, a, b, &recs)?;
+            self.fds.push((a.file_id, fa));
             match b {
-                Some(b) => {
-                    self.fds.push((a.file_id, fa));
-                    self.fds.push((b.file_id, fb));
-                }
-                None => {
-                    self.fds.push((a.file_id, fa));
-                    gone_peers.push((a.file_id, fb));
-                }
+                Some(b) if ghost.is_none() => self.fds.push((b.file_id, fb)),
+                _ => gone_peers.push((a.file_id, fb)),
             }
         }
         // One-way datagram connections, then the backlogs in order.
