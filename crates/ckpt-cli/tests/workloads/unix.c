@@ -137,7 +137,7 @@ static uint32_t sent_parent;
 static int seq[2], dg[2];
 static const int msg_sizes[3] = {1, 100, 3000};
 static int lpath, lab, bl_client, acc_srv, acc_cli, shp[2], gone_b, opt_fd, opt_peer;
-static int dn_recv, dn_send, dgone;
+static int dn_recv, dn_send, dgone, gone_cli;
 static char absname[64];
 static struct timeval rcvtimeo;
 
@@ -261,6 +261,14 @@ static int do_all(void)
     acc_srv = accept(lpath, NULL, NULL);
     if (acc_srv < 0 || write(acc_cli, "to-server", 9) != 9 || write(acc_srv, "to-client", 9) != 9)
         wl_die("accepted");
+    /* a client whose accepted end was closed after sending */
+    gone_cli = socket(AF_UNIX, SOCK_STREAM, 0);
+    if (connect(gone_cli, (struct sockaddr *)&a, len))
+        wl_die("connect gone");
+    int gs = accept(lpath, NULL, NULL);
+    if (gs < 0 || write(gs, "last", 4) != 4)
+        wl_die("accept gone");
+    close(gs);
     /* backlog client, not accepted */
     bl_client = socket(AF_UNIX, SOCK_STREAM, 0);
     if (connect(bl_client, (struct sockaddr *)&a, len))
@@ -369,6 +377,12 @@ static void verify_all(void)
     WL_CHECK(write(shp[1], "back", 4) == 4, "the other way is open");
     expect_read(shp[0], "back", "shutdown writer");
 
+    expect_read(gone_cli, "last", "client of a closed accepted socket");
+    WL_CHECK(recv(gone_cli, b, 8, MSG_DONTWAIT) == 0, "no EOF after last");
+    len = sizeof(a);
+    memset(&a, 0, sizeof(a));
+    WL_CHECK(getpeername(gone_cli, (struct sockaddr *)&a, &len) == 0 && strcmp(a.sun_path, "lsock") == 0,
+             "closed accepted socket's name is \"%s\"", a.sun_path);
     expect_read(gone_b, "bye", "closed peer");
     WL_CHECK(recv(gone_b, b, 8, MSG_DONTWAIT) == 0, "no EOF after bye");
     expect_read(dgone, "dg-bye", "datagram from a closed peer");

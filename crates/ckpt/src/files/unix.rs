@@ -373,6 +373,16 @@ impl FdKind for UnixKind {
             return Err(p.unsupported("it has SO_PASSCRED and messages wait in its receive queue: their credentials cannot be saved yet; let the program read them before the checkpoint"));
         }
         let peername = sys::unix_peername(fd).ok();
+        // A closed peer's relative name comes back from the same directory
+        // as the socket's own (or the process's working directory).
+        if peername
+            .as_deref()
+            .is_some_and(|n| is_path(n) && n[0] != b'/')
+            && rec.bind_dir.0.is_empty()
+        {
+            rec.bind_dir =
+                Text(crate::procfs::link(p.pid, "cwd").map_err(|e| p.sys("readlink cwd", e))?);
+        }
         // What involves sockets outside the tree is refused now, before
         // the rest of the tree is saved.
         let tree = &cx.tree;
@@ -640,6 +650,7 @@ impl FdKind for UnixKind {
         if pn.len() > MAX_NAME
             || (!r.peer_gone && !pn.is_empty())
             || (is_path(pn) && pn.contains(&0))
+            || (is_path(pn) && pn[0] != b'/' && r.bind_dir.0.first() != Some(&b'/'))
         {
             return Err("has a bad closed peer's address".into());
         }
