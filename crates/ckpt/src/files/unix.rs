@@ -816,21 +816,20 @@ impl Builder {
                     escape(&path)
                 )));
             }
-            // Only a stale socket file goes: nothing accepts there.
-            let probe = sys::socket(libc::AF_UNIX, r.sock_type as i32, 0)
-                .map_err(|e| cx.err("socket(AF_UNIX) to probe a socket file".into(), e))?;
-            let c = sys::unix_connect(probe, &path);
-            sys::close(probe);
-            match c {
-                Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {
-                    sys::with_fs_ids(cx.fs, || sys::unlink(&path)).map_err(|e| {
-                        cx.err(format!("remove the stale socket file {}", escape(&path)), e)
-                    })?;
-                }
-                _ => {
-                    return Err(Error::Refused(format!("unix socket {}: {} is in use by a live socket (of another process); stop it or remove the file", r.file_id, escape(&path))));
-                }
+            // Only a stale socket file goes: no socket is bound to it (asked
+            // of sock_diag rather than by connecting, which a live server
+            // would see).
+            let ino = sys::lstat_mode_ino(&path).map(|x| x.1).unwrap_or(0);
+            let live = sockdiag::unix_sockets()
+                .map_err(|e| cx.err("sock_diag dump of unix sockets".into(), e))?
+                .iter()
+                .any(|d| d.vfs.is_some_and(|v| v.0 as u64 == ino & 0xffff_ffff));
+            if live {
+                return Err(Error::Refused(format!("unix socket {}: {} is in use by a live socket (of another process); stop it or remove the file", r.file_id, escape(&path))));
             }
+            sys::with_fs_ids(cx.fs, || sys::unlink(&path)).map_err(|e| {
+                cx.err(format!("remove the stale socket file {}", escape(&path)), e)
+            })?;
         }
         let dir = &r.bind_dir.0;
         sys::with_fs_ids(cx.fs, || {
