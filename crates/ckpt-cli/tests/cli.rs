@@ -484,11 +484,12 @@ fn refused_checkpoint_writes_error_record_and_log_line() {
         return;
     }
     let d = tmpdir("refused");
-    // A process holding a socket, which ckpt cannot save yet.
+    // A process holding a unix socket with an fd in flight (SCM_RIGHTS),
+    // which ckpt cannot save yet; /dev/zero is opened once it is sent.
     let mut c = Command::new("python3");
     c.args([
         "-c",
-        "import socket,time; a,b=socket.socketpair(); time.sleep(1000)",
+        "import socket,time; a,b=socket.socketpair(socket.AF_UNIX,socket.SOCK_DGRAM); socket.send_fds(a,[b'x'],[0]); z=open('/dev/zero'); time.sleep(1000)",
     ]);
     only_std_fds(&mut c);
     let Ok(child) = c.spawn() else {
@@ -497,13 +498,12 @@ fn refused_checkpoint_writes_error_record_and_log_line() {
     };
     let p = Sleeper(child);
     let pid = p.pid();
-    // Wait until python has created the sockets (a bounded poll: it cannot signal).
+    // Wait until python has sent the fd (a bounded poll: it cannot signal).
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     while !std::fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|d| {
             d.flatten().any(|e| {
-                std::fs::read_link(e.path())
-                    .is_ok_and(|l| l.to_string_lossy().starts_with("socket:"))
+                std::fs::read_link(e.path()).is_ok_and(|l| l == std::path::Path::new("/dev/zero"))
             })
         })
         .unwrap_or(false)
@@ -525,7 +525,9 @@ fn refused_checkpoint_writes_error_record_and_log_line() {
         .unwrap();
     let err = assert_clean_failure(&out, "checkpoint of a process with a socket");
     assert!(
-        err.contains(&format!("pid {pid}")) && err.contains("socket:"),
+        err.contains(&format!("pid {pid}"))
+            && err.contains("socket:")
+            && err.contains("SCM_RIGHTS"),
         "{err}"
     );
     let logtext = std::fs::read_to_string(&log).unwrap();

@@ -24,6 +24,7 @@ pub mod process_kind;
 pub mod procfs;
 pub mod remote;
 pub mod restart;
+pub mod sockdiag;
 pub mod sys;
 pub mod task;
 pub mod timers;

@@ -1848,3 +1848,375 @@ pub fn fstat_ino(fd: i32) -> io::Result<(u64, u64)> {
     let st = unsafe { st.assume_init() };
     Ok((st.st_dev, st.st_ino))
 }
+
+// ---- Sockets (unix sockets and sock_diag) ----
+
+/// getsockopt of an int option.
+pub fn sockopt_int(fd: i32, level: i32, opt: i32) -> io::Result<i32> {
+    let mut v: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: v is a valid out-pointer of len bytes.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            level,
+            opt,
+            (&mut v as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    check(r as libc::c_long).map(|_| v)
+}
+
+/// setsockopt of an int option.
+pub fn set_sockopt_int(fd: i32, level: i32, opt: i32, v: i32) -> io::Result<()> {
+    // SAFETY: v is a live int of the size passed.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            opt,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    check(r as libc::c_long).map(drop)
+}
+
+/// getsockopt of a struct timeval option (SO_RCVTIMEO...), in microseconds.
+pub fn sockopt_timeval(fd: i32, opt: i32) -> io::Result<u64> {
+    const _: () = assert!(std::mem::size_of::<libc::timeval>() == 16);
+    let mut tv = libc::timeval {
+        tv_sec: 0,
+        tv_usec: 0,
+    };
+    let mut len = std::mem::size_of::<libc::timeval>() as libc::socklen_t;
+    // SAFETY: tv is a valid out-pointer of len bytes.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            opt,
+            (&mut tv as *mut libc::timeval).cast(),
+            &mut len,
+        )
+    };
+    check(r as libc::c_long)?;
+    Ok(tv.tv_sec as u64 * 1_000_000 + tv.tv_usec as u64)
+}
+
+/// setsockopt of a struct timeval option, from microseconds.
+pub fn set_sockopt_timeval(fd: i32, opt: i32, us: u64) -> io::Result<()> {
+    let tv = libc::timeval {
+        tv_sec: (us / 1_000_000) as libc::time_t,
+        tv_usec: (us % 1_000_000) as libc::suseconds_t,
+    };
+    // SAFETY: tv is a live timeval of the size passed.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            opt,
+            (&tv as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    check(r as libc::c_long).map(drop)
+}
+
+/// A sockaddr_un for `name` (sun_path bytes; abstract names start with 0).
+fn sockaddr_un(name: &[u8]) -> io::Result<(libc::sockaddr_un, libc::socklen_t)> {
+    const _: () = assert!(std::mem::size_of::<libc::sockaddr_un>() == 110);
+    // SAFETY: sockaddr_un is plain data; all zeroes is a valid value.
+    let mut a: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    if name.len() > a.sun_path.len() {
+        return Err(io::Error::from_raw_os_error(libc::ENAMETOOLONG));
+    }
+    a.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (d, s) in a.sun_path.iter_mut().zip(name) {
+        *d = *s as libc::c_char;
+    }
+    Ok((a, (2 + name.len()) as libc::socklen_t))
+}
+
+/// The sun_path bytes of a unix sockaddr of `len` bytes.
+fn sun_path(a: &libc::sockaddr_un, len: libc::socklen_t) -> Vec<u8> {
+    let n = (len as usize).saturating_sub(2).min(a.sun_path.len());
+    let mut v: Vec<u8> = a.sun_path[..n].iter().map(|&c| c as u8).collect();
+    // A path name may come with its terminating NUL.
+    if v.first().is_some_and(|&c| c != 0) {
+        if let Some(z) = v.iter().position(|&c| c == 0) {
+            v.truncate(z);
+        }
+    }
+    v
+}
+
+/// getsockname of a unix socket: its sun_path bytes (empty: unbound).
+pub fn unix_sockname(fd: i32) -> io::Result<Vec<u8>> {
+    // SAFETY: all zeroes is a valid sockaddr_un.
+    let mut a: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+    // SAFETY: a is a valid out-buffer of len bytes.
+    let r = unsafe { libc::getsockname(fd, (&mut a as *mut libc::sockaddr_un).cast(), &mut len) };
+    check(r as libc::c_long)?;
+    Ok(sun_path(&a, len))
+}
+
+/// socketpair(AF_UNIX, type | SOCK_CLOEXEC).
+pub fn unix_socketpair(ty: i32) -> io::Result<(i32, i32)> {
+    let mut fds = [0i32; 2];
+    check(
+        // SAFETY: fds is a valid out-array of two ints.
+        unsafe { libc::socketpair(libc::AF_UNIX, ty | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr()) }
+            as libc::c_long,
+    )?;
+    Ok((fds[0], fds[1]))
+}
+
+/// bind a unix socket to `name`.
+pub fn unix_bind(fd: i32, name: &[u8]) -> io::Result<()> {
+    let (a, len) = sockaddr_un(name)?;
+    // SAFETY: a is a live sockaddr_un of at least len bytes.
+    check(unsafe { libc::bind(fd, (&a as *const libc::sockaddr_un).cast(), len) } as libc::c_long)
+        .map(drop)
+}
+
+/// connect a unix socket to `name`.
+pub fn unix_connect(fd: i32, name: &[u8]) -> io::Result<()> {
+    let (a, len) = sockaddr_un(name)?;
+    // SAFETY: a is a live sockaddr_un of at least len bytes.
+    check(
+        unsafe { libc::connect(fd, (&a as *const libc::sockaddr_un).cast(), len) } as libc::c_long,
+    )
+    .map(drop)
+}
+
+pub fn listen(fd: i32, backlog: i32) -> io::Result<()> {
+    // SAFETY: no pointers.
+    check(unsafe { libc::listen(fd, backlog) } as libc::c_long).map(drop)
+}
+
+/// accept4(SOCK_CLOEXEC), the peer's address not asked for.
+pub fn accept(fd: i32) -> io::Result<i32> {
+    // SAFETY: null address pointers are allowed.
+    check(unsafe {
+        libc::accept4(
+            fd,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            libc::SOCK_CLOEXEC,
+        )
+    } as libc::c_long)
+    .map(|v| v as i32)
+}
+
+/// send(2) of one message (MSG_DONTWAIT | MSG_NOSIGNAL): the bytes sent.
+pub fn send_now(fd: i32, data: &[u8]) -> io::Result<usize> {
+    // SAFETY: data is a live buffer of data.len() bytes.
+    let n = unsafe {
+        libc::send(
+            fd,
+            data.as_ptr().cast(),
+            data.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    check(n as libc::c_long).map(|v| v as usize)
+}
+
+/// recv(2) with MSG_DONTWAIT: the bytes received (0: end of stream).
+pub fn recv_now(fd: i32, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: buf is a live buffer of buf.len() bytes.
+    let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+    check(n as libc::c_long).map(|v| v as usize)
+}
+
+/// What one MSG_PEEK of a unix socket saw.
+#[derive(Debug, Default)]
+pub struct Peeked {
+    /// Bytes copied into the buffer.
+    pub len: usize,
+    /// The message was longer than the buffer (MSG_TRUNC in msg_flags).
+    pub truncated: bool,
+    /// The sender's address (datagram sockets; empty when unnamed).
+    pub addr: Vec<u8>,
+    /// Fds passed with SCM_RIGHTS came along (closed again here).
+    pub rights: bool,
+    /// SCM_CREDENTIALS came along.
+    pub creds: bool,
+    /// Some other control message, or MSG_CTRUNC.
+    pub other_cmsg: bool,
+}
+
+/// recvmsg(MSG_PEEK | MSG_DONTWAIT) into `buf`, with room for control
+/// messages; fds that SCM_RIGHTS installs in this process are closed.
+pub fn peek_msg(fd: i32, buf: &mut [u8]) -> io::Result<Peeked> {
+    // SAFETY: all zeroes is a valid sockaddr_un.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    let mut ctl = [0u64; 128]; // 1 KiB, aligned for cmsghdr
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: all zeroes is a valid msghdr (null pointers, zero lengths).
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_name = (&mut addr as *mut libc::sockaddr_un).cast();
+    msg.msg_namelen = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = ctl.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&ctl);
+    // SAFETY: msg points at live buffers of the sizes it states.
+    let n = unsafe {
+        libc::recvmsg(
+            fd,
+            &mut msg,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC,
+        )
+    };
+    let n = check(n as libc::c_long)? as usize;
+    let mut p = Peeked {
+        len: n.min(buf.len()),
+        truncated: msg.msg_flags & libc::MSG_TRUNC != 0,
+        addr: sun_path(&addr, msg.msg_namelen),
+        other_cmsg: msg.msg_flags & libc::MSG_CTRUNC != 0,
+        ..Default::default()
+    };
+    // SAFETY: msg's control buffer was filled by the kernel; the CMSG
+    // macros walk it within msg_controllen.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            let h = &*c;
+            if h.cmsg_level == libc::SOL_SOCKET && h.cmsg_type == libc::SCM_RIGHTS {
+                p.rights = true;
+                let data = libc::CMSG_DATA(c);
+                let n = (h.cmsg_len as usize - libc::CMSG_LEN(0) as usize) / 4;
+                for i in 0..n {
+                    let fd = std::ptr::read_unaligned(data.cast::<i32>().add(i));
+                    libc::close(fd);
+                }
+            } else if h.cmsg_level == libc::SOL_SOCKET && h.cmsg_type == libc::SCM_CREDENTIALS {
+                p.creds = true;
+            } else {
+                p.other_cmsg = true;
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    Ok(p)
+}
+
+/// A NETLINK_SOCK_DIAG socket.
+pub fn sock_diag_socket() -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let fd = socket(libc::AF_NETLINK, libc::SOCK_DGRAM, libc::NETLINK_SOCK_DIAG)?;
+    // SAFETY: fd is a new fd we own.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+/// send(2) of a whole netlink request to the kernel.
+pub fn netlink_send(fd: i32, req: &[u8]) -> io::Result<()> {
+    // SAFETY: all zeroes is a valid sockaddr_nl (the kernel: pid 0).
+    let mut to: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+    to.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+    // SAFETY: req and to are live buffers of the sizes passed.
+    let n = unsafe {
+        libc::sendto(
+            fd,
+            req.as_ptr().cast(),
+            req.len(),
+            0,
+            (&to as *const libc::sockaddr_nl).cast(),
+            std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+        )
+    };
+    let n = check(n as libc::c_long)? as usize;
+    if n != req.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::WriteZero,
+            "short netlink send",
+        ));
+    }
+    Ok(())
+}
+
+/// recv(2) of one netlink datagram (blocking).
+pub fn netlink_recv(fd: i32, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        // SAFETY: buf is a live buffer of buf.len() bytes.
+        let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+        match check(n as libc::c_long) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            r => return r.map(|v| v as usize),
+        }
+    }
+}
+
+/// lstat(2): (st_mode, st_ino), or the error.
+pub fn lstat_mode_ino(path: &[u8]) -> io::Result<(u32, u64)> {
+    let c = std::ffi::CString::new(path)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))?;
+    // SAFETY: all zeroes is a valid stat.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: c is NUL-terminated, st a valid out-pointer.
+    check(unsafe { libc::lstat(c.as_ptr(), &mut st) } as libc::c_long)?;
+    Ok((st.st_mode, st.st_ino))
+}
+
+/// chmod(2).
+pub fn chmod(path: &[u8], mode: u32) -> io::Result<()> {
+    let c = std::ffi::CString::new(path)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))?;
+    // SAFETY: c is NUL-terminated.
+    check(unsafe { libc::chmod(c.as_ptr(), mode) } as libc::c_long).map(drop)
+}
+
+/// getpeername of a unix socket: the peer's sun_path bytes (ENOTCONN: none).
+pub fn unix_peername(fd: i32) -> io::Result<Vec<u8>> {
+    // SAFETY: all zeroes is a valid sockaddr_un.
+    let mut a: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+    // SAFETY: a is a valid out-buffer of len bytes.
+    let r = unsafe { libc::getpeername(fd, (&mut a as *mut libc::sockaddr_un).cast(), &mut len) };
+    check(r as libc::c_long)?;
+    Ok(sun_path(&a, len))
+}
+
+/// sendto(2) of one message to unix address `name` (MSG_DONTWAIT |
+/// MSG_NOSIGNAL): the bytes sent.
+pub fn unix_sendto(fd: i32, data: &[u8], name: &[u8]) -> io::Result<usize> {
+    let (a, len) = sockaddr_un(name)?;
+    // SAFETY: data and a are live buffers of the sizes passed.
+    let n = unsafe {
+        libc::sendto(
+            fd,
+            data.as_ptr().cast(),
+            data.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            (&a as *const libc::sockaddr_un).cast(),
+            len,
+        )
+    };
+    check(n as libc::c_long).map(|v| v as usize)
+}
+
+/// lchown(2).
+pub fn lchown(path: &[u8], uid: u32, gid: u32) -> io::Result<()> {
+    let c = std::ffi::CString::new(path)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))?;
+    // SAFETY: c is NUL-terminated.
+    check(unsafe { libc::lchown(c.as_ptr(), uid, gid) } as libc::c_long).map(drop)
+}
+
+/// rename(2).
+pub fn rename(from: &[u8], to: &[u8]) -> io::Result<()> {
+    let nul = |p: &[u8]| {
+        std::ffi::CString::new(p)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))
+    };
+    let (a, b) = (nul(from)?, nul(to)?);
+    // SAFETY: a and b are NUL-terminated.
+    check(unsafe { libc::rename(a.as_ptr(), b.as_ptr()) } as libc::c_long).map(drop)
+}

@@ -347,3 +347,66 @@ pub const NL_LISTEN_ALL_NSID: u32 = 8;
 pub const NL_CAP_ACK: u32 = 16;
 pub const NL_EXT_ACK: u32 = 32;
 pub const NL_GET_STRICT_CHK: u32 = 64;
+
+record!(
+    /// Unix socket `file_id` (O_NONBLOCK is the `File`'s status flag).
+    /// Its peer is another description of the image (`peer_id`), or a
+    /// connection waiting in the backlog of listener `listener_id`.
+    UnixSk = T_UNIX_SK, "unix-socket" {
+        file_id: u32,
+        /// Its inode at checkpoint.
+        ino: u64,
+        /// SOCK_STREAM 1, SOCK_DGRAM 2, SOCK_SEQPACKET 5.
+        sock_type: u32,
+        /// TCP_ESTABLISHED 1 (connected), TCP_CLOSE 7, TCP_LISTEN 10.
+        state: u32,
+        /// Its address, sun_path bytes as getsockname gives them (an
+        /// abstract name starts with 0); empty: unbound.
+        name: Bytes,
+        /// A relative path name is relative to this directory.
+        bind_dir: Text,
+        /// The socket file of a path name had been removed: restart
+        /// binds and removes it again.
+        deleted: bool,
+        /// Permission bits and owner of the socket file.
+        mode: u32,
+        uid: u32,
+        gid: u32,
+        /// The peer's description, 0: none.
+        peer_id: u32,
+        /// A socket whose peer was closed (peer_id 0), and that peer's
+        /// address (getpeername; empty: unnamed).
+        peer_gone: bool,
+        peer_name: Bytes,
+        /// Connected to a connection waiting in this listener's backlog.
+        listener_id: u32,
+        /// listen() backlog.
+        backlog: u32,
+        /// Shutdown bits: 1 receive, 2 send.
+        shutdown: u32,
+        passcred: bool,
+        /// SO_RCVBUF and SO_SNDBUF as getsockopt gives them.
+        rcvbuf: u32,
+        sndbuf: u32,
+        /// SO_RCVTIMEO and SO_SNDTIMEO in microseconds (0: none).
+        rcvtimeo_us: u64,
+        sndtimeo_us: u64,
+        /// SO_PEEK_OFF (-1: off).
+        peek_off: i32,
+    }
+);
+
+record!(
+    /// Data waiting in the receive queue of unix socket `file_id`, in
+    /// queue order: a stream socket's bytes in one record, one record
+    /// per message of a datagram or seqpacket socket (sent again at
+    /// restart).
+    UnixQueue = T_UNIX_QUEUE, "unix-queue" {
+        file_id: u32,
+        /// The sending socket of a datagram: 0 for the peer (or, for a
+        /// socket without one, an unnamed socket), else the description
+        /// bound to the sender's address.
+        sender_id: u32,
+        data: Bytes,
+    }
+);

@@ -24,6 +24,7 @@ mod signalfd;
 pub mod sockopt;
 mod timerfd;
 mod udp;
+mod unix;
 
 use crate::error::{Ctx, Error, Result};
 use crate::ids::{IdSpace, ObjId};
@@ -54,6 +55,7 @@ pub static KINDS: &[&dyn FdKind] = &[
     &pidfd::PidFd,
     &udp::Udp,
     &netlink::Netlink,
+    &unix::UnixKind,
     &path::ByPath,
 ];
 
@@ -552,7 +554,9 @@ mod tests {
         std::fs::remove_file(&dir).unwrap();
         assert_eq!(kind_name(gone.as_raw_fd()), Some("removed file"));
         let sock = std::os::unix::net::UnixDatagram::unbound().unwrap();
-        assert_eq!(kind_name(sock.as_raw_fd()), None);
+        assert_eq!(kind_name(sock.as_raw_fd()), Some("unix socket"));
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        assert_eq!(kind_name(udp.as_raw_fd()), None);
     }
 
     #[test]
