@@ -556,7 +556,13 @@ mod tests {
         let sock = std::os::unix::net::UnixDatagram::unbound().unwrap();
         assert_eq!(kind_name(sock.as_raw_fd()), Some("unix socket"));
         let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        assert_eq!(kind_name(udp.as_raw_fd()), None);
+        assert_eq!(kind_name(udp.as_raw_fd()), Some("UDP socket"));
+        // (An ICMP "ping" socket: no kind takes it.)
+        let ping = sys::socket(libc::AF_INET, libc::SOCK_DGRAM, libc::IPPROTO_ICMP);
+        if let Ok(ping) = ping {
+            assert_eq!(kind_name(ping), None);
+            sys::close(ping);
+        }
     }
 
     #[test]
