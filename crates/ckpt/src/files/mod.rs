@@ -20,6 +20,7 @@ mod pidfd;
 mod pipe;
 mod procfile;
 mod signalfd;
+mod tcp;
 mod timerfd;
 
 use crate::error::{Ctx, Error, Result};
@@ -49,6 +50,7 @@ pub static KINDS: &[&dyn FdKind] = &[
     &signalfd::SignalFd,
     &inotify::Inotify,
     &pidfd::PidFd,
+    &tcp::Tcp,
     &path::ByPath,
 ];
 
@@ -270,6 +272,14 @@ fn unsupported_reason(p: &Probe) -> String {
         "{what} cannot be saved yet; ckpt saves these kinds of open files: {}",
         kinds.join(", ")
     )
+}
+
+/// Lets every kind see the end of a checkpoint whose image was written
+/// (`FdKind::after_checkpoint`): the tree was killed, or keeps running.
+pub fn after_checkpoint(cx: &mut DumpCx, killed: bool) {
+    for k in KINDS {
+        k.after_checkpoint(cx, killed);
+    }
 }
 
 /// Checks every description of the image through its kind.

@@ -1,0 +1,232 @@
+//! TCP sockets (see `workloads/tcp.c`): established loopback connections
+//! between processes of the tree (IPv4 and IPv6) go on without a byte lost
+//! or repeated, a connection to a client outside the tree (this test)
+//! survives, a listener accepts on the same port after restart,
+//! `--tcp-close` restores connections as reset, and what cannot be
+//! restored is refused. After each test no nftables rule of ckpt remains.
+//!
+//! These tests need root; without it they print `SKIP: ...` and pass.
+
+mod common;
+
+use common::*;
+use std::ffi::OsStr;
+use std::io::{Read, Write};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// The tests share the nftables table of ckpt: one at a time, so each
+/// can check that it is gone afterwards.
+static NFT: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    NFT.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// No nftables table of ckpt is left.
+fn assert_no_rules(when: &str) {
+    let out = std::process::Command::new("nft")
+        .args(["list", "table", "inet", "ckpt"])
+        .output();
+    if let Ok(out) = out {
+        assert!(
+            !out.status.success(),
+            "{when}: the nftables table of ckpt is still there:\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+}
+
+fn byte_at(i: u64, side: u64) -> u8 {
+    (i ^ (i >> 8) ^ (i >> 16) ^ (side * 0x5a)) as u8
+}
+
+fn port_of(w: &Workload) -> u16 {
+    let p = w.result_sibling(".port");
+    std::fs::read_to_string(&p)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", p.display()))
+        .trim()
+        .parse()
+        .expect("a port")
+}
+
+fn stream(test: &str, case: &str) {
+    let _g = serial();
+    let Some(env) = TestEnv::new(test) else {
+        return;
+    };
+    env.roundtrip(
+        "tcp",
+        &[case],
+        |_, _| {},
+        |env, _| {
+            let img = env.path("img");
+            let run = env.ckpt([OsStr::new("inspect"), img.as_os_str()]);
+            assert!(
+                run.stdout.contains("tcp-queue"),
+                "inspect shows no queued TCP bytes:\n{}",
+                run.stdout
+            );
+        },
+    );
+    assert_no_rules(test);
+}
+
+#[test]
+fn restore_tcp_stream_ipv4() {
+    stream("restore_tcp_stream_ipv4", "stream4");
+}
+
+#[test]
+fn restore_tcp_stream_ipv6() {
+    stream("restore_tcp_stream_ipv6", "stream6");
+}
+
+fn read_check(c: &mut std::net::TcpStream, from: u64, n: usize) {
+    let mut buf = vec![0u8; n];
+    c.read_exact(&mut buf)
+        .unwrap_or_else(|e| panic!("reading {n} bytes at {from} from the server: {e}"));
+    for (i, b) in buf.iter().enumerate() {
+        let at = from + i as u64;
+        assert_eq!(*b, byte_at(at, 0), "byte {at} from the server");
+    }
+}
+
+fn send(c: &mut std::net::TcpStream, from: u64, n: usize) {
+    let buf: Vec<u8> = (from..from + n as u64).map(|i| byte_at(i, 1)).collect();
+    c.write_all(&buf)
+        .unwrap_or_else(|e| panic!("sending {n} bytes at {from} to the server: {e}"));
+}
+
+#[test]
+fn restore_tcp_client_outside_the_tree() {
+    let _g = serial();
+    let Some(env) = TestEnv::new("restore_tcp_client_outside_the_tree") else {
+        return;
+    };
+    let Some(mut w) = env.start_workload("tcp", &["ext4"]) else {
+        return;
+    };
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port_of(&w))).expect("connect");
+    c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    // Half of the server's first 100000 bytes: the rest is in its queues
+    // (or in flight) at checkpoint, and so are 30000 of ours.
+    read_check(&mut c, 0, 50000);
+    send(&mut c, 0, 30000);
+    let img = env.path("img");
+    env.checkpoint_and_kill(&mut w, &img);
+    env.restart_detached(&mut w, &img);
+    read_check(&mut c, 50000, 50000);
+    send(&mut c, 30000, 70000);
+    read_check(&mut c, 100000, 100000);
+    send(&mut c, 100000, 100000);
+    env.signal_and_expect_pass(&mut w, libc::SIGTERM);
+    drop(c);
+    assert_no_rules("restore_tcp_client_outside_the_tree");
+}
+
+fn listen(test: &str, case: &str) {
+    let _g = serial();
+    let Some(env) = TestEnv::new(test) else {
+        return;
+    };
+    env.roundtrip(
+        "tcp",
+        &[case],
+        |_, _| {},
+        |_, w| {
+            let port = port_of(w);
+            for _ in 0..2 {
+                let mut c = if case.ends_with('6') {
+                    std::net::TcpStream::connect(("::1", port))
+                } else {
+                    std::net::TcpStream::connect(("127.0.0.1", port))
+                }
+                .unwrap_or_else(|e| panic!("connect to the restored listener on {port}: {e}"));
+                c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+                // (TCP_DEFER_ACCEPT: the server accepts once we send.)
+                c.write_all(b"x").unwrap();
+                let mut s = String::new();
+                c.read_to_string(&mut s).expect("read the greeting");
+                assert_eq!(s, "hello\n");
+            }
+        },
+    );
+    assert_no_rules(test);
+}
+
+#[test]
+fn restore_tcp_listener_ipv4() {
+    listen("restore_tcp_listener_ipv4", "listen4");
+}
+
+#[test]
+fn restore_tcp_listener_ipv6() {
+    listen("restore_tcp_listener_ipv6", "listen6");
+}
+
+#[test]
+fn restore_tcp_close_resets_connections() {
+    let _g = serial();
+    let Some(env) = TestEnv::new("restore_tcp_close_resets_connections") else {
+        return;
+    };
+    let Some(mut w) = env.start_workload("tcp", &["close4"]) else {
+        return;
+    };
+    let img = env.path("img");
+    env.checkpoint_and_kill_with(&mut w, &img, &[OsStr::new("--tcp-close")]);
+    assert_no_rules("after a --tcp-close checkpoint");
+    env.restart_detached(&mut w, &img);
+    env.signal_and_expect_pass(&mut w, libc::SIGTERM);
+    assert_no_rules("restore_tcp_close_resets_connections");
+}
+
+#[test]
+fn refuse_tcp_socket_filter() {
+    let _g = serial();
+    refused_workload(
+        "refuse_tcp_socket_filter",
+        "tcp",
+        "filter",
+        &["SO_ATTACH_FILTER"],
+    );
+    assert_no_rules("refuse_tcp_socket_filter");
+}
+
+#[test]
+fn refuse_tcp_half_closed_and_undo_repair() {
+    let _g = serial();
+    refused_workload(
+        "refuse_tcp_half_closed_and_undo_repair",
+        "tcp",
+        "halfclosed",
+        &["half-closed", "FIN_WAIT2", "--tcp-close"],
+    );
+    assert_no_rules("refuse_tcp_half_closed_and_undo_repair");
+}
+
+#[test]
+fn restore_tcp_leave_running_undoes_repair() {
+    let _g = serial();
+    let Some(env) = TestEnv::new("restore_tcp_leave_running_undoes_repair") else {
+        return;
+    };
+    let Some(mut w) = env.start_workload("tcp", &["stream4"]) else {
+        return;
+    };
+    let img = env.path("img");
+    let pid = w.pid.to_string();
+    let run = env.ckpt([
+        OsStr::new("checkpoint"),
+        OsStr::new(&pid),
+        OsStr::new("-o"),
+        img.as_os_str(),
+        OsStr::new("--leave-running"),
+    ]);
+    assert!(run.success(), "checkpoint failed:\n{}", run.describe());
+    assert_no_rules("after --leave-running");
+    env.assert_running_untraced(&mut w, "after --leave-running");
+    // The connection goes on in the process that kept running.
+    env.signal_and_expect_pass(&mut w, libc::SIGTERM);
+}
