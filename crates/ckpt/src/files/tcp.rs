@@ -142,6 +142,8 @@ fn is_tcp(fd: i32) -> bool {
 /// repair mode must give back.
 struct Repaired {
     fd: OwnedFd,
+    /// In repair mode (else only its packets are blocked).
+    repair: bool,
     reuseaddr: bool,
     conn: Conn,
 }
@@ -159,8 +161,10 @@ impl Scratch {
     fn release(&mut self) {
         for r in self.repaired.drain(..) {
             let fd = r.fd.as_raw_fd();
-            let _ = sys::setsockopt_int(fd, libc::IPPROTO_TCP, TCP_REPAIR, 0);
-            if r.reuseaddr {
+            if r.repair {
+                let _ = sys::setsockopt_int(fd, libc::IPPROTO_TCP, TCP_REPAIR, 0);
+            }
+            if r.repair && r.reuseaddr {
                 // (Leaving repair mode clears it.)
                 let _ = sys::setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1);
             }
@@ -411,17 +415,14 @@ impl FdKind for Tcp {
             }
         }
         if r.mode == TCP_MODE_REPAIR {
-            sys::setsockopt_int(fd, libc::IPPROTO_TCP, TCP_REPAIR, 1).map_err(|e| {
-                if e.raw_os_error() == Some(libc::EPERM) {
-                    p.unsupported("its connection needs TCP repair mode, which needs CAP_NET_ADMIN: checkpoint as root, or use --tcp-close to restore it as reset")
-                } else {
-                    p.sys("setsockopt TCP_REPAIR", e)
-                }
-            })?;
+            // The packets are blocked first (CRIU locks the network first
+            // too): whatever reached the socket before is in its queues
+            // when they are read, and nothing reaches it afterwards.
             let conn = conn_of(&r);
             let copy = mine.try_clone().map_err(|e| p.sys("dup", e))?;
             cx.scratch::<Scratch>(SCRATCH).repaired.push(Repaired {
                 fd: copy,
+                repair: false,
                 reuseaddr: r.reuseaddr,
                 conn: conn.clone(),
             });
@@ -431,6 +432,16 @@ impl FdKind for Tcp {
                     p.pid,
                     p.fd
                 );
+            }
+            sys::setsockopt_int(fd, libc::IPPROTO_TCP, TCP_REPAIR, 1).map_err(|e| {
+                if e.raw_os_error() == Some(libc::EPERM) {
+                    p.unsupported("its connection needs TCP repair mode, which needs CAP_NET_ADMIN: checkpoint as root, or use --tcp-close to restore it as reset")
+                } else {
+                    p.sys("setsockopt TCP_REPAIR", e)
+                }
+            })?;
+            if let Some(last) = cx.scratch::<Scratch>(SCRATCH).repaired.last_mut() {
+                last.repair = true;
             }
             queues = Some(read_repair(p, fd, &info, &mut r)?);
         }
