@@ -28,6 +28,7 @@ pub const T_UNIX_QUEUE: u32 = 139;
 pub const T_UNIX_SCM: u32 = 140;
 pub const T_TCP_SK: u32 = 142;
 pub const T_TCP_QUEUE: u32 = 143;
+pub const T_TCP_REPAIR: u32 = 144;
 pub const T_UDP_SK: u32 = 146;
 pub const T_UDP_QUEUE: u32 = 147;
 pub const T_NETLINK_SK: u32 = 148;
@@ -259,7 +260,8 @@ record!(
     /// TCP socket `file_id` (IPv4 or IPv6): its addresses, options and, for
     /// a connection in repair mode, the state TCP_REPAIR reads out. Its
     /// queued bytes are `TcpQueue` records. Addresses are 4 (AF_INET) or 16
-    /// (AF_INET6) bytes, network order; ports host order, 0: none.
+    /// (AF_INET6) bytes, network order; ports host order, 0: none. A
+    /// connection in repair mode has a `TcpRepair` record too.
     TcpSk = T_TCP_SK, "tcp-socket" {
         file_id: u32,
         /// AF_INET 2 or AF_INET6 10.
@@ -297,8 +299,22 @@ record!(
         tos: u32,
         /// SO_BINDTODEVICE (empty: none).
         bind_dev: Text,
-        /// Repair state (`TCP_MODE_REPAIR`): TCP_QUEUE_SEQ of the send
-        /// queue (write_seq) and of the receive queue (rcv_nxt).
+        /// TCP_CONGESTION when it is not a fresh socket's (empty: default).
+        congestion: Text,
+        /// Other int options that differ from a fresh socket's, as
+        /// (level, option, value) triples of little-endian 32-bit words;
+        /// only options of ckpt's own list (see ckpt's files/tcp.rs).
+        int_opts: Bytes,
+    }
+);
+
+record!(
+    /// The state TCP repair mode reads out of connection `file_id`
+    /// (`TCP_MODE_REPAIR`).
+    TcpRepair = T_TCP_REPAIR, "tcp-repair" {
+        file_id: u32,
+        /// TCP_QUEUE_SEQ of the send queue (write_seq) and of the receive
+        /// queue (rcv_nxt).
         snd_seq: u32,
         rcv_seq: u32,
         /// Bytes at the end of the send queue never sent (SIOCOUTQNSD).

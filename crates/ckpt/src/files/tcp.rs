@@ -95,6 +95,110 @@ fn state_name(s: u32) -> &'static str {
     }
 }
 
+const TCP_CONGESTION: i32 = 13;
+const TCP_ULP: i32 = 31;
+
+/// Int options saved when they differ from a fresh socket's: (level,
+/// option, name). Options a restart may set from an image are only these.
+const INT_OPTS: &[(i32, i32, &str)] = &[
+    (libc::IPPROTO_TCP, 3, "TCP_CORK"),
+    (libc::IPPROTO_TCP, 7, "TCP_SYNCNT"),
+    (libc::IPPROTO_TCP, 8, "TCP_LINGER2"),
+    (libc::IPPROTO_TCP, 10, "TCP_WINDOW_CLAMP"),
+    (libc::IPPROTO_TCP, 16, "TCP_THIN_LINEAR_TIMEOUTS"),
+    (libc::IPPROTO_TCP, 18, "TCP_USER_TIMEOUT"),
+    (libc::IPPROTO_TCP, 23, "TCP_FASTOPEN"),
+    (libc::IPPROTO_TCP, 25, "TCP_NOTSENT_LOWAT"),
+    (libc::SOL_SOCKET, libc::SO_PRIORITY, "SO_PRIORITY"),
+    (libc::SOL_SOCKET, libc::SO_MARK, "SO_MARK"),
+    (libc::SOL_SOCKET, libc::SO_OOBINLINE, "SO_OOBINLINE"),
+    (libc::SOL_SOCKET, libc::SO_RCVLOWAT, "SO_RCVLOWAT"),
+    (libc::SOL_SOCKET, libc::SO_DONTROUTE, "SO_DONTROUTE"),
+    (libc::SOL_SOCKET, libc::SO_BROADCAST, "SO_BROADCAST"),
+    (libc::SOL_SOCKET, libc::SO_TIMESTAMP, "SO_TIMESTAMP"),
+    (libc::SOL_SOCKET, libc::SO_BUSY_POLL, "SO_BUSY_POLL"),
+    (libc::IPPROTO_IP, libc::IP_TTL, "IP_TTL"),
+    (libc::IPPROTO_IP, libc::IP_FREEBIND, "IP_FREEBIND"),
+    (libc::IPPROTO_IP, libc::IP_TRANSPARENT, "IP_TRANSPARENT"),
+    (
+        libc::IPPROTO_IP,
+        libc::IP_BIND_ADDRESS_NO_PORT,
+        "IP_BIND_ADDRESS_NO_PORT",
+    ),
+    (libc::IPPROTO_IP, libc::IP_RECVERR, "IP_RECVERR"),
+    (libc::IPPROTO_IP, libc::IP_MTU_DISCOVER, "IP_MTU_DISCOVER"),
+    (
+        libc::IPPROTO_IPV6,
+        libc::IPV6_UNICAST_HOPS,
+        "IPV6_UNICAST_HOPS",
+    ),
+    (libc::IPPROTO_IPV6, libc::IPV6_RECVERR, "IPV6_RECVERR"),
+    (
+        libc::IPPROTO_IPV6,
+        libc::IPV6_MTU_DISCOVER,
+        "IPV6_MTU_DISCOVER",
+    ),
+];
+
+/// Whether option (level, opt) applies to a socket of `family`.
+fn applies(level: i32, family: i32) -> bool {
+    match level {
+        libc::IPPROTO_IP => family == libc::AF_INET,
+        libc::IPPROTO_IPV6 => family == libc::AF_INET6,
+        _ => true,
+    }
+}
+
+/// The options of `INT_OPTS` where `fd` differs from `fresh`, encoded for
+/// `TcpSk::int_opts`.
+/// `connected`: the kernel set TCP_WINDOW_CLAMP itself from the
+/// handshake, and the restored connection gets its window from the image.
+fn int_opts(fd: i32, fresh: i32, family: i32, connected: bool) -> Vec<u8> {
+    let mut out = Vec::new();
+    for &(level, opt, _) in INT_OPTS {
+        if !applies(level, family) || (connected && level == libc::IPPROTO_TCP && opt == 10) {
+            continue;
+        }
+        // (An option this kernel does not know reads as an error on both.)
+        let (Ok(v), Ok(d)) = (
+            sys::getsockopt_int(fd, level, opt),
+            sys::getsockopt_int(fresh, level, opt),
+        ) else {
+            continue;
+        };
+        if v != d {
+            for w in [level, opt, v] {
+                out.extend_from_slice(&w.to_le_bytes());
+            }
+        }
+    }
+    out
+}
+
+/// Decodes `TcpSk::int_opts`; `None` if malformed or naming an option
+/// outside `INT_OPTS`.
+fn decode_int_opts(b: &[u8]) -> Option<Vec<(i32, i32, i32)>> {
+    if !b.len().is_multiple_of(12) {
+        return None;
+    }
+    b.chunks(12)
+        .map(|c| {
+            let w = |i: usize| i32::from_le_bytes(c[i * 4..i * 4 + 4].try_into().expect("4"));
+            let (level, opt, v) = (w(0), w(1), w(2));
+            INT_OPTS
+                .iter()
+                .any(|x| x.0 == level && x.1 == opt)
+                .then_some((level, opt, v))
+        })
+        .collect()
+}
+
+fn text_opt(fd: i32, level: i32, opt: i32) -> std::io::Result<Vec<u8>> {
+    let mut b = [0u8; 64];
+    let n = sys::getsockopt_raw(fd, level, opt, &mut b)?;
+    Ok(b[..n].split(|&c| c == 0).next().unwrap_or(&[]).to_vec())
+}
+
 /// What TCP_INFO says that ckpt uses (struct tcp_info, linux/tcp.h).
 #[derive(Debug, Default, PartialEq, Eq)]
 struct Info {
@@ -232,7 +336,7 @@ fn default_bufs(family: i32) -> std::io::Result<(u32, u32)> {
 }
 
 /// The options and addresses of socket `fd` (family `family`) into `r`.
-fn read_options(p: &Probe, fd: i32, family: i32, r: &mut TcpSk) -> Result<()> {
+fn read_options(p: &Probe, fd: i32, family: i32, connected: bool, r: &mut TcpSk) -> Result<()> {
     let e = |what: &str| {
         let what = what.to_string();
         move |err| p.sys(&format!("getsockopt {what}"), err)
@@ -286,6 +390,24 @@ fn read_options(p: &Probe, fd: i32, family: i32, r: &mut TcpSk) -> Result<()> {
         .map_err(e("SO_BINDTODEVICE"))?;
     let name = &dev[..n];
     r.bind_dev = Text(name.split(|&c| c == 0).next().unwrap_or(&[]).to_vec());
+    match text_opt(fd, tcp, TCP_ULP) {
+        Ok(ulp) if !ulp.is_empty() => {
+            return Err(p.unsupported(&format!(
+                "it has the upper layer protocol {} (TCP_ULP, e.g. kernel TLS), which ckpt cannot restore",
+                String::from_utf8_lossy(&ulp)
+            )))
+        }
+        _ => {}
+    }
+    let fresh = sys::socket(family, libc::SOCK_STREAM, libc::IPPROTO_TCP)
+        .map_err(|e| p.sys("a fresh TCP socket to compare options with", e))?;
+    r.int_opts = Bytes(int_opts(fd, fresh, family, connected));
+    let cc = text_opt(fd, tcp, TCP_CONGESTION).unwrap_or_default();
+    let fresh_cc = text_opt(fresh, tcp, TCP_CONGESTION).unwrap_or_default();
+    sys::close(fresh);
+    if cc != fresh_cc {
+        r.congestion = Text(cc);
+    }
     Ok(())
 }
 
@@ -306,7 +428,7 @@ fn peek_queue(fd: i32, len: usize) -> std::io::Result<Vec<u8>> {
 
 /// Reads the repair state of established socket `fd` (in repair mode) into
 /// `r`; returns (receive queue, send queue).
-fn read_repair(p: &Probe, fd: i32, info: &Info, r: &mut TcpSk) -> Result<(Vec<u8>, Vec<u8>)> {
+fn read_repair(p: &Probe, fd: i32, info: &Info, r: &mut TcpRepair) -> Result<(Vec<u8>, Vec<u8>)> {
     let tcp = libc::IPPROTO_TCP;
     let e = |what: &'static str| move |err| p.sys(what, err);
     sys::setsockopt_int(fd, tcp, TCP_REPAIR_QUEUE, TCP_QUEUE_RECV as i32)
@@ -369,8 +491,8 @@ impl FdKind for Tcp {
             state: info.state,
             ..Default::default()
         };
-        read_options(p, fd, family, &mut r)?;
         let connected = !matches!(info.state, LISTEN | CLOSE);
+        read_options(p, fd, family, connected, &mut r)?;
         if connected {
             let (_, peer, pport) = sys::sock_name(fd, true).map_err(|e| p.sys("getpeername", e))?;
             r.peer_addr = Bytes(peer);
@@ -443,12 +565,18 @@ impl FdKind for Tcp {
             if let Some(last) = cx.scratch::<Scratch>(SCRATCH).repaired.last_mut() {
                 last.repair = true;
             }
-            queues = Some(read_repair(p, fd, &info, &mut r)?);
+            let mut rep = TcpRepair {
+                file_id: f.id,
+                ..Default::default()
+            };
+            let (recvq, sendq) = read_repair(p, fd, &info, &mut rep)?;
+            queues = Some((rep, recvq, sendq));
         }
         f.kind = FILE_TCP;
         f.path = Text(p.link.to_vec());
         cx.objects.push(r.into());
-        if let Some((recvq, sendq)) = queues {
+        if let Some((rep, recvq, sendq)) = queues {
+            cx.objects.push(rep.into());
             for (q, data) in [(TCP_QUEUE_RECV, recvq), (TCP_QUEUE_SEND, sendq)] {
                 if !data.is_empty() {
                     cx.objects.push(
@@ -481,7 +609,12 @@ impl FdKind for Tcp {
             _ => return Err("needs exactly one tcp-socket record".into()),
         };
         let queues: Vec<&TcpQueue> = queues(c.img, f.id).collect();
-        validate_record(r, &queues, c.fs.is_some())
+        let mut reps = repairs(c.img, f.id);
+        let rep = match (reps.next(), reps.next()) {
+            (rep, None) => rep,
+            _ => return Err("has more than one tcp-repair record".into()),
+        };
+        validate_record(r, rep, &queues, c.fs.is_some())
     }
     fn open(&self, cx: &mut OpenCx, files: &[&File]) -> Result<()> {
         // Listeners and unconnected sockets first: a connection's socket
@@ -510,8 +643,11 @@ impl FdKind for Tcp {
                     .map_or(&[][..], |q| &q.data.0[..])
             };
             match r.mode {
-                TCP_MODE_REPAIR => restore_repair(fd, r, q(TCP_QUEUE_RECV), q(TCP_QUEUE_SEND))
-                    .map_err(|(w, e)| fail(w, e))?,
+                TCP_MODE_REPAIR => {
+                    let rep = repair_record(cx.img, f)?;
+                    restore_repair(fd, r, rep, q(TCP_QUEUE_RECV), q(TCP_QUEUE_SEND))
+                        .map_err(|(w, e)| fail(w, e))?
+                }
                 TCP_MODE_RESET => make_reset(fd, r).map_err(|(w, e)| fail(w, e))?,
                 _ => {
                     set_options(fd, r, true).map_err(|(w, e)| fail(w, e))?;
@@ -555,7 +691,8 @@ impl FdKind for Tcp {
         let sendq = queues(cx.img, f.id)
             .find(|q| q.queue == TCP_QUEUE_SEND)
             .map_or(&[][..], |q| &q.data.0[..]);
-        let mut rest = &sendq[sendq.len() - r.unsent as usize..];
+        let unsent = repair_record(cx.img, f)?.unsent as usize;
+        let mut rest = &sendq[sendq.len() - unsent..];
         while !rest.is_empty() {
             let n = sys::send(fd, rest, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
                 .map_err(|e| fail("queue the bytes not sent yet", e))?;
@@ -691,6 +828,19 @@ fn set_options(fd: i32, r: &TcpSk, reuse: bool) -> std::result::Result<(), StepE
             step(what, sys::setsockopt_raw(fd, sol, opt, &t))?;
         }
     }
+    for (level, opt, v) in decode_int_opts(&r.int_opts.0).unwrap_or_default() {
+        let name = INT_OPTS
+            .iter()
+            .find(|x| x.0 == level && x.1 == opt)
+            .map_or("?", |x| x.2);
+        int(level, opt, v, &format!("setsockopt {name}"))?;
+    }
+    if !r.congestion.0.is_empty() {
+        step(
+            "setsockopt TCP_CONGESTION",
+            sys::setsockopt_raw(fd, tcp, TCP_CONGESTION, &r.congestion.0),
+        )?;
+    }
     if !r.bind_dev.0.is_empty() {
         step(
             "setsockopt SO_BINDTODEVICE",
@@ -721,6 +871,7 @@ fn fill_queue(fd: i32, mut data: &[u8]) -> std::io::Result<()> {
 fn restore_repair(
     fd: i32,
     r: &TcpSk,
+    rep: &TcpRepair,
     recvq: &[u8],
     sendq: &[u8],
 ) -> std::result::Result<(), StepErr> {
@@ -766,12 +917,12 @@ fn restore_repair(
     };
     set_seq(
         TCP_QUEUE_RECV,
-        r.rcv_seq.wrapping_sub(recvq.len() as u32),
+        rep.rcv_seq.wrapping_sub(recvq.len() as u32),
         "set the receive sequence (TCP_QUEUE_SEQ)",
     )?;
     set_seq(
         TCP_QUEUE_SEND,
-        r.snd_seq.wrapping_sub(sendq.len() as u32),
+        rep.snd_seq.wrapping_sub(sendq.len() as u32),
         "set the send sequence (TCP_QUEUE_SEQ)",
     )?;
     step(
@@ -787,24 +938,24 @@ fn restore_repair(
         opts.extend_from_slice(&code.to_ne_bytes());
         opts.extend_from_slice(&val.to_ne_bytes());
     };
-    if r.tcp_options & TCPI_OPT_SACK != 0 {
+    if rep.tcp_options & TCPI_OPT_SACK != 0 {
         opt(TCPOPT_SACK_PERM, 0);
     }
-    if r.tcp_options & TCPI_OPT_WSCALE != 0 {
-        opt(TCPOPT_WINDOW, r.snd_wscale | (r.rcv_wscale << 16));
+    if rep.tcp_options & TCPI_OPT_WSCALE != 0 {
+        opt(TCPOPT_WINDOW, rep.snd_wscale | (rep.rcv_wscale << 16));
     }
-    if r.tcp_options & TCPI_OPT_TIMESTAMPS != 0 {
+    if rep.tcp_options & TCPI_OPT_TIMESTAMPS != 0 {
         opt(TCPOPT_TIMESTAMP, 0);
     }
-    opt(TCPOPT_MAXSEG, r.mss);
+    opt(TCPOPT_MAXSEG, rep.mss);
     step(
         "TCP_REPAIR_OPTIONS",
         sys::setsockopt_raw(fd, tcp, TCP_REPAIR_OPTIONS, &opts),
     )?;
-    if r.tcp_options & TCPI_OPT_TIMESTAMPS != 0 {
+    if rep.tcp_options & TCPI_OPT_TIMESTAMPS != 0 {
         step(
             "TCP_TIMESTAMP",
-            sys::setsockopt_int(fd, tcp, TCP_TIMESTAMP, r.timestamp as i32),
+            sys::setsockopt_int(fd, tcp, TCP_TIMESTAMP, rep.timestamp as i32),
         )?;
     }
     if !recvq.is_empty() {
@@ -816,7 +967,7 @@ fn restore_repair(
     }
     // The bytes sent and not acknowledged go back in repair mode (the
     // kernel retransmits them); those never sent wait for `resume`.
-    let sent = &sendq[..sendq.len() - r.unsent as usize];
+    let sent = &sendq[..sendq.len() - rep.unsent as usize];
     if !sent.is_empty() {
         step(
             "select the send queue",
@@ -829,7 +980,13 @@ fn restore_repair(
         sys::setsockopt_int(fd, tcp, TCP_REPAIR_QUEUE, TCP_NO_QUEUE),
     )?;
     let mut w = Vec::with_capacity(20);
-    for v in [r.snd_wl1, r.snd_wnd, r.max_window, r.rcv_wnd, r.rcv_wup] {
+    for v in [
+        rep.snd_wl1,
+        rep.snd_wnd,
+        rep.max_window,
+        rep.rcv_wnd,
+        rep.rcv_wup,
+    ] {
         w.extend_from_slice(&v.to_ne_bytes());
     }
     step(
@@ -879,6 +1036,7 @@ fn make_reset(fd: i32, r: &TcpSk) -> std::result::Result<(), StepErr> {
 /// image is not root's.
 fn validate_record(
     r: &TcpSk,
+    rep: Option<&TcpRepair>,
     queues: &[&TcpQueue],
     untrusted: bool,
 ) -> std::result::Result<(), String> {
@@ -907,23 +1065,27 @@ fn validate_record(
         TCP_MODE_REPAIR | TCP_MODE_RESET => return Err("is a connection without ports".into()),
         m => return Err(format!("has unknown mode {m}")),
     }
+    let unsent = rep.map_or(0, |x| x.unsent);
     if r.mode == TCP_MODE_REPAIR {
+        let Some(rep) = rep else {
+            return Err("is a connection in repair mode without its tcp-repair record".into());
+        };
         if r.state != ESTABLISHED {
             return Err(format!(
                 "is repaired in state {} (only ESTABLISHED)",
                 r.state
             ));
         }
-        if r.mss == 0 || r.mss > 65535 || r.snd_wscale > 14 || r.rcv_wscale > 14 {
+        if rep.mss == 0 || rep.mss > 65535 || rep.snd_wscale > 14 || rep.rcv_wscale > 14 {
             return Err("has an invalid MSS or window scale".into());
         }
-        if r.tcp_options & !(TCPI_OPT_TIMESTAMPS | TCPI_OPT_SACK | TCPI_OPT_WSCALE) != 0 {
-            return Err(format!("has unknown TCP options {:#x}", r.tcp_options));
+        if rep.tcp_options & !(TCPI_OPT_TIMESTAMPS | TCPI_OPT_SACK | TCPI_OPT_WSCALE) != 0 {
+            return Err(format!("has unknown TCP options {:#x}", rep.tcp_options));
         }
         if untrusted {
             return Err("is a connection restored in TCP repair mode, which only an image owned by root may ask for (see docs/trust.md)".into());
         }
-    } else if !queues.is_empty() {
+    } else if !queues.is_empty() || rep.is_some() {
         return Err("has queued bytes but is no repaired connection".into());
     }
     let mut seen = [false; 3];
@@ -942,11 +1104,20 @@ fn validate_record(
         .iter()
         .find(|q| q.queue == TCP_QUEUE_SEND)
         .map_or(0, |q| q.data.0.len());
-    if r.unsent as usize > sendq {
+    if unsent as usize > sendq {
         return Err(format!(
             "says {} bytes were not sent of a send queue of {sendq}",
-            r.unsent
+            unsent
         ));
+    }
+    match decode_int_opts(&r.int_opts.0) {
+        Some(v)
+            if v.iter()
+                .all(|&(level, _, _)| applies(level, r.family as i32)) => {}
+        _ => return Err("has socket options ckpt does not restore".into()),
+    }
+    if r.congestion.0.len() >= 16 || r.congestion.0.contains(&0) {
+        return Err("has an invalid TCP_CONGESTION name".into());
     }
     if r.bind_dev.0.len() >= 16 || r.bind_dev.0.contains(&0) {
         return Err("has an invalid SO_BINDTODEVICE name".into());
@@ -973,6 +1144,16 @@ fn record<'a>(img: &'a crate::model::Image, f: &File) -> Result<&'a TcpSk> {
     records(img, f.id)
         .next()
         .ok_or_else(|| Error::Refused(format!("TCP file {} has no tcp-socket record", f.id)))
+}
+
+fn repair_record<'a>(img: &'a crate::model::Image, f: &File) -> Result<&'a TcpRepair> {
+    repairs(img, f.id)
+        .next()
+        .ok_or_else(|| Error::Refused(format!("TCP file {} has no tcp-repair record", f.id)))
+}
+
+fn repairs(img: &crate::model::Image, id: u32) -> impl Iterator<Item = &TcpRepair> + '_ {
+    super::kind::objects_of::<TcpRepair>(img).filter(move |r| r.file_id == id)
 }
 
 fn records(img: &crate::model::Image, id: u32) -> impl Iterator<Item = &TcpSk> + '_ {
@@ -1031,6 +1212,13 @@ mod tests {
             local_port: 5000,
             peer_addr: Bytes(vec![127, 0, 0, 1]),
             peer_port: 40000,
+            ..Default::default()
+        }
+    }
+
+    fn rep() -> TcpRepair {
+        TcpRepair {
+            file_id: 1,
             mss: 1460,
             unsent: 2,
             ..Default::default()
@@ -1044,40 +1232,71 @@ mod tests {
             queue: TCP_QUEUE_SEND,
             data: Bytes(vec![1, 2, 3]),
         };
-        assert_eq!(validate_record(&conn(), &[&q], false), Ok(()));
-        let e = validate_record(&conn(), &[&q], true).unwrap_err();
+        let rp = rep();
+        let ok = |r: &TcpSk, qs: &[&TcpQueue]| validate_record(r, Some(&rp), qs, false);
+        assert_eq!(ok(&conn(), &[&q]), Ok(()));
+        let e = validate_record(&conn(), Some(&rp), &[&q], true).unwrap_err();
         assert!(e.contains("owned by root"), "{e}");
-        let e = validate_record(&conn(), &[], false).unwrap_err();
+        let e = ok(&conn(), &[]).unwrap_err();
         assert!(e.contains("not sent"), "{e}");
-        let e = validate_record(&conn(), &[&q, &q], false).unwrap_err();
+        let e = ok(&conn(), &[&q, &q]).unwrap_err();
         assert!(e.contains("repeated"), "{e}");
+        let e = validate_record(&conn(), None, &[&q], false).unwrap_err();
+        assert!(e.contains("tcp-repair"), "{e}");
         let bad = TcpSk {
             local_addr: Bytes(vec![0; 16]),
             ..conn()
         };
-        assert!(validate_record(&bad, &[&q], false).is_err());
+        assert!(ok(&bad, &[&q]).is_err());
         let bad = TcpSk { mode: 9, ..conn() };
-        assert!(validate_record(&bad, &[&q], false).is_err());
-        let bad = TcpSk {
+        assert!(ok(&bad, &[&q]).is_err());
+        let wide = TcpRepair {
             rcv_wscale: 15,
-            ..conn()
+            ..rep()
         };
-        assert!(validate_record(&bad, &[&q], false).is_err());
+        assert!(validate_record(&conn(), Some(&wide), &[&q], false).is_err());
         let listen = TcpSk {
             mode: TCP_MODE_LISTEN,
             state: LISTEN,
-            unsent: 0,
             peer_port: 0,
             backlog: 5,
             ..conn()
         };
-        assert_eq!(validate_record(&listen, &[], true), Ok(()));
-        assert!(validate_record(&listen, &[&q], false).is_err());
+        assert_eq!(validate_record(&listen, None, &[], true), Ok(()));
+        assert!(validate_record(&listen, None, &[&q], false).is_err());
+        assert!(validate_record(&listen, Some(&rp), &[], false).is_err());
         let low = TcpSk {
             local_port: 80,
             ..listen
         };
-        assert!(validate_record(&low, &[], true).is_err());
+        assert!(validate_record(&low, None, &[], true).is_err());
+    }
+
+    #[test]
+    fn int_options_differing_from_a_fresh_socket() {
+        let fam = libc::AF_INET;
+        let s = sys::socket(fam, libc::SOCK_STREAM, libc::IPPROTO_TCP).unwrap();
+        let fresh = sys::socket(fam, libc::SOCK_STREAM, libc::IPPROTO_TCP).unwrap();
+        assert!(int_opts(s, fresh, fam, false).is_empty());
+        sys::setsockopt_int(s, libc::IPPROTO_TCP, 3, 1).unwrap(); // TCP_CORK
+        sys::setsockopt_int(s, libc::IPPROTO_IP, libc::IP_TTL, 7).unwrap();
+        let b = int_opts(s, fresh, fam, false);
+        assert_eq!(
+            decode_int_opts(&b),
+            Some(vec![
+                (libc::IPPROTO_TCP, 3, 1),
+                (libc::IPPROTO_IP, libc::IP_TTL, 7)
+            ])
+        );
+        sys::close(s);
+        sys::close(fresh);
+        // Only options of the list, in whole triples.
+        assert_eq!(decode_int_opts(&b[..11]), None);
+        let mut any = Vec::new();
+        for w in [libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, 1] {
+            any.extend_from_slice(&w.to_le_bytes());
+        }
+        assert_eq!(decode_int_opts(&any), None);
     }
 
     #[test]
