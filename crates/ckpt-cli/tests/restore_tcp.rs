@@ -260,3 +260,15 @@ fn restore_tcp_leave_running_undoes_repair() {
     // The connection goes on in the process that kept running.
     env.signal_and_expect_pass(&mut w, libc::SIGTERM);
 }
+
+#[test]
+fn refuse_tcp_ended_connection() {
+    let _g = serial();
+    refused_workload(
+        "refuse_tcp_ended_connection",
+        "tcp",
+        "ended",
+        &["connection has ended", "close the socket"],
+    );
+    assert_no_rules("refuse_tcp_ended_connection");
+}

@@ -20,6 +20,8 @@
  *   close4  a loopback connection inside the process, checkpointed with
  *          --tcp-close: after restart a read gives ECONNRESET or EOF.
  *   filter  a connected socket with SO_ATTACH_FILTER (refused).
+ *   ended  a connection reset by its peer (CLOSE, ECONNRESET pending;
+ *          refused).
  *   halfclosed  an established connection, then a half-closed one
  *          (FIN_WAIT2 / CLOSE_WAIT, refused); the established one still
  *          works after the refusal (its repair mode was undone).
@@ -427,6 +429,27 @@ static void do_filter(void)
     close(s);
 }
 
+static void do_ended(void)
+{
+    int c, s;
+    pair(&c, &s);
+    /* Reset by the peer: `c` is in CLOSE with ECONNRESET pending. */
+    struct linger lin = {1, 0};
+    if (setsockopt(s, SOL_SOCKET, SO_LINGER, &lin, sizeof(lin)) != 0)
+        wl_die("SO_LINGER");
+    close(s);
+    struct pollfd p = {c, POLLIN, 0};
+    poll(&p, 1, 5000);
+    wl_ready();
+    while (!wl_term)
+        pause();
+    wl_verify_common();
+    char x;
+    ssize_t r = read(c, &x, 1);
+    WL_CHECK(r < 0 && errno == ECONNRESET, "ended: read gave %zd (%s)", r, strerror(errno));
+    close(c);
+}
+
 static void do_halfclosed(void)
 {
     int c, s, hc, hs;
@@ -465,6 +488,8 @@ int main(int argc, char **argv)
         do_close();
     else if (!strcmp(which, "filter"))
         do_filter();
+    else if (!strcmp(which, "ended"))
+        do_ended();
     else if (!strcmp(which, "halfclosed"))
         do_halfclosed();
     else

@@ -210,6 +210,9 @@ struct Info {
     unacked: u32,
     /// Listener: the backlog (tcpi_sacked).
     sacked: u32,
+    /// Segments sent and received (tcpi_segs_out + tcpi_segs_in; 0 when
+    /// the kernel's tcp_info is too short to tell).
+    segs: u64,
 }
 
 /// Parses the first bytes of a struct tcp_info.
@@ -226,6 +229,11 @@ fn parse_info(b: &[u8]) -> Option<Info> {
         rcv_wscale: (b[6] >> 4) as u32,
         unacked: u32_at(24),
         sacked: u32_at(28),
+        segs: if b.len() >= 144 {
+            u32_at(136) as u64 + u32_at(140) as u64
+        } else {
+            0
+        },
     })
 }
 
@@ -509,6 +517,11 @@ impl FdKind for Tcp {
                 }
                 r.backlog = info.sacked;
                 TCP_MODE_LISTEN
+            }
+            CLOSE if info.segs > 0 => {
+                return Err(p.unsupported(
+                    "its connection has ended (state CLOSE after segments were exchanged): what reads and writes on it return (EOF, a pending ECONNRESET) cannot be restored; close the socket before the checkpoint",
+                ))
             }
             CLOSE => TCP_MODE_PLAIN,
             _ if cx.opts.tcp_close && !matches!(info.state, 2 | 3) => TCP_MODE_RESET,
@@ -1185,10 +1198,15 @@ mod tests {
                 snd_wscale: 7,
                 rcv_wscale: 9,
                 unacked: 3,
-                sacked: 128
+                sacked: 128,
+                segs: 0,
             }
         );
         assert_eq!(parse_info(&b[..20]), None);
+        let mut long = [0u8; 232];
+        long[136..140].copy_from_slice(&2u32.to_ne_bytes());
+        long[140..144].copy_from_slice(&3u32.to_ne_bytes());
+        assert_eq!(parse_info(&long).unwrap().segs, 5);
     }
 
     #[test]
