@@ -1,7 +1,9 @@
 //! TCP sockets, IPv4 and IPv6.
 //!
-//! - Not connected (fresh, bound, or closed after a connection ended):
-//!   recreated with their options and bound again to their address.
+//! - Not connected (fresh or bound): recreated with their options and
+//!   bound again to their address. A socket whose connection has ended
+//!   (CLOSE after segments were exchanged: reads give EOF or a pending
+//!   ECONNRESET) is refused.
 //! - Listening: bound and listening again on the same address and port,
 //!   with their backlog and options. Connections waiting in the accept
 //!   queue are refused (accept them before the checkpoint).
@@ -39,7 +41,7 @@
 //! from a fresh socket's. A socket filter (SO_ATTACH_FILTER or BPF) is
 //! refused.
 
-use super::kind::{Check, DumpCx, FdKind, OpenCx, Probe, ResumeCx};
+use super::kind::{objects_of, Check, DumpCx, FdKind, OpenCx, Probe, ResumeCx};
 use crate::error::{Error, Result};
 use crate::netblock::{self, Conn};
 use crate::sys;
@@ -664,6 +666,25 @@ impl FdKind for Tcp {
                 TCP_MODE_RESET => make_reset(fd, r).map_err(|(w, e)| fail(w, e))?,
                 _ => {
                     set_options(fd, r, true).map_err(|(w, e)| fail(w, e))?;
+                    // Another socket binding this port with SO_REUSEPORT:
+                    // this one had it too when it was bound (or the kernel
+                    // would have refused one of them), and turned it off
+                    // since; so it is bound with it, then turned off.
+                    let join = !r.reuseport
+                        && r.local_port != 0
+                        && objects_of::<TcpSk>(cx.img).any(|o| {
+                            o.file_id != r.file_id
+                                && o.reuseport
+                                && o.local_port == r.local_port
+                                && o.mode != TCP_MODE_REPAIR
+                        });
+                    let reuseport = |v| {
+                        sys::setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, v)
+                            .map_err(|e| fail("setsockopt SO_REUSEPORT".into(), e))
+                    };
+                    if join {
+                        reuseport(1)?;
+                    }
                     if r.local_port != 0 {
                         sys::sock_bind(fd, r.family, &r.local_addr.0, r.local_port as u16)
                             .map_err(|e| fail("bind".into(), e))?;
@@ -671,6 +692,9 @@ impl FdKind for Tcp {
                     if r.mode == TCP_MODE_LISTEN {
                         sys::listen(fd, r.backlog.min(i32::MAX as u32) as i32)
                             .map_err(|e| fail("listen".into(), e))?;
+                    }
+                    if join {
+                        reuseport(0)?;
                     }
                 }
             }
