@@ -17,7 +17,8 @@
 //! without `nft` a checkpoint still works, only less safely for the peer
 //! (a warning is logged). When no restart follows, the rules stay and
 //! keep the peer's packets out: remove them with `nft delete table inet
-//! ckpt` (the peer then gets a RST on its next segment).
+//! ckpt` (the peer then gets a RST on its next segment). A failed
+//! restart leaves them too, for the next try.
 
 use std::io::Write;
 use std::process::{Command, Stdio};

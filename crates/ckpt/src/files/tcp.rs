@@ -35,6 +35,16 @@
 //!   127.0.0.1 or ::1 that resets the connection, so its addresses are
 //!   not the saved ones.
 //!
+//! Not kept: the urgency of MSG_OOB bytes still queued (they come back
+//! as plain bytes), TCP_MD5SIG keys (the kernel does not show them),
+//! half-open connections a listener has not completed yet (SYN_RECV;
+//! the client's next ACK gets a reset or a SYN cookie). If ckpt itself
+//! is killed (SIGKILL) in the middle of a checkpoint, its connections stay
+//! in repair mode and blocked: the tree heals, its connections do not
+//! (close them, or `nft delete table inet ckpt` and restart the program).
+//! A failed restart leaves the rules in place, so the image can be
+//! restarted again.
+//!
 //! SO_RCVBUF / SO_SNDBUF of a connection are set (with the FORCE
 //! variants, which locks them as if the program had set them; the kernel
 //! no longer tunes them); those of other sockets only when they differ
