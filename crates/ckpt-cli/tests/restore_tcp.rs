@@ -88,6 +88,8 @@ fn stream(test: &str, case: &str, drop_rules: bool) {
         assert!(out.status.success(), "nft delete table: {out:?}");
     }
     env.restart_detached(&mut w, &img);
+    // (A SIGTERM before the restarted pause() would be handled first.)
+    env.wait_blocked_in(&mut w, &[libc::SYS_pause]);
     env.signal_and_expect_pass(&mut w, libc::SIGTERM);
     assert_no_rules(test);
 }
@@ -150,6 +152,7 @@ fn restore_tcp_client_outside_the_tree() {
     send(&mut c, 30000, 70000);
     read_check(&mut c, 100000, 100000);
     send(&mut c, 100000, 100000);
+    env.wait_blocked_in(&mut w, &[libc::SYS_pause]);
     env.signal_and_expect_pass(&mut w, libc::SIGTERM);
     drop(c);
     assert_no_rules("restore_tcp_client_outside_the_tree");
@@ -164,7 +167,7 @@ fn listen(test: &str, case: &str) {
         "tcp",
         &[case],
         |_, _| {},
-        |_, w| {
+        |env, w| {
             let port = port_of(w);
             for _ in 0..2 {
                 let mut c = if case.ends_with('6') {
@@ -180,6 +183,7 @@ fn listen(test: &str, case: &str) {
                 c.read_to_string(&mut s).expect("read the greeting");
                 assert_eq!(s, "hello\n");
             }
+            env.wait_blocked_in(w, &[libc::SYS_poll, libc::SYS_ppoll]);
         },
     );
     assert_no_rules(test);
@@ -208,6 +212,7 @@ fn restore_tcp_close_resets_connections() {
     env.checkpoint_and_kill_with(&mut w, &img, &[OsStr::new("--tcp-close")]);
     assert_no_rules("after a --tcp-close checkpoint");
     env.restart_detached(&mut w, &img);
+    env.wait_blocked_in(&mut w, &[libc::SYS_pause]);
     env.signal_and_expect_pass(&mut w, libc::SIGTERM);
     assert_no_rules("restore_tcp_close_resets_connections");
 }
@@ -257,6 +262,7 @@ fn restore_tcp_leave_running_undoes_repair() {
     assert!(run.success(), "checkpoint failed:\n{}", run.describe());
     assert_no_rules("after --leave-running");
     env.assert_running_untraced(&mut w, "after --leave-running");
+    env.wait_blocked_in(&mut w, &[libc::SYS_pause]);
     // The connection goes on in the process that kept running.
     env.signal_and_expect_pass(&mut w, libc::SIGTERM);
 }
