@@ -513,11 +513,6 @@ impl FdKind for Tcp {
         };
         let connected = !matches!(info.state, LISTEN | CLOSE);
         read_options(p, fd, family, connected, &mut r)?;
-        if connected {
-            let (_, peer, pport) = sys::sock_name(fd, true).map_err(|e| p.sys("getpeername", e))?;
-            r.peer_addr = Bytes(peer);
-            r.peer_port = pport as u32;
-        }
         let mut queues = None;
         r.mode = match info.state {
             LISTEN => {
@@ -551,6 +546,12 @@ impl FdKind for Tcp {
                 )))
             }
         };
+        if connected {
+            // (Refused states first: a connecting socket has no peer yet.)
+            let (_, peer, pport) = sys::sock_name(fd, true).map_err(|e| p.sys("getpeername", e))?;
+            r.peer_addr = Bytes(peer);
+            r.peer_port = pport as u32;
+        }
         if r.mode != TCP_MODE_REPAIR {
             // Buffers as a fresh socket has them are left to the kernel.
             let (dr, dw) = default_bufs(family).map_err(|e| p.sys("a fresh TCP socket", e))?;
