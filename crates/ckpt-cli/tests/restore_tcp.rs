@@ -46,6 +46,36 @@ fn assert_no_rules(when: &str) {
     }
 }
 
+/// `refused_workload`, waiting until the process sleeps in pause() again
+/// before SIGTERM (released after the refusal, it re-enters the pause
+/// the checkpoint interrupted; a signal before that is handled first).
+fn refused(test: &str, case: &str, words: &[&str]) {
+    let Some(env) = TestEnv::new(test) else {
+        return;
+    };
+    let Some(mut w) = env.start_workload("tcp", &[case]) else {
+        return;
+    };
+    let img = env.path("img");
+    let run = env.checkpoint_must_fail(&mut w, &img, &format!("checkpoint of tcp {case}"));
+    let pid = w.pid.to_string();
+    assert!(
+        digit_tokens(&run.stderr).contains(&pid.as_str()),
+        "the error must name pid {pid}\n{}",
+        run.describe()
+    );
+    for word in words {
+        assert!(
+            run.stderr.contains(word),
+            "the error must say {word:?}\n{}",
+            run.describe()
+        );
+    }
+    env.assert_running_untraced(&mut w, "after the refused checkpoint");
+    env.wait_blocked_in(&mut w, &[libc::SYS_pause]);
+    env.signal_and_expect_pass(&mut w, libc::SIGTERM);
+}
+
 fn byte_at(i: u64, side: u64) -> u8 {
     (i ^ (i >> 8) ^ (i >> 16) ^ (side * 0x5a)) as u8
 }
@@ -220,21 +250,15 @@ fn restore_tcp_close_resets_connections() {
 #[test]
 fn refuse_tcp_socket_filter() {
     let _g = serial();
-    refused_workload(
-        "refuse_tcp_socket_filter",
-        "tcp",
-        "filter",
-        &["SO_ATTACH_FILTER"],
-    );
+    refused("refuse_tcp_socket_filter", "filter", &["SO_ATTACH_FILTER"]);
     assert_no_rules("refuse_tcp_socket_filter");
 }
 
 #[test]
 fn refuse_tcp_half_closed_and_undo_repair() {
     let _g = serial();
-    refused_workload(
+    refused(
         "refuse_tcp_half_closed_and_undo_repair",
-        "tcp",
         "halfclosed",
         &["half-closed", "FIN_WAIT2", "--tcp-close"],
     );
@@ -270,9 +294,8 @@ fn restore_tcp_leave_running_undoes_repair() {
 #[test]
 fn refuse_tcp_ended_connection() {
     let _g = serial();
-    refused_workload(
+    refused(
         "refuse_tcp_ended_connection",
-        "tcp",
         "ended",
         &["connection has ended", "close the socket"],
     );
