@@ -64,6 +64,12 @@ enum Cmd {
         /// than ptrace can catch them.
         #[arg(long, value_name = "PATH")]
         freeze_cgroup: Option<PathBuf>,
+        /// Do not keep established TCP connections: they close with the
+        /// killed tree (the peer sees FIN or RST), and after restart a read
+        /// on their sockets returns ECONNRESET, then EOF. By default they
+        /// are frozen in TCP repair mode and continue after restart.
+        #[arg(long)]
+        tcp_close: bool,
         /// Write a structured log (`[err N][pos P][pid X comm] message` lines) to FILE.
         #[arg(long, value_name = "FILE")]
         log: Option<PathBuf>,
@@ -167,6 +173,7 @@ fn run(cli: Cli) -> Result<u8> {
             output,
             leave_running,
             freeze_cgroup,
+            tcp_close,
             log,
         } => {
             // First, so that no moment of the checkpoint misses a signal.
@@ -198,6 +205,7 @@ fn run(cli: Cli) -> Result<u8> {
                 leave_running,
                 freeze_cgroup,
                 cancel: Some(cancel.clone()),
+                tcp_close,
             };
             let w = std::io::BufWriter::with_capacity(
                 1 << 20,

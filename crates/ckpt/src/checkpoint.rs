@@ -32,6 +32,9 @@ pub struct CheckpointOptions {
     /// as it was and fails with `Error::Interrupted`. Wrap the output in
     /// `Interruptible` so that a write blocked on a pipe notices too.
     pub cancel: Option<Arc<AtomicBool>>,
+    /// Established TCP connections are not frozen in repair mode but
+    /// closed with the tree, and restored as reset connections.
+    pub tcp_close: bool,
 }
 
 impl CheckpointOptions {
@@ -206,15 +209,33 @@ pub fn checkpoint<S: Sink>(
         Ok(r)
     });
     match res {
-        Ok((frozen, mut summary)) => {
-            let mut out = w.finish().map_err(Error::Write)?;
-            out.sync().map_err(Error::Write)?;
+        Ok((mut files, frozen, mut summary)) => {
+            let written = w
+                .finish()
+                .and_then(|mut out| out.sync())
+                .map_err(Error::Write);
+            if let Err(e) = written {
+                // Kinds undo what they changed while the tree is frozen.
+                drop(files);
+                drop(frozen);
+                return Err(e);
+            }
             if opts.leave_running {
+                crate::files::after_checkpoint(&mut files, false);
                 drop(frozen);
             } else {
-                for warn in frozen.kill()? {
-                    log.info(0, pid, &comm, &warn);
-                    summary.warnings.push(warn);
+                match frozen.kill() {
+                    Ok(warnings) => {
+                        crate::files::after_checkpoint(&mut files, true);
+                        for warn in warnings {
+                            log.info(0, pid, &comm, &warn);
+                            summary.warnings.push(warn);
+                        }
+                    }
+                    Err(e) => {
+                        crate::files::after_checkpoint(&mut files, false);
+                        return Err(e);
+                    }
                 }
             }
             log.info(
@@ -279,7 +300,7 @@ fn run<S: Sink>(
     w: &mut ImageWriter<S>,
     opts: &CheckpointOptions,
     log: &mut Log,
-) -> Result<(FrozenTree, Summary)> {
+) -> Result<(crate::files::kind::DumpCx, FrozenTree, Summary)> {
     let status =
         procfs::status(root).ctx(root, || "read /proc status (is the pid right?)".into())?;
     // Before anything is frozen: the common refusal, cheaply.
@@ -289,6 +310,7 @@ fn run<S: Sink>(
     // Files, pipes, shared memory and kind objects share one id space.
     let ids = crate::ids::IdSpace::default();
     let mut ft = FileTable::new(tree.procs.iter().map(|p| p.0).collect(), ids.clone());
+    ft.cx.opts = opts.clone();
     let mut shm = ShmemTable::new(ids);
     let mut images = Vec::with_capacity(tree.procs.len());
     // Declared after the tree: on every path the sessions give their
@@ -466,7 +488,9 @@ fn run<S: Sink>(
     log.progress("saving memory", saved, saved);
     summary.bytes = w.offset();
     drop(sessions);
-    Ok((tree, summary))
+    // The kinds' state goes first in the tuple: dropped first, while the
+    // tree is still frozen.
+    Ok((ft.cx, tree, summary))
 }
 
 /// A zombie: its ids and exit status are all there is.

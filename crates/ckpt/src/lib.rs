@@ -20,6 +20,7 @@ pub mod locks;
 pub mod log;
 pub mod mm;
 pub mod model;
+pub mod netblock;
 pub mod process_kind;
 pub mod procfs;
 pub mod remote;

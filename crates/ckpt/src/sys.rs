@@ -2220,3 +2220,136 @@ pub fn rename(from: &[u8], to: &[u8]) -> io::Result<()> {
     // SAFETY: a and b are NUL-terminated.
     check(unsafe { libc::rename(a.as_ptr(), b.as_ptr()) } as libc::c_long).map(drop)
 }
+
+// Sockets (TCP kind): raw socket options, addresses as (family, address
+// bytes in network order, port).
+
+/// A sockaddr_in / sockaddr_in6 of (family, address, port), and its length.
+fn sockaddr(family: u32, addr: &[u8], port: u16) -> io::Result<(libc::sockaddr_storage, u32)> {
+    // SAFETY: all-zero is a valid sockaddr_storage.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let p = (&mut ss as *mut libc::sockaddr_storage).cast::<u8>();
+    match (family as i32, addr.len()) {
+        (libc::AF_INET, 4) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as u16,
+                sin_port: port.to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(addr.try_into().expect("4 bytes")),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
+            unsafe { p.cast::<libc::sockaddr_in>().write(sin) };
+            Ok((ss, std::mem::size_of::<libc::sockaddr_in>() as u32))
+        }
+        (libc::AF_INET6, 16) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as u16,
+                sin6_port: port.to_be(),
+                sin6_flowinfo: 0,
+                sin6_addr: libc::in6_addr {
+                    s6_addr: addr.try_into().expect("16 bytes"),
+                },
+                sin6_scope_id: 0,
+            };
+            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
+            unsafe { p.cast::<libc::sockaddr_in6>().write(sin6) };
+            Ok((ss, std::mem::size_of::<libc::sockaddr_in6>() as u32))
+        }
+        _ => Err(io::Error::from_raw_os_error(libc::EAFNOSUPPORT)),
+    }
+}
+
+/// getsockname (or getpeername when `peer`): (family, address, port).
+pub fn sock_name(fd: i32, peer: bool) -> io::Result<(u32, Vec<u8>, u16)> {
+    // SAFETY: all-zero is a valid sockaddr_storage.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    let sa = (&mut ss as *mut libc::sockaddr_storage).cast::<libc::sockaddr>();
+    // SAFETY: sa points to len writable bytes; the kernel updates len.
+    let r = unsafe {
+        if peer {
+            libc::getpeername(fd, sa, &mut len)
+        } else {
+            libc::getsockname(fd, sa, &mut len)
+        }
+    };
+    check(r as libc::c_long)?;
+    let p = (&ss as *const libc::sockaddr_storage).cast::<u8>();
+    match ss.ss_family as i32 {
+        libc::AF_INET => {
+            // SAFETY: the kernel wrote a sockaddr_in (family AF_INET).
+            let sin = unsafe { p.cast::<libc::sockaddr_in>().read() };
+            Ok((
+                libc::AF_INET as u32,
+                sin.sin_addr.s_addr.to_ne_bytes().to_vec(),
+                u16::from_be(sin.sin_port),
+            ))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the kernel wrote a sockaddr_in6 (family AF_INET6).
+            let sin6 = unsafe { p.cast::<libc::sockaddr_in6>().read() };
+            Ok((
+                libc::AF_INET6 as u32,
+                sin6.sin6_addr.s6_addr.to_vec(),
+                u16::from_be(sin6.sin6_port),
+            ))
+        }
+        f => Ok((f as u32, Vec::new(), 0)),
+    }
+}
+
+/// bind(fd, (family, addr, port)).
+pub fn sock_bind(fd: i32, family: u32, addr: &[u8], port: u16) -> io::Result<()> {
+    let (ss, len) = sockaddr(family, addr, port)?;
+    // SAFETY: ss holds a valid sockaddr of len bytes.
+    let r = unsafe { libc::bind(fd, (&ss as *const libc::sockaddr_storage).cast(), len) };
+    check(r as libc::c_long).map(drop)
+}
+
+/// connect(fd, (family, addr, port)).
+pub fn sock_connect(fd: i32, family: u32, addr: &[u8], port: u16) -> io::Result<()> {
+    let (ss, len) = sockaddr(family, addr, port)?;
+    // SAFETY: ss holds a valid sockaddr of len bytes.
+    let r = unsafe { libc::connect(fd, (&ss as *const libc::sockaddr_storage).cast(), len) };
+    check(r as libc::c_long).map(drop)
+}
+
+/// recv(fd, buf, flags).
+pub fn recv(fd: i32, buf: &mut [u8], flags: i32) -> io::Result<usize> {
+    // SAFETY: buf is valid for buf.len() writable bytes.
+    let r = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), flags) };
+    check(r as libc::c_long).map(|r| r as usize)
+}
+
+/// send(fd, buf, flags).
+pub fn send(fd: i32, buf: &[u8], flags: i32) -> io::Result<usize> {
+    // SAFETY: buf is valid for buf.len() bytes, only read.
+    let r = unsafe { libc::send(fd, buf.as_ptr().cast(), buf.len(), flags) };
+    check(r as libc::c_long).map(|r| r as usize)
+}
+
+/// An ioctl returning an int through its pointer (SIOCINQ, SIOCOUTQ...).
+pub fn ioctl_int(fd: i32, req: u64) -> io::Result<i32> {
+    let mut v: libc::c_int = 0;
+    // SAFETY: v is a valid int the kernel writes.
+    let r = unsafe { libc::ioctl(fd, req as _, &mut v) };
+    check(r as libc::c_long).map(|_| v)
+}
+
+/// connect(fd, AF_UNSPEC): dissolves a TCP socket's connection (in repair
+/// mode without sending anything).
+pub fn sock_disconnect(fd: i32) -> io::Result<()> {
+    // SAFETY: all-zero is a valid sockaddr; family AF_UNSPEC.
+    let sa: libc::sockaddr = unsafe { std::mem::zeroed() };
+    // SAFETY: sa is a valid sockaddr of its size.
+    let r = unsafe {
+        libc::connect(
+            fd,
+            &sa,
+            std::mem::size_of::<libc::sockaddr>() as libc::socklen_t,
+        )
+    };
+    check(r as libc::c_long).map(drop)
+}

@@ -410,3 +410,112 @@ record!(
         data: Bytes,
     }
 );
+
+pub const T_TCP_REPAIR: u32 = 144;
+
+/// `TcpSk::mode`: how a TCP socket comes back.
+/// Not connected (fresh, bound, or closed): recreated with its options.
+pub const TCP_MODE_PLAIN: u32 = 0;
+/// Listening on its address, with its backlog.
+pub const TCP_MODE_LISTEN: u32 = 1;
+/// An established connection, rebuilt in repair mode (TCP_REPAIR) with
+/// its sequence numbers, queues, negotiated options and window.
+pub const TCP_MODE_REPAIR: u32 = 2;
+/// An established connection saved with `--tcp-close`: restored as a
+/// socket whose connection was reset (a read gives ECONNRESET, then EOF).
+pub const TCP_MODE_RESET: u32 = 3;
+
+/// `TcpSk::tcp_options` bits (tcpi_options of TCP_INFO).
+pub const TCPI_OPT_TIMESTAMPS: u32 = 1;
+pub const TCPI_OPT_SACK: u32 = 2;
+pub const TCPI_OPT_WSCALE: u32 = 4;
+
+record!(
+    /// TCP socket `file_id` (IPv4 or IPv6): its addresses, options and, for
+    /// a connection in repair mode, the state TCP_REPAIR reads out. Its
+    /// queued bytes are `TcpQueue` records. Addresses are 4 (AF_INET) or 16
+    /// (AF_INET6) bytes, network order; ports host order, 0: none. A
+    /// connection in repair mode has a `TcpRepair` record too.
+    TcpSk = T_TCP_SK, "tcp-socket" {
+        file_id: u32,
+        /// AF_INET 2 or AF_INET6 10.
+        family: u32,
+        /// `TCP_MODE_*`.
+        mode: u32,
+        /// The kernel's TCP state at checkpoint (TCP_ESTABLISHED 1, TCP_LISTEN 10, TCP_CLOSE 7).
+        state: u32,
+        local_addr: Bytes,
+        local_port: u32,
+        peer_addr: Bytes,
+        peer_port: u32,
+        /// listen() backlog (a listener).
+        backlog: u32,
+        reuseaddr: bool,
+        reuseport: bool,
+        v6only: bool,
+        nodelay: bool,
+        /// TCP_DEFER_ACCEPT as getsockopt shows it (seconds).
+        defer_accept: u32,
+        /// SO_RCVBUF / SO_SNDBUF as getsockopt shows them (the kernel's
+        /// doubled values); 0: a fresh socket's default, left alone.
+        rcvbuf: u32,
+        sndbuf: u32,
+        keepalive: bool,
+        keepidle: u32,
+        keepintvl: u32,
+        keepcnt: u32,
+        linger_on: bool,
+        linger_sec: u32,
+        /// SO_RCVTIMEO / SO_SNDTIMEO in microseconds (0: none).
+        rcvtimeo_us: u64,
+        sndtimeo_us: u64,
+        /// IP_TOS (AF_INET) or IPV6_TCLASS (AF_INET6).
+        tos: u32,
+        /// SO_BINDTODEVICE (empty: none).
+        bind_dev: Text,
+        /// TCP_CONGESTION when it is not a fresh socket's (empty: default).
+        congestion: Text,
+        /// Other int options that differ from a fresh socket's, as
+        /// (level, option, value) triples of little-endian 32-bit words;
+        /// only options of ckpt's own list (see ckpt's files/tcp.rs).
+        int_opts: Bytes,
+    }
+);
+
+record!(
+    /// The state TCP repair mode reads out of connection `file_id`
+    /// (`TCP_MODE_REPAIR`).
+    TcpRepair = T_TCP_REPAIR, "tcp-repair" {
+        file_id: u32,
+        /// TCP_QUEUE_SEQ of the send queue (write_seq) and of the receive
+        /// queue (rcv_nxt).
+        snd_seq: u32,
+        rcv_seq: u32,
+        /// Bytes at the end of the send queue never sent (SIOCOUTQNSD).
+        unsent: u32,
+        mss: u32,
+        /// `TCPI_OPT_*` negotiated, and the window scales.
+        tcp_options: u32,
+        snd_wscale: u32,
+        rcv_wscale: u32,
+        /// TCP_TIMESTAMP (the connection's timestamp clock).
+        timestamp: u32,
+        /// struct tcp_repair_window.
+        snd_wl1: u32,
+        snd_wnd: u32,
+        max_window: u32,
+        rcv_wnd: u32,
+        rcv_wup: u32,
+    }
+);
+
+/// `TcpQueue::queue`: TCP_RECV_QUEUE 1, TCP_SEND_QUEUE 2.
+pub const TCP_QUEUE_RECV: u32 = 1;
+pub const TCP_QUEUE_SEND: u32 = 2;
+
+record!(
+    /// The bytes of one queue of TCP connection `file_id` at checkpoint:
+    /// received and not read (`TCP_QUEUE_RECV`), or written and not
+    /// acknowledged by the peer, sent or not (`TCP_QUEUE_SEND`).
+    TcpQueue = T_TCP_QUEUE, "tcp-queue" { file_id: u32, queue: u32, data: Bytes }
+);

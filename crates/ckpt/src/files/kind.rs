@@ -107,6 +107,8 @@ pub struct DumpCx {
     pub objects: Vec<AnyRecord>,
     /// Per-kind scratch that lives until `FdKind::finish`, keyed by kind name.
     pub scratch: Vec<(&'static str, Box<dyn std::any::Any>)>,
+    /// What the caller of the checkpoint asked for.
+    pub opts: crate::checkpoint::CheckpointOptions,
     /// A pidfd of the process being saved, to fetch its fds.
     pidfd: Option<(Pid, std::os::fd::OwnedFd)>,
 }
@@ -121,6 +123,7 @@ impl DumpCx {
             attrs: Vec::new(),
             objects: Vec::new(),
             scratch: Vec::new(),
+            opts: Default::default(),
             pidfd: None,
         }
     }
@@ -338,6 +341,14 @@ pub trait FdKind: Sync {
     ) -> Result<()> {
         Ok(())
     }
+    /// Runs once the image is written and the tree killed (`killed`) or
+    /// left running (`--leave-running`, or the kill failed). A kind that
+    /// changed live objects at checkpoint (TCP repair mode) undoes it
+    /// here when the tree keeps running. A failed or cancelled checkpoint
+    /// does not call it: it drops `DumpCx`, and with it the scratch, while
+    /// the tree is still frozen, so such undoing belongs in the Drop of
+    /// the kind's scratch as well.
+    fn after_checkpoint(&self, _cx: &mut DumpCx, _killed: bool) {}
     /// Whether `f` has a `FileAttr` (owner and times of what restart
     /// makes again).
     fn has_attrs(&self, _f: &File) -> bool {

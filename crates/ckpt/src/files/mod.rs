@@ -22,6 +22,7 @@ mod pipe;
 mod procfile;
 mod signalfd;
 pub mod sockopt;
+mod tcp;
 mod timerfd;
 mod udp;
 mod unix;
@@ -56,6 +57,7 @@ pub static KINDS: &[&dyn FdKind] = &[
     &udp::Udp,
     &netlink::Netlink,
     &unix::UnixKind,
+    &tcp::Tcp,
     &path::ByPath,
 ];
 
@@ -277,6 +279,14 @@ fn unsupported_reason(p: &Probe) -> String {
         "{what} cannot be saved yet; ckpt saves these kinds of open files: {}",
         kinds.join(", ")
     )
+}
+
+/// Lets every kind see the end of a checkpoint whose image was written
+/// (`FdKind::after_checkpoint`): the tree was killed, or keeps running.
+pub fn after_checkpoint(cx: &mut DumpCx, killed: bool) {
+    for k in KINDS {
+        k.after_checkpoint(cx, killed);
+    }
 }
 
 /// Checks every description of the image through its kind.

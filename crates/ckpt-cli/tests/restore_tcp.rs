@@ -1,0 +1,303 @@
+//! TCP sockets (see `workloads/tcp.c`): established loopback connections
+//! between processes of the tree (IPv4 and IPv6) go on without a byte lost
+//! or repeated, a connection to a client outside the tree (this test)
+//! survives, a listener accepts on the same port after restart,
+//! `--tcp-close` restores connections as reset, and what cannot be
+//! restored is refused. After each test no nftables rule of ckpt remains.
+//!
+//! These tests need root; without it they print `SKIP: ...` and pass.
+
+mod common;
+
+use common::*;
+use std::ffi::OsStr;
+use std::io::{Read, Write};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// The tests share the nftables table of ckpt: one at a time, so each
+/// can check that it is gone afterwards.
+static NFT: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    NFT.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The nftables table of ckpt as `nft` lists it ("" when there is none).
+fn nft_table() -> String {
+    std::process::Command::new("nft")
+        .args(["list", "table", "inet", "ckpt"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+/// No nftables table of ckpt is left.
+fn assert_no_rules(when: &str) {
+    let out = std::process::Command::new("nft")
+        .args(["list", "table", "inet", "ckpt"])
+        .output();
+    if let Ok(out) = out {
+        assert!(
+            !out.status.success(),
+            "{when}: the nftables table of ckpt is still there:\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+}
+
+/// `refused_workload`, waiting until the process sleeps in pause() again
+/// before SIGTERM (released after the refusal, it re-enters the pause
+/// the checkpoint interrupted; a signal before that is handled first).
+fn refused(test: &str, case: &str, words: &[&str]) {
+    let Some(env) = TestEnv::new(test) else {
+        return;
+    };
+    let Some(mut w) = env.start_workload("tcp", &[case]) else {
+        return;
+    };
+    let img = env.path("img");
+    let run = env.checkpoint_must_fail(&mut w, &img, &format!("checkpoint of tcp {case}"));
+    let pid = w.pid.to_string();
+    assert!(
+        digit_tokens(&run.stderr).contains(&pid.as_str()),
+        "the error must name pid {pid}\n{}",
+        run.describe()
+    );
+    for word in words {
+        assert!(
+            run.stderr.contains(word),
+            "the error must say {word:?}\n{}",
+            run.describe()
+        );
+    }
+    env.assert_running_untraced(&mut w, "after the refused checkpoint");
+    env.wait_blocked_in(&mut w, &[libc::SYS_pause]);
+    env.signal_and_expect_pass(&mut w, libc::SIGTERM);
+}
+
+fn byte_at(i: u64, side: u64) -> u8 {
+    (i ^ (i >> 8) ^ (i >> 16) ^ (side * 0x5a)) as u8
+}
+
+fn port_of(w: &Workload) -> u16 {
+    let p = w.result_sibling(".port");
+    std::fs::read_to_string(&p)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", p.display()))
+        .trim()
+        .parse()
+        .expect("a port")
+}
+
+fn stream(test: &str, case: &str, drop_rules: bool) {
+    let _g = serial();
+    let Some(env) = TestEnv::new(test) else {
+        return;
+    };
+    let Some(mut w) = env.start_workload("tcp", &[case]) else {
+        return;
+    };
+    let img = env.path("img");
+    env.checkpoint_and_kill(&mut w, &img);
+    let run = env.ckpt([OsStr::new("inspect"), img.as_os_str()]);
+    assert!(
+        run.stdout.contains("tcp-queue"),
+        "inspect shows no queued TCP bytes:\n{}",
+        run.stdout
+    );
+    assert!(
+        nft_table().contains("elements"),
+        "the connections' packets are not blocked after the checkpoint"
+    );
+    if drop_rules {
+        // The rules only protect the window; a restart without them works.
+        let out = std::process::Command::new("nft")
+            .args(["delete", "table", "inet", "ckpt"])
+            .output()
+            .expect("nft");
+        assert!(out.status.success(), "nft delete table: {out:?}");
+    }
+    env.restart_detached(&mut w, &img);
+    // (A SIGTERM before the restarted pause() would be handled first.)
+    env.wait_blocked_in(&mut w, &[libc::SYS_pause]);
+    env.signal_and_expect_pass(&mut w, libc::SIGTERM);
+    assert_no_rules(test);
+}
+
+#[test]
+fn restore_tcp_stream_ipv4() {
+    stream("restore_tcp_stream_ipv4", "stream4", false);
+}
+
+#[test]
+fn restore_tcp_stream_ipv6() {
+    stream("restore_tcp_stream_ipv6", "stream6", true);
+}
+
+fn read_check(c: &mut std::net::TcpStream, from: u64, n: usize) {
+    let mut buf = vec![0u8; n];
+    c.read_exact(&mut buf)
+        .unwrap_or_else(|e| panic!("reading {n} bytes at {from} from the server: {e}"));
+    for (i, b) in buf.iter().enumerate() {
+        let at = from + i as u64;
+        assert_eq!(*b, byte_at(at, 0), "byte {at} from the server");
+    }
+}
+
+fn send(c: &mut std::net::TcpStream, from: u64, n: usize) {
+    let buf: Vec<u8> = (from..from + n as u64).map(|i| byte_at(i, 1)).collect();
+    c.write_all(&buf)
+        .unwrap_or_else(|e| panic!("sending {n} bytes at {from} to the server: {e}"));
+}
+
+#[test]
+fn restore_tcp_client_outside_the_tree() {
+    let _g = serial();
+    let Some(env) = TestEnv::new("restore_tcp_client_outside_the_tree") else {
+        return;
+    };
+    let Some(mut w) = env.start_workload("tcp", &["ext4"]) else {
+        return;
+    };
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port_of(&w))).expect("connect");
+    c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    // Half of the server's first 100000 bytes: the rest is in its queues
+    // (or in flight) at checkpoint, and so are 30000 of ours.
+    read_check(&mut c, 0, 50000);
+    send(&mut c, 0, 10000);
+    let img = env.path("img");
+    env.checkpoint_and_kill(&mut w, &img);
+    let port = port_of(&w).to_string();
+    let rules = nft_table();
+    assert!(
+        rules.contains(&port),
+        "after the checkpoint the server's connection on port {port} is not blocked:\n{rules}"
+    );
+    // Sent while no server socket exists: without the blocking rules the
+    // kernel would answer with a RST; with them, the segments are dropped
+    // and retransmitted to the restored socket.
+    send(&mut c, 10000, 20000);
+    env.restart_detached(&mut w, &img);
+    read_check(&mut c, 50000, 50000);
+    send(&mut c, 30000, 70000);
+    read_check(&mut c, 100000, 100000);
+    send(&mut c, 100000, 100000);
+    env.wait_blocked_in(&mut w, &[libc::SYS_pause]);
+    env.signal_and_expect_pass(&mut w, libc::SIGTERM);
+    drop(c);
+    assert_no_rules("restore_tcp_client_outside_the_tree");
+}
+
+fn listen(test: &str, case: &str) {
+    let _g = serial();
+    let Some(env) = TestEnv::new(test) else {
+        return;
+    };
+    env.roundtrip(
+        "tcp",
+        &[case],
+        |_, _| {},
+        |env, w| {
+            let port = port_of(w);
+            for _ in 0..2 {
+                let mut c = if case.ends_with('6') {
+                    std::net::TcpStream::connect(("::1", port))
+                } else {
+                    std::net::TcpStream::connect(("127.0.0.1", port))
+                }
+                .unwrap_or_else(|e| panic!("connect to the restored listener on {port}: {e}"));
+                c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+                // (TCP_DEFER_ACCEPT: the server accepts once we send.)
+                c.write_all(b"x").unwrap();
+                let mut s = String::new();
+                c.read_to_string(&mut s).expect("read the greeting");
+                assert_eq!(s, "hello\n");
+            }
+            env.wait_blocked_in(w, &[libc::SYS_poll, libc::SYS_ppoll]);
+        },
+    );
+    assert_no_rules(test);
+}
+
+#[test]
+fn restore_tcp_listener_ipv4() {
+    listen("restore_tcp_listener_ipv4", "listen4");
+}
+
+#[test]
+fn restore_tcp_listener_ipv6() {
+    listen("restore_tcp_listener_ipv6", "listen6");
+}
+
+#[test]
+fn restore_tcp_close_resets_connections() {
+    let _g = serial();
+    let Some(env) = TestEnv::new("restore_tcp_close_resets_connections") else {
+        return;
+    };
+    let Some(mut w) = env.start_workload("tcp", &["close4"]) else {
+        return;
+    };
+    let img = env.path("img");
+    env.checkpoint_and_kill_with(&mut w, &img, &[OsStr::new("--tcp-close")]);
+    assert_no_rules("after a --tcp-close checkpoint");
+    env.restart_detached(&mut w, &img);
+    env.wait_blocked_in(&mut w, &[libc::SYS_pause]);
+    env.signal_and_expect_pass(&mut w, libc::SIGTERM);
+    assert_no_rules("restore_tcp_close_resets_connections");
+}
+
+#[test]
+fn refuse_tcp_socket_filter() {
+    let _g = serial();
+    refused("refuse_tcp_socket_filter", "filter", &["SO_ATTACH_FILTER"]);
+    assert_no_rules("refuse_tcp_socket_filter");
+}
+
+#[test]
+fn refuse_tcp_half_closed_and_undo_repair() {
+    let _g = serial();
+    refused(
+        "refuse_tcp_half_closed_and_undo_repair",
+        "halfclosed",
+        &["half-closed", "FIN_WAIT2", "--tcp-close"],
+    );
+    assert_no_rules("refuse_tcp_half_closed_and_undo_repair");
+}
+
+#[test]
+fn restore_tcp_leave_running_undoes_repair() {
+    let _g = serial();
+    let Some(env) = TestEnv::new("restore_tcp_leave_running_undoes_repair") else {
+        return;
+    };
+    let Some(mut w) = env.start_workload("tcp", &["stream4"]) else {
+        return;
+    };
+    let img = env.path("img");
+    let pid = w.pid.to_string();
+    let run = env.ckpt([
+        OsStr::new("checkpoint"),
+        OsStr::new(&pid),
+        OsStr::new("-o"),
+        img.as_os_str(),
+        OsStr::new("--leave-running"),
+    ]);
+    assert!(run.success(), "checkpoint failed:\n{}", run.describe());
+    assert_no_rules("after --leave-running");
+    env.assert_running_untraced(&mut w, "after --leave-running");
+    env.wait_blocked_in(&mut w, &[libc::SYS_pause]);
+    // The connection goes on in the process that kept running.
+    env.signal_and_expect_pass(&mut w, libc::SIGTERM);
+}
+
+#[test]
+fn refuse_tcp_ended_connection() {
+    let _g = serial();
+    refused(
+        "refuse_tcp_ended_connection",
+        "ended",
+        &["connection has ended", "close the socket"],
+    );
+    assert_no_rules("refuse_tcp_ended_connection");
+}

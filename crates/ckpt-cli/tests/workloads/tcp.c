@@ -1,0 +1,498 @@
+/*
+ * tcp: TCP sockets survive a restart (argv[3] is the case).
+ *
+ *   stream4, stream6  a loopback connection (127.0.0.1 / ::1) between the
+ *          parent and a child: before "ready" each side writes numbered
+ *          bytes without reading, until the socket takes no more (so both
+ *          queues hold data at checkpoint, both ways); after SIGTERM both
+ *          sides go on until each has sent and received TOTAL bytes, each
+ *          byte checked: none lost, none repeated.
+ *   ext4   a server for a client outside the tree (the test): it writes
+ *          its port to RESULT.port; after "ready" it accepts one
+ *          connection, sends 100000 numbered bytes, reads 100000, sends
+ *          100000 more, reads 100000 more (the test checkpoints and
+ *          restarts it in the middle), then waits for SIGTERM.
+ *   listen4, listen6  a listener with options (SO_REUSEADDR, TCP_NODELAY,
+ *          keepalive, TCP_DEFER_ACCEPT...), a socket only bound and a
+ *          fresh one: after restart the listener accepts connections on the
+ *          same port (port in RESULT.port; each gets "hello\n"); on SIGTERM
+ *          the options and addresses are checked.
+ *   close4  a loopback connection inside the process, checkpointed with
+ *          --tcp-close: after restart a read gives ECONNRESET or EOF.
+ *   filter  a connected socket with SO_ATTACH_FILTER (refused).
+ *   ended  a connection reset by its peer (CLOSE, ECONNRESET pending;
+ *          refused).
+ *   halfclosed  an established connection, then a half-closed one
+ *          (FIN_WAIT2 / CLOSE_WAIT, refused); the established one still
+ *          works after the refusal (its repair mode was undone).
+ */
+#include "wl.h"
+
+#include <arpa/inet.h>
+#include <linux/filter.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+
+#define TOTAL (3u << 20)
+#define PHASE1_MAX (2u << 20)
+
+static const char *which;
+static int v6;
+
+static unsigned char byte_at(uint64_t i, int side)
+{
+    return (unsigned char)(i ^ (i >> 8) ^ (i >> 16) ^ (side * 0x5a));
+}
+
+static void write_port(int port)
+{
+    char path[3100];
+    snprintf(path, sizeof(path), "%s.port", wl_result);
+    FILE *f = fopen(path, "w");
+    if (!f)
+        wl_die("open %s", path);
+    fprintf(f, "%d\n", port);
+    fclose(f);
+}
+
+static int sock_port(int s)
+{
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof(ss);
+    if (getsockname(s, (struct sockaddr *)&ss, &len) != 0)
+        wl_die("getsockname");
+    if (ss.ss_family == AF_INET6)
+        return ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+    return ntohs(((struct sockaddr_in *)&ss)->sin_port);
+}
+
+static void loopback(struct sockaddr_storage *ss, socklen_t *len, int port)
+{
+    memset(ss, 0, sizeof(*ss));
+    if (v6) {
+        struct sockaddr_in6 *a = (struct sockaddr_in6 *)ss;
+        a->sin6_family = AF_INET6;
+        a->sin6_addr = in6addr_loopback;
+        a->sin6_port = htons(port);
+        *len = sizeof(*a);
+    } else {
+        struct sockaddr_in *a = (struct sockaddr_in *)ss;
+        a->sin_family = AF_INET;
+        a->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        a->sin_port = htons(port);
+        *len = sizeof(*a);
+    }
+}
+
+static int listener(int reuse)
+{
+    int l = socket(v6 ? AF_INET6 : AF_INET, SOCK_STREAM, 0);
+    if (l < 0)
+        wl_die("socket");
+    int one = 1;
+    if (reuse && setsockopt(l, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0)
+        wl_die("SO_REUSEADDR");
+    struct sockaddr_storage ss;
+    socklen_t len;
+    loopback(&ss, &len, 0);
+    if (bind(l, (struct sockaddr *)&ss, len) != 0)
+        wl_die("bind");
+    if (listen(l, 16) != 0)
+        wl_die("listen");
+    return l;
+}
+
+/* A connected pair in this process: (client, server). */
+static void pair(int *c, int *s)
+{
+    int l = listener(1);
+    *c = socket(v6 ? AF_INET6 : AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_storage ss;
+    socklen_t len;
+    loopback(&ss, &len, sock_port(l));
+    if (*c < 0 || connect(*c, (struct sockaddr *)&ss, len) != 0)
+        wl_die("connect");
+    *s = accept(l, NULL, NULL);
+    if (*s < 0)
+        wl_die("accept");
+    close(l);
+}
+
+static void set_nonblock(int fd, int on)
+{
+    int fl = fcntl(fd, F_GETFL);
+    fcntl(fd, F_SETFL, on ? (fl | O_NONBLOCK) : (fl & ~O_NONBLOCK));
+}
+
+/* Phase 1: writes without reading until the socket takes no more. */
+static uint64_t fill(int s, int side)
+{
+    unsigned char buf[65536];
+    uint64_t sent = 0;
+    set_nonblock(s, 1);
+    while (sent < PHASE1_MAX) {
+        size_t n = sizeof(buf);
+        if (n > PHASE1_MAX - sent)
+            n = PHASE1_MAX - sent;
+        for (size_t i = 0; i < n; i++)
+            buf[i] = byte_at(sent + i, side);
+        ssize_t w = send(s, buf, n, MSG_NOSIGNAL);
+        if (w < 0 && errno == EAGAIN)
+            break;
+        if (w <= 0)
+            wl_die("send");
+        sent += w;
+    }
+    return sent;
+}
+
+/* Phase 2: sends from `sent` up to TOTAL and receives up to TOTAL,
+ * checking every byte of `peer`'s stream. Returns 0 if all is well. */
+static int exchange(int s, int side, uint64_t sent, const char *who)
+{
+    unsigned char buf[65536];
+    uint64_t got = 0;
+    set_nonblock(s, 1);
+    double deadline = wl_monotonic() + 60;
+    while (sent < TOTAL || got < TOTAL) {
+        if (wl_monotonic() > deadline) {
+            wl_fail("%s: timeout: sent %llu, received %llu of %u", who,
+                    (unsigned long long)sent, (unsigned long long)got, TOTAL);
+            return 1;
+        }
+        struct pollfd p = {s, (short)((got < TOTAL ? POLLIN : 0) | (sent < TOTAL ? POLLOUT : 0)),
+                           0};
+        if (poll(&p, 1, 1000) < 0 && errno != EINTR)
+            wl_die("poll");
+        if (sent < TOTAL) {
+            size_t n = sizeof(buf);
+            if (n > TOTAL - sent)
+                n = TOTAL - sent;
+            for (size_t i = 0; i < n; i++)
+                buf[i] = byte_at(sent + i, side);
+            ssize_t w = send(s, buf, n, MSG_NOSIGNAL);
+            if (w > 0)
+                sent += w;
+            else if (w < 0 && errno != EAGAIN && errno != EINTR) {
+                wl_fail("%s: send: %s", who, strerror(errno));
+                return 1;
+            }
+        }
+        if (got < TOTAL) {
+            ssize_t r = recv(s, buf, sizeof(buf), 0);
+            if (r == 0) {
+                wl_fail("%s: EOF after %llu bytes", who, (unsigned long long)got);
+                return 1;
+            }
+            if (r < 0 && errno != EAGAIN && errno != EINTR) {
+                wl_fail("%s: recv after %llu bytes: %s", who, (unsigned long long)got,
+                        strerror(errno));
+                return 1;
+            }
+            for (ssize_t i = 0; i < r; i++) {
+                if (buf[i] != byte_at(got + i, !side)) {
+                    wl_fail("%s: byte %llu is %u, not %u", who, (unsigned long long)(got + i),
+                            buf[i], byte_at(got + i, !side));
+                    return 1;
+                }
+            }
+            if (r > 0)
+                got += r;
+        }
+    }
+    return 0;
+}
+
+static void do_stream(void)
+{
+    int c, s;
+    pair(&c, &s);
+    int go[2], done[2];
+    if (pipe(go) != 0 || pipe(done) != 0)
+        wl_die("pipe");
+    pid_t child = fork();
+    if (child == 0) {
+        close(s);
+        close(go[1]);
+        close(done[0]);
+        uint64_t sent = fill(c, 1);
+        if (write(done[1], "x", 1) != 1)
+            _exit(2);
+        char x;
+        if (read(go[0], &x, 1) != 1)
+            _exit(2);
+        _exit(exchange(c, 1, sent, "child") ? 1 : 0);
+    }
+    close(c);
+    close(go[0]);
+    close(done[1]);
+    uint64_t sent = fill(s, 0);
+    char x;
+    if (read(done[0], &x, 1) != 1)
+        wl_die("child did not fill");
+    close(done[0]);
+    fprintf(stderr, "tcp: parent wrote %llu before ready\n", (unsigned long long)sent);
+    wl_ready();
+    while (!wl_term)
+        pause();
+    wl_verify_common();
+    if (write(go[1], "g", 1) != 1)
+        wl_die("go");
+    close(go[1]);
+    exchange(s, 0, sent, "parent");
+    int st;
+    if (waitpid(child, &st, 0) != child)
+        wl_die("waitpid");
+    WL_CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "child exited with status %#x", st);
+    close(s);
+}
+
+static int write_all(int fd, const unsigned char *b, size_t n)
+{
+    while (n) {
+        ssize_t w = write(fd, b, n);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            return -1;
+        b += w;
+        n -= w;
+    }
+    return 0;
+}
+
+static int read_check(int fd, uint64_t from, size_t n, int side)
+{
+    unsigned char buf[8192];
+    while (n) {
+        ssize_t r = read(fd, buf, n < sizeof(buf) ? n : sizeof(buf));
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0) {
+            wl_fail("ext: read at %llu: %zd (%s)", (unsigned long long)from, r, strerror(errno));
+            return -1;
+        }
+        for (ssize_t i = 0; i < r; i++)
+            if (buf[i] != byte_at(from + i, side)) {
+                wl_fail("ext: byte %llu from the client is wrong", (unsigned long long)(from + i));
+                return -1;
+            }
+        from += r;
+        n -= r;
+    }
+    return 0;
+}
+
+static void do_ext(void)
+{
+    int l = listener(1);
+    write_port(sock_port(l));
+    wl_ready();
+    int s = accept(l, NULL, NULL);
+    if (s < 0)
+        wl_die("accept");
+    unsigned char buf[200000];
+    for (int i = 0; i < 200000; i++)
+        buf[i] = byte_at(i, 0);
+    int ok = write_all(s, buf, 100000) == 0 && read_check(s, 0, 100000, 1) == 0 &&
+             write_all(s, buf + 100000, 100000) == 0 && read_check(s, 100000, 100000, 1) == 0;
+    WL_CHECK(ok, "ext: the exchange with the client failed");
+    while (!wl_term)
+        pause();
+    close(s);
+}
+
+static int opt(int s, int level, int name)
+{
+    int v = -1;
+    socklen_t len = sizeof(v);
+    if (getsockopt(s, level, name, &v, &len) != 0)
+        return -1;
+    return v;
+}
+
+static void do_listen(void)
+{
+    int l = socket(v6 ? AF_INET6 : AF_INET, SOCK_STREAM, 0);
+    int one = 1, idle = 77, cnt = 5, defer = 3;
+    struct linger lin = {1, 9};
+    struct timeval tv = {4, 500000};
+    if (l < 0 || setsockopt(l, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) ||
+        setsockopt(l, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) ||
+        setsockopt(l, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one)) ||
+        setsockopt(l, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof(idle)) ||
+        setsockopt(l, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof(cnt)) ||
+        setsockopt(l, IPPROTO_TCP, TCP_DEFER_ACCEPT, &defer, sizeof(defer)) ||
+        setsockopt(l, SOL_SOCKET, SO_LINGER, &lin, sizeof(lin)) ||
+        setsockopt(l, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)))
+        wl_die("listener options");
+    if (v6 && setsockopt(l, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one)))
+        wl_die("IPV6_V6ONLY");
+    struct sockaddr_storage ss;
+    socklen_t len;
+    loopback(&ss, &len, 0);
+    if (bind(l, (struct sockaddr *)&ss, len) != 0 || listen(l, 7) != 0)
+        wl_die("bind/listen");
+    int port = sock_port(l);
+    /* A socket only bound, and a fresh one. */
+    int b = socket(v6 ? AF_INET6 : AF_INET, SOCK_STREAM, 0);
+    loopback(&ss, &len, 0);
+    if (b < 0 || bind(b, (struct sockaddr *)&ss, len) != 0)
+        wl_die("bind b");
+    int bport = sock_port(b);
+    int fresh = socket(v6 ? AF_INET6 : AF_INET, SOCK_STREAM, 0);
+    if (fresh < 0)
+        wl_die("socket");
+    write_port(port);
+    wl_ready();
+    int served = 0;
+    while (!wl_term) {
+        struct pollfd p = {l, POLLIN, 0};
+        if (poll(&p, 1, -1) <= 0)
+            continue;
+        int a = accept(l, NULL, NULL);
+        if (a < 0)
+            continue;
+        char x;
+        /* (Its byte read first: closing with unread data would reset.) */
+        if (read(a, &x, 1) == 1 && write(a, "hello\n", 6) == 6)
+            served++;
+        close(a);
+    }
+    wl_verify_common();
+    WL_CHECK(served >= 1, "listen: served %d connections", served);
+    WL_CHECK(sock_port(l) == port, "listen: port %d, was %d", sock_port(l), port);
+    WL_CHECK(sock_port(b) == bport, "bound: port %d, was %d", sock_port(b), bport);
+    WL_CHECK(sock_port(fresh) == 0, "fresh socket got bound");
+    WL_CHECK(opt(l, SOL_SOCKET, SO_ACCEPTCONN) == 1, "not listening");
+    WL_CHECK(opt(l, SOL_SOCKET, SO_REUSEADDR) == 1, "SO_REUSEADDR lost");
+    WL_CHECK(opt(l, IPPROTO_TCP, TCP_NODELAY) == 1, "TCP_NODELAY lost");
+    WL_CHECK(opt(l, SOL_SOCKET, SO_KEEPALIVE) == 1, "SO_KEEPALIVE lost");
+    WL_CHECK(opt(l, IPPROTO_TCP, TCP_KEEPIDLE) == 77, "TCP_KEEPIDLE lost");
+    WL_CHECK(opt(l, IPPROTO_TCP, TCP_KEEPCNT) == 5, "TCP_KEEPCNT lost");
+    WL_CHECK(opt(l, IPPROTO_TCP, TCP_DEFER_ACCEPT) > 0, "TCP_DEFER_ACCEPT lost");
+    WL_CHECK(!v6 || opt(l, IPPROTO_IPV6, IPV6_V6ONLY) == 1, "IPV6_V6ONLY lost");
+    struct linger lin2;
+    socklen_t ll = sizeof(lin2);
+    getsockopt(l, SOL_SOCKET, SO_LINGER, &lin2, &ll);
+    WL_CHECK(lin2.l_onoff == 1 && lin2.l_linger == 9, "SO_LINGER lost");
+    struct timeval tv2;
+    socklen_t tl = sizeof(tv2);
+    getsockopt(l, SOL_SOCKET, SO_RCVTIMEO, &tv2, &tl);
+    WL_CHECK(tv2.tv_sec == 4 && tv2.tv_usec == 500000, "SO_RCVTIMEO lost");
+    close(l);
+    close(b);
+    close(fresh);
+}
+
+static void do_close(void)
+{
+    int c, s;
+    pair(&c, &s);
+    if (write(c, "abc", 3) != 3)
+        wl_die("write");
+    wl_ready();
+    while (!wl_term)
+        pause();
+    wl_verify_common();
+    char buf[16];
+    ssize_t r = read(s, buf, sizeof(buf));
+    WL_CHECK(r == 0 || (r < 0 && errno == ECONNRESET),
+             "close: read on the reset connection gave %zd (%s)", r, strerror(errno));
+    r = read(c, buf, sizeof(buf));
+    WL_CHECK(r == 0 || (r < 0 && errno == ECONNRESET),
+             "close: read on the other end gave %zd (%s)", r, strerror(errno));
+    close(c);
+    close(s);
+}
+
+static void do_filter(void)
+{
+    int c, s;
+    pair(&c, &s);
+    struct sock_filter code[] = {{BPF_RET | BPF_K, 0, 0, 0xffff}};
+    struct sock_fprog prog = {1, code};
+    if (setsockopt(s, SOL_SOCKET, SO_ATTACH_FILTER, &prog, sizeof(prog)) != 0)
+        wl_die("SO_ATTACH_FILTER");
+    wl_ready();
+    while (!wl_term)
+        pause();
+    wl_verify_common();
+    WL_CHECK(write(c, "x", 1) == 1, "write");
+    char x;
+    WL_CHECK(read(s, &x, 1) == 1 && x == 'x', "filtered socket does not work");
+    close(c);
+    close(s);
+}
+
+static void do_ended(void)
+{
+    int c, s;
+    pair(&c, &s);
+    /* Reset by the peer: `c` is in CLOSE with ECONNRESET pending. */
+    struct linger lin = {1, 0};
+    if (setsockopt(s, SOL_SOCKET, SO_LINGER, &lin, sizeof(lin)) != 0)
+        wl_die("SO_LINGER");
+    close(s);
+    struct pollfd p = {c, POLLIN, 0};
+    poll(&p, 1, 5000);
+    wl_ready();
+    while (!wl_term)
+        pause();
+    wl_verify_common();
+    char x;
+    ssize_t r = read(c, &x, 1);
+    WL_CHECK(r < 0 && errno == ECONNRESET, "ended: read gave %zd (%s)", r, strerror(errno));
+    close(c);
+}
+
+static void do_halfclosed(void)
+{
+    int c, s, hc, hs;
+    pair(&c, &s);
+    pair(&hc, &hs);
+    if (shutdown(hc, SHUT_WR) != 0)
+        wl_die("shutdown");
+    wl_ready();
+    while (!wl_term)
+        pause();
+    wl_verify_common();
+    /* The established pair still talks (its repair mode was undone). */
+    WL_CHECK(write(c, "ping", 4) == 4, "write after refusal: %s", strerror(errno));
+    char buf[4];
+    WL_CHECK(read(s, buf, 4) == 4 && !memcmp(buf, "ping", 4), "read after refusal");
+    WL_CHECK(write(s, "pong", 4) == 4, "write back after refusal: %s", strerror(errno));
+    WL_CHECK(read(c, buf, 4) == 4 && !memcmp(buf, "pong", 4), "read back after refusal");
+    close(c);
+    close(s);
+    close(hc);
+    close(hs);
+}
+
+int main(int argc, char **argv)
+{
+    wl_init(argc, argv, "tcp");
+    which = argc > 3 ? argv[3] : "stream4";
+    v6 = strchr(which, '6') != NULL;
+    if (!strncmp(which, "stream", 6))
+        do_stream();
+    else if (!strcmp(which, "ext4"))
+        do_ext();
+    else if (!strncmp(which, "listen", 6))
+        do_listen();
+    else if (!strcmp(which, "close4"))
+        do_close();
+    else if (!strcmp(which, "filter"))
+        do_filter();
+    else if (!strcmp(which, "ended"))
+        do_ended();
+    else if (!strcmp(which, "halfclosed"))
+        do_halfclosed();
+    else
+        wl_die("unknown case %s", which);
+    wl_finish();
+}
