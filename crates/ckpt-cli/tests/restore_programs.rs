@@ -14,15 +14,6 @@ use common::*;
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 
-/// `prog` on PATH, if it is there.
-fn on_path(prog: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .map(|d| Path::new(d).join(prog))
-        .find(|p| p.is_file())
-}
-
 fn programs() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/programs")
 }
@@ -56,7 +47,7 @@ fn node_program_keeps_counting() {
     let Some(env) = TestEnv::new("node_program_keeps_counting") else {
         return;
     };
-    let Some(node) = on_path("node") else {
+    let Some(node) = find_program("node") else {
         skip("node_program_keeps_counting: node is not installed (apt install nodejs)");
         return;
     };
@@ -70,7 +61,7 @@ fn go_program_keeps_counting() {
     let Some(env) = TestEnv::new("go_program_keeps_counting") else {
         return;
     };
-    let Some(go) = on_path("go") else {
+    let Some(go) = find_program("go") else {
         skip("go_program_keeps_counting: go is not installed (apt install golang-go)");
         return;
     };

@@ -311,6 +311,17 @@ pub fn describe_pid(pid: i32) -> String {
     }
 }
 
+/// `prog` on PATH (or in /usr/sbin, where servers live), if it is there.
+pub fn find_program(prog: &str) -> Option<PathBuf> {
+    let path = std::env::var("PATH").unwrap_or_default();
+    let found = path
+        .split(':')
+        .chain(["/usr/sbin", "/usr/bin"])
+        .map(|d| Path::new(d).join(prog))
+        .find(|p| p.is_file());
+    found
+}
+
 /// Checkpoint of workload `name` run with `case` must fail naming the pid
 /// and saying each of `words`; the process keeps running untraced and
 /// passes its own checks.
