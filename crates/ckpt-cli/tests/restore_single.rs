@@ -207,6 +207,52 @@ fn restore_sleeper_pause() {
     env.roundtrip("sleeper", &["pause"], asleep_in_pause, asleep_in_pause);
 }
 
+/// A handled signal pending when a `--leave-running` checkpoint lets the
+/// process go interrupts the sleep the checkpoint interrupted (EINTR), as
+/// it would have without ckpt; it is not handled and then slept through.
+#[test]
+fn signal_pending_at_release_interrupts_the_sleep() {
+    for mode in ["pause", "nanosleep"] {
+        let test = format!("signal_pending_at_release_interrupts_{mode}");
+        let Some(env) = TestEnv::new(&test) else {
+            return;
+        };
+        let Some(mut w) = env.start_workload("sleeper", &[mode]) else {
+            return;
+        };
+        if mode == "pause" {
+            asleep_in_pause(&env, &mut w);
+        } else {
+            asleep_in_nanosleep(&env, &mut w);
+        }
+        let img = env.path("img");
+        let pid = w.pid.to_string();
+        let sig = libc::SIGTERM.to_string();
+        let args = [
+            OsStr::new("checkpoint"),
+            OsStr::new(&pid),
+            OsStr::new("-o"),
+            img.as_os_str(),
+            OsStr::new("--leave-running"),
+        ];
+        let run = env.ckpt_with_env(args, &[("CKPT_TEST_SIGNAL_BEFORE_RELEASE", &sig)]);
+        assert!(
+            run.success(),
+            "{test}: checkpoint failed\n{}",
+            run.describe()
+        );
+        // The SIGTERM is already queued: the workload must end by itself.
+        let status = w.proc.wait_exit(TIMEOUT);
+        assert!(
+            status.is_some(),
+            "{test}: the sleeper handled SIGTERM but went on sleeping{}",
+            w.diagnostics()
+        );
+        let result = std::fs::read_to_string(w.result_path()).unwrap_or_default();
+        assert_eq!(result, "PASS\n", "{test}{}", w.diagnostics());
+    }
+}
+
 /// Looks `name` up in PATH.
 fn which(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;

@@ -23,6 +23,14 @@ const FLAG_MASK: u64 = 0x0000_0000_0025_4dd5 | (1 << 1);
 const NR_NANOSLEEP: u64 = 35;
 const NR_CLOCK_NANOSLEEP: u64 = 230;
 
+/// Whether `rax` holds one of the kernel's syscall-restart codes.
+pub fn is_restart_code(rax: u64) -> bool {
+    matches!(
+        rax as i64,
+        ERESTARTSYS | ERESTARTNOINTR | ERESTARTNOHAND | ERESTART_RESTARTBLOCK
+    )
+}
+
 /// Rewrites registers of a task stopped inside an interrupted syscall so that
 /// it re-runs the call when resumed. `same_task`: the task resumes in the
 /// kernel context it was interrupted in (leave-running), so its restart

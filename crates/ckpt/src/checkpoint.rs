@@ -222,6 +222,7 @@ pub fn checkpoint<S: Sink>(
             }
             if opts.leave_running {
                 crate::files::after_checkpoint(&mut files, false);
+                signal_before_release_for_tests(pid);
                 drop(frozen);
             } else {
                 match frozen.kill() {
@@ -625,4 +626,17 @@ fn dump_process(
         pages: Vec::new(),
     };
     Ok((img, session))
+}
+
+/// Test hook: `CKPT_TEST_SIGNAL_BEFORE_RELEASE=SIG` sends SIG to the root
+/// just before a `--leave-running` checkpoint lets the tree go, so a test
+/// can check that a signal pending at that moment interrupts the syscall
+/// the checkpoint interrupted, as it would have without ckpt.
+fn signal_before_release_for_tests(pid: Pid) {
+    if let Some(sig) = std::env::var("CKPT_TEST_SIGNAL_BEFORE_RELEASE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        let _ = sys::kill(pid, sig);
+    }
 }

@@ -141,7 +141,8 @@ impl Remote {
         }
         self.restored = true;
         sys::set_regs(self.tid, &resumable(&self.saved))
-            .ctx(self.tid, || "restore registers".into())
+            .ctx(self.tid, || "restore registers".into())?;
+        settle(self.tid, &self.saved)
     }
 
     /// Leaves the registers as the last injected syscall left them: the
@@ -185,6 +186,27 @@ fn call_regs(base: &Regs, ip: u64, nr: i64, args: &[u64]) -> Regs {
     let a = |i: usize| args.get(i).copied().unwrap_or(0);
     (r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9) = (a(0), a(1), a(2), a(3), a(4), a(5));
     r
+}
+
+/// Brings a thread whose registers were just put back in their resumable
+/// form (at the syscall-exit stop of the last injected call) to the
+/// interrupt stop it was found in, with its registers exactly as found.
+/// When it resumes, the kernel itself then applies the syscall-restart
+/// rules: a syscall interrupted by the checkpoint is re-run, unless a
+/// handled signal comes first, which makes it fail with EINTR (pause(),
+/// sigsuspend(), epoll_wait()... return to a loop that checks the flag
+/// the handler set). With the resumable form alone, that signal's handler
+/// would run and the syscall would be re-run after it: a `while (!flag)
+/// pause();` would never end. If ckpt dies meanwhile, the thread resumes
+/// either in the resumable form or (once stopped) as found: both heal.
+fn settle(tid: Pid, saved: &Regs) -> Result<()> {
+    if (saved.orig_rax as i64) < 0 || !crate::arch::is_restart_code(saved.rax) {
+        return Ok(()); // nothing the kernel would decide differently
+    }
+    sys::interrupt(tid).ctx(tid, || "PTRACE_INTERRUPT".into())?;
+    sys::cont(tid, 0).ctx(tid, || "PTRACE_CONT".into())?;
+    crate::freeze::wait_for_stop(tid)?;
+    sys::set_regs(tid, saved).ctx(tid, || "restore registers as found".into())
 }
 
 /// The registers a thread stopped with `saved` must resume with: an
@@ -404,7 +426,8 @@ impl Thread {
         }
         if self.moved {
             let r = sys::set_regs(self.tid, &resumable(&self.regs))
-                .ctx(self.tid, || "restore registers".into());
+                .ctx(self.tid, || "restore registers".into())
+                .and_then(|_| settle(self.tid, &self.regs));
             self.moved = r.is_err();
             res = res.and(r);
         }

@@ -13,8 +13,8 @@
  * the lines 1..counter/1000 (no gap: memory went back in time; no duplicate:
  * the process kept running after its memory was dumped).
  *
- * argv[3] == "socketpair": also hold a unix socket at fd 77 (unsupported by the
- * checkpointer; used by the failure-path test).
+ * argv[3] == "socketpair": also hold a packet socket at fd 77 (a kind ckpt
+ * refuses; used by the failure-path test).
  */
 #include "wl.h"
 
@@ -88,13 +88,13 @@ int main(int argc, char **argv)
         wl_die("open(%s)", logpath);
 
     if (with_socket) {
-        int sv[2];
-        if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv) != 0)
-            wl_die("socketpair");
-        if (dup2(sv[0], SOCKET_FD) != SOCKET_FD)
+        /* A packet socket: a kind ckpt refuses (needs root, as the test). */
+        int s = socket(AF_PACKET, SOCK_DGRAM, 0);
+        if (s < 0)
+            wl_die("socket(AF_PACKET)");
+        if (dup2(s, SOCKET_FD) != SOCKET_FD)
             wl_die("dup2");
-        close(sv[0]);
-        close(sv[1]);
+        close(s);
     }
 
     uint64_t ready_global = 0, ready_heap = 0, ready_tls = 0, ready_stack = 0;
