@@ -130,7 +130,14 @@ fn redis_keeps_keys_and_idle_client_connection() {
         OsStr::new("--dir"),
         dir.as_os_str(),
     ];
-    let mut w = env.start_program("redis", &redis_bin, &args, |_| listening(port));
+    // Ready once it listens and has set its process title (which it does
+    // around then; the harness compares the title across the restart).
+    let title = format!("127.0.0.1:{port}");
+    let mut w = env.start_program("redis", &redis_bin, &args, |pid| {
+        listening(port)
+            && std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&title))
+    });
     let mut idle = TcpStream::connect_timeout(&addr(port), TIMEOUT).unwrap();
     idle.set_read_timeout(Some(TIMEOUT)).unwrap();
     for i in 0..100 {

@@ -250,6 +250,27 @@ fn signal_pending_at_release_interrupts_the_sleep() {
         );
         let result = std::fs::read_to_string(w.result_path()).unwrap_or_default();
         assert_eq!(result, "PASS\n", "{test}{}", w.diagnostics());
+
+        // The same for the restored process: its image, restarted with a
+        // SIGTERM queued just before it runs.
+        let _ = std::fs::remove_file(w.result_path());
+        let run = env.ckpt_with_env(
+            [
+                OsStr::new("restart"),
+                img.as_os_str(),
+                OsStr::new("--detach"),
+            ],
+            &[("CKPT_TEST_SIGNAL_BEFORE_RELEASE", &sig)],
+        );
+        assert!(run.success(), "{test}: restart failed\n{}", run.describe());
+        let mut p = Proc::adopt(w.pid).expect("the restored sleeper");
+        assert!(
+            p.wait_exit(TIMEOUT).is_some(),
+            "{test}: the restored sleeper handled SIGTERM but went on sleeping{}",
+            w.diagnostics()
+        );
+        let result = std::fs::read_to_string(w.result_path()).unwrap_or_default();
+        assert_eq!(result, "PASS\n", "{test}: restored{}", w.diagnostics());
     }
 }
 

@@ -9,7 +9,7 @@ use ckpt_image::{ArchX86_64, X86Regs, XComponent};
 const ERESTARTSYS: i64 = -512;
 const ERESTARTNOINTR: i64 = -513;
 const ERESTARTNOHAND: i64 = -514;
-const ERESTART_RESTARTBLOCK: i64 = -516;
+pub const ERESTART_RESTARTBLOCK: i64 = -516;
 const NR_RESTART_SYSCALL: u64 = 219;
 
 /// User code and stack selectors on x86_64 Linux.
@@ -29,6 +29,27 @@ pub fn is_restart_code(rax: u64) -> bool {
         rax as i64,
         ERESTARTSYS | ERESTARTNOINTR | ERESTARTNOHAND | ERESTART_RESTARTBLOCK
     )
+}
+
+/// The registers to leave a thread with, in an interrupt stop, so that the
+/// kernel itself re-runs the syscall it was interrupted in, or fails it
+/// with EINTR when a handled signal comes first; `None` when it was in no
+/// such syscall. `same_task` as in `restart_fixup`: a restored task has no
+/// restart block, so a call that would continue through one is re-issued
+/// (with the time it had left) under ERESTARTNOHAND's rules instead.
+pub fn as_interrupted(saved: &Regs, same_task: bool) -> Option<Regs> {
+    if (saved.orig_rax as i64) < 0 || !is_restart_code(saved.rax) {
+        return None;
+    }
+    if same_task || saved.rax as i64 != ERESTART_RESTARTBLOCK {
+        return Some(*saved);
+    }
+    let mut r = *saved;
+    restart_fixup(&mut r, false); // the arguments it is re-issued with
+    r.rip = saved.rip;
+    r.orig_rax = saved.orig_rax;
+    r.rax = ERESTARTNOHAND as u64;
+    Some(r)
 }
 
 /// Rewrites registers of a task stopped inside an interrupted syscall so that

@@ -629,10 +629,10 @@ fn dump_process(
 }
 
 /// Test hook: `CKPT_TEST_SIGNAL_BEFORE_RELEASE=SIG` sends SIG to the root
-/// just before a `--leave-running` checkpoint lets the tree go, so a test
-/// can check that a signal pending at that moment interrupts the syscall
-/// the checkpoint interrupted, as it would have without ckpt.
-fn signal_before_release_for_tests(pid: Pid) {
+/// just before a `--leave-running` checkpoint or a restart lets the tree
+/// go, so a test can check that a signal pending at that moment interrupts
+/// the syscall the checkpoint interrupted, as it would have without ckpt.
+pub(crate) fn signal_before_release_for_tests(pid: Pid) {
     if let Some(sig) = std::env::var("CKPT_TEST_SIGNAL_BEFORE_RELEASE")
         .ok()
         .and_then(|v| v.parse().ok())

@@ -142,7 +142,7 @@ impl Remote {
         self.restored = true;
         sys::set_regs(self.tid, &resumable(&self.saved))
             .ctx(self.tid, || "restore registers".into())?;
-        settle(self.tid, &self.saved)
+        settle(self.tid, &self.saved, true)
     }
 
     /// Leaves the registers as the last injected syscall left them: the
@@ -199,14 +199,15 @@ fn call_regs(base: &Regs, ip: u64, nr: i64, args: &[u64]) -> Regs {
 /// would run and the syscall would be re-run after it: a `while (!flag)
 /// pause();` would never end. If ckpt dies meanwhile, the thread resumes
 /// either in the resumable form or (once stopped) as found: both heal.
-fn settle(tid: Pid, saved: &Regs) -> Result<()> {
-    if (saved.orig_rax as i64) < 0 || !crate::arch::is_restart_code(saved.rax) {
+/// `same_task`: as in `arch::as_interrupted`.
+pub fn settle(tid: Pid, saved: &Regs, same_task: bool) -> Result<()> {
+    let Some(regs) = crate::arch::as_interrupted(saved, same_task) else {
         return Ok(()); // nothing the kernel would decide differently
-    }
+    };
     sys::interrupt(tid).ctx(tid, || "PTRACE_INTERRUPT".into())?;
     sys::cont(tid, 0).ctx(tid, || "PTRACE_CONT".into())?;
     crate::freeze::wait_for_stop(tid)?;
-    sys::set_regs(tid, saved).ctx(tid, || "restore registers as found".into())
+    sys::set_regs(tid, &regs).ctx(tid, || "restore registers as found".into())
 }
 
 /// The registers a thread stopped with `saved` must resume with: an
@@ -427,7 +428,7 @@ impl Thread {
         if self.moved {
             let r = sys::set_regs(self.tid, &resumable(&self.regs))
                 .ctx(self.tid, || "restore registers".into())
-                .and_then(|_| settle(self.tid, &self.regs));
+                .and_then(|_| settle(self.tid, &self.regs, true));
             self.moved = r.is_err();
             res = res.and(r);
         }

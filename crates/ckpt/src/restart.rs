@@ -857,6 +857,7 @@ impl Build {
             let sig = (p.process.exit_status >> 8) & 0x7f;
             sys::kill(p.pid(), sig).ctx(p.pid(), || format!("stop it again with signal {sig}"))?;
         }
+        crate::checkpoint::signal_before_release_for_tests(img.processes[0].pid());
         for &t in &self.traced {
             sys::detach(t, 0).ctx(t, || "PTRACE_DETACH".into())?;
         }
@@ -919,7 +920,8 @@ fn set_ids(p: &ProcessImage) {
 /// last of all, just before it is released.
 fn set_final_state(t: &crate::model::ThreadImage) -> Result<()> {
     let tid = t.thread.tid;
-    let mut regs = arch::record_to_regs(&t.regs);
+    let saved = arch::record_to_regs(&t.regs);
+    let mut regs = saved;
     arch::restart_fixup(&mut regs, false);
     sys::set_regs(tid, &regs).ctx(tid, || "PTRACE_SETREGS".into())?;
     sys::set_xstate(tid, &t.xstate.area.0).ctx(tid, || "set xsave state".into())?;
@@ -928,7 +930,11 @@ fn set_final_state(t: &crate::model::ThreadImage) -> Result<()> {
             sys::set_debugreg(tid, i, t.debug.dr[i]).ctx(tid, || format!("set dr{i}"))?;
         }
     }
-    sys::set_sigmask(tid, t.thread.sigmask).ctx(tid, || "PTRACE_SETSIGMASK".into())
+    sys::set_sigmask(tid, t.thread.sigmask).ctx(tid, || "PTRACE_SETSIGMASK".into())?;
+    // A syscall the checkpoint interrupted: the kernel re-runs it when the
+    // thread resumes, or fails it with EINTR if a handled signal comes
+    // first (one sent right after the restart), as it would have.
+    crate::remote::settle(tid, &saved, false)
 }
 
 impl Drop for Build {
