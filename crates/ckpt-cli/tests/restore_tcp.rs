@@ -46,34 +46,11 @@ fn assert_no_rules(when: &str) {
     }
 }
 
-/// `refused_workload`, waiting until the process sleeps in pause() again
-/// before SIGTERM (released after the refusal, it re-enters the pause
-/// the checkpoint interrupted; a signal before that is handled first).
+/// Checkpoint of tcp `case` must be refused saying `words`; the process
+/// goes on and verifies itself (SIGTERM right after the refusal: the pause
+/// the checkpoint interrupted must then fail with EINTR, not be re-run).
 fn refused(test: &str, case: &str, words: &[&str]) {
-    let Some(env) = TestEnv::new(test) else {
-        return;
-    };
-    let Some(mut w) = env.start_workload("tcp", &[case]) else {
-        return;
-    };
-    let img = env.path("img");
-    let run = env.checkpoint_must_fail(&mut w, &img, &format!("checkpoint of tcp {case}"));
-    let pid = w.pid.to_string();
-    assert!(
-        digit_tokens(&run.stderr).contains(&pid.as_str()),
-        "the error must name pid {pid}\n{}",
-        run.describe()
-    );
-    for word in words {
-        assert!(
-            run.stderr.contains(word),
-            "the error must say {word:?}\n{}",
-            run.describe()
-        );
-    }
-    env.assert_running_untraced(&mut w, "after the refused checkpoint");
-    env.wait_blocked_in(&mut w, &[libc::SYS_pause]);
-    env.signal_and_expect_pass(&mut w, libc::SIGTERM);
+    refused_workload(test, "tcp", case, words);
 }
 
 fn byte_at(i: u64, side: u64) -> u8 {
