@@ -79,17 +79,6 @@ static unsigned wk_kept;
 static int ep2, zx;
 static int params_set;
 
-static void wait_term(void)
-{
-    sigset_t block, old;
-    sigemptyset(&block);
-    sigaddset(&block, SIGTERM);
-    sigprocmask(SIG_BLOCK, &block, &old);
-    while (!wl_term)
-        sigsuspend(&old);
-    sigprocmask(SIG_SETMASK, &old, NULL);
-}
-
 static void add(int epfd, int fd, uint32_t events, uint64_t data)
 {
     struct epoll_event e = {.events = events, .data.u64 = data};
@@ -256,7 +245,7 @@ static void setup_watches(void)
         add(ep, ce, EPOLLIN, C_CE);
         if (write(report[1], "c", 1) != 1)
             _exit(3);
-        wait_term();
+        wl_wait_term();
         /* The parent has seen the PR edge by now. */
         char res = 0;
         int s = ready(ep, NULL);
@@ -430,7 +419,7 @@ static void setup_procwatch(void)
         struct epoll_event e = {.events = EPOLLPRI, .data.u64 = C_EV};
         if (m < 0 || epoll_ctl(ep, EPOLL_CTL_ADD, m, &e) != 0 || write(report[1], "m", 1) != 1)
             _exit(2);
-        wait_term();
+        wl_wait_term();
         _exit(0);
     }
     close(report[1]);
@@ -452,7 +441,7 @@ int main(int argc, char **argv)
     else
         wl_die("unknown mode %s", mode);
     wl_ready();
-    wait_term();
+    wl_wait_term();
     if (!strcmp(mode, "watches"))
         verify_watches();
     else if (!strcmp(mode, "procwatch")) {

@@ -67,18 +67,6 @@ static int xopen(const char *path, int flags)
     return fd;
 }
 
-/* Waits for SIGTERM without missing one sent before the wait starts. */
-static void wait_term(void)
-{
-    sigset_t block, old;
-    sigemptyset(&block);
-    sigaddset(&block, SIGTERM);
-    sigprocmask(SIG_BLOCK, &block, &old);
-    while (!wl_term)
-        sigsuspend(&old);
-    sigprocmask(SIG_SETMASK, &old, NULL);
-}
-
 static void setup_unlinked(void)
 {
     snprintf(p_a, sizeof(p_a), "%s.a", wl_result);
@@ -198,7 +186,7 @@ static void setup_chroot(void)
         /* Ready only once chrooted: the parent waits for this byte. */
         if (write(report[1], "c", 1) != 1)
             _exit(2);
-        wait_term();
+        wl_wait_term();
         char res = 0, buf[32] = {0};
         struct stat st;
         int fd = open("/inside", O_RDONLY);
@@ -238,7 +226,7 @@ static void setup_proc(void)
     if (child < 0)
         wl_die("fork");
     if (child == 0) {
-        wait_term();
+        wl_wait_term();
         _exit(0);
     }
     char p[64];
@@ -310,7 +298,7 @@ static void setup_fdtable(void)
     if (child < 0)
         wl_die("clone(CLONE_FILES)");
     if (child == 0) {
-        wait_term();
+        wl_wait_term();
         /* The parent opened fd 200 after the restore, in our shared table. */
         _exit(fcntl(200, F_GETFD) >= 0 ? 0 : 1);
     }
@@ -389,7 +377,7 @@ int main(int argc, char **argv)
             if (c < 0)
                 wl_die("clone(CLONE_FILES)");
             if (c == 0) {
-                wait_term();
+                wl_wait_term();
                 _exit(0);
             }
             if (i == 0)
@@ -411,7 +399,7 @@ int main(int argc, char **argv)
             if (mkdir(gone, 0700) != 0 || chdir(gone) != 0 || rmdir(gone) != 0 ||
                 chroot(".") != 0 || write(report[1], "r", 1) != 1)
                 _exit(2);
-            wait_term();
+            wl_wait_term();
             _exit(0);
         }
         char c;
@@ -420,7 +408,7 @@ int main(int argc, char **argv)
     } else
         wl_die("unknown mode %s", mode);
     wl_ready();
-    wait_term();
+    wl_wait_term();
     if (!strcmp(mode, "unlinked"))
         verify_unlinked();
     else if (!strcmp(mode, "chroot"))

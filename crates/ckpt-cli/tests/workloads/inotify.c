@@ -54,17 +54,6 @@ static char p_dir[PATH_MAX], p_file[PATH_MAX], p_other[PATH_MAX], p_new[PATH_MAX
 static char watch_lines[4096];
 static pid_t child, harness;
 
-static void wait_term(void)
-{
-    sigset_t block, old;
-    sigemptyset(&block);
-    sigaddset(&block, SIGTERM);
-    sigprocmask(SIG_BLOCK, &block, &old);
-    while (!wl_term)
-        sigsuspend(&old);
-    sigprocmask(SIG_SETMASK, &old, NULL);
-}
-
 static void at_fd(int fd, int want)
 {
     if (fd < 0)
@@ -324,7 +313,7 @@ int main(int argc, char **argv)
     else
         wl_die("unknown mode %s", mode);
     wl_ready();
-    wait_term();
+    wl_wait_term();
     wl_verify_common();
     if (!strcmp(mode, "inotify"))
         verify_inotify();

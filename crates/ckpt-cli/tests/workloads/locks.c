@@ -35,17 +35,6 @@ static int fd_posix = -1, fd_ofd = -1, fd_flock = -1;
 static pid_t child = -1;
 static char *map;
 
-static void wait_term(void)
-{
-    sigset_t block, old;
-    sigemptyset(&block);
-    sigaddset(&block, SIGTERM);
-    sigprocmask(SIG_BLOCK, &block, &old);
-    while (!wl_term)
-        sigsuspend(&old);
-    sigprocmask(SIG_SETMASK, &old, NULL);
-}
-
 static int xopen(const char *path, int flags)
 {
     int fd = open(path, flags | O_CLOEXEC, 0644);
@@ -187,7 +176,7 @@ static void setup_inherit(void)
     if (child < 0)
         wl_die("fork");
     if (child == 0) {
-        wait_term();
+        wl_wait_term();
         /* Our fd is the locked description: a fresh one cannot lock. */
         _exit(flock_free("shared.lck", LOCK_SH) ? 1 : 0);
     }
@@ -289,7 +278,7 @@ static void setup_posixshared(void)
     if (child < 0)
         wl_die("clone(CLONE_FILES)");
     if (child == 0) {
-        wait_term();
+        wl_wait_term();
         _exit(0);
     }
 }
@@ -313,7 +302,7 @@ int main(int argc, char **argv)
     else
         wl_die("unknown mode %s", mode);
     wl_ready();
-    wait_term();
+    wl_wait_term();
     wl_verify_common();
     if (!strcmp(mode, "hold"))
         verify_hold();

@@ -173,6 +173,18 @@ static __attribute__((unused)) void wl_ready(void)
     fprintf(stderr, "%s: pid %d ready, open fds {%s}\n", wl_name, (int)wl_pid, fds);
 }
 
+/* Waits for SIGTERM without missing one sent before the wait starts. */
+static __attribute__((unused)) void wl_wait_term(void)
+{
+    sigset_t block, old;
+    sigemptyset(&block);
+    sigaddset(&block, SIGTERM);
+    sigprocmask(SIG_BLOCK, &block, &old);
+    while (!wl_term)
+        sigsuspend(&old);
+    sigprocmask(SIG_SETMASK, &old, NULL);
+}
+
 /* Checks every workload does first when verifying. */
 static __attribute__((unused)) void wl_verify_common(void)
 {
