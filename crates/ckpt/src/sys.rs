@@ -1851,38 +1851,6 @@ pub fn fstat_ino(fd: i32) -> io::Result<(u64, u64)> {
 
 // ---- Sockets (unix sockets and sock_diag) ----
 
-/// getsockopt of an int option.
-pub fn sockopt_int(fd: i32, level: i32, opt: i32) -> io::Result<i32> {
-    let mut v: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: v is a valid out-pointer of len bytes.
-    let r = unsafe {
-        libc::getsockopt(
-            fd,
-            level,
-            opt,
-            (&mut v as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    check(r as libc::c_long).map(|_| v)
-}
-
-/// setsockopt of an int option.
-pub fn set_sockopt_int(fd: i32, level: i32, opt: i32, v: i32) -> io::Result<()> {
-    // SAFETY: v is a live int of the size passed.
-    let r = unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            opt,
-            (&v as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    check(r as libc::c_long).map(drop)
-}
-
 /// getsockopt of a struct timeval option (SO_RCVTIMEO...), in microseconds.
 pub fn sockopt_timeval(fd: i32, opt: i32) -> io::Result<u64> {
     const _: () = assert!(std::mem::size_of::<libc::timeval>() == 16);

@@ -169,7 +169,7 @@ fn is_unix(pid: Pid, fd: i32) -> bool {
     let Ok(copy) = sys::pidfd_getfd(pidfd.as_raw_fd(), fd) else {
         return false;
     };
-    sys::sockopt_int(copy.as_raw_fd(), libc::SOL_SOCKET, libc::SO_DOMAIN)
+    sys::getsockopt_int(copy.as_raw_fd(), libc::SOL_SOCKET, libc::SO_DOMAIN)
         .is_ok_and(|d| d == libc::AF_UNIX)
 }
 
@@ -193,13 +193,13 @@ fn is_path(name: &[u8]) -> bool {
 
 /// Reads the receive queue of `fd` without consuming it.
 fn peek_queue(p: &Probe, fd: i32, ty: u32, shut_rd: bool) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-    let old = sys::sockopt_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF)
+    let old = sys::getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF)
         .map_err(|e| p.sys("getsockopt(SO_PEEK_OFF)", e))?;
-    sys::set_sockopt_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, 0)
+    sys::setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, 0)
         .map_err(|e| p.sys("setsockopt(SO_PEEK_OFF)", e))?;
     let r = peek_all(p, fd, ty, shut_rd);
     // The program's peek offset, whatever happened.
-    let back = sys::set_sockopt_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, old);
+    let back = sys::setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, old);
     let q = r?;
     back.map_err(|e| p.sys("setsockopt(SO_PEEK_OFF) back", e))?;
     Ok(q)
@@ -296,7 +296,7 @@ impl FdKind for UnixKind {
             )));
         }
         let opt = |o: i32, what: &str| {
-            sys::sockopt_int(fd, libc::SOL_SOCKET, o)
+            sys::getsockopt_int(fd, libc::SOL_SOCKET, o)
                 .map_err(|e| p.sys(&format!("getsockopt({what})"), e))
         };
         if opt(libc::SO_PASSSEC, "SO_PASSSEC")? != 0 {
@@ -1117,9 +1117,9 @@ impl Builder {
     fn send_all(fd: i32, force: bool, mut data: &[u8], to: Option<&[u8]>) -> std::io::Result<()> {
         if force {
             let want = (data.len() as u64 * 2 + (1 << 20)).min(i32::MAX as u64 / 2) as i32;
-            let _ = sys::set_sockopt_int(fd, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, want);
+            let _ = sys::setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, want);
         }
-        let stream = sys::sockopt_int(fd, libc::SOL_SOCKET, libc::SO_TYPE)? == libc::SOCK_STREAM;
+        let stream = sys::getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_TYPE)? == libc::SOCK_STREAM;
         loop {
             let n = match to {
                 Some(to) => sys::unix_sendto(fd, data, to)?,
@@ -1134,7 +1134,7 @@ impl Builder {
 
     fn options(cx: &OpenCx, fd: i32, r: &UnixSk, force: bool) -> Result<()> {
         let set = |o: i32, v: i32, what: &str| {
-            sys::set_sockopt_int(fd, libc::SOL_SOCKET, o, v).map_err(|e| {
+            sys::setsockopt_int(fd, libc::SOL_SOCKET, o, v).map_err(|e| {
                 cx.err(
                     format!("setsockopt({what}) of unix socket {}", r.file_id),
                     e,
@@ -1147,10 +1147,10 @@ impl Builder {
             (libc::SO_SNDBUF, libc::SO_SNDBUFFORCE, r.sndbuf, "SO_SNDBUF"),
         ] {
             let half = (v / 2) as i32;
-            if !(force && sys::set_sockopt_int(fd, libc::SOL_SOCKET, forced, half).is_ok()) {
+            if !(force && sys::setsockopt_int(fd, libc::SOL_SOCKET, forced, half).is_ok()) {
                 set(o, half, what)?;
             }
-            let now = sys::sockopt_int(fd, libc::SOL_SOCKET, o).unwrap_or(0) as u32;
+            let now = sys::getsockopt_int(fd, libc::SOL_SOCKET, o).unwrap_or(0) as u32;
             if now != v {
                 return Err(Error::Refused(format!("unix socket {}: {what} is {now} after restart, not {v} (over the sysctl limit? restart as root)", r.file_id)));
             }
