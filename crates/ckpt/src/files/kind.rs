@@ -27,6 +27,9 @@ pub struct Probe<'a> {
     pub deleted: bool,
     pub meta: &'a std::fs::Metadata,
     pub info: &'a procfs::FdInfo,
+    /// (SO_DOMAIN, SO_TYPE, SO_PROTOCOL) when the fd is a socket: read once
+    /// here, for every socket kind's `matches`.
+    pub socket: Option<(i32, i32, i32)>,
 }
 
 impl<'a> Probe<'a> {
@@ -43,6 +46,12 @@ impl<'a> Probe<'a> {
             Some(p) => (p, true),
             None => (link, false),
         };
+        use std::os::unix::fs::FileTypeExt;
+        let socket = if meta.file_type().is_socket() {
+            super::sockopt::identity(pid, fd)
+        } else {
+            None
+        };
         Probe {
             pid,
             comm,
@@ -52,6 +61,7 @@ impl<'a> Probe<'a> {
             deleted,
             meta,
             info,
+            socket,
         }
     }
 

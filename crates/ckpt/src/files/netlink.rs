@@ -53,7 +53,7 @@ impl FdKind for Netlink {
         &[FILE_NETLINK]
     }
     fn matches(&self, p: &Probe) -> bool {
-        matches!(sockopt::identity(p), Some((libc::AF_NETLINK, _, proto)) if FAMILIES.contains(&proto))
+        matches!(p.socket, Some((libc::AF_NETLINK, _, proto)) if FAMILIES.contains(&proto))
     }
     fn dump(&self, cx: &mut DumpCx, p: &Probe, f: &mut File) -> Result<()> {
         let own = cx

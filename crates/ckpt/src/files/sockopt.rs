@@ -1,7 +1,7 @@
 //! SOL_SOCKET options common to every socket family, for the socket kinds
 //! (UDP, netlink; unix and TCP can embed the same `SockOpts` record field):
 //!
-//! - `identity(p)`: domain, type and protocol of a socket fd of a process
+//! - `identity(pid, fd)`: domain, type and protocol of a socket fd of a process
 //!   (for `FdKind::matches`).
 //! - `refuse_filters(p, fd)`: a socket with a classic or eBPF filter
 //!   attached (SO_ATTACH_FILTER / SO_ATTACH_BPF) is refused: the kernel
@@ -28,15 +28,11 @@ const SO_RCVBUFFORCE: i32 = 33;
 const SO_PEEK_OFF: i32 = 42;
 const SO_LOCK_FILTER: i32 = 44;
 
-/// (SO_DOMAIN, SO_TYPE, SO_PROTOCOL) of fd `p.fd` of `p.pid`, if it is a
-/// socket ckpt can look at.
-pub fn identity(p: &Probe) -> Option<(i32, i32, i32)> {
-    use std::os::unix::fs::FileTypeExt;
-    if !p.meta.file_type().is_socket() {
-        return None;
-    }
-    let pidfd = sys::pidfd_open(p.pid).ok()?;
-    let fd = sys::pidfd_getfd(pidfd.as_raw_fd(), p.fd).ok()?;
+/// (SO_DOMAIN, SO_TYPE, SO_PROTOCOL) of socket fd `fd` of `pid`, read on
+/// a copy of it (`Probe::socket` holds it for every socket fd saved).
+pub fn identity(pid: crate::sys::Pid, fd: i32) -> Option<(i32, i32, i32)> {
+    let pidfd = sys::pidfd_open(pid).ok()?;
+    let fd = sys::pidfd_getfd(pidfd.as_raw_fd(), fd).ok()?;
     let fd = fd.as_raw_fd();
     let get = |o| sys::getsockopt_int(fd, S, o).ok();
     Some((
@@ -241,7 +237,7 @@ pub fn set_peek_off(fd: i32, v: i32) -> std::io::Result<()> {
 /// What a socket is, for the refusal of one no kind takes ("a packet
 /// socket (AF_PACKET)", "a netlink socket of family NETLINK_SOCK_DIAG").
 pub fn describe(p: &Probe) -> String {
-    let Some((domain, ty, proto)) = identity(p) else {
+    let Some((domain, ty, proto)) = p.socket else {
         return "a socket".into();
     };
     match domain {

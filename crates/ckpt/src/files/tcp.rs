@@ -255,11 +255,12 @@ fn tcp_info(fd: i32) -> std::io::Result<Info> {
     parse_info(&b[..n]).ok_or_else(|| std::io::Error::from_raw_os_error(libc::EINVAL))
 }
 
-/// Whether `fd` is a TCP socket over IPv4 or IPv6.
-fn is_tcp(fd: i32) -> bool {
-    let dom = sys::getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_DOMAIN);
-    let proto = sys::getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PROTOCOL);
-    matches!(dom, Ok(libc::AF_INET | libc::AF_INET6)) && matches!(proto, Ok(libc::IPPROTO_TCP))
+/// Whether a socket of this identity (`Probe::socket`) is TCP over IPv4 or IPv6.
+fn is_tcp(socket: Option<(i32, i32, i32)>) -> bool {
+    matches!(
+        socket,
+        Some((libc::AF_INET | libc::AF_INET6, _, libc::IPPROTO_TCP))
+    )
 }
 
 /// A (copied) socket in repair mode since the checkpoint, and what leaving
@@ -488,14 +489,7 @@ impl FdKind for Tcp {
         &[FILE_TCP]
     }
     fn matches(&self, p: &Probe) -> bool {
-        if !p.link.starts_with(b"socket:[") {
-            return false;
-        }
-        // Only a copy of the socket tells its family and protocol.
-        let Ok(pidfd) = sys::pidfd_open(p.pid) else {
-            return false;
-        };
-        sys::pidfd_getfd(pidfd.as_raw_fd(), p.fd).is_ok_and(|s| is_tcp(s.as_raw_fd()))
+        is_tcp(p.socket)
     }
     fn dump(&self, cx: &mut DumpCx, p: &Probe, f: &mut File) -> Result<()> {
         let mine = cx
@@ -1250,9 +1244,10 @@ mod tests {
         let i = tcp_info(l.as_raw_fd()).unwrap();
         assert_eq!(i.state, LISTEN);
         assert_eq!(i.sacked, 128); // std's backlog
-        assert!(is_tcp(l.as_raw_fd()));
+        let me = std::process::id() as crate::sys::Pid;
+        assert!(is_tcp(super::super::sockopt::identity(me, l.as_raw_fd())));
         let u = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        assert!(!is_tcp(u.as_raw_fd()));
+        assert!(!is_tcp(super::super::sockopt::identity(me, u.as_raw_fd())));
     }
 
     fn conn() -> TcpSk {

@@ -156,7 +156,7 @@ impl FdKind for Udp {
     }
     fn matches(&self, p: &Probe) -> bool {
         matches!(
-            sockopt::identity(p),
+            p.socket,
             Some((
                 libc::AF_INET | libc::AF_INET6,
                 libc::SOCK_DGRAM,

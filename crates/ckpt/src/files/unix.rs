@@ -161,18 +161,6 @@ fn type_name(t: u32) -> &'static str {
     }
 }
 
-/// Whether fd `fd` of `pid` is a unix socket.
-fn is_unix(pid: Pid, fd: i32) -> bool {
-    let Ok(pidfd) = sys::pidfd_open(pid) else {
-        return false;
-    };
-    let Ok(copy) = sys::pidfd_getfd(pidfd.as_raw_fd(), fd) else {
-        return false;
-    };
-    sys::getsockopt_int(copy.as_raw_fd(), libc::SOL_SOCKET, libc::SO_DOMAIN)
-        .is_ok_and(|d| d == libc::AF_UNIX)
-}
-
 /// The absolute path of path name `name`, relative ones taken from `dir`.
 fn abs_path(name: &[u8], dir: &[u8]) -> Vec<u8> {
     if name.first() == Some(&b'/') {
@@ -261,7 +249,7 @@ impl FdKind for UnixKind {
         &[FILE_UNIX]
     }
     fn matches(&self, p: &Probe) -> bool {
-        p.link.starts_with(b"socket:[") && is_unix(p.pid, p.fd)
+        matches!(p.socket, Some((libc::AF_UNIX, _, _)))
     }
     fn dump(&self, cx: &mut DumpCx, p: &Probe, f: &mut File) -> Result<()> {
         let mine = cx
