@@ -684,71 +684,25 @@ fn peek_queue(fd: i32, peek_off: i32) -> std::result::Result<Vec<Datagram>, Queu
 /// The shutdown state (`UdpSk::shutdown`) of UDP socket `fd` from
 /// sock_diag, found by inode; `None` when sock_diag does not list it.
 fn diag_shutdown(fd: i32, family: u32) -> std::io::Result<Option<u32>> {
-    let ino = sys::fstat_ino(fd)?.1;
-    let nl = sys::socket(libc::AF_NETLINK, libc::SOCK_RAW, libc::NETLINK_SOCK_DIAG)?;
-    let r = diag_query(nl, family, ino);
-    sys::close(nl);
-    r
-}
-
-fn diag_query(nl: i32, family: u32, ino: u64) -> std::io::Result<Option<u32>> {
-    const SOCK_DIAG_BY_FAMILY: u16 = 20;
     const INET_DIAG_SHUTDOWN: u16 = 8;
-    // nlmsghdr + inet_diag_req_v2 (family, protocol, ext, pad, states, id).
-    let mut req = Vec::with_capacity(72);
-    req.extend_from_slice(&72u32.to_ne_bytes());
-    req.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-    req.extend_from_slice(&((libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16).to_ne_bytes());
-    req.extend_from_slice(&[0u8; 8]);
-    req.extend_from_slice(&[family as u8, libc::IPPROTO_UDP as u8, 0, 0]);
+    /// Size of struct inet_diag_msg; its inode is the last field.
+    const MSG_LEN: usize = 72;
+    let ino = sys::fstat_ino(fd)?.1;
+    // inet_diag_req_v2: family, protocol, ext, pad, states (all), id.
+    let mut req = vec![family as u8, libc::IPPROTO_UDP as u8, 0, 0];
     req.extend_from_slice(&u32::MAX.to_ne_bytes());
     req.extend_from_slice(&[0u8; 48]);
-    sys::write_all(nl, &req)?;
-    let mut buf = vec![0u8; 65536];
-    let mut found = None;
-    loop {
-        let n = sys::read(nl, &mut buf)?;
-        let mut off = 0;
-        while off + 16 <= n {
-            let len = u32::from_ne_bytes(buf[off..off + 4].try_into().expect("4")) as usize;
-            let ty = u16::from_ne_bytes([buf[off + 4], buf[off + 5]]);
-            if len < 16 || off + len > n {
-                break;
-            }
-            match ty {
-                3 => return Ok(found), // NLMSG_DONE
-                2 => {
-                    // NLMSG_ERROR: an errno (negative) follows the header.
-                    let e = i32::from_ne_bytes(buf[off + 16..off + 20].try_into().expect("4"));
-                    return Err(std::io::Error::from_raw_os_error(-e));
-                }
-                SOCK_DIAG_BY_FAMILY if len >= 16 + 72 => {
-                    let m = &buf[off + 16..off + len];
-                    if u32::from_ne_bytes(m[68..72].try_into().expect("4")) as u64 == ino {
-                        let mut a = 72;
-                        let mut shut = 0;
-                        while a + 4 <= m.len() {
-                            let alen = u16::from_ne_bytes([m[a], m[a + 1]]) as usize;
-                            let aty = u16::from_ne_bytes([m[a + 2], m[a + 3]]);
-                            if alen < 4 || a + alen > m.len() {
-                                break;
-                            }
-                            if aty == INET_DIAG_SHUTDOWN && alen >= 5 {
-                                shut = m[a + 4] as u32 & 3;
-                            }
-                            a += (alen + 3) & !3;
-                        }
-                        found = Some(shut);
-                    }
-                }
-                _ => {}
-            }
-            off += (len + 3) & !3;
+    for m in crate::sockdiag::dump(&req)? {
+        if m.len() < MSG_LEN || u32::from_ne_bytes(m[68..72].try_into().expect("4")) as u64 != ino {
+            continue;
         }
-        if n == 0 {
-            return Ok(found);
-        }
+        let shut = crate::sockdiag::attrs(&m[MSG_LEN..])?
+            .into_iter()
+            .find(|&(ty, v)| ty == INET_DIAG_SHUTDOWN && !v.is_empty())
+            .map_or(0, |(_, v)| v[0] as u32 & 3);
+        return Ok(Some(shut));
     }
+    Ok(None)
 }
 
 /// The port of a raw sockaddr_in/in6.
