@@ -358,11 +358,14 @@ fn page_needed(v: &Vma, pm: u64) -> bool {
     !backed(v) || pm & PM_FILE == 0
 }
 
-/// Private anonymous mappings whose pages a child may share with its
-/// parent and get back shared through fork. Not locked ones (mlock would
-/// break the sharing at once), nor those fork does not copy as they are.
+/// Private mappings whose (anonymous) pages a child may share with its
+/// parent and get back shared through fork: anonymous ones, and private
+/// mappings of a file still there (their copied-on-write pages). Not
+/// locked ones (mlock would break the sharing at once), nor those fork
+/// does not copy as they are.
 fn cow_eligible(v: &Vma) -> bool {
-    matches!(v.kind, VMA_ANON | VMA_HEAP)
+    let file = v.kind == VMA_FILE && v.flags & VMAF_DELETED == 0 && v.obj == 0;
+    (matches!(v.kind, VMA_ANON | VMA_HEAP) || file)
         && v.flags
             & (VMAF_SHARED
                 | VMAF_GROWSDOWN
@@ -390,12 +393,12 @@ pub fn cow_shared(
     let (cpm, ppm) = (open(child)?, open(parent)?);
     let mut out: Vec<CowShared> = Vec::new();
     for v in cvmas.iter().filter(|v| cow_eligible(v)) {
-        if !pvmas
-            .iter()
-            .any(|p| p.start == v.start && p.end == v.end && cow_eligible(p))
-        {
+        if !pvmas.iter().any(|p| same_mapping(p, v) && cow_eligible(p)) {
             continue;
         }
+        // In a file mapping only anonymous pages are shared copy-on-write;
+        // the file's own pages come back from the page cache anyway.
+        let file = v.kind == VMA_FILE;
         let mut addr = v.start;
         while addr < v.end {
             let end = (addr + CHUNK_PAGES * PAGE).min(v.end);
@@ -405,6 +408,7 @@ pub fn cow_shared(
                 let pfn = c & PFN_MASK;
                 let same = c & PM_PRESENT != 0
                     && p & PM_PRESENT != 0
+                    && !(file && (c | p) & PM_FILE != 0)
                     && pfn != 0
                     && pfn == p & PFN_MASK
                     && zero_pfn != Some(pfn);
@@ -424,6 +428,15 @@ pub fn cow_shared(
         }
     }
     Ok(out)
+}
+
+/// Whether `a` and `b` (of a parent and a child) are the same mapping as
+/// fork copied it: same bounds, and for a file the same file and offset.
+fn same_mapping(a: &Vma, b: &Vma) -> bool {
+    a.start == b.start
+        && a.end == b.end
+        && a.kind == b.kind
+        && (a.kind != VMA_FILE || (a.path == b.path && a.pgoff == b.pgoff))
 }
 
 /// Finds, for every live process whose parent is in the tree, the pages it
@@ -469,9 +482,7 @@ pub fn premap_cow(img: &crate::model::Image, p: &ProcessImage, img_fd: i32) -> V
         .collect();
     for v in p.vmas.iter().filter(|v| cow_eligible(v)) {
         let wanted = kids.iter().any(|c| {
-            c.vmas
-                .iter()
-                .any(|cv| cv.start == v.start && cv.end == v.end)
+            c.vmas.iter().any(|cv| same_mapping(cv, v))
                 && c.cow
                     .iter()
                     .any(|r| overlaps((r.addr, r.addr + r.nr_pages * PAGE), (v.start, v.end)))
@@ -481,7 +492,18 @@ pub fn premap_cow(img: &crate::model::Image, p: &ProcessImage, img_fd: i32) -> V
         }
         let len = v.end - v.start;
         let rw = libc::PROT_READ | libc::PROT_WRITE;
-        let Ok(a) = crate::sys::mmap_anon(v.start, len as usize, rw) else {
+        let mapped = if v.kind == VMA_FILE {
+            // Privately, so the pages written below are copies of the
+            // file's, as they were; the rest reads through to the file.
+            crate::sys::open_raw(&v.path.0, libc::O_RDONLY | libc::O_CLOEXEC, 0).and_then(|fd| {
+                let m = crate::sys::mmap_file_private(v.start, len as usize, rw, fd, v.pgoff);
+                crate::sys::close(fd);
+                m
+            })
+        } else {
+            crate::sys::mmap_anon(v.start, len as usize, rw)
+        };
+        let Ok(a) = mapped else {
             continue;
         };
         let filled = (|| -> std::io::Result<()> {

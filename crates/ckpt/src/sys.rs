@@ -435,6 +435,18 @@ pub fn mmap_anon(addr: u64, len: usize, prot: i32) -> io::Result<u64> {
     Ok(p as u64)
 }
 
+/// A private mapping of `fd` at exactly `addr` in the calling process,
+/// failing rather than replacing anything mapped there.
+pub fn mmap_file_private(addr: u64, len: usize, prot: i32, fd: i32, off: u64) -> io::Result<u64> {
+    let flags = libc::MAP_PRIVATE | libc::MAP_FIXED_NOREPLACE;
+    // SAFETY: with NOREPLACE the new mapping cannot clobber existing ones.
+    let p = unsafe { libc::mmap(addr as *mut _, len, prot, flags, fd, off as libc::off_t) };
+    if p == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(p as u64)
+}
+
 /// munmap in the calling process.
 pub fn munmap(addr: u64, len: usize) {
     // SAFETY: callers only unmap regions they mapped and no longer reference.

@@ -10,18 +10,24 @@
  *   page 6     first written by the parent after the fork: the child reads
  *              zeros;
  *   page 7     never written: zeros in both.
+ * The same again in a private mapping of an 8-page file (pages 0-5
+ * rewritten before the fork are copies of the file's, shared copy-on-write;
+ * where a side never wrote, it reads the file's content, not zeros).
  * On SIGTERM the parent checks its side and the sharing, then sends the
  * child SIGUSR1; the child checks its side and exits 0 (or 1).
  */
 #include "wl.h"
 
+#include <limits.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
 
 #define PAGE 4096UL
 #define PAGES 8
 
-static uint8_t *area;
+/* areas[0] anonymous, areas[1] a private mapping of a file. */
+static uint8_t *areas[2];
+#define FILE_SEED 90
 static volatile sig_atomic_t got_usr;
 
 static void on_usr(int sig)
@@ -52,10 +58,19 @@ static uint64_t frame(pid_t pid, const void *addr)
     return (e >> 63) ? (e & ((1ULL << 55) - 1)) : 0;
 }
 
-/* Checks one side: which = 0 parent, 1 child. Returns failures. */
-static void check_side(int child)
+/* Whether an unwritten page reads what it should: zeros, or the file's. */
+static int pristine(int a, int i)
 {
-    const char *who = child ? "child" : "parent";
+    return a ? wl_first_mismatch(areas[a] + i * PAGE, PAGE, FILE_SEED + i) < 0
+             : is_zero(areas[a] + i * PAGE);
+}
+
+/* Checks one side of area a: child = 0 parent, 1 child. */
+static void check_area(int a, int child)
+{
+    uint8_t *area = areas[a];
+    char who[32];
+    snprintf(who, sizeof(who), "%s (%s)", child ? "child" : "parent", a ? "file" : "anon");
     for (int i = 0; i < 4; i++)
         WL_CHECK(wl_first_mismatch(area + i * PAGE, PAGE, 10 + i) < 0, "%s: page %d changed", who,
                  i);
@@ -64,10 +79,16 @@ static void check_side(int child)
     WL_CHECK(wl_first_mismatch(area + 5 * PAGE, PAGE, child ? 60 : 15) < 0, "%s: page 5 wrong",
              who);
     if (child)
-        WL_CHECK(is_zero(area + 6 * PAGE), "child: page 6 (the parent's alone) is not zero");
+        WL_CHECK(pristine(a, 6), "%s: page 6 (the parent's alone) is not pristine", who);
     else
-        WL_CHECK(wl_first_mismatch(area + 6 * PAGE, PAGE, 70) < 0, "parent: page 6 wrong");
-    WL_CHECK(is_zero(area + 7 * PAGE), "%s: page 7 is not zero", who);
+        WL_CHECK(wl_first_mismatch(area + 6 * PAGE, PAGE, 70) < 0, "%s: page 6 wrong", who);
+    WL_CHECK(pristine(a, 7), "%s: page 7 is not pristine", who);
+}
+
+static void check_side(int child)
+{
+    check_area(0, child);
+    check_area(1, child);
 }
 
 int main(int argc, char **argv)
@@ -88,18 +109,35 @@ int main(int argc, char **argv)
     sigdelset(&wait_mask, SIGUSR1);
     sigdelset(&wait_mask, SIGUSR2);
 
-    area = mmap(NULL, PAGES * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (area == MAP_FAILED)
+    areas[0] = mmap(NULL, PAGES * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (areas[0] == MAP_FAILED)
         wl_die("mmap");
-    for (int i = 0; i < 6; i++)
-        wl_fill(area + i * PAGE, PAGE, 10 + i);
+    char path[PATH_MAX + 16];
+    snprintf(path, sizeof(path), "%s.cowfile", wl_result_abs);
+    int fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0)
+        wl_die("create %s", path);
+    static uint8_t page[PAGE];
+    for (int i = 0; i < PAGES; i++) {
+        wl_fill(page, PAGE, FILE_SEED + i);
+        if (write(fd, page, PAGE) != (ssize_t)PAGE)
+            wl_die("write %s", path);
+    }
+    areas[1] = mmap(NULL, PAGES * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
+    if (areas[1] == MAP_FAILED)
+        wl_die("mmap %s", path);
+    close(fd);
+    for (int a = 0; a < 2; a++)
+        for (int i = 0; i < 6; i++)
+            wl_fill(areas[a] + i * PAGE, PAGE, 10 + i);
     pid_t parent = getpid();
     pid_t child = fork();
     if (child < 0)
         wl_die("fork");
     if (child == 0) {
         wl_name = "cow child";
-        wl_fill(area + 5 * PAGE, PAGE, 60);
+        for (int a = 0; a < 2; a++)
+            wl_fill(areas[a] + 5 * PAGE, PAGE, 60);
         kill(parent, SIGUSR2);
         while (!got_usr)
             sigsuspend(&wait_mask);
@@ -109,11 +147,16 @@ int main(int argc, char **argv)
     while (!got_usr)
         sigsuspend(&wait_mask);
     got_usr = 0;
-    wl_fill(area + 4 * PAGE, PAGE, 50);
-    wl_fill(area + 6 * PAGE, PAGE, 70);
-    for (int i = 0; i < 4; i++)
-        if (!frame(getpid(), area + i * PAGE) || frame(getpid(), area + i * PAGE) != frame(child, area + i * PAGE))
-            wl_die("page %d not shared with the child before the checkpoint (not root?)", i);
+    for (int a = 0; a < 2; a++) {
+        uint8_t *area = areas[a];
+        wl_fill(area + 4 * PAGE, PAGE, 50);
+        wl_fill(area + 6 * PAGE, PAGE, 70);
+        for (int i = 0; i < 4; i++)
+            if (!frame(getpid(), area + i * PAGE) ||
+                frame(getpid(), area + i * PAGE) != frame(child, area + i * PAGE))
+                wl_die("area %d page %d not shared with the child before the checkpoint (not root?)",
+                       a, i);
+    }
 
     wl_ready();
     sigdelset(&wait_mask, SIGTERM);
@@ -122,14 +165,18 @@ int main(int argc, char **argv)
 
     wl_verify_common();
     check_side(0);
-    for (int i = 0; i < 4; i++) {
-        uint64_t a = frame(getpid(), area + i * PAGE), b = frame(child, area + i * PAGE);
-        WL_CHECK(a && a == b, "page %d is no longer shared with the child (frames %#llx, %#llx)", i,
-                 (unsigned long long)a, (unsigned long long)b);
+    for (int n = 0; n < 2; n++) {
+        uint8_t *area = areas[n];
+        for (int i = 0; i < 4; i++) {
+            uint64_t a = frame(getpid(), area + i * PAGE), b = frame(child, area + i * PAGE);
+            WL_CHECK(a && a == b,
+                     "area %d page %d is no longer shared with the child (frames %#llx, %#llx)", n,
+                     i, (unsigned long long)a, (unsigned long long)b);
+        }
+        for (int i = 4; i < 6; i++)
+            WL_CHECK(frame(getpid(), area + i * PAGE) != frame(child, area + i * PAGE),
+                     "area %d page %d is shared with the child although both wrote it", n, i);
     }
-    for (int i = 4; i < 6; i++)
-        WL_CHECK(frame(getpid(), area + i * PAGE) != frame(child, area + i * PAGE),
-                 "page %d is shared with the child although both wrote it", i);
     kill(child, SIGUSR1);
     int st = 0;
     WL_CHECK(waitpid(child, &st, 0) == child && WIFEXITED(st) && WEXITSTATUS(st) == 0,
