@@ -78,7 +78,6 @@ pub fn restart(input: std::fs::File, opts: &RestartOptions, log: &mut Log) -> Re
             img.processes.len()
         ),
     );
-    sys::raise_nofile();
     // Signals meant for the restored root wait, blocked, until it runs and
     // the forwarding handlers are in place (the tree forks from us before
     // that, so it never inherits the handlers).
@@ -228,6 +227,24 @@ impl Build {
             .max()
             .unwrap_or(2);
         let base = max_fd.max(2) + 1;
+        // The restorer holds the descriptions without a slot (`files::slots`)
+        // above the image's fd numbers (a pipe twice), plus a few of its own.
+        let slotted = files::slots(img, base).len();
+        let held = img.files.len() - slotted.min(img.files.len())
+            + img.pipes.len() * 2
+            + img.shmems.len()
+            + 64;
+        let needed = base as u64 + held as u64;
+        let limit =
+            sys::ensure_nofile(needed).map_err(io_err("getrlimit(RLIMIT_NOFILE)".into()))?;
+        if limit < needed {
+            return Err(Error::Refused(format!(
+                "the image uses fd numbers up to {max_fd} and {} open files; restoring them needs \
+                 an fd limit of {needed}, but the hard limit (ulimit -Hn) is {limit}: raise it, \
+                 or restart as root",
+                img.files.len()
+            )));
+        }
         let img_fd =
             sys::dup_above(file.as_raw_fd(), base).map_err(io_err("dup image fd".into()))?;
         let mut b = Build {

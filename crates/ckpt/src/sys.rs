@@ -212,6 +212,22 @@ pub fn same_file(pid1: Pid, fd1: i32, pid2: Pid, fd2: i32) -> io::Result<bool> {
     Ok(r == 0)
 }
 
+/// kcmp(KCMP_FILE) as an order: how the open file description of fd `fd1`
+/// of `pid1` compares with that of `fd2` of `pid2` (the kernel orders them
+/// by obfuscated address, consistently), so descriptions can be sorted and
+/// searched rather than compared pairwise.
+pub fn file_order(pid1: Pid, fd1: i32, pid2: Pid, fd2: i32) -> io::Result<std::cmp::Ordering> {
+    const KCMP_FILE: i32 = 0;
+    // SAFETY: kcmp takes integers only.
+    let r = check(unsafe { libc::syscall(libc::SYS_kcmp, pid1, pid2, KCMP_FILE, fd1, fd2) })?;
+    match r {
+        0 => Ok(std::cmp::Ordering::Equal),
+        1 => Ok(std::cmp::Ordering::Less),
+        2 => Ok(std::cmp::Ordering::Greater),
+        _ => Err(io::Error::other("kcmp: descriptions not comparable")),
+    }
+}
+
 /// kcmp(KCMP_FILES): do two processes share one fd table?
 pub fn same_fd_table(pid1: Pid, pid2: Pid) -> io::Result<bool> {
     const KCMP_FILES: i32 = 2;
@@ -498,6 +514,19 @@ pub fn setpgid(pid: Pid, pgid: Pid) -> io::Result<()> {
 }
 
 /// dup3 / fcntl helpers on raw fds of the calling process.
+/// Whether fd number `fd` is free in this process.
+pub fn fd_is_free(fd: i32) -> bool {
+    // SAFETY: F_GETFD takes no argument.
+    let r = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+    r == -1 && io::Error::last_os_error().raw_os_error() == Some(libc::EBADF)
+}
+
+/// dup3(old, new, O_CLOEXEC).
+pub fn dup3_cloexec(old: i32, new: i32) -> io::Result<()> {
+    // SAFETY: plain syscall on integer fds.
+    check(unsafe { libc::dup3(old, new, libc::O_CLOEXEC) } as libc::c_long).map(drop)
+}
+
 pub fn dup2(old: i32, new: i32) -> io::Result<()> {
     if old == new {
         return Ok(());
@@ -997,11 +1026,26 @@ pub fn getpgid(pid: Pid) -> Pid {
     unsafe { libc::getpgid(pid) }
 }
 
-/// Raises the soft RLIMIT_NOFILE to the hard limit (restore holds many fds).
-pub fn raise_nofile() {
-    if let Ok((_, max)) = prlimit(0, libc::RLIMIT_NOFILE, None) {
-        let _ = prlimit(0, libc::RLIMIT_NOFILE, Some((max, max)));
+/// Makes room for fd numbers below `needed` in this process: raises the
+/// soft RLIMIT_NOFILE, and the hard one too where allowed (CAP_SYS_RESOURCE,
+/// up to fs.nr_open). Returns the soft limit now in force.
+pub fn ensure_nofile(needed: u64) -> io::Result<u64> {
+    let (cur, max) = prlimit(0, libc::RLIMIT_NOFILE, None)?;
+    if cur >= needed {
+        return Ok(cur);
     }
+    if max < needed {
+        let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .unwrap_or(max);
+        let want = needed.min(nr_open).max(max);
+        if prlimit(0, libc::RLIMIT_NOFILE, Some((want, want))).is_ok() {
+            return Ok(want);
+        }
+    }
+    prlimit(0, libc::RLIMIT_NOFILE, Some((max, max)))?;
+    Ok(max)
 }
 
 /// A MAP_SHARED|MAP_ANONYMOUS object of `len` bytes, as an fd >= `base`

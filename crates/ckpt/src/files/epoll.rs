@@ -315,6 +315,9 @@ impl FdKind for EpollKind {
         }
         Ok(())
     }
+    fn needs(&self, img: &crate::model::Image, f: &File) -> Vec<u32> {
+        watches_of(img, f.id).map(|w| w.target_id).collect()
+    }
     fn install(&self, cx: &InstallCx, f: &File, _id: ObjId) -> std::result::Result<(), String> {
         if !cx.first_holder(f.id) {
             return Ok(());

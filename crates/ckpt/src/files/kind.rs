@@ -200,6 +200,9 @@ pub struct OpenCx<'a> {
     pub deferred: Vec<File>,
     /// Paths made for the opening, removed once every kind is done.
     pub made: Vec<Vec<u8>>,
+    /// The fd number each description should have in the restorer (see
+    /// `files::slots`).
+    pub slots: std::collections::HashMap<u32, i32>,
 }
 
 /// Status flags F_SETFL can change on an open description.
@@ -241,6 +244,23 @@ impl OpenCx<'_> {
         }
         self.by_id.push((f.id, fd));
         Ok(())
+    }
+
+    /// Moves `fd`, just opened for file `id`, to its slot (`files::slots`)
+    /// if that is free; returns where it is now.
+    pub fn place(&self, id: u32, fd: i32) -> i32 {
+        match self.slots.get(&id) {
+            Some(&slot) if slot != fd && sys::fd_is_free(slot) => {
+                match sys::dup3_cloexec(fd, slot) {
+                    Ok(()) => {
+                        sys::close(fd);
+                        slot
+                    }
+                    Err(_) => fd,
+                }
+            }
+            _ => fd,
+        }
     }
 
     /// The fd opened for file `id` so far.
@@ -392,5 +412,12 @@ pub trait FdKind: Sync {
     /// its descriptions of this kind.
     fn install(&self, _cx: &InstallCx, _f: &File, _id: ObjId) -> std::result::Result<(), String> {
         Ok(())
+    }
+
+    /// Other descriptions whose restorer copies `install` of description
+    /// `f` asks for (`InstallCx::source`), beyond the process's own fds:
+    /// they are kept usable while the fds are put in place.
+    fn needs(&self, _img: &Image, _f: &File) -> Vec<u32> {
+        Vec::new()
     }
 }

@@ -4,9 +4,14 @@
 //! FD_CLOEXEC, signal owners, and the sharing of one open file description
 //! by several fds and processes (found with kcmp, see `ids`).
 //!
-//! Restore opens every description once in ckpt itself, above every fd
-//! number the image uses; the restored processes inherit them through
-//! fork and `dup2` them into place, so sharing comes back for free.
+//! Restore opens every description once in ckpt itself; the restored
+//! processes inherit them through fork and `dup2` them into place, so
+//! sharing comes back for free. Each description is held at the fd number
+//! of its first holder where it can be (`slots`), else above every fd
+//! number the image uses: so the restorer needs about as many fd numbers
+//! as the image, not twice as many, and a single process's fds are
+//! already in place. A process whose numbers hold other descriptions moves
+//! those out of the way first (`install`).
 
 pub mod kind;
 
@@ -133,7 +138,10 @@ impl FileTable {
                 }
                 None => self.add(&p)?,
             };
-            self.cx.fds.note(pid, fd, meta.dev(), meta.ino(), id);
+            self.cx
+                .fds
+                .note(pid, fd, meta.dev(), meta.ino(), id)
+                .ctx(pid, || format!("kcmp fd {fd}"))?;
             fds.push(Fd {
                 fd: fd as u32,
                 file_id: id.0,
@@ -349,6 +357,7 @@ pub fn open_all(a: &OpenArgs) -> Result<Opened> {
         by_id: Vec::new(),
         deferred: Vec::new(),
         made: Vec::new(),
+        slots: slots(a.img, a.base),
     };
     let r = open_stages(&mut cx);
     // Paths made for the opening (removed FIFOs) go again, whatever happens.
@@ -368,6 +377,26 @@ pub fn open_all(a: &OpenArgs) -> Result<Opened> {
     })
 }
 
+/// The fd number each description gets in the restorer: the one it has in
+/// the first process holding it (image order), from 3 (the restorer's own
+/// stdio stays) up to below `base`, each number given once. None when fd
+/// tables are shared (CLONE_FILES): a process sharing one may fork after
+/// another has installed its fds over those numbers.
+pub fn slots(img: &Image, base: i32) -> std::collections::HashMap<u32, i32> {
+    let mut slots = std::collections::HashMap::new();
+    if img.processes.iter().any(|p| p.files_shared.is_some()) {
+        return slots;
+    }
+    let mut taken = std::collections::HashSet::new();
+    for d in img.processes.iter().flat_map(|p| p.fds.iter()) {
+        let n = d.fd as i32;
+        if (3..base).contains(&n) && !slots.contains_key(&d.file_id) && taken.insert(n) {
+            slots.insert(d.file_id, n);
+        }
+    }
+    slots
+}
+
 fn open_stages(cx: &mut OpenCx) -> Result<()> {
     let img = cx.img;
     for stage in [Stage::Plain, Stage::AfterTargets] {
@@ -378,9 +407,27 @@ fn open_stages(cx: &mut OpenCx) -> Result<()> {
                 .filter(|f| k.kinds().contains(&f.kind))
                 .collect();
             k.open(cx, &mine)?;
+            to_slots(cx);
         }
     }
     Ok(())
+}
+
+/// Moves the descriptions a kind opened above the base to their slots.
+/// Not an fd a kind also keeps as a temporary (id 0) or under two ids.
+fn to_slots(cx: &mut OpenCx) {
+    let mut uses: std::collections::HashMap<i32, (usize, bool)> = Default::default();
+    for &(id, fd) in &cx.by_id {
+        let u = uses.entry(fd).or_default();
+        u.0 += 1;
+        u.1 |= id == 0;
+    }
+    for i in 0..cx.by_id.len() {
+        let (id, fd) = cx.by_id[i];
+        if id != 0 && fd >= cx.base && uses.get(&fd) == Some(&(1, false)) {
+            cx.by_id[i].1 = cx.place(id, fd);
+        }
+    }
 }
 
 /// Installs a process's fds from the inherited descriptions (in a restore
@@ -402,8 +449,9 @@ pub fn install(
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
         .collect();
     let sources: Vec<i32> = opened.all().collect();
+    let held: std::collections::HashSet<i32> = sources.iter().copied().collect();
     for fd in open {
-        if !keep.contains(&fd) && !sources.contains(&fd) {
+        if !keep.contains(&fd) && !held.contains(&fd) {
             sys::close(fd);
         }
     }
@@ -416,11 +464,44 @@ pub fn install(
             }
         }
     }
+    // A description held at a number this process needs for another one
+    // moves out of the way first (`slots`: the restorer holds descriptions
+    // at their first holder's numbers).
+    let want: std::collections::HashMap<i32, u32> =
+        fds.iter().map(|d| (d.fd as i32, d.file_id)).collect();
+    let high = fds
+        .iter()
+        .map(|d| d.fd as i32)
+        .chain(sources.iter().copied())
+        .chain(keep.iter().copied())
+        .max()
+        .unwrap_or(2)
+        + 1;
+    let files: std::collections::HashMap<u32, &File> =
+        img.files.iter().map(|f| (f.id, f)).collect();
+    let mut needed: std::collections::HashSet<u32> = want.values().copied().collect();
+    for id in want.values() {
+        if let Some(k) = files.get(id).and_then(|f| kind_of(f.kind)) {
+            needed.extend(k.needs(img, files[id]));
+        }
+    }
+    // (A description this process does not need is simply overwritten:
+    // its children are forked already.)
+    let mut moved: std::collections::HashMap<i32, i32> = Default::default();
+    for &(id, fd) in &opened.by_id {
+        let clash = matches!(want.get(&fd), Some(&w) if w != id);
+        if clash && needed.contains(&id) && !moved.contains_key(&fd) {
+            let to = sys::dup_above(fd, high)
+                .map_err(|e| format!("move description {id} off fd {fd}: {e}"))?;
+            moved.insert(fd, to);
+        }
+    }
+    let at = |fd: i32| moved.get(&fd).copied().unwrap_or(fd);
     let source = |id: u32| {
         own.iter()
             .find(|x| x.0 == id)
             .map(|x| x.1)
-            .or_else(|| opened.fd_of(id))
+            .or_else(|| opened.fd_of(id).map(at))
     };
     for d in fds {
         let src = source(d.file_id)
@@ -438,16 +519,13 @@ pub fn install(
         p,
         source: &source,
     };
-    let mut done: Vec<u32> = Vec::new();
+    let mut done = std::collections::HashSet::new();
     for d in fds {
-        if done.contains(&d.file_id) {
+        if !done.insert(d.file_id) {
             continue;
         }
-        done.push(d.file_id);
-        let f = img
-            .files
-            .iter()
-            .find(|f| f.id == d.file_id)
+        let f = *files
+            .get(&d.file_id)
             .ok_or_else(|| format!("fd {} names unknown file {}", d.fd, d.file_id))?;
         if let Some(k) = kind_of(f.kind) {
             k.install(&cx, f, ObjId(f.id))?;
@@ -457,8 +535,8 @@ pub fn install(
         if shared && i < sources.len() {
             continue;
         }
-        let s = *s;
-        if !keep.contains(&s) && !fds.iter().any(|d| d.fd as i32 == s) {
+        let s = if i < sources.len() { at(*s) } else { *s };
+        if !keep.contains(&s) && !want.contains_key(&s) {
             sys::close(s);
         }
     }
