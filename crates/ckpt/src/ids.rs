@@ -26,6 +26,9 @@ impl IdSpace {
     }
 }
 
+/// One fd of a process, and the description it was saved as.
+type FdOf = (Pid, i32, ObjId);
+
 /// Every fd seen so far, to find fds that share one open file description.
 /// Costs O(log n) kcmp calls per fd: descriptions of one inode are kept in
 /// kcmp's order and searched, not compared one by one (10,000 fds of
@@ -33,10 +36,10 @@ impl IdSpace {
 #[derive(Default)]
 pub struct FdIds {
     /// (pid, fd, id), in the order seen.
-    seen: Vec<(Pid, i32, ObjId)>,
+    seen: Vec<FdOf>,
     by_fd: HashMap<(Pid, i32), ObjId>,
     /// One fd of each description, by (dev, ino), sorted by `sys::file_order`.
-    reps: HashMap<(u64, u64), Vec<(Pid, i32, ObjId)>>,
+    reps: HashMap<(u64, u64), Vec<FdOf>>,
 }
 
 impl FdIds {
