@@ -526,3 +526,54 @@ fn restart_fails_while_pid_in_use() {
     asleep_in_pause(&env, &mut w);
     env.signal_and_expect_pass(&mut w, libc::SIGTERM);
 }
+
+/// Checkpoint does not wait for its killed process to be reaped (its
+/// parent's business); restart waits a bounded time for a pid still held by
+/// a zombie, and names the parent that keeps it when that runs out.
+#[test]
+fn restart_waits_for_the_checkpointed_zombie_to_be_reaped() {
+    let Some(env) = TestEnv::new("restart_waits_for_the_checkpointed_zombie_to_be_reaped") else {
+        return;
+    };
+    let Some(mut w) = env.start_workload("sleeper", &["pause"]) else {
+        return;
+    };
+    let img = env.path("img");
+    let pid = w.pid.to_string();
+    // We are the parent and do not reap it yet.
+    let run = env.ckpt([
+        OsStr::new("checkpoint"),
+        OsStr::new(&pid),
+        OsStr::new("-o"),
+        img.as_os_str(),
+    ]);
+    assert!(run.success(), "checkpoint failed:\n{}", run.describe());
+    assert_eq!(
+        proc_ids(w.pid).map(|p| p.state),
+        Some('Z'),
+        "the checkpointed process should be our unreaped zombie"
+    );
+    let restart = [
+        OsStr::new("restart"),
+        img.as_os_str(),
+        OsStr::new("--detach"),
+    ];
+    let refused = env.ckpt(restart);
+    assert!(
+        !refused.success(),
+        "restart over an unreaped zombie must fail"
+    );
+    assert!(
+        refused.stderr.contains("zombie") && refused.stderr.contains("has not reaped"),
+        "the refusal should say a zombie holds the pid and who must reap it:\n{}",
+        refused.describe()
+    );
+    // Reaped while a restart waits: that restart goes ahead.
+    let mut c = env.spawn_ckpt(restart);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(w.proc.wait_exit(TIMEOUT).is_some(), "reap the zombie");
+    let run = c.wait(CKPT_TIMEOUT).expect("ckpt restart exits");
+    assert!(run.success(), "restart failed:\n{}", run.describe());
+    w.proc = Proc::adopt(w.pid).expect("restored pid");
+    env.signal_and_expect_pass(&mut w, libc::SIGTERM);
+}

@@ -877,7 +877,7 @@ fn freeze_cgroup_roundtrip(env: &TestEnv, cg: TestCgroup) {
         procs.iter().filter(|p| p.zombie).count()
     );
     assert_eq!(pids.first(), Some(&w.pid), "the image's root is the forker");
-    env.assert_all_gone(
+    env.assert_none_runs(
         &pids,
         "right after `ckpt checkpoint --freeze-cgroup` returned",
     );

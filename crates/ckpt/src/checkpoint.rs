@@ -209,7 +209,7 @@ pub fn checkpoint<S: Sink>(
         Ok(r)
     });
     match res {
-        Ok((mut files, frozen, mut summary)) => {
+        Ok((mut files, frozen, summary)) => {
             let written = w
                 .finish()
                 .and_then(|mut out| out.sync())
@@ -226,13 +226,7 @@ pub fn checkpoint<S: Sink>(
                 drop(frozen);
             } else {
                 match frozen.kill() {
-                    Ok(warnings) => {
-                        crate::files::after_checkpoint(&mut files, true);
-                        for warn in warnings {
-                            log.info(0, pid, &comm, &warn);
-                            summary.warnings.push(warn);
-                        }
-                    }
+                    Ok(()) => crate::files::after_checkpoint(&mut files, true),
                     Err(e) => {
                         crate::files::after_checkpoint(&mut files, false);
                         return Err(e);

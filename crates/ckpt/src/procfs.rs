@@ -361,6 +361,26 @@ pub fn exists(pid: Pid) -> bool {
     path(pid, "stat").exists()
 }
 
+/// The parent of `pid` if `pid` is a zombie (or dead, not yet reaped).
+pub fn zombie_parent(pid: Pid) -> Option<Pid> {
+    stat(pid)
+        .ok()
+        .filter(|s| matches!(s.state, b'Z' | b'X'))
+        .map(|s| s.ppid)
+}
+
+/// Waits up to `timeout` in all for the pids in `pids` held by exiting,
+/// zombie or dead processes (or threads) to be reaped. Live ones are not
+/// waited for.
+pub fn wait_dead_reaped(pids: &[Pid], timeout: std::time::Duration) {
+    let deadline = std::time::Instant::now() + timeout;
+    for &pid in pids {
+        while zombie_parent(pid).is_some() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+    }
+}
+
 /// Waits up to `timeout` for every pid in `pids` to be gone (reaped by
 /// whoever is its parent); returns those still there.
 pub fn wait_gone(pids: &[Pid], timeout: std::time::Duration) -> Vec<Pid> {

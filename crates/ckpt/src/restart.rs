@@ -1019,6 +1019,12 @@ fn validate(img: &Image, mode: Mode, fs: Option<&sys::FsIds>, log: &mut Log) -> 
             ));
         }
     }
+    if mode == Mode::Restart {
+        // The checkpointed tree may still be dying, or waiting to be reaped
+        // by its parent (checkpoint does not wait for that).
+        let ids: Vec<Pid> = tids.iter().copied().collect();
+        procfs::wait_dead_reaped(&ids, std::time::Duration::from_secs(5));
+    }
     let cg = crate::cgroup::Host::read();
     for (i, p) in img.processes.iter().enumerate() {
         let pid = p.pid();
@@ -1077,6 +1083,14 @@ fn validate_process(
     }
     if restart && procfs::exists(pid) {
         let who = procfs::comm(pid);
+        if let Some(ppid) = procfs::zombie_parent(pid) {
+            return refuse(format!(
+                "pid {pid} is still held by a zombie ({}) that its parent {ppid} ({}) has not reaped; \
+                 the parent must wait() for it (or exit) before the pid is free to restart",
+                who.trim_end(),
+                procfs::comm(ppid)
+            ));
+        }
         return refuse(format!(
             "pid {pid} is in use by another process ({}); stop it, or wait until it exits, then restart",
             who.trim_end()
