@@ -106,6 +106,15 @@ fn detail(r: &AnyRecord) -> String {
             format!("shmem offset {:#x}: {} pages", p.addr, p.nr_pages)
         }
         AnyRecord::Pages(p) => format!("{:#x}: {} pages", p.addr, p.nr_pages),
+        AnyRecord::PageIndex(i) => {
+            let last = i.runs.last().map(|r| r.addr + r.nr_pages as u64 * 4096);
+            format!(
+                "{} runs of pages from {:#x} to {:#x} in the next pages record",
+                i.runs.len(),
+                i.runs.first().map_or(0, |r| r.addr),
+                last.unwrap_or(0)
+            )
+        }
         AnyRecord::File(f) => format!(
             "file {} {} {} pos {}",
             f.id,

@@ -115,6 +115,20 @@ fn fixed_image() -> Vec<u8> {
     })
     .unwrap();
     w.write_pages(0x600000, &[7u8; 4096]).unwrap();
+    w.write(&PageIndex {
+        runs: vec![
+            IndexedRun {
+                addr: 0x700000,
+                nr_pages: 1,
+            },
+            IndexedRun {
+                addr: 0x703000,
+                nr_pages: 1,
+            },
+        ],
+    })
+    .unwrap();
+    w.write_pages(0x700000, &[8u8; 8192]).unwrap();
     w.write(&Process {
         pid: 4243,
         ppid: 4242,

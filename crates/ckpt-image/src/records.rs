@@ -74,6 +74,7 @@ pub const T_SHMEM: u32 = 123;
 pub const T_SHMEM_ATTRS: u32 = 124;
 pub const T_MM_STATE: u32 = 113;
 pub const T_COW_SHARED: u32 = 114;
+pub const T_PAGE_INDEX: u32 = 115;
 pub const T_FILE_ATTR: u32 = 125;
 pub const T_FILES_SHARED: u32 = 126;
 pub const T_FILE_OWNER: u32 = 127;
@@ -445,6 +446,19 @@ record!(
     CowShared = T_COW_SHARED, "cow-shared" { addr: u64, nr_pages: u64 }
 );
 
+fields!(
+    /// One run of pages in an indexed `pages` record.
+    IndexedRun { addr: u64, nr_pages: u32 }
+);
+
+record!(
+    /// The runs of pages the next `pages` record holds back to back (its
+    /// `addr` and `nr_pages` are the first run's address and the total), so
+    /// scattered pages cost one record header, not a header page each.
+    /// Runs are in ascending address order and do not overlap.
+    PageIndex = T_PAGE_INDEX, "page-index" { runs: Vec<IndexedRun> }
+);
+
 /// Page record flag: the pages belong to the preceding `Shmem` object.
 pub const PAGES_SHMEM: u32 = 1;
 
@@ -600,6 +614,7 @@ pub enum AnyRecord {
     ShmemAttrs(ShmemAttrs),
     MmState(MmState),
     CowShared(CowShared),
+    PageIndex(PageIndex),
     Thread(Thread),
     X86Regs(X86Regs),
     X86Xstate(X86Xstate),
@@ -714,6 +729,7 @@ dispatch!(
     ShmemAttrs => ShmemAttrs,
     MmState => MmState,
     CowShared => CowShared,
+    PageIndex => PageIndex,
     Thread => Thread,
     X86Regs => X86Regs,
     X86Xstate => X86Xstate,

@@ -445,9 +445,10 @@ fn run<S: Sink>(
             };
             match (image_fd, tracee_fd) {
                 (Some(image_fd), Some(tfd)) => {
-                    let (remote, _) = session.main();
+                    let (remote, scratch) = session.main();
                     let mut d = mm::Direct {
                         remote,
+                        scratch,
                         tracee_fd: tfd as u64,
                         image_fd,
                         zero_pfn,

@@ -567,12 +567,15 @@ pub struct PageStats {
     pub zero_skipped: u64,
 }
 
-/// One copy per page: the frozen task itself `pwrite`s its pages into the
+/// One copy per page: the frozen task itself writes its pages into the
 /// image file (an fd it opened on ckpt's image through /proc), straight
-/// from its memory to the page cache; ckpt only writes the record headers
-/// and checksums the data through a read-only mapping of the file.
+/// from its memory to the page cache, many runs per injected `pwritev`;
+/// ckpt only writes the record headers and checksums the data through a
+/// read-only mapping of the file.
 pub struct Direct<'a> {
     pub remote: &'a mut Remote,
+    /// Scratch memory in the task, for the iovecs.
+    pub scratch: Scratch<'a>,
     /// The image, as an fd number in the task.
     pub tracee_fd: u64,
     /// The image, as an fd of ours (opened read-write, for the checksum).
@@ -582,6 +585,76 @@ pub struct Direct<'a> {
 }
 
 const PFN_MASK: u64 = (1 << 55) - 1;
+/// Runs of one indexed page record (its index stays a small record).
+const BATCH_RUNS: usize = 4096;
+/// iovecs per injected `pwritev`/`preadv`: what the scratch data page holds.
+const IOVS_PER_CALL: usize = 256;
+/// Bytes ckpt buffers for a batch it reads itself (not written by the task).
+const BATCH_BUF: u64 = 16 << 20;
+
+/// Runs of pages gathered for one page record (with an index when more
+/// than one): by the task (`Direct`), or read by ckpt and held in `data`.
+#[derive(Default)]
+struct Batch {
+    runs: Vec<(u64, u64)>,
+    pages: u64,
+    by_task: bool,
+    data: Vec<u8>,
+    /// Start of the mapping the last run is in.
+    vma: u64,
+}
+
+impl Batch {
+    /// Whether a run of `len` bytes, written the `by_task` way, fits.
+    fn fits(&self, len: u64, by_task: bool) -> bool {
+        self.runs.is_empty()
+            || (self.by_task == by_task
+                && self.runs.len() < BATCH_RUNS
+                && self.pages + len / PAGE <= MAX_PAGES_PER_RECORD
+                && (by_task || self.data.len() as u64 + len <= BATCH_BUF))
+    }
+
+    /// Adds a run of mapping `vma` (runs of two mappings stay apart even
+    /// when adjacent: restart checks each lies inside one).
+    fn push(&mut self, vma: u64, addr: u64, len: u64, by_task: bool) {
+        self.by_task = by_task;
+        match self.runs.last_mut() {
+            Some(r) if r.0 + r.1 == addr && self.vma == vma => r.1 += len,
+            _ => self.runs.push((addr, len)),
+        }
+        self.vma = vma;
+        self.pages += len / PAGE;
+    }
+
+    /// Writes the batch as (an index and) one page record.
+    fn flush<S: Sink>(
+        &mut self,
+        w: &mut ImageWriter<S>,
+        direct: Option<&mut Direct>,
+    ) -> Result<()> {
+        if self.runs.is_empty() {
+            return Ok(());
+        }
+        if self.runs.len() > 1 {
+            let runs = self
+                .runs
+                .iter()
+                .map(|&(addr, len)| IndexedRun {
+                    addr,
+                    nr_pages: (len / PAGE) as u32,
+                })
+                .collect();
+            w.write(&PageIndex { runs }).map_err(Error::Write)?;
+        }
+        let first = self.runs[0].0;
+        match direct {
+            Some(d) if self.by_task => write_by_task(w, d, first, &self.runs, self.pages)?,
+            _ => w.write_pages(first, &self.data).map_err(Error::Write)?,
+        }
+        *self = Batch::default();
+        Ok(())
+    }
+}
 
 /// Writes the pages of every mapping that must be saved. Anonymous pages
 /// that hold only zeros are skipped: a fresh mapping reads as zeros anyway.
@@ -598,6 +671,7 @@ pub fn dump_pages<S: Sink>(
     let mem = std::fs::File::open(format!("/proc/{pid}/mem")).ctx(pid, || "open mem".into())?;
     let mut stats = PageStats::default();
     let mut buf = Vec::new();
+    let mut batch = Batch::default();
     // Mappings with no resident or swapped page (huge PROT_NONE
     // reservations, untouched heaps) are not scanned at all.
     // (A mapping may have merged with a neighbour since it was recorded,
@@ -623,7 +697,7 @@ pub fn dump_pages<S: Sink>(
         // is what a fresh mapping reads anyway.
         let skip_zero = !backed(v);
         // The task cannot write from memory it cannot read (PROT_NONE...).
-        let by_task = v.prot & libc::PROT_READ as u32 != 0;
+        let by_task = direct.is_some() && v.prot & libc::PROT_READ as u32 != 0;
         let zero_pfn = direct
             .as_ref()
             .and_then(|d| d.zero_pfn)
@@ -646,16 +720,24 @@ pub fn dump_pages<S: Sink>(
                 }
                 let a = addr + i as u64 * PAGE;
                 let len = (j - i) as u64 * PAGE;
-                match direct.as_deref_mut() {
-                    Some(d) if by_task => {
-                        write_by_task(w, d, a, len)?;
-                        stats.pages += len / PAGE;
+                if by_task {
+                    if !batch.fits(len, true) {
+                        batch.flush(w, direct.as_deref_mut())?;
                     }
-                    _ => {
-                        buf.resize(len as usize, 0);
-                        mem.read_exact_at(&mut buf, a)
-                            .ctx(pid, || format!("read memory {a:#x}..{:#x}", a + len))?;
-                        write_run(w, a, &buf, skip_zero, &mut stats)?;
+                    batch.push(v.start, a, len, true);
+                    stats.pages += len / PAGE;
+                } else {
+                    buf.resize(len as usize, 0);
+                    mem.read_exact_at(&mut buf, a)
+                        .ctx(pid, || format!("read memory {a:#x}..{:#x}", a + len))?;
+                    for (s, e) in nonzero_runs(&buf, skip_zero, &mut stats) {
+                        let l = (e - s) as u64;
+                        if !batch.fits(l, false) {
+                            batch.flush(w, direct.as_deref_mut())?;
+                        }
+                        batch.push(v.start, a + s as u64, l, false);
+                        batch.data.extend_from_slice(&buf[s..e]);
+                        stats.pages += l / PAGE;
                     }
                 }
                 progress(len)?;
@@ -664,19 +746,58 @@ pub fn dump_pages<S: Sink>(
             addr = end;
         }
     }
+    batch.flush(w, direct)?;
     Ok(stats)
 }
 
-/// Has the task write `len` bytes of its memory at `addr` as one page record.
+/// Has the task write the runs (address, length) of its memory, `pages`
+/// pages in all, as one page record.
 fn write_by_task<S: Sink>(
     w: &mut ImageWriter<S>,
     d: &mut Direct,
-    addr: u64,
-    len: u64,
+    first: u64,
+    runs: &[(u64, u64)],
+    pages: u64,
 ) -> Result<()> {
     let off = w
-        .begin_external_pages(addr, len / PAGE, 0)
+        .begin_external_pages(first, pages, 0)
         .map_err(Error::Write)?;
+    let total = pages * PAGE;
+    let mut at = off;
+    for chunk in runs.chunks(IOVS_PER_CALL) {
+        let iov: Vec<u8> = chunk
+            .iter()
+            .flat_map(|&(a, l)| a.to_le_bytes().into_iter().chain(l.to_le_bytes()))
+            .collect();
+        d.scratch.write(0, &iov)?;
+        let want: u64 = chunk.iter().map(|r| r.1).sum();
+        let n = d.remote.call(
+            "pwritev(image)",
+            libc::SYS_pwritev,
+            &[d.tracee_fd, d.scratch.addr, chunk.len() as u64, at, 0],
+        )?;
+        if n < want {
+            // Short (rare on a regular file): the rest run by run.
+            let (mut left, mut pos) = (n, at);
+            for &(a, l) in chunk {
+                let done = left.min(l);
+                left -= done;
+                if done < l {
+                    pwrite_by_task(d, a + done, l - done, pos + done)?;
+                }
+                pos += l;
+            }
+        }
+        at += want;
+    }
+    let crc = crate::sys::crc32c_of_range(d.image_fd, off, total as usize).map_err(Error::Write)?;
+    w.end_external_pages(total, crc);
+    let pos = w.offset();
+    w.get_mut().seek_to(pos).map_err(Error::Write)
+}
+
+/// Has the task pwrite `len` bytes of its memory at `addr` to `off`.
+fn pwrite_by_task(d: &mut Direct, addr: u64, len: u64, off: u64) -> Result<()> {
     let mut done = 0;
     while done < len {
         let n = d.remote.call(
@@ -689,24 +810,17 @@ fn write_by_task<S: Sink>(
         }
         done += n;
     }
-    let crc = crate::sys::crc32c_of_range(d.image_fd, off, len as usize).map_err(Error::Write)?;
-    w.end_external_pages(len, crc);
-    let pos = w.offset();
-    w.get_mut().seek_to(pos).map_err(Error::Write)
+    Ok(())
 }
 
-fn write_run<W: Write>(
-    w: &mut ImageWriter<W>,
-    addr: u64,
-    data: &[u8],
-    skip_zero: bool,
-    stats: &mut PageStats,
-) -> Result<()> {
+/// The (start, end) byte ranges of `data` (whole pages) to save: all of
+/// it, or with `skip_zero` its pages that are not all zeros.
+fn nonzero_runs(data: &[u8], skip_zero: bool, stats: &mut PageStats) -> Vec<(usize, usize)> {
     if !skip_zero {
-        stats.pages += data.len() as u64 / PAGE;
-        return w.write_pages(addr, data).map_err(Error::Write);
+        return vec![(0, data.len())];
     }
     let pages: Vec<&[u8]> = data.chunks(PAGE as usize).collect();
+    let mut out = Vec::new();
     let mut i = 0;
     while i < pages.len() {
         if pages[i].iter().all(|&b| b == 0) {
@@ -718,14 +832,10 @@ fn write_run<W: Write>(
         while j < pages.len() && !pages[j].iter().all(|&b| b == 0) {
             j += 1;
         }
-        let s = i * PAGE as usize;
-        let e = j * PAGE as usize;
-        w.write_pages(addr + s as u64, &data[s..e])
-            .map_err(Error::Write)?;
-        stats.pages += (j - i) as u64;
+        out.push((i * PAGE as usize, j * PAGE as usize));
         i = j;
     }
-    Ok(())
+    out
 }
 
 /// mm fields for PR_SET_MM_MAP.
@@ -1248,29 +1358,62 @@ pub fn replace_address_space(
             .iter()
             .any(|k| !k.own && k.start <= c.0 && c.1 <= k.end)
     }));
-    // One copy per page: the task reads its own pages from the image file.
+    // One copy per page: the task reads its own pages from the image file,
+    // many runs per `preadv` where their data lies back to back.
+    let mut pieces: Vec<(u64, u64, u64)> = Vec::new(); // (addr, len, file offset)
     for run in &p.pages {
         let span = (run.addr, run.addr + run.nr_pages * PAGE);
         for (a, b) in subtract(&[span], &in_place) {
-            let mut done = 0;
-            let total = b - a;
-            let data = run.data_offset + (a - run.addr);
-            while done < total {
+            pieces.push((a, b - a, run.data_offset + (a - run.addr)));
+        }
+    }
+    let mut i = 0;
+    while i < pieces.len() {
+        let mut j = i + 1;
+        while j < pieces.len()
+            && j - i < IOVS_PER_CALL
+            && pieces[j].2 == pieces[j - 1].2 + pieces[j - 1].1
+        {
+            j += 1;
+        }
+        let group = &pieces[i..j];
+        let got = if group.len() == 1 {
+            0
+        } else {
+            let iov: Vec<u8> = group
+                .iter()
+                .flat_map(|&(a, l, _)| a.to_le_bytes().into_iter().chain(l.to_le_bytes()))
+                .collect();
+            s.write(0, &iov)?;
+            r.call(
+                "preadv(image)",
+                libc::SYS_preadv,
+                &[img_fd as u64, s.addr, group.len() as u64, group[0].2, 0],
+            )?
+        };
+        progress(got);
+        // What one call did not read (a single run, or a short read).
+        let mut left = got;
+        for &(a, l, off) in group {
+            let skip = left.min(l);
+            left -= skip;
+            let mut done = skip;
+            while done < l {
                 let n = r.call(
                     "pread64(image)",
                     libc::SYS_pread64,
-                    &[img_fd as u64, a + done, total - done, data + done],
+                    &[img_fd as u64, a + done, l - done, off + done],
                 )?;
                 if n == 0 {
                     return Err(Error::Refused(format!(
-                        "image ends inside the page data for {:#x}",
-                        run.addr
+                        "image ends inside the page data for {a:#x}"
                     )));
                 }
                 done += n;
                 progress(n);
             }
         }
+        i = j;
     }
     // An inherited premap holds the parent's pages: where this process had
     // none of its own (nor shared ones), it must read zeros.

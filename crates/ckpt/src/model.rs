@@ -174,6 +174,52 @@ struct Assembly {
     threads: Vec<u32>,
     /// The image-end record was read: only the tail may follow.
     ended: bool,
+    /// A page index read, whose `pages` record must come next.
+    index: Option<(PageIndex, u64)>,
+}
+
+/// The runs an indexed `pages` record `all` holds, checked against it: they
+/// start at its address, ascend without overlap and add up to its pages.
+fn indexed_runs(index: &PageIndex, all: &PageRun) -> std::result::Result<Vec<PageRun>, String> {
+    let mut out = Vec::with_capacity(index.runs.len());
+    let (mut data, mut next_free, mut total) = (all.data_offset, 0u64, 0u64);
+    for (i, r) in index.runs.iter().enumerate() {
+        let n = r.nr_pages as u64;
+        let end = r.addr.checked_add(n * PAGE_SIZE);
+        if n == 0 || !r.addr.is_multiple_of(PAGE_SIZE) || end.is_none() {
+            return Err(format!(
+                "page index run {i} ({:#x}, {n} pages) is malformed",
+                r.addr
+            ));
+        }
+        if (i == 0 && r.addr != all.addr) || r.addr < next_free {
+            return Err(format!(
+                "page index run {i} at {:#x} is out of order or overlaps the one before",
+                r.addr
+            ));
+        }
+        total += n;
+        if total > all.nr_pages {
+            return Err(format!(
+                "the page index holds more pages than its pages record ({})",
+                all.nr_pages
+            ));
+        }
+        out.push(PageRun {
+            addr: r.addr,
+            nr_pages: n,
+            data_offset: data,
+        });
+        data += n * PAGE_SIZE;
+        next_free = end.unwrap_or(u64::MAX);
+    }
+    if total != all.nr_pages {
+        return Err(format!(
+            "the page index holds {total} pages, its pages record {}",
+            all.nr_pages
+        ));
+    }
+    Ok(out)
 }
 
 fn mark(seen: &mut u32, kinds: &[u32], r: &RawRecord) -> Result<()> {
@@ -214,7 +260,24 @@ impl Image {
                 return Err(corrupt(&r, "record after the image-end record".into()));
             }
             let objects_allowed = img.processes.is_empty();
+            if let Some((_, at)) = &asm.index {
+                if r.rtype != T_PAGES {
+                    return Err(corrupt(
+                        &r,
+                        format!(
+                            "the page index at offset {at} is not followed by its pages record \
+                             (image cut short or records reordered)"
+                        ),
+                    ));
+                }
+            }
             match r.rtype {
+                T_PAGE_INDEX => {
+                    if !asm.open {
+                        return Err(misplaced(&r));
+                    }
+                    asm.index = Some((r.decode()?, r.offset));
+                }
                 T_HEAD => img.head = r.decode()?,
                 T_ARCH_X86_64 => {
                     if have_arch {
@@ -288,6 +351,19 @@ impl Image {
                         nr_pages: hdr.nr_pages as u64,
                         data_offset,
                     };
+                    if let Some((index, _)) = asm.index.take() {
+                        if hdr.flags & PAGES_SHMEM != 0 {
+                            return Err(misplaced(&r));
+                        }
+                        let p = img.processes.last_mut().filter(|_| asm.open);
+                        let p = p.ok_or_else(|| misplaced(&r))?;
+                        if p.is_zombie() {
+                            return Err(corrupt(&r, "page data for a zombie".into()));
+                        }
+                        let runs = indexed_runs(&index, &run).map_err(|e| corrupt(&r, e))?;
+                        p.pages.extend(runs);
+                        continue;
+                    }
                     if hdr.flags & PAGES_SHMEM != 0 {
                         if !objects_allowed {
                             return Err(misplaced(&r));
@@ -631,5 +707,38 @@ mod tests {
         let mut zombie_creds = base.clone();
         zombie_creds.insert(base.len() - 2, AnyRecord::Creds(Creds::default()));
         assert!(refusal(&zombie_creds).contains("zombie"));
+    }
+
+    #[test]
+    fn page_index_runs_must_fit_their_record() {
+        let run = |addr, nr_pages| IndexedRun { addr, nr_pages };
+        let all = PageRun {
+            addr: 0x10000,
+            nr_pages: 3,
+            data_offset: 8192,
+        };
+        let ok = PageIndex {
+            runs: vec![run(0x10000, 1), run(0x20000, 2)],
+        };
+        let runs = indexed_runs(&ok, &all).unwrap();
+        assert_eq!(runs.len(), 2);
+        assert_eq!(
+            (runs[1].addr, runs[1].nr_pages, runs[1].data_offset),
+            (0x20000, 2, 12288)
+        );
+        for bad in [
+            vec![run(0x11000, 1), run(0x20000, 2)], // first run not at the record's addr
+            vec![run(0x10000, 2), run(0x11000, 1)], // overlap
+            vec![run(0x10000, 1), run(0x20000, 1)], // fewer pages
+            vec![run(0x10000, 1), run(0x20000, 3)], // more pages
+            vec![run(0x10000, 1), run(0x20001, 2)], // not aligned
+            vec![run(0x10000, 3), run(0x20000, 0)], // empty run
+            vec![run(0x10000, 1), run(!0xfff, 2)],  // wraps
+        ] {
+            assert!(
+                indexed_runs(&PageIndex { runs: bad.clone() }, &all).is_err(),
+                "{bad:?}"
+            );
+        }
     }
 }

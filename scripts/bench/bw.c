@@ -1,0 +1,119 @@
+/*
+ * bw: benchmark workloads for scripts/bench.sh. Builds its state, prints
+ * "ready" on stdout, then sleeps until killed (SIGTERM: verifies what it
+ * can and exits 0 if intact, 1 if not).
+ *
+ *   bw vmas N      N separate one-page anonymous mappings, each written
+ *   bw threads N   N threads (the main one included) asleep
+ *   bw tree N      N processes (the root and N-1 children) asleep
+ *   bw fds N       N fds of /dev/null
+ *   bw mem MIB     MIB MiB of anonymous memory, every byte written
+ *   bw sparse GIB  a GIB GiB MAP_NORESERVE mapping, one page in 512 written
+ */
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <fcntl.h>
+#include <unistd.h>
+
+#define PAGE 4096UL
+
+static volatile sig_atomic_t term;
+static void on_term(int s) { (void)s; term = 1; }
+
+static void *sleeper(void *a) { (void)a; for (;;) pause(); return NULL; }
+
+static uint64_t pattern(uint64_t i) { return i * 0x9e3779b97f4a7c15ULL + 1; }
+
+int main(int argc, char **argv)
+{
+    if (argc < 3) {
+        fprintf(stderr, "usage: bw vmas|threads|tree|fds|mem|sparse N\n");
+        return 2;
+    }
+    const char *mode = argv[1];
+    long n = atol(argv[2]);
+    struct sigaction sa = {.sa_handler = on_term};
+    sigaction(SIGTERM, &sa, NULL);
+    char **maps = NULL;
+    uint64_t *mem = NULL;
+    size_t mem_words = 0;
+    char *sparse = NULL;
+    size_t sparse_len = 0;
+    if (!strcmp(mode, "vmas")) {
+        maps = calloc(n, sizeof(*maps));
+        for (long i = 0; i < n; i++) {
+            /* Alternate protections so neighbours never merge. */
+            int prot = PROT_READ | (i % 2 ? PROT_WRITE : 0) | PROT_WRITE;
+            maps[i] = mmap(NULL, PAGE, prot, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+            if (maps[i] == MAP_FAILED)
+                return 2;
+            maps[i][0] = (char)i;
+            if (i % 2 == 0)
+                mprotect(maps[i], PAGE, PROT_READ);
+        }
+    } else if (!strcmp(mode, "threads")) {
+        for (long i = 1; i < n; i++) {
+            pthread_t t;
+            if (pthread_create(&t, NULL, sleeper, NULL))
+                return 2;
+        }
+    } else if (!strcmp(mode, "tree")) {
+        for (long i = 1; i < n; i++) {
+            pid_t c = fork();
+            if (c < 0)
+                return 2;
+            if (c == 0) {
+                for (;;)
+                    pause();
+            }
+        }
+    } else if (!strcmp(mode, "fds")) {
+        struct rlimit rl;
+        getrlimit(RLIMIT_NOFILE, &rl);
+        rl.rlim_cur = n + 64 < (long)rl.rlim_max ? (rlim_t)n + 64 : rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+        for (long i = 0; i < n; i++)
+            if (open("/dev/null", O_RDONLY) < 0)
+                return 2;
+    } else if (!strcmp(mode, "mem")) {
+        mem_words = (size_t)n << 20 >> 3;
+        mem = mmap(NULL, mem_words * 8, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (mem == MAP_FAILED)
+            return 2;
+        for (size_t i = 0; i < mem_words; i++)
+            mem[i] = pattern(i);
+    } else if (!strcmp(mode, "sparse")) {
+        sparse_len = (size_t)n << 30;
+        sparse = mmap(NULL, sparse_len, PROT_READ | PROT_WRITE,
+                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (sparse == MAP_FAILED)
+            return 2;
+        for (size_t off = 0; off < sparse_len; off += 512 * PAGE)
+            sparse[off] = (char)(off >> 21) | 1;
+    } else {
+        return 2;
+    }
+    printf("ready\n");
+    fflush(stdout);
+    sigset_t none;
+    sigemptyset(&none);
+    while (!term)
+        sigsuspend(&none);
+    int bad = 0;
+    if (maps)
+        for (long i = 0; i < n; i++)
+            bad |= maps[i][0] != (char)i;
+    for (size_t i = 0; i < mem_words; i++)
+        bad |= mem[i] != pattern(i);
+    for (size_t off = 0; sparse && off < sparse_len; off += 512 * PAGE)
+        bad |= sparse[off] != ((char)(off >> 21) | 1);
+    printf("%s\n", bad ? "FAIL" : "PASS");
+    return bad;
+}
