@@ -9,6 +9,10 @@
  *   bw fds N       N fds of /dev/null
  *   bw mem MIB     MIB MiB of anonymous memory, every byte written
  *   bw sparse GIB  a GIB GiB MAP_NORESERVE mapping, one page in 512 written
+ *
+ *   bw limits MIB FILE  prints this machine's limits for MIB MiB, in GB/s:
+ *                       write (4 MiB writes from memory to FILE), read (4 MiB
+ *                       reads of FILE into fresh memory) and memcpy
  */
 #define _GNU_SOURCE
 #include <pthread.h>
@@ -20,6 +24,7 @@
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <fcntl.h>
+#include <time.h>
 #include <unistd.h>
 
 #define PAGE 4096UL
@@ -31,6 +36,57 @@ static void *sleeper(void *a) { (void)a; for (;;) pause(); return NULL; }
 
 static uint64_t pattern(uint64_t i) { return i * 0x9e3779b97f4a7c15ULL + 1; }
 
+static double now(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec + t.tv_nsec / 1e9;
+}
+
+static void *fresh(size_t len)
+{
+    void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) {
+        perror("mmap");
+        exit(2);
+    }
+    return p;
+}
+
+static int limits(size_t len, const char *path)
+{
+    const size_t chunk = 4 << 20;
+    uint64_t *src = fresh(len);
+    for (size_t i = 0; i < len / 8; i++)
+        src[i] = pattern(i);
+    int fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0600);
+    if (fd < 0) {
+        perror(path);
+        return 2;
+    }
+    double t0 = now();
+    for (size_t off = 0; off < len; off += chunk)
+        if (write(fd, (char *)src + off, chunk) != (ssize_t)chunk)
+            return 2;
+    double t1 = now();
+    char *dst = fresh(len);
+    double t2 = now();
+    for (size_t off = 0; off < len; off += chunk)
+        if (pread(fd, dst + off, chunk, off) != (ssize_t)chunk)
+            return 2;
+    double t3 = now();
+    char *cpy = fresh(len);
+    memset(cpy, 1, len);
+    double t4 = now();
+    memcpy(cpy, dst, len);
+    double t5 = now();
+    close(fd);
+    unlink(path);
+    printf("write %.2f read %.2f memcpy %.2f\n", len / (t1 - t0) / 1e9, len / (t3 - t2) / 1e9,
+           len / (t5 - t4) / 1e9);
+    return memcmp(cpy, src, len) != 0;
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 3) {
@@ -39,6 +95,8 @@ int main(int argc, char **argv)
     }
     const char *mode = argv[1];
     long n = atol(argv[2]);
+    if (!strcmp(mode, "limits"))
+        return argc > 3 ? limits((size_t)n << 20, argv[3]) : 2;
     struct sigaction sa = {.sa_handler = on_term};
     sigaction(SIGTERM, &sa, NULL);
     char **maps = NULL;
