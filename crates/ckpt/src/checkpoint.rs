@@ -562,7 +562,7 @@ fn dump_process(
     let brk = main.call("brk", libc::SYS_brk, &[0])?;
     let (mut process, cwd_removed) = task::dump_process(pid, &st, &status, main, &s)?;
     process.nr_threads = raws.len() as u32;
-    let sigactions = task::dump_sigactions(main, &s)?;
+    let sigactions = task::dump_sigactions(main, &s, &status)?;
     let itimers = task::dump_itimers(main, &s)?;
     let mm_state = mm::dump_mm_state(main, &comm)?;
     let mut extra = Vec::new();

@@ -125,6 +125,7 @@ impl Remote {
 
     /// Like `syscall`, but a negative result becomes an error naming `name`.
     pub fn call(&mut self, name: &str, nr: i64, args: &[u64]) -> Result<u64> {
+        tracing::trace!(tid = self.tid, "injected {name}");
         let r = self.syscall(nr, args)?;
         check(self.tid, name, r)
     }

@@ -222,10 +222,24 @@ pub fn restore_rlimits(r: &mut Remote, s: &Scratch, l: &Rlimits) -> Result<()> {
 }
 
 /// Signal dispositions, read with injected rt_sigaction (they are not in /proc).
-pub fn dump_sigactions(r: &mut Remote, s: &Scratch) -> Result<SigActions> {
+pub fn dump_sigactions(r: &mut Remote, s: &Scratch, status: &Status) -> Result<SigActions> {
+    // Only the signals caught or ignored (from /proc, one injected call
+    // each instead of 62), and SIGCHLD, whose SA_NOCLDSTOP/SA_NOCLDWAIT act
+    // even under SIG_DFL. The flags and mask of any other SIG_DFL
+    // disposition change nothing the kernel does; they come back as 0.
+    let mask = |key: &str| {
+        status
+            .get(key)
+            .and_then(|v| u64::from_str_radix(v, 16).ok())
+            .unwrap_or(u64::MAX)
+    };
+    let wanted = mask("SigCgt") | mask("SigIgn") | 1 << (libc::SIGCHLD - 1);
     let mut actions = Vec::new();
     for sig in 1..=64u32 {
-        if sig == libc::SIGKILL as u32 || sig == libc::SIGSTOP as u32 {
+        if sig == libc::SIGKILL as u32
+            || sig == libc::SIGSTOP as u32
+            || wanted & (1 << (sig - 1)) == 0
+        {
             continue;
         }
         r.call(
