@@ -7,7 +7,7 @@ use crate::checkpoint::Sink;
 use crate::error::{Ctx, Error, Result};
 use crate::model::{ProcessImage, ShmemImage};
 use crate::procfs::{self, MapEntry, PM_FILE, PM_PRESENT, PM_SWAP};
-use crate::remote::Remote;
+use crate::remote::{Call, Remote};
 use crate::sys::Pid;
 use crate::task::Scratch;
 use ckpt_image::*;
@@ -1154,6 +1154,10 @@ fn create_ghost(s: &ShmemImage, base: i32, fs: Option<&crate::sys::FsIds>) -> Re
     high
 }
 
+/// Where `remote::BATCH_CODE` lies in the restore trampoline (after its
+/// `syscall` instruction, in its first page; the rest is scratch).
+pub const BATCH_CODE_AT: u64 = 64;
+
 /// What a restored process inherited from the restorer for its rebuild.
 #[derive(Clone, Copy)]
 pub struct Inherited<'a> {
@@ -1226,8 +1230,22 @@ pub fn replace_address_space(
         premapped,
     } = *from;
     let pid = r.tid();
-    let cur = procfs::maps(pid).ctx(pid, || "read maps".into())?;
+    let cur = procfs::map_ranges(pid).ctx(pid, || "read maps".into())?;
     let premaps = kept_premaps(p, &cur, premapped);
+    // Calls of one kind go to the task in batches (`Remote::call_many`),
+    // unless it ignores SIGTRAP, which the batch loop's end would reset.
+    let ignores_trap = p
+        .sigactions
+        .actions
+        .iter()
+        .any(|a| a.signo == libc::SIGTRAP as u32 && a.handler == libc::SIG_IGN as u64);
+    let code = if ignores_trap {
+        0
+    } else {
+        tramp + BATCH_CODE_AT
+    };
+    let room = tramp_len - PAGE;
+    let mut unmaps = Vec::new();
     for m in &cur {
         if (m.start >= tramp && m.end <= tramp + tramp_len)
             || kind_of_special(&m.path).is_some()
@@ -1235,12 +1253,25 @@ pub fn replace_address_space(
         {
             continue;
         }
-        r.call("munmap", libc::SYS_munmap, &[m.start, m.size()])?;
+        unmaps.push(Call {
+            name: format!("munmap {:#x}", m.start),
+            nr: libc::SYS_munmap,
+            args: [m.start, m.size(), 0, 0, 0, 0],
+        });
     }
+    r.call_many(code, s, room, &unmaps)?;
     move_vdso(r, &cur, p)?;
 
     let mut opened: Vec<(Vec<u8>, i32, u64)> = Vec::new();
     let mut widened = Vec::new();
+    let mut maps = Vec::new();
+    // The page runs, sorted, to find a mapping's by binary search.
+    let mut spans: Vec<(u64, u64)> = p
+        .pages
+        .iter()
+        .map(|r| (r.addr, r.addr + r.nr_pages * PAGE))
+        .collect();
+    spans.sort_unstable();
     for v in p.vmas.iter().filter(|v| !is_special(v.kind)) {
         let len = v.end - v.start;
         if premaps.iter().any(|k| k.start == v.start) {
@@ -1250,10 +1281,8 @@ pub fn replace_address_space(
             }
             continue;
         }
-        let fill = p
-            .pages
-            .iter()
-            .any(|run| overlaps((run.addr, run.addr + run.nr_pages * PAGE), (v.start, v.end)));
+        let i = spans.partition_point(|s| s.1 <= v.start);
+        let fill = spans.get(i).is_some_and(|&s| overlaps(s, (v.start, v.end)));
         let mut prot = v.prot as u64;
         if fill && v.prot & libc::PROT_WRITE as u32 == 0 {
             prot |= libc::PROT_WRITE as u64;
@@ -1320,18 +1349,14 @@ pub fn replace_address_space(
             flags |= libc::MAP_ANONYMOUS as u64;
             (u64::MAX, 0)
         };
-        let a = r.call(
-            "mmap",
-            libc::SYS_mmap,
-            &[v.start, len, prot, flags, fd, off],
-        )?;
-        if a != v.start {
-            return Err(Error::Refused(format!(
-                "mapping {:#x} landed at {a:#x}",
-                v.start
-            )));
-        }
+        // (MAP_FIXED: it lands at v.start or fails.)
+        maps.push(Call {
+            name: format!("mmap {:#x}-{:#x}", v.start, v.end),
+            nr: libc::SYS_mmap,
+            args: [v.start, len, prot, flags, fd, off],
+        });
     }
+    r.call_many(code, s, room, &maps)?;
     for (_, _, fd) in opened {
         r.call("close", libc::SYS_close, &[fd])?;
     }
@@ -1455,24 +1480,28 @@ pub fn replace_address_space(
             ],
         )?;
     }
-    for v in widened {
-        r.call(
-            "mprotect",
-            libc::SYS_mprotect,
-            &[v.start, v.end - v.start, v.prot as u64],
-        )?;
-    }
+    let mut after: Vec<Call> = widened
+        .iter()
+        .map(|v| Call {
+            name: format!("mprotect {:#x}-{:#x}", v.start, v.end),
+            nr: libc::SYS_mprotect,
+            args: [v.start, v.end - v.start, v.prot as u64, 0, 0, 0],
+        })
+        .collect();
     for v in p.vmas.iter().filter(|v| !is_special(v.kind)) {
-        let len = v.end - v.start;
         for &(bit, advice, name) in ADVICE {
             if v.flags & bit != 0 {
-                r.call(
-                    &format!("madvise({name}) on {:#x}-{:#x}", v.start, v.end),
-                    libc::SYS_madvise,
-                    &[v.start, len, advice as u64],
-                )?;
+                after.push(Call {
+                    name: format!("madvise({name}) on {:#x}-{:#x}", v.start, v.end),
+                    nr: libc::SYS_madvise,
+                    args: [v.start, v.end - v.start, advice as u64, 0, 0, 0],
+                });
             }
         }
+    }
+    r.call_many(code, s, room, &after)?;
+    for v in p.vmas.iter().filter(|v| !is_special(v.kind)) {
+        let len = v.end - v.start;
         // Locked memory may exceed what RLIMIT_MEMLOCK allows the restorer:
         // the mapping is then restored unlocked, and said so.
         if v.flags & VMAF_LOCKED != 0 && r.syscall(libc::SYS_mlock, &[v.start, len])? < 0 {

@@ -191,6 +191,16 @@ impl MapEntry {
     }
 }
 
+/// Parses /proc/PID/maps: ranges, protections and paths only (no VmFlags,
+/// no resident sizes), at a fraction of smaps' cost for many mappings.
+pub fn map_ranges(pid: Pid) -> io::Result<Vec<MapEntry>> {
+    let raw = read_bytes(pid, "maps")?;
+    Ok(raw
+        .split(|&b| b == b'\n')
+        .filter_map(parse_map_line)
+        .collect())
+}
+
 /// Parses /proc/PID/smaps (maps lines + VmFlags).
 pub fn maps(pid: Pid) -> io::Result<Vec<MapEntry>> {
     let raw = read_bytes(pid, "smaps")?;

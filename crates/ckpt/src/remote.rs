@@ -130,6 +130,68 @@ impl Remote {
         check(self.tid, name, r)
     }
 
+    /// Runs `calls` one after another in the task, by the loop
+    /// `BATCH_CODE` (which must be at `code`, in executable memory of the
+    /// task) reading them from a table in scratch memory `s` of `room`
+    /// bytes: one stop per table full instead of two per call. Stops at the
+    /// first call that fails, and says which. With `code` 0, one injected
+    /// call each.
+    ///
+    /// The loop ends in `int3`, whose SIGTRAP we take and drop. The kernel
+    /// resets a forced signal's disposition to SIG_DFL when it is blocked
+    /// or ignored: SIGTRAP is unblocked meanwhile, and a caller must pass
+    /// `code` 0 for a task that ignores SIGTRAP.
+    pub fn call_many(&mut self, code: u64, s: &Scratch, room: u64, calls: &[Call]) -> Result<()> {
+        if code == 0 {
+            for c in calls {
+                self.call(&c.name, c.nr, &c.args)?;
+            }
+            return Ok(());
+        }
+        let t = self.tid;
+        let mask = sys::get_sigmask(t).ctx(t, || "PTRACE_GETSIGMASK".into())?;
+        let trap = 1u64 << (libc::SIGTRAP - 1);
+        if mask & trap != 0 {
+            sys::set_sigmask(t, mask & !trap).ctx(t, || "PTRACE_SETSIGMASK".into())?;
+        }
+        let r = self.run_batches(code, s, room, calls);
+        if mask & trap != 0 {
+            sys::set_sigmask(t, mask).ctx(t, || "PTRACE_SETSIGMASK".into())?;
+        }
+        r
+    }
+
+    fn run_batches(&mut self, code: u64, s: &Scratch, room: u64, calls: &[Call]) -> Result<()> {
+        let per = (room / BATCH_ENTRY) as usize - 1;
+        let t = self.tid;
+        for chunk in calls.chunks(per.max(1)) {
+            let mut table = Vec::with_capacity((chunk.len() + 1) * BATCH_ENTRY as usize);
+            for c in chunk {
+                table.extend_from_slice(&(c.nr as u64).to_le_bytes());
+                for a in c.args {
+                    table.extend_from_slice(&a.to_le_bytes());
+                }
+                table.extend_from_slice(&0u64.to_le_bytes());
+            }
+            table.extend_from_slice(&u64::MAX.to_le_bytes());
+            table.resize((chunk.len() + 1) * BATCH_ENTRY as usize, 0);
+            s.write(0, &table)?;
+            let mut r = self.saved;
+            r.rip = code;
+            r.rbx = s.addr;
+            r.orig_rax = u64::MAX; // not in a syscall: nothing to restart
+            sys::set_regs(t, &r).ctx(t, || "set registers for injected calls".into())?;
+            run_to_trap(t)?;
+            let done = s.u64s(0, chunk.len() * (BATCH_ENTRY / 8) as usize)?;
+            for (i, c) in chunk.iter().enumerate() {
+                let res = done[i * (BATCH_ENTRY / 8) as usize + 7] as i64;
+                tracing::trace!(tid = t, "injected {} (batched)", c.name);
+                check(t, &c.name, res)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Puts the saved registers back, rewritten so the task re-runs the
     /// syscall it was interrupted in (see `arch::restart_fixup`).
     pub fn finish(mut self) -> Result<()> {
@@ -248,6 +310,64 @@ fn test_hook(moment: &str, tag: Option<&str>) {
 
 /// Runs the task, whose registers are set up at a `syscall` at `ip`, to the
 /// syscall's exit; returns rax.
+/// One call of `Remote::call_many`.
+pub struct Call {
+    pub name: String,
+    pub nr: i64,
+    pub args: [u64; 6],
+}
+
+/// Bytes per call in `call_many`'s table: nr, six arguments, the result.
+const BATCH_ENTRY: u64 = 64;
+
+/// x86-64 code that runs the calls of a table at rbx (`BATCH_ENTRY` bytes
+/// each: nr, six arguments, room for the result; nr -1 ends it), storing
+/// each result, until one fails; then `int3`.
+pub const BATCH_CODE: [u8; 54] = [
+    0x48, 0x8b, 0x03, // 0: mov rax, [rbx]
+    0x48, 0x83, 0xf8, 0xff, // 3: cmp rax, -1
+    0x74, 0x2c, // 7: je done (53)
+    0x48, 0x8b, 0x7b, 0x08, // 9: mov rdi, [rbx+8]
+    0x48, 0x8b, 0x73, 0x10, // 13: mov rsi, [rbx+16]
+    0x48, 0x8b, 0x53, 0x18, // 17: mov rdx, [rbx+24]
+    0x4c, 0x8b, 0x53, 0x20, // 21: mov r10, [rbx+32]
+    0x4c, 0x8b, 0x43, 0x28, // 25: mov r8, [rbx+40]
+    0x4c, 0x8b, 0x4b, 0x30, // 29: mov r9, [rbx+48]
+    0x0f, 0x05, // 33: syscall
+    0x48, 0x89, 0x43, 0x38, // 35: mov [rbx+56], rax
+    0x48, 0x3d, 0x01, 0xf0, 0xff, 0xff, // 39: cmp rax, -4095
+    0x73, 0x06, // 45: jae done (53): failed
+    0x48, 0x83, 0xc3, 0x40, // 47: add rbx, 64
+    0xeb, 0xcb, // 51: jmp 0
+    0xcc, // 53: done: int3
+];
+
+/// Lets the task run until its `int3` (a SIGTRAP stop, which is then not
+/// delivered).
+fn run_to_trap(t: Pid) -> Result<()> {
+    sys::cont(t, 0).ctx(t, || "PTRACE_CONT".into())?;
+    loop {
+        let (_, st) = sys::wait(t, 0).ctx(t, || "wait for injected calls".into())?;
+        if libc::WIFEXITED(st) || libc::WIFSIGNALED(st) {
+            return Err(Error::TaskGone(t));
+        }
+        if !libc::WIFSTOPPED(st) {
+            continue;
+        }
+        let sig = libc::WSTOPSIG(st);
+        if sig == libc::SIGTRAP && st >> 16 == 0 {
+            return Ok(());
+        }
+        if st >> 16 != 0 || sig == SYSCALL_TRAP {
+            sys::cont(t, 0).ctx(t, || "PTRACE_CONT".into())?;
+            continue;
+        }
+        return Err(Error::Refused(format!(
+            "pid {t}: signal {sig} while running injected calls"
+        )));
+    }
+}
+
 fn complete(t: Pid, ip: u64) -> Result<i64> {
     complete_tagged(t, ip, None)
 }
@@ -488,7 +608,7 @@ impl Session {
     /// Takes the main thread of `pid` (all its threads must be in ptrace
     /// stops) and maps the scratch region in the process.
     pub fn open(pid: Pid) -> Result<Session> {
-        let maps = procfs::maps(pid).ctx(pid, || "read /proc smaps".into())?;
+        let maps = procfs::map_ranges(pid).ctx(pid, || "read /proc maps".into())?;
         let vdso_syscall = crate::checkpoint::find_syscall_insn(pid, &maps)?;
         let mem = procfs::mem(pid).ctx(pid, || "open /proc mem".into())?;
         let gadgets = find_gadgets(&maps, &mem);
@@ -854,7 +974,7 @@ impl Session {
         let Some((addr, len)) = self.scratch else {
             return Ok(());
         };
-        let maps = procfs::maps(self.pid).ctx(self.pid, || "read /proc smaps".into())?;
+        let maps = procfs::map_ranges(self.pid).ctx(self.pid, || "read /proc maps".into())?;
         let mut r = self.outer_call(t, &maps, libc::SYS_munmap, &[addr, len])?;
         if r.rip == self.vdso_syscall {
             // No healing frame: from here until the registers are back,

@@ -200,6 +200,8 @@ fn map_trampoline(img: &Image) -> Result<u64> {
         if clear(a) {
             // syscall instruction (0f 05) at the start of the page.
             sys::poke_own(a, &[0x0f, 0x05]);
+            // The loop that runs batches of calls (`Remote::call_many`).
+            sys::poke_own(a + crate::mm::BATCH_CODE_AT, &crate::remote::BATCH_CODE);
             return Ok(a);
         }
         sys::munmap(a, TRAMP_LEN as usize);
@@ -799,7 +801,7 @@ impl Build {
 
         // The last injected call unmaps the trampoline, so it must run from
         // the restored vDSO's syscall instruction.
-        let maps = procfs::maps(pid).ctx(pid, || "read maps".into())?;
+        let maps = procfs::map_ranges(pid).ctx(pid, || "read maps".into())?;
         let ip = find_syscall_insn(pid, &maps)?;
         r.set_syscall_ip(ip);
         r.call("munmap", libc::SYS_munmap, &[self.tramp, TRAMP_LEN])?;
@@ -1220,9 +1222,11 @@ fn validate_process(
             }
         }
     }
+    // (The mappings are sorted and disjoint, checked above.)
     for r in &p.pages {
         let end = r.addr.saturating_add(r.nr_pages * PAGE);
-        let inside = p.vmas.iter().any(|v| {
+        let at = p.vmas.partition_point(|v| v.end <= r.addr);
+        let inside = p.vmas.get(at).is_some_and(|v| {
             v.start <= r.addr
                 && end <= v.end
                 && !crate::mm::is_special(v.kind)
@@ -1236,7 +1240,7 @@ fn validate_process(
         }
     }
     // Our vDSO must look like the image's, since it is moved into place.
-    let own = procfs::maps(std::process::id() as Pid).map_err(|e| Error::Sys {
+    let own = procfs::map_ranges(std::process::id() as Pid).map_err(|e| Error::Sys {
         pid: 0,
         what: "read own maps".into(),
         source: e,

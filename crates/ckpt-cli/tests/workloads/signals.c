@@ -12,6 +12,9 @@
  *   SIGALRM   ITIMER_REAL every 10 ms counts ticks: the interval is intact and
  *             ticks keep coming after the restore.
  *   SIGPIPE   ignored (SIG_IGN).
+ *   SIGTRAP   ignored too (restore must not reset it, though it uses
+ *             int3 stops of its own).
+ *   SIGCHLD   SIG_DFL with SA_NOCLDSTOP (which acts under SIG_DFL).
  *   mask      SIGUSR2 and SIGRTMIN+1 still blocked (and nothing else) before
  *             verification unblocks them; both still pending.
  *   rlimit    RLIMIT_NOFILE soft limit 777, hard limit unchanged.
@@ -129,8 +132,14 @@ int main(int argc, char **argv)
     struct sigaction ign;
     memset(&ign, 0, sizeof(ign));
     ign.sa_handler = SIG_IGN;
-    if (sigaction(SIGPIPE, &ign, NULL) != 0)
-        wl_die("sigaction(SIGPIPE)");
+    if (sigaction(SIGPIPE, &ign, NULL) != 0 || sigaction(SIGTRAP, &ign, NULL) != 0)
+        wl_die("sigaction(SIGPIPE/SIGTRAP)");
+    struct sigaction chld;
+    memset(&chld, 0, sizeof(chld));
+    chld.sa_handler = SIG_DFL;
+    chld.sa_flags = SA_NOCLDSTOP;
+    if (sigaction(SIGCHLD, &chld, NULL) != 0)
+        wl_die("sigaction(SIGCHLD)");
     struct sigaction alrm;
     memset(&alrm, 0, sizeof(alrm));
     alrm.sa_handler = on_alrm;
@@ -218,6 +227,11 @@ int main(int argc, char **argv)
     WL_CHECK(sa.sa_sigaction == on_rt && (sa.sa_flags & SA_SIGINFO), "SIGRTMIN+1 action changed");
     sigaction(SIGPIPE, NULL, &sa);
     WL_CHECK(sa.sa_handler == SIG_IGN, "SIGPIPE is no longer ignored");
+    sigaction(SIGTRAP, NULL, &sa);
+    WL_CHECK(sa.sa_handler == SIG_IGN, "SIGTRAP is no longer ignored");
+    sigaction(SIGCHLD, NULL, &sa);
+    WL_CHECK(sa.sa_handler == SIG_DFL && (sa.sa_flags & SA_NOCLDSTOP),
+             "SIGCHLD lost SA_NOCLDSTOP (flags %#x)", sa.sa_flags);
     sigaction(SIGALRM, NULL, &sa);
     WL_CHECK(sa.sa_handler == on_alrm, "SIGALRM handler changed");
 
