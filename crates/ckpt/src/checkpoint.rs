@@ -35,6 +35,38 @@ pub struct CheckpointOptions {
     /// Established TCP connections are not frozen in repair mode but
     /// closed with the tree, and restored as reset connections.
     pub tcp_close: bool,
+    /// Save only the process itself, not its descendants; a process with
+    /// children is then refused (they would be missing after restart).
+    pub single_process: bool,
+    /// Self-checkpoint plumbing (see `self_checkpoint`); not a stable API.
+    #[doc(hidden)]
+    pub internal: Internal,
+}
+
+/// What a self-checkpoint needs from the checkpoint it runs.
+#[doc(hidden)]
+#[derive(Clone, Default)]
+pub struct Internal {
+    /// Processes left out of the tree, with their descendants.
+    pub exclude: Vec<Pid>,
+    /// (pid, fd): saved as `/dev/null` opened for writing instead of what
+    /// they are (the pipe or socket the image itself is written to).
+    pub stand_ins: Vec<(Pid, i32)>,
+    /// Runs once the tree is frozen, before anything is saved; what it
+    /// returns is dropped once the tree's state is saved, while the tree
+    /// is still frozen, also when the checkpoint fails.
+    #[allow(clippy::type_complexity)]
+    pub on_frozen: Option<Arc<dyn Fn() -> std::io::Result<Box<dyn std::any::Any>> + Send + Sync>>,
+}
+
+impl std::fmt::Debug for Internal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Internal")
+            .field("exclude", &self.exclude)
+            .field("stand_ins", &self.stand_ins)
+            .field("on_frozen", &self.on_frozen.is_some())
+            .finish()
+    }
 }
 
 impl CheckpointOptions {
@@ -307,7 +339,21 @@ fn run<S: Sink>(
     // Before anything is frozen: the common refusal, cheaply.
     crate::unsupported::seccomp(root, &procfs::comm(root), &status)?;
     opts.check_cancel()?;
-    let tree = freeze::freeze_tree(root, opts.freeze_cgroup.as_deref())?;
+    let spec = freeze::TreeSpec {
+        descendants: !opts.single_process,
+        exclude: &opts.internal.exclude,
+    };
+    let tree = freeze::freeze_tree(root, opts.freeze_cgroup.as_deref(), spec)?;
+    // Dropped before `tree` on every path (declared after it), and at the
+    // end of this function on success, when all state is saved.
+    let _while_frozen = match &opts.internal.on_frozen {
+        Some(f) => Some(f().map_err(|e| Error::Sys {
+            pid: root,
+            what: "prepare the self-checkpoint".into(),
+            source: e,
+        })?),
+        None => None,
+    };
     // Files, pipes, shared memory and kind objects share one id space.
     let ids = crate::ids::IdSpace::default();
     let mut ft = FileTable::new(tree.procs.iter().map(|p| p.0).collect(), ids.clone());
@@ -628,15 +674,9 @@ fn dump_process(
     Ok((img, session))
 }
 
-/// Test hook: `CKPT_TEST_SIGNAL_BEFORE_RELEASE=SIG` sends SIG to the root
-/// just before a `--leave-running` checkpoint or a restart lets the tree
-/// go, so a test can check that a signal pending at that moment interrupts
-/// the syscall the checkpoint interrupted, as it would have without ckpt.
+/// Test hook (`test_hooks::TestHooks::signal_before_release`).
 pub(crate) fn signal_before_release_for_tests(pid: Pid) {
-    if let Some(sig) = std::env::var("CKPT_TEST_SIGNAL_BEFORE_RELEASE")
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
+    if let Some(sig) = crate::test_hooks::get().signal_before_release {
         let _ = sys::kill(pid, sig);
     }
 }

@@ -185,12 +185,22 @@ fn is_zombie(pid: Pid) -> bool {
     procfs::stat(pid).map(|s| s.state == b'Z').unwrap_or(false)
 }
 
+/// Which processes a tree is: `root` and (with `descendants`) all its
+/// descendants but the `exclude`d ones (a self-checkpoint's helper) and
+/// theirs. Without `descendants`, a root with children is refused: they
+/// would be missing after restart.
+#[derive(Debug, Clone, Copy)]
+pub struct TreeSpec<'a> {
+    pub descendants: bool,
+    pub exclude: &'a [Pid],
+}
+
 /// Freezes `root` and all its descendants. Each process's children are
 /// listed only once it is frozen, so none can fork behind our back: a
 /// frozen process has a fixed set of children, and every child is frozen
 /// (and its own children listed) in turn. Threads are handled by `freeze`,
 /// which re-lists them until the set is stable.
-pub fn freeze_tree(root: Pid, cgroup: Option<&Path>) -> Result<FrozenTree> {
+pub fn freeze_tree(root: Pid, cgroup: Option<&Path>, spec: TreeSpec) -> Result<FrozenTree> {
     let cg = cgroup.map(CgroupFreezer::freeze).transpose()?;
     let wait = cg.is_none();
     let mut procs = Vec::new();
@@ -220,7 +230,16 @@ pub fn freeze_tree(root: Pid, cgroup: Option<&Path>) -> Result<FrozenTree> {
             }
             Err(e) => return Err(e),
         };
-        let kids = procfs::children(p).ctx(p, || "list children".into())?;
+        let mut kids = procfs::children(p).ctx(p, || "list children".into())?;
+        kids.retain(|k| !spec.exclude.contains(k));
+        if !spec.descendants && !kids.is_empty() {
+            return Err(Error::Unsupported {
+                pid: p,
+                comm: procfs::comm(p),
+                object: format!("its child processes ({kids:?})"),
+                reason: "only the process itself was asked for; checkpoint its tree (CKPT_TREE) to include them".into(),
+            });
+        }
         procs.push((p, Some(f)));
         stack.extend(kids.iter().rev());
     }

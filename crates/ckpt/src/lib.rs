@@ -7,6 +7,7 @@
 //! crate; every raw syscall is in `sys`.
 
 pub mod arch;
+pub mod capi;
 pub mod cgroup;
 pub mod check;
 pub mod checkpoint;
@@ -25,9 +26,12 @@ pub mod process_kind;
 pub mod procfs;
 pub mod remote;
 pub mod restart;
+pub mod self_checkpoint;
 pub mod sockdiag;
 pub mod sys;
 pub mod task;
+#[doc(hidden)]
+pub mod test_hooks;
 pub mod timers;
 pub mod trust;
 pub mod unsupported;
@@ -36,6 +40,7 @@ pub use checkpoint::{checkpoint, CheckpointOptions, Summary};
 pub use error::{Error, Result};
 pub use log::Log;
 pub use restart::{restart, RestartOptions};
+pub use self_checkpoint::{checkpoint_self, SelfCheckpoint, SelfOptions};
 
 use ckpt_image::{Head, Text, ARCH_X86_64, FORMAT_REVISION, HEAD_MAGIC};
 

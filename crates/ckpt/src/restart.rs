@@ -19,22 +19,12 @@ use ckpt_image::*;
 use std::io::Seek;
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
-use std::sync::atomic::{AtomicI32, Ordering};
 
+/// What the caller of a restart asks for (nothing to choose yet; the
+/// struct keeps the signature stable as options come).
 #[derive(Debug, Clone, Default)]
-pub struct RestartOptions {
-    /// Return once the process runs instead of waiting for it.
-    pub detach: bool,
-}
-
-/// How a restart ended.
-#[derive(Debug)]
-pub enum Outcome {
-    /// `--detach`: the restored root's pid.
-    Detached(Pid),
-    /// The restored root exited with this status (128+N for signal N).
-    Exited(u8),
-}
+#[non_exhaustive]
+pub struct RestartOptions {}
 
 const PAGE: u64 = 4096;
 /// Trampoline: one page of code (a `syscall` instruction) and two of scratch.
@@ -42,10 +32,36 @@ const TRAMP_PAGES: u64 = 3;
 const TRAMP_LEN: u64 = TRAMP_PAGES * PAGE;
 const RSEQ_FLAG_UNREGISTER: u64 = 1;
 
-/// Restarts the image read from `input`.
-pub fn restart(input: std::fs::File, opts: &RestartOptions, log: &mut Log) -> Result<Outcome> {
+/// Restarts the image read from `input` (a file, pipe or socket) and
+/// returns the restored root's pid once the tree runs on its own.
+///
+/// The restored root is a child of the calling process: reap it with
+/// `waitpid` (or let SIGCHLD be ignored). The caller's process-wide state
+/// is left as it was: no signal handler or mask is changed; the soft
+/// RLIMIT_NOFILE is raised for the duration of the call only when the
+/// image's fds need it. Needs root (pids are chosen with clone3).
+///
+/// ```no_run
+/// let image = std::fs::File::open("job.img")?;
+/// let mut log = ckpt::Log::default();
+/// let pid = ckpt::restart(image, &ckpt::RestartOptions::default(), &mut log)?;
+/// println!("restored as pid {pid}");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn restart(
+    input: impl std::os::fd::AsFd + std::io::Read,
+    opts: &RestartOptions,
+    log: &mut Log,
+) -> Result<Pid> {
+    let _ = opts;
     // Who could have written the image decides how far it is believed: see
     // `trust`. Found on the input itself, before it is copied.
+    let input = std::fs::File::from(input.as_fd().try_clone_to_owned().map_err(|e| {
+        Error::Image(ImageError::Io {
+            offset: 0,
+            source: e,
+        })
+    })?);
     let me = trust::Restorer::current();
     let owner = trust::owner_of(&input, me.euid);
     let file = seekable(input)?;
@@ -78,14 +94,8 @@ pub fn restart(input: std::fs::File, opts: &RestartOptions, log: &mut Log) -> Re
             img.processes.len()
         ),
     );
-    sys::raise_nofile();
-    // Signals meant for the restored root wait, blocked, until it runs and
-    // the forwarding handlers are in place (the tree forks from us before
-    // that, so it never inherits the handlers).
-    let forwarded = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
-    if !opts.detach {
-        sys::block_signals(&forwarded, true);
-    }
+    // Every description is opened above the image's fd numbers.
+    let _limit = sys::NofileAtLeast::raise(needed_fds(&img));
     let mut b = Build::prepare(&img, &file, fs)?;
     b.spawn(&img)?;
     b.seize_all(&img)?;
@@ -100,7 +110,7 @@ pub fn restart(input: std::fs::File, opts: &RestartOptions, log: &mut Log) -> Re
     }
     // Test hook: prove that a restart failing once processes exist leaves
     // nothing behind.
-    if std::env::var_os("CKPT_TEST_FAIL_AFTER_SPAWN").is_some() {
+    if crate::test_hooks::get().fail_after_spawn {
         return refuse(
             "failure injected after the processes were created (CKPT_TEST_FAIL_AFTER_SPAWN)".into(),
         );
@@ -123,15 +133,20 @@ pub fn restart(input: std::fs::File, opts: &RestartOptions, log: &mut Log) -> Re
     files::resume(&img)?;
     b.release(&img)?;
     log.info(0, root, &comm, "restart: process tree running");
-    if opts.detach {
-        return Ok(Outcome::Detached(root));
-    }
-    FORWARD_TO.store(root, Ordering::Relaxed);
-    for s in forwarded {
-        sys::on_signal(s, forward);
-    }
-    sys::block_signals(&forwarded, false);
-    Ok(Outcome::Exited(wait_exit(root)?))
+    Ok(root)
+}
+
+/// How many fds the restorer may hold at once: every description opened
+/// above the highest fd number of the image, plus its own few.
+fn needed_fds(img: &Image) -> u64 {
+    let max_fd = img
+        .processes
+        .iter()
+        .flat_map(|p| p.fds.iter())
+        .map(|f| f.fd as u64)
+        .max()
+        .unwrap_or(2);
+    max_fd + img.files.len() as u64 + 2 * img.pipes.len() as u64 + img.shmems.len() as u64 + 64
 }
 
 /// A regular file at offset 0 is used as is; anything else (a pipe from
@@ -1320,26 +1335,4 @@ fn suid_dumpable() -> Option<u32> {
         .trim()
         .parse()
         .ok()
-}
-
-static FORWARD_TO: AtomicI32 = AtomicI32::new(0);
-
-extern "C" fn forward(sig: i32) {
-    let pid = FORWARD_TO.load(Ordering::Relaxed);
-    if pid > 0 {
-        let _ = sys::kill(pid, sig);
-    }
-}
-
-/// Waits for the restored root (signals to ckpt are forwarded to it).
-fn wait_exit(pid: Pid) -> Result<u8> {
-    loop {
-        let (_, st) = sys::wait(pid, 0).ctx(pid, || "wait for the restored process".into())?;
-        if libc::WIFEXITED(st) {
-            return Ok(libc::WEXITSTATUS(st) as u8);
-        }
-        if libc::WIFSIGNALED(st) {
-            return Ok(128 + libc::WTERMSIG(st) as u8);
-        }
-    }
 }

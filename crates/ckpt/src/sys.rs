@@ -997,10 +997,27 @@ pub fn getpgid(pid: Pid) -> Pid {
     unsafe { libc::getpgid(pid) }
 }
 
-/// Raises the soft RLIMIT_NOFILE to the hard limit (restore holds many fds).
-pub fn raise_nofile() {
-    if let Ok((_, max)) = prlimit(0, libc::RLIMIT_NOFILE, None) {
-        let _ = prlimit(0, libc::RLIMIT_NOFILE, Some((max, max)));
+/// The soft RLIMIT_NOFILE raised to the hard limit while a restart needs
+/// more than it allows (`n` fds), and put back on drop: the caller's
+/// limit is its own.
+pub struct NofileAtLeast(Option<(u64, u64)>);
+
+impl NofileAtLeast {
+    pub fn raise(n: u64) -> NofileAtLeast {
+        if let Ok((cur, max)) = prlimit(0, libc::RLIMIT_NOFILE, None) {
+            if cur < n && prlimit(0, libc::RLIMIT_NOFILE, Some((max, max))).is_ok() {
+                return NofileAtLeast(Some((cur, max)));
+            }
+        }
+        NofileAtLeast(None)
+    }
+}
+
+impl Drop for NofileAtLeast {
+    fn drop(&mut self) {
+        if let Some(old) = self.0 {
+            let _ = prlimit(0, libc::RLIMIT_NOFILE, Some(old));
+        }
     }
 }
 
@@ -1859,6 +1876,43 @@ pub fn fstat_ino(fd: i32) -> io::Result<(u64, u64)> {
     // SAFETY: fstat succeeded, so it filled `st`.
     let st = unsafe { st.assume_init() };
     Ok((st.st_dev, st.st_ino))
+}
+
+/// st_mode of an fd.
+pub fn fstat_mode(fd: i32) -> io::Result<u32> {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::zeroed();
+    // SAFETY: `st` is a valid buffer for a struct stat.
+    check(unsafe { libc::fstat(fd, st.as_mut_ptr()) } as libc::c_long)?;
+    // SAFETY: fstat succeeded, so it filled `st`.
+    Ok(unsafe { st.assume_init() }.st_mode)
+}
+
+/// waitpid(pid, WNOHANG): 0 while it runs, its pid once reaped.
+pub fn wait_nohang(pid: Pid) -> io::Result<Pid> {
+    let mut st = 0;
+    // SAFETY: st is a valid out-pointer.
+    check(unsafe { libc::waitpid(pid, &mut st, libc::WNOHANG) } as libc::c_long).map(|r| r as Pid)
+}
+
+/// Takes ownership of a raw fd this process opened and nothing else owns.
+pub fn own_fd(fd: i32) -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd;
+    // SAFETY: callers pass a fresh fd (a dup) that no other object owns.
+    unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }
+}
+
+/// A caller's open fd, borrowed for the duration of a C call.
+pub fn borrow_fd(fd: i32) -> io::Result<std::os::fd::BorrowedFd<'static>> {
+    fd_flags(fd)?;
+    // SAFETY: fd is open (checked above); the C caller keeps it open for
+    // the call, and the borrow does not outlive it.
+    Ok(unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) })
+}
+
+/// Sets the calling thread's errno (for the C interface).
+pub fn set_errno(e: i32) {
+    // SAFETY: __errno_location returns this thread's errno slot.
+    unsafe { *libc::__errno_location() = e };
 }
 
 // ---- Sockets (unix sockets and sock_diag) ----
