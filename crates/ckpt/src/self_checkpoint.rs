@@ -186,11 +186,7 @@ fn wait_helper(me: Pid, child: Pid, r: i32) -> Result<Reply> {
             Some(reply) => {
                 // The helper exits right after answering.
                 reap(child);
-                return reply.map_err(|(errno, msg)| Error::Sys {
-                    pid: me,
-                    what: format!("self-checkpoint failed: {msg}"),
-                    source: std::io::Error::from_raw_os_error(errno),
-                });
+                return reply.map_err(|(errno, message)| Error::SelfCheckpoint { errno, message });
             }
             None => {}
         }
@@ -335,6 +331,7 @@ pub fn errno_of(e: &Error) -> i32 {
         Error::Unsupported { .. } => libc::ENOTSUP,
         Error::Interrupted => libc::EINTR,
         Error::Refused(_) => libc::EINVAL,
+        Error::SelfCheckpoint { errno, .. } => *errno,
         Error::Image(ckpt_image::ImageError::Io { source, .. }) => {
             source.raw_os_error().unwrap_or(libc::EIO)
         }

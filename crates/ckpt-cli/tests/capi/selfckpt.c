@@ -8,19 +8,24 @@
  *   selfckpt IMAGE [IMAGE2]   with IMAGE2: a second checkpoint at 3/4
  *   selfckpt --rdonly IMAGE   the image fd is read-only: the call must
  *                             fail with EBADF, the process carries on
+ *   selfckpt --packet IMAGE   the process holds a packet socket, which
+ *                             is refused once it is frozen: ENOTSUP
  *
  * Prints "taken N" / "resumed" for each call, then "result ... ok".
  */
 #define _GNU_SOURCE
 #include <ckpt.h>
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/if_ether.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #define STEPS 4000000L
@@ -32,7 +37,7 @@ static uint64_t step(uint64_t x, long i)
 }
 
 static const char *image, *image2;
-static int rdonly;
+static int rdonly, packet;
 static atomic_int calls_done;
 static uint64_t worker_acc = 1;
 static int failed;
@@ -68,7 +73,8 @@ static void *worker(void *arg)
     for (long i = 0; i < STEPS; i++) {
         if (i == STEPS / 2) {
             long r = checkpoint_into(image);
-            if (rdonly ? !(r == -1 && errno == EBADF) : r < 0)
+            if (rdonly ? !(r == -1 && errno == EBADF)
+                       : packet ? !(r == -1 && errno == ENOTSUP) : r < 0)
                 failed = 1;
         }
         if (image2 && i == 3 * STEPS / 4 && checkpoint_into(image2) < 0)
@@ -85,9 +91,16 @@ int main(int argc, char **argv)
     if (a < argc && strcmp(argv[a], "--rdonly") == 0) {
         rdonly = 1;
         a++;
+    } else if (a < argc && strcmp(argv[a], "--packet") == 0) {
+        packet = 1;
+        a++;
+        if (socket(AF_PACKET, SOCK_DGRAM | SOCK_CLOEXEC, htons(ETH_P_ALL)) < 0) {
+            perror("packet socket");
+            return 3;
+        }
     }
     if (a >= argc) {
-        fprintf(stderr, "usage: selfckpt [--rdonly] IMAGE [IMAGE2]\n");
+        fprintf(stderr, "usage: selfckpt [--rdonly|--packet] IMAGE [IMAGE2]\n");
         return 2;
     }
     image = argv[a];

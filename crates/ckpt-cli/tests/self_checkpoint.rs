@@ -1,0 +1,300 @@
+//! Self-checkpoint through the C interface (include/ckpt.h, libckpt.so):
+//! C programs with two threads and a Python program through ctypes
+//! checkpoint themselves mid-computation, finish, and restarted with
+//! `ckpt restart IMAGE` resume inside the call (which returns 0) and
+//! finish with the same result; a failed self-checkpoint returns -1 with
+//! errno and the caller carries on; `ckpt_restart` from C. Sources are in
+//! tests/capi/. They run with their stdout on a log file in the test's
+//! directory (reopened by path after restart), so both lives write there.
+
+mod common;
+
+use common::*;
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// The directory of the libckpt.so built with the `ckpt` binary under
+/// test. Cargo builds every crate type of the `ckpt` library whenever the
+/// binary needs it, into the profile's deps/; it copies them up into the
+/// profile directory only when `ckpt` itself is built (`cargo build`), so
+/// the newer of the two is this build's.
+fn lib_dir() -> PathBuf {
+    let profile = ckpt_bin().parent().expect("ckpt in a directory");
+    let age = |d: &Path| {
+        std::fs::metadata(d.join("libckpt.so"))
+            .and_then(|m| m.modified())
+            .ok()
+    };
+    let deps = profile.join("deps");
+    match (age(profile), age(&deps)) {
+        (Some(a), Some(b)) if a >= b => profile.to_path_buf(),
+        (Some(_), None) => profile.to_path_buf(),
+        (None, None) => panic!(
+            "no libckpt.so in {} or its deps/: the ckpt library's cdylib is built with the ckpt binary",
+            profile.display()
+        ),
+        _ => deps,
+    }
+}
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn sources() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/capi")
+}
+
+/// Compiles tests/capi/NAME.c against include/ckpt.h and libckpt.so (with
+/// an rpath to it); `None` (after a loud SKIP) without gcc.
+fn build_c(env: &TestEnv, name: &str) -> Option<PathBuf> {
+    let lib = lib_dir();
+    assert!(
+        lib.join("libckpt.so").exists(),
+        "{} is missing: the ckpt library's cdylib should be built with the ckpt binary",
+        lib.join("libckpt.so").display()
+    );
+    let out = env.path(name);
+    let res = Command::new("gcc")
+        .args(["-O1", "-g", "-Wall", "-Wextra", "-I"])
+        .arg(repo_root().join("include"))
+        .arg("-o")
+        .arg(&out)
+        .arg(sources().join(format!("{name}.c")))
+        .arg("-L")
+        .arg(&lib)
+        .arg(format!("-Wl,-rpath,{}", lib.display()))
+        .args(["-lckpt", "-lpthread"])
+        .stdin(Stdio::null())
+        .output();
+    match res {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            skip(&format!("{}: gcc missing", env.name));
+            None
+        }
+        Err(e) => panic!("running gcc: {e}"),
+        Ok(o) if !o.status.success() => panic!(
+            "gcc {name}.c failed:\n{}",
+            String::from_utf8_lossy(&o.stderr)
+        ),
+        Ok(_) => Some(out),
+    }
+}
+
+/// Runs `program args` the way workloads run (own session, stdout and
+/// stderr appended to DIR/LABEL.out) until it exits; returns its exit code
+/// and that log.
+fn run_to_end(env: &TestEnv, label: &str, program: &Path, args: &[&OsStr]) -> (i32, String) {
+    let (mut p, log) = env.spawn(label, program, args);
+    let status = p
+        .wait_exit(CKPT_TIMEOUT)
+        .unwrap_or_else(|| panic!("{label} did not finish within {CKPT_TIMEOUT:?}"))
+        .expect("our child");
+    let out = std::fs::read_to_string(&log).unwrap_or_default();
+    (status.code().unwrap_or(-1), out)
+}
+
+fn log_of(env: &TestEnv, label: &str) -> String {
+    std::fs::read_to_string(env.path(&format!("{label}.out"))).unwrap_or_default()
+}
+
+/// `ckpt restart IMAGE`, waiting for the restored process: its exit status.
+fn restart(env: &TestEnv, img: &Path) -> CkptRun {
+    env.ckpt([OsStr::new("restart"), img.as_os_str()])
+}
+
+fn lines(s: &str) -> Vec<&str> {
+    s.lines().collect()
+}
+
+#[test]
+fn c_program_with_two_threads_resumes_inside_the_call() {
+    let Some(env) = TestEnv::new("capi_c_two_threads") else {
+        return;
+    };
+    let Some(prog) = build_c(&env, "selfckpt") else {
+        return;
+    };
+    let img = env.path("img");
+    let (code, out) = run_to_end(&env, "selfckpt", &prog, &[img.as_os_str()]);
+    assert_eq!(code, 0, "the checkpointed run must finish right:\n{out}");
+    assert_eq!(lines(&out)[0], "taken 1", "{out}");
+    let result = lines(&out)[1];
+    assert!(result.ends_with(" ok"), "{out}");
+    let run = restart(&env, &img);
+    assert!(
+        run.success(),
+        "the restarted run must finish right\n{}\n{}",
+        run.describe(),
+        log_of(&env, "selfckpt")
+    );
+    let out = log_of(&env, "selfckpt");
+    assert_eq!(
+        lines(&out)[2..],
+        ["resumed", result],
+        "the restarted process returns 0 from the call and computes the same"
+    );
+}
+
+#[test]
+fn c_program_checkpoints_twice_and_each_image_resumes_its_own_call() {
+    let Some(env) = TestEnv::new("capi_c_twice") else {
+        return;
+    };
+    let Some(prog) = build_c(&env, "selfckpt") else {
+        return;
+    };
+    let (img1, img2) = (env.path("img1"), env.path("img2"));
+    let (code, out) = run_to_end(
+        &env,
+        "selfckpt",
+        &prog,
+        &[img1.as_os_str(), img2.as_os_str()],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(lines(&out)[..2], ["taken 1", "taken 2"], "{out}");
+    let result = lines(&out)[2].to_string();
+    // From the first image: the first call returns 0, the second runs again
+    // (numbered on: 2) and writes img2 anew, from the restarted process.
+    let run = restart(&env, &img1);
+    assert!(run.success(), "{}", run.describe());
+    let out = log_of(&env, "selfckpt");
+    assert_eq!(lines(&out)[3..], ["resumed", "taken 2", &result], "{out}");
+    // And that image resumes the second call.
+    let run = restart(&env, &img2);
+    assert!(run.success(), "{}", run.describe());
+    let out = log_of(&env, "selfckpt");
+    assert_eq!(lines(&out)[6..], ["resumed", &result], "{out}");
+}
+
+#[test]
+fn python_through_ctypes_resumes_inside_the_call() {
+    let Some(env) = TestEnv::new("capi_python") else {
+        return;
+    };
+    let Some(python) = find_program("python3") else {
+        skip("capi_python: python3 missing");
+        return;
+    };
+    let img = env.path("img");
+    let lib = lib_dir().join("libckpt.so");
+    let script = sources().join("selfckpt.py");
+    let (code, out) = run_to_end(
+        &env,
+        "selfckpt-py",
+        &python,
+        &[script.as_os_str(), lib.as_os_str(), img.as_os_str()],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(lines(&out)[0], "taken 1", "{out}");
+    let result = lines(&out)[1].to_string();
+    assert!(result.ends_with(" ok"), "{out}");
+    let run = restart(&env, &img);
+    assert!(
+        run.success(),
+        "{}\n{}",
+        run.describe(),
+        log_of(&env, "selfckpt-py")
+    );
+    let out = log_of(&env, "selfckpt-py");
+    assert_eq!(lines(&out)[2..], ["resumed", &result], "{out}");
+}
+
+#[test]
+fn failed_self_checkpoint_returns_minus_one_and_the_caller_carries_on() {
+    let Some(env) = TestEnv::new("capi_failed") else {
+        return;
+    };
+    let Some(prog) = build_c(&env, "selfckpt") else {
+        return;
+    };
+    // The image fd is read-only: refused before anything is frozen.
+    let img = env.path("img");
+    let (code, out) = run_to_end(
+        &env,
+        "rdonly",
+        &prog,
+        &[OsStr::new("--rdonly"), img.as_os_str()],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        lines(&out)[0].starts_with("checkpoint failed: errno 9 (Bad file descriptor)")
+            && out.contains("open it for writing"),
+        "{out}"
+    );
+    assert!(lines(&out)[1].ends_with(" ok"), "{out}");
+    // The process holds a packet socket, which ckpt refuses once the
+    // process is frozen: it must come back as it was, and the call must not
+    // mistake the marker of the abandoned image for a restart.
+    let (code, out) = run_to_end(
+        &env,
+        "packet",
+        &prog,
+        &[OsStr::new("--packet"), img.as_os_str()],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        lines(&out)[0].starts_with("checkpoint failed: errno 95")
+            && out.contains("cannot checkpoint fd"),
+        "{out}"
+    );
+    assert!(lines(&out)[1].ends_with(" ok"), "{out}");
+}
+
+#[test]
+fn ckpt_restart_from_c() {
+    let Some(env) = TestEnv::new("capi_restart") else {
+        return;
+    };
+    let (Some(prog), Some(restarter)) = (build_c(&env, "selfckpt"), build_c(&env, "restart"))
+    else {
+        return;
+    };
+    let img = env.path("img");
+    let (code, out) = run_to_end(&env, "selfckpt", &prog, &[img.as_os_str()]);
+    assert_eq!(code, 0, "{out}");
+    let result = lines(&out)[1].to_string();
+    // The restarter restores the image, reaps the restored root (its
+    // child) and exits with its status.
+    let (code, rout) = run_to_end(&env, "restarter", &restarter, &[img.as_os_str()]);
+    assert_eq!(code, 0, "{rout}\n{}", log_of(&env, "selfckpt"));
+    assert!(rout.contains("\nrestored as pid "), "{rout}");
+    let out = log_of(&env, "selfckpt");
+    assert_eq!(lines(&out)[2..], ["resumed", &result], "{out}");
+    // A bad image fd is an error with errno, not a crash.
+    let (code, rout) = run_to_end(&env, "restarter-bad", &restarter, &[OsStr::new("--bad-fd")]);
+    assert_eq!(code, 0, "{rout}");
+}
+
+/// The exported symbols of libckpt.so are exactly the header's functions.
+#[test]
+fn libckpt_exports_what_the_header_declares() {
+    let header = std::fs::read_to_string(repo_root().join("include/ckpt.h")).expect("header");
+    let mut declared: Vec<String> = header
+        .lines()
+        .filter(|l| l.trim_end().ends_with(");"))
+        .filter_map(|l| {
+            let name = l.split('(').next()?.rsplit([' ', '*']).next()?;
+            Some(name.to_string())
+        })
+        .collect();
+    declared.sort();
+    let Some(nm) = find_program("nm") else {
+        skip("libckpt_exports: nm missing");
+        return;
+    };
+    let out = Command::new(nm)
+        .args(["-D", "--defined-only"])
+        .arg(lib_dir().join("libckpt.so"))
+        .output()
+        .expect("nm");
+    let mut exported: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(2))
+        .filter(|s| s.starts_with("ckpt_"))
+        .map(String::from)
+        .collect();
+    exported.sort();
+    assert_eq!(exported, declared);
+}
