@@ -298,3 +298,74 @@ fn libckpt_exports_what_the_header_declares() {
     exported.sort();
     assert_eq!(exported, declared);
 }
+
+/// Runs `program args` with stdout and stderr on pipes read here (as a
+/// harness capturing output would), within [`CKPT_TIMEOUT`]: exit code
+/// and stdout.
+fn run_captured(program: &Path, args: &[&OsStr], cwd: &Path) -> (i32, String) {
+    use std::io::Read;
+    let mut child = Command::new(program)
+        .args(args)
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawning {}: {e}", program.display()));
+    let mut out = child.stdout.take().expect("piped");
+    let mut err = child.stderr.take().expect("piped");
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let deadline = std::time::Instant::now() + CKPT_TIMEOUT;
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("wait") {
+            break st;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{} did not finish within {CKPT_TIMEOUT:?}",
+                program.display()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
+    let out = reader.join().expect("reader");
+    let err = err_reader.join().expect("reader");
+    (status.code().unwrap_or(-1), format!("{out}{err}"))
+}
+
+/// The way a harness would check it: both runs with their output captured
+/// through pipes. The first run's reader is gone when `ckpt restart` runs,
+/// so the restored process writes to ckpt's own stdout (not into a pipe
+/// nobody reads, where it would die of SIGPIPE).
+#[test]
+fn captured_output_of_the_restarted_process_comes_out_of_ckpt_restart() {
+    let Some(env) = TestEnv::new("capi_captured") else {
+        return;
+    };
+    let Some(prog) = build_c(&env, "selfckpt") else {
+        return;
+    };
+    let img = env.path("img");
+    let (code, out) = run_captured(&prog, &[img.as_os_str()], &env.dir);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(lines(&out)[0], "taken 1", "{out}");
+    let result = lines(&out)[1].to_string();
+    let (code, out) = run_captured(
+        ckpt_bin(),
+        &[OsStr::new("restart"), img.as_os_str()],
+        &env.dir,
+    );
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(lines(&out), ["resumed", &result], "{out}");
+}
