@@ -369,3 +369,69 @@ fn captured_output_of_the_restarted_process_comes_out_of_ckpt_restart() {
     assert_eq!(code, 0, "{out}");
     assert_eq!(lines(&out), ["resumed", &result], "{out}");
 }
+
+/// The image written to a stream (a FIFO this test reads into a file): in
+/// the image, the stream fd stands in as /dev/null (the image's own bytes
+/// in flight are not saved as pipe data), and the file restarts.
+#[test]
+fn image_written_to_a_pipe_restarts() {
+    let Some(env) = TestEnv::new("capi_fifo") else {
+        return;
+    };
+    let Some(prog) = build_c(&env, "selfckpt") else {
+        return;
+    };
+    let fifo = env.path("fifo");
+    let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: c is a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+    let img = env.path("img");
+    let (fifo2, img2) = (fifo.clone(), img.clone());
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let done2 = done.clone();
+    // O_RDWR never blocks on a FIFO; EOF never comes either, so the reader
+    // stops once the program has exited and the FIFO is empty.
+    let reader = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&fifo2)
+            .expect("open fifo");
+        let mut out = std::fs::File::create(&img2).expect("image file");
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&f);
+        let mut buf = vec![0u8; 1 << 16];
+        let deadline = std::time::Instant::now() + CKPT_TIMEOUT;
+        while std::time::Instant::now() < deadline {
+            let mut p = libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: p is one valid pollfd.
+            if unsafe { libc::poll(&mut p, 1, 50) } <= 0 {
+                if done2.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+                continue;
+            }
+            let n = f.read(&mut buf).expect("read fifo");
+            out.write_all(&buf[..n]).expect("write image");
+        }
+    });
+    let (code, out) = run_to_end(&env, "selfckpt", &prog, &[fifo.as_os_str()]);
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    reader.join().expect("reader");
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(lines(&out)[0], "taken 1", "{out}");
+    let result = lines(&out)[1].to_string();
+    let run = restart(&env, &img);
+    assert!(
+        run.success(),
+        "{}\n{}",
+        run.describe(),
+        log_of(&env, "selfckpt")
+    );
+    let out = log_of(&env, "selfckpt");
+    assert_eq!(lines(&out)[2..], ["resumed", &result], "{out}");
+}

@@ -5,7 +5,8 @@
  * the call returns). Both finish and check their results against a run
  * without checkpoint; exit 0 if they match.
  *
- *   selfckpt IMAGE [IMAGE2]   with IMAGE2: a second checkpoint at 3/4
+ *   selfckpt IMAGE [IMAGE2]   with IMAGE2: a second checkpoint at 3/4;
+ *                             a FIFO IMAGE is opened write-only (a stream)
  *   selfckpt --rdonly IMAGE   the image fd is read-only: the call must
  *                             fail with EBADF, the process carries on
  *   selfckpt --packet IMAGE   the process holds a packet socket, which
@@ -26,6 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define STEPS 4000000L
@@ -44,12 +46,16 @@ static int failed;
 
 static long checkpoint_into(const char *path)
 {
-    int fd = open(path, (rdonly ? O_RDONLY : O_RDWR) | O_CREAT | O_CLOEXEC, 0600);
+    /* A FIFO (read by someone else) is written as a stream. */
+    struct stat st;
+    int fifo = stat(path, &st) == 0 && S_ISFIFO(st.st_mode);
+    int mode = rdonly ? O_RDONLY : fifo ? O_WRONLY : O_RDWR | O_CREAT;
+    int fd = open(path, mode | O_CLOEXEC, 0600);
     if (fd < 0) {
         perror(path);
         exit(3);
     }
-    if (!rdonly && ftruncate(fd, 0) < 0) {
+    if (!rdonly && !fifo && ftruncate(fd, 0) < 0) {
         perror("ftruncate");
         exit(3);
     }
