@@ -425,6 +425,13 @@ fn image_written_to_a_pipe_restarts() {
     assert_eq!(code, 0, "{out}");
     assert_eq!(lines(&out)[0], "taken 1", "{out}");
     let result = lines(&out)[1].to_string();
+    let inspect = env.ckpt([OsStr::new("inspect"), img.as_os_str()]);
+    assert!(inspect.success(), "{}", inspect.describe());
+    assert!(
+        !inspect.stdout.contains(&*fifo.to_string_lossy()),
+        "the image stream must not be saved as the FIFO:\n{}",
+        inspect.stdout
+    );
     let run = restart(&env, &img);
     assert!(
         run.success(),
