@@ -217,7 +217,51 @@ impl<S: Sink> Sink for Interruptible<S> {
     }
 }
 
-/// Checkpoints the process `pid` into `out`.
+/// Any `Write` as a sink (a socket, a pipe, a buffer in memory): made
+/// durable by flushing. A `File` is a sink of its own (synced, and a
+/// regular file open for reading and writing takes the pages directly).
+///
+/// ```no_run
+/// use std::io::Write;
+/// let mut image = Vec::new();
+/// let opts = ckpt::CheckpointOptions { leave_running: true, ..Default::default() };
+/// ckpt::checkpoint(1234, ckpt::checkpoint::Stream(&mut image), &opts, &mut ckpt::Log::default())?;
+/// std::net::TcpStream::connect("backup:9000")?.write_all(&image)?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Stream<W>(pub W);
+
+impl<W: Write> Write for Stream<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+impl<W: Write> Sink for Stream<W> {
+    fn sync(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+/// Checkpoints the process `pid` (with its descendants unless
+/// `single_process`) into `out`, and kills it once the image is complete
+/// and synced unless `leave_running`. On failure every process is left
+/// running as it was and the image ends with an error record. Returns
+/// what was saved. Needs ptrace rights over the processes (root, usually).
+///
+/// ```no_run
+/// let out = std::fs::OpenOptions::new()
+///     .read(true).write(true).create(true).truncate(true)
+///     .open("job.img")?;
+/// let opts = ckpt::CheckpointOptions { leave_running: true, ..Default::default() };
+/// let mut log = ckpt::Log::new(Box::new(std::io::stderr()));
+/// let summary = ckpt::checkpoint(1234, out, &opts, &mut log)?;
+/// println!("{} processes, {} pages", summary.processes, summary.pages);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn checkpoint<S: Sink>(
     pid: Pid,
     out: S,
