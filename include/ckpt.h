@@ -42,8 +42,8 @@ extern "C" {
  * the call. Returns a positive id (1, 2, ... per process, counted on
  * across restarts) once the image is complete and the caller continues,
  * and 0 in the process restarted from that image (`ckpt restart IMAGE`).
- * In the image, `fd` is reopened by its path if it is a regular file; a
- * pipe or socket `fd` comes back as /dev/null open for writing.
+ * In the restarted process, `fd` is /dev/null open for writing (the image
+ * may have been renamed, removed or streamed away since).
  *
  * Returns -1 with errno set on failure (ckpt_last_error() says why); the
  * processes carry on as they were.

@@ -49,19 +49,25 @@ fn sources() -> PathBuf {
 /// Compiles tests/capi/NAME.c against include/ckpt.h and libckpt.so (with
 /// an rpath to it); `None` (after a loud SKIP) without gcc.
 fn build_c(env: &TestEnv, name: &str) -> Option<PathBuf> {
+    build_c_from(env, &sources().join(format!("{name}.c")))
+}
+
+/// Compiles the C program `src` (see `build_c`).
+fn build_c_from(env: &TestEnv, src: &Path) -> Option<PathBuf> {
+    let name = src.file_stem().expect("a C file").to_string_lossy();
     let lib = lib_dir();
     assert!(
         lib.join("libckpt.so").exists(),
         "{} is missing: the ckpt library's cdylib should be built with the ckpt binary",
         lib.join("libckpt.so").display()
     );
-    let out = env.path(name);
+    let out = env.path(&name);
     let res = Command::new("gcc")
         .args(["-O1", "-g", "-Wall", "-Wextra", "-I"])
         .arg(repo_root().join("include"))
         .arg("-o")
         .arg(&out)
-        .arg(sources().join(format!("{name}.c")))
+        .arg(src)
         .arg("-L")
         .arg(&lib)
         .arg(format!("-Wl,-rpath,{}", lib.display()))
@@ -441,4 +447,63 @@ fn image_written_to_a_pipe_restarts() {
     );
     let out = log_of(&env, "selfckpt");
     assert_eq!(lines(&out)[2..], ["resumed", &result], "{out}");
+}
+
+/// The examples (examples/c/selfloop.c, examples/python/selfloop.py): a
+/// loop checkpointing itself every N steps crashes; restarted from its
+/// last image it finishes with the result of an uninterrupted run.
+#[test]
+fn example_loops_survive_a_crash() {
+    let Some(env) = TestEnv::new("capi_examples") else {
+        return;
+    };
+    let examples = repo_root().join("examples");
+    let Some(prog) = build_c_from(&env, &examples.join("c/selfloop.c")) else {
+        return;
+    };
+    let mut runs: Vec<(String, PathBuf, Vec<std::ffi::OsString>, &str)> =
+        vec![("c".into(), prog, Vec::new(), "7500000")];
+    match find_program("python3") {
+        Some(py) => runs.push((
+            "py".into(),
+            py,
+            vec![examples.join("python/selfloop.py").into_os_string()],
+            "75000",
+        )),
+        None => skip("capi_examples: python3 missing"),
+    }
+    for (label, program, lead, crash_at) in runs {
+        let with = |extra: &[&OsStr]| -> Vec<std::ffi::OsString> {
+            lead.iter()
+                .cloned()
+                .chain(extra.iter().map(|s| s.to_os_string()))
+                .collect()
+        };
+        let args = with(&[OsStr::new("--no-checkpoint")]);
+        let args: Vec<&OsStr> = args.iter().map(|s| s.as_os_str()).collect();
+        let (code, plain) = run_to_end(&env, &format!("{label}-plain"), &program, &args);
+        assert_eq!(code, 0, "{plain}");
+        let want = plain.lines().last().expect("a result").to_string();
+        let img = env.path(&format!("{label}.img"));
+        let args = with(&[
+            img.as_os_str(),
+            OsStr::new("--crash-at"),
+            OsStr::new(crash_at),
+        ]);
+        let args: Vec<&OsStr> = args.iter().map(|s| s.as_os_str()).collect();
+        std::env::set_var("CKPT_LIB", lib_dir().join("libckpt.so"));
+        let (code, out) = run_to_end(&env, &label, &program, &args);
+        assert_eq!(code, 1, "it must crash:\n{out}");
+        assert!(out.ends_with("crash!\n"), "{out}");
+        let run = restart(&env, &img);
+        assert!(
+            run.success(),
+            "{}\n{}",
+            run.describe(),
+            log_of(&env, &label)
+        );
+        let out = log_of(&env, &label);
+        assert!(out.contains(": resumed from the checkpoint\n"), "{out}");
+        assert_eq!(out.lines().last(), Some(want.as_str()), "{out}");
+    }
 }

@@ -68,11 +68,11 @@ const FAILED: u8 = b'E';
 /// threads are frozen for the checkpoint and resume with the caller. On
 /// failure the process carries on as it was.
 ///
-/// In the image, `out` is what it is now if it is a regular file (reopened
-/// by its path at restart, at the offset it had while the image was being
-/// written); a pipe or socket is replaced by `/dev/null` open for writing
-/// (the stream the image went to is over). The log is written by the
-/// helper, a fork of the caller: give a sink that writes to an fd.
+/// In the image, `out` is saved as `/dev/null` open for writing: the
+/// restarted process finds its own image neither as a stream that is over
+/// nor as a file that may have been renamed (say from `IMAGE.tmp` to
+/// `IMAGE`) or removed since. The log is written by the helper, a fork of
+/// the caller: give a sink that writes to an fd.
 ///
 /// ```no_run
 /// use ckpt::self_checkpoint::{checkpoint_self, SelfCheckpoint, SelfOptions};
@@ -105,7 +105,6 @@ pub fn checkpoint_self(
             std::io::Error::from_raw_os_error(libc::EBADF),
         ));
     }
-    let regular = sys::fstat_mode(out).is_ok_and(|m| m & libc::S_IFMT == libc::S_IFREG);
     let (r, w) = sys::pipe().map_err(|e| err("pipe", e))?;
     let (go_r, go_w) = match sys::pipe() {
         Ok(p) => p,
@@ -126,7 +125,7 @@ pub fn checkpoint_self(
     let child = match sys::fork() {
         Ok(0) => {
             sys::close(go_w);
-            helper(me, out, regular, (r, w), go_r, copts, log)
+            helper(me, out, (r, w), go_r, copts, log)
         }
         Ok(c) => c,
         Err(e) => {
@@ -258,7 +257,6 @@ fn needs_ptracer() -> bool {
 fn helper(
     caller: Pid,
     out: i32,
-    regular: bool,
     (r, w): (i32, i32),
     go_r: i32,
     mut opts: CheckpointOptions,
@@ -273,11 +271,7 @@ fn helper(
         let me = std::process::id() as Pid;
         opts.internal = Internal {
             exclude: vec![me],
-            stand_ins: if regular {
-                Vec::new()
-            } else {
-                vec![(caller, out)]
-            },
+            stand_ins: vec![(caller, out)],
             on_frozen: Some(Arc::new(move || {
                 sys::write_all(w, &[RESUMED])?;
                 Ok(Box::new(TakeBack(r)) as Box<dyn std::any::Any>)

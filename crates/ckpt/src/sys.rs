@@ -1878,15 +1878,6 @@ pub fn fstat_ino(fd: i32) -> io::Result<(u64, u64)> {
     Ok((st.st_dev, st.st_ino))
 }
 
-/// st_mode of an fd.
-pub fn fstat_mode(fd: i32) -> io::Result<u32> {
-    let mut st = std::mem::MaybeUninit::<libc::stat>::zeroed();
-    // SAFETY: `st` is a valid buffer for a struct stat.
-    check(unsafe { libc::fstat(fd, st.as_mut_ptr()) } as libc::c_long)?;
-    // SAFETY: fstat succeeded, so it filled `st`.
-    Ok(unsafe { st.assume_init() }.st_mode)
-}
-
 /// waitpid(pid, WNOHANG): 0 while it runs, its pid once reaped.
 pub fn wait_nohang(pid: Pid) -> io::Result<Pid> {
     let mut st = 0;

@@ -49,7 +49,7 @@ static long checkpoint_into(const char *path)
     /* A FIFO (read by someone else) is written as a stream. */
     struct stat st;
     int fifo = stat(path, &st) == 0 && S_ISFIFO(st.st_mode);
-    int mode = rdonly ? O_RDONLY : fifo ? O_WRONLY : O_RDWR | O_CREAT;
+    int mode = rdonly ? O_RDONLY | O_CREAT : fifo ? O_WRONLY : O_RDWR | O_CREAT;
     int fd = open(path, mode | O_CLOEXEC, 0600);
     if (fd < 0) {
         perror(path);
