@@ -70,7 +70,10 @@ fn build_c_from(env: &TestEnv, src: &Path) -> Option<PathBuf> {
         .arg(src)
         .arg("-L")
         .arg(&lib)
-        .arg(format!("-Wl,-rpath,{}", lib.display()))
+        // DT_RPATH, searched before LD_LIBRARY_PATH (which cargo sets
+        // for tests, with the profile directory and its possibly stale
+        // copy of libckpt.so in it).
+        .arg(format!("-Wl,--disable-new-dtags,-rpath,{}", lib.display()))
         .args(["-lckpt", "-lpthread"])
         .stdin(Stdio::null())
         .output();
@@ -506,4 +509,52 @@ fn example_loops_survive_a_crash() {
         assert!(out.contains(": resumed from the checkpoint\n"), "{out}");
         assert_eq!(out.lines().last(), Some(want.as_str()), "{out}");
     }
+}
+
+/// A caller with a child: without CKPT_TREE the call is refused (the child
+/// would be missing after restart) and the caller carries on; with it the
+/// child is saved too (the helper left out) and comes back as the
+/// restarted caller's child; with CKPT_KILL as well the call does not
+/// return in the original, which dies once the image is complete.
+#[test]
+fn tree_flag_takes_the_children_and_kill_flag_ends_the_caller() {
+    let Some(env) = TestEnv::new("capi_tree") else {
+        return;
+    };
+    let Some(prog) = build_c(&env, "tree") else {
+        return;
+    };
+    let img = env.path("img");
+    let (code, out) = run_to_end(&env, "alone", &prog, &[img.as_os_str(), OsStr::new("0")]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        lines(&out)[1].starts_with("r=-1 errno=95 ") && out.contains("CKPT_TREE"),
+        "{out}"
+    );
+    assert_eq!(lines(&out)[2], "child exit 42", "{out}");
+
+    let (code, out) = run_to_end(&env, "tree", &prog, &[img.as_os_str(), OsStr::new("2")]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(lines(&out)[1..], ["r=1 errno=0", "child exit 42"], "{out}");
+    let run = restart(&env, &img);
+    assert!(run.success(), "{}", run.describe());
+    let out = log_of(&env, "tree");
+    assert_eq!(lines(&out)[3..], ["r=0 errno=0", "child exit 42"], "{out}");
+
+    let (code, out) = run_to_end(&env, "kill", &prog, &[img.as_os_str(), OsStr::new("3")]);
+    assert_eq!(code, -1, "the caller must die of SIGKILL:\n{out}");
+    assert_eq!(lines(&out).len(), 1, "the call must not return:\n{out}");
+    // Its child is reaped by whoever inherited it: wait until its pid is free.
+    let child: i32 = lines(&out)[0]
+        .strip_prefix("child ")
+        .and_then(|p| p.parse().ok())
+        .expect("child pid");
+    assert!(
+        wait_until(TIMEOUT, || !Path::new(&format!("/proc/{child}")).exists()),
+        "the killed child {child} was not reaped"
+    );
+    let run = restart(&env, &img);
+    assert!(run.success(), "{}", run.describe());
+    let out = log_of(&env, "kill");
+    assert_eq!(lines(&out)[1..], ["r=0 errno=0", "child exit 42"], "{out}");
 }

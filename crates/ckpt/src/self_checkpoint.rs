@@ -125,6 +125,9 @@ pub fn checkpoint_self(
     let child = match sys::fork() {
         Ok(0) => {
             sys::close(go_w);
+            // Out of the caller's session and group: a killed caller's pid
+            // must be free for its restart even while the helper finishes.
+            let _ = sys::setsid();
             helper(me, out, (r, w), go_r, copts, log)
         }
         Ok(c) => c,
