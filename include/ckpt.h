@@ -45,6 +45,10 @@ extern "C" {
  * In the restarted process, `fd` is /dev/null open for writing (the image
  * may have been renamed, removed or streamed away since).
  *
+ * The helper is a fork of the caller: pthread_atfork handlers run, and the
+ * caller gets a SIGCHLD when the helper exits (the call reaps it). One
+ * self-checkpoint at a time per process.
+ *
  * Returns -1 with errno set on failure (ckpt_last_error() says why); the
  * processes carry on as they were.
  */
