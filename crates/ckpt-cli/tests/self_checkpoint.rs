@@ -558,3 +558,20 @@ fn tree_flag_takes_the_children_and_kill_flag_ends_the_caller() {
     let out = log_of(&env, "kill");
     assert_eq!(lines(&out)[1..], ["r=0 errno=0", "child exit 42"], "{out}");
 }
+
+/// Threads that come and go while the helper attaches: one that exits
+/// before it is stopped is no part of the process any more, not a failure;
+/// 40 checkpoints in one life, numbered 1 to 40.
+#[test]
+fn threads_exiting_during_the_freeze_do_not_fail_it() {
+    let Some(env) = TestEnv::new("capi_churn") else {
+        return;
+    };
+    let Some(prog) = build_c(&env, "churn") else {
+        return;
+    };
+    let img = env.path("img");
+    let (code, out) = run_to_end(&env, "churn", &prog, &[img.as_os_str()]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(lines(&out), ["fails 0"], "{out}");
+}

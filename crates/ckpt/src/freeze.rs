@@ -52,45 +52,48 @@ fn freeze_with(pid: Pid, wait: bool) -> Result<Frozen> {
         was_stopped: st.get("State").is_some_and(|s| s.starts_with('T')),
         killed: false,
     };
+    // Threads (not the main one) that exited while we attached: they are
+    // no part of the process any more.
+    let mut gone: Vec<Pid> = Vec::new();
+    let exited = |t: Pid| t != pid && !procfs::thread_alive(pid, t);
     loop {
         let tids = procfs::tids(pid).ctx(pid, || "list threads".into())?;
         let new: Vec<Pid> = tids
             .iter()
             .copied()
-            .filter(|t| !f.tids.contains(t))
+            .filter(|t| !f.tids.contains(t) && !gone.contains(t))
             .collect();
         if new.is_empty() {
             break;
         }
         for t in new {
-            sys::seize(t, TRACE_OPTIONS).map_err(|e| match e.raw_os_error() {
-                Some(libc::EPERM) => Error::Unsupported {
-                    pid,
-                    comm: procfs::comm(pid),
-                    object: format!("thread {t}"),
-                    reason: match thread_tracer(pid, t) {
-                        Some(tracer) => format!(
-                            "it is already traced by pid {tracer} ({}); detach that tracer first",
-                            procfs::comm(tracer)
-                        ),
-                        None => {
-                            "ptrace is not permitted (missing CAP_SYS_PTRACE?); run ckpt as root"
-                                .into()
-                        }
-                    },
-                },
-                Some(libc::ESRCH) => Error::TaskGone(t),
-                _ => Error::Sys {
-                    pid: t,
-                    what: "PTRACE_SEIZE".into(),
-                    source: e,
-                },
-            })?;
+            if let Err(e) = sys::seize(t, TRACE_OPTIONS) {
+                if exited(t) {
+                    gone.push(t);
+                    continue;
+                }
+                return Err(seize_error(pid, t, e));
+            }
             f.tids.push(t);
-            sys::interrupt(t).ctx(t, || "PTRACE_INTERRUPT".into())?;
-            if wait {
-                let sig = wait_for_stop(t)?;
-                f.note_stop(t, sig);
+            let stopped = sys::interrupt(t)
+                .ctx(t, || "PTRACE_INTERRUPT".into())
+                .and_then(|_| {
+                    if wait {
+                        wait_for_stop(t).map(Some)
+                    } else {
+                        Ok(None)
+                    }
+                });
+            match stopped {
+                Ok(Some(sig)) => f.note_stop(t, sig),
+                Ok(None) => {}
+                // It exited before it stopped (we reaped it as its tracer).
+                Err(Error::TaskGone(_)) if t != pid => {
+                    let _ = sys::wait(t, libc::WNOHANG);
+                    f.tids.retain(|&x| x != t);
+                    gone.push(t);
+                }
+                Err(e) => return Err(e),
             }
         }
         if !wait {
@@ -99,6 +102,32 @@ fn freeze_with(pid: Pid, wait: bool) -> Result<Frozen> {
         }
     }
     Ok(f)
+}
+
+/// Why PTRACE_SEIZE of thread `t` of `pid` failed, for the user.
+fn seize_error(pid: Pid, t: Pid, e: std::io::Error) -> Error {
+    match e.raw_os_error() {
+        Some(libc::EPERM) => Error::Unsupported {
+            pid,
+            comm: procfs::comm(pid),
+            object: format!("thread {t}"),
+            reason: match thread_tracer(pid, t) {
+                Some(tracer) => format!(
+                    "it is already traced by pid {tracer} ({}); detach that tracer first",
+                    procfs::comm(tracer)
+                ),
+                None => {
+                    "ptrace is not permitted (missing CAP_SYS_PTRACE?); run ckpt as root".into()
+                }
+            },
+        },
+        Some(libc::ESRCH) => Error::TaskGone(t),
+        _ => Error::Sys {
+            pid: t,
+            what: "PTRACE_SEIZE".into(),
+            source: e,
+        },
+    }
 }
 
 /// The tracer of one thread, if any.
