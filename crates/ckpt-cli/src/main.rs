@@ -252,8 +252,12 @@ fn run(cli: Cli) -> Result<u8> {
             if !detach {
                 ckpt::sys::block_signals(&forwarded, true);
             }
-            let root = ckpt::restart(input, &ckpt::RestartOptions::default(), &mut log)
-                .context("restart failed")?;
+            // A restored job we wait for writes to our output where its
+            // own reader is gone; a detached one runs on its own.
+            let opts = ckpt::RestartOptions {
+                inherit_stdio: !detach,
+            };
+            let root = ckpt::restart(input, &opts, &mut log).context("restart failed")?;
             if detach {
                 let mut o = std::io::stdout();
                 writeln!(o, "{root}")?;

@@ -149,8 +149,11 @@ pub extern "C" fn ckpt_restart(fd: c_int, flags: c_ulong, logfd: c_int) -> Pid {
             )
         })?;
         let mut log = log_for(logfd);
-        let pid =
-            crate::restart(input, &crate::RestartOptions::default(), &mut log).map_err(lib_err)?;
+        // The restored root is the caller's child, like a job it started.
+        let opts = crate::RestartOptions {
+            inherit_stdio: true,
+        };
+        let pid = crate::restart(input, &opts, &mut log).map_err(lib_err)?;
         Ok(pid as c_long)
     }) as Pid
 }

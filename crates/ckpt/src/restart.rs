@@ -20,11 +20,16 @@ use std::io::Seek;
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 
-/// What the caller of a restart asks for (nothing to choose yet; the
-/// struct keeps the signature stable as options come).
+/// What the caller of a restart asks for.
 #[derive(Debug, Clone, Default)]
-#[non_exhaustive]
-pub struct RestartOptions {}
+pub struct RestartOptions {
+    /// A pipe the tree held only as stdin, stdout or stderr, whose other
+    /// end is gone (the harness that captured a job's output has exited),
+    /// is the caller's own fd of that number in the restored tree, as for
+    /// a job the caller started; without it, a pipe nobody reads or writes
+    /// (where the next write dies of SIGPIPE).
+    pub inherit_stdio: bool,
+}
 
 const PAGE: u64 = 4096;
 /// Trampoline: one page of code (a `syscall` instruction) and two of scratch.
@@ -53,7 +58,6 @@ pub fn restart(
     opts: &RestartOptions,
     log: &mut Log,
 ) -> Result<Pid> {
-    let _ = opts;
     // Who could have written the image decides how far it is believed: see
     // `trust`. Found on the input itself, before it is copied.
     let input = std::fs::File::from(input.as_fd().try_clone_to_owned().map_err(|e| {
@@ -96,7 +100,7 @@ pub fn restart(
     );
     // Every description is opened above the image's fd numbers.
     let _limit = sys::NofileAtLeast::raise(needed_fds(&img));
-    let mut b = Build::prepare(&img, &file, fs)?;
+    let mut b = Build::prepare(&img, &file, fs, opts.inherit_stdio)?;
     b.spawn(&img)?;
     b.seize_all(&img)?;
     // Into their cgroups before their memory is rebuilt (and charged).
@@ -234,7 +238,12 @@ fn io_err(what: String) -> impl FnOnce(std::io::Error) -> Error {
 impl Build {
     /// Opens every shared object (files, pipes, shared memory) in ckpt, at
     /// fds above every fd number of the image, for the tree to inherit.
-    fn prepare(img: &Image, file: &std::fs::File, fs: Option<sys::FsIds>) -> Result<Build> {
+    fn prepare(
+        img: &Image,
+        file: &std::fs::File,
+        fs: Option<sys::FsIds>,
+        inherit_stdio: bool,
+    ) -> Result<Build> {
         let max_fd = img
             .processes
             .iter()
@@ -290,6 +299,7 @@ impl Build {
             base,
             fs: b.fs.as_ref(),
             user_of: &user_of,
+            inherit_stdio,
         })?;
         let (r, w) = sys::pipe().map_err(io_err("pipe".into()))?;
         let w2 = sys::dup_above(w, base).map_err(io_err("dup".into()))?;

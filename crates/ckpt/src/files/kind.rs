@@ -200,6 +200,9 @@ pub struct OpenCx<'a> {
     pub deferred: Vec<File>,
     /// Paths made for the opening, removed once every kind is done.
     pub made: Vec<Vec<u8>>,
+    /// Standard fds whose pipe's other end is gone may be the restorer's
+    /// own (`RestartOptions::inherit_stdio`).
+    pub inherit_stdio: bool,
 }
 
 /// Status flags F_SETFL can change on an open description.

@@ -344,6 +344,8 @@ pub struct OpenArgs<'a> {
     pub fs: Option<&'a sys::FsIds>,
     /// A process holding a file, named in errors.
     pub user_of: &'a dyn Fn(u32) -> Pid,
+    /// See `RestartOptions::inherit_stdio`.
+    pub inherit_stdio: bool,
 }
 
 /// Opens every saved description in the calling process, at fd numbers
@@ -359,6 +361,7 @@ pub fn open_all(a: &OpenArgs) -> Result<Opened> {
         by_id: Vec::new(),
         deferred: Vec::new(),
         made: Vec::new(),
+        inherit_stdio: a.inherit_stdio,
     };
     let r = open_stages(&mut cx);
     // Paths made for the opening (removed FIFOs) go again, whatever happens.

@@ -208,8 +208,13 @@ impl FdKind for PipeKind {
 /// or harness that captured a job's output has exited): the restored
 /// process gets the restorer's own fd of that number there, as a job
 /// started from it would, instead of a pipe nobody reads or writes
-/// (where its next write would die of SIGPIPE). Documented in the README.
+/// (where its next write would die of SIGPIPE). Only when the restorer
+/// asks for it (`RestartOptions::inherit_stdio`: `ckpt restart` without
+/// --detach, `ckpt_restart`). Documented in the README.
 fn inherit_stdio(cx: &OpenCx, p: &Pipe) -> Option<i32> {
+    if !cx.inherit_stdio {
+        return None;
+    }
     let descs: Vec<&File> = cx
         .img
         .files
