@@ -40,8 +40,9 @@ extern "C" {
  * threads are frozen with it and resume with it. A helper process forked
  * from the caller does the work while the calling thread waits inside
  * the call. Returns a positive id (1, 2, ... per process, counted on
- * across restarts) once the image is complete and the caller continues,
- * and 0 in the process restarted from that image (`ckpt restart IMAGE`).
+ * across restarts; a failed call takes no number) once the image is
+ * complete and the caller continues, and 0 in the process restarted from
+ * that image (`ckpt restart IMAGE`).
  * In the restarted process, `fd` is /dev/null open for writing (the image
  * may have been renamed, removed or streamed away since).
  *

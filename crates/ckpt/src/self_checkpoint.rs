@@ -47,7 +47,7 @@ pub struct SelfOptions {
 /// Numbers the checkpoints this process took (restored with its memory).
 static LAST_ID: AtomicU64 = AtomicU64::new(0);
 
-/// The next checkpoint id of this process.
+/// The next checkpoint id of this process, for a checkpoint that succeeded.
 pub(crate) fn next_id() -> u64 {
     LAST_ID.fetch_add(1, Ordering::SeqCst) + 1
 }
@@ -115,7 +115,9 @@ pub fn checkpoint_self(
         }
     };
     let yama = needs_ptracer();
-    let id = next_id();
+    // Taken only once the checkpoint succeeds (the image holds the number
+    // before it; the restarted process takes it in turn).
+    let id = LAST_ID.load(Ordering::SeqCst) + 1;
     let copts = CheckpointOptions {
         leave_running: !opts.kill,
         tcp_close: opts.tcp_close,
@@ -152,7 +154,9 @@ pub fn checkpoint_self(
     }
     sys::close(r);
     sys::close(w);
-    match res? {
+    let reply = res?;
+    LAST_ID.store(id, Ordering::SeqCst);
+    match reply {
         Reply::Resumed => Ok(SelfCheckpoint::Resumed),
         Reply::Taken => Ok(SelfCheckpoint::Taken(id)),
     }
