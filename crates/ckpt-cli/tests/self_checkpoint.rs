@@ -575,3 +575,22 @@ fn threads_exiting_during_the_freeze_do_not_fail_it() {
     assert_eq!(code, 0, "{out}");
     assert_eq!(lines(&out), ["fails 0"], "{out}");
 }
+
+/// ckpt_checkpoint of another process (the caller's child): it keeps
+/// running by default and finishes; its image restarts it where it was.
+#[test]
+fn checkpoint_of_another_process_from_c() {
+    let Some(env) = TestEnv::new("capi_other") else {
+        return;
+    };
+    let Some(prog) = build_c(&env, "other") else {
+        return;
+    };
+    let img = env.path("img");
+    let (code, out) = run_to_end(&env, "other", &prog, &[img.as_os_str()]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(lines(&out), ["id 1", "child exit 7"], "{out}");
+    // Restarted, the child counts on from where it was and exits 7.
+    let run = restart(&env, &img);
+    assert_eq!(run.status.code(), Some(7), "{}", run.describe());
+}
