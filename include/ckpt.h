@@ -46,6 +46,10 @@ extern "C" {
  * In the restarted process, `fd` is /dev/null open for writing (the image
  * may have been renamed, removed or streamed away since).
  *
+ * With CKPT_KILL the call returns once the killed processes' pids are
+ * free, waiting at most 5 s for their parents to reap them: a child of the
+ * caller stays a zombie until the caller reaps it.
+ *
  * The helper is a fork of the caller: pthread_atfork handlers run, and the
  * caller gets a SIGCHLD when the helper exits (the call reaps it). One
  * self-checkpoint at a time per process.

@@ -9,12 +9,12 @@
 //! The API, in three calls (the same exist for C in `include/ckpt.h`, see
 //! `capi`):
 //!
-//! * [`checkpoint`]`(pid, out, &opts, &mut log)` saves a process tree into
+//! * [`checkpoint()`]`(pid, out, &opts, &mut log)` saves a process tree into
 //!   any [`checkpoint::Sink`] (a `File`, or any `Write` through
 //!   [`checkpoint::Stream`]);
-//! * [`restart`]`(input, &opts, &mut log)` restarts an image from a file,
+//! * [`restart()`]`(input, &opts, &mut log)` restarts an image from a file,
 //!   pipe or socket and returns the restored root's pid;
-//! * [`checkpoint_self`]`(out, &opts, &mut log)` saves the calling process
+//! * [`checkpoint_self()`]`(out, &opts, &mut log)` saves the calling process
 //!   and returns [`SelfCheckpoint::Taken`] with an id, or
 //!   [`SelfCheckpoint::Resumed`] in the process restarted from that image.
 //!
