@@ -206,6 +206,7 @@ fn run(cli: Cli) -> Result<u8> {
                 freeze_cgroup,
                 cancel: Some(cancel.clone()),
                 tcp_close,
+                ..Default::default()
             };
             let w = std::io::BufWriter::with_capacity(
                 1 << 20,
@@ -242,17 +243,33 @@ fn run(cli: Cli) -> Result<u8> {
         Cmd::Restart { image, detach, log } => {
             let mut log = open_log(&log)?;
             let input = open_input(&image)?;
-            let opts = ckpt::RestartOptions { detach };
-            let outcome = ckpt::restart(input, &opts, &mut log).context("restart failed")?;
-            match outcome {
-                ckpt::restart::Outcome::Detached(pid) => {
-                    let mut o = std::io::stdout();
-                    writeln!(o, "{pid}")?;
-                    o.flush()?;
-                    Ok(0)
-                }
-                ckpt::restart::Outcome::Exited(code) => Ok(code),
+            // The fds of a large image are opened in ckpt first.
+            raise_nofile();
+            // Signals meant for the restored root wait, blocked, until it
+            // runs and the forwarding handlers are in place (the tree forks
+            // from us before that, so it never inherits the handlers).
+            let forwarded = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
+            if !detach {
+                ckpt::sys::block_signals(&forwarded, true);
             }
+            // A restored job we wait for writes to our output where its
+            // own reader is gone; a detached one runs on its own.
+            let opts = ckpt::RestartOptions {
+                inherit_stdio: !detach,
+            };
+            let root = ckpt::restart(input, &opts, &mut log).context("restart failed")?;
+            if detach {
+                let mut o = std::io::stdout();
+                writeln!(o, "{root}")?;
+                o.flush()?;
+                return Ok(0);
+            }
+            FORWARD_TO.store(root, Ordering::Relaxed);
+            for s in forwarded {
+                ckpt::sys::on_signal(s, forward);
+            }
+            ckpt::sys::block_signals(&forwarded, false);
+            wait_exit(root)
         }
         Cmd::Inspect { image, json } => inspect::run(open_input(&image)?, json),
         Cmd::Check { json } => {
@@ -279,6 +296,37 @@ fn run(cli: Cli) -> Result<u8> {
             } else {
                 1
             })
+        }
+    }
+}
+
+/// Raises the soft RLIMIT_NOFILE to the hard limit.
+fn raise_nofile() {
+    if let Ok((_, max)) = ckpt::sys::prlimit(0, libc::RLIMIT_NOFILE, None) {
+        let _ = ckpt::sys::prlimit(0, libc::RLIMIT_NOFILE, Some((max, max)));
+    }
+}
+
+/// The restored root that signals to ckpt are forwarded to.
+static FORWARD_TO: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn forward(sig: i32) {
+    let pid = FORWARD_TO.load(Ordering::Relaxed);
+    if pid > 0 {
+        let _ = ckpt::sys::kill(pid, sig);
+    }
+}
+
+/// Waits for the restored root; its exit status (128+N if killed by N).
+fn wait_exit(pid: i32) -> Result<u8> {
+    loop {
+        let (_, st) = ckpt::sys::wait(pid, 0)
+            .with_context(|| format!("cannot wait for the restored process {pid}"))?;
+        if libc::WIFEXITED(st) {
+            return Ok(libc::WEXITSTATUS(st) as u8);
+        }
+        if libc::WIFSIGNALED(st) {
+            return Ok(128 + libc::WTERMSIG(st) as u8);
         }
     }
 }
@@ -338,6 +386,8 @@ fn one_line(e: &anyhow::Error) -> String {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The library reads no environment: its test hooks come from here.
+    ckpt::test_hooks::install(ckpt::test_hooks::TestHooks::from_env());
     let level = match cli.verbose {
         0 => "warn",
         1 => "debug",

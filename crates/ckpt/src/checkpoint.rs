@@ -35,6 +35,38 @@ pub struct CheckpointOptions {
     /// Established TCP connections are not frozen in repair mode but
     /// closed with the tree, and restored as reset connections.
     pub tcp_close: bool,
+    /// Save only the process itself, not its descendants; a process with
+    /// children is then refused (they would be missing after restart).
+    pub single_process: bool,
+    /// Self-checkpoint plumbing (see `self_checkpoint`); not a stable API.
+    #[doc(hidden)]
+    pub internal: Internal,
+}
+
+/// What a self-checkpoint needs from the checkpoint it runs.
+#[doc(hidden)]
+#[derive(Clone, Default)]
+pub struct Internal {
+    /// Processes left out of the tree, with their descendants.
+    pub exclude: Vec<Pid>,
+    /// (pid, fd): saved as `/dev/null` opened for writing instead of what
+    /// they are (the pipe or socket the image itself is written to).
+    pub stand_ins: Vec<(Pid, i32)>,
+    /// Runs once the tree is frozen, before anything is saved; what it
+    /// returns is dropped once the tree's state is saved, while the tree
+    /// is still frozen, also when the checkpoint fails.
+    #[allow(clippy::type_complexity)]
+    pub on_frozen: Option<Arc<dyn Fn() -> std::io::Result<Box<dyn std::any::Any>> + Send + Sync>>,
+}
+
+impl std::fmt::Debug for Internal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Internal")
+            .field("exclude", &self.exclude)
+            .field("stand_ins", &self.stand_ins)
+            .field("on_frozen", &self.on_frozen.is_some())
+            .finish()
+    }
 }
 
 impl CheckpointOptions {
@@ -185,7 +217,51 @@ impl<S: Sink> Sink for Interruptible<S> {
     }
 }
 
-/// Checkpoints the process `pid` into `out`.
+/// Any `Write` as a sink (a socket, a pipe, a buffer in memory): made
+/// durable by flushing. A `File` is a sink of its own (synced, and a
+/// regular file open for reading and writing takes the pages directly).
+///
+/// ```no_run
+/// use std::io::Write;
+/// let mut image = Vec::new();
+/// let opts = ckpt::CheckpointOptions { leave_running: true, ..Default::default() };
+/// ckpt::checkpoint(1234, ckpt::checkpoint::Stream(&mut image), &opts, &mut ckpt::Log::default())?;
+/// std::net::TcpStream::connect("backup:9000")?.write_all(&image)?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Stream<W>(pub W);
+
+impl<W: Write> Write for Stream<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+impl<W: Write> Sink for Stream<W> {
+    fn sync(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+/// Checkpoints the process `pid` (with its descendants unless
+/// `single_process`) into `out`, and kills it once the image is complete
+/// and synced unless `leave_running`. On failure every process is left
+/// running as it was and the image ends with an error record. Returns
+/// what was saved. Needs ptrace rights over the processes (root, usually).
+///
+/// ```no_run
+/// let out = std::fs::OpenOptions::new()
+///     .read(true).write(true).create(true).truncate(true)
+///     .open("job.img")?;
+/// let opts = ckpt::CheckpointOptions { leave_running: true, ..Default::default() };
+/// let mut log = ckpt::Log::new(Box::new(std::io::stderr()));
+/// let summary = ckpt::checkpoint(1234, out, &opts, &mut log)?;
+/// println!("{} processes, {} pages", summary.processes, summary.pages);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn checkpoint<S: Sink>(
     pid: Pid,
     out: S,
@@ -301,7 +377,21 @@ fn run<S: Sink>(
     // Before anything is frozen: the common refusal, cheaply.
     crate::unsupported::seccomp(root, &procfs::comm(root), &status)?;
     opts.check_cancel()?;
-    let tree = freeze::freeze_tree(root, opts.freeze_cgroup.as_deref())?;
+    let spec = freeze::TreeSpec {
+        descendants: !opts.single_process,
+        exclude: &opts.internal.exclude,
+    };
+    let tree = freeze::freeze_tree(root, opts.freeze_cgroup.as_deref(), spec)?;
+    // Dropped before `tree` on every path (declared after it), and at the
+    // end of this function on success, when all state is saved.
+    let _while_frozen = match &opts.internal.on_frozen {
+        Some(f) => Some(f().map_err(|e| Error::Sys {
+            pid: root,
+            what: "prepare the self-checkpoint".into(),
+            source: e,
+        })?),
+        None => None,
+    };
     // Files, pipes, shared memory and kind objects share one id space.
     let ids = crate::ids::IdSpace::default();
     let mut ft = FileTable::new(tree.procs.iter().map(|p| p.0).collect(), ids.clone());
@@ -623,15 +713,9 @@ fn dump_process(
     Ok((img, session))
 }
 
-/// Test hook: `CKPT_TEST_SIGNAL_BEFORE_RELEASE=SIG` sends SIG to the root
-/// just before a `--leave-running` checkpoint or a restart lets the tree
-/// go, so a test can check that a signal pending at that moment interrupts
-/// the syscall the checkpoint interrupted, as it would have without ckpt.
+/// Test hook (`test_hooks::TestHooks::signal_before_release`).
 pub(crate) fn signal_before_release_for_tests(pid: Pid) {
-    if let Some(sig) = std::env::var("CKPT_TEST_SIGNAL_BEFORE_RELEASE")
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
+    if let Some(sig) = crate::test_hooks::get().signal_before_release {
         let _ = sys::kill(pid, sig);
     }
 }

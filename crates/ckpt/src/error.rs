@@ -35,6 +35,10 @@ pub enum Error {
         "interrupted: the checkpoint was abandoned and the processes left running as they were"
     )]
     Interrupted,
+    /// A self-checkpoint's helper failed (its message and errno); the
+    /// caller was given back as it was.
+    #[error("self-checkpoint failed: {message}")]
+    SelfCheckpoint { errno: i32, message: String },
     /// Writing the image failed.
     #[error("cannot write the image: {0}")]
     Write(#[source] io::Error),

@@ -52,45 +52,48 @@ fn freeze_with(pid: Pid, wait: bool) -> Result<Frozen> {
         was_stopped: st.get("State").is_some_and(|s| s.starts_with('T')),
         killed: false,
     };
+    // Threads (not the main one) that exited while we attached: they are
+    // no part of the process any more.
+    let mut gone: Vec<Pid> = Vec::new();
+    let exited = |t: Pid| t != pid && !procfs::thread_alive(pid, t);
     loop {
         let tids = procfs::tids(pid).ctx(pid, || "list threads".into())?;
         let new: Vec<Pid> = tids
             .iter()
             .copied()
-            .filter(|t| !f.tids.contains(t))
+            .filter(|t| !f.tids.contains(t) && !gone.contains(t))
             .collect();
         if new.is_empty() {
             break;
         }
         for t in new {
-            sys::seize(t, TRACE_OPTIONS).map_err(|e| match e.raw_os_error() {
-                Some(libc::EPERM) => Error::Unsupported {
-                    pid,
-                    comm: procfs::comm(pid),
-                    object: format!("thread {t}"),
-                    reason: match thread_tracer(pid, t) {
-                        Some(tracer) => format!(
-                            "it is already traced by pid {tracer} ({}); detach that tracer first",
-                            procfs::comm(tracer)
-                        ),
-                        None => {
-                            "ptrace is not permitted (missing CAP_SYS_PTRACE?); run ckpt as root"
-                                .into()
-                        }
-                    },
-                },
-                Some(libc::ESRCH) => Error::TaskGone(t),
-                _ => Error::Sys {
-                    pid: t,
-                    what: "PTRACE_SEIZE".into(),
-                    source: e,
-                },
-            })?;
+            if let Err(e) = sys::seize(t, TRACE_OPTIONS) {
+                if exited(t) {
+                    gone.push(t);
+                    continue;
+                }
+                return Err(seize_error(pid, t, e));
+            }
             f.tids.push(t);
-            sys::interrupt(t).ctx(t, || "PTRACE_INTERRUPT".into())?;
-            if wait {
-                let sig = wait_for_stop(t)?;
-                f.note_stop(t, sig);
+            let stopped = sys::interrupt(t)
+                .ctx(t, || "PTRACE_INTERRUPT".into())
+                .and_then(|_| {
+                    if wait {
+                        wait_for_stop(t).map(Some)
+                    } else {
+                        Ok(None)
+                    }
+                });
+            match stopped {
+                Ok(Some(sig)) => f.note_stop(t, sig),
+                Ok(None) => {}
+                // It exited before it stopped (we reaped it as its tracer).
+                Err(Error::TaskGone(_)) if t != pid => {
+                    let _ = sys::wait(t, libc::WNOHANG);
+                    f.tids.retain(|&x| x != t);
+                    gone.push(t);
+                }
+                Err(e) => return Err(e),
             }
         }
         if !wait {
@@ -99,6 +102,32 @@ fn freeze_with(pid: Pid, wait: bool) -> Result<Frozen> {
         }
     }
     Ok(f)
+}
+
+/// Why PTRACE_SEIZE of thread `t` of `pid` failed, for the user.
+fn seize_error(pid: Pid, t: Pid, e: std::io::Error) -> Error {
+    match e.raw_os_error() {
+        Some(libc::EPERM) => Error::Unsupported {
+            pid,
+            comm: procfs::comm(pid),
+            object: format!("thread {t}"),
+            reason: match thread_tracer(pid, t) {
+                Some(tracer) => format!(
+                    "it is already traced by pid {tracer} ({}); detach that tracer first",
+                    procfs::comm(tracer)
+                ),
+                None => {
+                    "ptrace is not permitted (missing CAP_SYS_PTRACE?); run ckpt as root".into()
+                }
+            },
+        },
+        Some(libc::ESRCH) => Error::TaskGone(t),
+        _ => Error::Sys {
+            pid: t,
+            what: "PTRACE_SEIZE".into(),
+            source: e,
+        },
+    }
 }
 
 /// The tracer of one thread, if any.
@@ -185,12 +214,22 @@ fn is_zombie(pid: Pid) -> bool {
     procfs::stat(pid).map(|s| s.state == b'Z').unwrap_or(false)
 }
 
+/// Which processes a tree is: `root` and (with `descendants`) all its
+/// descendants but the `exclude`d ones (a self-checkpoint's helper) and
+/// theirs. Without `descendants`, a root with children is refused: they
+/// would be missing after restart.
+#[derive(Debug, Clone, Copy)]
+pub struct TreeSpec<'a> {
+    pub descendants: bool,
+    pub exclude: &'a [Pid],
+}
+
 /// Freezes `root` and all its descendants. Each process's children are
 /// listed only once it is frozen, so none can fork behind our back: a
 /// frozen process has a fixed set of children, and every child is frozen
 /// (and its own children listed) in turn. Threads are handled by `freeze`,
 /// which re-lists them until the set is stable.
-pub fn freeze_tree(root: Pid, cgroup: Option<&Path>) -> Result<FrozenTree> {
+pub fn freeze_tree(root: Pid, cgroup: Option<&Path>, spec: TreeSpec) -> Result<FrozenTree> {
     let cg = cgroup.map(CgroupFreezer::freeze).transpose()?;
     let wait = cg.is_none();
     let mut procs = Vec::new();
@@ -220,7 +259,16 @@ pub fn freeze_tree(root: Pid, cgroup: Option<&Path>) -> Result<FrozenTree> {
             }
             Err(e) => return Err(e),
         };
-        let kids = procfs::children(p).ctx(p, || "list children".into())?;
+        let mut kids = procfs::children(p).ctx(p, || "list children".into())?;
+        kids.retain(|k| !spec.exclude.contains(k));
+        if !spec.descendants && !kids.is_empty() {
+            return Err(Error::Unsupported {
+                pid: p,
+                comm: procfs::comm(p),
+                object: format!("its child processes ({kids:?})"),
+                reason: "only the process itself was asked for; checkpoint its tree (CKPT_TREE) to include them".into(),
+            });
+        }
         procs.push((p, Some(f)));
         stack.extend(kids.iter().rev());
     }

@@ -5,8 +5,45 @@
 //! `restart` validates a whole image, then rebuilds the process with its
 //! original pid and lets it carry on. The image format is the `ckpt-image`
 //! crate; every raw syscall is in `sys`.
+//!
+//! The API, in three calls (the same exist for C in `include/ckpt.h`, see
+//! `capi`):
+//!
+//! * [`checkpoint()`]`(pid, out, &opts, &mut log)` saves a process tree into
+//!   any [`checkpoint::Sink`] (a `File`, or any `Write` through
+//!   [`checkpoint::Stream`]);
+//! * [`restart()`]`(input, &opts, &mut log)` restarts an image from a file,
+//!   pipe or socket and returns the restored root's pid;
+//! * [`checkpoint_self()`]`(out, &opts, &mut log)` saves the calling process
+//!   and returns [`SelfCheckpoint::Taken`] with an id, or
+//!   [`SelfCheckpoint::Resumed`] in the process restarted from that image.
+//!
+//! ```no_run
+//! use ckpt::{checkpoint_self, Log, SelfCheckpoint, SelfOptions};
+//! let mut total = 0u64;
+//! for step in 0..1_000_000u64 {
+//!     if step % 100_000 == 0 {
+//!         let img = std::fs::OpenOptions::new()
+//!             .read(true).write(true).create(true).truncate(true)
+//!             .open("/var/tmp/job.img")?;
+//!         match checkpoint_self(&img, &SelfOptions::default(), &mut Log::default())? {
+//!             SelfCheckpoint::Taken(id) => eprintln!("checkpoint {id} at step {step}"),
+//!             SelfCheckpoint::Resumed => eprintln!("restarted at step {step}"),
+//!         }
+//!     }
+//!     total = total.wrapping_mul(31).wrapping_add(step);
+//! }
+//! println!("{total}");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! The library leaves the caller's process-wide state alone: no signal
+//! handler, signal mask, limit or environment variable is changed or read
+//! (the `ckpt` command line installs its own handlers; restart raises the
+//! fd limit only for the duration of the call, when an image needs it).
 
 pub mod arch;
+pub mod capi;
 pub mod cgroup;
 pub mod check;
 pub mod checkpoint;
@@ -25,9 +62,12 @@ pub mod process_kind;
 pub mod procfs;
 pub mod remote;
 pub mod restart;
+pub mod self_checkpoint;
 pub mod sockdiag;
 pub mod sys;
 pub mod task;
+#[doc(hidden)]
+pub mod test_hooks;
 pub mod timers;
 pub mod trust;
 pub mod unsupported;
@@ -36,6 +76,7 @@ pub use checkpoint::{checkpoint, CheckpointOptions, Summary};
 pub use error::{Error, Result};
 pub use log::Log;
 pub use restart::{restart, RestartOptions};
+pub use self_checkpoint::{checkpoint_self, SelfCheckpoint, SelfOptions};
 
 use ckpt_image::{Head, Text, ARCH_X86_64, FORMAT_REVISION, HEAD_MAGIC};
 

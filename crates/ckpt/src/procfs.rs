@@ -49,6 +49,18 @@ pub fn children(pid: Pid) -> io::Result<Vec<Pid>> {
     Ok(v)
 }
 
+/// Whether thread `tid` of `pid` still runs (listed, and neither a zombie
+/// nor dead).
+pub fn thread_alive(pid: Pid, tid: Pid) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let state = s.rsplit_once(')')?.1.split_whitespace().next()?.to_string();
+            Some(state != "Z" && state != "X")
+        })
+        .unwrap_or(false)
+}
+
 /// The fields of /proc/PID/stat ckpt uses.
 #[derive(Debug, Default, Clone)]
 pub struct Stat {

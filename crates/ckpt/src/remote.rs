@@ -289,7 +289,7 @@ fn test_hook(moment: &str, tag: Option<&str>) {
     static AT: OnceLock<Option<(String, String)>> = OnceLock::new();
     static COUNT: AtomicU64 = AtomicU64::new(0);
     let at = AT.get_or_init(|| {
-        let v = std::env::var("CKPT_TEST_KILL_AT_INJECTION").ok()?;
+        let v = crate::test_hooks::get().kill_at_injection.clone()?;
         let (n, m) = v.split_once(':').unwrap_or((&v, "entry"));
         Some((n.to_string(), m.to_string()))
     });
@@ -777,7 +777,7 @@ impl Session {
     /// the second slot.
     fn arm_other(&mut self, t: &mut Thread) -> Result<()> {
         // Test hook: exercise the second slot.
-        if std::env::var_os("CKPT_TEST_OTHER_IN_SLOT").is_none() {
+        if !crate::test_hooks::get().other_in_slot {
             let maps = std::mem::take(&mut self.maps);
             let res = self.stack_heal(t, &maps);
             self.maps = maps;
@@ -1039,7 +1039,7 @@ fn read_mapping(mem: &std::fs::File, m: &MapEntry, cap: u64) -> Option<Vec<u8>> 
 /// The gadgets of `Gadgets` in the task's vDSO and executable mappings.
 fn find_gadgets(maps: &[MapEntry], mem: &std::fs::File) -> Option<Gadgets> {
     // Test hook: exercise the fallback (the vDSO's plain syscall).
-    if std::env::var_os("CKPT_TEST_NO_HEAL_GADGETS").is_some() {
+    if crate::test_hooks::get().no_heal_gadgets {
         return None;
     }
     let vdso = maps.iter().find(|m| m.path == b"[vdso]")?;

@@ -19,21 +19,16 @@ use ckpt_image::*;
 use std::io::Seek;
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
-use std::sync::atomic::{AtomicI32, Ordering};
 
+/// What the caller of a restart asks for.
 #[derive(Debug, Clone, Default)]
 pub struct RestartOptions {
-    /// Return once the process runs instead of waiting for it.
-    pub detach: bool,
-}
-
-/// How a restart ended.
-#[derive(Debug)]
-pub enum Outcome {
-    /// `--detach`: the restored root's pid.
-    Detached(Pid),
-    /// The restored root exited with this status (128+N for signal N).
-    Exited(u8),
+    /// A pipe the tree held only as stdin, stdout or stderr, whose other
+    /// end is gone (the harness that captured a job's output has exited),
+    /// is the caller's own fd of that number in the restored tree, as for
+    /// a job the caller started; without it, a pipe nobody reads or writes
+    /// (where the next write dies of SIGPIPE).
+    pub inherit_stdio: bool,
 }
 
 const PAGE: u64 = 4096;
@@ -42,10 +37,35 @@ const TRAMP_PAGES: u64 = 3;
 const TRAMP_LEN: u64 = TRAMP_PAGES * PAGE;
 const RSEQ_FLAG_UNREGISTER: u64 = 1;
 
-/// Restarts the image read from `input`.
-pub fn restart(input: std::fs::File, opts: &RestartOptions, log: &mut Log) -> Result<Outcome> {
+/// Restarts the image read from `input` (a file, pipe or socket) and
+/// returns the restored root's pid once the tree runs on its own.
+///
+/// The restored root is a child of the calling process: reap it with
+/// `waitpid` (or let SIGCHLD be ignored). The caller's process-wide state
+/// is left as it was: no signal handler or mask is changed; the soft
+/// RLIMIT_NOFILE is raised for the duration of the call only when the
+/// image's fds need it. Needs root (pids are chosen with clone3).
+///
+/// ```no_run
+/// let image = std::fs::File::open("job.img")?;
+/// let mut log = ckpt::Log::default();
+/// let pid = ckpt::restart(image, &ckpt::RestartOptions::default(), &mut log)?;
+/// println!("restored as pid {pid}");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn restart(
+    input: impl std::os::fd::AsFd + std::io::Read,
+    opts: &RestartOptions,
+    log: &mut Log,
+) -> Result<Pid> {
     // Who could have written the image decides how far it is believed: see
     // `trust`. Found on the input itself, before it is copied.
+    let input = std::fs::File::from(input.as_fd().try_clone_to_owned().map_err(|e| {
+        Error::Image(ImageError::Io {
+            offset: 0,
+            source: e,
+        })
+    })?);
     let me = trust::Restorer::current();
     let owner = trust::owner_of(&input, me.euid);
     let file = seekable(input)?;
@@ -78,14 +98,7 @@ pub fn restart(input: std::fs::File, opts: &RestartOptions, log: &mut Log) -> Re
             img.processes.len()
         ),
     );
-    // Signals meant for the restored root wait, blocked, until it runs and
-    // the forwarding handlers are in place (the tree forks from us before
-    // that, so it never inherits the handlers).
-    let forwarded = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
-    if !opts.detach {
-        sys::block_signals(&forwarded, true);
-    }
-    let mut b = Build::prepare(&img, &file, fs)?;
+    let mut b = Build::prepare(&img, &file, fs, opts.inherit_stdio)?;
     b.spawn(&img)?;
     b.seize_all(&img)?;
     // Into their cgroups before their memory is rebuilt (and charged).
@@ -99,7 +112,7 @@ pub fn restart(input: std::fs::File, opts: &RestartOptions, log: &mut Log) -> Re
     }
     // Test hook: prove that a restart failing once processes exist leaves
     // nothing behind.
-    if std::env::var_os("CKPT_TEST_FAIL_AFTER_SPAWN").is_some() {
+    if crate::test_hooks::get().fail_after_spawn {
         return refuse(
             "failure injected after the processes were created (CKPT_TEST_FAIL_AFTER_SPAWN)".into(),
         );
@@ -122,17 +135,11 @@ pub fn restart(input: std::fs::File, opts: &RestartOptions, log: &mut Log) -> Re
     files::resume(&img)?;
     b.release(&img)?;
     log.info(0, root, &comm, "restart: process tree running");
-    if opts.detach {
-        return Ok(Outcome::Detached(root));
-    }
-    FORWARD_TO.store(root, Ordering::Relaxed);
-    for s in forwarded {
-        sys::on_signal(s, forward);
-    }
-    sys::block_signals(&forwarded, false);
-    Ok(Outcome::Exited(wait_exit(root)?))
+    Ok(root)
 }
 
+/// How many fds the restorer may hold at once: every description opened
+/// above the highest fd number of the image, plus its own few.
 /// A regular file at offset 0 is used as is; anything else (a pipe from
 /// another host) is copied into a memfd first so tasks can pread from it.
 fn seekable(mut input: std::fs::File) -> Result<std::fs::File> {
@@ -158,6 +165,8 @@ struct Build {
     /// The filesystem ids image paths are opened with (unauthenticated
     /// image: its owner's), `None` for ckpt's own.
     fs: Option<sys::FsIds>,
+    /// Our fd limit, raised for as long as the restart holds descriptions.
+    _nofile: sys::NofileAtLeast,
     opened: files::Opened,
     shmem_fds: Vec<(u32, i32)>,
     img_fd: i32,
@@ -220,7 +229,12 @@ fn io_err(what: String) -> impl FnOnce(std::io::Error) -> Error {
 impl Build {
     /// Opens every shared object (files, pipes, shared memory) in ckpt, at
     /// fds above every fd number of the image, for the tree to inherit.
-    fn prepare(img: &Image, file: &std::fs::File, fs: Option<sys::FsIds>) -> Result<Build> {
+    fn prepare(
+        img: &Image,
+        file: &std::fs::File,
+        fs: Option<sys::FsIds>,
+        inherit_stdio: bool,
+    ) -> Result<Build> {
         let max_fd = img
             .processes
             .iter()
@@ -237,8 +251,8 @@ impl Build {
             + img.shmems.len()
             + 64;
         let needed = base as u64 + held as u64;
-        let limit =
-            sys::ensure_nofile(needed).map_err(io_err("getrlimit(RLIMIT_NOFILE)".into()))?;
+        let (nofile, limit) =
+            sys::NofileAtLeast::raise(needed).map_err(io_err("getrlimit(RLIMIT_NOFILE)".into()))?;
         if limit < needed {
             return Err(Error::Refused(format!(
                 "the image uses fd numbers up to {max_fd} and {} open files; restoring them needs \
@@ -251,6 +265,7 @@ impl Build {
             sys::dup_above(file.as_raw_fd(), base).map_err(io_err("dup image fd".into()))?;
         let mut b = Build {
             fs,
+            _nofile: nofile,
             opened: files::Opened {
                 by_id: Vec::new(),
                 deferred: Vec::new(),
@@ -294,6 +309,7 @@ impl Build {
             base,
             fs: b.fs.as_ref(),
             user_of: &user_of,
+            inherit_stdio,
         })?;
         let (r, w) = sys::pipe().map_err(io_err("pipe".into()))?;
         let w2 = sys::dup_above(w, base).map_err(io_err("dup".into()))?;
@@ -1355,26 +1371,4 @@ fn suid_dumpable() -> Option<u32> {
         .trim()
         .parse()
         .ok()
-}
-
-static FORWARD_TO: AtomicI32 = AtomicI32::new(0);
-
-extern "C" fn forward(sig: i32) {
-    let pid = FORWARD_TO.load(Ordering::Relaxed);
-    if pid > 0 {
-        let _ = sys::kill(pid, sig);
-    }
-}
-
-/// Waits for the restored root (signals to ckpt are forwarded to it).
-fn wait_exit(pid: Pid) -> Result<u8> {
-    loop {
-        let (_, st) = sys::wait(pid, 0).ctx(pid, || "wait for the restored process".into())?;
-        if libc::WIFEXITED(st) {
-            return Ok(libc::WEXITSTATUS(st) as u8);
-        }
-        if libc::WIFSIGNALED(st) {
-            return Ok(128 + libc::WTERMSIG(st) as u8);
-        }
-    }
 }

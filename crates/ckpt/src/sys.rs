@@ -1026,26 +1026,40 @@ pub fn getpgid(pid: Pid) -> Pid {
     unsafe { libc::getpgid(pid) }
 }
 
-/// Makes room for fd numbers below `needed` in this process: raises the
-/// soft RLIMIT_NOFILE, and the hard one too where allowed (CAP_SYS_RESOURCE,
-/// up to fs.nr_open). Returns the soft limit now in force.
-pub fn ensure_nofile(needed: u64) -> io::Result<u64> {
-    let (cur, max) = prlimit(0, libc::RLIMIT_NOFILE, None)?;
-    if cur >= needed {
-        return Ok(cur);
+/// Room for fd numbers below `needed` while a restart holds them: the soft
+/// RLIMIT_NOFILE raised (and the hard one where allowed: CAP_SYS_RESOURCE,
+/// up to fs.nr_open), and put back on drop: the caller's limit is its own.
+pub struct NofileAtLeast(Option<(u64, u64)>);
+
+impl NofileAtLeast {
+    /// The guard, and the soft limit now in force.
+    pub fn raise(needed: u64) -> io::Result<(NofileAtLeast, u64)> {
+        let (cur, max) = prlimit(0, libc::RLIMIT_NOFILE, None)?;
+        if cur >= needed {
+            return Ok((NofileAtLeast(None), cur));
+        }
+        let old = NofileAtLeast(Some((cur, max)));
+        if max < needed {
+            let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .unwrap_or(max);
+            let want = needed.min(nr_open).max(max);
+            if prlimit(0, libc::RLIMIT_NOFILE, Some((want, want))).is_ok() {
+                return Ok((old, want));
+            }
+        }
+        prlimit(0, libc::RLIMIT_NOFILE, Some((max, max)))?;
+        Ok((old, max))
     }
-    if max < needed {
-        let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
-            .ok()
-            .and_then(|s| s.trim().parse::<u64>().ok())
-            .unwrap_or(max);
-        let want = needed.min(nr_open).max(max);
-        if prlimit(0, libc::RLIMIT_NOFILE, Some((want, want))).is_ok() {
-            return Ok(want);
+}
+
+impl Drop for NofileAtLeast {
+    fn drop(&mut self) {
+        if let Some(old) = self.0 {
+            let _ = prlimit(0, libc::RLIMIT_NOFILE, Some(old));
         }
     }
-    prlimit(0, libc::RLIMIT_NOFILE, Some((max, max)))?;
-    Ok(max)
 }
 
 /// A MAP_SHARED|MAP_ANONYMOUS object of `len` bytes, as an fd >= `base`
@@ -1903,6 +1917,34 @@ pub fn fstat_ino(fd: i32) -> io::Result<(u64, u64)> {
     // SAFETY: fstat succeeded, so it filled `st`.
     let st = unsafe { st.assume_init() };
     Ok((st.st_dev, st.st_ino))
+}
+
+/// waitpid(pid, WNOHANG): 0 while it runs, its pid once reaped.
+pub fn wait_nohang(pid: Pid) -> io::Result<Pid> {
+    let mut st = 0;
+    // SAFETY: st is a valid out-pointer.
+    check(unsafe { libc::waitpid(pid, &mut st, libc::WNOHANG) } as libc::c_long).map(|r| r as Pid)
+}
+
+/// Takes ownership of a raw fd this process opened and nothing else owns.
+pub fn own_fd(fd: i32) -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd;
+    // SAFETY: callers pass a fresh fd (a dup) that no other object owns.
+    unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }
+}
+
+/// A caller's open fd, borrowed for the duration of a C call.
+pub fn borrow_fd(fd: i32) -> io::Result<std::os::fd::BorrowedFd<'static>> {
+    fd_flags(fd)?;
+    // SAFETY: fd is open (checked above); the C caller keeps it open for
+    // the call, and the borrow does not outlive it.
+    Ok(unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) })
+}
+
+/// Sets the calling thread's errno (for the C interface).
+pub fn set_errno(e: i32) {
+    // SAFETY: __errno_location returns this thread's errno slot.
+    unsafe { *libc::__errno_location() = e };
 }
 
 // ---- Sockets (unix sockets and sock_diag) ----

@@ -203,6 +203,9 @@ pub struct OpenCx<'a> {
     /// The fd number each description should have in the restorer (see
     /// `files::slots`).
     pub slots: std::collections::HashMap<u32, i32>,
+    /// Standard fds whose pipe's other end is gone may be the restorer's
+    /// own (`RestartOptions::inherit_stdio`).
+    pub inherit_stdio: bool,
 }
 
 /// Status flags F_SETFL can change on an open description.

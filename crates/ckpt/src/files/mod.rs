@@ -111,12 +111,22 @@ impl FileTable {
         self.dumped.push(pid);
         let mut fds = Vec::new();
         for fd in procfs::fds(pid).ctx(pid, || "list fds".into())? {
-            let Ok(link) = procfs::link(pid, &format!("fd/{fd}")) else {
+            let Ok(mut link) = procfs::link(pid, &format!("fd/{fd}")) else {
                 continue; // closed meanwhile
             };
-            let meta = std::fs::metadata(format!("/proc/{pid}/fd/{fd}"))
+            let mut meta = std::fs::metadata(format!("/proc/{pid}/fd/{fd}"))
                 .ctx(pid, || format!("stat fd {fd}"))?;
-            let info = procfs::fdinfo(pid, fd).ctx(pid, || format!("read fdinfo of fd {fd}"))?;
+            let mut info =
+                procfs::fdinfo(pid, fd).ctx(pid, || format!("read fdinfo of fd {fd}"))?;
+            if self.cx.opts.internal.stand_ins.contains(&(pid, fd)) {
+                // The stream a self-checkpoint writes to (see `self_checkpoint`).
+                link = b"/dev/null".to_vec();
+                meta = std::fs::metadata("/dev/null").ctx(pid, || "stat /dev/null".into())?;
+                info.flags = (info.flags & libc::O_CLOEXEC as u32) | libc::O_WRONLY as u32;
+                info.pos = 0;
+                info.lock = None;
+                info.text.clear();
+            }
             let p = Probe::new(pid, comm, fd, &link, &meta, &info);
             // Its locks (`lock:` lines) are saved by `locks`.
             let cloexec = info.flags & libc::O_CLOEXEC as u32 != 0;
@@ -342,6 +352,8 @@ pub struct OpenArgs<'a> {
     pub fs: Option<&'a sys::FsIds>,
     /// A process holding a file, named in errors.
     pub user_of: &'a dyn Fn(u32) -> Pid,
+    /// See `RestartOptions::inherit_stdio`.
+    pub inherit_stdio: bool,
 }
 
 /// Opens every saved description in the calling process, at fd numbers
@@ -358,6 +370,7 @@ pub fn open_all(a: &OpenArgs) -> Result<Opened> {
         deferred: Vec::new(),
         made: Vec::new(),
         slots: slots(a.img, a.base),
+        inherit_stdio: a.inherit_stdio,
     };
     let r = open_stages(&mut cx);
     // Paths made for the opening (removed FIFOs) go again, whatever happens.

@@ -203,10 +203,62 @@ impl FdKind for PipeKind {
     }
 }
 
+/// A pipe the tree held only one end of, and only as standard input,
+/// output or error (fds 0-2), whose other end's holder is gone (the shell
+/// or harness that captured a job's output has exited): the restored
+/// process gets the restorer's own fd of that number there, as a job
+/// started from it would, instead of a pipe nobody reads or writes
+/// (where its next write would die of SIGPIPE). Only when the restorer
+/// asks for it (`RestartOptions::inherit_stdio`: `ckpt restart` without
+/// --detach, `ckpt_restart`). Documented in the README.
+fn inherit_stdio(cx: &OpenCx, p: &Pipe) -> Option<i32> {
+    if !cx.inherit_stdio {
+        return None;
+    }
+    let descs: Vec<&File> = cx
+        .img
+        .files
+        .iter()
+        .filter(|f| f.kind == FILE_PIPE && f.obj == p.id)
+        .collect();
+    let mode = |f: &File| f.flags as i32 & libc::O_ACCMODE;
+    let first = mode(descs.first()?);
+    if descs.iter().any(|f| mode(f) != first) {
+        return None; // both ends in the tree: its own pipe
+    }
+    let fds: Vec<u32> = cx
+        .img
+        .processes
+        .iter()
+        .flat_map(|q| q.fds.iter())
+        .filter(|d| descs.iter().any(|f| f.id == d.file_id))
+        .map(|d| d.fd)
+        .collect();
+    if fds.iter().any(|&fd| fd > 2) {
+        return None;
+    }
+    let n = *fds.iter().min()? as i32;
+    // Ours must be open in a mode that serves that end.
+    let ours = sys::status_flags(n).ok()? & libc::O_ACCMODE;
+    if ours != libc::O_RDWR && ours != first {
+        return None;
+    }
+    let fd = sys::dup_above(n, cx.base).ok()?;
+    tracing::info!(
+        "pipe {} (fd {n} of the tree): its other end is gone; the restored tree uses ckpt's fd {n} instead",
+        p.id
+    );
+    Some(fd)
+}
+
 fn open_pipes(cx: &mut OpenCx, files: &[&File], ends: &mut Vec<(u32, i32, i32)>) -> Result<()> {
     for p in &cx.img.pipes {
         if let Some((r, w)) = reconnect_pipe(p, cx.base, cx.fs) {
             ends.push((p.id, r, w));
+            continue;
+        }
+        if let Some(fd) = inherit_stdio(cx, p) {
+            ends.push((p.id, fd, fd));
             continue;
         }
         let (r, w) = sys::pipe().map_err(|e| cx.err("pipe".into(), e))?;
