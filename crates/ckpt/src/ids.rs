@@ -26,6 +26,9 @@ impl IdSpace {
     }
 }
 
+/// A search that found no description: (pid, fd, dev, ino, where it goes).
+type Miss = (Pid, i32, u64, u64, usize);
+
 /// One fd of a process, and the description it was saved as.
 type FdOf = (Pid, i32, ObjId);
 
@@ -40,6 +43,11 @@ pub struct FdIds {
     by_fd: HashMap<(Pid, i32), ObjId>,
     /// One fd of each description, by (dev, ino), sorted by `sys::file_order`.
     reps: HashMap<(u64, u64), Vec<FdOf>>,
+    /// The fds whose fdinfo lists a lock (`locks` reads only those again).
+    locked: std::collections::HashSet<(Pid, i32)>,
+    /// The last search that found no description: (pid, fd, dev, ino) and
+    /// where it would go, so `note` need not search again.
+    missed: std::cell::Cell<Option<Miss>>,
 }
 
 impl FdIds {
@@ -74,7 +82,10 @@ impl FdIds {
     pub fn shared(&self, pid: Pid, fd: i32, dev: u64, ino: u64) -> std::io::Result<Option<ObjId>> {
         Ok(match self.search(pid, fd, dev, ino)? {
             Ok(i) => Some(self.reps[&(dev, ino)][i].2),
-            Err(_) => None,
+            Err(at) => {
+                self.missed.set(Some((pid, fd, dev, ino, at)));
+                None
+            }
         })
     }
 
@@ -87,7 +98,11 @@ impl FdIds {
         ino: u64,
         id: ObjId,
     ) -> std::io::Result<()> {
-        if let Err(at) = self.search(pid, fd, dev, ino)? {
+        let found = match self.missed.take() {
+            Some((p, f, d, i, at)) if (p, f, d, i) == (pid, fd, dev, ino) => Err(at),
+            _ => self.search(pid, fd, dev, ino)?,
+        };
+        if let Err(at) = found {
             self.reps
                 .entry((dev, ino))
                 .or_default()
@@ -96,6 +111,16 @@ impl FdIds {
         self.seen.push((pid, fd, id));
         self.by_fd.insert((pid, fd), id);
         Ok(())
+    }
+
+    /// Records that fd `fd` of `pid` holds a lock (its fdinfo says so).
+    pub fn note_locked(&mut self, pid: Pid, fd: i32) {
+        self.locked.insert((pid, fd));
+    }
+
+    /// Whether fd `fd` of `pid` was seen holding a lock.
+    pub fn locked(&self, pid: Pid, fd: i32) -> bool {
+        self.locked.contains(&(pid, fd))
     }
 
     /// The description fd `fd` of `pid` was saved as.

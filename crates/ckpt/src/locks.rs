@@ -182,10 +182,12 @@ impl ProcessKind for FileLocks {
     fn dump(&self, cx: &ProcessCx, _main: &mut Remote, _s: &Scratch) -> Result<Vec<AnyRecord>> {
         let pid = cx.pid;
         let mut found: Vec<(FileLock, LockLine)> = Vec::new();
+        // Only fds whose fdinfo showed a lock when their table was saved
+        // (the tree is frozen since).
         let fds: Vec<(i32, u32)> = cx
             .fds
             .all()
-            .filter(|x| x.0 == pid)
+            .filter(|x| x.0 == pid && cx.fds.locked(pid, x.1))
             .map(|x| (x.1, x.2 .0))
             .collect();
         for (fd, id) in fds {

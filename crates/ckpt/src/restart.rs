@@ -1295,11 +1295,13 @@ fn validate_process(
             ));
         }
     }
-    for (i, d) in p.fds.iter().enumerate() {
-        if p.fds[..i].iter().any(|e| e.fd == d.fd) {
+    let ids: std::collections::HashSet<u32> = img.files.iter().map(|f| f.id).collect();
+    let mut seen = std::collections::HashSet::new();
+    for d in &p.fds {
+        if !seen.insert(d.fd) {
             return refuse(format!("pid {pid}: fd {} appears twice in the image", d.fd));
         }
-        if !img.files.iter().any(|f| f.id == d.file_id) {
+        if !ids.contains(&d.file_id) {
             return refuse(format!(
                 "pid {pid}: fd {} refers to a file the image does not have",
                 d.fd

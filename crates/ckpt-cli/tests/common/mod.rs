@@ -1176,6 +1176,10 @@ impl TestEnv {
                 w.diagnostics()
             );
         }
+        // A restored process is not our child: its parent (pid 1 or a
+        // subreaper) reaps it in its own time; checkpoint does not wait.
+        let gone = || matches!(kill(w.pid, 0), Err(e) if errno_of(&e) == libc::ESRCH);
+        wait_until(TIMEOUT, gone);
         let probe = kill(w.pid, 0);
         assert!(
             matches!(&probe, Err(e) if errno_of(e) == libc::ESRCH),

@@ -152,6 +152,9 @@ impl FileTable {
                 .fds
                 .note(pid, fd, meta.dev(), meta.ino(), id)
                 .ctx(pid, || format!("kcmp fd {fd}"))?;
+            if info.lock.is_some() {
+                self.cx.fds.note_locked(pid, fd);
+            }
             fds.push(Fd {
                 fd: fd as u32,
                 file_id: id.0,
