@@ -1139,6 +1139,71 @@ pub fn crc32c_of_range(fd: i32, off: u64, len: usize) -> io::Result<u32> {
     Ok(crc)
 }
 
+/// Copies the memory runs (address, length) of process `pid`, back to
+/// back, into file `fd` from offset `off` (page-aligned): straight from its
+/// pages into the file's through a shared mapping of the range, one copy.
+/// The file is extended to cover the range first if it is shorter.
+pub fn copy_process_into_file(pid: Pid, runs: &[(u64, u64)], fd: i32, off: u64) -> io::Result<()> {
+    let len: u64 = runs.iter().map(|r| r.1).sum();
+    if len == 0 {
+        return Ok(());
+    }
+    // SAFETY: fstat fills the struct it is given.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: st is a valid, writable stat.
+    check(unsafe { libc::fstat(fd, &mut st) } as libc::c_long)?;
+    if (st.st_size as u64) < off + len {
+        ftruncate(fd, off + len)?;
+    }
+    // SAFETY: a fresh shared mapping of our own file, unmapped below.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len as usize,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_POPULATE,
+            fd,
+            off as i64,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    let res = (|| {
+        let mut done = 0u64;
+        for chunk in runs.chunks(1024) {
+            let remote: Vec<libc::iovec> = chunk
+                .iter()
+                .map(|&(a, l)| libc::iovec {
+                    iov_base: a as *mut _,
+                    iov_len: l as usize,
+                })
+                .collect();
+            let want: u64 = chunk.iter().map(|r| r.1).sum();
+            let local = libc::iovec {
+                // SAFETY: within the mapping: done + want <= len.
+                iov_base: unsafe { (p as *mut u8).add(done as usize) } as *mut _,
+                iov_len: want as usize,
+            };
+            // SAFETY: the local iovec lies in our writable mapping; the
+            // remote ones are only read, by the kernel, in the other process.
+            let n = check(unsafe {
+                libc::process_vm_readv(pid, &local, 1, remote.as_ptr(), remote.len() as u64, 0)
+            } as libc::c_long)? as u64;
+            if n != want {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "short process_vm_readv",
+                ));
+            }
+            done += want;
+        }
+        Ok(())
+    })();
+    munmap(p as u64, len as usize);
+    res
+}
+
 /// The page frame number of the kernel's zero page, which untouched memory
 /// that was only read maps (needs CAP_SYS_ADMIN to see PFNs; None without).
 pub fn zero_page_pfn() -> Option<u64> {
