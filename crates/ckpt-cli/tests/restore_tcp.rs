@@ -232,14 +232,160 @@ fn refuse_tcp_socket_filter() {
 }
 
 #[test]
-fn refuse_tcp_half_closed_and_undo_repair() {
+fn refuse_tcp_filter_and_undo_repair() {
     let _g = serial();
     refused(
-        "refuse_tcp_half_closed_and_undo_repair",
-        "halfclosed",
-        &["half-closed", "FIN_WAIT2", "--tcp-close"],
+        "refuse_tcp_filter_and_undo_repair",
+        "filtered",
+        &["SO_ATTACH_FILTER"],
     );
-    assert_no_rules("refuse_tcp_half_closed_and_undo_repair");
+    assert_no_rules("refuse_tcp_filter_and_undo_repair");
+}
+
+/// Half-closed connections inside the tree, in every state (see the fin
+/// case of the workload), come back in their state and end as they would
+/// have.
+fn half_closed(test: &str, case: &str) {
+    let _g = serial();
+    let Some(env) = TestEnv::new(test) else {
+        return;
+    };
+    let Some(mut w) = env.start_workload("tcp", &[case]) else {
+        return;
+    };
+    let img = env.path("img");
+    env.checkpoint_and_kill(&mut w, &img);
+    let run = env.ckpt([OsStr::new("inspect"), img.as_os_str()]);
+    // Every half-closed state was saved (restart checks each one it
+    // rebuilds by replaying FINs).
+    for st in [4, 5, 8, 9, 11] {
+        assert!(
+            run.stdout.contains(&format!(" state {st}, ")),
+            "inspect shows no repaired connection in state {st}:\n{}",
+            run.stdout
+        );
+    }
+    env.restart_detached(&mut w, &img);
+    env.wait_blocked_in(&mut w, &[libc::SYS_pause]);
+    env.signal_and_expect_pass(&mut w, libc::SIGTERM);
+    assert_no_rules(test);
+}
+
+#[test]
+fn restore_tcp_half_closed_ipv4() {
+    half_closed("restore_tcp_half_closed_ipv4", "fin4");
+}
+
+#[test]
+fn restore_tcp_half_closed_ipv6() {
+    half_closed("restore_tcp_half_closed_ipv6", "fin6");
+}
+
+/// The state (hex, as /proc/net/tcp shows it) of the IPv4 socket bound to
+/// local port `lport` and connected to `rport`.
+fn proc_tcp_state(lport: u16, rport: u16) -> Option<u8> {
+    let t = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    let port = |a: &str| {
+        a.rsplit(':')
+            .next()
+            .and_then(|p| u16::from_str_radix(p, 16).ok())
+    };
+    t.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.len() > 3 && port(f[1]) == Some(lport) && port(f[2]) == Some(rport))
+            .then(|| u8::from_str_radix(f[3], 16).ok())
+            .flatten()
+    })
+}
+
+fn wait_server_state(c: &std::net::TcpStream, want: u8, name: &str) {
+    let (sport, cport) = (
+        c.peer_addr().unwrap().port(),
+        c.local_addr().unwrap().port(),
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || proc_tcp_state(sport, cport)
+            == Some(want)),
+        "the server's socket is not in {name}: state {:?}",
+        proc_tcp_state(sport, cport)
+    );
+}
+
+fn expect_eof(c: &mut std::net::TcpStream, when: &str) {
+    let mut b = [0u8; 16];
+    match c.read(&mut b) {
+        Ok(0) => {}
+        other => panic!("{when}: reading from the server gave {other:?}, not EOF"),
+    }
+}
+
+/// A server in FIN_WAIT2 whose client (this test) is outside the tree:
+/// after restart the client still sends, the server reads it all and
+/// still cannot write.
+#[test]
+fn restore_tcp_fin_wait2_client_outside_the_tree() {
+    let test = "restore_tcp_fin_wait2_client_outside_the_tree";
+    let _g = serial();
+    let Some(env) = TestEnv::new(test) else {
+        return;
+    };
+    let Some(mut w) = env.start_workload("tcp", &["extfw2"]) else {
+        return;
+    };
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port_of(&w))).expect("connect");
+    c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    read_check(&mut c, 0, 100000);
+    expect_eof(&mut c, "before the checkpoint");
+    send(&mut c, 0, 10000);
+    env.wait_blocked_in(&mut w, &[libc::SYS_pause]);
+    wait_server_state(&c, 5, "FIN_WAIT2");
+    let img = env.path("img");
+    env.checkpoint_and_kill(&mut w, &img);
+    // Dropped while no server socket exists, retransmitted afterwards.
+    send(&mut c, 10000, 20000);
+    env.restart_detached(&mut w, &img);
+    env.wait_blocked_in(&mut w, &[libc::SYS_pause]);
+    wait_server_state(&c, 5, "FIN_WAIT2 after restart");
+    expect_eof(&mut c, "after restart");
+    w.proc.signal(libc::SIGTERM).expect("SIGTERM");
+    send(&mut c, 30000, 70000);
+    c.shutdown(std::net::Shutdown::Write).expect("shutdown");
+    env.signal_and_expect_pass(&mut w, 0);
+    drop(c);
+    assert_no_rules(test);
+}
+
+/// A server in CLOSE_WAIT whose client (this test) is outside the tree:
+/// after restart the client gets the rest of the server's bytes, the
+/// server reads the client's bytes and EOF, then sends more and closes.
+#[test]
+fn restore_tcp_close_wait_client_outside_the_tree() {
+    let test = "restore_tcp_close_wait_client_outside_the_tree";
+    let _g = serial();
+    let Some(env) = TestEnv::new(test) else {
+        return;
+    };
+    let Some(mut w) = env.start_workload("tcp", &["extcw"]) else {
+        return;
+    };
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port_of(&w))).expect("connect");
+    c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    read_check(&mut c, 0, 50000);
+    send(&mut c, 0, 10000);
+    c.shutdown(std::net::Shutdown::Write).expect("shutdown");
+    env.wait_blocked_in(&mut w, &[libc::SYS_pause]);
+    wait_server_state(&c, 8, "CLOSE_WAIT");
+    let img = env.path("img");
+    env.checkpoint_and_kill(&mut w, &img);
+    env.restart_detached(&mut w, &img);
+    read_check(&mut c, 50000, 50000);
+    env.wait_blocked_in(&mut w, &[libc::SYS_pause]);
+    w.proc.signal(libc::SIGTERM).expect("SIGTERM");
+    read_check(&mut c, 100000, 100000);
+    expect_eof(&mut c, "once the server closed");
+    env.signal_and_expect_pass(&mut w, 0);
+    drop(c);
+    assert_no_rules(test);
 }
 
 #[test]

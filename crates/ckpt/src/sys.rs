@@ -2296,6 +2296,23 @@ pub fn sock_connect(fd: i32, family: u32, addr: &[u8], port: u16) -> io::Result<
     check(r as libc::c_long).map(drop)
 }
 
+/// sendto(fd, data, (family, addr, port)) without waiting.
+pub fn sock_sendto(fd: i32, data: &[u8], family: u32, addr: &[u8], port: u16) -> io::Result<usize> {
+    let (ss, len) = sockaddr(family, addr, port)?;
+    // SAFETY: data is readable for its length; ss holds a valid sockaddr of len bytes.
+    let r = unsafe {
+        libc::sendto(
+            fd,
+            data.as_ptr().cast(),
+            data.len(),
+            libc::MSG_DONTWAIT,
+            (&ss as *const libc::sockaddr_storage).cast(),
+            len,
+        )
+    };
+    check(r as libc::c_long).map(|r| r as usize)
+}
+
 /// recv(fd, buf, flags).
 pub fn recv(fd: i32, buf: &mut [u8], flags: i32) -> io::Result<usize> {
     // SAFETY: buf is valid for buf.len() writable bytes.

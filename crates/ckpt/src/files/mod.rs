@@ -23,6 +23,7 @@ mod procfile;
 mod signalfd;
 pub mod sockopt;
 mod tcp;
+pub(crate) mod tcp_fin;
 mod timerfd;
 mod udp;
 mod unix;

@@ -24,9 +24,38 @@
 //!   just before the tree runs; then the packets pass again and the bytes
 //!   written but never sent are queued normally. Both ends of a loopback
 //!   connection inside the tree are restored the same way.
-//!   Half-closed connections (FIN_WAIT1/2, CLOSE_WAIT, LAST_ACK, CLOSING)
-//!   and connections being set up (SYN_SENT, SYN_RECV) are refused: the
-//!   kernel allows repair mode only on established or closed sockets.
+//! - Half-closed (FIN_WAIT1, FIN_WAIT2, CLOSE_WAIT, LAST_ACK, CLOSING):
+//!   saved like an established connection (repair mode works in these
+//!   states), but a FIN takes a sequence number and no byte: ours is
+//!   counted in the send sequence (and, until acknowledged, in SIOCOUTQ,
+//!   and in SIOCOUTQNSD while it waits behind unsent bytes), the peer's in
+//!   the receive sequence. The image keeps the kernel's sequence numbers
+//!   and the state; queues and `unsent` hold bytes only. Repair mode can
+//!   only rebuild an ESTABLISHED socket, so restart rebuilds it one
+//!   sequence number short on each side with a FIN (and the announced
+//!   window's left edge no further than that), then replays the FINs in
+//!   their order (`tcp_fin`): our FIN with shutdown(SHUT_WR); the peer's
+//!   with a segment (FIN, ACK, its sequence number, acknowledging what the
+//!   peer had acknowledged, the peer's last window) written from a raw
+//!   socket as if the peer sent it, with a mark the blocking rules let
+//!   through; FIN_WAIT2's acknowledgement of our FIN the same way, after
+//!   shutdown put our FIN in as sent (send queue selected: nothing goes
+//!   out). In order, while still blocked: FIN_WAIT2's FIN and its ACK,
+//!   CLOSE_WAIT's and LAST_ACK's peer FIN; then repair mode ends, packets
+//!   pass, unsent bytes are queued, FIN_WAIT1's, LAST_ACK's and CLOSING's
+//!   FIN follows them (a second copy of one sent before has its sequence
+//!   number: a retransmission), and CLOSING's peer FIN comes last. Each
+//!   replayed segment must bring the socket to its state within 2 s, or
+//!   the restart fails. What the peer does meanwhile is what it would have
+//!   done to the original socket (nothing provokes a reset: the socket is
+//!   synchronized all along). The segments carry no timestamp option
+//!   (the kernel accepts a segment without one, and it leaves the echoed
+//!   timestamp alone). Not kept: how the restored queues are cut into
+//!   segments, so a FIN waiting behind bytes the peer had no room for may
+//!   go out at once (and a restored connection's buffers are made large
+//!   enough for its queues, so the window may open).
+//! - Connections being set up (SYN_SENT, SYN_RECV) and TIME_WAIT are
+//!   refused (a socket in TIME_WAIT no longer has an fd anyway).
 //! - `--tcp-close`: established and half-closed connections are not put
 //!   in repair mode; killing the tree closes them as usual (the peer sees
 //!   FIN or RST), and restart replaces each with a socket whose
@@ -52,6 +81,7 @@
 //! refused.
 
 use super::kind::{objects_of, Check, DumpCx, FdKind, OpenCx, Probe, ResumeCx};
+use super::tcp_fin::{self, Segment};
 use crate::error::{Error, Result};
 use crate::netblock::{self, Conn};
 use crate::sys;
@@ -86,8 +116,7 @@ const SIOCOUTQNSD: u64 = 0x894B;
 const IPV6_TCLASS: i32 = 67;
 
 // TCP states (include/net/tcp_states.h).
-const ESTABLISHED: u32 = 1;
-const CLOSE: u32 = 7;
+use super::tcp_fin::{CLOSE, CLOSE_WAIT, CLOSING, FIN_WAIT2};
 const LISTEN: u32 = 10;
 
 fn state_name(s: u32) -> &'static str {
@@ -455,13 +484,27 @@ fn read_repair(p: &Probe, fd: i32, info: &Info, r: &mut TcpRepair) -> Result<(Ve
     sys::setsockopt_int(fd, tcp, TCP_REPAIR_QUEUE, TCP_QUEUE_RECV as i32)
         .map_err(e("select the receive queue (TCP_REPAIR_QUEUE)"))?;
     r.rcv_seq = sys::getsockopt_int(fd, tcp, TCP_QUEUE_SEQ).map_err(e("TCP_QUEUE_SEQ"))? as u32;
+    // (Without the peer's FIN, which takes a sequence number but no byte.)
     let inq = sys::ioctl_int(fd, SIOCINQ).map_err(e("SIOCINQ"))? as usize;
     let recvq = peek_queue(fd, inq).map_err(e("peek the receive queue"))?;
     sys::setsockopt_int(fd, tcp, TCP_REPAIR_QUEUE, TCP_QUEUE_SEND as i32)
         .map_err(e("select the send queue (TCP_REPAIR_QUEUE)"))?;
     r.snd_seq = sys::getsockopt_int(fd, tcp, TCP_QUEUE_SEQ).map_err(e("TCP_QUEUE_SEQ"))? as u32;
-    let outq = sys::ioctl_int(fd, SIOCOUTQ).map_err(e("SIOCOUTQ"))? as usize;
-    let unsent = sys::ioctl_int(fd, SIOCOUTQNSD).map_err(e("SIOCOUTQNSD"))? as usize;
+    let mut outq = sys::ioctl_int(fd, SIOCOUTQ).map_err(e("SIOCOUTQ"))? as usize;
+    let mut unsent = sys::ioctl_int(fd, SIOCOUTQNSD).map_err(e("SIOCOUTQNSD"))? as usize;
+    // Our FIN, not acknowledged yet, is counted in both (unsent when it
+    // waits behind unsent bytes); the queue peeks bytes only.
+    let fins = tcp_fin::fins(info.state).unwrap_or_default();
+    if fins.queued() {
+        if outq == 0 {
+            return Err(p.unsupported(&format!(
+                "its connection is in state {} without a FIN in its send queue (the kernel could not queue it), which ckpt cannot restore",
+                state_name(info.state)
+            )));
+        }
+        outq -= 1;
+        unsent = unsent.saturating_sub(1);
+    }
     let sendq = peek_queue(fd, outq).map_err(e("peek the send queue"))?;
     sys::setsockopt_int(fd, tcp, TCP_REPAIR_QUEUE, TCP_NO_QUEUE).map_err(e("TCP_REPAIR_QUEUE"))?;
     r.unsent = unsent.min(outq) as u32;
@@ -526,16 +569,10 @@ impl FdKind for Tcp {
             }
             CLOSE => TCP_MODE_PLAIN,
             _ if cx.opts.tcp_close && !matches!(info.state, 2 | 3) => TCP_MODE_RESET,
-            ESTABLISHED => TCP_MODE_REPAIR,
-            s @ (4 | 5 | 8 | 9 | 11) => {
-                return Err(p.unsupported(&format!(
-                    "it is a half-closed connection ({}): ckpt restores established connections only; checkpoint once the connection is established or closed, or use --tcp-close to restore it as reset",
-                    state_name(s)
-                )))
-            }
+            s if tcp_fin::fins(s).is_some() => TCP_MODE_REPAIR,
             s => {
                 return Err(p.unsupported(&format!(
-                    "its connection is in state {} ({s}), which ckpt cannot restore (only established connections, listeners and unconnected sockets); checkpoint once it is established",
+                    "its connection is in state {} ({s}), which ckpt cannot restore (only established and half-closed connections, listeners and unconnected sockets); checkpoint once it is established, or use --tcp-close to restore it as reset",
                     state_name(s)
                 )))
             }
@@ -716,32 +753,149 @@ impl FdKind for Tcp {
         let Some((pid, copy)) = cx.fetch(f.id)? else {
             return Ok(());
         };
-        let fd = copy.as_raw_fd();
-        let fail = |what: &str, source| Error::Sys {
-            pid,
-            what: format!("{what} (TCP socket {})", describe(r)),
-            source,
-        };
-        sys::setsockopt_int(fd, libc::IPPROTO_TCP, TCP_REPAIR, 0)
-            .map_err(|e| fail("leave repair mode", e))?;
-        if r.reuseaddr {
-            sys::setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)
-                .map_err(|e| fail("setsockopt SO_REUSEADDR", e))?;
-        }
-        netblock::unblock(&conn_of(r));
-        // The bytes never sent go out as a normal write now.
+        let rep = repair_record(cx.img, f)?;
         let sendq = queues(cx.img, f.id)
             .find(|q| q.queue == TCP_QUEUE_SEND)
             .map_or(&[][..], |q| &q.data.0[..]);
-        let unsent = repair_record(cx.img, f)?.unsent as usize;
-        let mut rest = &sendq[sendq.len() - unsent..];
-        while !rest.is_empty() {
-            let n = sys::send(fd, rest, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
-                .map_err(|e| fail("queue the bytes not sent yet", e))?;
-            rest = &rest[n..];
-        }
-        Ok(())
+        resume_repaired(copy.as_raw_fd(), r, rep, sendq).map_err(|(what, source)| Error::Sys {
+            pid,
+            what: format!("{what} (TCP socket {})", describe(r)),
+            source,
+        })
     }
+}
+
+/// Waits (up to 2 s) for socket `fd` to reach one of `states` after a
+/// segment was injected (the loopback device may deliver it later).
+fn await_state(fd: i32, states: &[u32], what: &str) -> std::result::Result<(), StepErr> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        let now = step("getsockopt TCP_INFO", tcp_info(fd))?.state;
+        if states.contains(&now) {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err((
+                format!(
+                    "{what}: the socket is in state {} instead of {}",
+                    state_name(now),
+                    state_name(states[0])
+                ),
+                std::io::Error::from_raw_os_error(libc::ETIMEDOUT),
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
+/// Leaves repair mode on restored connection `fd` (just before the tree
+/// runs), lets its packets through, queues the bytes never sent and
+/// replays the FINs of a half-closed connection (see the module doc).
+fn resume_repaired(
+    fd: i32,
+    r: &TcpSk,
+    rep: &TcpRepair,
+    sendq: &[u8],
+) -> std::result::Result<(), StepErr> {
+    let tcp = libc::IPPROTO_TCP;
+    let fins = tcp_fin::fins(r.state).unwrap_or_default();
+    let conn = conn_of(r);
+    let scale = if rep.tcp_options & TCPI_OPT_WSCALE != 0 {
+        rep.snd_wscale
+    } else {
+        0
+    };
+    let window = (rep.snd_wnd >> scale).min(0xffff) as u16;
+    // The peer's view: everything before our FIN was acknowledged up to
+    // the send queue, and its FIN (if any) is the last receive number.
+    let snd_una = rep
+        .snd_seq
+        .wrapping_sub(fins.sent as u32)
+        .wrapping_sub(sendq.len() as u32);
+    let rcv_nxt = rep.rcv_seq.wrapping_sub(fins.received as u32);
+    let their_fin = |ack: u32| Segment {
+        seq: rcv_nxt,
+        ack,
+        fin: true,
+        window,
+    };
+    let inject = |seg: &Segment, want: &[u32], what: &str| {
+        step(
+            &format!("{what} (a segment from a raw socket, needs CAP_NET_RAW)"),
+            tcp_fin::inject(&conn, seg),
+        )?;
+        await_state(fd, want, what)
+    };
+    if fins.sent || fins.received {
+        // Still blocked: only ckpt's marked segments pass.
+        netblock::let_marked_through();
+    }
+    if fins.acked {
+        // FIN_WAIT2: our FIN goes in as sent (the send queue selected, it
+        // is not transmitted), then the peer's acknowledgement of it.
+        let q = |v: i32| {
+            step(
+                "select the send queue",
+                sys::setsockopt_int(fd, tcp, TCP_REPAIR_QUEUE, v),
+            )
+        };
+        q(TCP_QUEUE_SEND as i32)?;
+        step("queue our FIN (shutdown)", sys::shutdown(fd, libc::SHUT_WR))?;
+        q(TCP_NO_QUEUE)?;
+        let ack = Segment {
+            seq: rcv_nxt,
+            ack: rep.snd_seq,
+            fin: false,
+            window,
+        };
+        inject(
+            &ack,
+            &[FIN_WAIT2],
+            "replay the peer's acknowledgement of our FIN",
+        )?;
+    }
+    if fins.received && r.state != CLOSING {
+        // CLOSE_WAIT, LAST_ACK: the peer's FIN came first.
+        inject(&their_fin(snd_una), &[CLOSE_WAIT], "replay the peer's FIN")?;
+    }
+    step(
+        "leave repair mode",
+        sys::setsockopt_int(fd, tcp, TCP_REPAIR, 0),
+    )?;
+    if r.reuseaddr {
+        step(
+            "setsockopt SO_REUSEADDR",
+            sys::setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1),
+        )?;
+    }
+    netblock::unblock(&conn);
+    // The bytes never sent go out as a normal write now.
+    let mut rest = &sendq[sendq.len() - rep.unsent as usize..];
+    while !rest.is_empty() {
+        let n = step(
+            "queue the bytes not sent yet",
+            sys::send(fd, rest, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL),
+        )?;
+        rest = &rest[n..];
+    }
+    if fins.queued() {
+        // FIN_WAIT1, LAST_ACK, CLOSING: our FIN after those bytes, sent
+        // again if it was sent before (the same sequence number).
+        step("send our FIN (shutdown)", sys::shutdown(fd, libc::SHUT_WR))?;
+    }
+    if r.state == CLOSING {
+        // The peer's FIN crossed ours. What acknowledges ours may have
+        // arrived meanwhile (then FIN_WAIT2, and its FIN makes it
+        // TIME_WAIT, as without ckpt): acknowledge what it acknowledged.
+        let outq = step("SIOCOUTQ", sys::ioctl_int(fd, SIOCOUTQ))? as u32;
+        // (CLOSE: TIME_WAIT, which the socket leaves for a timewait sock.)
+        inject(
+            &their_fin(rep.snd_seq.wrapping_sub(outq)),
+            &[CLOSING, CLOSE],
+            "replay the peer's FIN",
+        )?;
+    }
+    Ok(())
 }
 
 /// "127.0.0.1:80 -> 127.0.0.1:4000" for messages.
@@ -957,14 +1111,19 @@ fn restore_repair(
             sys::setsockopt_int(fd, tcp, TCP_QUEUE_SEQ, seq as i32),
         )
     };
+    // Rebuilt as ESTABLISHED: without the FINs, which `resume` replays.
+    let fins = tcp_fin::fins(r.state).unwrap_or_default();
+    let rcv_nxt = rep.rcv_seq.wrapping_sub(fins.received as u32);
     set_seq(
         TCP_QUEUE_RECV,
-        rep.rcv_seq.wrapping_sub(recvq.len() as u32),
+        rcv_nxt.wrapping_sub(recvq.len() as u32),
         "set the receive sequence (TCP_QUEUE_SEQ)",
     )?;
     set_seq(
         TCP_QUEUE_SEND,
-        rep.snd_seq.wrapping_sub(sendq.len() as u32),
+        rep.snd_seq
+            .wrapping_sub(fins.sent as u32)
+            .wrapping_sub(sendq.len() as u32),
         "set the send sequence (TCP_QUEUE_SEQ)",
     )?;
     step(
@@ -1021,14 +1180,17 @@ fn restore_repair(
         "select no queue",
         sys::setsockopt_int(fd, tcp, TCP_REPAIR_QUEUE, TCP_NO_QUEUE),
     )?;
+    // The window we announced last may count the peer's FIN (rcv_wup is
+    // rcv_nxt then): its right edge stays, its left one may not be ahead
+    // of the rebuilt rcv_nxt.
+    let (mut rcv_wnd, mut rcv_wup) = (rep.rcv_wnd, rep.rcv_wup);
+    let ahead = rcv_wup.wrapping_sub(rcv_nxt) as i32;
+    if ahead > 0 {
+        rcv_wup = rcv_nxt;
+        rcv_wnd = rcv_wnd.wrapping_add(ahead as u32);
+    }
     let mut w = Vec::with_capacity(20);
-    for v in [
-        rep.snd_wl1,
-        rep.snd_wnd,
-        rep.max_window,
-        rep.rcv_wnd,
-        rep.rcv_wup,
-    ] {
+    for v in [rep.snd_wl1, rep.snd_wnd, rep.max_window, rcv_wnd, rcv_wup] {
         w.extend_from_slice(&v.to_ne_bytes());
     }
     step(
@@ -1112,11 +1274,14 @@ fn validate_record(
         let Some(rep) = rep else {
             return Err("is a connection in repair mode without its tcp-repair record".into());
         };
-        if r.state != ESTABLISHED {
+        let Some(fins) = tcp_fin::fins(r.state) else {
             return Err(format!(
-                "is repaired in state {} (only ESTABLISHED)",
+                "is repaired in state {} (only ESTABLISHED and the half-closed states)",
                 r.state
             ));
+        };
+        if fins.acked && !queues.iter().all(|q| q.queue != TCP_QUEUE_SEND) {
+            return Err("has a send queue in FIN_WAIT2 (where all was acknowledged)".into());
         }
         if rep.mss == 0 || rep.mss > 65535 || rep.snd_wscale > 14 || rep.rcv_wscale > 14 {
             return Err("has an invalid MSS or window scale".into());
@@ -1209,6 +1374,7 @@ fn queues(img: &crate::model::Image, id: u32) -> impl Iterator<Item = &TcpQueue>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::files::tcp_fin::ESTABLISHED;
 
     #[test]
     fn parses_tcp_info() {
