@@ -2,8 +2,11 @@
 //! between processes of the tree (IPv4 and IPv6) go on without a byte lost
 //! or repeated, a connection to a client outside the tree (this test)
 //! survives, a listener accepts on the same port after restart,
-//! `--tcp-close` restores connections as reset, and what cannot be
-//! restored is refused. After each test no nftables rule of ckpt remains.
+//! `--tcp-close` restores connections as reset, half-closed connections
+//! (every state inside the tree, FIN_WAIT2 and CLOSE_WAIT with the client
+//! outside) come back with their FINs, a ckpt killed mid-checkpoint
+//! leaves no connection frozen, and what cannot be restored is refused.
+//! After each test no nftables rule of ckpt remains.
 //!
 //! These tests need root; without it they print `SKIP: ...` and pass.
 
@@ -423,4 +426,63 @@ fn refuse_tcp_ended_connection() {
         &["connection has ended", "close the socket"],
     );
     assert_no_rules("refuse_tcp_ended_connection");
+}
+
+/// ckpt killed (SIGKILL) right after it put a connection in repair mode
+/// during `checkpoint --leave-running`: its guardian takes the
+/// connections out of repair mode and removes the rules, so the program,
+/// healed, goes on talking over them both ways.
+#[test]
+fn restore_tcp_killed_ckpt_leaves_no_frozen_connection() {
+    let test = "restore_tcp_killed_ckpt_leaves_no_frozen_connection";
+    let _g = serial();
+    let Some(env) = TestEnv::new(test) else {
+        return;
+    };
+    let Some(mut w) = env.start_workload("tcp", &["stream4"]) else {
+        return;
+    };
+    let img = env.path("img");
+    let pid = w.pid.to_string();
+    let run = env.ckpt_with_env(
+        [
+            OsStr::new("checkpoint"),
+            OsStr::new(&pid),
+            OsStr::new("-o"),
+            img.as_os_str(),
+            OsStr::new("--leave-running"),
+        ],
+        &[("CKPT_TEST_KILL_AFTER_REPAIR", "1")],
+    );
+    assert!(
+        !run.success(),
+        "ckpt was not killed by the hook:\n{}",
+        run.describe()
+    );
+    let table_gone = || {
+        !std::process::Command::new("nft")
+            .args(["list", "table", "inet", "ckpt"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    assert!(
+        wait_until(Duration::from_secs(20), table_gone),
+        "the rules of the killed ckpt are still there:\n{}",
+        nft_table()
+    );
+    // The guardian is gone too (it was ckpt's fork: its command line
+    // names the image).
+    assert!(
+        wait_until(Duration::from_secs(10), || env
+            .own_processes()
+            .iter()
+            .all(|&p| p == w.pid || process_tree(w.pid).contains(&p))),
+        "processes besides the workload: {:?}",
+        env.own_processes()
+    );
+    env.assert_running_untraced(&mut w, "after ckpt was killed");
+    env.wait_blocked_in(&mut w, &[libc::SYS_pause]);
+    // Both ends exchange 3 MiB each way over the connection.
+    env.signal_and_expect_pass(&mut w, libc::SIGTERM);
+    assert_no_rules(test);
 }

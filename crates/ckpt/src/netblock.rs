@@ -20,7 +20,9 @@
 //! (a warning is logged). When no restart follows, the rules stay and
 //! keep the peer's packets out: remove them with `nft delete table inet
 //! ckpt` (the peer then gets a RST on its next segment). A failed
-//! restart leaves them too, for the next try.
+//! restart leaves them too, for the next try. A checkpoint whose ckpt is
+//! killed while the program keeps running has them removed by its
+//! guardian (`files/tcp_guard.rs`).
 
 use crate::files::tcp_fin::MARK;
 use std::io::Write;
@@ -162,6 +164,23 @@ pub fn unblock(c: &Conn) {
     if table_is_empty() {
         let _ = nft(&format!("delete table inet {TABLE}\n"));
     }
+}
+
+/// Shell lines (for `sh`, errors silenced) letting the packets of `c`
+/// through again, as `unblock` does.
+pub fn unblock_lines(c: &Conn) -> String {
+    c.elements()
+        .iter()
+        .map(|(set, e)| format!("nft delete element inet {TABLE} {set} '{{ {e} }}' 2>/dev/null\n"))
+        .collect()
+}
+
+/// The shell line that removes the table once no connection is blocked
+/// any more, as `unblock` does.
+pub fn remove_empty_table_line() -> String {
+    format!(
+        "if nft list table inet {TABLE} >/dev/null 2>&1 && ! nft list table inet {TABLE} 2>/dev/null | grep -q elements; then nft delete table inet {TABLE} 2>/dev/null; fi"
+    )
 }
 
 /// Whether table `ckpt` exists with no element in its sets.

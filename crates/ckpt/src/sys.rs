@@ -1405,6 +1405,96 @@ pub fn sendmsg_cmsg(
     Ok(check(r as libc::c_long)? as usize)
 }
 
+/// sendmsg of `payload` with `fds` (SCM_RIGHTS) on a connected socket.
+pub fn send_fds(fd: i32, payload: &[u8], fds: &[i32]) -> io::Result<usize> {
+    let data: Vec<u8> = fds.iter().flat_map(|f| f.to_ne_bytes()).collect();
+    sendmsg_cmsg(fd, payload, &[], libc::SOL_SOCKET, libc::SCM_RIGHTS, &data)
+}
+
+/// recvmsg into `buf`, waiting, with up to `fds.len()` (at most 8)
+/// SCM_RIGHTS fds (close-on-exec) into `fds`: (bytes, fds received).
+/// Allocates nothing (a forked child may call it).
+pub fn recv_fds(fd: i32, buf: &mut [u8], fds: &mut [i32]) -> io::Result<(usize, usize)> {
+    const HDR: usize = std::mem::size_of::<libc::cmsghdr>();
+    let mut control = [0u64; 8];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: msghdr is plain data; every pointer set below is valid.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control);
+    // SAFETY: msg points at live, writable buffers of the lengths given.
+    let r = unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_CMSG_CLOEXEC) };
+    let n = check(r as libc::c_long)? as usize;
+    let bytes = bytemuck_u8(&mut control);
+    let mut got = 0;
+    if msg.msg_controllen >= HDR {
+        let len = usize::from_ne_bytes(bytes[..8].try_into().unwrap_or([0; 8]));
+        let level = i32::from_ne_bytes(bytes[8..12].try_into().unwrap_or([0; 4]));
+        let ty = i32::from_ne_bytes(bytes[12..16].try_into().unwrap_or([0; 4]));
+        if level == libc::SOL_SOCKET && ty == libc::SCM_RIGHTS && len <= bytes.len() {
+            for c in bytes[HDR..len.max(HDR)].chunks_exact(4) {
+                let f = i32::from_ne_bytes([c[0], c[1], c[2], c[3]]);
+                if got < fds.len() {
+                    fds[got] = f;
+                    got += 1;
+                } else {
+                    close(f);
+                }
+            }
+        }
+    }
+    Ok((n, got))
+}
+
+/// A program, its arguments and environment made ready before a fork, so
+/// that the child can execve without allocating.
+pub struct Exec {
+    _strings: Vec<std::ffi::CString>,
+    path: *const libc::c_char,
+    argv: Vec<*const libc::c_char>,
+    envp: Vec<*const libc::c_char>,
+}
+
+impl Exec {
+    pub fn new(path: &str, args: &[&str], env: &[String]) -> io::Result<Exec> {
+        let c = |s: &str| {
+            std::ffi::CString::new(s)
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in an argument"))
+        };
+        let mut strings = vec![c(path)?];
+        for a in args {
+            strings.push(c(a)?);
+        }
+        for e in env {
+            strings.push(c(e)?);
+        }
+        let ptrs: Vec<*const libc::c_char> = strings.iter().map(|s| s.as_ptr()).collect();
+        let mut argv = ptrs[1..=args.len()].to_vec();
+        argv.push(std::ptr::null());
+        let mut envp = ptrs[1 + args.len()..].to_vec();
+        envp.push(std::ptr::null());
+        Ok(Exec {
+            path: ptrs[0],
+            _strings: strings,
+            argv,
+            envp,
+        })
+    }
+
+    /// execve; returns only on failure.
+    pub fn exec(&self) -> io::Error {
+        // SAFETY: path, argv and envp point into `_strings`, alive as long
+        // as self, and both arrays end with a null pointer.
+        unsafe { libc::execve(self.path, self.argv.as_ptr(), self.envp.as_ptr()) };
+        io::Error::last_os_error()
+    }
+}
+
 /// The bytes of a u64 buffer (8-byte aligned, as control messages need).
 fn bytemuck_u8(v: &mut [u64]) -> &mut [u8] {
     let len = v.len() * 8;
@@ -1952,6 +2042,19 @@ pub fn unix_socketpair(ty: i32) -> io::Result<(i32, i32)> {
             as libc::c_long,
     )?;
     Ok((fds[0], fds[1]))
+}
+
+/// `unix_socketpair`, owned.
+pub fn unix_socketpair_owned(ty: i32) -> io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    use std::os::fd::FromRawFd;
+    let (a, b) = unix_socketpair(ty)?;
+    // SAFETY: a and b are fresh fds that nothing else owns.
+    Ok(unsafe {
+        (
+            std::os::fd::OwnedFd::from_raw_fd(a),
+            std::os::fd::OwnedFd::from_raw_fd(b),
+        )
+    })
 }
 
 /// bind a unix socket to `name`.

@@ -24,6 +24,7 @@ mod signalfd;
 pub mod sockopt;
 mod tcp;
 pub(crate) mod tcp_fin;
+mod tcp_guard;
 mod timerfd;
 mod udp;
 mod unix;

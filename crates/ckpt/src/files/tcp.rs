@@ -68,11 +68,14 @@
 //! as plain bytes), TCP_MD5SIG keys (the kernel does not show them),
 //! half-open connections a listener has not completed yet (SYN_RECV;
 //! the client's next ACK gets a reset or a SYN cookie). If ckpt itself
-//! is killed (SIGKILL) in the middle of a checkpoint, its connections stay
-//! in repair mode and blocked: the tree heals, its connections do not
-//! (close them, or `nft delete table inet ckpt` and restart the program).
-//! A failed restart leaves the rules in place, so the image can be
-//! restarted again.
+//! is killed (SIGKILL) in the middle of a checkpoint, the tree heals, and
+//! so do its connections: before the first connection is blocked, ckpt
+//! forks a guardian (`tcp_guard`) that gets each connection's socket
+//! before it is blocked and put in repair mode; should ckpt die without
+//! saying that the tree was killed (or that it undid all itself), the
+//! guardian ends repair mode and removes the rules while the program
+//! still runs. A failed restart leaves the rules in place, so the image
+//! can be restarted again.
 //!
 //! SO_RCVBUF / SO_SNDBUF of a connection are set (with the FORCE
 //! variants, which locks them as if the program had set them; the kernel
@@ -82,6 +85,7 @@
 
 use super::kind::{objects_of, Check, DumpCx, FdKind, OpenCx, Probe, ResumeCx};
 use super::tcp_fin::{self, Segment};
+use super::tcp_guard::Guard;
 use crate::error::{Error, Result};
 use crate::netblock::{self, Conn};
 use crate::sys;
@@ -309,9 +313,40 @@ struct Repaired {
 #[derive(Default)]
 struct Scratch {
     repaired: Vec<Repaired>,
+    /// Undoes repair mode and the blocking should ckpt die (SIGKILL).
+    guard: Option<Guard>,
+    guard_failed: bool,
 }
 
 impl Scratch {
+    /// Hands connection `conn` (socket `fd` of process `pid`) to the
+    /// guardian, started on first use.
+    fn guard(&mut self, pid: sys::Pid, fd: i32, reuseaddr: bool, conn: &Conn) {
+        if self.guard.is_none() && !self.guard_failed {
+            match Guard::start() {
+                Ok(g) => self.guard = Some(g),
+                Err(e) => {
+                    self.guard_failed = true;
+                    tracing::warn!("no guardian for the TCP connections in repair mode ({e}): should ckpt be killed, they stay frozen");
+                }
+            }
+        }
+        if let Some(g) = self.guard.as_mut() {
+            if let Err(e) = g.add(fd, reuseaddr, pid, conn) {
+                tracing::warn!("pid {pid}: a TCP connection is not guarded ({e}): should ckpt be killed, it stays frozen");
+            }
+        }
+    }
+
+    /// The tree was killed: its connections stay in repair mode (closed
+    /// so, they send nothing) and blocked until restart.
+    fn keep(&mut self) {
+        self.repaired.clear();
+        if let Some(g) = self.guard.take() {
+            g.finish(true);
+        }
+    }
+
     fn release(&mut self) {
         for r in self.repaired.drain(..) {
             let fd = r.fd.as_raw_fd();
@@ -323,6 +358,9 @@ impl Scratch {
                 let _ = sys::setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1);
             }
             netblock::unblock(&r.conn);
+        }
+        if let Some(g) = self.guard.take() {
+            g.finish(false);
         }
     }
 }
@@ -599,7 +637,9 @@ impl FdKind for Tcp {
             // when they are read, and nothing reaches it afterwards.
             let conn = conn_of(&r);
             let copy = mine.try_clone().map_err(|e| p.sys("dup", e))?;
-            cx.scratch::<Scratch>(SCRATCH).repaired.push(Repaired {
+            let s = cx.scratch::<Scratch>(SCRATCH);
+            s.guard(p.pid, fd, r.reuseaddr, &conn);
+            s.repaired.push(Repaired {
                 fd: copy,
                 repair: false,
                 reuseaddr: r.reuseaddr,
@@ -622,6 +662,7 @@ impl FdKind for Tcp {
             if let Some(last) = cx.scratch::<Scratch>(SCRATCH).repaired.last_mut() {
                 last.repair = true;
             }
+            kill_after_repair_for_tests();
             let mut rep = TcpRepair {
                 file_id: f.id,
                 ..Default::default()
@@ -652,9 +693,7 @@ impl FdKind for Tcp {
     fn after_checkpoint(&self, cx: &mut DumpCx, killed: bool) {
         let s = cx.scratch::<Scratch>(SCRATCH);
         if killed {
-            // Closed in repair mode: nothing is sent, and the packets of
-            // the connections stay blocked until restart.
-            s.repaired.clear();
+            s.keep();
         } else {
             s.release();
         }
@@ -896,6 +935,14 @@ fn resume_repaired(
         )?;
     }
     Ok(())
+}
+
+/// Test hook: `CKPT_TEST_KILL_AFTER_REPAIR` makes ckpt kill itself
+/// (SIGKILL) right after it put a connection in repair mode.
+fn kill_after_repair_for_tests() {
+    if std::env::var_os("CKPT_TEST_KILL_AFTER_REPAIR").is_some() {
+        let _ = sys::kill(std::process::id() as sys::Pid, libc::SIGKILL);
+    }
 }
 
 /// "127.0.0.1:80 -> 127.0.0.1:4000" for messages.
