@@ -2344,18 +2344,53 @@ fn sockaddr(family: u32, addr: &[u8], port: u16) -> io::Result<(libc::sockaddr_s
     }
 }
 
+/// The events poll(2) reports on `fd` now (POLLIN, POLLERR...).
+pub fn poll_now(fd: i32, events: i16) -> io::Result<i16> {
+    let mut p = libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    };
+    // SAFETY: p is one valid pollfd.
+    check(unsafe { libc::poll(&mut p, 1, 0) } as libc::c_long)?;
+    Ok(p.revents)
+}
+
 /// getsockname (or getpeername when `peer`): (family, address, port).
 pub fn sock_name(fd: i32, peer: bool) -> io::Result<(u32, Vec<u8>, u16)> {
+    sock_name_how(
+        fd,
+        if peer { 1 } else { 0 },
+        std::mem::size_of::<libc::sockaddr_storage>(),
+    )
+}
+
+/// The peer's address as SO_PEERNAME gives it: also for a TCP socket
+/// whose connection has ended (CLOSE), where getpeername fails.
+pub fn sock_peername_opt(fd: i32) -> io::Result<(u32, Vec<u8>, u16)> {
+    // (The kernel wants no more room than the address takes.)
+    sock_name_how(fd, 2, std::mem::size_of::<libc::sockaddr_in6>()).or_else(|e| {
+        if e.raw_os_error() == Some(libc::EINVAL) {
+            sock_name_how(fd, 2, std::mem::size_of::<libc::sockaddr_in>())
+        } else {
+            Err(e)
+        }
+    })
+}
+
+/// `how`: 0 getsockname, 1 getpeername, 2 getsockopt SO_PEERNAME; with
+/// room for `room` bytes (at most a sockaddr_storage).
+fn sock_name_how(fd: i32, how: u8, room: usize) -> io::Result<(u32, Vec<u8>, u16)> {
     // SAFETY: all-zero is a valid sockaddr_storage.
     let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    let mut len = room.min(std::mem::size_of::<libc::sockaddr_storage>()) as libc::socklen_t;
     let sa = (&mut ss as *mut libc::sockaddr_storage).cast::<libc::sockaddr>();
     // SAFETY: sa points to len writable bytes; the kernel updates len.
     let r = unsafe {
-        if peer {
-            libc::getpeername(fd, sa, &mut len)
-        } else {
-            libc::getsockname(fd, sa, &mut len)
+        match how {
+            1 => libc::getpeername(fd, sa, &mut len),
+            2 => libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_PEERNAME, sa.cast(), &mut len),
+            _ => libc::getsockname(fd, sa, &mut len),
         }
     };
     check(r as libc::c_long)?;

@@ -33,7 +33,10 @@
  *          its state again (or the next one: a FIN waiting behind bytes
  *          may go out at once), the bytes come, reads give EOF where a FIN
  *          came, writes fail with EPIPE after our FIN, and the
- *          connections close as they would have.
+ *          connections close as they would have. Also connections that
+ *          ended (CLOSE): after both FINs, with bytes still to read, and
+ *          after a reset whose ECONNRESET was read: bytes, then EOF,
+ *          EPIPE on writes, the same SO_PEERNAME.
  *   extfw2  a server for a client outside the tree (the test; port in
  *          RESULT.port): it accepts, sends 100000 bytes and shuts down
  *          for writing (FIN_WAIT2 once the client has it all); after
@@ -661,6 +664,25 @@ static void do_fin(void)
     uint64_t n4 = fill_all(s4, 0);
     if (shutdown(s4, SHUT_WR) != 0 || write(c4, "cuatro", 6) != 6 || shutdown(c4, SHUT_WR) != 0)
         wl_die("pair 4");
+    /* 5: ended, both ways (CLOSE after both FINs), with bytes s5 has not
+     * read. 6: ended by a reset whose error c6 has read. */
+    int c5, s5, c6, s6;
+    pair(&c5, &s5);
+    if (write(c5, "cinco", 5) != 5 || shutdown(c5, SHUT_WR) != 0 || wait_state(s5, 8, "s5") ||
+        shutdown(s5, SHUT_WR) != 0 || wait_state(s5, 7, "s5") || wait_state(c5, 7, "c5"))
+        wl_die("pair 5");
+    pair(&c6, &s6);
+    struct linger lin = {1, 0};
+    if (setsockopt(s6, SOL_SOCKET, SO_LINGER, &lin, sizeof(lin)) != 0)
+        wl_die("SO_LINGER");
+    close(s6);
+    char x;
+    if (wait_state(c6, 7, "c6") || read(c6, &x, 1) != -1 || errno != ECONNRESET)
+        wl_die("pair 6: no ECONNRESET");
+    struct sockaddr_storage peer5, peer5b;
+    socklen_t pl = v6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+    if (getsockopt(s5, SOL_SOCKET, SO_PEERNAME, &peer5, &pl) != 0)
+        wl_die("SO_PEERNAME");
     if (wait_state(c1, 5, "c1") || wait_state(s1, 8, "s1") || wait_state(s2, 9, "s2") ||
         wait_state(c2, 5, "c2") || wait_state(s3, 4, "s3") || wait_state(c3, 1, "c3") ||
         wait_state(s4, 11, "s4") || wait_state(c4, 5, "c4"))
@@ -712,12 +734,27 @@ static void do_fin(void)
     WL_CHECK(!read_to_eof(c4, n4, 0, "c4"), "pair 4: c4 reads to EOF");
     WL_CHECK(!wait_state(s4, 7, "s4 once its FIN is acknowledged"), "pair 4: s4 ends");
     WL_CHECK(!wait_state(c4, 7, "c4 after both FINs"), "pair 4: c4 ends");
+    /* 5, 6: ended; what was queued, then EOF; writes fail. */
+    STATE(s5, 7, "s5");
+    STATE(c5, 7, "c5");
+    STATE(c6, 7, "c6");
+    socklen_t pl2 = pl;
+    WL_CHECK(getsockopt(s5, SOL_SOCKET, SO_PEERNAME, &peer5b, &pl2) == 0 && pl2 == pl &&
+                 !memcmp(&peer5, &peer5b, pl),
+             "s5: SO_PEERNAME changed");
+    WL_CHECK(!read_str(s5, "cinco", "s5") && !expect_eof(s5, "s5") && !expect_epipe(s5, "s5"),
+             "pair 5: s5");
+    WL_CHECK(!expect_eof(c5, "c5") && !expect_epipe(c5, "c5"), "pair 5: c5");
+    WL_CHECK(!expect_eof(c6, "c6") && !expect_epipe(c6, "c6"), "pair 6: c6");
     close(c1);
     close(c2);
     close(s2);
     close(s3);
     close(c4);
     close(s4);
+    close(c5);
+    close(s5);
+    close(c6);
 }
 
 /* A server in the tree whose client is the test (see the header). */

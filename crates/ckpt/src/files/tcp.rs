@@ -1,9 +1,14 @@
 //! TCP sockets, IPv4 and IPv6.
 //!
 //! - Not connected (fresh or bound): recreated with their options and
-//!   bound again to their address. A socket whose connection has ended
-//!   (CLOSE after segments were exchanged: reads give EOF or a pending
-//!   ECONNRESET) is refused.
+//!   bound again to their address.
+//! - Ended (CLOSE after a connection: both FINs exchanged, or a reset
+//!   whose error was read; it reads what is queued, then EOF, and writes
+//!   give EPIPE): restored like a half-closed connection that gets the
+//!   peer's FIN, sends its own and has it acknowledged (LAST_ACK, then
+//!   CLOSE, so no timewait socket is left), with its addresses
+//!   (SO_PEERNAME) and unread bytes. Refused: a pending error (POLLERR:
+//!   a reset not read yet), and a connect that failed (one segment in).
 //! - Listening: bound and listening again on the same address and port,
 //!   with their backlog and options. Connections waiting in the accept
 //!   queue are refused (accept them before the checkpoint).
@@ -48,7 +53,11 @@
 //!   replayed segment must bring the socket to its state within 2 s, or
 //!   the restart fails. What the peer does meanwhile is what it would have
 //!   done to the original socket (nothing provokes a reset: the socket is
-//!   synchronized all along). The segments carry no timestamp option
+//!   synchronized all along). At checkpoint a probe (a segment without
+//!   flags, which every state discards but counts in tcpi_segs_in) must
+//!   reach the socket, or the connection is refused: a firewall rule of
+//!   the program's own dropping the peer's segments would drop the
+//!   replayed ones too. The segments carry no timestamp option
 //!   (the kernel accepts a segment without one, and it leaves the echoed
 //!   timestamp alone). Not kept: how the restored queues are cut into
 //!   segments, so a FIN waiting behind bytes the peer had no room for may
@@ -120,7 +129,7 @@ const SIOCOUTQNSD: u64 = 0x894B;
 const IPV6_TCLASS: i32 = 67;
 
 // TCP states (include/net/tcp_states.h).
-use super::tcp_fin::{CLOSE, CLOSE_WAIT, CLOSING, FIN_WAIT2};
+use super::tcp_fin::{CLOSE, CLOSE_WAIT, CLOSING, FIN_WAIT2, LAST_ACK};
 const LISTEN: u32 = 10;
 
 fn state_name(s: u32) -> &'static str {
@@ -258,6 +267,8 @@ struct Info {
     /// Segments sent and received (tcpi_segs_out + tcpi_segs_in; 0 when
     /// the kernel's tcp_info is too short to tell).
     segs: u64,
+    /// Segments received (tcpi_segs_in).
+    segs_in: u32,
 }
 
 /// Parses the first bytes of a struct tcp_info.
@@ -279,6 +290,7 @@ fn parse_info(b: &[u8]) -> Option<Info> {
         } else {
             0
         },
+        segs_in: if b.len() >= 144 { u32_at(140) } else { 0 },
     })
 }
 
@@ -533,6 +545,12 @@ fn read_repair(p: &Probe, fd: i32, info: &Info, r: &mut TcpRepair) -> Result<(Ve
     // Our FIN, not acknowledged yet, is counted in both (unsent when it
     // waits behind unsent bytes); the queue peeks bytes only.
     let fins = tcp_fin::fins(info.state).unwrap_or_default();
+    if info.state == CLOSE {
+        // (A reset leaves write_seq past what was acknowledged, and an
+        // empty queue nobody can read.)
+        outq = 0;
+        unsent = 0;
+    }
     if fins.queued() {
         if outq == 0 {
             return Err(p.unsupported(&format!(
@@ -586,7 +604,11 @@ impl FdKind for Tcp {
             state: info.state,
             ..Default::default()
         };
-        let connected = !matches!(info.state, LISTEN | CLOSE);
+        // A connection that ended (both FINs, or a reset whose error was
+        // read; more than a failed connect's RST came in): it reads its
+        // bytes, then EOF, writes give EPIPE; restored with its FINs.
+        let ended = info.state == CLOSE && info.segs > 0 && info.segs_in >= 2;
+        let connected = !matches!(info.state, LISTEN | CLOSE) || ended;
         read_options(p, fd, family, connected, &mut r)?;
         let mut queues = None;
         r.mode = match info.state {
@@ -599,6 +621,15 @@ impl FdKind for Tcp {
                 }
                 r.backlog = info.sacked;
                 TCP_MODE_LISTEN
+            }
+            CLOSE if ended => {
+                let ev = sys::poll_now(fd, libc::POLLERR).map_err(|e| p.sys("poll", e))?;
+                if ev & libc::POLLERR != 0 {
+                    return Err(p.unsupported(
+                        "its connection has ended with an error not read yet (such as ECONNRESET), which ckpt cannot restore; read it (or close the socket) before the checkpoint",
+                    ));
+                }
+                TCP_MODE_REPAIR
             }
             CLOSE if info.segs > 0 => {
                 return Err(p.unsupported(
@@ -617,7 +648,11 @@ impl FdKind for Tcp {
         };
         if connected {
             // (Refused states first: a connecting socket has no peer yet.)
-            let (_, peer, pport) = sys::sock_name(fd, true).map_err(|e| p.sys("getpeername", e))?;
+            let (_, peer, pport) = if ended {
+                sys::sock_peername_opt(fd).map_err(|e| p.sys("getsockopt SO_PEERNAME", e))?
+            } else {
+                sys::sock_name(fd, true).map_err(|e| p.sys("getpeername", e))?
+            };
             r.peer_addr = Bytes(peer);
             r.peer_port = pport as u32;
         }
@@ -668,6 +703,17 @@ impl FdKind for Tcp {
                 ..Default::default()
             };
             let (recvq, sendq) = read_repair(p, fd, &info, &mut rep)?;
+            let fins = tcp_fin::fins(info.state).unwrap_or_default();
+            // (A socket in CLOSE receives nothing, so it cannot be asked.)
+            if (fins.received || fins.acked)
+                && info.state != CLOSE
+                && !reaches(fd, &conn, rep.rcv_seq)
+            {
+                return Err(p.unsupported(&format!(
+                    "its connection is half-closed ({}): restart replays the peer's FIN or acknowledgement with a segment from a raw socket, and such a segment does not reach this socket now (a firewall rule drops it?); checkpoint once the rule is gone, or use --tcp-close to restore it as reset",
+                    state_name(info.state)
+                )));
+            }
             queues = Some((rep, recvq, sendq));
         }
         f.kind = FILE_TCP;
@@ -804,6 +850,35 @@ impl FdKind for Tcp {
     }
 }
 
+/// Whether a segment written from a raw socket as the peer of `conn`
+/// reaches its socket `fd` (in repair mode, whose next receive sequence
+/// number is `rcv_nxt`): a probe without flags, which the socket
+/// discards, but counts (up to 1 s).
+fn reaches(fd: i32, conn: &Conn, rcv_nxt: u32) -> bool {
+    let Ok(before) = tcp_info(fd).map(|i| i.segs_in) else {
+        return false;
+    };
+    let probe = Segment {
+        seq: rcv_nxt,
+        ack: 0,
+        flags: 0,
+        window: 0,
+    };
+    if tcp_fin::inject(conn, &probe).is_err() {
+        return false;
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    loop {
+        match tcp_info(fd) {
+            Ok(i) if i.segs_in != before => return true,
+            Ok(_) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(1))
+            }
+            _ => return false,
+        }
+    }
+}
+
 /// Waits (up to 2 s) for socket `fd` to reach one of `states` after a
 /// segment was injected (the loopback device may deliver it later).
 fn await_state(fd: i32, states: &[u32], what: &str) -> std::result::Result<(), StepErr> {
@@ -855,7 +930,7 @@ fn resume_repaired(
     let their_fin = |ack: u32| Segment {
         seq: rcv_nxt,
         ack,
-        fin: true,
+        flags: tcp_fin::FIN | tcp_fin::ACK,
         window,
     };
     let inject = |seg: &Segment, want: &[u32], what: &str| {
@@ -869,9 +944,10 @@ fn resume_repaired(
         // Still blocked: only ckpt's marked segments pass.
         netblock::let_marked_through();
     }
-    if fins.acked {
-        // FIN_WAIT2: our FIN goes in as sent (the send queue selected, it
-        // is not transmitted), then the peer's acknowledgement of it.
+    // Our FIN acknowledged (FIN_WAIT2, CLOSE): it goes in as sent (the
+    // send queue selected, it is not transmitted), then the peer's
+    // acknowledgement of it.
+    let acked_fin = |want: u32| {
         let q = |v: i32| {
             step(
                 "select the send queue",
@@ -882,20 +958,27 @@ fn resume_repaired(
         step("queue our FIN (shutdown)", sys::shutdown(fd, libc::SHUT_WR))?;
         q(TCP_NO_QUEUE)?;
         let ack = Segment {
-            seq: rcv_nxt,
+            seq: rep.rcv_seq,
             ack: rep.snd_seq,
-            fin: false,
+            flags: tcp_fin::ACK,
             window,
         };
         inject(
             &ack,
-            &[FIN_WAIT2],
+            &[want],
             "replay the peer's acknowledgement of our FIN",
-        )?;
+        )
+    };
+    if r.state == FIN_WAIT2 {
+        acked_fin(FIN_WAIT2)?;
     }
-    if fins.received && r.state != CLOSING {
-        // CLOSE_WAIT, LAST_ACK: the peer's FIN came first.
+    if matches!(r.state, CLOSE_WAIT | LAST_ACK | CLOSE) {
+        // The peer's FIN came first (for CLOSE too: from LAST_ACK it ends
+        // without a timewait socket).
         inject(&their_fin(snd_una), &[CLOSE_WAIT], "replay the peer's FIN")?;
+    }
+    if r.state == CLOSE {
+        acked_fin(CLOSE)?;
     }
     step(
         "leave repair mode",
@@ -1328,7 +1411,9 @@ fn validate_record(
             ));
         };
         if fins.acked && !queues.iter().all(|q| q.queue != TCP_QUEUE_SEND) {
-            return Err("has a send queue in FIN_WAIT2 (where all was acknowledged)".into());
+            return Err(
+                "has a send queue in FIN_WAIT2 or CLOSE (where all was acknowledged)".into(),
+            );
         }
         if rep.mss == 0 || rep.mss > 65535 || rep.snd_wscale > 14 || rep.rcv_wscale > 14 {
             return Err("has an invalid MSS or window scale".into());
@@ -1442,6 +1527,7 @@ mod tests {
                 unacked: 3,
                 sacked: 128,
                 segs: 0,
+                segs_in: 0,
             }
         );
         assert_eq!(parse_info(&b[..20]), None);
@@ -1526,6 +1612,27 @@ mod tests {
         assert_eq!(validate_record(&listen, None, &[], true), Ok(()));
         assert!(validate_record(&listen, None, &[&q], false).is_err());
         assert!(validate_record(&listen, Some(&rp), &[], false).is_err());
+        // Half-closed and ended states are repaired; all acknowledged in
+        // FIN_WAIT2 and CLOSE, so no send queue there; TIME_WAIT never.
+        for st in [4, 8, 9, 11] {
+            let hc = TcpSk {
+                state: st,
+                ..conn()
+            };
+            assert_eq!(ok(&hc, &[&q]), Ok(()), "state {st}");
+        }
+        let none = TcpRepair { unsent: 0, ..rep() };
+        for st in [5, 7] {
+            let hc = TcpSk {
+                state: st,
+                ..conn()
+            };
+            let e = validate_record(&hc, Some(&none), &[&q], false).unwrap_err();
+            assert!(e.contains("send queue"), "{e}");
+            assert_eq!(validate_record(&hc, Some(&none), &[], false), Ok(()));
+        }
+        let tw = TcpSk { state: 6, ..conn() };
+        assert!(ok(&tw, &[&q]).is_err());
         let low = TcpSk {
             local_port: 80,
             ..listen

@@ -47,7 +47,8 @@ impl Fins {
 }
 
 /// The FINs of a connection in `state`; `None` for a state TCP repair
-/// cannot restore (SYN_SENT, SYN_RECV, TIME_WAIT, CLOSE, LISTEN).
+/// cannot restore (SYN_SENT, SYN_RECV, TIME_WAIT, LISTEN). (CLOSE is a
+/// connection that ended only for a socket that had one.)
 pub fn fins(state: u32) -> Option<Fins> {
     let f = |sent, acked, received| {
         Some(Fins {
@@ -65,6 +66,9 @@ pub fn fins(state: u32) -> Option<Fins> {
         LAST_ACK => f(true, false, true),
         // Ours went first, then the peer's crossed it.
         CLOSING => f(true, false, true),
+        // Ended: both FINs exchanged and acknowledged (or reset, and the
+        // error read: it reads and writes alike).
+        CLOSE => f(true, true, true),
         _ => None,
     }
 }
@@ -73,12 +77,18 @@ pub fn fins(state: u32) -> Option<Fins> {
 /// `netblock` let them through while they drop the connection's own.
 pub const MARK: u32 = 0x636b_7074;
 
+/// TCP header flags.
+pub const FIN: u8 = 0x01;
+pub const ACK: u8 = 0x10;
+
 /// A segment without data from the peer of a connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Segment {
     pub seq: u32,
     pub ack: u32,
-    pub fin: bool,
+    /// `FIN`, `ACK`; none: a probe every state discards unseen (but
+    /// counts in tcpi_segs_in).
+    pub flags: u8,
     /// The window field (already scaled down).
     pub window: u16,
 }
@@ -110,7 +120,7 @@ pub fn packet(c: &Conn, seg: &Segment) -> Vec<u8> {
     tcp.extend_from_slice(&seg.seq.to_be_bytes());
     tcp.extend_from_slice(&seg.ack.to_be_bytes());
     tcp.push(5 << 4); // data offset: 5 words, no options
-    tcp.push(0x10 | seg.fin as u8); // ACK, FIN
+    tcp.push(seg.flags);
     tcp.extend_from_slice(&seg.window.to_be_bytes());
     tcp.extend_from_slice(&[0, 0, 0, 0]); // checksum, urgent pointer
     let mut sum = 0u32;
@@ -199,7 +209,7 @@ mod tests {
         let seg = Segment {
             seq: 0x0102_0304,
             ack: 0xa0b0_c0d0,
-            fin: true,
+            flags: FIN | ACK,
             window: 512,
         };
         let c = conn(false);
@@ -219,7 +229,7 @@ mod tests {
         assert_eq!(&tcp[14..16], &512u16.to_be_bytes());
         assert!(verifies(&c, tcp));
         let c6 = conn(true);
-        let p6 = packet(&c6, &Segment { fin: false, ..seg });
+        let p6 = packet(&c6, &Segment { flags: ACK, ..seg });
         assert_eq!(p6.len(), 60);
         assert_eq!(p6[0] >> 4, 6);
         assert_eq!(&p6[4..6], &20u16.to_be_bytes());
@@ -236,7 +246,8 @@ mod tests {
         assert!(la.sent && la.received && !la.acked);
         assert_eq!(fins(CLOSING), fins(LAST_ACK));
         assert!(fins(CLOSE_WAIT).unwrap().received);
-        for s in [2, 3, 6, CLOSE, 10] {
+        assert!(!fins(CLOSE).unwrap().queued());
+        for s in [2, 3, 6, 10] {
             assert_eq!(fins(s), None, "state {s}");
         }
     }
