@@ -486,3 +486,63 @@ fn restore_tcp_killed_ckpt_leaves_no_frozen_connection() {
     env.signal_and_expect_pass(&mut w, libc::SIGTERM);
     assert_no_rules(test);
 }
+
+/// A half-closed connection whose peer's segments a firewall rule of the
+/// program's own drops: restart could not replay the peer's FIN, so the
+/// checkpoint is refused and the program goes on (its connection out of
+/// repair mode, unblocked).
+#[test]
+fn refuse_tcp_half_closed_behind_a_firewall() {
+    let test = "refuse_tcp_half_closed_behind_a_firewall";
+    let _g = serial();
+    let Some(env) = TestEnv::new(test) else {
+        return;
+    };
+    let nft = |script: &str| {
+        let mut c = std::process::Command::new("nft")
+            .args(["-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .expect("nft");
+        c.stdin
+            .take()
+            .unwrap()
+            .write_all(script.as_bytes())
+            .unwrap();
+        assert!(c.wait().unwrap().success(), "nft -f: {script}");
+    };
+    let Some(mut w) = env.start_workload("tcp", &["extcw"]) else {
+        return;
+    };
+    let port = port_of(&w);
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    read_check(&mut c, 0, 50000);
+    send(&mut c, 0, 10000);
+    c.shutdown(std::net::Shutdown::Write).expect("shutdown");
+    env.wait_blocked_in(&mut w, &[libc::SYS_pause]);
+    wait_server_state(&c, 8, "CLOSE_WAIT");
+    nft(&format!(
+        "add table inet ckpt_test_fw\n\
+         add chain inet ckpt_test_fw input {{ type filter hook input priority 0; }}\n\
+         add rule inet ckpt_test_fw input tcp dport {port} drop\n"
+    ));
+    let img = env.path("img");
+    let run = env.checkpoint_must_fail(&mut w, &img, "checkpoint behind a firewall");
+    nft("delete table inet ckpt_test_fw\n");
+    assert!(
+        run.stderr.contains("CLOSE_WAIT") && run.stderr.contains("does not reach"),
+        "the refusal must say why:\n{}",
+        run.describe()
+    );
+    assert_no_rules("after the refusal");
+    env.assert_running_untraced(&mut w, "after the refused checkpoint");
+    // The connection goes on as if nothing happened.
+    read_check(&mut c, 50000, 50000);
+    w.proc.signal(libc::SIGTERM).expect("SIGTERM");
+    read_check(&mut c, 100000, 100000);
+    expect_eof(&mut c, "once the server closed");
+    env.signal_and_expect_pass(&mut w, 0);
+    drop(c);
+    assert_no_rules(test);
+}

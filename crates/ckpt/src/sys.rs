@@ -1401,7 +1401,7 @@ pub fn sendmsg_cmsg(
     msg.msg_controllen = space;
     // SAFETY: msg points at live buffers (payload, addr, control) of the
     // lengths given; the kernel only reads them.
-    let r = unsafe { libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT) };
+    let r = unsafe { libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
     Ok(check(r as libc::c_long)? as usize)
 }
 
