@@ -134,8 +134,9 @@ impl Bits {
 /// The guardian (see the module doc). `fds`: its end of the socket,
 /// ckpt's end, the script memfd, /dev/null.
 fn guardian(fds: [i32; 4], exec: &sys::Exec) -> ! {
-    let [ctl, other, script, devnull] = fds;
-    sys::close(other);
+    // (Out of the way first: one of them could be 0, 1 or 3 itself.)
+    let [ctl, script, devnull] =
+        [fds[0], fds[2], fds[3]].map(|f| sys::dup_above(f, 16).unwrap_or(f));
     let _ = sys::setsid();
     // 0: the script (sh reads it from /dev/stdin), 1: /dev/null, 2: ckpt's
     // stderr, 3: the socket to ckpt; nothing else.
@@ -190,4 +191,45 @@ fn guardian(fds: [i32; 4], exec: &sys::Exec) -> ! {
     let _ = sys::lseek(0, 0);
     let _ = exec.exec();
     sys::exit_now(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_carry_fds_or_none() {
+        let (a, b) = sys::unix_socketpair_owned(libc::SOCK_SEQPACKET).unwrap();
+        let f = std::fs::File::open("/dev/null").unwrap();
+        sys::send_fds(a.as_raw_fd(), &[ADD, 3], &[f.as_raw_fd(), f.as_raw_fd()]).unwrap();
+        sys::send_fds(a.as_raw_fd(), &[KEEP], &[]).unwrap();
+        let mut buf = [0u8; 8];
+        let mut got = [-1i32; 2];
+        assert_eq!(
+            sys::recv_fds(b.as_raw_fd(), &mut buf, &mut got).unwrap(),
+            (2, 2)
+        );
+        assert_eq!(&buf[..2], &[ADD, 3]);
+        assert!(got[0] > 2 && got[1] > 2 && got[0] != got[1]);
+        assert!(sys::fd_flags(got[0]).unwrap() & libc::FD_CLOEXEC != 0);
+        sys::close(got[0]);
+        sys::close(got[1]);
+        assert_eq!(
+            sys::recv_fds(b.as_raw_fd(), &mut buf, &mut got).unwrap(),
+            (1, 0)
+        );
+        assert_eq!(buf[0], KEEP);
+        drop(a);
+        assert_eq!(
+            sys::recv_fds(b.as_raw_fd(), &mut buf, &mut got).unwrap(),
+            (0, 0)
+        );
+    }
+
+    #[test]
+    fn fd_sets() {
+        let mut b = Bits([0; FDS / 64]);
+        assert!(b.set(5) && b.set(64) && !b.set(-1) && !b.set(FDS as i32));
+        assert!(b.has(5) && b.has(64) && !b.has(6) && !b.has(-1));
+    }
 }
