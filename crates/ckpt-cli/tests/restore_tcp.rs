@@ -546,3 +546,47 @@ fn refuse_tcp_half_closed_behind_a_firewall() {
     drop(c);
     assert_no_rules(test);
 }
+
+/// A server in FIN_WAIT1 (its FIN behind bytes the client, this test, has
+/// not read yet): after restart the client reads the rest of the bytes,
+/// then EOF, and its own bytes still reach the server.
+#[test]
+fn restore_tcp_fin_wait1_client_outside_the_tree() {
+    let test = "restore_tcp_fin_wait1_client_outside_the_tree";
+    let _g = serial();
+    let Some(env) = TestEnv::new(test) else {
+        return;
+    };
+    let Some(mut w) = env.start_workload("tcp", &["extfw1"]) else {
+        return;
+    };
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port_of(&w))).expect("connect");
+    c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let sent_file = w.result_sibling(".sent");
+    assert!(
+        wait_until(Duration::from_secs(30), || std::fs::read_to_string(
+            &sent_file
+        )
+        .is_ok_and(|s| s.ends_with('\n'))),
+        "the server did not say how much it sent"
+    );
+    let sent: usize = std::fs::read_to_string(&sent_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .expect("a count");
+    env.wait_blocked_in(&mut w, &[libc::SYS_pause]);
+    wait_server_state(&c, 4, "FIN_WAIT1");
+    send(&mut c, 0, 5000);
+    let img = env.path("img");
+    env.checkpoint_and_kill(&mut w, &img);
+    send(&mut c, 5000, 5000);
+    env.restart_detached(&mut w, &img);
+    read_check(&mut c, 0, sent);
+    expect_eof(&mut c, "after all the server's bytes");
+    c.shutdown(std::net::Shutdown::Write).expect("shutdown");
+    env.wait_blocked_in(&mut w, &[libc::SYS_pause]);
+    env.signal_and_expect_pass(&mut w, libc::SIGTERM);
+    drop(c);
+    assert_no_rules(test);
+}

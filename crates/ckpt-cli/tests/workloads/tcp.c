@@ -42,6 +42,12 @@
  *          for writing (FIN_WAIT2 once the client has it all); after
  *          SIGTERM its write fails with EPIPE, and it reads 100000 bytes
  *          from the client, then EOF.
+ *   extfw1  a server whose client (the test) does not read: it sends
+ *          until the socket takes no more, shuts down for writing
+ *          (FIN_WAIT1: the FIN waits behind bytes the client has no room
+ *          for) and writes how many bytes it sent to RESULT.sent; after
+ *          SIGTERM its write fails with EPIPE and it reads 10000 bytes
+ *          from the client, then EOF.
  *   extcw  a server whose client (the test) sends 10000 bytes and shuts
  *          down (CLOSE_WAIT); the server writes 100000 bytes before the
  *          checkpoint; after SIGTERM it reads the 10000 bytes and EOF,
@@ -757,6 +763,31 @@ static void do_fin(void)
     close(c6);
 }
 
+static void do_ext_fw1(void)
+{
+    int l = listener(1);
+    write_port(sock_port(l));
+    wl_ready();
+    int s = accept(l, NULL, NULL);
+    if (s < 0)
+        wl_die("accept");
+    uint64_t n = fill_all(s, 0);
+    if (shutdown(s, SHUT_WR) != 0)
+        wl_die("shutdown");
+    char path[3100];
+    snprintf(path, sizeof(path), "%s.sent", wl_result);
+    FILE *f = fopen(path, "w");
+    if (!f)
+        wl_die("open %s", path);
+    fprintf(f, "%llu\n", (unsigned long long)n);
+    fclose(f);
+    while (!wl_term)
+        pause();
+    WL_CHECK(!expect_epipe(s, "server"), "extfw1: write after our FIN");
+    WL_CHECK(!read_to_eof(s, 10000, 1, "server"), "extfw1: the client's bytes, then EOF");
+    close(s);
+}
+
 /* A server in the tree whose client is the test (see the header). */
 static void do_ext_half(int cw)
 {
@@ -814,6 +845,8 @@ int main(int argc, char **argv)
         do_filtered();
     else if (!strncmp(which, "fin", 3))
         do_fin();
+    else if (!strcmp(which, "extfw1"))
+        do_ext_fw1();
     else if (!strcmp(which, "extfw2"))
         do_ext_half(0);
     else if (!strcmp(which, "extcw"))
