@@ -7,8 +7,10 @@
 //!   give EPIPE): restored like a half-closed connection that gets the
 //!   peer's FIN, sends its own and has it acknowledged (LAST_ACK, then
 //!   CLOSE, so no timewait socket is left), with its addresses
-//!   (SO_PEERNAME) and unread bytes. Refused: a pending error (POLLERR:
-//!   a reset not read yet), and a connect that failed (one segment in).
+//!   (SO_PEERNAME) and unread bytes, also with `--tcp-close`; its
+//!   packets are blocked from checkpoint to restart like a connection's.
+//!   Refused: a pending error (POLLERR: a reset not read yet), and a
+//!   connect that failed (one segment in).
 //! - Listening: bound and listening again on the same address and port,
 //!   with their backlog and options. Connections waiting in the accept
 //!   queue are refused (accept them before the checkpoint).
@@ -46,7 +48,8 @@
 //!   through; FIN_WAIT2's acknowledgement of our FIN the same way, after
 //!   shutdown put our FIN in as sent (send queue selected: nothing goes
 //!   out). In order, while still blocked: FIN_WAIT2's FIN and its ACK,
-//!   CLOSE_WAIT's and LAST_ACK's peer FIN; then repair mode ends, packets
+//!   CLOSE_WAIT's, LAST_ACK's and CLOSE's peer FIN, then CLOSE's FIN and
+//!   its ACK; then repair mode ends, packets
 //!   pass, unsent bytes are queued, FIN_WAIT1's, LAST_ACK's and CLOSING's
 //!   FIN follows them (a second copy of one sent before has its sequence
 //!   number: a retransmission), and CLOSING's peer FIN comes last. Each
