@@ -943,9 +943,11 @@ fn resume_repaired(
         )?;
         await_state(fd, want, what)
     };
-    if fins.sent || fins.received {
-        // Still blocked: only ckpt's marked segments pass.
-        netblock::let_marked_through();
+    if fins.received || fins.acked {
+        // Still blocked: only ckpt's marked segments pass (once per
+        // restart is enough: only a table an older ckpt made lacks that).
+        static MARKED: std::sync::Once = std::sync::Once::new();
+        MARKED.call_once(netblock::let_marked_through);
     }
     // Our FIN acknowledged (FIN_WAIT2, CLOSE): it goes in as sent (the
     // send queue selected, it is not transmitted), then the peer's
