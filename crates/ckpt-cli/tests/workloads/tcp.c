@@ -17,8 +17,9 @@
  *          fresh one: after restart the listener accepts connections on the
  *          same port (port in RESULT.port; each gets "hello\n"); on SIGTERM
  *          the options and addresses are checked.
- *   close4  a loopback connection inside the process, checkpointed with
- *          --tcp-close: after restart a read gives ECONNRESET or EOF.
+ *   close4  a loopback connection inside the process and a half-closed
+ *          one (FIN_WAIT2 / CLOSE_WAIT), checkpointed with --tcp-close:
+ *          after restart a read on each socket gives ECONNRESET or EOF.
  *   filter  a connected socket with SO_ATTACH_FILTER (refused).
  *   ended  a connection reset by its peer (CLOSE, ECONNRESET pending;
  *          refused).
@@ -417,12 +418,19 @@ static void do_listen(void)
     close(fresh);
 }
 
+static int tcp_state(int s);
+static int wait_state(int s, int st, const char *who);
+
 static void do_close(void)
 {
-    int c, s;
+    int c, s, hc, hs;
     pair(&c, &s);
     if (write(c, "abc", 3) != 3)
         wl_die("write");
+    /* And a half-closed pair: hc FIN_WAIT2, hs CLOSE_WAIT. */
+    pair(&hc, &hs);
+    if (shutdown(hc, SHUT_WR) != 0 || wait_state(hc, 5, "hc") || wait_state(hs, 8, "hs"))
+        wl_die("half-closed pair");
     wl_ready();
     while (!wl_term)
         pause();
@@ -434,8 +442,16 @@ static void do_close(void)
     r = read(c, buf, sizeof(buf));
     WL_CHECK(r == 0 || (r < 0 && errno == ECONNRESET),
              "close: read on the other end gave %zd (%s)", r, strerror(errno));
+    for (int i = 0; i < 2; i++) {
+        r = read(i ? hs : hc, buf, sizeof(buf));
+        WL_CHECK(r == 0 || (r < 0 && errno == ECONNRESET),
+                 "close: read on the half-closed %s gave %zd (%s)", i ? "hs" : "hc", r,
+                 strerror(errno));
+    }
     close(c);
     close(s);
+    close(hc);
+    close(hs);
 }
 
 static void do_filter(void)
