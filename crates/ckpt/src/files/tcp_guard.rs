@@ -90,23 +90,41 @@ impl Guard {
             .write_all_at(lines.as_bytes(), self.script_len)?;
         self.script_len += lines.len() as u64;
         let mut flags = reuseaddr as u8;
-        let pidfd = if self.holders.insert(holder) {
+        let pidfd = if self.holders.contains(&holder) {
+            None
+        } else {
             flags |= 2;
             Some(sys::pidfd_open(holder)?)
-        } else {
-            None
         };
         let mut fds = vec![fd];
         fds.extend(pidfd.as_ref().map(|p| p.as_raw_fd()));
-        sys::send_fds(self.ctl.as_raw_fd(), &[ADD, flags], &fds)?;
+        self.send(&[ADD, flags], &fds)?;
+        self.holders.insert(holder);
         Ok(())
+    }
+
+    /// Sends one message, waiting (up to 10 s) while the guardian's queue
+    /// is full.
+    fn send(&self, msg: &[u8], fds: &[i32]) -> io::Result<()> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match sys::send_fds(self.ctl.as_raw_fd(), msg, fds) {
+                Err(e)
+                    if e.kind() == io::ErrorKind::WouldBlock
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(1))
+                }
+                r => return r.map(drop),
+            }
+        }
     }
 
     /// Tells the guardian that the sockets stay as they are (`keep`: the
     /// tree was killed) or were given back (ckpt undid repair mode and the
     /// rules), and reaps it.
     pub fn finish(self, keep: bool) {
-        let _ = sys::send_fds(self.ctl.as_raw_fd(), &[if keep { KEEP } else { DONE }], &[]);
+        let _ = self.send(&[if keep { KEEP } else { DONE }], &[]);
         drop(self.ctl);
         let _ = sys::wait(self.pid, 0);
     }
@@ -174,12 +192,15 @@ fn guardian(fds: [i32; 4], exec: &sys::Exec) -> ! {
         }
     }
     // ckpt died without a word. Killing the tree? Then its sockets stay.
+    // (Without a holder to ask, the sockets are given back.)
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
-    let running = (4..=top).filter(|&f| pidfds.has(f)).any(|f| {
+    let mut holders = (4..=top).filter(|&f| pidfds.has(f)).peekable();
+    let asked = holders.peek().is_some();
+    let running = holders.any(|f| {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         !sys::poll_in(f, left.as_millis() as i32)
     });
-    if !running {
+    if asked && !running {
         sys::exit_now(0);
     }
     for f in (4..=top).filter(|&f| socks.has(f)) {
