@@ -8,7 +8,9 @@
 //! in a table of ckpt's own, `inet ckpt`: its set `in4`/`in6` matches
 //! packets arriving at the socket (local address and port, peer address
 //! and port) at the input hook, `out4`/`out6` packets leaving it at the
-//! output hook. A peer whose segments are dropped retransmits them, so
+//! output hook. Segments ckpt itself writes to a restored socket (the
+//! peer's FIN of a half-closed connection, see `files/tcp_fin.rs`) carry
+//! the mark `tcp_fin::MARK` and pass. A peer whose segments are dropped retransmits them, so
 //! the connection survives a restart within its retransmission timeout
 //! (minutes by default, tcp_retries2).
 //!
@@ -18,8 +20,11 @@
 //! (a warning is logged). When no restart follows, the rules stay and
 //! keep the peer's packets out: remove them with `nft delete table inet
 //! ckpt` (the peer then gets a RST on its next segment). A failed
-//! restart leaves them too, for the next try.
+//! restart leaves them too, for the next try. A checkpoint whose ckpt is
+//! killed while the program keeps running has them removed by its
+//! guardian (`files/tcp_guard.rs`).
 
+use crate::files::tcp_fin::MARK;
 use std::io::Write;
 use std::process::{Command, Stdio};
 
@@ -80,12 +85,33 @@ fn table_script() -> String {
          add chain inet {TABLE} output {{ type filter hook output priority -300; }}\n\
          flush chain inet {TABLE} input\n\
          flush chain inet {TABLE} output\n\
+         add rule inet {TABLE} input meta mark {MARK:#x} accept\n\
+         add rule inet {TABLE} output meta mark {MARK:#x} accept\n\
          add rule inet {TABLE} input ip daddr . tcp dport . ip saddr . tcp sport @in4 drop\n\
          add rule inet {TABLE} input ip6 daddr . tcp dport . ip6 saddr . tcp sport @in6 drop\n\
          add rule inet {TABLE} output ip saddr . tcp sport . ip daddr . tcp dport @out4 drop\n\
          add rule inet {TABLE} output ip6 saddr . tcp sport . ip6 daddr . tcp dport @out6 drop\n"
     );
     s
+}
+
+/// Makes sure segments with mark `MARK` pass the rules of an existing
+/// table (one written before ckpt marked its segments lacks the rule).
+pub fn let_marked_through() {
+    if table_exists() {
+        if let Err(e) = nft(&table_script()) {
+            tracing::warn!("nftables: cannot let ckpt's own segments through ({e})");
+        }
+    }
+}
+
+fn table_exists() -> bool {
+    Command::new("nft")
+        .args(["list", "table", "inet", TABLE])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// Runs `nft -f -` on `script`.
@@ -138,6 +164,23 @@ pub fn unblock(c: &Conn) {
     if table_is_empty() {
         let _ = nft(&format!("delete table inet {TABLE}\n"));
     }
+}
+
+/// Shell lines (for `sh`, errors silenced) letting the packets of `c`
+/// through again, as `unblock` does.
+pub fn unblock_lines(c: &Conn) -> String {
+    c.elements()
+        .iter()
+        .map(|(set, e)| format!("nft delete element inet {TABLE} {set} '{{ {e} }}' 2>/dev/null\n"))
+        .collect()
+}
+
+/// The shell line that removes the table once no connection is blocked
+/// any more, as `unblock` does.
+pub fn remove_empty_table_line() -> String {
+    format!(
+        "if nft list table inet {TABLE} >/dev/null 2>&1 && ! nft list table inet {TABLE} 2>/dev/null | grep -q elements; then nft delete table inet {TABLE} 2>/dev/null; fi"
+    )
 }
 
 /// Whether table `ckpt` exists with no element in its sets.

@@ -1525,8 +1525,98 @@ pub fn sendmsg_cmsg(
     msg.msg_controllen = space;
     // SAFETY: msg points at live buffers (payload, addr, control) of the
     // lengths given; the kernel only reads them.
-    let r = unsafe { libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT) };
+    let r = unsafe { libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
     Ok(check(r as libc::c_long)? as usize)
+}
+
+/// sendmsg of `payload` with `fds` (SCM_RIGHTS) on a connected socket.
+pub fn send_fds(fd: i32, payload: &[u8], fds: &[i32]) -> io::Result<usize> {
+    let data: Vec<u8> = fds.iter().flat_map(|f| f.to_ne_bytes()).collect();
+    sendmsg_cmsg(fd, payload, &[], libc::SOL_SOCKET, libc::SCM_RIGHTS, &data)
+}
+
+/// recvmsg into `buf`, waiting, with up to `fds.len()` (at most 8)
+/// SCM_RIGHTS fds (close-on-exec) into `fds`: (bytes, fds received).
+/// Allocates nothing (a forked child may call it).
+pub fn recv_fds(fd: i32, buf: &mut [u8], fds: &mut [i32]) -> io::Result<(usize, usize)> {
+    const HDR: usize = std::mem::size_of::<libc::cmsghdr>();
+    let mut control = [0u64; 8];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: msghdr is plain data; every pointer set below is valid.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control);
+    // SAFETY: msg points at live, writable buffers of the lengths given.
+    let r = unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_CMSG_CLOEXEC) };
+    let n = check(r as libc::c_long)? as usize;
+    let bytes = bytemuck_u8(&mut control);
+    let mut got = 0;
+    if msg.msg_controllen >= HDR {
+        let len = usize::from_ne_bytes(bytes[..8].try_into().unwrap_or([0; 8]));
+        let level = i32::from_ne_bytes(bytes[8..12].try_into().unwrap_or([0; 4]));
+        let ty = i32::from_ne_bytes(bytes[12..16].try_into().unwrap_or([0; 4]));
+        if level == libc::SOL_SOCKET && ty == libc::SCM_RIGHTS && len <= bytes.len() {
+            for c in bytes[HDR..len.max(HDR)].chunks_exact(4) {
+                let f = i32::from_ne_bytes([c[0], c[1], c[2], c[3]]);
+                if got < fds.len() {
+                    fds[got] = f;
+                    got += 1;
+                } else {
+                    close(f);
+                }
+            }
+        }
+    }
+    Ok((n, got))
+}
+
+/// A program, its arguments and environment made ready before a fork, so
+/// that the child can execve without allocating.
+pub struct Exec {
+    _strings: Vec<std::ffi::CString>,
+    path: *const libc::c_char,
+    argv: Vec<*const libc::c_char>,
+    envp: Vec<*const libc::c_char>,
+}
+
+impl Exec {
+    pub fn new(path: &str, args: &[&str], env: &[String]) -> io::Result<Exec> {
+        let c = |s: &str| {
+            std::ffi::CString::new(s)
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in an argument"))
+        };
+        let mut strings = vec![c(path)?];
+        for a in args {
+            strings.push(c(a)?);
+        }
+        for e in env {
+            strings.push(c(e)?);
+        }
+        let ptrs: Vec<*const libc::c_char> = strings.iter().map(|s| s.as_ptr()).collect();
+        let mut argv = ptrs[1..=args.len()].to_vec();
+        argv.push(std::ptr::null());
+        let mut envp = ptrs[1 + args.len()..].to_vec();
+        envp.push(std::ptr::null());
+        Ok(Exec {
+            path: ptrs[0],
+            _strings: strings,
+            argv,
+            envp,
+        })
+    }
+
+    /// execve; returns only on failure.
+    pub fn exec(&self) -> io::Error {
+        // SAFETY: path, argv and envp point into `_strings`, alive as long
+        // as self, and both arrays end with a null pointer.
+        unsafe { libc::execve(self.path, self.argv.as_ptr(), self.envp.as_ptr()) };
+        io::Error::last_os_error()
+    }
 }
 
 /// The bytes of a u64 buffer (8-byte aligned, as control messages need).
@@ -2106,6 +2196,19 @@ pub fn unix_socketpair(ty: i32) -> io::Result<(i32, i32)> {
     Ok((fds[0], fds[1]))
 }
 
+/// `unix_socketpair`, owned.
+pub fn unix_socketpair_owned(ty: i32) -> io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    use std::os::fd::FromRawFd;
+    let (a, b) = unix_socketpair(ty)?;
+    // SAFETY: a and b are fresh fds that nothing else owns.
+    Ok(unsafe {
+        (
+            std::os::fd::OwnedFd::from_raw_fd(a),
+            std::os::fd::OwnedFd::from_raw_fd(b),
+        )
+    })
+}
+
 /// bind a unix socket to `name`.
 pub fn unix_bind(fd: i32, name: &[u8]) -> io::Result<()> {
     let (a, len) = sockaddr_un(name)?;
@@ -2393,18 +2496,53 @@ fn sockaddr(family: u32, addr: &[u8], port: u16) -> io::Result<(libc::sockaddr_s
     }
 }
 
+/// The events poll(2) reports on `fd` now (POLLIN, POLLERR...).
+pub fn poll_now(fd: i32, events: i16) -> io::Result<i16> {
+    let mut p = libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    };
+    // SAFETY: p is one valid pollfd.
+    check(unsafe { libc::poll(&mut p, 1, 0) } as libc::c_long)?;
+    Ok(p.revents)
+}
+
 /// getsockname (or getpeername when `peer`): (family, address, port).
 pub fn sock_name(fd: i32, peer: bool) -> io::Result<(u32, Vec<u8>, u16)> {
+    sock_name_how(
+        fd,
+        if peer { 1 } else { 0 },
+        std::mem::size_of::<libc::sockaddr_storage>(),
+    )
+}
+
+/// The peer's address as SO_PEERNAME gives it: also for a TCP socket
+/// whose connection has ended (CLOSE), where getpeername fails.
+pub fn sock_peername_opt(fd: i32) -> io::Result<(u32, Vec<u8>, u16)> {
+    // (The kernel wants no more room than the address takes.)
+    sock_name_how(fd, 2, std::mem::size_of::<libc::sockaddr_in6>()).or_else(|e| {
+        if e.raw_os_error() == Some(libc::EINVAL) {
+            sock_name_how(fd, 2, std::mem::size_of::<libc::sockaddr_in>())
+        } else {
+            Err(e)
+        }
+    })
+}
+
+/// `how`: 0 getsockname, 1 getpeername, 2 getsockopt SO_PEERNAME; with
+/// room for `room` bytes (at most a sockaddr_storage).
+fn sock_name_how(fd: i32, how: u8, room: usize) -> io::Result<(u32, Vec<u8>, u16)> {
     // SAFETY: all-zero is a valid sockaddr_storage.
     let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    let mut len = room.min(std::mem::size_of::<libc::sockaddr_storage>()) as libc::socklen_t;
     let sa = (&mut ss as *mut libc::sockaddr_storage).cast::<libc::sockaddr>();
     // SAFETY: sa points to len writable bytes; the kernel updates len.
     let r = unsafe {
-        if peer {
-            libc::getpeername(fd, sa, &mut len)
-        } else {
-            libc::getsockname(fd, sa, &mut len)
+        match how {
+            1 => libc::getpeername(fd, sa, &mut len),
+            2 => libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_PEERNAME, sa.cast(), &mut len),
+            _ => libc::getsockname(fd, sa, &mut len),
         }
     };
     check(r as libc::c_long)?;
@@ -2446,6 +2584,23 @@ pub fn sock_connect(fd: i32, family: u32, addr: &[u8], port: u16) -> io::Result<
     // SAFETY: ss holds a valid sockaddr of len bytes.
     let r = unsafe { libc::connect(fd, (&ss as *const libc::sockaddr_storage).cast(), len) };
     check(r as libc::c_long).map(drop)
+}
+
+/// sendto(fd, data, (family, addr, port)) without waiting.
+pub fn sock_sendto(fd: i32, data: &[u8], family: u32, addr: &[u8], port: u16) -> io::Result<usize> {
+    let (ss, len) = sockaddr(family, addr, port)?;
+    // SAFETY: data is readable for its length; ss holds a valid sockaddr of len bytes.
+    let r = unsafe {
+        libc::sendto(
+            fd,
+            data.as_ptr().cast(),
+            data.len(),
+            libc::MSG_DONTWAIT,
+            (&ss as *const libc::sockaddr_storage).cast(),
+            len,
+        )
+    };
+    check(r as libc::c_long).map(|r| r as usize)
 }
 
 /// recv(fd, buf, flags).

@@ -17,14 +17,42 @@
  *          fresh one: after restart the listener accepts connections on the
  *          same port (port in RESULT.port; each gets "hello\n"); on SIGTERM
  *          the options and addresses are checked.
- *   close4  a loopback connection inside the process, checkpointed with
- *          --tcp-close: after restart a read gives ECONNRESET or EOF.
+ *   close4  a loopback connection inside the process and a half-closed
+ *          one (FIN_WAIT2 / CLOSE_WAIT), checkpointed with --tcp-close:
+ *          after restart a read on each socket gives ECONNRESET or EOF.
  *   filter  a connected socket with SO_ATTACH_FILTER (refused).
  *   ended  a connection reset by its peer (CLOSE, ECONNRESET pending;
  *          refused).
- *   halfclosed  an established connection, then a half-closed one
- *          (FIN_WAIT2 / CLOSE_WAIT, refused); the established one still
- *          works after the refusal (its repair mode was undone).
+ *   filtered  an established connection, then one with a socket filter
+ *          (refused); the established one still works after the refusal
+ *          (its repair mode was undone).
+ *   fin4, fin6  half-closed loopback connections inside the process, in
+ *          every state: FIN_WAIT2 / CLOSE_WAIT (data queued both ways),
+ *          LAST_ACK / FIN_WAIT2 and FIN_WAIT1 / ESTABLISHED (the FIN
+ *          waits behind bytes the peer has no room for), CLOSING /
+ *          FIN_WAIT2 (the FINs crossed). After restart each socket is in
+ *          its state again (or the next one: a FIN waiting behind bytes
+ *          may go out at once), the bytes come, reads give EOF where a FIN
+ *          came, writes fail with EPIPE after our FIN, and the
+ *          connections close as they would have. Also connections that
+ *          ended (CLOSE): after both FINs, with bytes still to read, and
+ *          after a reset whose ECONNRESET was read: bytes, then EOF,
+ *          EPIPE on writes, the same SO_PEERNAME.
+ *   extfw2  a server for a client outside the tree (the test; port in
+ *          RESULT.port): it accepts, sends 100000 bytes and shuts down
+ *          for writing (FIN_WAIT2 once the client has it all); after
+ *          SIGTERM its write fails with EPIPE, and it reads 100000 bytes
+ *          from the client, then EOF.
+ *   extfw1  a server whose client (the test) does not read: it sends
+ *          until the socket takes no more, shuts down for writing
+ *          (FIN_WAIT1: the FIN waits behind bytes the client has no room
+ *          for) and writes how many bytes it sent to RESULT.sent; after
+ *          SIGTERM its write fails with EPIPE and it reads 10000 bytes
+ *          from the client, then EOF.
+ *   extcw  a server whose client (the test) sends 10000 bytes and shuts
+ *          down (CLOSE_WAIT); the server writes 100000 bytes before the
+ *          checkpoint; after SIGTERM it reads the 10000 bytes and EOF,
+ *          sends 100000 more and closes.
  */
 #include "wl.h"
 
@@ -36,6 +64,7 @@
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
+#include <time.h>
 
 #define TOTAL (3u << 20)
 #define PHASE1_MAX (2u << 20)
@@ -389,12 +418,19 @@ static void do_listen(void)
     close(fresh);
 }
 
+static int tcp_state(int s);
+static int wait_state(int s, int st, const char *who);
+
 static void do_close(void)
 {
-    int c, s;
+    int c, s, hc, hs;
     pair(&c, &s);
     if (write(c, "abc", 3) != 3)
         wl_die("write");
+    /* And a half-closed pair: hc FIN_WAIT2, hs CLOSE_WAIT. */
+    pair(&hc, &hs);
+    if (shutdown(hc, SHUT_WR) != 0 || wait_state(hc, 5, "hc") || wait_state(hs, 8, "hs"))
+        wl_die("half-closed pair");
     wl_ready();
     while (!wl_term)
         pause();
@@ -406,8 +442,16 @@ static void do_close(void)
     r = read(c, buf, sizeof(buf));
     WL_CHECK(r == 0 || (r < 0 && errno == ECONNRESET),
              "close: read on the other end gave %zd (%s)", r, strerror(errno));
+    for (int i = 0; i < 2; i++) {
+        r = read(i ? hs : hc, buf, sizeof(buf));
+        WL_CHECK(r == 0 || (r < 0 && errno == ECONNRESET),
+                 "close: read on the half-closed %s gave %zd (%s)", i ? "hs" : "hc", r,
+                 strerror(errno));
+    }
     close(c);
     close(s);
+    close(hc);
+    close(hs);
 }
 
 static void do_filter(void)
@@ -450,13 +494,15 @@ static void do_ended(void)
     close(c);
 }
 
-static void do_halfclosed(void)
+static void do_filtered(void)
 {
     int c, s, hc, hs;
     pair(&c, &s);
     pair(&hc, &hs);
-    if (shutdown(hc, SHUT_WR) != 0)
-        wl_die("shutdown");
+    struct sock_filter code[] = {{BPF_RET | BPF_K, 0, 0, 0xffff}};
+    struct sock_fprog prog = {1, code};
+    if (setsockopt(hs, SOL_SOCKET, SO_ATTACH_FILTER, &prog, sizeof(prog)) != 0)
+        wl_die("SO_ATTACH_FILTER");
     wl_ready();
     while (!wl_term)
         pause();
@@ -471,6 +517,327 @@ static void do_halfclosed(void)
     close(s);
     close(hc);
     close(hs);
+}
+
+
+static const char *st_name(int st)
+{
+    static const char *n[] = {"?", "ESTABLISHED", "SYN_SENT", "SYN_RECV", "FIN_WAIT1",
+                              "FIN_WAIT2", "TIME_WAIT", "CLOSE", "CLOSE_WAIT", "LAST_ACK",
+                              "LISTEN", "CLOSING"};
+    return st >= 0 && st <= 11 ? n[st] : "?";
+}
+
+static int tcp_state(int s)
+{
+    struct tcp_info ti;
+    socklen_t l = sizeof(ti);
+    if (getsockopt(s, IPPROTO_TCP, TCP_INFO, &ti, &l) != 0)
+        return -1;
+    return ti.tcpi_state;
+}
+
+/* Waits up to 10 s for socket `s` to be in state `st`. */
+static int wait_state(int s, int st, const char *who)
+{
+    double deadline = wl_monotonic() + 10;
+    while (tcp_state(s) != st) {
+        if (wl_monotonic() > deadline) {
+            wl_fail("%s: in state %s, not %s", who, st_name(tcp_state(s)), st_name(st));
+            return -1;
+        }
+        struct timespec ts = {0, 1000000};
+        nanosleep(&ts, NULL);
+    }
+    return 0;
+}
+
+/* Writes numbered bytes without blocking until the socket takes no more
+ * (the peer does not read): bytes are left unsent. */
+static uint64_t fill_all(int s, int side)
+{
+    int small = 32768;
+    if (setsockopt(s, SOL_SOCKET, SO_SNDBUF, &small, sizeof(small)) != 0)
+        wl_die("SO_SNDBUF");
+    unsigned char buf[4096];
+    uint64_t sent = 0;
+    set_nonblock(s, 1);
+    for (;;) {
+        for (size_t i = 0; i < sizeof(buf); i++)
+            buf[i] = byte_at(sent + i, side);
+        ssize_t w = send(s, buf, sizeof(buf), MSG_NOSIGNAL);
+        if (w < 0 && errno == EAGAIN)
+            break;
+        if (w <= 0)
+            wl_die("send");
+        sent += w;
+    }
+    set_nonblock(s, 0);
+    return sent;
+}
+
+/* Reads `n` numbered bytes of `side` then expects EOF (blocking, with a
+ * 10 s receive timeout). */
+static int read_to_eof(int s, uint64_t n, int side, const char *who)
+{
+    struct timeval tv = {10, 0};
+    setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    set_nonblock(s, 0);
+    unsigned char buf[8192];
+    uint64_t got = 0;
+    for (;;) {
+        ssize_t r = read(s, buf, sizeof(buf));
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0) {
+            wl_fail("%s: read after %llu bytes: %s", who, (unsigned long long)got,
+                    strerror(errno));
+            return -1;
+        }
+        if (r == 0)
+            break;
+        for (ssize_t i = 0; i < r; i++)
+            if (buf[i] != byte_at(got + i, side)) {
+                wl_fail("%s: byte %llu is wrong", who, (unsigned long long)(got + i));
+                return -1;
+            }
+        got += r;
+    }
+    if (got != n) {
+        wl_fail("%s: EOF after %llu bytes, not %llu", who, (unsigned long long)got,
+                (unsigned long long)n);
+        return -1;
+    }
+    return 0;
+}
+
+static int read_str(int s, const char *want, const char *who)
+{
+    char buf[64];
+    size_t n = strlen(want), got = 0;
+    while (got < n) {
+        ssize_t r = read(s, buf + got, n - got);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0) {
+            wl_fail("%s: read gave %zd (%s) after %zu bytes", who, r, strerror(errno), got);
+            return -1;
+        }
+        got += r;
+    }
+    if (memcmp(buf, want, n)) {
+        wl_fail("%s: read \"%.*s\", not \"%s\"", who, (int)n, buf, want);
+        return -1;
+    }
+    return 0;
+}
+
+static int expect_eof(int s, const char *who)
+{
+    char x;
+    ssize_t r = read(s, &x, 1);
+    if (r != 0) {
+        wl_fail("%s: read gave %zd (%s), not EOF", who, r, r < 0 ? strerror(errno) : "a byte");
+        return -1;
+    }
+    return 0;
+}
+
+static int expect_epipe(int s, const char *who)
+{
+    ssize_t w = send(s, "x", 1, MSG_NOSIGNAL);
+    if (!(w < 0 && errno == EPIPE)) {
+        wl_fail("%s: write after our FIN gave %zd (%s), not EPIPE", who, w,
+                w < 0 ? strerror(errno) : "a byte");
+        return -1;
+    }
+    return 0;
+}
+
+#define STATE(s, st, who) WL_CHECK(tcp_state(s) == (st), "%s: state %s, not %s", who, \
+                                   st_name(tcp_state(s)), st_name(st))
+
+#define STATE2(s, a, b, who) WL_CHECK(tcp_state(s) == (a) || tcp_state(s) == (b), \
+                                      "%s: state %s, not %s or %s", who, st_name(tcp_state(s)), \
+                                      st_name(a), st_name(b))
+
+static void do_fin(void)
+{
+    int c1, s1, c2, s2, c3, s3, c4, s4;
+    /* 1: c1 FIN_WAIT2, s1 CLOSE_WAIT; bytes queued both ways. */
+    pair(&c1, &s1);
+    if (write(c1, "one", 3) != 3 || write(s1, "uno", 3) != 3 || shutdown(c1, SHUT_WR) != 0)
+        wl_die("pair 1");
+    /* 2: s2 LAST_ACK (its FIN behind bytes c2 has no room for), c2
+     * FIN_WAIT2. */
+    pair(&c2, &s2);
+    uint64_t n2 = fill_all(s2, 0);
+    if (shutdown(c2, SHUT_WR) != 0 || wait_state(s2, 8, "s2") || shutdown(s2, SHUT_WR) != 0)
+        wl_die("pair 2");
+    /* 3: s3 FIN_WAIT1 (FIN behind unsent bytes), c3 ESTABLISHED with
+     * bytes for s3. */
+    pair(&c3, &s3);
+    uint64_t n3 = fill_all(s3, 0);
+    if (shutdown(s3, SHUT_WR) != 0 || write(c3, "tres", 4) != 4)
+        wl_die("pair 3");
+    /* 4: s4 FIN_WAIT1 behind unsent bytes, then c4's FIN: s4 CLOSING, c4
+     * FIN_WAIT2. */
+    pair(&c4, &s4);
+    uint64_t n4 = fill_all(s4, 0);
+    if (shutdown(s4, SHUT_WR) != 0 || write(c4, "cuatro", 6) != 6 || shutdown(c4, SHUT_WR) != 0)
+        wl_die("pair 4");
+    /* 5: ended, both ways (CLOSE after both FINs), with bytes s5 has not
+     * read. 6: ended by a reset whose error c6 has read. */
+    int c5, s5, c6, s6;
+    pair(&c5, &s5);
+    if (write(c5, "cinco", 5) != 5 || shutdown(c5, SHUT_WR) != 0 || wait_state(s5, 8, "s5") ||
+        shutdown(s5, SHUT_WR) != 0 || wait_state(s5, 7, "s5") || wait_state(c5, 7, "c5"))
+        wl_die("pair 5");
+    pair(&c6, &s6);
+    struct linger lin = {1, 0};
+    if (setsockopt(s6, SOL_SOCKET, SO_LINGER, &lin, sizeof(lin)) != 0)
+        wl_die("SO_LINGER");
+    close(s6);
+    char x;
+    if (wait_state(c6, 7, "c6") || read(c6, &x, 1) != -1 || errno != ECONNRESET)
+        wl_die("pair 6: no ECONNRESET");
+    struct sockaddr_storage peer5, peer5b;
+    socklen_t pl = v6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+    if (getsockopt(s5, SOL_SOCKET, SO_PEERNAME, &peer5, &pl) != 0)
+        wl_die("SO_PEERNAME");
+    if (wait_state(c1, 5, "c1") || wait_state(s1, 8, "s1") || wait_state(s2, 9, "s2") ||
+        wait_state(c2, 5, "c2") || wait_state(s3, 4, "s3") || wait_state(c3, 1, "c3") ||
+        wait_state(s4, 11, "s4") || wait_state(c4, 5, "c4"))
+        wl_die("states before the checkpoint");
+    fprintf(stderr, "tcp: fin: filled %llu %llu %llu\n", (unsigned long long)n2,
+            (unsigned long long)n3, (unsigned long long)n4);
+    wl_ready();
+    while (!wl_term)
+        pause();
+    wl_verify_common();
+    STATE(c1, 5, "c1");
+    STATE(s1, 8, "s1");
+    /* The bytes behind which a FIN waits may go out at once: the restored
+     * queues are not cut into the same segments, and the peer's buffer
+     * is at least as large as the bytes it holds. So those connections
+     * may have moved on by now, as they would have once read from. */
+    STATE2(s2, 9, 7, "s2");
+    STATE2(c2, 5, 7, "c2");
+    STATE2(s3, 4, 5, "s3");
+    STATE2(c3, 1, 8, "c3");
+    STATE2(s4, 11, 7, "s4");
+    STATE2(c4, 5, 7, "c4");
+    /* 1: s1 reads c1's bytes then EOF and can still write; c1 reads
+     * them, cannot write, and sees s1's close. */
+    WL_CHECK(!read_str(s1, "one", "s1") && !expect_eof(s1, "s1"), "pair 1: s1");
+    WL_CHECK(!read_str(c1, "uno", "c1") && !expect_epipe(c1, "c1"), "pair 1: c1");
+    WL_CHECK(write(s1, "dos", 3) == 3, "s1: write in CLOSE_WAIT: %s", strerror(errno));
+    WL_CHECK(!read_str(c1, "dos", "c1"), "pair 1: c1 reads s1's late bytes");
+    close(s1);
+    WL_CHECK(!expect_eof(c1, "c1"), "pair 1: c1 sees s1's FIN");
+    WL_CHECK(!wait_state(c1, 7, "c1 after both FINs"), "pair 1: c1 ends");
+    /* 2: c2 reads all then s2's FIN; s2 sees c2's FIN and ends when its
+     * own is acknowledged. */
+    WL_CHECK(!expect_eof(s2, "s2") && !expect_epipe(s2, "s2"), "pair 2: s2");
+    WL_CHECK(!read_to_eof(c2, n2, 0, "c2"), "pair 2: c2 reads to EOF");
+    WL_CHECK(!wait_state(s2, 7, "s2 once its FIN is acknowledged"), "pair 2: s2 ends");
+    WL_CHECK(!wait_state(c2, 7, "c2 after both FINs"), "pair 2: c2 ends");
+    /* 3: c3 reads all then EOF, s3 reads c3's bytes; c3 still writes. */
+    WL_CHECK(!read_str(s3, "tres", "s3") && !expect_epipe(s3, "s3"), "pair 3: s3");
+    WL_CHECK(!read_to_eof(c3, n3, 0, "c3"), "pair 3: c3 reads to EOF");
+    WL_CHECK(!wait_state(s3, 5, "s3 once its FIN is acknowledged"), "pair 3: s3 FIN_WAIT2");
+    WL_CHECK(write(c3, "mas", 3) == 3, "c3: write in CLOSE_WAIT: %s", strerror(errno));
+    WL_CHECK(!read_str(s3, "mas", "s3"), "pair 3: s3 reads c3's late bytes");
+    close(c3);
+    WL_CHECK(!expect_eof(s3, "s3"), "pair 3: s3 sees c3's FIN");
+    /* 4: both read to EOF; s4 ends once c4 acknowledges its FIN. */
+    WL_CHECK(!read_str(s4, "cuatro", "s4") && !expect_eof(s4, "s4") && !expect_epipe(s4, "s4"),
+             "pair 4: s4");
+    WL_CHECK(!read_to_eof(c4, n4, 0, "c4"), "pair 4: c4 reads to EOF");
+    WL_CHECK(!wait_state(s4, 7, "s4 once its FIN is acknowledged"), "pair 4: s4 ends");
+    WL_CHECK(!wait_state(c4, 7, "c4 after both FINs"), "pair 4: c4 ends");
+    /* 5, 6: ended; what was queued, then EOF; writes fail. */
+    STATE(s5, 7, "s5");
+    STATE(c5, 7, "c5");
+    STATE(c6, 7, "c6");
+    socklen_t pl2 = pl;
+    WL_CHECK(getsockopt(s5, SOL_SOCKET, SO_PEERNAME, &peer5b, &pl2) == 0 && pl2 == pl &&
+                 !memcmp(&peer5, &peer5b, pl),
+             "s5: SO_PEERNAME changed");
+    WL_CHECK(!read_str(s5, "cinco", "s5") && !expect_eof(s5, "s5") && !expect_epipe(s5, "s5"),
+             "pair 5: s5");
+    WL_CHECK(!expect_eof(c5, "c5") && !expect_epipe(c5, "c5"), "pair 5: c5");
+    WL_CHECK(!expect_eof(c6, "c6") && !expect_epipe(c6, "c6"), "pair 6: c6");
+    close(c1);
+    close(c2);
+    close(s2);
+    close(s3);
+    close(c4);
+    close(s4);
+    close(c5);
+    close(s5);
+    close(c6);
+}
+
+static void do_ext_fw1(void)
+{
+    int l = listener(1);
+    write_port(sock_port(l));
+    wl_ready();
+    int s = accept(l, NULL, NULL);
+    if (s < 0)
+        wl_die("accept");
+    uint64_t n = fill_all(s, 0);
+    if (shutdown(s, SHUT_WR) != 0)
+        wl_die("shutdown");
+    char path[3100];
+    snprintf(path, sizeof(path), "%s.sent", wl_result);
+    FILE *f = fopen(path, "w");
+    if (!f)
+        wl_die("open %s", path);
+    fprintf(f, "%llu\n", (unsigned long long)n);
+    fclose(f);
+    while (!wl_term)
+        pause();
+    WL_CHECK(!expect_epipe(s, "server"), "extfw1: write after our FIN");
+    WL_CHECK(!read_to_eof(s, 10000, 1, "server"), "extfw1: the client's bytes, then EOF");
+    close(s);
+}
+
+/* A server in the tree whose client is the test (see the header). */
+static void do_ext_half(int cw)
+{
+    int l = listener(1);
+    write_port(sock_port(l));
+    wl_ready();
+    int s = accept(l, NULL, NULL);
+    if (s < 0)
+        wl_die("accept");
+    close(l);
+    unsigned char buf[100000];
+    for (int i = 0; i < 100000; i++)
+        buf[i] = byte_at(i, 0);
+    if (write_all(s, buf, sizeof(buf)) != 0)
+        wl_die("write");
+    if (!cw && shutdown(s, SHUT_WR) != 0)
+        wl_die("shutdown");
+    while (!wl_term)
+        pause();
+    /* (No wl_verify_common: the fds changed since "ready".) */
+    if (cw) {
+        STATE(s, 8, "server");
+        WL_CHECK(!read_to_eof(s, 10000, 1, "server"), "extcw: the client's bytes, then EOF");
+        for (int i = 0; i < 100000; i++)
+            buf[i] = byte_at(100000 + i, 0);
+        WL_CHECK(write_all(s, buf, sizeof(buf)) == 0, "extcw: write in CLOSE_WAIT: %s",
+                 strerror(errno));
+    } else {
+        /* (Its state is the test's to check: the client's FIN may come
+         * any time now.) */
+        WL_CHECK(!expect_epipe(s, "server"), "extfw2: write after our FIN");
+        WL_CHECK(!read_to_eof(s, 100000, 1, "server"), "extfw2: the client's bytes, then EOF");
+    }
+    close(s);
 }
 
 int main(int argc, char **argv)
@@ -490,8 +857,16 @@ int main(int argc, char **argv)
         do_filter();
     else if (!strcmp(which, "ended"))
         do_ended();
-    else if (!strcmp(which, "halfclosed"))
-        do_halfclosed();
+    else if (!strcmp(which, "filtered"))
+        do_filtered();
+    else if (!strncmp(which, "fin", 3))
+        do_fin();
+    else if (!strcmp(which, "extfw1"))
+        do_ext_fw1();
+    else if (!strcmp(which, "extfw2"))
+        do_ext_half(0);
+    else if (!strcmp(which, "extcw"))
+        do_ext_half(1);
     else
         wl_die("unknown case %s", which);
     wl_finish();

@@ -28,6 +28,8 @@ mod procfile;
 mod signalfd;
 pub mod sockopt;
 mod tcp;
+pub(crate) mod tcp_fin;
+mod tcp_guard;
 mod timerfd;
 mod udp;
 mod unix;

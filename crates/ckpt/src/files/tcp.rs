@@ -1,9 +1,16 @@
 //! TCP sockets, IPv4 and IPv6.
 //!
 //! - Not connected (fresh or bound): recreated with their options and
-//!   bound again to their address. A socket whose connection has ended
-//!   (CLOSE after segments were exchanged: reads give EOF or a pending
-//!   ECONNRESET) is refused.
+//!   bound again to their address.
+//! - Ended (CLOSE after a connection: both FINs exchanged, or a reset
+//!   whose error was read; it reads what is queued, then EOF, and writes
+//!   give EPIPE): restored like a half-closed connection that gets the
+//!   peer's FIN, sends its own and has it acknowledged (LAST_ACK, then
+//!   CLOSE, so no timewait socket is left), with its addresses
+//!   (SO_PEERNAME) and unread bytes, also with `--tcp-close`; its
+//!   packets are blocked from checkpoint to restart like a connection's.
+//!   Refused: a pending error (POLLERR: a reset not read yet), and a
+//!   connect that failed (one segment in).
 //! - Listening: bound and listening again on the same address and port,
 //!   with their backlog and options. Connections waiting in the accept
 //!   queue are refused (accept them before the checkpoint).
@@ -24,9 +31,43 @@
 //!   just before the tree runs; then the packets pass again and the bytes
 //!   written but never sent are queued normally. Both ends of a loopback
 //!   connection inside the tree are restored the same way.
-//!   Half-closed connections (FIN_WAIT1/2, CLOSE_WAIT, LAST_ACK, CLOSING)
-//!   and connections being set up (SYN_SENT, SYN_RECV) are refused: the
-//!   kernel allows repair mode only on established or closed sockets.
+//! - Half-closed (FIN_WAIT1, FIN_WAIT2, CLOSE_WAIT, LAST_ACK, CLOSING):
+//!   saved like an established connection (repair mode works in these
+//!   states), but a FIN takes a sequence number and no byte: ours is
+//!   counted in the send sequence (and, until acknowledged, in SIOCOUTQ,
+//!   and in SIOCOUTQNSD while it waits behind unsent bytes), the peer's in
+//!   the receive sequence. The image keeps the kernel's sequence numbers
+//!   and the state; queues and `unsent` hold bytes only. Repair mode can
+//!   only rebuild an ESTABLISHED socket, so restart rebuilds it one
+//!   sequence number short on each side with a FIN (and the announced
+//!   window's left edge no further than that), then replays the FINs in
+//!   their order (`tcp_fin`): our FIN with shutdown(SHUT_WR); the peer's
+//!   with a segment (FIN, ACK, its sequence number, acknowledging what the
+//!   peer had acknowledged, the peer's last window) written from a raw
+//!   socket as if the peer sent it, with a mark the blocking rules let
+//!   through; FIN_WAIT2's acknowledgement of our FIN the same way, after
+//!   shutdown put our FIN in as sent (send queue selected: nothing goes
+//!   out). In order, while still blocked: FIN_WAIT2's FIN and its ACK,
+//!   CLOSE_WAIT's, LAST_ACK's and CLOSE's peer FIN, then CLOSE's FIN and
+//!   its ACK; then repair mode ends, packets
+//!   pass, unsent bytes are queued, FIN_WAIT1's, LAST_ACK's and CLOSING's
+//!   FIN follows them (a second copy of one sent before has its sequence
+//!   number: a retransmission), and CLOSING's peer FIN comes last. Each
+//!   replayed segment must bring the socket to its state within 2 s, or
+//!   the restart fails. What the peer does meanwhile is what it would have
+//!   done to the original socket (nothing provokes a reset: the socket is
+//!   synchronized all along). At checkpoint a probe (a segment without
+//!   flags, which every state discards but counts in tcpi_segs_in) must
+//!   reach the socket, or the connection is refused: a firewall rule of
+//!   the program's own dropping the peer's segments would drop the
+//!   replayed ones too. The segments carry no timestamp option
+//!   (the kernel accepts a segment without one, and it leaves the echoed
+//!   timestamp alone). Not kept: how the restored queues are cut into
+//!   segments, so a FIN waiting behind bytes the peer had no room for may
+//!   go out at once (and a restored connection's buffers are made large
+//!   enough for its queues, so the window may open).
+//! - Connections being set up (SYN_SENT, SYN_RECV) and TIME_WAIT are
+//!   refused (a socket in TIME_WAIT no longer has an fd anyway).
 //! - `--tcp-close`: established and half-closed connections are not put
 //!   in repair mode; killing the tree closes them as usual (the peer sees
 //!   FIN or RST), and restart replaces each with a socket whose
@@ -39,11 +80,14 @@
 //! as plain bytes), TCP_MD5SIG keys (the kernel does not show them),
 //! half-open connections a listener has not completed yet (SYN_RECV;
 //! the client's next ACK gets a reset or a SYN cookie). If ckpt itself
-//! is killed (SIGKILL) in the middle of a checkpoint, its connections stay
-//! in repair mode and blocked: the tree heals, its connections do not
-//! (close them, or `nft delete table inet ckpt` and restart the program).
-//! A failed restart leaves the rules in place, so the image can be
-//! restarted again.
+//! is killed (SIGKILL) in the middle of a checkpoint, the tree heals, and
+//! so do its connections: before the first connection is blocked, ckpt
+//! forks a guardian (`tcp_guard`) that gets each connection's socket
+//! before it is blocked and put in repair mode; should ckpt die without
+//! saying that the tree was killed (or that it undid all itself), the
+//! guardian ends repair mode and removes the rules while the program
+//! still runs. A failed restart leaves the rules in place, so the image
+//! can be restarted again.
 //!
 //! SO_RCVBUF / SO_SNDBUF of a connection are set (with the FORCE
 //! variants, which locks them as if the program had set them; the kernel
@@ -52,6 +96,8 @@
 //! refused.
 
 use super::kind::{objects_of, Check, DumpCx, FdKind, OpenCx, Probe, ResumeCx};
+use super::tcp_fin::{self, Segment};
+use super::tcp_guard::Guard;
 use crate::error::{Error, Result};
 use crate::netblock::{self, Conn};
 use crate::sys;
@@ -86,8 +132,7 @@ const SIOCOUTQNSD: u64 = 0x894B;
 const IPV6_TCLASS: i32 = 67;
 
 // TCP states (include/net/tcp_states.h).
-const ESTABLISHED: u32 = 1;
-const CLOSE: u32 = 7;
+use super::tcp_fin::{CLOSE, CLOSE_WAIT, CLOSING, FIN_WAIT2, LAST_ACK};
 const LISTEN: u32 = 10;
 
 fn state_name(s: u32) -> &'static str {
@@ -225,6 +270,8 @@ struct Info {
     /// Segments sent and received (tcpi_segs_out + tcpi_segs_in; 0 when
     /// the kernel's tcp_info is too short to tell).
     segs: u64,
+    /// Segments received (tcpi_segs_in).
+    segs_in: u32,
 }
 
 /// Parses the first bytes of a struct tcp_info.
@@ -246,6 +293,7 @@ fn parse_info(b: &[u8]) -> Option<Info> {
         } else {
             0
         },
+        segs_in: if b.len() >= 144 { u32_at(140) } else { 0 },
     })
 }
 
@@ -280,9 +328,40 @@ struct Repaired {
 #[derive(Default)]
 struct Scratch {
     repaired: Vec<Repaired>,
+    /// Undoes repair mode and the blocking should ckpt die (SIGKILL).
+    guard: Option<Guard>,
+    guard_failed: bool,
 }
 
 impl Scratch {
+    /// Hands connection `conn` (socket `fd` of process `pid`) to the
+    /// guardian, started on first use.
+    fn guard(&mut self, pid: sys::Pid, fd: i32, reuseaddr: bool, conn: &Conn) {
+        if self.guard.is_none() && !self.guard_failed {
+            match Guard::start() {
+                Ok(g) => self.guard = Some(g),
+                Err(e) => {
+                    self.guard_failed = true;
+                    tracing::warn!("no guardian for the TCP connections in repair mode ({e}): should ckpt be killed, they stay frozen");
+                }
+            }
+        }
+        if let Some(g) = self.guard.as_mut() {
+            if let Err(e) = g.add(fd, reuseaddr, pid, conn) {
+                tracing::warn!("pid {pid}: a TCP connection is not guarded ({e}): should ckpt be killed, it stays frozen");
+            }
+        }
+    }
+
+    /// The tree was killed: its connections stay in repair mode (closed
+    /// so, they send nothing) and blocked until restart.
+    fn keep(&mut self) {
+        self.repaired.clear();
+        if let Some(g) = self.guard.take() {
+            g.finish(true);
+        }
+    }
+
     fn release(&mut self) {
         for r in self.repaired.drain(..) {
             let fd = r.fd.as_raw_fd();
@@ -294,6 +373,9 @@ impl Scratch {
                 let _ = sys::setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1);
             }
             netblock::unblock(&r.conn);
+        }
+        if let Some(g) = self.guard.take() {
+            g.finish(false);
         }
     }
 }
@@ -455,13 +537,33 @@ fn read_repair(p: &Probe, fd: i32, info: &Info, r: &mut TcpRepair) -> Result<(Ve
     sys::setsockopt_int(fd, tcp, TCP_REPAIR_QUEUE, TCP_QUEUE_RECV as i32)
         .map_err(e("select the receive queue (TCP_REPAIR_QUEUE)"))?;
     r.rcv_seq = sys::getsockopt_int(fd, tcp, TCP_QUEUE_SEQ).map_err(e("TCP_QUEUE_SEQ"))? as u32;
+    // (Without the peer's FIN, which takes a sequence number but no byte.)
     let inq = sys::ioctl_int(fd, SIOCINQ).map_err(e("SIOCINQ"))? as usize;
     let recvq = peek_queue(fd, inq).map_err(e("peek the receive queue"))?;
     sys::setsockopt_int(fd, tcp, TCP_REPAIR_QUEUE, TCP_QUEUE_SEND as i32)
         .map_err(e("select the send queue (TCP_REPAIR_QUEUE)"))?;
     r.snd_seq = sys::getsockopt_int(fd, tcp, TCP_QUEUE_SEQ).map_err(e("TCP_QUEUE_SEQ"))? as u32;
-    let outq = sys::ioctl_int(fd, SIOCOUTQ).map_err(e("SIOCOUTQ"))? as usize;
-    let unsent = sys::ioctl_int(fd, SIOCOUTQNSD).map_err(e("SIOCOUTQNSD"))? as usize;
+    let mut outq = sys::ioctl_int(fd, SIOCOUTQ).map_err(e("SIOCOUTQ"))? as usize;
+    let mut unsent = sys::ioctl_int(fd, SIOCOUTQNSD).map_err(e("SIOCOUTQNSD"))? as usize;
+    // Our FIN, not acknowledged yet, is counted in both (unsent when it
+    // waits behind unsent bytes); the queue peeks bytes only.
+    let fins = tcp_fin::fins(info.state).unwrap_or_default();
+    if info.state == CLOSE {
+        // (A reset leaves write_seq past what was acknowledged, and an
+        // empty queue nobody can read.)
+        outq = 0;
+        unsent = 0;
+    }
+    if fins.queued() {
+        if outq == 0 {
+            return Err(p.unsupported(&format!(
+                "its connection is in state {} without a FIN in its send queue (the kernel could not queue it), which ckpt cannot restore",
+                state_name(info.state)
+            )));
+        }
+        outq -= 1;
+        unsent = unsent.saturating_sub(1);
+    }
     let sendq = peek_queue(fd, outq).map_err(e("peek the send queue"))?;
     sys::setsockopt_int(fd, tcp, TCP_REPAIR_QUEUE, TCP_NO_QUEUE).map_err(e("TCP_REPAIR_QUEUE"))?;
     r.unsent = unsent.min(outq) as u32;
@@ -505,7 +607,11 @@ impl FdKind for Tcp {
             state: info.state,
             ..Default::default()
         };
-        let connected = !matches!(info.state, LISTEN | CLOSE);
+        // A connection that ended (both FINs, or a reset whose error was
+        // read; more than a failed connect's RST came in): it reads its
+        // bytes, then EOF, writes give EPIPE; restored with its FINs.
+        let ended = info.state == CLOSE && info.segs > 0 && info.segs_in >= 2;
+        let connected = !matches!(info.state, LISTEN | CLOSE) || ended;
         read_options(p, fd, family, connected, &mut r)?;
         let mut queues = None;
         r.mode = match info.state {
@@ -519,6 +625,15 @@ impl FdKind for Tcp {
                 r.backlog = info.sacked;
                 TCP_MODE_LISTEN
             }
+            CLOSE if ended => {
+                let ev = sys::poll_now(fd, libc::POLLERR).map_err(|e| p.sys("poll", e))?;
+                if ev & libc::POLLERR != 0 {
+                    return Err(p.unsupported(
+                        "its connection has ended with an error not read yet (such as ECONNRESET), which ckpt cannot restore; read it (or close the socket) before the checkpoint",
+                    ));
+                }
+                TCP_MODE_REPAIR
+            }
             CLOSE if info.segs > 0 => {
                 return Err(p.unsupported(
                     "its connection has ended (state CLOSE after segments were exchanged): what reads and writes on it return (EOF, a pending ECONNRESET) cannot be restored; close the socket before the checkpoint",
@@ -526,23 +641,21 @@ impl FdKind for Tcp {
             }
             CLOSE => TCP_MODE_PLAIN,
             _ if cx.opts.tcp_close && !matches!(info.state, 2 | 3) => TCP_MODE_RESET,
-            ESTABLISHED => TCP_MODE_REPAIR,
-            s @ (4 | 5 | 8 | 9 | 11) => {
-                return Err(p.unsupported(&format!(
-                    "it is a half-closed connection ({}): ckpt restores established connections only; checkpoint once the connection is established or closed, or use --tcp-close to restore it as reset",
-                    state_name(s)
-                )))
-            }
+            s if tcp_fin::fins(s).is_some() => TCP_MODE_REPAIR,
             s => {
                 return Err(p.unsupported(&format!(
-                    "its connection is in state {} ({s}), which ckpt cannot restore (only established connections, listeners and unconnected sockets); checkpoint once it is established",
+                    "its connection is in state {} ({s}), which ckpt cannot restore (only established and half-closed connections, listeners and unconnected sockets); checkpoint once it is established, or use --tcp-close to restore it as reset",
                     state_name(s)
                 )))
             }
         };
         if connected {
             // (Refused states first: a connecting socket has no peer yet.)
-            let (_, peer, pport) = sys::sock_name(fd, true).map_err(|e| p.sys("getpeername", e))?;
+            let (_, peer, pport) = if ended {
+                sys::sock_peername_opt(fd).map_err(|e| p.sys("getsockopt SO_PEERNAME", e))?
+            } else {
+                sys::sock_name(fd, true).map_err(|e| p.sys("getpeername", e))?
+            };
             r.peer_addr = Bytes(peer);
             r.peer_port = pport as u32;
         }
@@ -562,7 +675,9 @@ impl FdKind for Tcp {
             // when they are read, and nothing reaches it afterwards.
             let conn = conn_of(&r);
             let copy = mine.try_clone().map_err(|e| p.sys("dup", e))?;
-            cx.scratch::<Scratch>(SCRATCH).repaired.push(Repaired {
+            let s = cx.scratch::<Scratch>(SCRATCH);
+            s.guard(p.pid, fd, r.reuseaddr, &conn);
+            s.repaired.push(Repaired {
                 fd: copy,
                 repair: false,
                 reuseaddr: r.reuseaddr,
@@ -585,11 +700,23 @@ impl FdKind for Tcp {
             if let Some(last) = cx.scratch::<Scratch>(SCRATCH).repaired.last_mut() {
                 last.repair = true;
             }
+            kill_after_repair_for_tests();
             let mut rep = TcpRepair {
                 file_id: f.id,
                 ..Default::default()
             };
             let (recvq, sendq) = read_repair(p, fd, &info, &mut rep)?;
+            let fins = tcp_fin::fins(info.state).unwrap_or_default();
+            // (A socket in CLOSE receives nothing, so it cannot be asked.)
+            if (fins.received || fins.acked)
+                && info.state != CLOSE
+                && !reaches(fd, &conn, rep.rcv_seq)
+            {
+                return Err(p.unsupported(&format!(
+                    "its connection is half-closed ({}): restart replays the peer's FIN or acknowledgement with a segment from a raw socket, and such a segment does not reach this socket now (a firewall rule drops it?); checkpoint once the rule is gone, or use --tcp-close to restore it as reset",
+                    state_name(info.state)
+                )));
+            }
             queues = Some((rep, recvq, sendq));
         }
         f.kind = FILE_TCP;
@@ -615,9 +742,7 @@ impl FdKind for Tcp {
     fn after_checkpoint(&self, cx: &mut DumpCx, killed: bool) {
         let s = cx.scratch::<Scratch>(SCRATCH);
         if killed {
-            // Closed in repair mode: nothing is sent, and the packets of
-            // the connections stay blocked until restart.
-            s.repaired.clear();
+            s.keep();
         } else {
             s.release();
         }
@@ -716,31 +841,195 @@ impl FdKind for Tcp {
         let Some((pid, copy)) = cx.fetch(f.id)? else {
             return Ok(());
         };
-        let fd = copy.as_raw_fd();
-        let fail = |what: &str, source| Error::Sys {
-            pid,
-            what: format!("{what} (TCP socket {})", describe(r)),
-            source,
-        };
-        sys::setsockopt_int(fd, libc::IPPROTO_TCP, TCP_REPAIR, 0)
-            .map_err(|e| fail("leave repair mode", e))?;
-        if r.reuseaddr {
-            sys::setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)
-                .map_err(|e| fail("setsockopt SO_REUSEADDR", e))?;
-        }
-        netblock::unblock(&conn_of(r));
-        // The bytes never sent go out as a normal write now.
+        let rep = repair_record(cx.img, f)?;
         let sendq = queues(cx.img, f.id)
             .find(|q| q.queue == TCP_QUEUE_SEND)
             .map_or(&[][..], |q| &q.data.0[..]);
-        let unsent = repair_record(cx.img, f)?.unsent as usize;
-        let mut rest = &sendq[sendq.len() - unsent..];
-        while !rest.is_empty() {
-            let n = sys::send(fd, rest, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
-                .map_err(|e| fail("queue the bytes not sent yet", e))?;
-            rest = &rest[n..];
+        resume_repaired(copy.as_raw_fd(), r, rep, sendq).map_err(|(what, source)| Error::Sys {
+            pid,
+            what: format!("{what} (TCP socket {})", describe(r)),
+            source,
+        })
+    }
+}
+
+/// Whether a segment written from a raw socket as the peer of `conn`
+/// reaches its socket `fd` (in repair mode, whose next receive sequence
+/// number is `rcv_nxt`): a probe without flags, which the socket
+/// discards, but counts (up to 1 s).
+fn reaches(fd: i32, conn: &Conn, rcv_nxt: u32) -> bool {
+    let Ok(before) = tcp_info(fd).map(|i| i.segs_in) else {
+        return false;
+    };
+    let probe = Segment {
+        seq: rcv_nxt,
+        ack: 0,
+        flags: 0,
+        window: 0,
+    };
+    if tcp_fin::inject(conn, &probe).is_err() {
+        return false;
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    loop {
+        match tcp_info(fd) {
+            Ok(i) if i.segs_in != before => return true,
+            Ok(_) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(1))
+            }
+            _ => return false,
         }
-        Ok(())
+    }
+}
+
+/// Waits (up to 2 s) for socket `fd` to reach one of `states` after a
+/// segment was injected (the loopback device may deliver it later).
+fn await_state(fd: i32, states: &[u32], what: &str) -> std::result::Result<(), StepErr> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        let now = step("getsockopt TCP_INFO", tcp_info(fd))?.state;
+        if states.contains(&now) {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err((
+                format!(
+                    "{what}: the socket is in state {} instead of {}",
+                    state_name(now),
+                    state_name(states[0])
+                ),
+                std::io::Error::from_raw_os_error(libc::ETIMEDOUT),
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
+/// Leaves repair mode on restored connection `fd` (just before the tree
+/// runs), lets its packets through, queues the bytes never sent and
+/// replays the FINs of a half-closed connection (see the module doc).
+fn resume_repaired(
+    fd: i32,
+    r: &TcpSk,
+    rep: &TcpRepair,
+    sendq: &[u8],
+) -> std::result::Result<(), StepErr> {
+    let tcp = libc::IPPROTO_TCP;
+    let fins = tcp_fin::fins(r.state).unwrap_or_default();
+    let conn = conn_of(r);
+    let scale = if rep.tcp_options & TCPI_OPT_WSCALE != 0 {
+        rep.snd_wscale
+    } else {
+        0
+    };
+    let window = (rep.snd_wnd >> scale).min(0xffff) as u16;
+    // The peer's view: everything before our FIN was acknowledged up to
+    // the send queue, and its FIN (if any) is the last receive number.
+    let snd_una = rep
+        .snd_seq
+        .wrapping_sub(fins.sent as u32)
+        .wrapping_sub(sendq.len() as u32);
+    let rcv_nxt = rep.rcv_seq.wrapping_sub(fins.received as u32);
+    let their_fin = |ack: u32| Segment {
+        seq: rcv_nxt,
+        ack,
+        flags: tcp_fin::FIN | tcp_fin::ACK,
+        window,
+    };
+    let inject = |seg: &Segment, want: &[u32], what: &str| {
+        step(
+            &format!("{what} (a segment from a raw socket, needs CAP_NET_RAW)"),
+            tcp_fin::inject(&conn, seg),
+        )?;
+        await_state(fd, want, what)
+    };
+    if fins.received || fins.acked {
+        // Still blocked: only ckpt's marked segments pass (once per
+        // restart is enough: only a table an older ckpt made lacks that).
+        static MARKED: std::sync::Once = std::sync::Once::new();
+        MARKED.call_once(netblock::let_marked_through);
+    }
+    // Our FIN acknowledged (FIN_WAIT2, CLOSE): it goes in as sent (the
+    // send queue selected, it is not transmitted), then the peer's
+    // acknowledgement of it.
+    let acked_fin = |want: u32| {
+        let q = |v: i32| {
+            step(
+                "select the send queue",
+                sys::setsockopt_int(fd, tcp, TCP_REPAIR_QUEUE, v),
+            )
+        };
+        q(TCP_QUEUE_SEND as i32)?;
+        step("queue our FIN (shutdown)", sys::shutdown(fd, libc::SHUT_WR))?;
+        q(TCP_NO_QUEUE)?;
+        let ack = Segment {
+            seq: rep.rcv_seq,
+            ack: rep.snd_seq,
+            flags: tcp_fin::ACK,
+            window,
+        };
+        inject(
+            &ack,
+            &[want],
+            "replay the peer's acknowledgement of our FIN",
+        )
+    };
+    if r.state == FIN_WAIT2 {
+        acked_fin(FIN_WAIT2)?;
+    }
+    if matches!(r.state, CLOSE_WAIT | LAST_ACK | CLOSE) {
+        // The peer's FIN came first (for CLOSE too: from LAST_ACK it ends
+        // without a timewait socket).
+        inject(&their_fin(snd_una), &[CLOSE_WAIT], "replay the peer's FIN")?;
+    }
+    if r.state == CLOSE {
+        acked_fin(CLOSE)?;
+    }
+    step(
+        "leave repair mode",
+        sys::setsockopt_int(fd, tcp, TCP_REPAIR, 0),
+    )?;
+    if r.reuseaddr {
+        step(
+            "setsockopt SO_REUSEADDR",
+            sys::setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1),
+        )?;
+    }
+    netblock::unblock(&conn);
+    // The bytes never sent go out as a normal write now.
+    let mut rest = &sendq[sendq.len() - rep.unsent as usize..];
+    while !rest.is_empty() {
+        let n = step(
+            "queue the bytes not sent yet",
+            sys::send(fd, rest, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL),
+        )?;
+        rest = &rest[n..];
+    }
+    if fins.queued() {
+        // FIN_WAIT1, LAST_ACK, CLOSING: our FIN after those bytes, sent
+        // again if it was sent before (the same sequence number).
+        step("send our FIN (shutdown)", sys::shutdown(fd, libc::SHUT_WR))?;
+    }
+    if r.state == CLOSING {
+        // The peer's FIN crossed ours. What acknowledges ours may have
+        // arrived meanwhile (then FIN_WAIT2, and its FIN makes it
+        // TIME_WAIT, as without ckpt): acknowledge what it acknowledged.
+        let outq = step("SIOCOUTQ", sys::ioctl_int(fd, SIOCOUTQ))? as u32;
+        // (CLOSE: TIME_WAIT, which the socket leaves for a timewait sock.)
+        inject(
+            &their_fin(rep.snd_seq.wrapping_sub(outq)),
+            &[CLOSING, CLOSE],
+            "replay the peer's FIN",
+        )?;
+    }
+    Ok(())
+}
+
+/// Test hook: `CKPT_TEST_KILL_AFTER_REPAIR` makes ckpt kill itself
+/// (SIGKILL) right after it put a connection in repair mode.
+fn kill_after_repair_for_tests() {
+    if std::env::var_os("CKPT_TEST_KILL_AFTER_REPAIR").is_some() {
+        let _ = sys::kill(std::process::id() as sys::Pid, libc::SIGKILL);
     }
 }
 
@@ -957,14 +1246,19 @@ fn restore_repair(
             sys::setsockopt_int(fd, tcp, TCP_QUEUE_SEQ, seq as i32),
         )
     };
+    // Rebuilt as ESTABLISHED: without the FINs, which `resume` replays.
+    let fins = tcp_fin::fins(r.state).unwrap_or_default();
+    let rcv_nxt = rep.rcv_seq.wrapping_sub(fins.received as u32);
     set_seq(
         TCP_QUEUE_RECV,
-        rep.rcv_seq.wrapping_sub(recvq.len() as u32),
+        rcv_nxt.wrapping_sub(recvq.len() as u32),
         "set the receive sequence (TCP_QUEUE_SEQ)",
     )?;
     set_seq(
         TCP_QUEUE_SEND,
-        rep.snd_seq.wrapping_sub(sendq.len() as u32),
+        rep.snd_seq
+            .wrapping_sub(fins.sent as u32)
+            .wrapping_sub(sendq.len() as u32),
         "set the send sequence (TCP_QUEUE_SEQ)",
     )?;
     step(
@@ -1021,14 +1315,17 @@ fn restore_repair(
         "select no queue",
         sys::setsockopt_int(fd, tcp, TCP_REPAIR_QUEUE, TCP_NO_QUEUE),
     )?;
+    // The window we announced last may count the peer's FIN (rcv_wup is
+    // rcv_nxt then): its right edge stays, its left one may not be ahead
+    // of the rebuilt rcv_nxt.
+    let (mut rcv_wnd, mut rcv_wup) = (rep.rcv_wnd, rep.rcv_wup);
+    let ahead = rcv_wup.wrapping_sub(rcv_nxt) as i32;
+    if ahead > 0 {
+        rcv_wup = rcv_nxt;
+        rcv_wnd = rcv_wnd.wrapping_add(ahead as u32);
+    }
     let mut w = Vec::with_capacity(20);
-    for v in [
-        rep.snd_wl1,
-        rep.snd_wnd,
-        rep.max_window,
-        rep.rcv_wnd,
-        rep.rcv_wup,
-    ] {
+    for v in [rep.snd_wl1, rep.snd_wnd, rep.max_window, rcv_wnd, rcv_wup] {
         w.extend_from_slice(&v.to_ne_bytes());
     }
     step(
@@ -1112,11 +1409,16 @@ fn validate_record(
         let Some(rep) = rep else {
             return Err("is a connection in repair mode without its tcp-repair record".into());
         };
-        if r.state != ESTABLISHED {
+        let Some(fins) = tcp_fin::fins(r.state) else {
             return Err(format!(
-                "is repaired in state {} (only ESTABLISHED)",
+                "is repaired in state {} (only ESTABLISHED and the half-closed states)",
                 r.state
             ));
+        };
+        if fins.acked && !queues.iter().all(|q| q.queue != TCP_QUEUE_SEND) {
+            return Err(
+                "has a send queue in FIN_WAIT2 or CLOSE (where all was acknowledged)".into(),
+            );
         }
         if rep.mss == 0 || rep.mss > 65535 || rep.snd_wscale > 14 || rep.rcv_wscale > 14 {
             return Err("has an invalid MSS or window scale".into());
@@ -1209,6 +1511,7 @@ fn queues(img: &crate::model::Image, id: u32) -> impl Iterator<Item = &TcpQueue>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::files::tcp_fin::ESTABLISHED;
 
     #[test]
     fn parses_tcp_info() {
@@ -1229,6 +1532,7 @@ mod tests {
                 unacked: 3,
                 sacked: 128,
                 segs: 0,
+                segs_in: 0,
             }
         );
         assert_eq!(parse_info(&b[..20]), None);
@@ -1313,6 +1617,27 @@ mod tests {
         assert_eq!(validate_record(&listen, None, &[], true), Ok(()));
         assert!(validate_record(&listen, None, &[&q], false).is_err());
         assert!(validate_record(&listen, Some(&rp), &[], false).is_err());
+        // Half-closed and ended states are repaired; all acknowledged in
+        // FIN_WAIT2 and CLOSE, so no send queue there; TIME_WAIT never.
+        for st in [4, 8, 9, 11] {
+            let hc = TcpSk {
+                state: st,
+                ..conn()
+            };
+            assert_eq!(ok(&hc, &[&q]), Ok(()), "state {st}");
+        }
+        let none = TcpRepair { unsent: 0, ..rep() };
+        for st in [5, 7] {
+            let hc = TcpSk {
+                state: st,
+                ..conn()
+            };
+            let e = validate_record(&hc, Some(&none), &[&q], false).unwrap_err();
+            assert!(e.contains("send queue"), "{e}");
+            assert_eq!(validate_record(&hc, Some(&none), &[], false), Ok(()));
+        }
+        let tw = TcpSk { state: 6, ..conn() };
+        assert!(ok(&tw, &[&q]).is_err());
         let low = TcpSk {
             local_port: 80,
             ..listen
