@@ -22,6 +22,9 @@ pub struct TestHooks {
     pub other_in_slot: bool,
     /// `CKPT_TEST_NO_HEAL_GADGETS`: use the vDSO's plain syscall.
     pub no_heal_gadgets: bool,
+    /// `CKPT_TEST_KILL_AFTER_REPAIR`: ckpt kills itself (SIGKILL) right
+    /// after it put a TCP connection in repair mode.
+    pub kill_after_repair: bool,
 }
 
 impl TestHooks {
@@ -35,6 +38,7 @@ impl TestHooks {
             kill_at_injection: var("CKPT_TEST_KILL_AT_INJECTION"),
             other_in_slot: var("CKPT_TEST_OTHER_IN_SLOT").is_some(),
             no_heal_gadgets: var("CKPT_TEST_NO_HEAL_GADGETS").is_some(),
+            kill_after_repair: var("CKPT_TEST_KILL_AFTER_REPAIR").is_some(),
         }
     }
 }
@@ -54,6 +58,7 @@ pub(crate) fn get() -> &'static TestHooks {
         kill_at_injection: None,
         other_in_slot: false,
         no_heal_gadgets: false,
+        kill_after_repair: false,
     };
     HOOKS.get().unwrap_or(&NONE)
 }

@@ -1028,7 +1028,7 @@ fn resume_repaired(
 /// Test hook: `CKPT_TEST_KILL_AFTER_REPAIR` makes ckpt kill itself
 /// (SIGKILL) right after it put a connection in repair mode.
 fn kill_after_repair_for_tests() {
-    if std::env::var_os("CKPT_TEST_KILL_AFTER_REPAIR").is_some() {
+    if crate::test_hooks::get().kill_after_repair {
         let _ = sys::kill(std::process::id() as sys::Pid, libc::SIGKILL);
     }
 }
