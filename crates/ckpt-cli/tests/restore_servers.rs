@@ -2,7 +2,8 @@
 //! redis-server and nginx (master and workers). Each is checkpointed,
 //! killed and restarted detached, and must serve afterwards; redis must
 //! keep its keys and an idle client's connection (held by this test,
-//! outside the tree) must keep working. Loopback addresses only.
+//! outside the tree) must keep working. postgres, which needs SysV IPC, is
+//! refused and keeps serving. Loopback addresses only.
 //!
 //! These tests need root and the servers; without them they print
 //! `SKIP: ...` (which fails CI where the machine could have run them).
@@ -233,4 +234,128 @@ fn children_of(pid: i32) -> Vec<i32> {
         .collect();
     v.sort_unstable();
     v
+}
+
+/// postgres needs SysV shared memory, which ckpt does not save yet: its
+/// checkpoint is refused, naming the segment, and the server goes on
+/// serving untouched.
+#[test]
+fn postgres_is_refused_cleanly_and_keeps_serving() {
+    let Some(env) = TestEnv::new("postgres_is_refused_cleanly_and_keeps_serving") else {
+        return;
+    };
+    // Debian keeps the server binaries off PATH.
+    let bin = std::fs::read_dir("/usr/lib/postgresql").ok().and_then(|d| {
+        d.flatten()
+            .map(|e| e.path().join("bin"))
+            .find(|b| b.join("postgres").is_file())
+    });
+    let (Some(bin), Some(setpriv)) = (bin, find_program("setpriv")) else {
+        skip("postgres_is_refused_cleanly_and_keeps_serving: postgres missing (apt install postgresql)");
+        return;
+    };
+    // postgres will not run as root: as the postgres user, in a directory of its own.
+    let Some(ids) = passwd_ids("postgres") else {
+        skip("postgres_is_refused_cleanly_and_keeps_serving: no postgres user (apt install postgresql)");
+        return;
+    };
+    let dir = env.path("pg");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::os::unix::fs::chown(&dir, Some(ids.0), Some(ids.1)).unwrap();
+    // The test directory must be reachable for the postgres user.
+    let mut p = dir.parent();
+    while let Some(d) = p {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(d).unwrap().permissions().mode();
+        if mode & 0o001 == 0 {
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(mode | 0o001)).unwrap();
+        }
+        p = d.parent();
+    }
+    let data = dir.join("data");
+    let as_pg = |prog: &std::path::Path| {
+        let mut c = std::process::Command::new(&setpriv);
+        c.args([
+            "--reuid",
+            &ids.0.to_string(),
+            "--regid",
+            &ids.1.to_string(),
+            "--clear-groups",
+        ])
+        .arg(prog);
+        c
+    };
+    let init = as_pg(&bin.join("initdb"))
+        .arg("-D")
+        .arg(&data)
+        .args(["-A", "trust", "-U", "postgres"])
+        .output()
+        .unwrap();
+    assert!(
+        init.status.success(),
+        "initdb failed: {}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let port = free_port();
+    let port_s = port.to_string();
+    let uid = ids.0.to_string();
+    let gid = ids.1.to_string();
+    let postgres = bin.join("postgres");
+    let args = [
+        OsStr::new("--reuid"),
+        OsStr::new(&uid),
+        OsStr::new("--regid"),
+        OsStr::new(&gid),
+        OsStr::new("--clear-groups"),
+        postgres.as_os_str(),
+        OsStr::new("-D"),
+        data.as_os_str(),
+        OsStr::new("-p"),
+        OsStr::new(&port_s),
+        OsStr::new("-k"),
+        dir.as_os_str(),
+        OsStr::new("-c"),
+        OsStr::new("listen_addresses=127.0.0.1"),
+    ];
+    let mut w = env.start_program("postgres", &setpriv, &args, |_| listening(port));
+    let img = env.path("img");
+    let run = env.checkpoint_must_fail(&mut w, &img, "checkpoint of postgres");
+    assert!(
+        run.stderr.contains("SysV shared memory") && run.stderr.contains(&w.pid.to_string()),
+        "the refusal should name the postmaster and its SysV segment:\n{}",
+        run.describe()
+    );
+    env.assert_running_untraced(&mut w, "after the refused checkpoint");
+    // Still serving: a connection gets postgres's answer to a startup packet.
+    let mut s = TcpStream::connect_timeout(&addr(port), Duration::from_secs(10)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let user = b"user\0postgres\0\0";
+    let mut startup = Vec::new();
+    startup.extend_from_slice(&((8 + user.len()) as u32).to_be_bytes());
+    startup.extend_from_slice(&196608u32.to_be_bytes()); // protocol 3.0
+    startup.extend_from_slice(user);
+    s.write_all(&startup).unwrap();
+    let mut b = [0u8; 1];
+    s.read_exact(&mut b).unwrap();
+    assert_eq!(
+        b[0], b'R',
+        "postgres should answer with an authentication message"
+    );
+    drop(s);
+    // Fast shutdown.
+    w.proc.signal(libc::SIGINT).unwrap();
+    assert!(
+        w.proc.wait_exit(TIMEOUT).is_some(),
+        "postgres did not stop on SIGINT"
+    );
+}
+
+/// (uid, gid) of user `name`, from /etc/passwd.
+fn passwd_ids(name: &str) -> Option<(u32, u32)> {
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.first() == Some(&name) && f.len() > 3)
+            .then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))?
+    })
 }
