@@ -10,6 +10,7 @@
 mod common;
 
 use common::*;
+use std::os::fd::AsRawFd;
 
 #[test]
 fn restore_unix_sockets_with_queues_listeners_and_backlog() {
@@ -37,8 +38,11 @@ fn unix_socket_connected_outside_the_tree_is_refused() {
     let Some(env) = TestEnv::new("unix_socket_connected_outside_the_tree_is_refused") else {
         return;
     };
-    let path = env.path("outside.sock");
-    let listener = std::os::unix::net::UnixListener::bind(&path).expect("bind");
+    // Bound through /proc/self/fd: the test directory's path may be too
+    // long for sun_path; the workload connects by the relative name.
+    let dir = std::fs::File::open(env.path(".")).expect("open the test directory");
+    let short = format!("/proc/self/fd/{}/outside.sock", dir.as_raw_fd());
+    let listener = std::os::unix::net::UnixListener::bind(&short).expect("bind");
     let Some(mut w) = env.start_workload("unix", &["outside", "outside.sock"]) else {
         return;
     };

@@ -247,7 +247,12 @@ impl Image {
     /// so an image cut short or with records removed is refused even when
     /// its checksum was made to fit.
     pub fn read<R: Read>(input: R) -> Result<Image> {
-        let mut rd = ImageReader::new(input);
+        Self::read_from(ImageReader::new(input))
+    }
+
+    /// `read` from a reader set up by the caller (e.g. with
+    /// `ImageReader::with_page_data`).
+    pub fn read_from<R: Read>(mut rd: ImageReader<R>) -> Result<Image> {
         let mut img = Image::default();
         let mut have_arch = false;
         let mut asm = Assembly::default();
