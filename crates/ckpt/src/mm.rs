@@ -763,64 +763,6 @@ fn write_by_task<S: Sink>(
         .begin_external_pages(first, pages, 0)
         .map_err(Error::Write)?;
     let total = pages * PAGE;
-    // A big batch is copied by two: the task writes the first half, and a
-    // thread of ours copies the second straight into the file meanwhile.
-    let (mine, theirs) = split_runs(runs, if total >= PARALLEL_MIN { total / 2 } else { 0 });
-    let ours_at = off + mine.iter().map(|r| r.1).sum::<u64>();
-    let pid = d.remote.tid();
-    let image_fd = d.image_fd;
-    std::thread::scope(|scope| -> Result<()> {
-        let helper = (!theirs.is_empty()).then(|| {
-            scope.spawn(|| crate::sys::copy_process_into_file(pid, &theirs, image_fd, ours_at))
-        });
-        let r = task_writes(d, &mine, off);
-        if let Some(h) = helper {
-            h.join()
-                .map_err(|_| Error::Write(std::io::Error::other("page copy thread panicked")))?
-                .map_err(Error::Write)?;
-        }
-        r
-    })?;
-    let crc = crate::sys::crc32c_of_range(d.image_fd, off, total as usize).map_err(Error::Write)?;
-    w.end_external_pages(total, crc);
-    let pos = w.offset();
-    w.get_mut().seek_to(pos).map_err(Error::Write)
-}
-
-/// A run of memory: (address, length).
-type Run = (u64, u64);
-
-/// Batches at least this big are copied by the task and a thread of ours.
-const PARALLEL_MIN: u64 = 64 << 20;
-
-/// `runs` cut where `first` bytes of them are behind (0: no cut).
-fn split_runs(runs: &[Run], first: u64) -> (Vec<Run>, Vec<Run>) {
-    if first == 0 {
-        return (runs.to_vec(), Vec::new());
-    }
-    let (mut a, mut b) = (Vec::new(), Vec::new());
-    let mut left = first;
-    for &(addr, len) in runs {
-        if left >= len {
-            a.push((addr, len));
-            left -= len;
-        } else if left > 0 {
-            // Cut on a page boundary.
-            let cut = left / PAGE * PAGE;
-            if cut > 0 {
-                a.push((addr, cut));
-            }
-            b.push((addr + cut, len - cut));
-            left = 0;
-        } else {
-            b.push((addr, len));
-        }
-    }
-    (a, b)
-}
-
-/// Has the task write the runs back to back into the image from `off`.
-fn task_writes(d: &mut Direct, runs: &[(u64, u64)], off: u64) -> Result<()> {
     let mut at = off;
     for chunk in runs.chunks(IOVS_PER_CALL) {
         let iov: Vec<u8> = chunk
@@ -848,7 +790,10 @@ fn task_writes(d: &mut Direct, runs: &[(u64, u64)], off: u64) -> Result<()> {
         }
         at += want;
     }
-    Ok(())
+    let crc = crate::sys::crc32c_of_range(d.image_fd, off, total as usize).map_err(Error::Write)?;
+    w.end_external_pages(total, crc);
+    let pos = w.offset();
+    w.get_mut().seek_to(pos).map_err(Error::Write)
 }
 
 /// Has the task pwrite `len` bytes of its memory at `addr` to `off`.
