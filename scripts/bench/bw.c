@@ -53,7 +53,8 @@ static void *fresh(size_t len)
     return p;
 }
 
-static int limits(size_t len, const char *path)
+/* One measurement of the limits; see `limits`. */
+static int limits_once(size_t len, const char *path, double *w, double *r, double *c)
 {
     const size_t chunk = 4 << 20;
     uint64_t *src = fresh(len);
@@ -82,9 +83,30 @@ static int limits(size_t len, const char *path)
     double t5 = now();
     close(fd);
     unlink(path);
-    printf("write %.2f read %.2f memcpy %.2f\n", len / (t1 - t0) / 1e9, len / (t3 - t2) / 1e9,
-           len / (t5 - t4) / 1e9);
-    return memcmp(cpy, src, len) != 0;
+    *w = len / (t1 - t0) / 1e9;
+    *r = len / (t3 - t2) / 1e9;
+    *c = len / (t5 - t4) / 1e9;
+    int bad = memcmp(cpy, src, len) != 0;
+    munmap(src, len);
+    munmap(dst, len);
+    munmap(cpy, len);
+    return bad;
+}
+
+/* The best of three runs of each (a shared VM is noisy). */
+static int limits(size_t len, const char *path)
+{
+    double bw = 0, br = 0, bc = 0;
+    for (int i = 0; i < 3; i++) {
+        double w, r, c;
+        if (limits_once(len, path, &w, &r, &c))
+            return 2;
+        bw = w > bw ? w : bw;
+        br = r > br ? r : br;
+        bc = c > bc ? c : bc;
+    }
+    printf("write %.2f read %.2f memcpy %.2f\n", bw, br, bc);
+    return 0;
 }
 
 int main(int argc, char **argv)
