@@ -182,6 +182,14 @@ impl Remote {
             r.orig_rax = u64::MAX; // not in a syscall: nothing to restart
             sys::set_regs(t, &r).ctx(t, || "set registers for injected calls".into())?;
             run_to_trap(t)?;
+            // Our int3, not some other SIGTRAP: the loop's end is right after it.
+            let end = code + BATCH_CODE.len() as u64;
+            let at = sys::get_regs(t).ctx(t, || "read registers".into())?.rip;
+            if at != end {
+                return Err(Error::Refused(format!(
+                    "pid {t}: a SIGTRAP at {at:#x} stopped the injected calls (their loop ends at {end:#x})"
+                )));
+            }
             let done = s.u64s(0, chunk.len() * (BATCH_ENTRY / 8) as usize)?;
             for (i, c) in chunk.iter().enumerate() {
                 let res = done[i * (BATCH_ENTRY / 8) as usize + 7] as i64;
