@@ -577,3 +577,83 @@ fn restart_waits_for_the_checkpointed_zombie_to_be_reaped() {
     w.proc = Proc::adopt(w.pid).expect("restored pid");
     env.signal_and_expect_pass(&mut w, libc::SIGTERM);
 }
+
+/// A reader of `checkpoint -o -` that goes away mid-image (the frozen task
+/// is writing its pages into the pipe, and gets EPIPE and a SIGPIPE): the
+/// checkpoint fails and the process carries on unharmed, not killed by
+/// that SIGPIPE once released.
+#[test]
+fn reader_gone_mid_stream_leaves_the_process_unharmed() {
+    use std::io::Read;
+    let Some(env) = TestEnv::new("reader_gone_mid_stream_leaves_the_process_unharmed") else {
+        return;
+    };
+    let Some(mut w) = env.start_workload("memory", &[]) else {
+        return;
+    };
+    let mut ck = Command::new(ckpt_bin())
+        .args(["checkpoint", &w.pid.to_string(), "-o", "-"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn ckpt");
+    let mut out = ck.stdout.take().expect("stdout");
+    // Past the metadata, into the pages, then gone.
+    let mut buf = vec![0u8; 512 << 10];
+    let mut got = 0;
+    while got < buf.len() {
+        match out.read(&mut buf[got..]) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got += n,
+        }
+    }
+    drop(out);
+    let deadline = std::time::Instant::now() + CKPT_TIMEOUT;
+    let status = loop {
+        if let Some(s) = ck.try_wait().expect("wait for ckpt") {
+            break s;
+        }
+        assert!(std::time::Instant::now() < deadline, "ckpt did not exit");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(
+        !status.success(),
+        "the checkpoint cannot have succeeded without its reader"
+    );
+    env.assert_running_untraced(&mut w, "after the reader went away");
+    env.signal_and_expect_pass(&mut w, libc::SIGTERM);
+}
+
+/// A process under a small RLIMIT_FSIZE of its own could not write its
+/// pages into the image itself (EFBIG, and a SIGXFSZ): ckpt writes them,
+/// and the process comes back whole, limit included.
+#[test]
+fn small_file_size_limit_of_the_process_does_not_stop_its_checkpoint() {
+    let Some(env) =
+        TestEnv::new("small_file_size_limit_of_the_process_does_not_stop_its_checkpoint")
+    else {
+        return;
+    };
+    env.roundtrip(
+        "memory",
+        &[],
+        |_, w| {
+            let lim = libc::rlimit {
+                rlim_cur: 64 << 10,
+                rlim_max: 64 << 10,
+            };
+            // SAFETY: prlimit on our workload with a valid new limit, no old one asked.
+            let r = unsafe { libc::prlimit(w.pid, libc::RLIMIT_FSIZE, &lim, std::ptr::null_mut()) };
+            assert_eq!(r, 0, "prlimit: {}", std::io::Error::last_os_error());
+        },
+        |_, w| {
+            let limits = std::fs::read_to_string(format!("/proc/{}/limits", w.pid)).unwrap();
+            let line = limits
+                .lines()
+                .find(|l| l.starts_with("Max file size"))
+                .unwrap();
+            assert!(line.contains("65536"), "RLIMIT_FSIZE not restored: {line}");
+        },
+    );
+}

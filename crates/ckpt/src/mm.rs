@@ -580,6 +580,9 @@ pub struct Direct<'a> {
     pub tracee_fd: u64,
     /// The image, as an fd of ours (opened read-write, for the checksum).
     pub image_fd: i32,
+    /// The image is a pipe: the task `writev`s into it in order, and ckpt
+    /// checksums the pages from the task's memory meanwhile.
+    pub pipe: bool,
     /// PFN of the zero page: present pages that map it hold only zeros.
     pub zero_pfn: Option<u64>,
 }
@@ -763,6 +766,107 @@ fn write_by_task<S: Sink>(
         .begin_external_pages(first, pages, 0)
         .map_err(Error::Write)?;
     let total = pages * PAGE;
+    if d.pipe {
+        let pid = d.remote.tid();
+        let crc = std::thread::scope(|scope| -> Result<u32> {
+            let sum = scope.spawn(|| crate::sys::crc32c_of_process(pid, runs));
+            let wrote = task_writes_in_order(d, runs);
+            let crc = sum
+                .join()
+                .map_err(|_| Error::Write(std::io::Error::other("checksum thread panicked")))?;
+            wrote?;
+            crc.ctx(pid, || "read memory for the checksum".into())
+        })?;
+        w.end_external_pages(total, crc);
+        return Ok(());
+    }
+    taking_back_write_signals(d, |d| pwritev_runs(d, runs, off))?;
+    let crc = crate::sys::crc32c_of_range(d.image_fd, off, total as usize).map_err(Error::Write)?;
+    w.end_external_pages(total, crc);
+    let pos = w.offset();
+    w.get_mut().seek_to(pos).map_err(Error::Write)
+}
+
+/// Has the task `writev` the runs to the image pipe, in order.
+fn task_writes_in_order(d: &mut Direct, runs: &[(u64, u64)]) -> Result<()> {
+    taking_back_write_signals(d, |d| writev_runs(d, runs))
+}
+
+/// Runs the task's writes `f`. A write that fails with EPIPE (the reader
+/// is gone) or EFBIG (past the task's RLIMIT_FSIZE) also raised SIGPIPE or
+/// SIGXFSZ in the task, blocked meanwhile: it is taken back (unless one was
+/// pending already), or the process would die of it once released.
+fn taking_back_write_signals(
+    d: &mut Direct,
+    f: impl FnOnce(&mut Direct) -> Result<()>,
+) -> Result<()> {
+    let pid = d.remote.tid();
+    let pending = |key: &str| {
+        procfs::status(pid)
+            .ok()
+            .and_then(|s| s.get(key).and_then(|v| u64::from_str_radix(v, 16).ok()))
+            .unwrap_or(u64::MAX)
+    };
+    let before = pending("ShdPnd") | pending("SigPnd");
+    let r = f(d);
+    let sig = match &r {
+        Err(Error::Sys { source, .. }) => match source.raw_os_error() {
+            Some(libc::EPIPE) => libc::SIGPIPE,
+            Some(libc::EFBIG) => libc::SIGXFSZ,
+            _ => return r,
+        },
+        _ => return r,
+    };
+    let bit = 1u64 << (sig - 1);
+    if before & bit == 0 {
+        let mut b = bit.to_le_bytes().to_vec();
+        b.extend_from_slice(&[0u8; 24]); // (pad, then a zero timeout)
+        d.scratch.write(0, &b)?;
+        let s = d.scratch.addr;
+        d.remote
+            .syscall(libc::SYS_rt_sigtimedwait, &[s, 0, s + 16, 8])?;
+    }
+    r
+}
+
+fn writev_runs(d: &mut Direct, runs: &[(u64, u64)]) -> Result<()> {
+    for chunk in runs.chunks(IOVS_PER_CALL) {
+        let iov: Vec<u8> = chunk
+            .iter()
+            .flat_map(|&(a, l)| a.to_le_bytes().into_iter().chain(l.to_le_bytes()))
+            .collect();
+        d.scratch.write(0, &iov)?;
+        let want: u64 = chunk.iter().map(|r| r.1).sum();
+        let n = d.remote.call(
+            "writev(image pipe)",
+            libc::SYS_writev,
+            &[d.tracee_fd, d.scratch.addr, chunk.len() as u64],
+        )?;
+        if n < want {
+            // The rest run by run.
+            let mut left = n;
+            for &(a, l) in chunk {
+                let mut done = left.min(l);
+                left -= done;
+                while done < l {
+                    let k = d.remote.call(
+                        "write(image pipe)",
+                        libc::SYS_write,
+                        &[d.tracee_fd, a + done, l - done],
+                    )?;
+                    if k == 0 {
+                        return Err(Error::Write(std::io::ErrorKind::WriteZero.into()));
+                    }
+                    done += k;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Has the task write the runs back to back into the image file from `off`.
+fn pwritev_runs(d: &mut Direct, runs: &[(u64, u64)], off: u64) -> Result<()> {
     let mut at = off;
     for chunk in runs.chunks(IOVS_PER_CALL) {
         let iov: Vec<u8> = chunk
@@ -790,10 +894,7 @@ fn write_by_task<S: Sink>(
         }
         at += want;
     }
-    let crc = crate::sys::crc32c_of_range(d.image_fd, off, total as usize).map_err(Error::Write)?;
-    w.end_external_pages(total, crc);
-    let pos = w.offset();
-    w.get_mut().seek_to(pos).map_err(Error::Write)
+    Ok(())
 }
 
 /// Has the task pwrite `len` bytes of its memory at `addr` to `off`.

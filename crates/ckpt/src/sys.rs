@@ -1139,6 +1139,39 @@ pub fn crc32c_of_range(fd: i32, off: u64, len: usize) -> io::Result<u32> {
     Ok(crc)
 }
 
+/// CRC32C of the memory runs (address, length) of process `pid`, back to
+/// back, read 4 MiB at a time with process_vm_readv.
+pub fn crc32c_of_process(pid: Pid, runs: &[(u64, u64)]) -> io::Result<u32> {
+    const BUF: u64 = 4 << 20;
+    let mut buf = vec![0u8; BUF as usize];
+    let mut crc = 0u32;
+    for &(addr, len) in runs {
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(BUF);
+            let local = libc::iovec {
+                iov_base: buf.as_mut_ptr() as *mut _,
+                iov_len: n as usize,
+            };
+            let remote = libc::iovec {
+                iov_base: (addr + done) as *mut _,
+                iov_len: n as usize,
+            };
+            // SAFETY: `local` is our buffer of at least n bytes; the remote
+            // range is only read, by the kernel, in the other process.
+            let got = check(
+                unsafe { libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) } as libc::c_long,
+            )? as u64;
+            if got == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            crc = crc32c::crc32c_append(crc, &buf[..got as usize]);
+            done += got;
+        }
+    }
+    Ok(crc)
+}
+
 /// `crc32c_of_range` by two threads at once for a large range (the halves'
 /// checksums combined).
 pub fn crc32c_of_range_par(fd: i32, off: u64, len: usize) -> io::Result<u32> {
