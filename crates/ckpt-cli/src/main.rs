@@ -228,9 +228,6 @@ fn run(cli: Cli) -> Result<u8> {
                     )))
                 }
             };
-            for warn in &s.warnings {
-                eprintln!("ckpt: warning: {warn}");
-            }
             tracing::info!(
                 "checkpointed pid {pid}: {} mappings, {} pages ({} zero pages skipped), {} files",
                 s.vmas,

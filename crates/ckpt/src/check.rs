@@ -91,22 +91,13 @@ pub fn run() -> Vec<Feature> {
         false,
         match &probe {
             Ok(p) => {
+                // The same address in the forked copy holds 8 valid bytes.
                 let mut b = [0u8; 8];
-                let local = libc::iovec {
-                    iov_base: b.as_mut_ptr().cast(),
-                    iov_len: 8,
-                };
                 let a = &b as *const _ as u64;
-                let remote = libc::iovec {
-                    iov_base: a as *mut _,
-                    iov_len: 8,
-                };
-                // SAFETY: both iovecs describe 8 valid bytes (ours, and the same address in the forked copy).
-                let r = unsafe { libc::process_vm_readv(p.0, &local, 1, &remote, 1, 0) };
-                if r == 8 {
-                    Ok("works".into())
-                } else {
-                    Err(errstr(std::io::Error::last_os_error()))
+                match sys::read_process(p.0, a, &mut b) {
+                    Ok(8) => Ok("works".into()),
+                    Ok(n) => Err(format!("read {n} of 8 bytes")),
+                    Err(e) => Err(errstr(e)),
                 }
             }
             Err(e) => Err(e.clone()),

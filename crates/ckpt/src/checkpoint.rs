@@ -88,8 +88,6 @@ pub struct Summary {
     pub zero_pages_skipped: u64,
     pub bytes: u64,
     pub files: usize,
-    /// Non-fatal problems (e.g. a zombie not reaped by its parent).
-    pub warnings: Vec<String>,
 }
 
 /// The sink an image is written to: anything `Write`, plus a way to make it
@@ -420,6 +418,9 @@ fn run<S: Sink>(
     // Declared after the tree: on every path the sessions give their
     // processes back before the tree detaches from them.
     let mut sessions: Vec<Option<Session>> = Vec::with_capacity(tree.procs.len());
+    // Per process, the ranges of its mappings that have pages (from the
+    // one smaps read its mappings came from).
+    let mut present: Vec<mm::Ranges> = Vec::with_capacity(tree.procs.len());
     let mut first_xstate = None;
     for (pid, frozen) in &tree.procs {
         opts.check_cancel()?;
@@ -427,9 +428,12 @@ fn run<S: Sink>(
             None => {
                 images.push(zombie(*pid)?);
                 sessions.push(None);
+                present.push(Vec::new());
             }
             Some(f) => {
-                let (mut img, session) = dump_process(*pid, &f.tids, &mut ft, &mut shm, opts)?;
+                let (mut img, session, with_pages) =
+                    dump_process(*pid, &f.tids, &mut ft, &mut shm, opts)?;
+                present.push(with_pages);
                 if f.stop_sig != 0 {
                     img.process.state = PROC_STOPPED;
                     img.process.exit_status = (f.stop_sig << 8) | 0x7f;
@@ -506,7 +510,7 @@ fn run<S: Sink>(
         .sum();
     let mut saved = 0u64;
     let zero_pfn = sys::zero_page_pfn();
-    for (img, session) in meta.processes.iter().zip(sessions.iter_mut()) {
+    for ((img, session), present) in meta.processes.iter().zip(sessions.iter_mut()).zip(&present) {
         opts.check_cancel()?;
         img.write_meta(w).map_err(Error::Write)?;
         summary.processes += 1;
@@ -572,13 +576,13 @@ fn run<S: Sink>(
                         pipe: file.is_none(),
                         zero_pfn,
                     };
-                    let r = mm::dump_pages(img.pid(), &img.vmas, w, Some(&mut d), &mut report);
+                    let r = mm::dump_pages(img, present, w, Some(&mut d), &mut report);
                     let closed = session.close_fd(tfd);
                     let stats = r?;
                     closed?;
                     stats
                 }
-                _ => mm::dump_pages(img.pid(), &img.vmas, w, None, &mut report)?,
+                _ => mm::dump_pages(img, present, w, None, &mut report)?,
             }
         };
         end.nr_pages = pages;
@@ -627,14 +631,15 @@ fn zombie(pid: Pid) -> Result<ProcessImage> {
 }
 
 /// Everything about one frozen process (all its threads are stopped), and
-/// the injection session, kept for its pages.
+/// the injection session, kept for its pages, and the ranges of mappings
+/// that have pages (see `mm::dump_pages`).
 fn dump_process(
     pid: Pid,
     tids: &[Pid],
     ft: &mut FileTable,
     shm: &mut ShmemTable,
     opts: &CheckpointOptions,
-) -> Result<(ProcessImage, Session)> {
+) -> Result<(ProcessImage, Session, mm::Ranges)> {
     let comm = procfs::comm(pid);
     let st = procfs::stat(pid).ctx(pid, || "read /proc stat".into())?;
     let status = procfs::status(pid).ctx(pid, || "read /proc status".into())?;
@@ -644,6 +649,11 @@ fn dump_process(
     for m in &maps {
         vmas.push(mm::vma_of(pid, &comm, m, shm)?);
     }
+    let with_pages = maps
+        .iter()
+        .filter(|m| m.present_kb > 0)
+        .map(|m| (m.start, m.end))
+        .collect();
     let fds = ft.dump(pid, &comm)?;
     // The main thread first: it runs the process-wide injected calls.
     let mut tids = tids.to_vec();
@@ -739,7 +749,7 @@ fn dump_process(
         threads,
         pages: Vec::new(),
     };
-    Ok((img, session))
+    Ok((img, session, with_pages))
 }
 
 /// Test hook (`test_hooks::TestHooks::signal_before_release`).

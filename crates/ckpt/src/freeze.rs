@@ -366,8 +366,6 @@ impl Drop for CgroupFreezer {
 }
 
 impl FrozenTree {
-    /// Kills every process and waits until all pids of the tree are free.
-    /// Returns warnings for pids a parent outside the tree does not reap.
     /// Kills every process and returns once each has exited. It does not
     /// wait for them to be reaped: that is their parent's business (often
     /// pid 1's, and slow), and `restart` waits for it, bounded, if it must.

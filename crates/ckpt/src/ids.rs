@@ -26,9 +26,6 @@ impl IdSpace {
     }
 }
 
-/// A search that found no description: (pid, fd, dev, ino, where it goes).
-type Miss = (Pid, i32, u64, u64, usize);
-
 /// One fd of a process, and the description it was saved as.
 type FdOf = (Pid, i32, ObjId);
 
@@ -45,9 +42,22 @@ pub struct FdIds {
     reps: HashMap<(u64, u64), Vec<FdOf>>,
     /// The fds whose fdinfo lists a lock (`locks` reads only those again).
     locked: std::collections::HashSet<(Pid, i32)>,
-    /// The last search that found no description: (pid, fd, dev, ino) and
-    /// where it would go, so `note` need not search again.
-    missed: std::cell::Cell<Option<Miss>>,
+}
+
+/// What `FdIds::find` found for one fd: the description it shares, or
+/// where a new one goes (so `note` need not search again).
+pub struct Found {
+    pid: Pid,
+    fd: i32,
+    key: (u64, u64),
+    at: Result<ObjId, usize>,
+}
+
+impl Found {
+    /// The description the fd shares with an fd seen before, if any.
+    pub fn shared(&self) -> Option<ObjId> {
+        self.at.ok()
+    }
 }
 
 impl FdIds {
@@ -76,41 +86,27 @@ impl FdIds {
         Ok(Err(lo))
     }
 
-    /// The description `fd` of `pid` shares with an fd seen before, if any.
-    /// (dev, ino) only narrows the candidates: anonymous inodes (every
-    /// eventfd, epoll, timerfd... shares one) are told apart by kcmp.
-    pub fn shared(&self, pid: Pid, fd: i32, dev: u64, ino: u64) -> std::io::Result<Option<ObjId>> {
-        Ok(match self.search(pid, fd, dev, ino)? {
-            Ok(i) => Some(self.reps[&(dev, ino)][i].2),
-            Err(at) => {
-                self.missed.set(Some((pid, fd, dev, ino, at)));
-                None
-            }
-        })
+    /// Looks fd `fd` of `pid` up among the descriptions seen. (dev, ino)
+    /// only narrows the candidates: anonymous inodes (every eventfd, epoll,
+    /// timerfd... shares one) are told apart by kcmp.
+    pub fn find(&self, pid: Pid, fd: i32, dev: u64, ino: u64) -> std::io::Result<Found> {
+        let key = (dev, ino);
+        let at = match self.search(pid, fd, dev, ino)? {
+            Ok(i) => Ok(self.reps[&key][i].2),
+            Err(at) => Err(at),
+        };
+        Ok(Found { pid, fd, key, at })
     }
 
-    /// Records that fd `fd` of `pid` is description `id`.
-    pub fn note(
-        &mut self,
-        pid: Pid,
-        fd: i32,
-        dev: u64,
-        ino: u64,
-        id: ObjId,
-    ) -> std::io::Result<()> {
-        let found = match self.missed.take() {
-            Some((p, f, d, i, at)) if (p, f, d, i) == (pid, fd, dev, ino) => Err(at),
-            _ => self.search(pid, fd, dev, ino)?,
-        };
-        if let Err(at) = found {
-            self.reps
-                .entry((dev, ino))
-                .or_default()
-                .insert(at, (pid, fd, id));
+    /// Records that the fd `found` is about is description `id` (the one it
+    /// shares, or a new one).
+    pub fn note(&mut self, found: Found, id: ObjId) {
+        let Found { pid, fd, key, at } = found;
+        if let Err(at) = at {
+            self.reps.entry(key).or_default().insert(at, (pid, fd, id));
         }
         self.seen.push((pid, fd, id));
         self.by_fd.insert((pid, fd), id);
-        Ok(())
     }
 
     /// Records that fd `fd` of `pid` holds a lock (its fdinfo says so).
@@ -155,14 +151,13 @@ mod tests {
         let dup = f.try_clone().unwrap(); // same description
         let other = std::fs::File::open("/proc/self/stat").unwrap();
         let mut ids = FdIds::default();
-        ids.note(me, f.as_raw_fd(), 1, 2, ObjId(7)).unwrap();
-        assert_eq!(
-            ids.shared(me, dup.as_raw_fd(), 1, 2).unwrap(),
-            Some(ObjId(7))
-        );
-        assert_eq!(ids.shared(me, other.as_raw_fd(), 1, 2).unwrap(), None);
+        let shared = |ids: &FdIds, fd, ino| ids.find(me, fd, 1, ino).unwrap().shared();
+        let found = ids.find(me, f.as_raw_fd(), 1, 2).unwrap();
+        ids.note(found, ObjId(7));
+        assert_eq!(shared(&ids, dup.as_raw_fd(), 2), Some(ObjId(7)));
+        assert_eq!(shared(&ids, other.as_raw_fd(), 2), None);
         // Another inode is not even compared.
-        assert_eq!(ids.shared(me, dup.as_raw_fd(), 1, 3).unwrap(), None);
+        assert_eq!(shared(&ids, dup.as_raw_fd(), 3), None);
         assert_eq!(ids.of(me, f.as_raw_fd()), Some(ObjId(7)));
     }
 
@@ -176,15 +171,13 @@ mod tests {
         let dups: Vec<std::fs::File> = files.iter().map(|f| f.try_clone().unwrap()).collect();
         let mut ids = FdIds::default();
         for (i, f) in files.iter().enumerate() {
-            assert_eq!(ids.shared(me, f.as_raw_fd(), 5, 6).unwrap(), None);
-            ids.note(me, f.as_raw_fd(), 5, 6, ObjId(i as u32 + 1))
-                .unwrap();
+            let found = ids.find(me, f.as_raw_fd(), 5, 6).unwrap();
+            assert_eq!(found.shared(), None);
+            ids.note(found, ObjId(i as u32 + 1));
         }
         for (i, d) in dups.iter().enumerate() {
-            assert_eq!(
-                ids.shared(me, d.as_raw_fd(), 5, 6).unwrap(),
-                Some(ObjId(i as u32 + 1))
-            );
+            let found = ids.find(me, d.as_raw_fd(), 5, 6).unwrap();
+            assert_eq!(found.shared(), Some(ObjId(i as u32 + 1)));
         }
     }
 }

@@ -659,16 +659,20 @@ impl Batch {
     }
 }
 
+/// Address ranges (start, end), sorted.
+pub type Ranges = Vec<(u64, u64)>;
+
 /// Writes the pages of every mapping that must be saved. Anonymous pages
 /// that hold only zeros are skipped: a fresh mapping reads as zeros anyway.
 /// With `direct`, readable mappings are written by the task itself.
 pub fn dump_pages<S: Sink>(
-    pid: Pid,
-    vmas: &[Vma],
+    p: &ProcessImage,
+    present: &[(u64, u64)],
     w: &mut ImageWriter<S>,
     mut direct: Option<&mut Direct>,
     progress: &mut dyn FnMut(u64) -> Result<()>,
 ) -> Result<PageStats> {
+    let (pid, vmas) = (p.pid(), &p.vmas);
     let pm =
         std::fs::File::open(format!("/proc/{pid}/pagemap")).ctx(pid, || "open pagemap".into())?;
     let mem = std::fs::File::open(format!("/proc/{pid}/mem")).ctx(pid, || "open mem".into())?;
@@ -676,15 +680,9 @@ pub fn dump_pages<S: Sink>(
     let mut buf = Vec::new();
     let mut batch = Batch::default();
     // Mappings with no resident or swapped page (huge PROT_NONE
-    // reservations, untouched heaps) are not scanned at all.
-    // (A mapping may have merged with a neighbour since it was recorded,
-    // e.g. with a scratch page of ours: overlap is what counts.)
-    let present: Vec<(u64, u64)> = procfs::maps(pid)
-        .ctx(pid, || "read /proc smaps".into())?
-        .iter()
-        .filter(|m| m.present_kb > 0)
-        .map(|m| (m.start, m.end))
-        .collect();
+    // reservations, untouched heaps) are not scanned at all: `present`,
+    // sorted, are the ranges smaps gave resident or swapped pages when the
+    // mappings were read (the process is frozen since).
     let has_pages = |v: &Vma| {
         let i = present.partition_point(|&(_, end)| end <= v.start);
         present.get(i).is_some_and(|&(start, _)| start < v.end)
@@ -770,7 +768,7 @@ fn write_by_task<S: Sink>(
         let pid = d.remote.tid();
         let crc = std::thread::scope(|scope| -> Result<u32> {
             let sum = scope.spawn(|| crate::sys::crc32c_of_process(pid, runs));
-            let wrote = task_writes_in_order(d, runs);
+            let wrote = taking_back_write_signals(d, |d| write_runs(d, runs, None));
             let crc = sum
                 .join()
                 .map_err(|_| Error::Write(std::io::Error::other("checksum thread panicked")))?;
@@ -780,16 +778,11 @@ fn write_by_task<S: Sink>(
         w.end_external_pages(total, crc);
         return Ok(());
     }
-    taking_back_write_signals(d, |d| pwritev_runs(d, runs, off))?;
+    taking_back_write_signals(d, |d| write_runs(d, runs, Some(off)))?;
     let crc = crate::sys::crc32c_of_range(d.image_fd, off, total as usize).map_err(Error::Write)?;
     w.end_external_pages(total, crc);
     let pos = w.offset();
     w.get_mut().seek_to(pos).map_err(Error::Write)
-}
-
-/// Has the task `writev` the runs to the image pipe, in order.
-fn task_writes_in_order(d: &mut Direct, runs: &[(u64, u64)]) -> Result<()> {
-    taking_back_write_signals(d, |d| writev_runs(d, runs))
 }
 
 /// Runs the task's writes `f`. A write that fails with EPIPE (the reader
@@ -801,13 +794,10 @@ fn taking_back_write_signals(
     f: impl FnOnce(&mut Direct) -> Result<()>,
 ) -> Result<()> {
     let pid = d.remote.tid();
-    let pending = |key: &str| {
-        procfs::status(pid)
-            .ok()
-            .and_then(|s| s.get(key).and_then(|v| u64::from_str_radix(v, 16).ok()))
-            .unwrap_or(u64::MAX)
-    };
-    let before = pending("ShdPnd") | pending("SigPnd");
+    // (Unknown: as if pending, so nothing of the process's is taken.)
+    let before = procfs::status(pid).map_or(u64::MAX, |s| {
+        s.hex_opt("ShdPnd").unwrap_or(u64::MAX) | s.hex_opt("SigPnd").unwrap_or(u64::MAX)
+    });
     let r = f(d);
     let sig = match &r {
         Err(Error::Sys { source, .. }) => match source.raw_os_error() {
@@ -829,87 +819,54 @@ fn taking_back_write_signals(
     r
 }
 
-fn writev_runs(d: &mut Direct, runs: &[(u64, u64)]) -> Result<()> {
+/// The iovecs of `runs` (address, length) as the kernel lays them out.
+fn iovecs(runs: &[(u64, u64)]) -> Vec<u8> {
+    runs.iter()
+        .flat_map(|&(a, l)| a.to_le_bytes().into_iter().chain(l.to_le_bytes()))
+        .collect()
+}
+
+/// Has the task write the runs back to back into the image: with `off`,
+/// into the file from there (`pwritev`); without, into the pipe in order
+/// (`writev`). 256 runs per call; what a short write left, run by run.
+fn write_runs(d: &mut Direct, runs: &[(u64, u64)], off: Option<u64>) -> Result<()> {
+    let mut at = off.unwrap_or(0);
     for chunk in runs.chunks(IOVS_PER_CALL) {
-        let iov: Vec<u8> = chunk
-            .iter()
-            .flat_map(|&(a, l)| a.to_le_bytes().into_iter().chain(l.to_le_bytes()))
-            .collect();
-        d.scratch.write(0, &iov)?;
-        let want: u64 = chunk.iter().map(|r| r.1).sum();
-        let n = d.remote.call(
-            "writev(image pipe)",
-            libc::SYS_writev,
-            &[d.tracee_fd, d.scratch.addr, chunk.len() as u64],
-        )?;
-        if n < want {
-            // The rest run by run.
-            let mut left = n;
-            for &(a, l) in chunk {
-                let mut done = left.min(l);
-                left -= done;
-                while done < l {
-                    let k = d.remote.call(
+        d.scratch.write(0, &iovecs(chunk))?;
+        let (fd, iov, cnt) = (d.tracee_fd, d.scratch.addr, chunk.len() as u64);
+        let n = match off {
+            Some(_) => {
+                d.remote
+                    .call("pwritev(image)", libc::SYS_pwritev, &[fd, iov, cnt, at, 0])?
+            }
+            None => d
+                .remote
+                .call("writev(image pipe)", libc::SYS_writev, &[fd, iov, cnt])?,
+        };
+        let mut left = n;
+        for &(a, l) in chunk {
+            let mut done = left.min(l);
+            left -= done;
+            while done < l {
+                let k = match off {
+                    Some(_) => d.remote.call(
+                        "pwrite64(image)",
+                        libc::SYS_pwrite64,
+                        &[fd, a + done, l - done, at + done],
+                    )?,
+                    None => d.remote.call(
                         "write(image pipe)",
                         libc::SYS_write,
-                        &[d.tracee_fd, a + done, l - done],
-                    )?;
-                    if k == 0 {
-                        return Err(Error::Write(std::io::ErrorKind::WriteZero.into()));
-                    }
-                    done += k;
+                        &[fd, a + done, l - done],
+                    )?,
+                };
+                if k == 0 {
+                    return Err(Error::Write(std::io::ErrorKind::WriteZero.into()));
                 }
+                done += k;
             }
+            at += l;
         }
-    }
-    Ok(())
-}
-
-/// Has the task write the runs back to back into the image file from `off`.
-fn pwritev_runs(d: &mut Direct, runs: &[(u64, u64)], off: u64) -> Result<()> {
-    let mut at = off;
-    for chunk in runs.chunks(IOVS_PER_CALL) {
-        let iov: Vec<u8> = chunk
-            .iter()
-            .flat_map(|&(a, l)| a.to_le_bytes().into_iter().chain(l.to_le_bytes()))
-            .collect();
-        d.scratch.write(0, &iov)?;
-        let want: u64 = chunk.iter().map(|r| r.1).sum();
-        let n = d.remote.call(
-            "pwritev(image)",
-            libc::SYS_pwritev,
-            &[d.tracee_fd, d.scratch.addr, chunk.len() as u64, at, 0],
-        )?;
-        if n < want {
-            // Short (rare on a regular file): the rest run by run.
-            let (mut left, mut pos) = (n, at);
-            for &(a, l) in chunk {
-                let done = left.min(l);
-                left -= done;
-                if done < l {
-                    pwrite_by_task(d, a + done, l - done, pos + done)?;
-                }
-                pos += l;
-            }
-        }
-        at += want;
-    }
-    Ok(())
-}
-
-/// Has the task pwrite `len` bytes of its memory at `addr` to `off`.
-fn pwrite_by_task(d: &mut Direct, addr: u64, len: u64, off: u64) -> Result<()> {
-    let mut done = 0;
-    while done < len {
-        let n = d.remote.call(
-            "pwrite64(image)",
-            libc::SYS_pwrite64,
-            &[d.tracee_fd, addr + done, len - done, off + done],
-        )?;
-        if n == 0 {
-            return Err(Error::Write(std::io::ErrorKind::WriteZero.into()));
-        }
-        done += n;
     }
     Ok(())
 }
@@ -1506,11 +1463,8 @@ pub fn replace_address_space(
         let got = if group.len() == 1 {
             0
         } else {
-            let iov: Vec<u8> = group
-                .iter()
-                .flat_map(|&(a, l, _)| a.to_le_bytes().into_iter().chain(l.to_le_bytes()))
-                .collect();
-            s.write(0, &iov)?;
+            let runs: Vec<(u64, u64)> = group.iter().map(|&(a, l, _)| (a, l)).collect();
+            s.write(0, &iovecs(&runs))?;
             r.call(
                 "preadv(image)",
                 libc::SYS_preadv,

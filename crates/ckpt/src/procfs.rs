@@ -157,9 +157,11 @@ impl Status {
             .collect()
     }
     pub fn hex(&self, key: &str) -> u64 {
-        self.get(key)
-            .and_then(|v| u64::from_str_radix(v, 16).ok())
-            .unwrap_or(0)
+        self.hex_opt(key).unwrap_or(0)
+    }
+    /// A hexadecimal field (a mask), if present and well-formed.
+    pub fn hex_opt(&self, key: &str) -> Option<u64> {
+        self.get(key).and_then(|v| u64::from_str_radix(v, 16).ok())
     }
     pub fn octal(&self, key: &str) -> Option<u32> {
         self.get(key).and_then(|v| u32::from_str_radix(v, 8).ok())

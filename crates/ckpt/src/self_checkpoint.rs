@@ -249,11 +249,7 @@ fn needs_ptracer() -> bool {
         return false;
     }
     let cap_eff = crate::procfs::status(std::process::id() as Pid)
-        .ok()
-        .and_then(|s| {
-            s.get("CapEff")
-                .and_then(|v| u64::from_str_radix(v, 16).ok())
-        })
+        .map(|s| s.hex("CapEff"))
         .unwrap_or(0);
     const CAP_SYS_PTRACE: u32 = 19;
     cap_eff & (1 << CAP_SYS_PTRACE) == 0

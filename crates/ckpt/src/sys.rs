@@ -1139,8 +1139,25 @@ pub fn crc32c_of_range(fd: i32, off: u64, len: usize) -> io::Result<u32> {
     Ok(crc)
 }
 
+/// process_vm_readv of `buf.len()` bytes at `addr` of process `pid` into
+/// `buf`; returns how many were read.
+pub fn read_process(pid: Pid, addr: u64, buf: &mut [u8]) -> io::Result<usize> {
+    let local = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    let remote = libc::iovec {
+        iov_base: addr as *mut _,
+        iov_len: buf.len(),
+    };
+    // SAFETY: `local` is `buf`, writable for its length; the remote range
+    // is only read, by the kernel, in the other process.
+    check(unsafe { libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) } as libc::c_long)
+        .map(|n| n as usize)
+}
+
 /// CRC32C of the memory runs (address, length) of process `pid`, back to
-/// back, read 4 MiB at a time with process_vm_readv.
+/// back, read 4 MiB at a time.
 pub fn crc32c_of_process(pid: Pid, runs: &[(u64, u64)]) -> io::Result<u32> {
     const BUF: u64 = 4 << 20;
     let mut buf = vec![0u8; BUF as usize];
@@ -1148,25 +1165,13 @@ pub fn crc32c_of_process(pid: Pid, runs: &[(u64, u64)]) -> io::Result<u32> {
     for &(addr, len) in runs {
         let mut done = 0;
         while done < len {
-            let n = (len - done).min(BUF);
-            let local = libc::iovec {
-                iov_base: buf.as_mut_ptr() as *mut _,
-                iov_len: n as usize,
-            };
-            let remote = libc::iovec {
-                iov_base: (addr + done) as *mut _,
-                iov_len: n as usize,
-            };
-            // SAFETY: `local` is our buffer of at least n bytes; the remote
-            // range is only read, by the kernel, in the other process.
-            let got = check(
-                unsafe { libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) } as libc::c_long,
-            )? as u64;
+            let n = (len - done).min(BUF) as usize;
+            let got = read_process(pid, addr + done, &mut buf[..n])?;
             if got == 0 {
                 return Err(io::ErrorKind::UnexpectedEof.into());
             }
-            crc = crc32c::crc32c_append(crc, &buf[..got as usize]);
-            done += got;
+            crc = crc32c::crc32c_append(crc, &buf[..got]);
+            done += got as u64;
         }
     }
     Ok(crc)

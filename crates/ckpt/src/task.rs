@@ -227,12 +227,7 @@ pub fn dump_sigactions(r: &mut Remote, s: &Scratch, status: &Status) -> Result<S
     // each instead of 62), and SIGCHLD, whose SA_NOCLDSTOP/SA_NOCLDWAIT act
     // even under SIG_DFL. The flags and mask of any other SIG_DFL
     // disposition change nothing the kernel does; they come back as 0.
-    let mask = |key: &str| {
-        status
-            .get(key)
-            .and_then(|v| u64::from_str_radix(v, 16).ok())
-            .unwrap_or(u64::MAX)
-    };
+    let mask = |key: &str| status.hex_opt(key).unwrap_or(u64::MAX);
     let wanted = mask("SigCgt") | mask("SigIgn") | 1 << (libc::SIGCHLD - 1);
     let mut actions = Vec::new();
     for sig in 1..=64u32 {

@@ -132,12 +132,12 @@ impl FileTable {
             let p = Probe::new(pid, comm, fd, &link, &meta, &info);
             // Its locks (`lock:` lines) are saved by `locks`.
             let cloexec = info.flags & libc::O_CLOEXEC as u32 != 0;
-            let shared = self
+            let found = self
                 .cx
                 .fds
-                .shared(pid, fd, meta.dev(), meta.ino())
+                .find(pid, fd, meta.dev(), meta.ino())
                 .ctx(pid, || format!("kcmp fd {fd}"))?;
-            let id = match shared {
+            let id = match found.shared() {
                 Some(id) => {
                     // (A process on its parent's fd table holds the very same fds.)
                     if !self.shares_parent.contains(&pid) {
@@ -150,10 +150,7 @@ impl FileTable {
                 }
                 None => self.add(&p)?,
             };
-            self.cx
-                .fds
-                .note(pid, fd, meta.dev(), meta.ino(), id)
-                .ctx(pid, || format!("kcmp fd {fd}"))?;
+            self.cx.fds.note(found, id);
             if info.lock.is_some() {
                 self.cx.fds.note_locked(pid, fd);
             }
