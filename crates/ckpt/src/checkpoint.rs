@@ -100,12 +100,6 @@ pub trait Sink: Write {
     fn file_fd(&self) -> Option<i32> {
         None
     }
-    /// The fd of a pipe opened for writing, into which checkpointed tasks
-    /// can write their pages themselves (ckpt checksums them from their
-    /// memory); None for anything else.
-    fn pipe_fd(&self) -> Option<i32> {
-        None
-    }
     /// Moves the write position (after data others put in the file).
     fn seek_to(&mut self, _off: u64) -> std::io::Result<()> {
         Err(std::io::ErrorKind::Unsupported.into())
@@ -131,13 +125,6 @@ impl Sink for std::fs::File {
         let rw = sys::status_flags(fd).is_ok_and(|fl| fl & libc::O_ACCMODE == libc::O_RDWR);
         (rw && self.metadata().is_ok_and(|m| m.is_file())).then_some(fd)
     }
-    fn pipe_fd(&self) -> Option<i32> {
-        use std::os::fd::AsRawFd;
-        use std::os::unix::fs::FileTypeExt;
-        let fd = self.as_raw_fd();
-        let w = sys::status_flags(fd).is_ok_and(|fl| fl & libc::O_ACCMODE != libc::O_RDONLY);
-        (w && self.metadata().is_ok_and(|m| m.file_type().is_fifo())).then_some(fd)
-    }
     fn seek_to(&mut self, off: u64) -> std::io::Result<()> {
         std::io::Seek::seek(self, std::io::SeekFrom::Start(off)).map(drop)
     }
@@ -157,9 +144,6 @@ impl<S: Sink> Sink for std::io::BufWriter<S> {
     }
     fn file_fd(&self) -> Option<i32> {
         self.get_ref().file_fd()
-    }
-    fn pipe_fd(&self) -> Option<i32> {
-        self.get_ref().pipe_fd()
     }
     fn seek_to(&mut self, off: u64) -> std::io::Result<()> {
         self.flush()?;
@@ -222,9 +206,6 @@ impl<S: Sink> Sink for Interruptible<S> {
     }
     fn file_fd(&self) -> Option<i32> {
         self.inner.file_fd()
-    }
-    fn pipe_fd(&self) -> Option<i32> {
-        self.inner.pipe_fd()
     }
     fn seek_to(&mut self, off: u64) -> std::io::Result<()> {
         self.inner.seek_to(off)
@@ -547,17 +528,18 @@ fn run<S: Sink>(
                 opts.check_cancel()
             };
             // The task writes its own pages into the image when it can
-            // open it (through /proc; not e.g. as another user than ckpt):
-            // a regular file, or a pipe (`-o -`).
-            // (Not under a file size limit of its own, which its writes
-            // would hit: ckpt writes those pages itself.)
+            // open it (through /proc; not e.g. as another user than ckpt)
+            // and it is a regular file: ckpt checksums what the file then
+            // holds. (Not into a pipe: ckpt would checksum the task's memory
+            // instead, which the kernel may touch meanwhile, e.g. rseq's
+            // cpu_id.) Nor under a file size limit of the task's own, which
+            // its writes would hit: ckpt writes those pages itself.
             let fsize_limited = img
                 .rlimits
                 .limits
                 .iter()
                 .any(|l| l.resource == libc::RLIMIT_FSIZE && l.cur != libc::RLIM_INFINITY);
-            let file = w.get_mut().file_fd().filter(|_| !fsize_limited);
-            let image_fd = file.or_else(|| w.get_mut().pipe_fd());
+            let image_fd = w.get_mut().file_fd().filter(|_| !fsize_limited);
             let tracee_fd = match image_fd {
                 Some(fd) => {
                     let path = format!("/proc/{}/fd/{fd}", std::process::id());
@@ -573,7 +555,6 @@ fn run<S: Sink>(
                         scratch,
                         tracee_fd: tfd as u64,
                         image_fd,
-                        pipe: file.is_none(),
                         zero_pfn,
                     };
                     let r = mm::dump_pages(img, present, w, Some(&mut d), &mut report);

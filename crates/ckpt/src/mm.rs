@@ -580,9 +580,6 @@ pub struct Direct<'a> {
     pub tracee_fd: u64,
     /// The image, as an fd of ours (opened read-write, for the checksum).
     pub image_fd: i32,
-    /// The image is a pipe: the task `writev`s into it in order, and ckpt
-    /// checksums the pages from the task's memory meanwhile.
-    pub pipe: bool,
     /// PFN of the zero page: present pages that map it hold only zeros.
     pub zero_pfn: Option<u64>,
 }
@@ -764,31 +761,18 @@ fn write_by_task<S: Sink>(
         .begin_external_pages(first, pages, 0)
         .map_err(Error::Write)?;
     let total = pages * PAGE;
-    if d.pipe {
-        let pid = d.remote.tid();
-        let crc = std::thread::scope(|scope| -> Result<u32> {
-            let sum = scope.spawn(|| crate::sys::crc32c_of_process(pid, runs));
-            let wrote = taking_back_write_signals(d, |d| write_runs(d, runs, None));
-            let crc = sum
-                .join()
-                .map_err(|_| Error::Write(std::io::Error::other("checksum thread panicked")))?;
-            wrote?;
-            crc.ctx(pid, || "read memory for the checksum".into())
-        })?;
-        w.end_external_pages(total, crc);
-        return Ok(());
-    }
-    taking_back_write_signals(d, |d| write_runs(d, runs, Some(off)))?;
+    taking_back_write_signals(d, |d| write_runs(d, runs, off))?;
     let crc = crate::sys::crc32c_of_range(d.image_fd, off, total as usize).map_err(Error::Write)?;
     w.end_external_pages(total, crc);
     let pos = w.offset();
     w.get_mut().seek_to(pos).map_err(Error::Write)
 }
 
-/// Runs the task's writes `f`. A write that fails with EPIPE (the reader
-/// is gone) or EFBIG (past the task's RLIMIT_FSIZE) also raised SIGPIPE or
-/// SIGXFSZ in the task, blocked meanwhile: it is taken back (unless one was
-/// pending already), or the process would die of it once released.
+/// Runs the task's writes `f`. A write that fails with EPIPE or EFBIG (a
+/// file too big for its filesystem or the task's RLIMIT_FSIZE) also raised
+/// SIGPIPE or SIGXFSZ in the task, blocked meanwhile: it is taken back
+/// (unless one was pending already), or the process would die of it once
+/// released.
 fn taking_back_write_signals(
     d: &mut Direct,
     f: impl FnOnce(&mut Direct) -> Result<()>,
@@ -826,40 +810,26 @@ fn iovecs(runs: &[(u64, u64)]) -> Vec<u8> {
         .collect()
 }
 
-/// Has the task write the runs back to back into the image: with `off`,
-/// into the file from there (`pwritev`); without, into the pipe in order
-/// (`writev`). 256 runs per call; what a short write left, run by run.
-fn write_runs(d: &mut Direct, runs: &[(u64, u64)], off: Option<u64>) -> Result<()> {
-    let mut at = off.unwrap_or(0);
+/// Has the task write the runs back to back into the image file from
+/// `off`, 256 runs per `pwritev`; what a short write left, run by run.
+fn write_runs(d: &mut Direct, runs: &[(u64, u64)], off: u64) -> Result<()> {
+    let mut at = off;
     for chunk in runs.chunks(IOVS_PER_CALL) {
         d.scratch.write(0, &iovecs(chunk))?;
         let (fd, iov, cnt) = (d.tracee_fd, d.scratch.addr, chunk.len() as u64);
-        let n = match off {
-            Some(_) => {
-                d.remote
-                    .call("pwritev(image)", libc::SYS_pwritev, &[fd, iov, cnt, at, 0])?
-            }
-            None => d
-                .remote
-                .call("writev(image pipe)", libc::SYS_writev, &[fd, iov, cnt])?,
-        };
+        let n = d
+            .remote
+            .call("pwritev(image)", libc::SYS_pwritev, &[fd, iov, cnt, at, 0])?;
         let mut left = n;
         for &(a, l) in chunk {
             let mut done = left.min(l);
             left -= done;
             while done < l {
-                let k = match off {
-                    Some(_) => d.remote.call(
-                        "pwrite64(image)",
-                        libc::SYS_pwrite64,
-                        &[fd, a + done, l - done, at + done],
-                    )?,
-                    None => d.remote.call(
-                        "write(image pipe)",
-                        libc::SYS_write,
-                        &[fd, a + done, l - done],
-                    )?,
-                };
+                let k = d.remote.call(
+                    "pwrite64(image)",
+                    libc::SYS_pwrite64,
+                    &[fd, a + done, l - done, at + done],
+                )?;
                 if k == 0 {
                     return Err(Error::Write(std::io::ErrorKind::WriteZero.into()));
                 }

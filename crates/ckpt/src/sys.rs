@@ -1156,27 +1156,6 @@ pub fn read_process(pid: Pid, addr: u64, buf: &mut [u8]) -> io::Result<usize> {
         .map(|n| n as usize)
 }
 
-/// CRC32C of the memory runs (address, length) of process `pid`, back to
-/// back, read 4 MiB at a time.
-pub fn crc32c_of_process(pid: Pid, runs: &[(u64, u64)]) -> io::Result<u32> {
-    const BUF: u64 = 4 << 20;
-    let mut buf = vec![0u8; BUF as usize];
-    let mut crc = 0u32;
-    for &(addr, len) in runs {
-        let mut done = 0;
-        while done < len {
-            let n = (len - done).min(BUF) as usize;
-            let got = read_process(pid, addr + done, &mut buf[..n])?;
-            if got == 0 {
-                return Err(io::ErrorKind::UnexpectedEof.into());
-            }
-            crc = crc32c::crc32c_append(crc, &buf[..got]);
-            done += got as u64;
-        }
-    }
-    Ok(crc)
-}
-
 /// `crc32c_of_range` by two threads at once for a large range (the halves'
 /// checksums combined).
 pub fn crc32c_of_range_par(fd: i32, off: u64, len: usize) -> io::Result<u32> {
