@@ -175,6 +175,23 @@ fn abs_path(name: &[u8], dir: &[u8]) -> Vec<u8> {
     }
 }
 
+/// Runs `f` (a bind or connect to `name`) with the working directory at
+/// `dir` when `name` is a relative path, and back afterwards.
+fn from_dir(
+    name: &[u8],
+    dir: &[u8],
+    f: impl FnOnce() -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    if !is_path(name) || name[0] == b'/' {
+        return f();
+    }
+    let here = sys::open_raw(b".", libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC, 0)?;
+    let r = sys::chdir(dir).and_then(|()| f());
+    let back = sys::fchdir(here);
+    sys::close(here);
+    r.and(back)
+}
+
 fn is_path(name: &[u8]) -> bool {
     name.first().is_some_and(|&c| c != 0)
 }
@@ -820,21 +837,10 @@ impl Builder {
             })?;
         }
         let dir = &r.bind_dir.0;
-        sys::with_fs_ids(cx.fs, || {
-            if name[0] == b'/' {
-                sys::unix_bind(fd, name)
-            } else {
-                // A relative name is bound from its directory, so that
-                // getsockname gives it as it was.
-                let here =
-                    sys::open_raw(b".", libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC, 0)?;
-                let r = sys::chdir(dir).and_then(|()| sys::unix_bind(fd, name));
-                let back = sys::fchdir(here);
-                sys::close(here);
-                r.and(back)
-            }
-        })
-        .map_err(|e| cx.err(format!("{what}{}", cx.who()), e))?;
+        // A relative name is bound from its directory, so that
+        // getsockname gives it as it was.
+        sys::with_fs_ids(cx.fs, || from_dir(name, dir, || sys::unix_bind(fd, name)))
+            .map_err(|e| cx.err(format!("{what}{}", cx.who()), e))?;
         // (As the image's user: a path swapped meanwhile is theirs to change.)
         sys::with_fs_ids(cx.fs, || sys::chmod(&path, r.mode))
             .map_err(|e| cx.err(format!("chmod {}{}", escape(&path), cx.who()), e))?;
@@ -916,12 +922,10 @@ impl Builder {
     /// connect `fd` to the socket bound to `r`'s name.
     fn connect(cx: &OpenCx, fd: i32, r: &UnixSk) -> Result<()> {
         let name = &r.name.0;
-        let to = if is_path(name) {
-            abs_path(name, &r.bind_dir.0)
-        } else {
-            name.clone()
-        };
-        sys::unix_connect(fd, &to).map_err(|e| {
+        // A relative name is connected to from its directory: joined to it,
+        // it may pass sun_path's 108 bytes.
+        let dir: &[u8] = if is_path(name) { &r.bind_dir.0 } else { b"/" };
+        from_dir(name, dir, || sys::unix_connect(fd, name)).map_err(|e| {
             cx.err(
                 format!("connect to unix socket {}{}", r.file_id, show_name(name)),
                 e,
