@@ -71,6 +71,9 @@ verdict() {
     wait_gone "$pid" || true
 }
 
+# Extra `ckpt checkpoint` arguments of run_ckpt and run_stream.
+ck_extra=()
+
 # One tool on one workload: prints "dump restore size verdict".
 run_ckpt() {
     start "$@"
@@ -78,7 +81,7 @@ run_ckpt() {
     local t0 t1 t2 pids
     pids=$(tree)
     t0=$(now)
-    "$ckpt" checkpoint "$pid" -o "$dir/img"
+    "$ckpt" checkpoint "$pid" -o "$dir/img" "${ck_extra[@]}"
     t1=$(now)
     wait_gone $pids
     local t1b
@@ -105,6 +108,26 @@ run_pipe() {
     t2=$(now)
     echo "$(secs "$t0" "$t1") $(secs "$t1b" "$t2") $(stat -c %s "$dir/img") $(verdict)"
     rm -f "$dir/img"
+}
+
+# Checkpoint to a file, then restart from a stream of it (cat | restart -):
+# prints "dump restore size verdict held-KiB".
+run_stream() {
+    start "$@"
+    rm -f "$dir/img" "$dir/log"
+    local t0 t1 t1b t2 pids
+    pids=$(tree)
+    t0=$(now)
+    "$ckpt" checkpoint "$pid" -o "$dir/img" "${ck_extra[@]}"
+    t1=$(now)
+    wait_gone $pids
+    t1b=$(now)
+    cat "$dir/img" | "$ckpt" restart -d --log "$dir/log" - >/dev/null
+    t2=$(now)
+    local held
+    held=$(grep -o 'at most [0-9]* KiB' "$dir/log" | grep -o '[0-9]*' || echo -)
+    echo "$(secs "$t0" "$t1") $(secs "$t1b" "$t2") $(stat -c %s "$dir/img") $(verdict) $held"
+    rm -f "$dir/img" "$dir/log"
 }
 
 run_criu() {

@@ -8,6 +8,8 @@
  *   bw tree N      N processes (the root and N-1 children) asleep
  *   bw fds N       N fds of /dev/null
  *   bw mem MIB     MIB MiB of anonymous memory, every byte written
+ *   bw half MIB    the same with the second half of every page zero
+ *                  (compressible about 2:1)
  *   bw sparse GIB  a GIB GiB MAP_NORESERVE mapping, one page in 512 written
  *
  *   bw limits MIB FILE  prints this machine's limits for MIB MiB, in GB/s:
@@ -35,6 +37,8 @@ static void on_term(int s) { (void)s; term = 1; }
 static void *sleeper(void *a) { (void)a; for (;;) pause(); return NULL; }
 
 static uint64_t pattern(uint64_t i) { return i * 0x9e3779b97f4a7c15ULL + 1; }
+static int half;
+static uint64_t content(uint64_t i) { return half && (i & 511) >= 256 ? 0 : pattern(i); }
 
 static double now(void)
 {
@@ -162,13 +166,14 @@ int main(int argc, char **argv)
         for (long i = 0; i < n; i++)
             if (open("/dev/null", O_RDONLY) < 0)
                 return 2;
-    } else if (!strcmp(mode, "mem")) {
+    } else if (!strcmp(mode, "mem") || !strcmp(mode, "half")) {
+        half = !strcmp(mode, "half");
         mem_words = (size_t)n << 20 >> 3;
         mem = mmap(NULL, mem_words * 8, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         if (mem == MAP_FAILED)
             return 2;
         for (size_t i = 0; i < mem_words; i++)
-            mem[i] = pattern(i);
+            mem[i] = content(i);
     } else if (!strcmp(mode, "sparse")) {
         sparse_len = (size_t)n << 30;
         sparse = mmap(NULL, sparse_len, PROT_READ | PROT_WRITE,
@@ -191,7 +196,7 @@ int main(int argc, char **argv)
         for (long i = 0; i < n; i++)
             bad |= maps[i][0] != (char)i;
     for (size_t i = 0; i < mem_words; i++)
-        bad |= mem[i] != pattern(i);
+        bad |= mem[i] != content(i);
     for (size_t off = 0; sparse && off < sparse_len; off += 512 * PAGE)
         bad |= sparse[off] != ((char)(off >> 21) | 1);
     printf("%s\n", bad ? "FAIL" : "PASS");

@@ -115,6 +115,34 @@ fn detail(r: &AnyRecord) -> String {
                 last.unwrap_or(0)
             )
         }
+        AnyRecord::PagePlan(i) => {
+            let last = i.runs.last().map(|r| r.addr + r.nr_pages as u64 * 4096);
+            let pages: u64 = i.runs.iter().map(|r| r.nr_pages as u64).sum();
+            format!(
+                "{pages} pages in {} runs from {:#x} to {:#x}, in the page section{}",
+                i.runs.len(),
+                i.runs.first().map_or(0, |r| r.addr),
+                last.unwrap_or(0),
+                if i.flags & ckpt_image::PLAN_EARLY != 0 { " (early)" } else { "" }
+            )
+        }
+        AnyRecord::MetaEnd(m) => format!(
+            "metadata checksum {:#010x}; {} page records follow{}",
+            m.crc32c,
+            m.nr_plans,
+            match m.compression {
+                ckpt_image::COMPRESS_LZ4 => ", lz4-compressed",
+                ckpt_image::COMPRESS_ZSTD => ", zstd-compressed",
+                _ => "",
+            }
+        ),
+        AnyRecord::PagesZ(z) => format!(
+            "{}{:#x}: {} pages in {} bytes",
+            if z.flags & ckpt_image::PAGES_SHMEM != 0 { "shmem offset " } else { "" },
+            z.addr,
+            z.nr_pages,
+            z.data.0.len()
+        ),
         AnyRecord::File(f) => format!(
             "file {} {} {} pos {}",
             f.id,
@@ -203,6 +231,10 @@ pub fn run<R: Read>(input: R, json: bool) -> Result<u8> {
                     AnyRecord::Thread(_) => s.threads += 1,
                     AnyRecord::Vma(_) => s.mappings += 1,
                     AnyRecord::Pages(p) => {
+                        s.pages += p.nr_pages as u64;
+                        s.page_bytes += p.nr_pages as u64 * 4096;
+                    }
+                    AnyRecord::PagesZ(p) => {
                         s.pages += p.nr_pages as u64;
                         s.page_bytes += p.nr_pages as u64 * 4096;
                     }

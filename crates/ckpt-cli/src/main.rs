@@ -70,6 +70,12 @@ enum Cmd {
         /// are frozen in TCP repair mode and continue after restart.
         #[arg(long)]
         tcp_close: bool,
+        /// Compress page data: lz4 (fast, for local disks) or zstd (smaller,
+        /// for slow links). Off by default: then the process writes its own
+        /// pages into a file image, the fastest path. Restart and inspect
+        /// read either without being told.
+        #[arg(long, value_name = "lz4|zstd")]
+        compress: Option<Compress>,
         /// Write a structured log (`[err N][pos P][pid X comm] message` lines) to FILE.
         #[arg(long, value_name = "FILE")]
         log: Option<PathBuf>,
@@ -78,7 +84,12 @@ enum Cmd {
     ///
     /// The whole image is read and validated (checksum, CPU features,
     /// registers, pid availability) before any process is created; a restart
-    /// that fails part-way kills what it created. By default ckpt waits for
+    /// that fails part-way kills what it created. From a pipe or socket
+    /// (`-`), the metadata is validated (it has its own checksum) before
+    /// anything is created, and the pages go into the processes as they
+    /// arrive; the tree runs only once the whole image is read and its
+    /// checksum is right. (If the image's pids are still in use on this host,
+    /// as when piped straight from `ckpt checkpoint`, it is read whole first.) By default ckpt waits for
     /// the restored process and exits with its exit status (128+N if it was
     /// killed by signal N), forwarding SIGINT, SIGTERM, SIGHUP and SIGQUIT to it.
     Restart {
@@ -166,6 +177,13 @@ fn open_input(image: &str) -> Result<std::fs::File> {
     std::fs::File::open(image).with_context(|| format!("cannot open image {image}"))
 }
 
+/// Page compression algorithms of `checkpoint --compress`.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum Compress {
+    Lz4,
+    Zstd,
+}
+
 fn run(cli: Cli) -> Result<u8> {
     match cli.cmd {
         Cmd::Checkpoint {
@@ -174,6 +192,7 @@ fn run(cli: Cli) -> Result<u8> {
             leave_running,
             freeze_cgroup,
             tcp_close,
+            compress,
             log,
         } => {
             // First, so that no moment of the checkpoint misses a signal.
@@ -206,6 +225,11 @@ fn run(cli: Cli) -> Result<u8> {
                 freeze_cgroup,
                 cancel: Some(cancel.clone()),
                 tcp_close,
+                compression: match compress {
+                    None => ckpt::mm::Compression::None,
+                    Some(Compress::Lz4) => ckpt::mm::Compression::Lz4,
+                    Some(Compress::Zstd) => ckpt::mm::Compression::Zstd,
+                },
                 ..Default::default()
             };
             let w = std::io::BufWriter::with_capacity(

@@ -6,8 +6,8 @@ mod skip;
 use skip::skip;
 
 use ckpt_image::{
-    Body, ImageReader, ImageWriter, RawRecord, T_OPTIONAL, T_PROCESS, T_TAIL, T_THREAD,
-    T_X86_DEBUGREGS,
+    Body, ImageReader, ImageWriter, MetaEnd, RawRecord, T_META_END, T_OPTIONAL, T_PROCESS, T_TAIL,
+    T_THREAD, T_X86_DEBUGREGS,
 };
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -1046,6 +1046,11 @@ fn rebuild(bytes: &[u8], recs: &[&RawRecord]) -> Vec<u8> {
     let mut w = ImageWriter::new(Vec::new());
     for r in recs {
         match &r.body {
+            // The metadata's own checksum, as a forger would fix it.
+            Body::Meta(_) if r.rtype == T_META_END => {
+                let m: MetaEnd = r.decode().unwrap();
+                w.meta_end(m.nr_plans, m.compression).unwrap()
+            }
             Body::Meta(p) => w.write_raw(r.rtype, p).unwrap(),
             Body::Pages { hdr, data_offset } => {
                 let start = *data_offset as usize;

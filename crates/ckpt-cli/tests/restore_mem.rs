@@ -48,15 +48,21 @@ fn unlinked_file_holes_are_not_saved() {
         .lines()
         .position(|l| is_shmem(l) && l.contains(".ghost (16384 bytes)"))
         .unwrap_or_else(|| panic!("no unlinked-file object for the ghost in:\n{text}"));
+    // Its page plans, in the metadata.
     let offsets: Vec<&str> = text
         .lines()
         .skip(ghost + 1)
         .take_while(|l| !is_shmem(l))
-        .filter_map(|l| l.split("shmem offset ").nth(1))
+        .filter(|l| l.split_whitespace().nth(2) == Some("page-plan"))
+        .filter_map(|l| l.split("  page-plan").nth(1))
+        .map(|l| l.trim().split(", in the page section").next().unwrap_or(""))
         .collect();
     assert_eq!(
         offsets,
-        ["0x0: 1 pages", "0x2000: 1 pages"],
+        [
+            "1 pages in 1 runs from 0x0 to 0x1000",
+            "1 pages in 1 runs from 0x2000 to 0x3000"
+        ],
         "ghost pages saved: {offsets:?}\n{text}"
     );
     env.restart_detached(&mut w, &img);

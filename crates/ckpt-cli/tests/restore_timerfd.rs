@@ -165,6 +165,8 @@ fn with_boot_id(src: &Path, dst: &Path, boot_id: &[u8]) {
             }
             Body::Meta(_) => match rec.decode_any().expect("a known record") {
                 AnyRecord::Tail(_) => {}
+                // (Its checksum covers the edit.)
+                AnyRecord::MetaEnd(m) => w.meta_end(m.nr_plans, m.compression).expect("encode"),
                 AnyRecord::Timerfd(mut t) => {
                     t.boot_id = Text(boot_id.to_vec());
                     w.write_any(&AnyRecord::Timerfd(t)).expect("encode");

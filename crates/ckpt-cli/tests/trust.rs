@@ -59,7 +59,11 @@ enum Item {
 }
 
 fn write_rec<W: std::io::Write>(w: &mut ImageWriter<W>, r: &AnyRecord) -> std::io::Result<()> {
-    w.write_any(r)
+    match r {
+        // A forger fixes the metadata's checksum as well as the tail's.
+        AnyRecord::MetaEnd(m) => w.meta_end(m.nr_plans, m.compression),
+        r => w.write_any(r),
+    }
 }
 
 /// Forges an image as a user could: reads `src` (checksum verified), lets

@@ -83,7 +83,7 @@ pub struct ImageReader<R: Read> {
 /// Given the input and the stream offset and length of a record's page
 /// data, returns its CRC32C and moves the input past it: lets a reader of
 /// a file checksum page data in place instead of copying it out.
-pub type PageData<R> = Box<dyn FnMut(&mut R, u64, u64) -> io::Result<u32>>;
+pub type PageData<R> = Box<dyn FnMut(&mut R, u64, u64) -> io::Result<u32> + Send>;
 
 impl<R: Read> ImageReader<R> {
     pub fn new(input: R) -> Self {
@@ -238,6 +238,15 @@ impl<R: Read> ImageReader<R> {
                     offset: off,
                     message: e.message.escaped(),
                 });
+            }
+            T_META_END => {
+                let m: MetaEnd = rec.decode()?;
+                if m.crc32c != crc_before {
+                    return Err(ImageError::Checksum {
+                        stored: m.crc32c,
+                        computed: crc_before,
+                    });
+                }
             }
             T_TAIL => {
                 let t: Tail = rec.decode()?;

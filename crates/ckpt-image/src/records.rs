@@ -75,6 +75,9 @@ pub const T_SHMEM_ATTRS: u32 = 124;
 pub const T_MM_STATE: u32 = 113;
 pub const T_COW_SHARED: u32 = 114;
 pub const T_PAGE_INDEX: u32 = 115;
+pub const T_PAGE_PLAN: u32 = 116;
+pub const T_META_END: u32 = 117;
+pub const T_PAGES_Z: u32 = 118;
 pub const T_FILE_ATTR: u32 = 125;
 pub const T_FILES_SHARED: u32 = 126;
 pub const T_FILE_OWNER: u32 = 127;
@@ -463,6 +466,44 @@ record!(
 pub const PAGES_SHMEM: u32 = 1;
 
 record!(
+    /// Announces, in the metadata, one record of the page section that
+    /// follows the `meta-end` record: the runs it holds back to back, in
+    /// ascending address order without overlap, for the shmem object or
+    /// process it appears under. A reader knows every page's place before
+    /// any page arrives, so a streamed image is restored as it is read.
+    /// The section holds the plans' records in this order: shmem objects',
+    /// then those flagged `PLAN_EARLY`, then the rest, each group in the
+    /// order of the plans.
+    PagePlan = T_PAGE_PLAN, "page-plan" { flags: u32, runs: Vec<IndexedRun> }
+);
+
+/// Page plan flag: pages restart reads before it rebuilds any process
+/// (a parent's mappings its children share copy-on-write, premapped
+/// before they are forked).
+pub const PLAN_EARLY: u32 = 1;
+
+/// Page compression of an image (`MetaEnd::compression`).
+pub const COMPRESS_NONE: u32 = 0;
+pub const COMPRESS_LZ4: u32 = 1;
+pub const COMPRESS_ZSTD: u32 = 2;
+
+record!(
+    /// Ends the metadata: `crc32c` covers every byte before this record,
+    /// so a reader of a stream trusts the metadata before the pages
+    /// arrive (the tail still covers the whole image). The page section
+    /// of `nr_plans` records follows, `pages` records, or `pages-z`
+    /// records when `compression` is not `COMPRESS_NONE`.
+    MetaEnd = T_META_END, "meta-end" { crc32c: u32, nr_plans: u32, compression: u32 }
+);
+
+record!(
+    /// Compressed page data of one page plan: `nr_pages` pages from
+    /// `addr`, with the flags of a `pages` record, `data` compressed with
+    /// the image's algorithm (LZ4 block, or one zstd frame).
+    PagesZ = T_PAGES_Z, "pages-z" { addr: u64, nr_pages: u32, flags: u32, data: Bytes }
+);
+
+record!(
     /// One fd of the process, naming its open file description.
     Fd = T_FD, "fd" { fd: u32, file_id: u32, cloexec: bool }
 );
@@ -615,6 +656,9 @@ pub enum AnyRecord {
     MmState(MmState),
     CowShared(CowShared),
     PageIndex(PageIndex),
+    PagePlan(PagePlan),
+    MetaEnd(MetaEnd),
+    PagesZ(PagesZ),
     Thread(Thread),
     X86Regs(X86Regs),
     X86Xstate(X86Xstate),
@@ -730,6 +774,9 @@ dispatch!(
     MmState => MmState,
     CowShared => CowShared,
     PageIndex => PageIndex,
+    PagePlan => PagePlan,
+    MetaEnd => MetaEnd,
+    PagesZ => PagesZ,
     Thread => Thread,
     X86Regs => X86Regs,
     X86Xstate => X86Xstate,

@@ -140,16 +140,9 @@ impl<W: Write> ImageWriter<W> {
     }
 
     /// Starts a page record of `nr_pages` (at most `MAX_PAGES_PER_RECORD`)
-    /// at `addr` whose data someone else puts into the stream: writes the
-    /// record header and padding, flushes, and returns the stream offset
-    /// where the data must go (page-aligned). Finish with
-    /// `end_external_pages`.
-    pub fn begin_external_pages(
-        &mut self,
-        addr: u64,
-        nr_pages: u64,
-        flags: u32,
-    ) -> io::Result<u64> {
+    /// at `addr` whose data follows in `page_data` calls adding up to
+    /// exactly its pages; finish with `end_pages`.
+    pub fn begin_pages(&mut self, addr: u64, nr_pages: u64, flags: u32) -> io::Result<()> {
         assert!(
             nr_pages > 0 && nr_pages <= MAX_PAGES_PER_RECORD,
             "page count out of range"
@@ -162,9 +155,50 @@ impl<W: Write> ImageWriter<W> {
         h[8..12].copy_from_slice(&(nr_pages as u32).to_le_bytes());
         h[12..16].copy_from_slice(&flags.to_le_bytes());
         self.emit(&h)?;
-        self.pad_to(PAGE_SIZE)?;
+        self.pad_to(PAGE_SIZE)
+    }
+
+    /// Data of the page record started by `begin_pages`.
+    pub fn page_data(&mut self, data: &[u8]) -> io::Result<()> {
+        self.emit(data)
+    }
+
+    /// Ends the page record started by `begin_pages`.
+    pub fn end_pages(&mut self) {
+        self.records += 1;
+    }
+
+    /// The CRC32C of every byte written so far.
+    pub fn crc(&self) -> u32 {
+        self.crc
+    }
+
+    /// Ends the metadata: a `meta-end` record with the checksum of all
+    /// written so far (tools that rewrite an image call it where the
+    /// original had its `meta-end`).
+    pub fn meta_end(&mut self, nr_plans: u32, compression: u32) -> io::Result<()> {
+        let crc32c = self.crc;
+        self.write(&MetaEnd {
+            crc32c,
+            nr_plans,
+            compression,
+        })
+    }
+
+    /// Starts a page record of `nr_pages` (at most `MAX_PAGES_PER_RECORD`)
+    /// at `addr` whose data someone else puts into the stream: writes the
+    /// record header and padding, flushes, and returns the stream offset
+    /// where the data must go (page-aligned). Finish with
+    /// `end_external_pages`.
+    pub fn begin_external_pages(
+        &mut self,
+        addr: u64,
+        nr_pages: u64,
+        flags: u32,
+    ) -> io::Result<u64> {
+        self.begin_pages(addr, nr_pages, flags)?;
         self.out.flush()?;
-        Ok(data_off)
+        Ok(self.offset)
     }
 
     /// Accounts for `len` bytes of page data placed in the stream by someone

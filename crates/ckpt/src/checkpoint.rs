@@ -7,7 +7,7 @@ use crate::error::{Ctx, Error, Result};
 use crate::files::FileTable;
 use crate::freeze::{self, FrozenTree};
 use crate::log::Log;
-use crate::mm::{self, PageStats, ShmemTable};
+use crate::mm::{self, ShmemTable};
 use crate::model::{ProcessImage, ThreadImage};
 use crate::procfs;
 use crate::remote::Session;
@@ -38,6 +38,9 @@ pub struct CheckpointOptions {
     /// Save only the process itself, not its descendants; a process with
     /// children is then refused (they would be missing after restart).
     pub single_process: bool,
+    /// How page data is compressed (none by default: the task then writes
+    /// its own pages into a file image, one copy).
+    pub compression: crate::mm::Compression,
     /// Self-checkpoint plumbing (see `self_checkpoint`); not a stable API.
     #[doc(hidden)]
     pub internal: Internal,
@@ -453,12 +456,52 @@ fn run<S: Sink>(
         file_attrs: std::mem::take(&mut ft.cx.attrs),
         file_owners: std::mem::take(&mut ft.owners),
         processes: images,
+        section: None,
     };
     crate::restart::check_restorable(&meta).map_err(|e| {
         Error::Refused(format!(
             "the image would not restart, so the checkpoint is refused: {e}"
         ))
     })?;
+    // Every page is planned before anything is written: the metadata,
+    // plans included, goes first, so a reader of a stream knows where each
+    // page goes before the pages arrive (see `ckpt_image::MetaEnd`).
+    let zero_pfn = sys::zero_page_pfn();
+    let compression = opts.compression;
+    let to_file = w.get_mut().file_fd().is_some() && compression == mm::Compression::None;
+    let shm_plans = shm.plan()?;
+    let mut batches: Vec<Vec<mm::Batch>> = Vec::with_capacity(meta.processes.len());
+    let mut summary = Summary {
+        files: meta.files.len(),
+        ..Default::default()
+    };
+    for (img, present) in meta.processes.iter().zip(&present) {
+        opts.check_cancel()?;
+        if img.is_zombie() {
+            batches.push(Vec::new());
+            continue;
+        }
+        // The task writes its own pages into the image when it is a
+        // regular file (not into a pipe: ckpt would checksum the task's
+        // memory instead, which the kernel may touch meanwhile, e.g.
+        // rseq's cpu_id), and not under a file size limit of the task's
+        // own, which its writes would hit.
+        let fsize_limited = img
+            .rlimits
+            .limits
+            .iter()
+            .any(|l| l.resource == libc::RLIMIT_FSIZE && l.cur != libc::RLIM_INFINITY);
+        let early = mm::premap_candidates(&meta.processes, img);
+        let policy = mm::PagePolicy {
+            by_task: to_file && !fsize_limited,
+            zero_pfn,
+            early: &early,
+        };
+        let (b, stats) = mm::plan_pages(img, present, &policy)?;
+        summary.pages += stats.pages;
+        summary.zero_pages_skipped += stats.zero_skipped;
+        batches.push(b);
+    }
     w.write(&arch_rec).map_err(Error::Write)?;
     for f in &meta.files {
         w.write(f).map_err(Error::Write)?;
@@ -476,70 +519,64 @@ fn run<S: Sink>(
         w.write_any(o).map_err(Error::Write)?;
     }
     opts.check_cancel()?;
-    let shmem_pages = shm.dump(w)?;
-    let mut summary = Summary {
-        pages: shmem_pages,
-        files: meta.files.len(),
-        ..Default::default()
-    };
-    // Resident memory of the tree: an upper bound of what will be saved.
-    let total: u64 = meta
-        .processes
-        .iter()
-        .filter(|i| !i.is_zombie())
-        .filter_map(|i| procfs::status(i.pid()).ok()?.bytes("VmRSS"))
-        .sum();
-    let mut saved = 0u64;
-    let zero_pfn = sys::zero_page_pfn();
-    for ((img, session), present) in meta.processes.iter().zip(sessions.iter_mut()).zip(&present) {
-        opts.check_cancel()?;
+    let shmem_pages = shm.write_meta(w, &shm_plans)?;
+    let mut nr_plans = shm_plans.iter().map(Vec::len).sum::<usize>();
+    for (img, b) in meta.processes.iter().zip(&batches) {
         img.write_meta(w).map_err(Error::Write)?;
-        summary.processes += 1;
-        let mut end = ProcessEnd {
+        for batch in b {
+            w.write(&batch.plan()).map_err(Error::Write)?;
+        }
+        nr_plans += b.len();
+        w.write(&ProcessEnd {
             pid: img.pid(),
             nr_threads: img.threads.len() as u32,
             nr_fds: img.fds.len() as u32,
             nr_vmas: img.vmas.len() as u32,
-            nr_pages: 0,
-        };
-        let Some(session) = session else {
-            w.write(&end).map_err(Error::Write)?;
-            continue;
-        };
-        let comm = img.process.comm.to_string();
-        log.info(
-            w.offset(),
-            img.pid(),
-            &comm,
-            &format!(
-                "{} mappings, {} fds, {} threads",
-                img.vmas.len(),
-                img.fds.len(),
-                img.threads.len()
-            ),
-        );
-        let PageStats {
-            pages,
-            zero_skipped,
-        } = {
+            nr_pages: b.iter().map(|b| b.pages).sum(),
+        })
+        .map_err(Error::Write)?;
+        summary.processes += 1;
+        if !img.is_zombie() {
+            summary.threads += img.threads.len();
+            summary.vmas += img.vmas.len();
+        }
+    }
+    w.meta_end(nr_plans as u32, compression.code())
+        .map_err(Error::Write)?;
+    // The page section, in the order restart reads it.
+    opts.check_cancel()?;
+    shm.write_pages(w, &shm_plans, compression)?;
+    let total = summary.pages * ckpt_image::PAGE_SIZE;
+    let mut saved = 0u64;
+    for early in [true, false] {
+        for ((img, session), b) in meta.processes.iter().zip(sessions.iter_mut()).zip(&batches) {
+            opts.check_cancel()?;
+            let (Some(session), true) = (session, b.iter().any(|b| b.early == early)) else {
+                continue;
+            };
+            if !early {
+                log.info(
+                    w.offset(),
+                    img.pid(),
+                    &img.process.comm.to_string(),
+                    &format!(
+                        "{} mappings, {} fds, {} threads",
+                        img.vmas.len(),
+                        img.fds.len(),
+                        img.threads.len()
+                    ),
+                );
+            }
             let mut report = |n| -> Result<()> {
                 saved += n;
-                log.progress("saving memory", saved, total.max(saved));
+                log.progress("saving memory", saved, total);
                 opts.check_cancel()
             };
-            // The task writes its own pages into the image when it can
-            // open it (through /proc; not e.g. as another user than ckpt)
-            // and it is a regular file: ckpt checksums what the file then
-            // holds. (Not into a pipe: ckpt would checksum the task's memory
-            // instead, which the kernel may touch meanwhile, e.g. rseq's
-            // cpu_id.) Nor under a file size limit of the task's own, which
-            // its writes would hit: ckpt writes those pages itself.
-            let fsize_limited = img
-                .rlimits
-                .limits
-                .iter()
-                .any(|l| l.resource == libc::RLIMIT_FSIZE && l.cur != libc::RLIM_INFINITY);
-            let image_fd = w.get_mut().file_fd().filter(|_| !fsize_limited);
+            let these = b.iter().filter(|b| b.early == early);
+            let image_fd = w
+                .get_mut()
+                .file_fd()
+                .filter(|_| these.clone().any(|b| b.by_task));
             let tracee_fd = match image_fd {
                 Some(fd) => {
                     let path = format!("/proc/{}/fd/{fd}", std::process::id());
@@ -557,23 +594,23 @@ fn run<S: Sink>(
                         image_fd,
                         zero_pfn,
                     };
-                    let r = mm::dump_pages(img, present, w, Some(&mut d), &mut report);
+                    let r = mm::write_batches(
+                        img.pid(),
+                        these,
+                        w,
+                        Some(&mut d),
+                        compression,
+                        &mut report,
+                    );
                     let closed = session.close_fd(tfd);
-                    let stats = r?;
+                    r?;
                     closed?;
-                    stats
                 }
-                _ => mm::dump_pages(img, present, w, None, &mut report)?,
+                // (Not openable by the task, e.g. as another user: ckpt
+                // writes those pages itself.)
+                _ => mm::write_batches(img.pid(), these, w, None, compression, &mut report)?,
             }
-        };
-        end.nr_pages = pages;
-        w.write(&end).map_err(Error::Write)?;
-        // This process is done with: give it back now.
-        session.release()?;
-        summary.pages += pages;
-        summary.zero_pages_skipped += zero_skipped;
-        summary.threads += img.threads.len();
-        summary.vmas += img.vmas.len();
+        }
     }
     w.write(&ImageEnd {
         nr_processes: meta.processes.len() as u32,
@@ -584,9 +621,13 @@ fn run<S: Sink>(
         nr_shmem_pages: shmem_pages,
     })
     .map_err(Error::Write)?;
-    // Resident memory was only an estimate: close the report at what was saved.
     log.progress("saving memory", saved, saved);
+    summary.pages += shmem_pages;
     summary.bytes = w.offset();
+    // Each process is given back as its session ends.
+    for mut s in sessions.iter_mut().filter_map(Option::take) {
+        s.release()?;
+    }
     drop(sessions);
     // The kinds' state goes first in the tuple: dropped first, while the
     // tree is still frozen.

@@ -58,6 +58,7 @@ pub mod log;
 pub mod mm;
 pub mod model;
 pub mod netblock;
+pub mod pagestore;
 pub mod process_kind;
 pub mod procfs;
 pub mod remote;

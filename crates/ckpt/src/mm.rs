@@ -165,19 +165,19 @@ impl ShmemTable {
         self.id(dev, ino, SHMEM_GHOST, path, source)
     }
 
-    /// Writes each object and its data pages (only the ranges that hold
-    /// data: holes are found with SEEK_DATA/SEEK_HOLE).
-    pub fn dump<W: Write>(&self, w: &mut ImageWriter<W>) -> Result<u64> {
-        let mut pages = 0;
+    /// The page plans of each object: its ranges that hold data (holes
+    /// are found with SEEK_DATA/SEEK_HOLE), in pieces of at most
+    /// `BATCH_BUF`, one run per plan.
+    pub fn plan(&self) -> Result<Vec<Vec<(u64, u64)>>> {
+        let mut out = Vec::with_capacity(self.objs.len());
         for o in &self.objs {
             let (shm, source) = (&o.shmem, &o.source);
-            w.write(shm).map_err(Error::Write)?;
-            w.write(&o.attrs).map_err(Error::Write)?;
             let f = std::fs::File::open(source).map_err(|e| Error::Sys {
                 pid: 0,
                 what: format!("open {source}"),
                 source: e,
             })?;
+            let mut pieces = Vec::new();
             let mut off = 0u64;
             let size = crate::align_up(shm.size);
             while off < size {
@@ -187,26 +187,80 @@ impl ShmemTable {
                 let mut a = start & !(PAGE - 1);
                 let end = crate::align_up(end).min(size);
                 while a < end {
-                    let n = (end - a).min(CHUNK_PAGES * PAGE);
-                    let mut buf = vec![0u8; n as usize];
-                    // The last page may extend past the end of the file: it
-                    // reads as zeros there.
-                    let avail = shm.size.saturating_sub(a).min(n) as usize;
-                    f.read_exact_at(&mut buf[..avail], a)
-                        .map_err(|e| Error::Sys {
-                            pid: 0,
-                            what: format!("read {source}"),
-                            source: e,
-                        })?;
-                    w.write_pages_flags(a, &buf, PAGES_SHMEM)
-                        .map_err(Error::Write)?;
-                    pages += n / PAGE;
+                    let n = (end - a).min(BATCH_BUF);
+                    pieces.push((a, n));
                     a += n;
                 }
                 off = end;
             }
+            out.push(pieces);
+        }
+        Ok(out)
+    }
+
+    /// Writes each object's records and its page plans (`plans`, from
+    /// `plan`); returns its pages.
+    pub fn write_meta<W: Write>(
+        &self,
+        w: &mut ImageWriter<W>,
+        plans: &[Vec<(u64, u64)>],
+    ) -> Result<u64> {
+        let mut pages = 0;
+        for (o, pieces) in self.objs.iter().zip(plans) {
+            w.write(&o.shmem).map_err(Error::Write)?;
+            w.write(&o.attrs).map_err(Error::Write)?;
+            for &(addr, len) in pieces {
+                let runs = vec![IndexedRun {
+                    addr,
+                    nr_pages: (len / PAGE) as u32,
+                }];
+                w.write(&PagePlan { flags: 0, runs })
+                    .map_err(Error::Write)?;
+                pages += len / PAGE;
+            }
         }
         Ok(pages)
+    }
+
+    /// Writes the page records of each object's plans.
+    pub fn write_pages<S: Sink>(
+        &self,
+        w: &mut ImageWriter<S>,
+        plans: &[Vec<(u64, u64)>],
+        compression: Compression,
+    ) -> Result<()> {
+        for (o, pieces) in self.objs.iter().zip(plans) {
+            let (shm, source) = (&o.shmem, &o.source);
+            let f = std::fs::File::open(source).map_err(|e| Error::Sys {
+                pid: 0,
+                what: format!("open {source}"),
+                source: e,
+            })?;
+            for &(a, n) in pieces {
+                let mut buf = vec![0u8; n as usize];
+                // The last page may extend past the end of the file: it
+                // reads as zeros there.
+                let avail = shm.size.saturating_sub(a).min(n) as usize;
+                f.read_exact_at(&mut buf[..avail], a)
+                    .map_err(|e| Error::Sys {
+                        pid: 0,
+                        what: format!("read {source}"),
+                        source: e,
+                    })?;
+                if compression == Compression::None {
+                    w.write_pages_flags(a, &buf, PAGES_SHMEM)
+                } else {
+                    w.write(&PagesZ {
+                        addr: a,
+                        nr_pages: (n / PAGE) as u32,
+                        flags: PAGES_SHMEM,
+                        data: Bytes(compression.compress(&buf)),
+                    })
+                }
+                .map_err(Error::Write)?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -471,25 +525,14 @@ pub fn find_cow(images: &mut [ProcessImage], zero_pfn: Option<u64>) -> Result<()
 /// them again. Best effort: a mapping that collides with the restorer's own
 /// memory, or any failure, leaves that mapping to the usual restore (its
 /// pages are in every process's own page data too).
-pub fn premap_cow(img: &crate::model::Image, p: &ProcessImage, img_fd: i32) -> Vec<u64> {
-    // Reported on one status line, which must stay one atomic pipe write.
-    const MAX_PREMAPS: usize = 128;
+pub fn premap_cow(
+    processes: &[ProcessImage],
+    p: &ProcessImage,
+    img_fd: i32,
+    store: &dyn crate::pagestore::Wait,
+) -> Vec<u64> {
     let mut done_maps = Vec::new();
-    let kids: Vec<&ProcessImage> = img
-        .processes
-        .iter()
-        .filter(|c| c.process.ppid == p.pid() && c.pid() != p.pid() && !c.is_zombie())
-        .collect();
-    for v in p.vmas.iter().filter(|v| cow_eligible(v)) {
-        let wanted = kids.iter().any(|c| {
-            c.vmas.iter().any(|cv| same_mapping(cv, v))
-                && c.cow
-                    .iter()
-                    .any(|r| overlaps((r.addr, r.addr + r.nr_pages * PAGE), (v.start, v.end)))
-        });
-        if !wanted || done_maps.len() == MAX_PREMAPS {
-            continue;
-        }
+    for v in premap_candidates(processes, p) {
         let len = v.end - v.start;
         let rw = libc::PROT_READ | libc::PROT_WRITE;
         let mapped = if v.kind == VMA_FILE {
@@ -513,6 +556,9 @@ pub fn premap_cow(img: &crate::model::Image, p: &ProcessImage, img_fd: i32) -> V
                 .filter(|r| v.start <= r.addr && r.addr < v.end)
             {
                 let total = run.nr_pages * PAGE;
+                store
+                    .wait(run.data_offset + total)
+                    .map_err(std::io::Error::other)?;
                 let mut done = 0;
                 while done < total {
                     let n = crate::sys::pread_own(
@@ -536,6 +582,34 @@ pub fn premap_cow(img: &crate::model::Image, p: &ProcessImage, img_fd: i32) -> V
         }
     }
     done_maps
+}
+
+/// The mappings of `p` that restart premaps before forking its children
+/// (`premap_cow`): private ones a child shares pages of copy-on-write, at
+/// most 128 (they are reported on one status line, which must stay one
+/// atomic pipe write). Checkpoint puts their pages first (`PLAN_EARLY`).
+pub fn premap_candidates<'a>(processes: &[ProcessImage], p: &'a ProcessImage) -> Vec<&'a Vma> {
+    const MAX_PREMAPS: usize = 128;
+    let kids: Vec<&ProcessImage> = processes
+        .iter()
+        .filter(|c| c.process.ppid == p.pid() && c.pid() != p.pid() && !c.is_zombie())
+        .collect();
+    if kids.is_empty() {
+        return Vec::new();
+    }
+    p.vmas
+        .iter()
+        .filter(|v| {
+            cow_eligible(v)
+                && kids.iter().any(|c| {
+                    c.vmas.iter().any(|cv| same_mapping(cv, v))
+                        && c.cow.iter().any(|r| {
+                            overlaps((r.addr, r.addr + r.nr_pages * PAGE), (v.start, v.end))
+                        })
+                })
+        })
+        .take(MAX_PREMAPS)
+        .collect()
 }
 
 /// Subtracts `holes` from the ranges `runs` (both as (start, end)).
@@ -592,32 +666,35 @@ const IOVS_PER_CALL: usize = 256;
 /// Bytes ckpt buffers for a batch it reads itself (not written by the task).
 const BATCH_BUF: u64 = 16 << 20;
 
-/// Runs of pages gathered for one page record (with an index when more
-/// than one): by the task (`Direct`), or read by ckpt and held in `data`.
-#[derive(Default)]
-struct Batch {
-    runs: Vec<(u64, u64)>,
-    pages: u64,
-    by_task: bool,
-    data: Vec<u8>,
+/// The runs of one page plan (one record of the page section) and who
+/// writes them: the task (`Direct`) or ckpt.
+#[derive(Default, Debug, Clone)]
+pub struct Batch {
+    pub runs: Vec<(u64, u64)>,
+    pub pages: u64,
+    pub by_task: bool,
+    /// Read by restart before any process is rebuilt (`PLAN_EARLY`).
+    pub early: bool,
     /// Start of the mapping the last run is in.
     vma: u64,
 }
 
 impl Batch {
     /// Whether a run of `len` bytes, written the `by_task` way, fits.
-    fn fits(&self, len: u64, by_task: bool) -> bool {
+    fn fits(&self, len: u64, by_task: bool, early: bool) -> bool {
         self.runs.is_empty()
             || (self.by_task == by_task
+                && self.early == early
                 && self.runs.len() < BATCH_RUNS
                 && self.pages + len / PAGE <= MAX_PAGES_PER_RECORD
-                && (by_task || self.data.len() as u64 + len <= BATCH_BUF))
+                && (by_task || (self.pages * PAGE) + len <= BATCH_BUF))
     }
 
     /// Adds a run of mapping `vma` (runs of two mappings stay apart even
     /// when adjacent: restart checks each lies inside one).
-    fn push(&mut self, vma: u64, addr: u64, len: u64, by_task: bool) {
+    fn push(&mut self, vma: u64, addr: u64, len: u64, by_task: bool, early: bool) {
         self.by_task = by_task;
+        self.early = early;
         match self.runs.last_mut() {
             Some(r) if r.0 + r.1 == addr && self.vma == vma => r.1 += len,
             _ => self.runs.push((addr, len)),
@@ -626,55 +703,52 @@ impl Batch {
         self.pages += len / PAGE;
     }
 
-    /// Writes the batch as (an index and) one page record.
-    fn flush<S: Sink>(
-        &mut self,
-        w: &mut ImageWriter<S>,
-        direct: Option<&mut Direct>,
-    ) -> Result<()> {
-        if self.runs.is_empty() {
-            return Ok(());
-        }
-        if self.runs.len() > 1 {
-            let runs = self
+    /// The plan record announcing this batch.
+    pub fn plan(&self) -> PagePlan {
+        PagePlan {
+            flags: if self.early { PLAN_EARLY } else { 0 },
+            runs: self
                 .runs
                 .iter()
                 .map(|&(addr, len)| IndexedRun {
                     addr,
                     nr_pages: (len / PAGE) as u32,
                 })
-                .collect();
-            w.write(&PageIndex { runs }).map_err(Error::Write)?;
+                .collect(),
         }
-        let first = self.runs[0].0;
-        match direct {
-            Some(d) if self.by_task => write_by_task(w, d, first, &self.runs, self.pages)?,
-            _ => w.write_pages(first, &self.data).map_err(Error::Write)?,
-        }
-        *self = Batch::default();
-        Ok(())
     }
 }
 
 /// Address ranges (start, end), sorted.
 pub type Ranges = Vec<(u64, u64)>;
 
-/// Writes the pages of every mapping that must be saved. Anonymous pages
-/// that hold only zeros are skipped: a fresh mapping reads as zeros anyway.
-/// With `direct`, readable mappings are written by the task itself.
-pub fn dump_pages<S: Sink>(
+/// How the pages of a process will be written, decided before any is.
+pub struct PagePolicy<'a> {
+    /// The task may write readable mappings' pages itself (the image is a
+    /// file it can write to).
+    pub by_task: bool,
+    /// PFN of the zero page: present pages that map it hold only zeros.
+    pub zero_pfn: Option<u64>,
+    /// Mappings whose pages go first (`premap_candidates`).
+    pub early: &'a [&'a Vma],
+}
+
+/// Plans the pages of every mapping that must be saved, in batches of one
+/// page record each; nothing is written. Anonymous pages that hold only
+/// zeros are skipped (a fresh mapping reads as zeros anyway): by the zero
+/// page's frame number when it is known, else by content.
+pub fn plan_pages(
     p: &ProcessImage,
     present: &[(u64, u64)],
-    w: &mut ImageWriter<S>,
-    mut direct: Option<&mut Direct>,
-    progress: &mut dyn FnMut(u64) -> Result<()>,
-) -> Result<PageStats> {
+    policy: &PagePolicy,
+) -> Result<(Vec<Batch>, PageStats)> {
     let (pid, vmas) = (p.pid(), &p.vmas);
     let pm =
         std::fs::File::open(format!("/proc/{pid}/pagemap")).ctx(pid, || "open pagemap".into())?;
     let mem = std::fs::File::open(format!("/proc/{pid}/mem")).ctx(pid, || "open mem".into())?;
     let mut stats = PageStats::default();
     let mut buf = Vec::new();
+    let mut batches = Vec::new();
     let mut batch = Batch::default();
     // Mappings with no resident or swapped page (huge PROT_NONE
     // reservations, untouched heaps) are not scanned at all: `present`,
@@ -684,22 +758,73 @@ pub fn dump_pages<S: Sink>(
         let i = present.partition_point(|&(_, end)| end <= v.start);
         present.get(i).is_some_and(|&(start, _)| start < v.end)
     };
-    for v in vmas {
+    // (In pieces of at most BATCH_BUF, so no run is more than a batch.)
+    let mut add = |batch: &mut Batch, v: &Vma, a: u64, len: u64, by_task: bool, early: bool| {
+        let mut at = a;
+        while at < a + len {
+            let l = (a + len - at).min(BATCH_BUF);
+            if !batch.fits(l, by_task, early) {
+                batches.push(std::mem::take(batch));
+            }
+            batch.push(v.start, at, l, by_task, early);
+            at += l;
+        }
+    };
+    let saved = |v: &&Vma| {
         // Shared mappings' data lives in their file or shmem object.
         // Droppable memory may be dropped by the kernel at any time: it is
         // not saved, so it comes back empty, as after such a drop.
-        if is_special(v.kind) || v.flags & (VMAF_SHARED | VMAF_DROPPABLE) != 0 || !has_pages(v) {
-            continue;
-        }
+        !is_special(v.kind) && v.flags & (VMAF_SHARED | VMAF_DROPPABLE) == 0 && has_pages(v)
+    };
+    // Where the kernel has PAGEMAP_SCAN (6.7), one scan of the whole
+    // address space gives the runs of pages there are, with what kind
+    // each is, without an entry per page (and without privilege for the
+    // zero page); else pagemap is read page by page.
+    let span = vmas
+        .iter()
+        .filter(saved)
+        .fold(None, |s: Option<(u64, u64)>, v| {
+            Some(s.map_or((v.start, v.end), |(a, b)| (a.min(v.start), b.max(v.end))))
+        });
+    let scanned = span.and_then(|(lo, hi)| {
+        use crate::sys::{
+            ScanFilter, PAGE_IS_FILE, PAGE_IS_PFNZERO, PAGE_IS_PRESENT, PAGE_IS_SWAPPED,
+        };
+        let filter = ScanFilter {
+            anyof: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
+            none_of: 0,
+            report: PAGE_IS_FILE | PAGE_IS_PFNZERO,
+        };
+        crate::sys::pagemap_scan(&pm, lo, hi, filter).ok()
+    });
+    for v in vmas.iter().filter(saved) {
         // A zero page over a file's data is data; over anonymous memory it
         // is what a fresh mapping reads anyway.
         let skip_zero = !backed(v);
         // The task cannot write from memory it cannot read (PROT_NONE...).
-        let by_task = direct.is_some() && v.prot & libc::PROT_READ as u32 != 0;
-        let zero_pfn = direct
-            .as_ref()
-            .and_then(|d| d.zero_pfn)
-            .filter(|_| skip_zero && by_task);
+        let by_task = policy.by_task && v.prot & libc::PROT_READ as u32 != 0;
+        let early = policy.early.iter().any(|e| e.start == v.start);
+        if let Some(regions) = &scanned {
+            let i = regions.partition_point(|r| r.end <= v.start);
+            for r in regions[i..].iter().take_while(|r| r.start < v.end) {
+                let (a, b) = (r.start.max(v.start), r.end.min(v.end));
+                // A private file mapping: only copied-on-write (anonymous)
+                // pages are saved; the rest come back from the file.
+                if backed(v) && r.categories & crate::sys::PAGE_IS_FILE != 0 {
+                    continue;
+                }
+                if skip_zero && r.categories & crate::sys::PAGE_IS_PFNZERO != 0 {
+                    stats.zero_skipped += (b - a) / PAGE;
+                    continue;
+                }
+                add(&mut batch, v, a, b - a, by_task, early);
+                stats.pages += (b - a) / PAGE;
+            }
+            continue;
+        }
+        let zero_pfn = policy.zero_pfn.filter(|_| skip_zero);
+        // Without the zero page's frame number, ckpt looks at what it writes.
+        let by_content = skip_zero && zero_pfn.is_none() && !by_task;
         let needed = |e: u64| page_needed(v, e) && zero_pfn != Some(e & PFN_MASK);
         let mut addr = v.start;
         while addr < v.end {
@@ -709,6 +834,9 @@ pub fn dump_pages<S: Sink>(
             let mut i = 0;
             while i < entries.len() {
                 if !needed(entries[i]) {
+                    if page_needed(v, entries[i]) {
+                        stats.zero_skipped += 1;
+                    }
                     i += 1;
                     continue;
                 }
@@ -718,34 +846,131 @@ pub fn dump_pages<S: Sink>(
                 }
                 let a = addr + i as u64 * PAGE;
                 let len = (j - i) as u64 * PAGE;
-                if by_task {
-                    if !batch.fits(len, true) {
-                        batch.flush(w, direct.as_deref_mut())?;
-                    }
-                    batch.push(v.start, a, len, true);
-                    stats.pages += len / PAGE;
-                } else {
+                if by_content {
                     buf.resize(len as usize, 0);
                     mem.read_exact_at(&mut buf, a)
                         .ctx(pid, || format!("read memory {a:#x}..{:#x}", a + len))?;
-                    for (s, e) in nonzero_runs(&buf, skip_zero, &mut stats) {
+                    for (s, e) in nonzero_runs(&buf, true, &mut stats) {
                         let l = (e - s) as u64;
-                        if !batch.fits(l, false) {
-                            batch.flush(w, direct.as_deref_mut())?;
-                        }
-                        batch.push(v.start, a + s as u64, l, false);
-                        batch.data.extend_from_slice(&buf[s..e]);
+                        add(&mut batch, v, a + s as u64, l, false, early);
                         stats.pages += l / PAGE;
                     }
+                } else {
+                    add(&mut batch, v, a, len, by_task, early);
+                    stats.pages += len / PAGE;
                 }
-                progress(len)?;
                 i = j;
             }
             addr = end;
         }
     }
-    batch.flush(w, direct)?;
-    Ok(stats)
+    if !batch.runs.is_empty() {
+        batches.push(batch);
+    }
+    Ok((batches, stats))
+}
+
+/// How page data goes into the image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Compression {
+    #[default]
+    None,
+    Lz4,
+    Zstd,
+}
+
+impl Compression {
+    /// Its `COMPRESS_*` value in the image.
+    pub fn code(self) -> u32 {
+        match self {
+            Compression::None => COMPRESS_NONE,
+            Compression::Lz4 => COMPRESS_LZ4,
+            Compression::Zstd => COMPRESS_ZSTD,
+        }
+    }
+
+    /// Compresses `data` (whole pages).
+    pub fn compress(self, data: &[u8]) -> Vec<u8> {
+        match self {
+            Compression::None => data.to_vec(),
+            Compression::Lz4 => lz4_flex::block::compress(data),
+            // Level 1: throughput first, as for lz4.
+            Compression::Zstd => zstd::bulk::compress(data, 1).expect("zstd compresses to memory"),
+        }
+    }
+}
+
+/// Decompresses the page data of a `pages-z` record into `out`, which must
+/// come out exactly full.
+pub fn decompress(code: u32, data: &[u8], out: &mut [u8]) -> std::result::Result<(), String> {
+    let n = match code {
+        COMPRESS_LZ4 => {
+            lz4_flex::block::decompress_into(data, out).map_err(|e| format!("lz4: {e}"))?
+        }
+        COMPRESS_ZSTD => {
+            zstd::bulk::decompress_to_buffer(data, out).map_err(|e| format!("zstd: {e}"))?
+        }
+        c => return Err(format!("unknown compression {c}")),
+    };
+    if n != out.len() {
+        return Err(format!("decompressed to {n} bytes, not {}", out.len()));
+    }
+    Ok(())
+}
+
+/// Writes the page records of `batches` (planned by `plan_pages`); with
+/// `direct`, the batches planned so are written by the task itself.
+pub fn write_batches<'b, S: Sink>(
+    pid: Pid,
+    batches: impl Iterator<Item = &'b Batch>,
+    w: &mut ImageWriter<S>,
+    mut direct: Option<&mut Direct>,
+    compression: Compression,
+    progress: &mut dyn FnMut(u64) -> Result<()>,
+) -> Result<()> {
+    let mem = std::fs::File::open(format!("/proc/{pid}/mem")).ctx(pid, || "open mem".into())?;
+    let mut buf = Vec::new();
+    for b in batches {
+        let first = b.runs[0].0;
+        match direct.as_deref_mut() {
+            Some(d) if b.by_task => write_by_task(w, d, first, &b.runs, b.pages)?,
+            _ if compression != Compression::None => {
+                buf.clear();
+                for &(a, l) in &b.runs {
+                    let at = buf.len();
+                    buf.resize(at + l as usize, 0);
+                    mem.read_exact_at(&mut buf[at..], a)
+                        .ctx(pid, || format!("read memory {a:#x}..{:#x}", a + l))?;
+                }
+                let z = PagesZ {
+                    addr: first,
+                    nr_pages: b.pages as u32,
+                    flags: 0,
+                    data: Bytes(compression.compress(&buf)),
+                };
+                w.write(&z).map_err(Error::Write)?;
+            }
+            _ => {
+                // (A batch planned for the task may be 256 MiB: in pieces.)
+                w.begin_pages(first, b.pages, 0).map_err(Error::Write)?;
+                for &(a, l) in &b.runs {
+                    let mut done = 0;
+                    while done < l {
+                        let n = (l - done).min(BATCH_BUF);
+                        buf.resize(n as usize, 0);
+                        mem.read_exact_at(&mut buf, a + done).ctx(pid, || {
+                            format!("read memory {:#x}..{:#x}", a + done, a + done + n)
+                        })?;
+                        w.page_data(&buf).map_err(Error::Write)?;
+                        done += n;
+                    }
+                }
+                w.end_pages();
+            }
+        }
+        progress(b.pages * PAGE)?;
+    }
+    Ok(())
 }
 
 /// Has the task write the runs (address, length) of its memory, `pages`
@@ -1076,6 +1301,7 @@ fn move_vdso(r: &mut Remote, cur: &[MapEntry], p: &ProcessImage) -> Result<()> {
 pub fn create_shmem(
     s: &ShmemImage,
     img_fd: i32,
+    store: &dyn crate::pagestore::Wait,
     base: i32,
     fs: Option<&crate::sys::FsIds>,
 ) -> Result<i32> {
@@ -1106,6 +1332,7 @@ pub fn create_shmem(
         let mut buf = Vec::new();
         for r in &s.pages {
             buf.resize((r.nr_pages * PAGE) as usize, 0);
+            store.wait(r.data_offset + r.nr_pages * PAGE)?;
             let mut got = 0;
             while got < buf.len() {
                 let n = crate::sys::pread(img_fd, &mut buf[got..], r.data_offset + got as u64)
@@ -1192,8 +1419,10 @@ pub struct Inherited<'a> {
     /// The trampoline mapping (a `syscall` instruction, then scratch).
     pub tramp: u64,
     pub tramp_len: u64,
-    /// The image file, for the task to read its pages from.
+    /// The image file (or spool), for the task to read its pages from.
     pub img_fd: i32,
+    /// When those pages are there.
+    pub store: &'a dyn crate::pagestore::Wait,
     /// The fd of each shared memory object, by id.
     pub shmem_fd: &'a dyn Fn(u32) -> Option<i32>,
     /// (pid, start) of the mappings this process or its parent premapped
@@ -1254,6 +1483,7 @@ pub fn replace_address_space(
         tramp,
         tramp_len,
         img_fd,
+        store,
         shmem_fd,
         premapped,
     } = *from;
@@ -1413,23 +1643,35 @@ pub fn replace_address_space(
     }));
     // One copy per page: the task reads its own pages from the image file,
     // many runs per `preadv` where their data lies back to back.
+    // (In reads of at most BATCH_BUF: a streamed image's data arrives as
+    // it is read, and what was read is dropped from the spool.)
     let mut pieces: Vec<(u64, u64, u64)> = Vec::new(); // (addr, len, file offset)
     for run in &p.pages {
         let span = (run.addr, run.addr + run.nr_pages * PAGE);
         for (a, b) in subtract(&[span], &in_place) {
-            pieces.push((a, b - a, run.data_offset + (a - run.addr)));
+            let mut at = a;
+            while at < b {
+                let l = (b - at).min(BATCH_BUF);
+                pieces.push((at, l, run.data_offset + (at - run.addr)));
+                at += l;
+            }
         }
     }
     let mut i = 0;
     while i < pieces.len() {
         let mut j = i + 1;
+        let mut bytes = pieces[i].1;
         while j < pieces.len()
             && j - i < IOVS_PER_CALL
+            && bytes + pieces[j].1 <= BATCH_BUF
             && pieces[j].2 == pieces[j - 1].2 + pieces[j - 1].1
         {
+            bytes += pieces[j].1;
             j += 1;
         }
         let group = &pieces[i..j];
+        let last = group[group.len() - 1];
+        store.wait(last.2 + last.1)?;
         let got = if group.len() == 1 {
             0
         } else {
@@ -1462,6 +1704,9 @@ pub fn replace_address_space(
                 done += n;
                 progress(n);
             }
+        }
+        for &(_, l, off) in group {
+            store.release(off, l);
         }
         i = j;
     }

@@ -70,6 +70,42 @@ pub struct ShmemImage {
     pub pages: Vec<PageRun>,
 }
 
+/// Whose pages a page plan holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlanOwner {
+    /// Index in `Image::shmems`.
+    Shmem(usize),
+    /// Index in `Image::processes`.
+    Process(usize),
+}
+
+/// One record of the page section, announced by a `page-plan` record.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub owner: PlanOwner,
+    pub flags: u32,
+    pub addr: u64,
+    pub nr_pages: u64,
+    /// Where its runs are in the owner's `pages`.
+    pub first_run: usize,
+    pub nr_runs: usize,
+    /// Where its data goes: the stream offset of an uncompressed record's
+    /// data, or for a compressed image the offset in the decoded pages.
+    pub data_offset: u64,
+}
+
+/// The page section that follows the metadata of an image written with
+/// page plans (see `ckpt_image::MetaEnd`).
+#[derive(Debug, Clone, Default)]
+pub struct PageSection {
+    pub compression: u32,
+    /// In the order of the section.
+    pub plans: Vec<Plan>,
+    /// Bytes of the decoded pages (compressed image), or the stream offset
+    /// where the section ends (uncompressed).
+    pub end: u64,
+}
+
 /// A whole image. Processes come parents first (pre-order from the root).
 #[derive(Debug, Clone, Default)]
 pub struct Image {
@@ -84,6 +120,8 @@ pub struct Image {
     pub objects: Vec<AnyRecord>,
     pub shmems: Vec<ShmemImage>,
     pub processes: Vec<ProcessImage>,
+    /// Set for images whose pages follow all the metadata.
+    pub section: Option<PageSection>,
 }
 
 impl ProcessImage {
@@ -180,10 +218,10 @@ struct Assembly {
 
 /// The runs an indexed `pages` record `all` holds, checked against it: they
 /// start at its address, ascend without overlap and add up to its pages.
-fn indexed_runs(index: &PageIndex, all: &PageRun) -> std::result::Result<Vec<PageRun>, String> {
-    let mut out = Vec::with_capacity(index.runs.len());
+fn indexed_runs(index: &[IndexedRun], all: &PageRun) -> std::result::Result<Vec<PageRun>, String> {
+    let mut out = Vec::with_capacity(index.len());
     let (mut data, mut next_free, mut total) = (all.data_offset, 0u64, 0u64);
-    for (i, r) in index.runs.iter().enumerate() {
+    for (i, r) in index.iter().enumerate() {
         let n = r.nr_pages as u64;
         let end = r.addr.checked_add(n * PAGE_SIZE);
         if n == 0 || !r.addr.is_multiple_of(PAGE_SIZE) || end.is_none() {
@@ -252,8 +290,22 @@ impl Image {
 
     /// `read` from a reader set up by the caller (e.g. with
     /// `ImageReader::with_page_data`).
-    pub fn read_from<R: Read>(mut rd: ImageReader<R>) -> Result<Image> {
+    pub fn read_from<R: Read>(rd: ImageReader<R>) -> Result<Image> {
+        let (img, mut rd, complete) = Self::read_meta(rd)?;
+        if !complete {
+            img.read_pages(&mut rd, |_, _| Ok(()))?;
+        }
+        Ok(img)
+    }
+
+    /// Reads an image's metadata, checked as `read` does: all of an image
+    /// without a page section (then `true`), else up to its `meta-end`
+    /// record, whose checksum vouches for everything before it; the page
+    /// section is then read with `read_pages`.
+    pub fn read_meta<R: Read>(mut rd: ImageReader<R>) -> Result<(Image, ImageReader<R>, bool)> {
         let mut img = Image::default();
+        let mut plans: Vec<Plan> = Vec::new();
+        let mut inline_pages = false;
         let mut have_arch = false;
         let mut asm = Assembly::default();
         let mut image_end: Option<(ImageEnd, RawRecord)> = None;
@@ -276,12 +328,93 @@ impl Image {
                     ));
                 }
             }
+            if (r.rtype == T_PAGES && !plans.is_empty()) || (r.rtype == T_PAGE_PLAN && inline_pages)
+            {
+                return Err(corrupt(
+                    &r,
+                    "page data inside the metadata of an image with page plans".into(),
+                ));
+            }
             match r.rtype {
                 T_PAGE_INDEX => {
                     if !asm.open {
                         return Err(misplaced(&r));
                     }
                     asm.index = Some((r.decode()?, r.offset));
+                }
+                T_PAGE_PLAN => {
+                    let plan: PagePlan = r.decode()?;
+                    let owner = if asm.open {
+                        let i = img.processes.len() - 1;
+                        if img.processes[i].is_zombie() {
+                            return Err(corrupt(&r, "page data for a zombie".into()));
+                        }
+                        PlanOwner::Process(i)
+                    } else if objects_allowed && !img.shmems.is_empty() {
+                        PlanOwner::Shmem(img.shmems.len() - 1)
+                    } else {
+                        return Err(misplaced(&r));
+                    };
+                    let early_ok = matches!(owner, PlanOwner::Process(_));
+                    if plan.flags & !PLAN_EARLY != 0 || (plan.flags & PLAN_EARLY != 0 && !early_ok)
+                    {
+                        return Err(corrupt(&r, format!("unknown plan flags {:#x}", plan.flags)));
+                    }
+                    let total = plan
+                        .runs
+                        .iter()
+                        .try_fold(0u64, |t, x| t.checked_add(x.nr_pages as u64))
+                        .filter(|&t| t > 0 && t <= MAX_PAGES_PER_RECORD)
+                        .ok_or_else(|| {
+                            corrupt(&r, format!("a plan holds 1..={MAX_PAGES_PER_RECORD} pages"))
+                        })?;
+                    let all = PageRun {
+                        addr: plan.runs[0].addr,
+                        nr_pages: total,
+                        data_offset: 0,
+                    };
+                    let runs = indexed_runs(&plan.runs, &all).map_err(|e| corrupt(&r, e))?;
+                    let pages = match owner {
+                        PlanOwner::Shmem(i) => &mut img.shmems[i].pages,
+                        PlanOwner::Process(i) => &mut img.processes[i].pages,
+                    };
+                    plans.push(Plan {
+                        owner,
+                        flags: plan.flags,
+                        addr: all.addr,
+                        nr_pages: total,
+                        first_run: pages.len(),
+                        nr_runs: runs.len(),
+                        data_offset: 0,
+                    });
+                    pages.extend(runs);
+                }
+                T_META_END => {
+                    if asm.open {
+                        return Err(corrupt(&r, "the metadata ends inside a process".into()));
+                    }
+                    let m: MetaEnd = r.decode()?;
+                    if m.nr_plans as usize != plans.len() {
+                        return Err(corrupt(
+                            &r,
+                            format!(
+                                "it counts {} page plans, the image has {}",
+                                m.nr_plans,
+                                plans.len()
+                            ),
+                        ));
+                    }
+                    if !matches!(m.compression, COMPRESS_NONE | COMPRESS_LZ4 | COMPRESS_ZSTD) {
+                        return Err(corrupt(
+                            &r,
+                            format!("unknown page compression {}", m.compression),
+                        ));
+                    }
+                    if !have_arch {
+                        break;
+                    }
+                    img.section = Some(img.lay_out(plans, m.compression, rd.offset()));
+                    return Ok((img, rd, false));
                 }
                 T_HEAD => img.head = r.decode()?,
                 T_ARCH_X86_64 => {
@@ -365,10 +498,11 @@ impl Image {
                         if p.is_zombie() {
                             return Err(corrupt(&r, "page data for a zombie".into()));
                         }
-                        let runs = indexed_runs(&index, &run).map_err(|e| corrupt(&r, e))?;
+                        let runs = indexed_runs(&index.runs, &run).map_err(|e| corrupt(&r, e))?;
                         p.pages.extend(runs);
                         continue;
                     }
+                    inline_pages = true;
                     if hdr.flags & PAGES_SHMEM != 0 {
                         if !objects_allowed {
                             return Err(misplaced(&r));
@@ -475,18 +609,24 @@ impl Image {
                     .into(),
             ));
         };
-        let shmem_pages: u64 = img
+        img.check_image_end(&end, &r)?;
+        Ok((img, rd, true))
+    }
+
+    /// Checks the image-end record's counts against what was read.
+    fn check_image_end(&self, end: &ImageEnd, r: &RawRecord) -> Result<()> {
+        let shmem_pages: u64 = self
             .shmems
             .iter()
             .flat_map(|s| &s.pages)
             .map(|r| r.nr_pages)
             .sum();
         let counted = (
-            img.processes.len() as u32,
-            img.files.len() as u32,
-            img.pipes.len() as u32,
-            img.objects.len() as u32,
-            img.shmems.len() as u32,
+            self.processes.len() as u32,
+            self.files.len() as u32,
+            self.pipes.len() as u32,
+            self.objects.len() as u32,
+            self.shmems.len() as u32,
             shmem_pages,
         );
         let said = (
@@ -499,11 +639,134 @@ impl Image {
         );
         if counted != said {
             return Err(corrupt(
-                &r,
+                r,
                 format!("the image holds (processes, files, pipes, kind objects, shmem objects, shmem pages) {counted:?} but its image-end record says {said:?}"),
             ));
         }
-        Ok(img)
+        Ok(())
+    }
+
+    /// Puts `plans` in the order of the page section (shmem objects',
+    /// early ones, the rest) and gives each, and each of its runs, the
+    /// offset of its data: in the stream, whose section starts at `start`,
+    /// or in the decoded pages of a compressed image.
+    fn lay_out(&mut self, plans: Vec<Plan>, compression: u32, start: u64) -> PageSection {
+        let rank = |p: &Plan| match p.owner {
+            PlanOwner::Shmem(_) => 0,
+            PlanOwner::Process(_) if p.flags & PLAN_EARLY != 0 => 1,
+            PlanOwner::Process(_) => 2,
+        };
+        let mut plans = plans;
+        plans.sort_by_key(rank);
+        let mut pos = if compression == COMPRESS_NONE {
+            start
+        } else {
+            0
+        };
+        for p in &mut plans {
+            let data = if compression == COMPRESS_NONE {
+                align_up(pos + HDR_LEN + PAGES_HDR_LEN, PAGE_SIZE)
+            } else {
+                pos
+            };
+            p.data_offset = data;
+            let runs = match p.owner {
+                PlanOwner::Shmem(i) => &mut self.shmems[i].pages,
+                PlanOwner::Process(i) => &mut self.processes[i].pages,
+            };
+            for run in &mut runs[p.first_run..p.first_run + p.nr_runs] {
+                run.data_offset += data;
+            }
+            pos = data + p.nr_pages * PAGE_SIZE;
+        }
+        PageSection {
+            compression,
+            plans,
+            end: pos,
+        }
+    }
+
+    /// Reads the page section of an image read by `read_meta`, through its
+    /// tail: each record must be the next plan's, which `f` is given with
+    /// the record's compressed data (`None`: uncompressed, its data read
+    /// by the reader already, see `ImageReader::with_page_data`).
+    pub fn read_pages<R: Read>(
+        &self,
+        rd: &mut ImageReader<R>,
+        mut f: impl FnMut(&Plan, Option<&[u8]>) -> Result<()>,
+    ) -> Result<()> {
+        let section = self.section.as_ref().expect("an image with a page section");
+        let mut next = section.plans.iter();
+        let mut ended = false;
+        while let Some(r) = rd.next_record()? {
+            if r.rtype & T_OPTIONAL != 0 && type_name(r.rtype) == "unknown" {
+                continue;
+            }
+            if ended && r.rtype != T_TAIL {
+                return Err(corrupt(&r, "record after the image-end record".into()));
+            }
+            let shmem_flag = |p: &Plan| match p.owner {
+                PlanOwner::Shmem(_) => PAGES_SHMEM,
+                PlanOwner::Process(_) => 0,
+            };
+            match r.rtype {
+                T_PAGES | T_PAGES_Z => {
+                    let plan = next.next().ok_or_else(|| {
+                        corrupt(&r, "more page records than the image has page plans".into())
+                    })?;
+                    let z = (r.rtype == T_PAGES_Z)
+                        .then(|| r.decode::<PagesZ>())
+                        .transpose()?;
+                    let (addr, nr_pages, flags, offset) = match (&r.body, &z) {
+                        (Body::Pages { hdr, data_offset }, None) => {
+                            (hdr.addr, hdr.nr_pages, hdr.flags, *data_offset)
+                        }
+                        (_, Some(z)) => (z.addr, z.nr_pages, z.flags, plan.data_offset),
+                        _ => return Err(misplaced(&r)),
+                    };
+                    if z.is_some() != (section.compression != COMPRESS_NONE) {
+                        return Err(corrupt(
+                            &r,
+                            "page data compressed otherwise than the image says".into(),
+                        ));
+                    }
+                    let said = (addr, nr_pages as u64, flags, offset);
+                    let planned = (plan.addr, plan.nr_pages, shmem_flag(plan), plan.data_offset);
+                    if said != planned {
+                        return Err(corrupt(
+                            &r,
+                            format!(
+                                "(address, pages, flags, data offset) {said:?} differ from its plan's {planned:?} (records reordered?)"
+                            ),
+                        ));
+                    }
+                    f(plan, z.as_ref().map(|z| z.data.0.as_slice()))?;
+                }
+                T_IMAGE_END => {
+                    if next.len() > 0 {
+                        return Err(corrupt(
+                            &r,
+                            format!("{} planned page records are missing", next.len()),
+                        ));
+                    }
+                    self.check_image_end(&r.decode()?, &r)?;
+                    ended = true;
+                }
+                T_TAIL => {}
+                _ => {
+                    return Err(corrupt(
+                        &r,
+                        "a metadata record inside the page section".into(),
+                    ))
+                }
+            }
+        }
+        if !ended {
+            return Err(Error::Refused(
+                "the image has no image-end record: it was cut short".into(),
+            ));
+        }
+        Ok(())
     }
 
     /// The process whose fd table `p` uses: itself, or the nearest
@@ -645,9 +908,16 @@ mod tests {
         let mut w = ImageWriter::new(Vec::new());
         for r in recs {
             match r {
-                AnyRecord::Pages(p) => {
-                    w.write_pages(p.addr, &vec![7u8; 4096 * p.nr_pages as usize])
-                }
+                // Pages hold their address's low byte.
+                AnyRecord::Pages(p) => w.write_pages(
+                    p.addr,
+                    &vec![(p.addr >> 12) as u8; 4096 * p.nr_pages as usize],
+                ),
+                // A checksum of 1 stands for a wrong one; others are computed.
+                AnyRecord::MetaEnd(m) if m.crc32c != 1 => w.write(&MetaEnd {
+                    crc32c: w.crc(),
+                    ..m.clone()
+                }),
                 r => w.write_any(r),
             }
             .unwrap();
@@ -660,6 +930,139 @@ mod tests {
             Ok(_) => panic!("accepted"),
             Err(e) => e.to_string(),
         }
+    }
+
+    /// `records()` with a page section: two plans for the live process, the
+    /// second early, so its record comes first.
+    fn planned() -> Vec<AnyRecord> {
+        let mut r = records();
+        let pages = r
+            .iter()
+            .position(|x| matches!(x, AnyRecord::Pages(_)))
+            .unwrap();
+        let run = |addr, nr_pages| IndexedRun { addr, nr_pages };
+        r[pages] = AnyRecord::PagePlan(PagePlan {
+            flags: 0,
+            runs: vec![run(0x1000, 1), run(0x3000, 2)],
+        });
+        r.insert(
+            pages + 1,
+            AnyRecord::PagePlan(PagePlan {
+                flags: PLAN_EARLY,
+                runs: vec![run(0x8000, 1)],
+            }),
+        );
+        if let AnyRecord::ProcessEnd(e) = &mut r[pages + 2] {
+            e.nr_pages = 4;
+        }
+        let end = r.pop().unwrap();
+        r.push(AnyRecord::MetaEnd(MetaEnd {
+            crc32c: 0,
+            nr_plans: 2,
+            compression: COMPRESS_NONE,
+        }));
+        let hdr = |addr, nr_pages| {
+            AnyRecord::Pages(PagesHdr {
+                addr,
+                nr_pages,
+                flags: 0,
+            })
+        };
+        r.push(hdr(0x8000, 1));
+        r.push(hdr(0x1000, 3));
+        r.push(end);
+        r
+    }
+
+    #[test]
+    fn a_page_section_is_laid_out_as_planned() {
+        let bytes = image(&planned());
+        let img = Image::read(&bytes[..]).unwrap();
+        let p = &img.processes[0];
+        assert_eq!(p.pages.len(), 3);
+        // The early record's data first in the stream, then the other's.
+        let byte = |off: u64| bytes[off as usize];
+        assert_eq!(byte(p.pages[2].data_offset), 0x08);
+        assert_eq!(byte(p.pages[0].data_offset), 0x01);
+        assert_eq!(p.pages[1].data_offset, p.pages[0].data_offset + 4096);
+        assert!(p.pages[2].data_offset < p.pages[0].data_offset);
+        // Metadata alone, then the section plan by plan.
+        let (img, mut rd, complete) = Image::read_meta(ImageReader::new(&bytes[..])).unwrap();
+        assert!(!complete);
+        let mut seen = Vec::new();
+        img.read_pages(&mut rd, |plan, z| {
+            assert!(z.is_none());
+            seen.push(plan.addr);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(seen, [0x8000, 0x1000]);
+    }
+
+    #[test]
+    fn page_section_flaws_are_refused() {
+        let base = planned();
+        let n = base.len();
+        let mut swapped = base.clone();
+        swapped.swap(n - 3, n - 2);
+        assert!(
+            refusal(&swapped).contains("differ from its plan"),
+            "{}",
+            refusal(&swapped)
+        );
+        let mut missing = base.clone();
+        missing.remove(n - 2);
+        assert!(
+            refusal(&missing).contains("missing"),
+            "{}",
+            refusal(&missing)
+        );
+        let mut extra = base.clone();
+        extra.insert(
+            n - 1,
+            AnyRecord::Pages(PagesHdr {
+                addr: 0x9000,
+                nr_pages: 1,
+                flags: 0,
+            }),
+        );
+        assert!(refusal(&extra).contains("more page records"));
+        let mut meta_late = base.clone();
+        meta_late.insert(n - 1, AnyRecord::Vma(Vma::default()));
+        assert!(refusal(&meta_late).contains("inside the page section"));
+        let mut bad_crc = base.clone();
+        bad_crc[n - 4] = AnyRecord::MetaEnd(MetaEnd {
+            crc32c: 1,
+            nr_plans: 2,
+            compression: COMPRESS_NONE,
+        });
+        assert!(refusal(&bad_crc).contains("checksum mismatch"));
+        let mut miscounted = base.clone();
+        miscounted[n - 4] = AnyRecord::MetaEnd(MetaEnd {
+            crc32c: 0,
+            nr_plans: 3,
+            compression: COMPRESS_NONE,
+        });
+        assert!(refusal(&miscounted).contains("page plans"));
+        let mut squeezed = base.clone();
+        let plan = squeezed
+            .iter()
+            .position(|x| matches!(x, AnyRecord::PagePlan(_)))
+            .unwrap();
+        squeezed[plan] = AnyRecord::PagePlan(PagePlan {
+            flags: 0,
+            runs: vec![
+                IndexedRun {
+                    addr: 0x3000,
+                    nr_pages: 1,
+                },
+                IndexedRun {
+                    addr: 0x1000,
+                    nr_pages: 2,
+                },
+            ],
+        });
+        assert!(refusal(&squeezed).contains("out of order"));
     }
 
     #[test]
@@ -725,7 +1128,7 @@ mod tests {
         let ok = PageIndex {
             runs: vec![run(0x10000, 1), run(0x20000, 2)],
         };
-        let runs = indexed_runs(&ok, &all).unwrap();
+        let runs = indexed_runs(&ok.runs, &all).unwrap();
         assert_eq!(runs.len(), 2);
         assert_eq!(
             (runs[1].addr, runs[1].nr_pages, runs[1].data_offset),
@@ -740,10 +1143,7 @@ mod tests {
             vec![run(0x10000, 3), run(0x20000, 0)], // empty run
             vec![run(0x10000, 1), run(!0xfff, 2)],  // wraps
         ] {
-            assert!(
-                indexed_runs(&PageIndex { runs: bad.clone() }, &all).is_err(),
-                "{bad:?}"
-            );
+            assert!(indexed_runs(&bad, &all).is_err(), "{bad:?}");
         }
     }
 }

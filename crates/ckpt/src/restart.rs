@@ -10,6 +10,7 @@ use crate::error::{Ctx, Error, Result};
 use crate::files;
 use crate::log::Log;
 use crate::model::{Image, ProcessImage};
+use crate::pagestore::{self, InPlace, Spool};
 use crate::procfs;
 use crate::remote::Remote;
 use crate::sys::{self, Pid};
@@ -60,7 +61,7 @@ pub fn restart(
 ) -> Result<Pid> {
     // Who could have written the image decides how far it is believed: see
     // `trust`. Found on the input itself, before it is copied.
-    let input = std::fs::File::from(input.as_fd().try_clone_to_owned().map_err(|e| {
+    let mut input = std::fs::File::from(input.as_fd().try_clone_to_owned().map_err(|e| {
         Error::Image(ImageError::Io {
             offset: 0,
             source: e,
@@ -68,10 +69,85 @@ pub fn restart(
     })?);
     let me = trust::Restorer::current();
     let owner = trust::owner_of(&input, me.euid);
-    let file = seekable(input)?;
-    let img = Image::read_from(page_data_in_place(&file))?;
+    let io = |e| {
+        Error::Image(ImageError::Io {
+            offset: 0,
+            source: e,
+        })
+    };
+    let in_place =
+        input.metadata().map_err(io)?.is_file() && input.stream_position().ok() == Some(0);
+    if in_place {
+        // Checked whole before anything is created, page data in place.
+        let (img, mut rd, complete) = Image::read_meta(page_data_in_place(&input))?;
+        let compressed = img
+            .section
+            .as_ref()
+            .is_some_and(|s| s.compression != COMPRESS_NONE);
+        if !compressed {
+            if !complete {
+                img.read_pages(&mut rd, |_, _| Ok(()))?;
+            }
+            return restart_image(img, &input, &InPlace, owner, &me, opts, log);
+        }
+        let spool = Spool::new().map_err(io)?;
+        let run = || restart_image(img.clone(), spool.file(), &spool, owner, &me, opts, log);
+        return pagestore::with_spool(&spool, &img, rd, run);
+    }
+    // A stream: restored as it is read.
+    let spool = Spool::new().map_err(io)?;
+    let rd = ckpt_image::ImageReader::new(std::io::BufReader::with_capacity(
+        1 << 20,
+        spool.abortable(input),
+    ))
+    .with_page_data(spool.page_data_hook());
+    let (img, rd, complete) = Image::read_meta(rd)?;
+    if complete {
+        return refuse(
+            "the image has its pages amid its metadata (written by an older ckpt): restart it \
+             from a file, not a stream"
+                .into(),
+        );
+    }
+    let run = || restart_image(img.clone(), spool.file(), &spool, owner, &me, opts, log);
+    pagestore::with_spool(&spool, &img, rd, run)
+}
+
+/// Restarts `img`, whose page data is in `pages` as `store` says.
+fn restart_image(
+    img: Image,
+    pages: &std::fs::File,
+    store: &dyn pagestore::Wait,
+    owner: trust::Owner,
+    me: &trust::Restorer,
+    opts: &RestartOptions,
+    log: &mut Log,
+) -> Result<Pid> {
+    // Piped from a checkpoint on this host, the tree still runs: it is
+    // killed once its image is complete, so the image is read whole first.
+    let ids: Vec<Pid> = img
+        .processes
+        .iter()
+        .flat_map(|p| &p.threads)
+        .map(|t| t.thread.tid)
+        .collect();
+    if store.streamed()
+        && ids
+            .iter()
+            .any(|&t| procfs::exists(t) && procfs::zombie_parent(t).is_none())
+    {
+        log.info(
+            0,
+            img.processes[0].pid(),
+            &img.processes[0].process.comm.to_string(),
+            "restart: the image's pids are in use here (a checkpoint on this host still \
+             writing?): reading the whole image before restoring",
+        );
+        store.read_all()?;
+        procfs::wait_gone(&ids, std::time::Duration::from_secs(10));
+    }
     let trust = trust::Trust::decide(me.euid, owner);
-    trust::validate(&img, &trust, &me)?;
+    trust::validate(&img, &trust, me)?;
     // A restorer that is not root opens everything as itself (the owner,
     // as validated) already, and may not switch groups.
     let fs = trust.fs_ids().filter(|_| me.euid == 0);
@@ -98,8 +174,11 @@ pub fn restart(
             img.processes.len()
         ),
     );
-    let mut b = Build::prepare(&img, &file, fs, opts.inherit_stdio)?;
-    b.spawn(&img)?;
+    let mut b = Build::prepare(&img, pages, store, fs, opts.inherit_stdio)?;
+    store.before_fork()?;
+    let spawned = b.spawn(&img);
+    store.after_fork();
+    spawned?;
     b.seize_all(&img)?;
     // Into their cgroups before their memory is rebuilt (and charged).
     let cg = crate::cgroup::Host::read();
@@ -129,8 +208,21 @@ pub fn restart(
             restored += n;
             log.progress("restoring memory", restored, total);
         };
-        b.rebuild(p, &mut progress)
+        b.rebuild(p, store, &mut progress)
             .inspect_err(|e| log.error(e, 0, p.pid(), &p.process.comm.to_string()))?;
+    }
+    // Nothing runs before the whole image is read and its checksum right.
+    store.finish()?;
+    if let Some(held) = store.held_at_most() {
+        log.info(
+            0,
+            root,
+            &comm,
+            &format!(
+                "restart: page data read as it came, at most {} KiB of it held at once",
+                held >> 10
+            ),
+        );
     }
     files::resume(&img)?;
     b.release(&img)?;
@@ -161,25 +253,6 @@ fn page_data_in_place(
             },
         ),
     )
-}
-
-/// A regular file at offset 0 is used as is; anything else (a pipe from
-/// another host) is copied into a memfd first so tasks can pread from it.
-fn seekable(mut input: std::fs::File) -> Result<std::fs::File> {
-    let io = |e| {
-        Error::Image(ImageError::Io {
-            offset: 0,
-            source: e,
-        })
-    };
-    let meta = input.metadata().map_err(io)?;
-    if meta.is_file() && input.stream_position().ok() == Some(0) {
-        return Ok(input);
-    }
-    let mut m = sys::memfd("ckpt-image").map_err(io)?;
-    std::io::copy(&mut input, &mut m).map_err(io)?;
-    m.rewind().map_err(io)?;
-    Ok(m)
 }
 
 /// A tree being built. Dropping it before `release` kills every process
@@ -255,6 +328,7 @@ impl Build {
     fn prepare(
         img: &Image,
         file: &std::fs::File,
+        store: &dyn pagestore::Wait,
         fs: Option<sys::FsIds>,
         inherit_stdio: bool,
     ) -> Result<Build> {
@@ -314,7 +388,7 @@ impl Build {
         };
         b.recreate_removed_cwds(img, base)?;
         for s in &img.shmems {
-            let fd = crate::mm::create_shmem(s, img_fd, base, b.fs.as_ref())?;
+            let fd = crate::mm::create_shmem(s, img_fd, store, base, b.fs.as_ref())?;
             b.shmem_fds.push((s.shmem.id, fd));
         }
         let shm = b.shmem_fds.clone();
@@ -568,7 +642,9 @@ impl Build {
                 }
             }
             // Memory children share copy-on-write is mapped before they fork.
-            premapped = crate::mm::premap_cow(img, p, self.img_fd);
+            // (The pages are in: see `Wait::before_fork`. And this forked
+            // copy of the restorer must not touch the spool's lock.)
+            premapped = crate::mm::premap_cow(&img.processes, p, self.img_fd, &pagestore::InPlace);
             let mut zombies = Vec::new();
             let kids: Vec<&ProcessImage> = img
                 .processes
@@ -719,7 +795,12 @@ impl Build {
 
     /// Replaces the address space of a seized process and sets all its
     /// state from outside; its threads are created here too.
-    fn rebuild(&mut self, p: &ProcessImage, progress: &mut dyn FnMut(u64)) -> Result<()> {
+    fn rebuild(
+        &mut self,
+        p: &ProcessImage,
+        store: &dyn pagestore::Wait,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<()> {
         let pid = p.pid();
         let mem = procfs::mem(pid).ctx(pid, || "open /proc mem".into())?;
         let mut r = Remote::new(pid, self.tramp)?;
@@ -758,9 +839,14 @@ impl Build {
             tramp: self.tramp,
             tramp_len: TRAMP_LEN,
             img_fd: self.img_fd,
+            store,
             shmem_fd: &shmem_fd,
         };
         crate::mm::replace_address_space(&mut r, &s, p, &from, progress)?;
+        // What it did not read (pages shared with its parent) goes too.
+        for run in &p.pages {
+            store.release(run.data_offset, run.nr_pages * PAGE);
+        }
 
         // Process groups whose leader was created after this process.
         if sys::getpgid(pid) != p.process.pgid && p.process.pgid > 0 {

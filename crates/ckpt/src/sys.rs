@@ -2608,3 +2608,144 @@ pub fn sock_disconnect(fd: i32) -> io::Result<()> {
     };
     check(r as libc::c_long).map(drop)
 }
+
+/// Frees the pages of `fd` (a memfd) in `off..off + len`, keeping its size.
+pub fn punch_hole(fd: i32, off: u64, len: u64) -> io::Result<()> {
+    // SAFETY: no pointers.
+    let r = unsafe {
+        libc::fallocate(
+            fd,
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            off as libc::off_t,
+            len as libc::off_t,
+        )
+    };
+    check(r as libc::c_long).map(drop)
+}
+
+/// Waits until `fd` is readable (or hung up): `Ok(true)`; or until `stop`
+/// is readable first: `Ok(false)`.
+pub fn readable_unless(fd: i32, stop: i32) -> io::Result<bool> {
+    let mut p = [
+        libc::pollfd {
+            fd: stop,
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    loop {
+        // SAFETY: p is an array of two valid pollfds.
+        let r = unsafe { libc::poll(p.as_mut_ptr(), 2, -1) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if p[0].revents != 0 {
+            return Ok(false);
+        }
+        if p[1].revents != 0 {
+            return Ok(true);
+        }
+    }
+}
+
+/// `struct pm_scan_arg` of linux/fs.h (Linux 6.7).
+#[repr(C)]
+#[derive(Default)]
+struct PmScanArg {
+    size: u64,
+    flags: u64,
+    start: u64,
+    end: u64,
+    walk_end: u64,
+    vec: u64,
+    vec_len: u64,
+    max_pages: u64,
+    category_inverted: u64,
+    category_mask: u64,
+    category_anyof_mask: u64,
+    return_mask: u64,
+}
+const _: () = assert!(std::mem::size_of::<PmScanArg>() == 96);
+
+/// `struct page_region` of linux/fs.h: pages `start..end` (bytes), all in
+/// the categories `categories` (masked by the scan's return mask).
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PageRegion {
+    pub start: u64,
+    pub end: u64,
+    pub categories: u64,
+}
+const _: () = assert!(std::mem::size_of::<PageRegion>() == 24);
+
+/// PAGEMAP_SCAN page categories.
+pub const PAGE_IS_FILE: u64 = 1 << 2;
+pub const PAGE_IS_PRESENT: u64 = 1 << 3;
+pub const PAGE_IS_SWAPPED: u64 = 1 << 4;
+pub const PAGE_IS_PFNZERO: u64 = 1 << 5;
+
+/// Which pages a `pagemap_scan` reports: those in at least one of the
+/// `anyof` categories and in none of `none_of`; regions are split where
+/// the categories in `report` change.
+#[derive(Debug, Clone, Copy)]
+pub struct ScanFilter {
+    pub anyof: u64,
+    pub none_of: u64,
+    pub report: u64,
+}
+
+/// The regions of `start..end` whose pages pass `filter`, through the
+/// PAGEMAP_SCAN ioctl on an open /proc/PID/pagemap: the kernel walks the
+/// page tables and skips what is empty, instead of returning one entry per
+/// page. `Err` with ENOTTY or EINVAL on kernels without it (before 6.7).
+pub fn pagemap_scan(
+    pm: &std::fs::File,
+    start: u64,
+    end: u64,
+    filter: ScanFilter,
+) -> io::Result<Vec<PageRegion>> {
+    // _IOWR('f', 16, struct pm_scan_arg)
+    const PAGEMAP_SCAN: u64 = (3 << 30) | (96 << 16) | ((b'f' as u64) << 8) | 16;
+    let mut out = Vec::new();
+    let mut buf = vec![PageRegion::default(); 4096];
+    let mut at = start;
+    while at < end {
+        let mut arg = PmScanArg {
+            size: 96,
+            start: at,
+            end,
+            vec: buf.as_mut_ptr() as u64,
+            vec_len: buf.len() as u64,
+            category_inverted: filter.none_of,
+            category_mask: filter.none_of,
+            category_anyof_mask: filter.anyof,
+            return_mask: filter.report,
+            ..Default::default()
+        };
+        // SAFETY: arg is a valid pm_scan_arg whose vec points to buf's
+        // vec_len writable page_regions, both alive across the call.
+        let r = unsafe {
+            libc::ioctl(
+                std::os::fd::AsRawFd::as_raw_fd(pm),
+                PAGEMAP_SCAN as libc::c_ulong,
+                &mut arg as *mut PmScanArg,
+            )
+        };
+        let n = check(r as libc::c_long)? as usize;
+        out.extend_from_slice(&buf[..n.min(buf.len())]);
+        if arg.walk_end <= at {
+            return Err(io::Error::other("PAGEMAP_SCAN made no progress"));
+        }
+        at = arg.walk_end;
+    }
+    Ok(out)
+}

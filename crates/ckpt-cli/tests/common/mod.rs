@@ -1023,7 +1023,18 @@ impl TestEnv {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        self.start_ckpt_as(args, env, None)
+        self.start_ckpt_as(args, env, None, Stdio::null())
+    }
+
+    /// Runs `ckpt ARGS` (as [`Self::ckpt`]) with `stdin` as its standard
+    /// input (e.g. `restart -` reading a stream).
+    pub fn ckpt_stdin<I, S>(&self, args: I, stdin: Stdio) -> CkptRun
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let child = self.start_ckpt_as(args, &[], None, stdin);
+        self.finish_ckpt(child, None)
     }
 
     /// Runs `ckpt ARGS` (as [`Self::ckpt`]) as user `uid`/`gid`, with no
@@ -1033,7 +1044,7 @@ impl TestEnv {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        let child = self.start_ckpt_as(args, &[], Some((uid, gid)));
+        let child = self.start_ckpt_as(args, &[], Some((uid, gid)), Stdio::null());
         self.finish_ckpt(child, None)
     }
 
@@ -1042,6 +1053,7 @@ impl TestEnv {
         args: I,
         env: &[(&str, &str)],
         user: Option<(u32, u32)>,
+        stdin: Stdio,
     ) -> CkptChild
     where
         I: IntoIterator<Item = S>,
@@ -1066,7 +1078,7 @@ impl TestEnv {
             .args(&args)
             .envs(env.iter().copied())
             .current_dir(&self.dir)
-            .stdin(Stdio::null())
+            .stdin(stdin)
             .stdout(out)
             .stderr(err)
             .spawn()
@@ -1198,6 +1210,26 @@ impl TestEnv {
             img.as_os_str(),
             OsStr::new("--detach"),
         ]);
+        self.adopt_restored(w, &run);
+    }
+
+    /// [`Self::restart_detached`] from `ckpt restart - --detach EXTRA`
+    /// reading `stream`; returns the run.
+    pub fn restart_streamed(&self, w: &mut Workload, stream: Stdio, extra: &[&OsStr]) -> CkptRun {
+        let mut args = vec![
+            OsStr::new("restart"),
+            OsStr::new("-"),
+            OsStr::new("--detach"),
+        ];
+        args.extend_from_slice(extra);
+        let run = self.ckpt_stdin(args, stream);
+        self.adopt_restored(w, &run);
+        run
+    }
+
+    /// Checks a detaching restart `run` of `w` and takes the restored
+    /// process as `w`'s.
+    fn adopt_restored(&self, w: &mut Workload, run: &CkptRun) {
         if !run.success() {
             panic!(
                 "{}: restart failed:\n{}{}",
