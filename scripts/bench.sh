@@ -179,6 +179,29 @@ for m in $sizes; do
     read -r d rs size v < <(run_pipe mem "$m")
     printf '%-10s dump %6.3f s  restore %6.3f s  %s\n' "$m MiB" "$d" "$rs" "$v"
 done
+echo
+echo "## Streamed restore (cat file | restart -: pages restored as they arrive)"
+for m in $sizes; do
+    read -r _ rs size v held < <(run_stream mem "$m")
+    printf '%-10s restore %6.3f s  %6s GB/s  at most %s KiB of the image held  %s\n' "$m MiB" \
+        "$rs" "$(echo "scale=2; $m * 1.048576 / 1000 / $rs" | bc)" "$held" "$v"
+done
+echo
+m=1024
+[ "$quick" = quick ] && m=64
+echo "## Compression ($m MiB; mem is incompressible, half has half of each page zero)"
+printf '%-6s %-5s %8s %8s %8s %12s %7s | %s\n' data algo dump "GB/s" restore image ratio verdict
+for w in mem half; do
+    for a in none lz4 zstd; do
+        ck_extra=()
+        [ "$a" = none ] || ck_extra=(--compress "$a")
+        read -r d rs size v < <(run_ckpt "$w" "$m")
+        printf '%-6s %-5s %8.3f %8s %8.3f %12s %7s | %s\n' "$w" "$a" "$d" \
+            "$(echo "scale=2; $m * 1.048576 / 1000 / $d" | bc)" "$rs" "$size" \
+            "$(echo "scale=2; $m * 1048576 / $size" | bc)" "$v"
+    done
+done
+ck_extra=()
 
 echo
 echo "## Objects (seconds; per object in µs; image bytes)"

@@ -987,7 +987,8 @@ fn write_by_task<S: Sink>(
         .map_err(Error::Write)?;
     let total = pages * PAGE;
     taking_back_write_signals(d, |d| write_runs(d, runs, off))?;
-    let crc = crate::sys::crc32c_of_range(d.image_fd, off, total as usize).map_err(Error::Write)?;
+    let crc =
+        crate::sys::crc32c_of_range_par(d.image_fd, off, total as usize).map_err(Error::Write)?;
     w.end_external_pages(total, crc);
     let pos = w.offset();
     w.get_mut().seek_to(pos).map_err(Error::Write)
