@@ -663,6 +663,9 @@ const PFN_MASK: u64 = (1 << 55) - 1;
 const BATCH_RUNS: usize = 4096;
 /// iovecs per injected `pwritev`/`preadv`: what the scratch data page holds.
 const IOVS_PER_CALL: usize = 256;
+/// Bytes of a batch the task writes: small enough that ckpt checksums one
+/// while the task writes the next, big enough for few calls.
+const TASK_BATCH: u64 = 64 << 20;
 /// Bytes ckpt buffers for a batch it reads itself (not written by the task).
 const BATCH_BUF: u64 = 16 << 20;
 
@@ -687,7 +690,7 @@ impl Batch {
                 && self.early == early
                 && self.runs.len() < BATCH_RUNS
                 && self.pages + len / PAGE <= MAX_PAGES_PER_RECORD
-                && (by_task || (self.pages * PAGE) + len <= BATCH_BUF))
+                && (self.pages * PAGE) + len <= if by_task { TASK_BATCH } else { BATCH_BUF })
     }
 
     /// Adds a run of mapping `vma` (runs of two mappings stay apart even
@@ -929,26 +932,60 @@ pub fn write_batches<'b, S: Sink>(
     progress: &mut dyn FnMut(u64) -> Result<()>,
 ) -> Result<()> {
     let mem = std::fs::File::open(format!("/proc/{pid}/mem")).ctx(pid, || "open mem".into())?;
-    let mut buf = Vec::new();
-    for b in batches {
-        let first = b.runs[0].0;
-        match direct.as_deref_mut() {
-            Some(d) if b.by_task => write_by_task(w, d, first, &b.runs, b.pages)?,
-            _ if compression != Compression::None => {
-                buf.clear();
-                for &(a, l) in &b.runs {
-                    let at = buf.len();
-                    buf.resize(at + l as usize, 0);
-                    mem.read_exact_at(&mut buf[at..], a)
-                        .ctx(pid, || format!("read memory {a:#x}..{:#x}", a + l))?;
-                }
+    let read = |b: &Batch, buf: &mut Vec<u8>| -> Result<()> {
+        buf.clear();
+        for &(a, l) in &b.runs {
+            let at = buf.len();
+            buf.resize(at + l as usize, 0);
+            mem.read_exact_at(&mut buf[at..], a)
+                .ctx(pid, || format!("read memory {a:#x}..{:#x}", a + l))?;
+        }
+        Ok(())
+    };
+    if compression != Compression::None {
+        // Compression is the slow part: a few batches at once, one thread
+        // each, written in order.
+        let batches: Vec<&Batch> = batches.collect();
+        let lanes = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+        let mut bufs = vec![Vec::new(); lanes];
+        for group in batches.chunks(lanes) {
+            for (b, buf) in group.iter().zip(bufs.iter_mut()) {
+                read(b, buf)?;
+            }
+            let packed: Vec<Vec<u8>> = std::thread::scope(|sc| {
+                let jobs: Vec<_> = bufs[..group.len()]
+                    .iter()
+                    .map(|buf| sc.spawn(move || compression.compress(buf)))
+                    .collect();
+                jobs.into_iter()
+                    .map(|j| j.join().expect("compression does not panic"))
+                    .collect()
+            });
+            for (b, data) in group.iter().zip(packed) {
                 let z = PagesZ {
-                    addr: first,
+                    addr: b.runs[0].0,
                     nr_pages: b.pages as u32,
                     flags: 0,
-                    data: Bytes(compression.compress(&buf)),
+                    data: Bytes(data),
                 };
                 w.write(&z).map_err(Error::Write)?;
+                progress(b.pages * PAGE)?;
+            }
+        }
+        return Ok(());
+    }
+    let mut buf = Vec::new();
+    let batches: Vec<&Batch> = batches.collect();
+    let mut i = 0;
+    while i < batches.len() {
+        let b = batches[i];
+        let first = b.runs[0].0;
+        match direct.as_deref_mut() {
+            Some(d) if b.by_task => {
+                let n = batches[i..].iter().take_while(|b| b.by_task).count();
+                write_by_task(w, d, &batches[i..i + n], progress)?;
+                i += n;
+                continue;
             }
             _ => {
                 // (A batch planned for the task may be 256 MiB: in pieces.)
@@ -969,29 +1006,58 @@ pub fn write_batches<'b, S: Sink>(
             }
         }
         progress(b.pages * PAGE)?;
+        i += 1;
     }
     Ok(())
 }
 
-/// Has the task write the runs (address, length) of its memory, `pages`
-/// pages in all, as one page record.
+/// Has the task write `batches` into the image file, one page record
+/// each: their data goes at offsets laid out in advance, each record is
+/// checksummed by a thread of ckpt while the task writes the next, and the
+/// record headers, which carry nothing of the checksums, go in last.
 fn write_by_task<S: Sink>(
     w: &mut ImageWriter<S>,
     d: &mut Direct,
-    first: u64,
-    runs: &[(u64, u64)],
-    pages: u64,
+    batches: &[&Batch],
+    progress: &mut dyn FnMut(u64) -> Result<()>,
 ) -> Result<()> {
-    let off = w
-        .begin_external_pages(first, pages, 0)
-        .map_err(Error::Write)?;
-    let total = pages * PAGE;
-    taking_back_write_signals(d, |d| write_runs(d, runs, off))?;
-    let crc =
-        crate::sys::crc32c_of_range_par(d.image_fd, off, total as usize).map_err(Error::Write)?;
-    w.end_external_pages(total, crc);
-    let pos = w.offset();
-    w.get_mut().seek_to(pos).map_err(Error::Write)
+    // (header offset, data offset, data length) of each record.
+    let mut at = w.offset();
+    let layout: Vec<(u64, u64, u64)> = batches
+        .iter()
+        .map(|b| {
+            let data = align_up(at + HDR_LEN + PAGES_HDR_LEN, PAGE_SIZE);
+            let len = b.pages * PAGE;
+            let hdr = at;
+            at = data + len;
+            (hdr, data, len)
+        })
+        .collect();
+    w.get_mut().flush().map_err(Error::Write)?;
+    let fd = d.image_fd;
+    let crcs = std::thread::scope(|sc| -> Result<Vec<u32>> {
+        let mut sums = Vec::with_capacity(batches.len());
+        for (b, &(_, data, len)) in batches.iter().zip(&layout) {
+            taking_back_write_signals(d, |d| write_runs(d, &b.runs, data))?;
+            sums.push(sc.spawn(move || crate::sys::crc32c_of_range(fd, data, len as usize)));
+            progress(len)?;
+        }
+        sums.into_iter()
+            .map(|t| {
+                t.join()
+                    .map_err(|_| Error::Write(std::io::Error::other("checksum thread panicked")))?
+                    .map_err(Error::Write)
+            })
+            .collect()
+    })?;
+    for ((b, &(hdr, _, len)), crc) in batches.iter().zip(&layout).zip(crcs) {
+        w.get_mut().seek_to(hdr).map_err(Error::Write)?;
+        w.begin_pages(b.runs[0].0, b.pages, 0)
+            .map_err(Error::Write)?;
+        w.end_external_pages(len, crc);
+    }
+    let end = w.offset();
+    w.get_mut().seek_to(end).map_err(Error::Write)
 }
 
 /// Runs the task's writes `f`. A write that fails with EPIPE or EFBIG (a
