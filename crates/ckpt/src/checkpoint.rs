@@ -592,7 +592,6 @@ fn run<S: Sink>(
                         scratch,
                         tracee_fd: tfd as u64,
                         image_fd,
-                        zero_pfn,
                     };
                     let r = mm::write_batches(
                         img.pid(),

@@ -654,8 +654,6 @@ pub struct Direct<'a> {
     pub tracee_fd: u64,
     /// The image, as an fd of ours (opened read-write, for the checksum).
     pub image_fd: i32,
-    /// PFN of the zero page: present pages that map it hold only zeros.
-    pub zero_pfn: Option<u64>,
 }
 
 const PFN_MASK: u64 = (1 << 55) - 1;
