@@ -87,3 +87,36 @@ fn restore_cow_sharing() {
     };
     env.roundtrip("cow", &[], nothing, nothing);
 }
+
+/// On kernels without PAGEMAP_SCAN (before 6.7) pages are found through
+/// pagemap, entry by entry: the `memory` workload (untouched, copied-on-
+/// write, read-only and PROT_NONE memory, the break, a deep stack) comes
+/// back intact that way too.
+#[test]
+fn pages_are_found_through_pagemap_without_pagemap_scan() {
+    let Some(env) = TestEnv::new("pages_are_found_through_pagemap_without_pagemap_scan") else {
+        return;
+    };
+    let Some(mut w) = env.start_workload("memory", &[]) else {
+        return;
+    };
+    let img = env.path("img");
+    let pid = w.pid.to_string();
+    let run = env.ckpt_with_env(
+        [
+            std::ffi::OsStr::new("checkpoint"),
+            std::ffi::OsStr::new(&pid),
+            std::ffi::OsStr::new("-o"),
+            img.as_os_str(),
+        ],
+        &[("CKPT_TEST_NO_PAGEMAP_SCAN", "1")],
+    );
+    assert!(run.success(), "checkpoint failed:\n{}", run.describe());
+    assert!(
+        w.proc.wait_exit(TIMEOUT).is_some(),
+        "pid {} still alive after the checkpoint",
+        w.pid
+    );
+    env.restart_detached(&mut w, &img);
+    env.signal_and_expect_pass(&mut w, libc::SIGTERM);
+}

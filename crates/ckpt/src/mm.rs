@@ -863,6 +863,9 @@ pub fn plan_pages(
 /// halves by mapped size at once; `None` where the kernel lacks it.
 fn scan_regions(pm: &std::fs::File, vmas: &[&Vma]) -> Option<Vec<crate::sys::PageRegion>> {
     use crate::sys::{ScanFilter, PAGE_IS_FILE, PAGE_IS_PFNZERO, PAGE_IS_PRESENT, PAGE_IS_SWAPPED};
+    if crate::test_hooks::get().no_pagemap_scan {
+        return None;
+    }
     let (lo, hi) = (vmas.first()?.start, vmas.last()?.end);
     let filter = ScanFilter {
         anyof: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,

@@ -25,6 +25,9 @@ pub struct TestHooks {
     /// `CKPT_TEST_KILL_AFTER_REPAIR`: ckpt kills itself (SIGKILL) right
     /// after it put a TCP connection in repair mode.
     pub kill_after_repair: bool,
+    /// `CKPT_TEST_NO_PAGEMAP_SCAN`: pages are found through pagemap, as on
+    /// kernels before 6.7.
+    pub no_pagemap_scan: bool,
 }
 
 impl TestHooks {
@@ -39,6 +42,7 @@ impl TestHooks {
             other_in_slot: var("CKPT_TEST_OTHER_IN_SLOT").is_some(),
             no_heal_gadgets: var("CKPT_TEST_NO_HEAL_GADGETS").is_some(),
             kill_after_repair: var("CKPT_TEST_KILL_AFTER_REPAIR").is_some(),
+            no_pagemap_scan: var("CKPT_TEST_NO_PAGEMAP_SCAN").is_some(),
         }
     }
 }
@@ -59,6 +63,7 @@ pub(crate) fn get() -> &'static TestHooks {
         other_in_slot: false,
         no_heal_gadgets: false,
         kill_after_repair: false,
+        no_pagemap_scan: false,
     };
     HOOKS.get().unwrap_or(&NONE)
 }
