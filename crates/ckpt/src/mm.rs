@@ -1705,9 +1705,15 @@ pub fn replace_address_space(
         });
     }
     r.call_many(code, s, room, &maps)?;
-    for (_, _, fd) in opened {
-        r.call("close", libc::SYS_close, &[fd])?;
-    }
+    // The files mapped are closed with the calls after the pages are in.
+    let closes: Vec<Call> = opened
+        .iter()
+        .map(|&(_, _, fd)| Call {
+            name: format!("close {fd}"),
+            nr: libc::SYS_close,
+            args: [fd, 0, 0, 0, 0, 0],
+        })
+        .collect();
     // Pages still shared with the parent are in place already; so are all
     // the pages of a mapping this process premapped itself.
     let cow: Vec<(u64, u64)> = p
@@ -1859,6 +1865,7 @@ pub fn replace_address_space(
             }
         }
     }
+    after.extend(closes);
     r.call_many(code, s, room, &after)?;
     for v in p.vmas.iter().filter(|v| !is_special(v.kind)) {
         let len = v.end - v.start;

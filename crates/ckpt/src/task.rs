@@ -189,7 +189,13 @@ pub fn dump_rlimits(pid: Pid) -> Result<Rlimits> {
 /// raised without CAP_SYS_RESOURCE: such a limit is lowered to what the
 /// restorer has, and said so.
 pub fn restore_rlimits(r: &mut Remote, s: &Scratch, l: &Rlimits) -> Result<()> {
+    // The task has the restorer's limits, mostly the image's already: only
+    // those that differ are set (an injected call each).
+    let now = crate::procfs::limits(r.tid()).unwrap_or_default();
     for lim in &l.limits {
+        if now.get(lim.resource as usize) == Some(&(lim.cur, lim.max)) {
+            continue;
+        }
         let put = |s: &Scratch, cur: u64, max: u64| -> Result<()> {
             let b: Vec<u8> = [cur, max].iter().flat_map(|v| v.to_le_bytes()).collect();
             s.write(0, &b)
