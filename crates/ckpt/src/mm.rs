@@ -172,11 +172,7 @@ impl ShmemTable {
         let mut out = Vec::with_capacity(self.objs.len());
         for o in &self.objs {
             let (shm, source) = (&o.shmem, &o.source);
-            let f = std::fs::File::open(source).map_err(|e| Error::Sys {
-                pid: 0,
-                what: format!("open {source}"),
-                source: e,
-            })?;
+            let f = open_source(source)?;
             let mut pieces = Vec::new();
             let mut off = 0u64;
             let size = crate::align_up(shm.size);
@@ -231,11 +227,7 @@ impl ShmemTable {
     ) -> Result<()> {
         for (o, pieces) in self.objs.iter().zip(plans) {
             let (shm, source) = (&o.shmem, &o.source);
-            let f = std::fs::File::open(source).map_err(|e| Error::Sys {
-                pid: 0,
-                what: format!("open {source}"),
-                source: e,
-            })?;
+            let f = open_source(source)?;
             for &(a, n) in pieces {
                 let mut buf = vec![0u8; n as usize];
                 // The last page may extend past the end of the file: it
@@ -262,6 +254,15 @@ impl ShmemTable {
         }
         Ok(())
     }
+}
+
+/// A shared memory object's data, opened through its source path.
+fn open_source(source: &str) -> Result<std::fs::File> {
+    std::fs::File::open(source).map_err(|e| Error::Sys {
+        pid: 0,
+        what: format!("open {source}"),
+        source: e,
+    })
 }
 
 /// smaps VmFlags kept as `VMAF_*` flags; each comes back by mmap flags or

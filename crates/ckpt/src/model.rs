@@ -1030,20 +1030,18 @@ mod tests {
         let mut meta_late = base.clone();
         meta_late.insert(n - 1, AnyRecord::Vma(Vma::default()));
         assert!(refusal(&meta_late).contains("inside the page section"));
-        let mut bad_crc = base.clone();
-        bad_crc[n - 4] = AnyRecord::MetaEnd(MetaEnd {
-            crc32c: 1,
-            nr_plans: 2,
-            compression: COMPRESS_NONE,
-        });
-        assert!(refusal(&bad_crc).contains("checksum mismatch"));
-        let mut miscounted = base.clone();
-        miscounted[n - 4] = AnyRecord::MetaEnd(MetaEnd {
-            crc32c: 0,
-            nr_plans: 3,
-            compression: COMPRESS_NONE,
-        });
-        assert!(refusal(&miscounted).contains("page plans"));
+        let with_meta_end = |crc32c, nr_plans| {
+            let mut r = base.clone();
+            r[n - 4] = AnyRecord::MetaEnd(MetaEnd {
+                crc32c,
+                nr_plans,
+                compression: COMPRESS_NONE,
+            });
+            r
+        };
+        // (A checksum of 1 is written as it is, a wrong one.)
+        assert!(refusal(&with_meta_end(1, 2)).contains("checksum mismatch"));
+        assert!(refusal(&with_meta_end(0, 3)).contains("page plans"));
         let mut squeezed = base.clone();
         let plan = squeezed
             .iter()
