@@ -154,3 +154,29 @@ fn a_bad_stream_leaves_nothing_running() {
     let _ = c.wait();
     env.signal_and_expect_pass(&mut w, libc::SIGTERM);
 }
+
+/// Pages a child shares copy-on-write with its parent are shared again
+/// after a streamed restore: their data comes first in the stream and is
+/// in place before the processes are forked (the `cow` workload checks the
+/// page frames).
+#[test]
+fn streamed_restart_keeps_copy_on_write_sharing() {
+    let Some(env) = TestEnv::new("streamed_restart_keeps_copy_on_write_sharing") else {
+        return;
+    };
+    let Some(mut w) = env.start_workload("cow", &[]) else {
+        return;
+    };
+    let img = env.path("img");
+    env.checkpoint_and_kill(&mut w, &img);
+    let shown = env.ckpt([OsStr::new("inspect"), img.as_os_str()]);
+    assert!(
+        shown.stdout.contains("(early)"),
+        "the image has no early pages, so this would test nothing:\n{}",
+        shown.stdout
+    );
+    let (mut c, stream) = cat(&img);
+    env.restart_streamed(&mut w, stream, &[]);
+    assert!(c.wait().unwrap().success(), "cat failed");
+    env.signal_and_expect_pass(&mut w, libc::SIGTERM);
+}
