@@ -572,43 +572,8 @@ fn run<S: Sink>(
                 log.progress("saving memory", saved, total);
                 opts.check_cancel()
             };
-            let these = b.iter().filter(|b| b.early == early);
-            let image_fd = w
-                .get_mut()
-                .file_fd()
-                .filter(|_| these.clone().any(|b| b.by_task));
-            let tracee_fd = match image_fd {
-                Some(fd) => {
-                    let path = format!("/proc/{}/fd/{fd}", std::process::id());
-                    session.open_fd(path.as_bytes(), libc::O_WRONLY)?
-                }
-                None => None,
-            };
-            match (image_fd, tracee_fd) {
-                (Some(image_fd), Some(tfd)) => {
-                    let (remote, scratch) = session.main();
-                    let mut d = mm::Direct {
-                        remote,
-                        scratch,
-                        tracee_fd: tfd as u64,
-                        image_fd,
-                    };
-                    let r = mm::write_batches(
-                        img.pid(),
-                        these,
-                        w,
-                        Some(&mut d),
-                        compression,
-                        &mut report,
-                    );
-                    let closed = session.close_fd(tfd);
-                    r?;
-                    closed?;
-                }
-                // (Not openable by the task, e.g. as another user: ckpt
-                // writes those pages itself.)
-                _ => mm::write_batches(img.pid(), these, w, None, compression, &mut report)?,
-            }
+            let these: Vec<&mm::Batch> = b.iter().filter(|b| b.early == early).collect();
+            write_pages(img.pid(), session, &these, w, compression, &mut report)?;
         }
     }
     w.write(&ImageEnd {
@@ -631,6 +596,44 @@ fn run<S: Sink>(
     // The kinds' state goes first in the tuple: dropped first, while the
     // tree is still frozen.
     Ok((ft.cx, tree, summary))
+}
+
+/// Writes the page records of `batches` of process `pid`: those planned
+/// for the task by the task itself when it can open the image file
+/// (through /proc; not e.g. as another user), the rest by ckpt.
+fn write_pages<S: Sink>(
+    pid: Pid,
+    session: &mut Session,
+    batches: &[&mm::Batch],
+    w: &mut ImageWriter<S>,
+    compression: mm::Compression,
+    report: &mut dyn FnMut(u64) -> Result<()>,
+) -> Result<()> {
+    let image_fd = w
+        .get_mut()
+        .file_fd()
+        .filter(|_| batches.iter().any(|b| b.by_task));
+    let tracee_fd = match image_fd {
+        Some(fd) => {
+            let path = format!("/proc/{}/fd/{fd}", std::process::id());
+            session.open_fd(path.as_bytes(), libc::O_WRONLY)?
+        }
+        None => None,
+    };
+    let (Some(image_fd), Some(tfd)) = (image_fd, tracee_fd) else {
+        return mm::write_batches(pid, batches, w, None, compression, report);
+    };
+    let (remote, scratch) = session.main();
+    let mut d = mm::Direct {
+        remote,
+        scratch,
+        tracee_fd: tfd as u64,
+        image_fd,
+    };
+    let r = mm::write_batches(pid, batches, w, Some(&mut d), compression, report);
+    let closed = session.close_fd(tfd);
+    r?;
+    closed
 }
 
 /// A zombie: its ids and exit status are all there is.

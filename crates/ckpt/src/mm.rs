@@ -947,9 +947,9 @@ pub fn decompress(code: u32, data: &[u8], out: &mut [u8]) -> std::result::Result
 
 /// Writes the page records of `batches` (planned by `plan_pages`); with
 /// `direct`, the batches planned so are written by the task itself.
-pub fn write_batches<'b, S: Sink>(
+pub fn write_batches<S: Sink>(
     pid: Pid,
-    batches: impl Iterator<Item = &'b Batch>,
+    batches: &[&Batch],
     w: &mut ImageWriter<S>,
     mut direct: Option<&mut Direct>,
     compression: Compression,
@@ -969,7 +969,6 @@ pub fn write_batches<'b, S: Sink>(
     if compression != Compression::None {
         // Compression is the slow part: a few batches at once, one thread
         // each, written in order.
-        let batches: Vec<&Batch> = batches.collect();
         let lanes = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
         let mut bufs = vec![Vec::new(); lanes];
         for group in batches.chunks(lanes) {
@@ -999,7 +998,6 @@ pub fn write_batches<'b, S: Sink>(
         return Ok(());
     }
     let mut buf = Vec::new();
-    let batches: Vec<&Batch> = batches.collect();
     let mut i = 0;
     while i < batches.len() {
         let b = batches[i];
