@@ -47,6 +47,12 @@ const RSEQ_FLAG_UNREGISTER: u64 = 1;
 /// RLIMIT_NOFILE is raised for the duration of the call only when the
 /// image's fds need it. Needs root (pids are chosen with clone3).
 ///
+/// A regular file is checked whole before anything is created. From a
+/// pipe or socket, the metadata is checked first, then a thread of the
+/// call reads the pages into the processes as they arrive (holding a
+/// bounded part of the image), and the tree runs once the whole image is
+/// read and its checksum is right.
+///
 /// ```no_run
 /// let image = std::fs::File::open("job.img")?;
 /// let mut log = ckpt::Log::default();
@@ -60,7 +66,7 @@ pub fn restart(
     log: &mut Log,
 ) -> Result<Pid> {
     // Who could have written the image decides how far it is believed: see
-    // `trust`. Found on the input itself, before it is copied.
+    // `trust`. Found on the input itself.
     let mut input = std::fs::File::from(input.as_fd().try_clone_to_owned().map_err(|e| {
         Error::Image(ImageError::Io {
             offset: 0,
@@ -230,8 +236,6 @@ fn restart_image(
     Ok(root)
 }
 
-/// How many fds the restorer may hold at once: every description opened
-/// above the highest fd number of the image, plus its own few.
 /// A reader of image file `file` that checksums page data where it lies
 /// (a mapping of the file, two threads for a big record) instead of
 /// copying it out: the check before anything is created costs less.
