@@ -94,10 +94,10 @@ pub fn restart(
             if !complete {
                 img.read_pages(&mut rd, |_, _| Ok(()))?;
             }
-            return restart_image(img, &input, &InPlace, owner, &me, opts, log);
+            return restart_image(&img, &input, &InPlace, owner, &me, opts, log);
         }
         let spool = Spool::new().map_err(io)?;
-        let run = || restart_image(img.clone(), spool.file(), &spool, owner, &me, opts, log);
+        let run = || restart_image(&img, spool.file(), &spool, owner, &me, opts, log);
         return pagestore::with_spool(&spool, &img, rd, run);
     }
     // A stream: restored as it is read.
@@ -115,13 +115,13 @@ pub fn restart(
                 .into(),
         );
     }
-    let run = || restart_image(img.clone(), spool.file(), &spool, owner, &me, opts, log);
+    let run = || restart_image(&img, spool.file(), &spool, owner, &me, opts, log);
     pagestore::with_spool(&spool, &img, rd, run)
 }
 
 /// Restarts `img`, whose page data is in `pages` as `store` says.
 fn restart_image(
-    img: Image,
+    img: &Image,
     pages: &std::fs::File,
     store: &dyn pagestore::Wait,
     owner: trust::Owner,
@@ -153,11 +153,11 @@ fn restart_image(
         procfs::wait_gone(&ids, std::time::Duration::from_secs(10));
     }
     let trust = trust::Trust::decide(me.euid, owner);
-    trust::validate(&img, &trust, me)?;
+    trust::validate(img, &trust, me)?;
     // A restorer that is not root opens everything as itself (the owner,
     // as validated) already, and may not switch groups.
     let fs = trust.fs_ids().filter(|_| me.euid == 0);
-    validate(&img, Mode::Restart, fs.as_ref(), log)?;
+    validate(img, Mode::Restart, fs.as_ref(), log)?;
     let root = img.processes[0].pid();
     let comm = img.processes[0].process.comm.to_string();
     if let trust::Trust::Unauthenticated(o) = &trust {
@@ -180,12 +180,12 @@ fn restart_image(
             img.processes.len()
         ),
     );
-    let mut b = Build::prepare(&img, pages, store, fs, opts.inherit_stdio)?;
+    let mut b = Build::prepare(img, pages, store, fs, opts.inherit_stdio)?;
     store.before_fork()?;
-    let spawned = b.spawn(&img);
+    let spawned = b.spawn(img);
     store.after_fork();
     spawned?;
-    b.seize_all(&img)?;
+    b.seize_all(img)?;
     // Into their cgroups before their memory is rebuilt (and charged).
     let cg = crate::cgroup::Host::read();
     for p in img.processes.iter().filter(|p| !p.is_zombie()) {
@@ -230,8 +230,8 @@ fn restart_image(
             ),
         );
     }
-    files::resume(&img)?;
-    b.release(&img)?;
+    files::resume(img)?;
+    b.release(img)?;
     log.info(0, root, &comm, "restart: process tree running");
     Ok(root)
 }
