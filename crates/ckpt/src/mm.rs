@@ -526,12 +526,7 @@ pub fn find_cow(images: &mut [ProcessImage], zero_pfn: Option<u64>) -> Result<()
 /// them again. Best effort: a mapping that collides with the restorer's own
 /// memory, or any failure, leaves that mapping to the usual restore (its
 /// pages are in every process's own page data too).
-pub fn premap_cow(
-    processes: &[ProcessImage],
-    p: &ProcessImage,
-    img_fd: i32,
-    store: &dyn crate::pagestore::Wait,
-) -> Vec<u64> {
+pub fn premap_cow(processes: &[ProcessImage], p: &ProcessImage, img_fd: i32) -> Vec<u64> {
     let mut done_maps = Vec::new();
     for v in premap_candidates(processes, p) {
         let len = v.end - v.start;
@@ -557,9 +552,6 @@ pub fn premap_cow(
                 .filter(|r| v.start <= r.addr && r.addr < v.end)
             {
                 let total = run.nr_pages * PAGE;
-                store
-                    .wait(run.data_offset + total)
-                    .map_err(std::io::Error::other)?;
                 let mut done = 0;
                 while done < total {
                     let n = crate::sys::pread_own(

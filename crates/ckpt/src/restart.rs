@@ -646,9 +646,11 @@ impl Build {
                 }
             }
             // Memory children share copy-on-write is mapped before they fork.
-            // (The pages are in: see `Wait::before_fork`. And this forked
-            // copy of the restorer must not touch the spool's lock.)
-            premapped = crate::mm::premap_cow(&img.processes, p, self.img_fd, &pagestore::InPlace);
+            // (Its pages are in place even from a stream: they come first,
+            // and the restorer forks only once they are in, see
+            // `Wait::before_fork`; this forked copy must not wait on the
+            // spool, whose thread it does not have.)
+            premapped = crate::mm::premap_cow(&img.processes, p, self.img_fd);
             let mut zombies = Vec::new();
             let kids: Vec<&ProcessImage> = img
                 .processes
