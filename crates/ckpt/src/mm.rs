@@ -1733,9 +1733,15 @@ pub fn replace_address_space(
     // (In reads of at most BATCH_BUF: a streamed image's data arrives as
     // it is read, and what was read is dropped from the spool.)
     let mut pieces: Vec<(u64, u64, u64)> = Vec::new(); // (addr, len, file offset)
+                                                       // (file offset, len) of page data not read, its pages in place already.
+    let mut unread: Vec<(u64, u64)> = Vec::new();
     for run in &p.pages {
         let span = (run.addr, run.addr + run.nr_pages * PAGE);
-        for (a, b) in subtract(&[span], &in_place) {
+        let read = subtract(&[span], &in_place);
+        for (a, b) in subtract(&[span], &read) {
+            unread.push((run.data_offset + (a - run.addr), b - a));
+        }
+        for (a, b) in read {
             let mut at = a;
             while at < b {
                 let l = (b - at).min(BATCH_BUF);
@@ -1796,6 +1802,12 @@ pub fn replace_address_space(
             store.release(off, l);
         }
         i = j;
+    }
+    // Unread data goes from the spool too, once it has come (punched
+    // before, it would stay when it arrives).
+    for &(off, l) in &unread {
+        store.wait(off + l)?;
+        store.release(off, l);
     }
     // An inherited premap holds the parent's pages: where this process had
     // none of its own (nor shared ones), it must read zeros.

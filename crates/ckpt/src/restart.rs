@@ -849,10 +849,6 @@ impl Build {
             shmem_fd: &shmem_fd,
         };
         crate::mm::replace_address_space(&mut r, &s, p, &from, progress)?;
-        // What it did not read (pages shared with its parent) goes too.
-        for run in &p.pages {
-            store.release(run.data_offset, run.nr_pages * PAGE);
-        }
 
         // Process groups whose leader was created after this process.
         if sys::getpgid(pid) != p.process.pgid && p.process.pgid > 0 {
