@@ -220,13 +220,22 @@ impl Spool {
     /// processes are forked are in), so that forking is safe: the thread
     /// then holds no lock.
     fn wait_parked(&self) -> Result<()> {
-        let mut st = self.lock();
-        while !st.parked && !st.done && st.failed.is_none() {
+        self.until(self.lock(), |st| st.parked).map(drop)
+    }
+
+    /// Waits with `st` until `cond` holds or the thread has ended; an
+    /// error if it failed.
+    fn until<'a>(
+        &self,
+        mut st: MutexGuard<'a, State>,
+        cond: impl Fn(&State) -> bool,
+    ) -> Result<MutexGuard<'a, State>> {
+        while !cond(&st) && !st.done && st.failed.is_none() {
             st = self.inner.cv.wait(st).unwrap_or_else(|e| e.into_inner());
         }
         match &st.failed {
             Some(e) => Err(Error::Refused(format!("reading the image stream: {e}"))),
-            None => Ok(()),
+            None => Ok(st),
         }
     }
 
@@ -239,14 +248,7 @@ impl Spool {
 
     /// Waits until the whole stream was read and checked.
     fn finish_reading(&self) -> Result<()> {
-        let mut st = self.lock();
-        while !st.done && st.failed.is_none() {
-            st = self.inner.cv.wait(st).unwrap_or_else(|e| e.into_inner());
-        }
-        match &st.failed {
-            Some(e) => Err(Error::Refused(format!("reading the image stream: {e}"))),
-            None => Ok(()),
-        }
+        self.until(self.lock(), |_| false).map(drop)
     }
 
     /// Abandons the restore: the thread stops at its next read or wait.
@@ -269,12 +271,7 @@ impl Wait for Spool {
             st.wanted = end;
             self.inner.cv.notify_all();
         }
-        while st.ready < end && !st.done && st.failed.is_none() {
-            st = self.inner.cv.wait(st).unwrap_or_else(|e| e.into_inner());
-        }
-        if let Some(e) = &st.failed {
-            return Err(Error::Refused(format!("reading the image stream: {e}")));
-        }
+        let st = self.until(st, |st| st.ready >= end)?;
         if st.ready < end {
             return Err(Error::Refused(format!(
                 "the image stream ended before page data at offset {end}"
