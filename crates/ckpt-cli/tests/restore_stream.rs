@@ -23,6 +23,14 @@ fn cat(path: &Path) -> (Child, Stdio) {
     (c, Stdio::from(out))
 }
 
+/// `cat IMG | ckpt restart - --detach EXTRA` as
+/// [`TestEnv::restart_streamed`] does it; `cat` must succeed too.
+fn restart_from_cat(env: &TestEnv, w: &mut Workload, img: &Path, extra: &[&OsStr]) {
+    let (mut c, stream) = cat(img);
+    env.restart_streamed(w, stream, extra);
+    assert!(c.wait().unwrap().success(), "cat failed");
+}
+
 /// The stream offset of the first page data of image `bytes` (after its
 /// `meta-end` record).
 fn first_page_data(bytes: &[u8]) -> u64 {
@@ -63,9 +71,7 @@ fn streamed_restart_holds_a_bounded_part_of_the_image() {
     let img = env.path("img");
     env.checkpoint_and_kill(&mut w, &img);
     let log = env.path("restart.log");
-    let (mut c, stream) = cat(&img);
-    env.restart_streamed(&mut w, stream, &[OsStr::new("--log"), log.as_os_str()]);
-    assert!(c.wait().unwrap().success(), "cat failed");
+    restart_from_cat(&env, &mut w, &img, &[OsStr::new("--log"), log.as_os_str()]);
     let held = held_kib(&std::fs::read_to_string(&log).unwrap());
     assert!(
         held <= 64 << 10,
@@ -100,9 +106,7 @@ fn compressed_images_restart_from_files_and_streams() {
             shown.describe()
         );
         if streamed {
-            let (mut c, stream) = cat(&img);
-            env.restart_streamed(&mut w, stream, &[]);
-            assert!(c.wait().unwrap().success(), "cat failed");
+            restart_from_cat(&env, &mut w, &img, &[]);
         } else {
             env.restart_detached(&mut w, &img);
         }
@@ -149,9 +153,7 @@ fn a_bad_stream_leaves_nothing_running() {
         env.assert_none_runs(&[w.pid], &format!("after the {name} stream"));
     }
     // The good image still restarts.
-    let (mut c, stream) = cat(&img);
-    env.restart_streamed(&mut w, stream, &[]);
-    let _ = c.wait();
+    restart_from_cat(&env, &mut w, &img, &[]);
     env.signal_and_expect_pass(&mut w, libc::SIGTERM);
 }
 
@@ -175,8 +177,6 @@ fn streamed_restart_keeps_copy_on_write_sharing() {
         "the image has no early pages, so this would test nothing:\n{}",
         shown.stdout
     );
-    let (mut c, stream) = cat(&img);
-    env.restart_streamed(&mut w, stream, &[]);
-    assert!(c.wait().unwrap().success(), "cat failed");
+    restart_from_cat(&env, &mut w, &img, &[]);
     env.signal_and_expect_pass(&mut w, libc::SIGTERM);
 }
