@@ -1152,7 +1152,9 @@ fn validate(img: &Image, mode: Mode, fs: Option<&sys::FsIds>, log: &mut Log) -> 
         // The checkpointed tree may still be dying, or waiting to be reaped
         // by its parent (checkpoint does not wait for that).
         let ids: Vec<Pid> = tids.iter().copied().collect();
-        procfs::wait_dead_reaped(&ids, std::time::Duration::from_secs(5));
+        // (15 s: a busy pid 1 that is no init system of the usual kind
+        // took more than 5 s to reap a killed tree's orphans under load.)
+        procfs::wait_dead_reaped(&ids, std::time::Duration::from_secs(15));
     }
     let cg = crate::cgroup::Host::read();
     for (i, p) in img.processes.iter().enumerate() {
