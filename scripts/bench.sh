@@ -5,6 +5,11 @@
 #
 #   scripts/bench.sh            everything (a few minutes; needs root)
 #   scripts/bench.sh quick      the small cases only
+#   scripts/bench.sh objects    the per-object cases only
+#
+# BENCH_RUNS=N (default 1) runs each per-object case N times and prints
+# the median of each column, which steadies the figures on a noisy VM;
+# BENCH_CASES="vmas:10000 tree:64" picks the per-object cases.
 #
 # Images go to a tmpfs (BENCH_DIR, default /dev/shm/ckpt-bench). Each
 # restored workload verifies its state on SIGTERM (PASS/FAIL column).
@@ -70,6 +75,27 @@ verdict() {
     if grep -q PASS "$out"; then echo PASS; else echo FAIL; fi
     wait_gone "$pid" || true
 }
+
+# Runs "$@" $1 times (the command after the count) and prints the median
+# of each numeric column; a verdict column is PASS only if every run passed.
+median() {
+    local n=$1
+    shift
+    # (bash reports each killed workload when the loop runs in a subshell)
+    for _ in $(seq 1 "$n"); do "$@"; done 2> >(grep -v ' Killed ' >&2) | python3 -c '
+import sys, statistics
+rows = [l.split() for l in sys.stdin if l.strip()]
+out = []
+for col in zip(*rows):
+    try:
+        m = statistics.median(float(x) for x in col)
+        out.append("%d" % m if m == int(m) and "." not in "".join(col) else "%.4f" % m)
+    except ValueError:
+        bad = [x for x in col if x != "PASS"]
+        out.append(bad[0] if bad else "PASS")
+print(" ".join(out))'
+}
+runs=${BENCH_RUNS:-1}
 
 # Extra `ckpt checkpoint` arguments of run_ckpt and run_stream.
 ck_extra=()
@@ -153,6 +179,7 @@ printf '# ckpt benchmark, %s, %s, %s cores, %s\n' "$(date -u +%Y-%m-%d)" "$(unam
     "$(nproc)" "$(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo)"
 [ -n "$criu" ] && printf '# CRIU: %s (%s)\n' "$criu" "$("$criu" --version | head -1)"
 
+if [ "$quick" != objects ]; then
 sizes="64 1024 4096"
 [ "$quick" = quick ] && sizes="64"
 echo
@@ -203,18 +230,21 @@ for w in mem half; do
 done
 ck_extra=()
 
+fi
+
 echo
 echo "## Objects (seconds; per object in µs; image bytes)"
 printf '%-16s %8s %8s %9s %10s | %8s %8s %10s | %s\n' workload dump restore "µs/obj d" image \
     criu-d criu-r criu-img verdict
 cases="vmas:1000 vmas:10000 threads:12 threads:128 tree:8 tree:64 fds:1000 fds:10000 sparse:64"
 [ "$quick" = quick ] && cases="vmas:1000 threads:12 tree:8 fds:1000"
+[ -n "${BENCH_CASES:-}" ] && cases=$BENCH_CASES
 for c in $cases; do
     w=${c%%:*} n=${c##*:}
-    read -r d rs size v < <(run_ckpt "$w" "$n")
+    read -r d rs size v < <(median "$runs" run_ckpt "$w" "$n")
     cd=- cr=- cs=-
     if [ -n "$criu" ]; then
-        read -r cd cr cs cv < <(run_criu "$w" "$n")
+        read -r cd cr cs cv < <(median "$runs" run_criu "$w" "$n")
         [ "$cv" = PASS ] || cs="$cs($cv)"
     fi
     per=$(echo "scale=1; $d * 1000000 / $n" | bc)
