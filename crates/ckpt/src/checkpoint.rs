@@ -710,7 +710,7 @@ fn dump_process(
 
     // Injected syscalls: the session blocks signals in the threads it runs
     // them in, so none is consumed, and heals them if ckpt dies.
-    let mut session = Session::open(pid)?;
+    let mut session = Session::open(pid, &maps)?;
     let (main, s) = session.main();
     let brk = main.call("brk", libc::SYS_brk, &[0])?;
     let (mut process, cwd_removed) = task::dump_process(pid, &st, &status, main, &s)?;

@@ -1029,6 +1029,10 @@ pub fn write_batches<S: Sink>(
 /// each: their data goes at offsets laid out in advance, each record is
 /// checksummed by a thread of ckpt while the task writes the next, and the
 /// record headers, which carry nothing of the checksums, go in last.
+/// Records at least this long are checksummed by a thread while the task
+/// writes the next one; shorter ones cost less than starting a thread.
+const OVERLAPPED_CRC: u64 = 4 << 20;
+
 fn write_by_task<S: Sink>(
     w: &mut ImageWriter<S>,
     d: &mut Direct,
@@ -1051,16 +1055,27 @@ fn write_by_task<S: Sink>(
     let fd = d.image_fd;
     let crcs = std::thread::scope(|sc| -> Result<Vec<u32>> {
         let mut sums = Vec::with_capacity(batches.len());
-        for (b, &(_, data, len)) in batches.iter().zip(&layout) {
+        for (i, (b, &(_, data, len))) in batches.iter().zip(&layout).enumerate() {
             taking_back_write_signals(d, |d| write_runs(d, &b.runs, data))?;
-            sums.push(sc.spawn(move || crate::sys::crc32c_of_range(fd, data, len as usize)));
+            let sum = move || crate::sys::crc32c_of_range(fd, data, len as usize);
+            // A thread only where it overlaps a large write still to come.
+            let overlaps = i + 1 < batches.len() && len >= OVERLAPPED_CRC;
+            sums.push(if overlaps {
+                Err(sc.spawn(sum))
+            } else {
+                Ok(sum())
+            });
             progress(len)?;
         }
         sums.into_iter()
-            .map(|t| {
-                t.join()
-                    .map_err(|_| Error::Write(std::io::Error::other("checksum thread panicked")))?
-                    .map_err(Error::Write)
+            .map(|s| {
+                match s {
+                    Ok(done) => done,
+                    Err(t) => t
+                        .join()
+                        .unwrap_or_else(|_| Err(std::io::Error::other("checksum thread panicked"))),
+                }
+                .map_err(Error::Write)
             })
             .collect()
     })?;

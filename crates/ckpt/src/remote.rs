@@ -615,11 +615,11 @@ pub struct Session {
 impl Session {
     /// Takes the main thread of `pid` (all its threads must be in ptrace
     /// stops) and maps the scratch region in the process.
-    pub fn open(pid: Pid) -> Result<Session> {
-        let maps = procfs::map_ranges(pid).ctx(pid, || "read /proc maps".into())?;
-        let vdso_syscall = crate::checkpoint::find_syscall_insn(pid, &maps)?;
+    /// `maps`: the process's mappings, read while it is frozen.
+    pub fn open(pid: Pid, maps: &[MapEntry]) -> Result<Session> {
+        let vdso_syscall = crate::checkpoint::find_syscall_insn(pid, maps)?;
         let mem = procfs::mem(pid).ctx(pid, || "open /proc mem".into())?;
-        let gadgets = find_gadgets(&maps, &mem);
+        let gadgets = find_gadgets(maps, &mem);
         if gadgets.is_none() {
             tracing::debug!(
                 "pid {pid}: no syscall/ret and restorer gadgets: the scratch mmap and munmap cannot heal"
@@ -640,8 +640,8 @@ impl Session {
             other: None,
             other_in_slot: false,
         };
-        s.map_scratch(&maps)?;
-        s.maps = maps;
+        s.map_scratch(maps)?;
+        s.maps = maps.to_vec();
         Ok(s)
     }
 
@@ -982,8 +982,9 @@ impl Session {
         let Some((addr, len)) = self.scratch else {
             return Ok(());
         };
-        let maps = procfs::map_ranges(self.pid).ctx(self.pid, || "read /proc maps".into())?;
-        let mut r = self.outer_call(t, &maps, libc::SYS_munmap, &[addr, len])?;
+        // The maps read at `open`: the injected calls leave the stacks the
+        // healing frame goes on as they were.
+        let mut r = self.outer_call(t, &self.maps, libc::SYS_munmap, &[addr, len])?;
         if r.rip == self.vdso_syscall {
             // No healing frame: from here until the registers are back,
             // a killed ckpt leaves the thread to fault after the munmap.
@@ -1050,6 +1051,47 @@ fn find_gadgets(maps: &[MapEntry], mem: &std::fs::File) -> Option<Gadgets> {
     if crate::test_hooks::get().no_heal_gadgets {
         return None;
     }
+    // The processes of a tree mostly share their vDSO and libc at the same
+    // addresses: the last process's gadgets are checked first, a few bytes
+    // read instead of a search through megabytes of code.
+    let last = *LAST_GADGETS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(g) = last.filter(|g| gadgets_hold(maps, mem, g)) {
+        return Some(g);
+    }
+    let found = search_gadgets(maps, mem);
+    if found.is_some() {
+        *LAST_GADGETS.lock().unwrap_or_else(|e| e.into_inner()) = found;
+    }
+    found
+}
+
+/// The gadgets found last (see `find_gadgets`).
+static LAST_GADGETS: std::sync::Mutex<Option<Gadgets>> = std::sync::Mutex::new(None);
+
+/// Whether `g` is where `search_gadgets` could have found it in this task:
+/// the same kinds of mapping, and the same code there.
+fn gadgets_hold(maps: &[MapEntry], mem: &std::fs::File, g: &Gadgets) -> bool {
+    let code_at = |a: u64, vdso: bool, len: u64| -> Option<Vec<u8>> {
+        let m = maps.iter().find(|m| m.start <= a && a < m.end)?;
+        let kind = if vdso {
+            m.path == b"[vdso]"
+        } else {
+            m.exec && m.read && m.path.starts_with(b"/")
+        };
+        if !kind {
+            return None;
+        }
+        let mut b = vec![0u8; len.min(m.end - a) as usize];
+        mem.read_exact_at(&mut b, a).ok()?;
+        Some(b)
+    };
+    // Enough bytes for any gadget `find_syscall_ret` accepts short of a
+    // long run of padding (which the search then finds).
+    code_at(g.syscall_ret, true, 64).is_some_and(|c| heal::find_syscall_ret(&c) == Some(0))
+        && code_at(g.restorer, false, 9).is_some_and(|c| heal::find_restorer(&c) == Some(0))
+}
+
+fn search_gadgets(maps: &[MapEntry], mem: &std::fs::File) -> Option<Gadgets> {
     let vdso = maps.iter().find(|m| m.path == b"[vdso]")?;
     let code = read_mapping(mem, vdso, 1 << 20)?;
     let syscall_ret = vdso.start + heal::find_syscall_ret(&code)? as u64;
