@@ -367,11 +367,7 @@ impl Build {
         let mut b = Build {
             fs,
             _nofile: nofile,
-            opened: files::Opened {
-                by_id: Vec::new(),
-                deferred: Vec::new(),
-                base,
-            },
+            opened: files::Opened::new(Vec::new(), Vec::new(), base),
             shmem_fds: Vec::new(),
             img_fd,
             status: (-1, -1),

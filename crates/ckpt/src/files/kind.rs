@@ -178,6 +178,11 @@ pub struct Check<'a> {
     pub img: &'a Image,
     /// Paths of the image are looked at as these (see `trust`).
     pub fs: Option<&'a sys::FsIds>,
+    /// Paths found as their files need them (kind, path, the device
+    /// checked if any), not looked at again for the next description
+    /// opened through them.
+    #[allow(clippy::type_complexity)]
+    pub paths_ok: std::cell::RefCell<std::collections::HashSet<(u32, Vec<u8>, Option<u64>)>>,
 }
 
 /// What `open` works with in the restorer, before any process exists.

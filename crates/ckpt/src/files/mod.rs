@@ -311,7 +311,11 @@ pub fn after_checkpoint(cx: &mut DumpCx, killed: bool) {
 
 /// Checks every description of the image through its kind.
 pub fn validate(img: &Image, fs: Option<&sys::FsIds>) -> std::result::Result<(), String> {
-    let c = Check { img, fs };
+    let c = Check {
+        img,
+        fs,
+        paths_ok: Default::default(),
+    };
     for f in &img.files {
         let k =
             kind_of(f.kind).ok_or_else(|| format!("file {} has unknown kind {}", f.id, f.kind))?;
@@ -323,8 +327,12 @@ pub fn validate(img: &Image, fs: Option<&sys::FsIds>) -> std::result::Result<(),
 
 /// Open descriptions created by the restorer, by file id, as fd numbers in
 /// the restorer (all above every fd number of the image).
+#[derive(Default)]
 pub struct Opened {
     pub by_id: Vec<(u32, i32)>,
+    /// The first fd of each id of `by_id` (10,000 descriptions are looked
+    /// up by each process that installs them).
+    index: std::collections::HashMap<u32, i32>,
     /// Descriptions each process opens itself in `install` (a /proc file
     /// is about a pid that does not exist yet when `open_all` runs).
     pub deferred: Vec<File>,
@@ -333,8 +341,21 @@ pub struct Opened {
 }
 
 impl Opened {
+    pub fn new(by_id: Vec<(u32, i32)>, deferred: Vec<File>, base: i32) -> Opened {
+        let mut index = std::collections::HashMap::with_capacity(by_id.len());
+        for &(id, fd) in &by_id {
+            index.entry(id).or_insert(fd);
+        }
+        Opened {
+            by_id,
+            index,
+            deferred,
+            base,
+        }
+    }
+
     pub fn fd_of(&self, id: u32) -> Option<i32> {
-        self.by_id.iter().find(|x| x.0 == id).map(|x| x.1)
+        self.index.get(&id).copied()
     }
     pub fn all(&self) -> impl Iterator<Item = i32> + '_ {
         self.by_id.iter().map(|x| x.1)
@@ -385,11 +406,7 @@ pub fn open_all(a: &OpenArgs) -> Result<Opened> {
         }
     }
     r?;
-    Ok(Opened {
-        by_id: cx.by_id,
-        deferred: cx.deferred,
-        base: a.base,
-    })
+    Ok(Opened::new(cx.by_id, cx.deferred, a.base))
 }
 
 /// The fd number each description gets in the restorer: the one it has in
@@ -459,17 +476,9 @@ pub fn install(
     shared: bool,
 ) -> std::result::Result<(), String> {
     let fds = &p.fds;
-    let open: Vec<i32> = std::fs::read_dir("/proc/self/fd")
-        .map_err(|e| format!("list own fds: {e}"))?
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .collect();
     let sources: Vec<i32> = opened.all().collect();
-    let held: std::collections::HashSet<i32> = sources.iter().copied().collect();
-    for fd in open {
-        if !keep.contains(&fd) && !held.contains(&fd) {
-            sys::close(fd);
-        }
-    }
+    let held: std::collections::HashSet<i32> = sources.iter().chain(keep).copied().collect();
+    sys::close_all_but(&held);
     let mut own: Vec<(u32, i32)> = Vec::new();
     for d in fds {
         if let Some(f) = opened.deferred.iter().find(|f| f.id == d.file_id) {

@@ -125,26 +125,14 @@ impl FdKind for ByPath {
         same_path(p)
     }
     fn validate(&self, c: &Check, f: &File) -> std::result::Result<(), String> {
-        let path = std::ffi::OsStr::from_bytes(&f.path.0);
-        match sys::with_fs_ids(c.fs, || std::fs::metadata(path)) {
-            Err(e) => Err(format!("is missing: {e}")),
-            // Only the devices a checkpoint accepts, and the very one saved.
-            Ok(m) if f.kind == FILE_CHR && f.flags & libc::O_PATH as u32 == 0 => {
-                let rdev = m.rdev();
-                if !m.file_type().is_char_device()
-                    || rdev != f.rdev
-                    || chr_verdict(libc::major(rdev), libc::minor(rdev)).is_err()
-                {
-                    return Err(format!(
-                        "is not the character device the image saved ({}:{})",
-                        libc::major(f.rdev),
-                        libc::minor(f.rdev)
-                    ));
-                }
-                Ok(())
-            }
-            Ok(_) => Ok(()),
+        let device = f.kind == FILE_CHR && f.flags & libc::O_PATH as u32 == 0;
+        let key = (f.kind, f.path.0.clone(), device.then_some(f.rdev));
+        if c.paths_ok.borrow().contains(&key) {
+            return Ok(());
         }
+        self.validate_path(c, f)?;
+        c.paths_ok.borrow_mut().insert(key);
+        Ok(())
     }
     fn open(&self, cx: &mut OpenCx, files: &[&File]) -> Result<()> {
         for f in files {
@@ -170,5 +158,31 @@ impl FdKind for ByPath {
             }
         }
         Ok(())
+    }
+}
+
+impl ByPath {
+    /// The file `f` was opened through is there, and the very device saved.
+    fn validate_path(&self, c: &Check, f: &File) -> std::result::Result<(), String> {
+        let path = std::ffi::OsStr::from_bytes(&f.path.0);
+        match sys::with_fs_ids(c.fs, || std::fs::metadata(path)) {
+            Err(e) => Err(format!("is missing: {e}")),
+            // Only the devices a checkpoint accepts, and the very one saved.
+            Ok(m) if f.kind == FILE_CHR && f.flags & libc::O_PATH as u32 == 0 => {
+                let rdev = m.rdev();
+                if !m.file_type().is_char_device()
+                    || rdev != f.rdev
+                    || chr_verdict(libc::major(rdev), libc::minor(rdev)).is_err()
+                {
+                    return Err(format!(
+                        "is not the character device the image saved ({}:{})",
+                        libc::major(f.rdev),
+                        libc::minor(f.rdev)
+                    ));
+                }
+                Ok(())
+            }
+            Ok(_) => Ok(()),
+        }
     }
 }
