@@ -555,7 +555,7 @@ mod tests {
         };
         let check = |objects: Vec<AnyRecord>| {
             let i = img(objects);
-            EpollKind.validate(&Check { img: &i, fs: None }, &i.files[0])
+            EpollKind.validate(&Check::new(&i, None), &i.files[0])
         };
         let third: AnyRecord = Epoll {
             file_id: 3,

@@ -185,6 +185,16 @@ pub struct Check<'a> {
     pub paths_ok: std::cell::RefCell<std::collections::HashSet<(u32, Vec<u8>, Option<u64>)>>,
 }
 
+impl<'a> Check<'a> {
+    pub fn new(img: &'a Image, fs: Option<&'a sys::FsIds>) -> Self {
+        Check {
+            img,
+            fs,
+            paths_ok: Default::default(),
+        }
+    }
+}
+
 /// What `open` works with in the restorer, before any process exists.
 pub struct OpenCx<'a> {
     pub img: &'a Image,

@@ -311,11 +311,7 @@ pub fn after_checkpoint(cx: &mut DumpCx, killed: bool) {
 
 /// Checks every description of the image through its kind.
 pub fn validate(img: &Image, fs: Option<&sys::FsIds>) -> std::result::Result<(), String> {
-    let c = Check {
-        img,
-        fs,
-        paths_ok: Default::default(),
-    };
+    let c = Check::new(img, fs);
     for f in &img.files {
         let k =
             kind_of(f.kind).ok_or_else(|| format!("file {} has unknown kind {}", f.id, f.kind))?;

@@ -243,13 +243,7 @@ mod tests {
                 kind: FILE_NETLINK,
                 ..Default::default()
             };
-            Netlink.validate(
-                &Check {
-                    img: &img,
-                    fs: None,
-                },
-                &f,
-            )
+            Netlink.validate(&Check::new(&img, None), &f)
         };
         let ok = NetlinkSk {
             file_id: 1,

@@ -107,13 +107,7 @@ mod tests {
                 kind: FILE_SIGNALFD,
                 ..Default::default()
             };
-            SignalFd.validate(
-                &Check {
-                    img: &img,
-                    fs: None,
-                },
-                &f,
-            )
+            SignalFd.validate(&Check::new(&img, None), &f)
         };
         assert_eq!(check(0xa00), Ok(()));
         assert_eq!(check(0), Ok(()));

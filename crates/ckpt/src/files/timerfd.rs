@@ -496,10 +496,7 @@ mod tests {
             gid: 1000,
             groups: Vec::new(),
         };
-        let c = Check {
-            img: &img,
-            fs: untrusted.then_some(&ids),
-        };
+        let c = Check::new(&img, untrusted.then_some(&ids));
         let f = File {
             id: 1,
             kind: FILE_TIMERFD,

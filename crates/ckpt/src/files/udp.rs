@@ -917,10 +917,7 @@ mod tests {
             objects: recs,
             ..Default::default()
         };
-        let c = Check {
-            img: &img,
-            fs: None,
-        };
+        let c = Check::new(&img, None);
         let f = File {
             id: 1,
             kind: FILE_UDP,
