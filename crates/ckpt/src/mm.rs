@@ -1599,20 +1599,30 @@ pub fn replace_address_space(
         tramp + BATCH_CODE_AT
     };
     let room = tramp_len - PAGE;
-    let mut unmaps = Vec::new();
+    // What we inherited goes, in runs of mappings with nothing to keep in
+    // between: one munmap over a run (holes included) costs far less than
+    // one per mapping (a TLB flush each).
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    let mut extends = false;
     for m in &cur {
-        if (m.start >= tramp && m.end <= tramp + tramp_len)
+        let keep = (m.start >= tramp && m.end <= tramp + tramp_len)
             || kind_of_special(&m.path).is_some()
-            || premaps.iter().any(|k| k.start == m.start)
-        {
-            continue;
+            || premaps.iter().any(|k| k.start == m.start);
+        match runs.last_mut() {
+            _ if keep => {}
+            Some(run) if extends => run.1 = m.end,
+            _ => runs.push((m.start, m.end)),
         }
-        unmaps.push(Call {
-            name: format!("munmap {:#x}", m.start),
-            nr: libc::SYS_munmap,
-            args: [m.start, m.size(), 0, 0, 0, 0],
-        });
+        extends = !keep;
     }
+    let unmaps: Vec<Call> = runs
+        .iter()
+        .map(|&(start, end)| Call {
+            name: format!("munmap {start:#x}-{end:#x}"),
+            nr: libc::SYS_munmap,
+            args: [start, end - start, 0, 0, 0, 0],
+        })
+        .collect();
     r.call_many(code, s, room, &unmaps)?;
     move_vdso(r, &cur, p)?;
 
