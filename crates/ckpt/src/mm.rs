@@ -1323,7 +1323,12 @@ fn overlaps(a: (u64, u64), b: (u64, u64)) -> bool {
 
 /// Moves the task's own [vvar]/[vvar_vclock]/[vdso] to where the image had
 /// them (the kernel follows a moved vDSO, so signal return and vsyscalls work).
-fn move_vdso(r: &mut Remote, cur: &[MapEntry], p: &ProcessImage) -> Result<()> {
+fn move_vdso(
+    r: &mut Remote,
+    cur: &[MapEntry],
+    p: &ProcessImage,
+    (code, s, room): (u64, &Scratch, u64),
+) -> Result<()> {
     const MREMAP_MAYMOVE: u64 = 1;
     const MREMAP_FIXED: u64 = 2;
     let mut moves: Vec<(u64, u64, u64)> = Vec::new(); // (current, target, len)
@@ -1379,14 +1384,15 @@ fn move_vdso(r: &mut Remote, cur: &[MapEntry], p: &ProcessImage) -> Result<()> {
             off += m.2;
         }
     }
-    for (from, to, len) in moves {
-        r.call(
-            "mremap(vdso)",
-            libc::SYS_mremap,
-            &[from, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, to],
-        )?;
-    }
-    Ok(())
+    let moves: Vec<Call> = moves
+        .iter()
+        .map(|&(from, to, len)| Call {
+            name: "mremap(vdso)".into(),
+            nr: libc::SYS_mremap,
+            args: [from, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, to, 0],
+        })
+        .collect();
+    r.call_many(code, s, room, &moves)
 }
 
 /// Creates a saved shared memory object (or unlinked file) in the
@@ -1564,6 +1570,58 @@ fn kept_premaps(p: &ProcessImage, cur: &[MapEntry], premapped: &[(Pid, u64)]) ->
     out
 }
 
+/// Where calls of one kind go to the task in batches
+/// (`Remote::call_many`): the loop in the trampoline, unless the task
+/// ignores SIGTRAP, which the loop's end would reset (then 0: one by one).
+pub fn batch_code(p: &ProcessImage, tramp: u64) -> u64 {
+    let ignores_trap = p
+        .sigactions
+        .actions
+        .iter()
+        .any(|a| a.signo == libc::SIGTRAP as u32 && a.handler == libc::SIG_IGN as u64);
+    if ignores_trap {
+        0
+    } else {
+        tramp + BATCH_CODE_AT
+    }
+}
+
+/// The munmaps that drop what a restore child inherited from the restorer
+/// (`cur`: its mappings now): all but the trampoline, the kernel's special
+/// mappings and the premapped copy-on-write areas it keeps. They go in
+/// runs of mappings with nothing to keep in between: one munmap over a
+/// run (holes included) costs far less than one per mapping (a TLB flush
+/// each).
+/// `premapped` and the trampoline: as in `Inherited`.
+pub fn unmap_inherited(
+    p: &ProcessImage,
+    cur: &[MapEntry],
+    premapped: &[(Pid, u64)],
+    (tramp, tramp_len): (u64, u64),
+) -> Vec<Call> {
+    let premaps = kept_premaps(p, cur, premapped);
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    let mut extends = false;
+    for m in cur {
+        let keep = (m.start >= tramp && m.end <= tramp + tramp_len)
+            || kind_of_special(&m.path).is_some()
+            || premaps.iter().any(|k| k.start == m.start);
+        match runs.last_mut() {
+            _ if keep => {}
+            Some(run) if extends => run.1 = m.end,
+            _ => runs.push((m.start, m.end)),
+        }
+        extends = !keep;
+    }
+    runs.iter()
+        .map(|&(start, end)| Call {
+            name: format!("munmap {start:#x}-{end:#x}"),
+            nr: libc::SYS_munmap,
+            args: [start, end - start, 0, 0, 0, 0],
+        })
+        .collect()
+}
+
 /// Replaces the task's address space with the image's: unmaps everything
 /// but the trampoline and the vDSO, moves the vDSO, maps every saved
 /// mapping, has the task read its pages from the image fd, restores
@@ -1586,45 +1644,13 @@ pub fn replace_address_space(
     let pid = r.tid();
     let cur = procfs::map_ranges(pid).ctx(pid, || "read maps".into())?;
     let premaps = kept_premaps(p, &cur, premapped);
-    // Calls of one kind go to the task in batches (`Remote::call_many`),
-    // unless it ignores SIGTRAP, which the batch loop's end would reset.
-    let ignores_trap = p
-        .sigactions
-        .actions
-        .iter()
-        .any(|a| a.signo == libc::SIGTRAP as u32 && a.handler == libc::SIG_IGN as u64);
-    let code = if ignores_trap {
-        0
-    } else {
-        tramp + BATCH_CODE_AT
-    };
+    let code = batch_code(p, tramp);
     let room = tramp_len - PAGE;
-    // What we inherited goes, in runs of mappings with nothing to keep in
-    // between: one munmap over a run (holes included) costs far less than
-    // one per mapping (a TLB flush each).
-    let mut runs: Vec<(u64, u64)> = Vec::new();
-    let mut extends = false;
-    for m in &cur {
-        let keep = (m.start >= tramp && m.end <= tramp + tramp_len)
-            || kind_of_special(&m.path).is_some()
-            || premaps.iter().any(|k| k.start == m.start);
-        match runs.last_mut() {
-            _ if keep => {}
-            Some(run) if extends => run.1 = m.end,
-            _ => runs.push((m.start, m.end)),
-        }
-        extends = !keep;
-    }
-    let unmaps: Vec<Call> = runs
-        .iter()
-        .map(|&(start, end)| Call {
-            name: format!("munmap {start:#x}-{end:#x}"),
-            nr: libc::SYS_munmap,
-            args: [start, end - start, 0, 0, 0, 0],
-        })
-        .collect();
+    // (Nothing left when restart had them unmapped already: see
+    // `Build::start_unmaps`.)
+    let unmaps = unmap_inherited(p, &cur, premapped, (tramp, tramp_len));
     r.call_many(code, s, room, &unmaps)?;
-    move_vdso(r, &cur, p)?;
+    move_vdso(r, &cur, p, (code, s, room))?;
 
     let mut opened: Vec<(Vec<u8>, i32, u64)> = Vec::new();
     let mut widened = Vec::new();

@@ -162,42 +162,75 @@ impl Remote {
     }
 
     fn run_batches(&mut self, code: u64, s: &Scratch, room: u64, calls: &[Call]) -> Result<()> {
-        let per = (room / BATCH_ENTRY) as usize - 1;
-        let t = self.tid;
-        for chunk in calls.chunks(per.max(1)) {
-            let mut table = Vec::with_capacity((chunk.len() + 1) * BATCH_ENTRY as usize);
-            for c in chunk {
-                table.extend_from_slice(&(c.nr as u64).to_le_bytes());
-                for a in c.args {
-                    table.extend_from_slice(&a.to_le_bytes());
-                }
-                table.extend_from_slice(&0u64.to_le_bytes());
-            }
-            table.extend_from_slice(&u64::MAX.to_le_bytes());
-            table.resize((chunk.len() + 1) * BATCH_ENTRY as usize, 0);
-            s.write(0, &table)?;
-            let mut r = self.saved;
-            r.rip = code;
-            r.rbx = s.addr;
-            r.orig_rax = u64::MAX; // not in a syscall: nothing to restart
-            sys::set_regs(t, &r).ctx(t, || "set registers for injected calls".into())?;
-            run_to_trap(t)?;
-            // Our int3, not some other SIGTRAP: the loop's end is right after it.
-            let end = code + BATCH_CODE.len() as u64;
-            let at = sys::get_regs(t).ctx(t, || "read registers".into())?.rip;
-            if at != end {
-                return Err(Error::Refused(format!(
-                    "pid {t}: a SIGTRAP at {at:#x} stopped the injected calls (their loop ends at {end:#x})"
-                )));
-            }
-            let done = s.u64s(0, chunk.len() * (BATCH_ENTRY / 8) as usize)?;
-            for (i, c) in chunk.iter().enumerate() {
-                let res = done[i * (BATCH_ENTRY / 8) as usize + 7] as i64;
-                tracing::trace!(tid = t, "injected {} (batched)", c.name);
-                check(t, &c.name, res)?;
-            }
+        for chunk in calls.chunks(batch_capacity(room).max(1)) {
+            self.launch(code, s, chunk)?;
+            self.collect(code, s, chunk)?;
         }
         Ok(())
+    }
+
+    /// Writes the table of `chunk` into `s` and lets the task run it.
+    fn launch(&mut self, code: u64, s: &Scratch, chunk: &[Call]) -> Result<()> {
+        let t = self.tid;
+        let mut table = Vec::with_capacity((chunk.len() + 1) * BATCH_ENTRY as usize);
+        for c in chunk {
+            table.extend_from_slice(&(c.nr as u64).to_le_bytes());
+            for a in c.args {
+                table.extend_from_slice(&a.to_le_bytes());
+            }
+            table.extend_from_slice(&0u64.to_le_bytes());
+        }
+        table.extend_from_slice(&u64::MAX.to_le_bytes());
+        table.resize((chunk.len() + 1) * BATCH_ENTRY as usize, 0);
+        s.write(0, &table)?;
+        let mut r = self.saved;
+        r.rip = code;
+        r.rbx = s.addr;
+        r.orig_rax = u64::MAX; // not in a syscall: nothing to restart
+        sys::set_regs(t, &r).ctx(t, || "set registers for injected calls".into())?;
+        sys::cont(t, 0).ctx(t, || "PTRACE_CONT".into())
+    }
+
+    /// Waits for the end of the table `launch` started, and checks each result.
+    fn collect(&mut self, code: u64, s: &Scratch, chunk: &[Call]) -> Result<()> {
+        let t = self.tid;
+        wait_for_trap(t)?;
+        // Our int3, not some other SIGTRAP: the loop's end is right after it.
+        let end = code + BATCH_CODE.len() as u64;
+        let at = sys::get_regs(t).ctx(t, || "read registers".into())?.rip;
+        if at != end {
+            return Err(Error::Refused(format!(
+                "pid {t}: a SIGTRAP at {at:#x} stopped the injected calls (their loop ends at {end:#x})"
+            )));
+        }
+        let done = s.u64s(0, chunk.len() * (BATCH_ENTRY / 8) as usize)?;
+        for (i, c) in chunk.iter().enumerate() {
+            let res = done[i * (BATCH_ENTRY / 8) as usize + 7] as i64;
+            tracing::trace!(tid = t, "injected {} (batched)", c.name);
+            check(t, &c.name, res)?;
+        }
+        Ok(())
+    }
+
+    /// Like `call_many` with calls that fit one table (`batch_capacity`),
+    /// but returns as soon as the task runs them: several tasks then work
+    /// at once (on other cores) while the tracer goes on with another.
+    /// `Started::finish` waits for the end and gives the task back.
+    pub fn start_many(mut self, code: u64, s: &Scratch, calls: Vec<Call>) -> Result<Started> {
+        assert!(code != 0, "start_many needs the batch loop");
+        let t = self.tid;
+        let mask = sys::get_sigmask(t).ctx(t, || "PTRACE_GETSIGMASK".into())?;
+        let trap = 1u64 << (libc::SIGTRAP - 1);
+        if mask & trap != 0 {
+            sys::set_sigmask(t, mask & !trap).ctx(t, || "PTRACE_SETSIGMASK".into())?;
+        }
+        self.launch(code, s, &calls)?;
+        Ok(Started {
+            remote: self,
+            code,
+            calls,
+            mask,
+        })
     }
 
     /// Puts the saved registers back, rewritten so the task re-runs the
@@ -316,8 +349,6 @@ fn test_hook(moment: &str, tag: Option<&str>) {
     }
 }
 
-/// Runs the task, whose registers are set up at a `syscall` at `ip`, to the
-/// syscall's exit; returns rax.
 /// One call of `Remote::call_many`.
 pub struct Call {
     pub name: String,
@@ -350,10 +381,36 @@ pub const BATCH_CODE: [u8; 54] = [
     0xcc, // 53: done: int3
 ];
 
-/// Lets the task run until its `int3` (a SIGTRAP stop, which is then not
-/// delivered).
-fn run_to_trap(t: Pid) -> Result<()> {
-    sys::cont(t, 0).ctx(t, || "PTRACE_CONT".into())?;
+/// The calls a task runs since `Remote::start_many`.
+pub struct Started {
+    remote: Remote,
+    code: u64,
+    calls: Vec<Call>,
+    /// The task's signal mask before (SIGTRAP unblocked meanwhile).
+    mask: u64,
+}
+
+impl Started {
+    /// Waits for the calls' end (`s`: the scratch they were started with)
+    /// and checks their results; the task is then stopped for more.
+    pub fn finish(mut self, s: &Scratch) -> Result<Remote> {
+        let t = self.remote.tid;
+        let done = self.remote.collect(self.code, s, &self.calls);
+        if self.mask & (1u64 << (libc::SIGTRAP - 1)) != 0 {
+            sys::set_sigmask(t, self.mask).ctx(t, || "PTRACE_SETSIGMASK".into())?;
+        }
+        done.map(|()| self.remote)
+    }
+}
+
+/// How many calls one table of `call_many` holds in `room` bytes.
+pub fn batch_capacity(room: u64) -> usize {
+    (room / BATCH_ENTRY) as usize - 1
+}
+
+/// Waits until the task, let run by the caller, stops at its `int3` (a
+/// SIGTRAP stop, which is then not delivered).
+fn wait_for_trap(t: Pid) -> Result<()> {
     loop {
         let (_, st) = sys::wait(t, 0).ctx(t, || "wait for injected calls".into())?;
         if libc::WIFEXITED(st) || libc::WIFSIGNALED(st) {

@@ -17,6 +17,7 @@ use crate::sys::{self, Pid};
 use crate::task::{self, Scratch};
 use crate::trust;
 use ckpt_image::*;
+use std::collections::HashMap;
 use std::io::Seek;
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
@@ -209,12 +210,14 @@ fn restart_image(
         .map(|r| r.nr_pages * PAGE)
         .sum();
     let mut restored = 0u64;
+    let mut started = b.start_unmaps(img)?;
     for p in img.processes.iter().filter(|p| !p.is_zombie()) {
         let mut progress = |n: u64| {
             restored += n;
             log.progress("restoring memory", restored, total);
         };
-        b.rebuild(p, store, &mut progress)
+        let unmapping = started.remove(&p.pid());
+        b.rebuild(p, store, unmapping, &mut progress)
             .inspect_err(|e| log.error(e, 0, p.pid(), &p.process.comm.to_string()))?;
     }
     // Nothing runs before the whole image is read and its checksum right.
@@ -795,33 +798,83 @@ impl Build {
         Ok(())
     }
 
+    /// Has every seized process drop what it inherited from us (and our
+    /// rseq registration) at once, before the processes are rebuilt one
+    /// by one: the unmapping, which costs the tasks more than anything else
+    /// in a small process, then runs on every core while we rebuild the
+    /// first ones. A process that ignores SIGTRAP (no batch loop) or keeps
+    /// too many premapped areas does it in `rebuild`.
+    fn start_unmaps(&self, img: &Image) -> Result<HashMap<Pid, crate::remote::Started>> {
+        let mut started = HashMap::new();
+        for p in img.processes.iter().filter(|p| !p.is_zombie()) {
+            let pid = p.pid();
+            let code = crate::mm::batch_code(p, self.tramp);
+            if code == 0 {
+                continue;
+            }
+            let cur = procfs::map_ranges(pid).ctx(pid, || "read maps".into())?;
+            let premapped = self.premapped_for(p);
+            let mut calls = Vec::new();
+            if let Some(c) = rseq_unregister(pid) {
+                calls.push(c);
+            }
+            calls.extend(crate::mm::unmap_inherited(
+                p,
+                &cur,
+                &premapped,
+                (self.tramp, TRAMP_LEN),
+            ));
+            if calls.len() > crate::remote::batch_capacity(TRAMP_LEN - PAGE) {
+                continue;
+            }
+            let mem = procfs::mem(pid).ctx(pid, || "open /proc mem".into())?;
+            let s = Scratch {
+                addr: self.tramp + PAGE,
+                mem: &mem,
+                pid,
+            };
+            let r = Remote::new(pid, self.tramp)?;
+            started.insert(pid, r.start_many(code, &s, calls)?);
+        }
+        Ok(started)
+    }
+
+    /// (pid, start) of the premapped areas `p` may keep: its own and its
+    /// parent's.
+    fn premapped_for(&self, p: &ProcessImage) -> Vec<(Pid, u64)> {
+        self.premapped
+            .iter()
+            .copied()
+            .filter(|&(who, _)| who == p.pid() || who == p.process.ppid)
+            .collect()
+    }
+
     /// Replaces the address space of a seized process and sets all its
-    /// state from outside; its threads are created here too.
+    /// state from outside; its threads are created here too. `unmapping`:
+    /// what `start_unmaps` started in it.
     fn rebuild(
         &mut self,
         p: &ProcessImage,
         store: &dyn pagestore::Wait,
+        unmapping: Option<crate::remote::Started>,
         progress: &mut dyn FnMut(u64),
     ) -> Result<()> {
         let pid = p.pid();
         let mem = procfs::mem(pid).ctx(pid, || "open /proc mem".into())?;
-        let mut r = Remote::new(pid, self.tramp)?;
         let s = Scratch {
             addr: self.tramp + PAGE,
             mem: &mem,
             pid,
         };
+        let mut r = match unmapping {
+            Some(started) => started.finish(&s)?,
+            None => Remote::new(pid, self.tramp)?,
+        };
 
         // The process inherited our rseq registration: drop it before the
-        // memory it points to is replaced.
-        if let Ok((addr, len, sig)) = sys::rseq_config(pid) {
-            if addr != 0 {
-                r.call(
-                    "rseq(unregister)",
-                    libc::SYS_rseq,
-                    &[addr, len as u64, RSEQ_FLAG_UNREGISTER, sig as u64],
-                )?;
-            }
+        // memory it points to is replaced (unless `start_unmaps` did).
+        if let Some(c) = rseq_unregister(pid) {
+            r.call(&c.name, c.nr, &c.args)?;
         }
         // Mapped files and the executable are opened by the task itself:
         // as the owner of an unauthenticated image.
@@ -830,12 +883,7 @@ impl Build {
         }
         let shm = self.shmem_fds.clone();
         let shmem_fd = move |id: u32| shm.iter().find(|x| x.0 == id).map(|x| x.1);
-        let premapped: Vec<(Pid, u64)> = self
-            .premapped
-            .iter()
-            .copied()
-            .filter(|&(who, _)| who == pid || who == p.process.ppid)
-            .collect();
+        let premapped = self.premapped_for(p);
         let from = crate::mm::Inherited {
             premapped: &premapped,
             tramp: self.tramp,
@@ -1023,6 +1071,17 @@ impl Build {
         // Descendants are reaped by init once their parents are gone.
         procfs::wait_gone(&self.created, std::time::Duration::from_secs(5));
     }
+}
+
+/// The call that drops the rseq registration `pid` has (ours, inherited),
+/// if any.
+fn rseq_unregister(pid: Pid) -> Option<crate::remote::Call> {
+    let (addr, len, sig) = sys::rseq_config(pid).ok()?;
+    (addr != 0).then(|| crate::remote::Call {
+        name: "rseq(unregister)".into(),
+        nr: libc::SYS_rseq,
+        args: [addr, len as u64, RSEQ_FLAG_UNREGISTER, sig as u64, 0, 0],
+    })
 }
 
 /// Process groups of the tree whose leader is not in the image and that a
