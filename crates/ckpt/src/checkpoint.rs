@@ -303,7 +303,10 @@ pub fn checkpoint<S: Sink>(
                 drop(frozen);
             } else {
                 match frozen.kill() {
-                    Ok(()) => crate::files::after_checkpoint(&mut files, true),
+                    Ok(dying) => {
+                        crate::files::after_checkpoint(&mut files, true);
+                        freeze::reap_in_background(dying);
+                    }
                     Err(e) => {
                         crate::files::after_checkpoint(&mut files, false);
                         return Err(e);

@@ -83,6 +83,8 @@ pub struct Stat {
     pub exit_code: i32,
     /// Nice value (field 19).
     pub nice: i32,
+    /// The kernel's PF_* flags of the task (field 9).
+    pub flags: u64,
 }
 
 pub fn stat(pid: Pid) -> io::Result<Stat> {
@@ -132,6 +134,7 @@ fn parse_stat(raw: &[u8]) -> Option<Stat> {
         env_end: n(51)?,
         exit_code: f.get(52 - 3).and_then(|v| v.parse().ok()).unwrap_or(0),
         nice: f.get(19 - 3).and_then(|v| v.parse().ok()).unwrap_or(0),
+        flags: n(9)?,
     })
 }
 
@@ -385,21 +388,30 @@ pub fn exists(pid: Pid) -> bool {
     path(pid, "stat").exists()
 }
 
-/// The parent of `pid` if `pid` is a zombie (or dead, not yet reaped).
-pub fn zombie_parent(pid: Pid) -> Option<Pid> {
-    stat(pid)
-        .ok()
-        .filter(|s| matches!(s.state, b'Z' | b'X'))
-        .map(|s| s.ppid)
+/// The parent of `pid` if `pid` is on its way out: a zombie (or dead)
+/// task not reaped yet, or one exiting or killed (SIGKILL pending), whose
+/// pid is free once its parent reaps it. (A checkpoint returns once its
+/// tree is killed, while the tree's memory may still be torn down.)
+pub fn dying_parent(pid: Pid) -> Option<Pid> {
+    const PF_EXITING: u64 = 0x4;
+    let st = stat(pid).ok()?;
+    let killed = || {
+        status(pid).is_ok_and(|s| {
+            let pending = s.hex_opt("ShdPnd").unwrap_or(0) | s.hex_opt("SigPnd").unwrap_or(0);
+            pending & 1 << (libc::SIGKILL - 1) != 0
+        })
+    };
+    let dying = matches!(st.state, b'Z' | b'X') || st.flags & PF_EXITING != 0 || killed();
+    dying.then_some(st.ppid)
 }
 
-/// Waits up to `timeout` in all for the pids in `pids` held by exiting,
-/// zombie or dead processes (or threads) to be reaped. Live ones are not
-/// waited for.
+/// Waits up to `timeout` in all for the pids in `pids` held by dying,
+/// zombie or dead processes (or threads, see `dying_parent`) to be
+/// reaped. Live ones are not waited for.
 pub fn wait_dead_reaped(pids: &[Pid], timeout: std::time::Duration) {
     let deadline = std::time::Instant::now() + timeout;
     for &pid in pids {
-        while zombie_parent(pid).is_some() && std::time::Instant::now() < deadline {
+        while dying_parent(pid).is_some() && std::time::Instant::now() < deadline {
             std::thread::sleep(std::time::Duration::from_millis(2));
         }
     }

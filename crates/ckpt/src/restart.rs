@@ -141,7 +141,7 @@ fn restart_image(
     if store.streamed()
         && ids
             .iter()
-            .any(|&t| procfs::exists(t) && procfs::zombie_parent(t).is_none())
+            .any(|&t| procfs::exists(t) && procfs::dying_parent(t).is_none())
     {
         log.info(
             0,
@@ -1269,9 +1269,9 @@ fn validate_process(
     }
     if restart && procfs::exists(pid) {
         let who = procfs::comm(pid);
-        if let Some(ppid) = procfs::zombie_parent(pid) {
+        if let Some(ppid) = procfs::dying_parent(pid) {
             return refuse(format!(
-                "pid {pid} is still held by a zombie ({}) that its parent {ppid} ({}) has not reaped; \
+                "pid {pid} is still held by a dying process or zombie ({}) that its parent {ppid} ({}) has not reaped; \
                  the parent must wait() for it (or exit) before the pid is free to restart",
                 who.trim_end(),
                 procfs::comm(ppid)
