@@ -727,6 +727,7 @@ fn dump_process(
         comm: &comm,
         fds: &ft.cx.fds,
         files: &ft.files,
+        proc_locks: &ft.cx.proc_locks,
     };
     for k in crate::process_kind::PROCESS_KINDS {
         extra.extend(k.dump(&pcx, main, &s)?);

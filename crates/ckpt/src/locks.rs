@@ -146,6 +146,20 @@ fn proc_locks() -> Vec<LockLine> {
     parse_proc_locks(&std::fs::read_to_string("/proc/locks").unwrap_or_default())
 }
 
+/// /proc/locks, read at most once per checkpoint, and only for a process
+/// some fd of which shows a lock: a read waits for an RCU grace period
+/// (the kernel takes a per-CPU rwsem for writing), 10-15 ms here, more
+/// than the whole checkpoint of a small process. Only the frozen tree's
+/// locks are looked at, and those cannot change meanwhile.
+#[derive(Default)]
+pub struct ProcLocks(std::sync::OnceLock<Vec<LockLine>>);
+
+impl ProcLocks {
+    pub fn get(&self) -> &[LockLine] {
+        self.0.get_or_init(proc_locks)
+    }
+}
+
 /// What a `FileLock` is, for messages ("POSIX write lock on bytes 0-99").
 fn describe(class: u32, write: bool, start: u64, len: u64) -> String {
     let rw = if write { "write" } else { "read" };
@@ -190,6 +204,13 @@ impl ProcessKind for FileLocks {
             .filter(|x| x.0 == pid && cx.fds.locked(pid, x.1))
             .map(|x| (x.1, x.2 .0))
             .collect();
+        // A POSIX lock shows on every fd of the description it was taken
+        // through, and the owner's closing any fd of the file drops it: a
+        // process with no lock on any fd holds none (nor a lock of any
+        // other class), and /proc/locks is not read.
+        if fds.is_empty() {
+            return Ok(Vec::new());
+        }
         for (fd, id) in fds {
             let info = procfs::fdinfo(pid, fd).ctx(pid, || format!("read fdinfo of fd {fd}"))?;
             let f = cx.files.iter().find(|f| f.id == id);
@@ -305,7 +326,7 @@ impl ProcessKind for FileLocks {
         // Every POSIX lock of the process must have come through an fd (one
         // no fd shows, in a table shared with a process outside the tree
         // say, would be lost).
-        for l in proc_locks() {
+        for l in cx.proc_locks.get() {
             if l.class != Class::Posix || l.pid != pid {
                 continue;
             }

@@ -20,6 +20,8 @@ pub struct ProcessCx<'a> {
     pub fds: &'a crate::ids::FdIds,
     /// The descriptions saved so far.
     pub files: &'a [ckpt_image::File],
+    /// /proc/locks, as read once for the checkpoint.
+    pub proc_locks: &'a crate::locks::ProcLocks,
 }
 
 /// One kind of per-process state.

@@ -121,6 +121,8 @@ pub struct DumpCx {
     pub opts: crate::checkpoint::CheckpointOptions,
     /// A pidfd of the process being saved, to fetch its fds.
     pidfd: Option<(Pid, std::os::fd::OwnedFd)>,
+    /// /proc/locks (see `locks::ProcLocks`).
+    pub proc_locks: crate::locks::ProcLocks,
 }
 
 impl DumpCx {
@@ -135,6 +137,7 @@ impl DumpCx {
             scratch: Vec::new(),
             opts: Default::default(),
             pidfd: None,
+            proc_locks: Default::default(),
         }
     }
 
