@@ -1862,17 +1862,19 @@ pub fn replace_address_space(
     }
     // An inherited premap holds the parent's pages: where this process had
     // none of its own (nor shared ones), it must read zeros.
+    let mut zeroed = Vec::new();
     for k in premaps.iter().filter(|k| !k.own) {
         let mut have = runs.clone();
         have.extend_from_slice(&cow);
         for (a, b) in subtract(&[(k.start, k.end)], &have) {
-            r.call(
-                "madvise(MADV_DONTNEED)",
-                libc::SYS_madvise,
-                &[a, b - a, libc::MADV_DONTNEED as u64],
-            )?;
+            zeroed.push(Call {
+                name: format!("madvise(MADV_DONTNEED) on {a:#x}-{b:#x}"),
+                nr: libc::SYS_madvise,
+                args: [a, b - a, libc::MADV_DONTNEED as u64, 0, 0, 0],
+            });
         }
     }
+    r.call_many(code, s, room, &zeroed)?;
     // Names of anonymous mappings (prctl PR_SET_VMA_ANON_NAME, on kernels
     // that have them).
     for v in p.vmas.iter().filter(|v| v.kind == VMA_ANON) {

@@ -870,6 +870,7 @@ impl Build {
             Some(started) => started.finish(&s)?,
             None => Remote::new(pid, self.tramp)?,
         };
+        let code = crate::mm::batch_code(p, self.tramp);
 
         // The process inherited our rseq registration: drop it before the
         // memory it points to is replaced (unless `start_unmaps` did).
@@ -904,7 +905,7 @@ impl Build {
         for t in &p.threads[1..] {
             let tid = self.clone_thread(&mut r, &s, t.thread.tid)?;
             let mut tr = Remote::new(tid, self.tramp)?;
-            task::restore_thread(&mut tr, &s, &t.thread)?;
+            task::restore_thread(&mut tr, &s, &t.thread, code)?;
             let left = crate::process_kind::pending_left(p, Some(t.thread.tid), &t.thread.pending);
             task::restore_pending(&mut tr, &s, pid, Some(tid), &left)?;
             others.push(tr);
@@ -916,7 +917,7 @@ impl Build {
             s.write(0, &path)?;
             r.call("chroot", libc::SYS_chroot, &[s.addr])?;
         }
-        task::restore_thread(&mut r, &s, &main.thread)?;
+        task::restore_thread(&mut r, &s, &main.thread, code)?;
         task::restore_rlimits(&mut r, &s, &p.rlimits)?;
         if p.process.dumpable == 2 {
             crate::creds::prime_suid_dumpable(&mut r)?;
@@ -938,37 +939,47 @@ impl Build {
         task::restore_pending(&mut r, &s, pid, None, &shared)?;
         let left = crate::process_kind::pending_left(p, Some(pid), &main.thread.pending);
         task::restore_pending(&mut r, &s, pid, Some(pid), &left)?;
-        r.call(
+        // The last calls of one batch: the parent-death signal (after the
+        // credentials, whose change clears it), and the fds it inherited
+        // but does not hold.
+        let call = |name: &str, nr: i64, a: [u64; 3]| crate::remote::Call {
+            name: name.into(),
+            nr,
+            args: [a[0], a[1], a[2], 0, 0, 0],
+        };
+        let pdeathsig = p.process.pdeathsig as u64;
+        let mut last = vec![call(
             "prctl(PR_SET_PDEATHSIG)",
             libc::SYS_prctl,
-            &[libc::PR_SET_PDEATHSIG as u64, p.process.pdeathsig as u64],
-        )?;
+            [libc::PR_SET_PDEATHSIG as u64, pdeathsig, 0],
+        )];
         if p.process.child_subreaper != 0 {
-            r.call(
+            last.push(call(
                 "prctl(PR_SET_CHILD_SUBREAPER)",
                 libc::SYS_prctl,
-                &[libc::PR_SET_CHILD_SUBREAPER as u64, 1],
-            )?;
+                [libc::PR_SET_CHILD_SUBREAPER as u64, 1, 0],
+            ));
         }
-        // After the credentials, whose change reset it.
-        crate::creds::restore_dumpable(&mut r, p.process.dumpable)?;
         let members = self.table_members(pid);
         if members.len() == 1 {
             for fd in self.keep() {
                 if !p.fds.iter().any(|d| d.fd as i32 == fd) {
-                    r.call("close", libc::SYS_close, &[fd as u64])?;
+                    last.push(call("close", libc::SYS_close, [fd as u64, 0, 0]));
                 }
             }
         } else if members.last() == Some(&pid) {
             // The last process of a shared fd table to be rebuilt closes
             // what the others still needed (the image, the descriptions
             // they forked children with): every fd above the image's.
-            r.call(
+            last.push(call(
                 "close_range",
                 libc::SYS_close_range,
-                &[self.opened.base as u64, u32::MAX as u64, 0],
-            )?;
+                [self.opened.base as u64, u32::MAX as u64, 0],
+            ));
         }
+        r.call_many(code, &s, TRAMP_LEN - PAGE, &last)?;
+        // After the credentials, whose change reset it.
+        crate::creds::restore_dumpable(&mut r, p.process.dumpable)?;
 
         // The last injected call unmaps the trampoline, so it must run from
         // the restored vDSO's syscall instruction.

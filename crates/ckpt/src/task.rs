@@ -4,7 +4,7 @@
 
 use crate::error::{Ctx, Error, Result};
 use crate::procfs::{self, Stat, Status};
-use crate::remote::Remote;
+use crate::remote::{Call, Remote};
 use crate::sys::{self, Pid};
 use ckpt_image::*;
 use std::os::unix::fs::{FileExt, MetadataExt};
@@ -442,9 +442,13 @@ fn check_sched_policy(pid: Pid, tid: Pid, policy: u32) -> Result<()> {
 }
 
 /// Restores a thread's altstack, rseq and clear_child_tid by injection.
-pub fn restore_thread(r: &mut Remote, s: &Scratch, t: &Thread) -> Result<()> {
+/// `code`: the batch loop (`mm::batch_code`); the four calls go in one
+/// batch, their table in the first page of `s` and the alternate stack's
+/// description in the second.
+pub fn restore_thread(r: &mut Remote, s: &Scratch, t: &Thread, code: u64) -> Result<()> {
     // SS_ONSTACK is a state, not a flag one can set; SS_DISABLE is.
     const SS_DISABLE: u32 = 2;
+    const STACK_T_AT: u64 = 4096;
     // Always set: a restored main thread would otherwise keep the
     // restorer's alternate stack, which is not mapped any more.
     let (sp, flags, size) = if t.altstack_flags & SS_DISABLE == 0 && t.altstack_size != 0 {
@@ -461,31 +465,47 @@ pub fn restore_thread(r: &mut Remote, s: &Scratch, t: &Thread) -> Result<()> {
     b.extend_from_slice(&flags.to_le_bytes());
     b.extend_from_slice(&0u32.to_le_bytes());
     b.extend_from_slice(&size.to_le_bytes());
-    s.write(0, &b)?;
-    r.call("sigaltstack", libc::SYS_sigaltstack, &[s.addr, 0])?;
-    // Likewise the robust futex list: the restorer's head points into its
-    // own (gone) TLS, and the kernel walks that list when the thread exits.
-    r.call(
-        "set_robust_list",
-        libc::SYS_set_robust_list,
-        &[
-            t.robust_list,
-            if t.robust_list == 0 { 24 } else { t.robust_len },
-        ],
-    )?;
-    r.call(
-        "set_tid_address",
-        libc::SYS_set_tid_address,
-        &[t.clear_child_tid],
-    )?;
+    s.write(STACK_T_AT, &b)?;
+    let call = |name: &str, nr: i64, args: &[u64]| {
+        let mut a = [0u64; 6];
+        a[..args.len()].copy_from_slice(args);
+        Call {
+            name: name.into(),
+            nr,
+            args: a,
+        }
+    };
+    let mut calls = vec![
+        call(
+            "sigaltstack",
+            libc::SYS_sigaltstack,
+            &[s.addr + STACK_T_AT, 0],
+        ),
+        // Likewise the robust futex list: the restorer's head points into
+        // its own (gone) TLS, and the kernel walks that list when the
+        // thread exits.
+        call(
+            "set_robust_list",
+            libc::SYS_set_robust_list,
+            &[
+                t.robust_list,
+                if t.robust_list == 0 { 24 } else { t.robust_len },
+            ],
+        ),
+        call(
+            "set_tid_address",
+            libc::SYS_set_tid_address,
+            &[t.clear_child_tid],
+        ),
+    ];
     if t.rseq_addr != 0 {
-        r.call(
+        calls.push(call(
             "rseq",
             libc::SYS_rseq,
             &[t.rseq_addr, t.rseq_len as u64, 0, t.rseq_sig as u64],
-        )?;
+        ));
     }
-    Ok(())
+    r.call_many(code, s, STACK_T_AT, &calls)
 }
 
 /// Scheduling state set from outside, once the process exists: each

@@ -1530,6 +1530,25 @@ pub fn proc_ids(pid: i32) -> Option<ProcIds> {
     })
 }
 
+/// Whether task `pid` can never run user code again: a zombie (or dead),
+/// exiting (PF_EXITING), or with SIGKILL pending.
+pub fn dying(pid: i32) -> bool {
+    const PF_EXITING: u64 = 0x4;
+    let Some(f) = stat_fields(pid) else {
+        return true; // gone
+    };
+    let flags: u64 = f.get(6).and_then(|v| v.parse().ok()).unwrap_or(0);
+    let pending = |k: &str| {
+        proc_status_field(pid, k)
+            .and_then(|v| u64::from_str_radix(&v, 16).ok())
+            .unwrap_or(0)
+    };
+    let sigkill = 1u64 << (libc::SIGKILL - 1);
+    matches!(f.first().and_then(|s| s.chars().next()), Some('Z' | 'X'))
+        || flags & PF_EXITING != 0
+        || (pending("SigPnd") | pending("ShdPnd")) & sigkill != 0
+}
+
 /// Whether `/proc/N` exists: a process (zombies included) or a thread with id N.
 pub fn pid_exists(n: i32) -> bool {
     Path::new(&format!("/proc/{n}")).exists()
@@ -1623,13 +1642,14 @@ pub struct ImageProc {
 }
 
 impl TestEnv {
-    /// Fails if any of `pids` still runs. They may be zombies waiting for
-    /// their new parent to reap them: checkpoint does not wait for that,
-    /// restart does.
+    /// Fails if any of `pids` still runs. They may be dying (exiting, or
+    /// SIGKILL pending: checkpoint returns once its tree is killed, not
+    /// once it is torn down) or zombies waiting for their new parent to
+    /// reap them; restart waits for those.
     pub fn assert_none_runs(&self, pids: &[i32], when: &str) {
         let live: Vec<String> = pids
             .iter()
-            .filter(|&&p| pid_exists(p) && !matches!(proc_ids(p).map(|i| i.state), Some('Z' | 'X')))
+            .filter(|&&p| pid_exists(p) && !dying(p))
             .map(|&p| describe_pid(p))
             .collect();
         assert!(
