@@ -120,3 +120,15 @@ fn pages_are_found_through_pagemap_without_pagemap_scan() {
     env.restart_detached(&mut w, &img);
     env.signal_and_expect_pass(&mut w, libc::SIGTERM);
 }
+
+/// A process with memory-deny-write-execute is refused (restart would lose
+/// it), names it, and goes on untouched.
+#[test]
+fn memory_deny_write_execute_is_refused() {
+    common::refused_workload(
+        "memory_deny_write_execute_is_refused",
+        "mmstate",
+        "mdwe",
+        &["memory-deny-write-execute", "PR_SET_MDWE"],
+    );
+}

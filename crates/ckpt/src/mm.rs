@@ -1207,6 +1207,7 @@ pub fn dump_mm(pid: Pid, st: &procfs::Stat, brk: u64) -> Result<Mm> {
 
 const PR_SET_THP_DISABLE: u64 = 41;
 const PR_GET_THP_DISABLE: u64 = 42;
+const PR_GET_MDWE: u64 = 66;
 const MEMBARRIER_CMD_GET_REGISTRATIONS: u64 = 1 << 9;
 /// MEMBARRIER_CMD_REGISTER_{GLOBAL_EXPEDITED, PRIVATE_EXPEDITED,
 /// PRIVATE_EXPEDITED_SYNC_CORE, PRIVATE_EXPEDITED_RSEQ}.
@@ -1220,6 +1221,18 @@ pub fn dump_mm_state(r: &mut Remote, comm: &str) -> Result<MmState> {
         libc::SYS_prctl,
         &[PR_GET_THP_DISABLE, 0, 0, 0, 0],
     )? as u32;
+    // Memory-deny-write-execute (systemd's MemoryDenyWriteExecute= sets
+    // it) would be lost at restart: refused until restored. (Before Linux
+    // 6.3 the call fails with EINVAL, and no process has it.)
+    let mdwe = r.syscall(libc::SYS_prctl, &[PR_GET_MDWE, 0, 0, 0, 0])?;
+    if mdwe > 0 {
+        return Err(Error::Unsupported {
+            pid: r.tid(),
+            comm: comm.into(),
+            object: format!("its memory-deny-write-execute setting (PR_SET_MDWE, {mdwe:#x})"),
+            reason: "restart cannot set it again yet".into(),
+        });
+    }
     let regs = r.syscall(
         libc::SYS_membarrier,
         &[MEMBARRIER_CMD_GET_REGISTRATIONS, 0, 0],

@@ -25,6 +25,9 @@
  *   ghostmap  an unlinked file only mapped (its fd closed), shared and
  *             private, never touched: both read its data, and a write through
  *             the shared mapping shows in the private one.
+ *
+ * With the argument "mdwe" it also sets memory-deny-write-execute
+ * (PR_SET_MDWE), which a checkpoint must refuse (restart cannot set it yet).
  */
 #include "wl.h"
 
@@ -347,6 +350,8 @@ static void verify(void)
 int main(int argc, char **argv)
 {
     wl_init(argc, argv, "mmstate");
+    if (argc > 3 && !strcmp(argv[3], "mdwe") && prctl(65 /* PR_SET_MDWE */, 1, 0, 0, 0) != 0)
+        wl_die("prctl(PR_SET_MDWE)");
     sigset_t block, old;
     sigemptyset(&block);
     sigaddset(&block, SIGTERM);
