@@ -6,9 +6,11 @@
 #   scripts/bench.sh            everything (a few minutes; needs root)
 #   scripts/bench.sh quick      the small cases only
 #   scripts/bench.sh objects    the per-object cases only
+#   scripts/bench.sh bulk       the bulk memory cases only
 #
-# BENCH_RUNS=N (default 1) runs each per-object case N times and prints
-# the median of each column, which steadies the figures on a noisy VM;
+# BENCH_RUNS=N (default 1) runs each bulk and per-object case N times and
+# prints the median of each column, which steadies the figures on a noisy
+# VM (the limits stay the best of three);
 # BENCH_CASES="vmas:10000 tree:64" picks the per-object cases.
 #
 # Images go to a tmpfs (BENCH_DIR, default /dev/shm/ckpt-bench). Each
@@ -188,10 +190,10 @@ printf '%-10s %8s %8s %8s | %8s %8s %6s %6s | %8s %8s\n' MiB write read memcpy \
     dump restore d/wr r/rd "criu-d" "criu-r"
 for m in $sizes; do
     read -r _ w _ r _ c < <("$bw" limits "$m" "$dir/limits")
-    read -r d rs size v < <(run_ckpt mem "$m")
+    read -r d rs size v < <(median "$runs" run_ckpt mem "$m")
     cd=- cr=-
     if [ -n "$criu" ]; then
-        read -r a b _ _ < <(run_criu mem "$m")
+        read -r a b _ _ < <(median "$runs" run_criu mem "$m")
         [ "$a" != - ] && cd=$(echo "scale=2; $m * 1.048576 / 1000 / $a" | bc)
         [ "$b" != - ] && cr=$(echo "scale=2; $m * 1.048576 / 1000 / $b" | bc)
     fi
@@ -200,6 +202,7 @@ for m in $sizes; do
     printf '%-10s %8s %8s %8s | %8s %8s %6s %6s | %8s %8s  %s\n' "$m" "$w" "$r" "$c" "$dg" "$rg" \
         "$(echo "scale=2; $dg / $w" | bc)" "$(echo "scale=2; $rg / $r" | bc)" "$cd" "$cr" "$v"
 done
+[ "$quick" = bulk ] && { rm -rf "$dir"; exit 0; }
 echo
 echo "## Through a pipe (checkpoint -o - | cat > file; restart - < file)"
 for m in $sizes; do
