@@ -148,16 +148,9 @@ impl Remote {
             }
             return Ok(());
         }
-        let t = self.tid;
-        let mask = sys::get_sigmask(t).ctx(t, || "PTRACE_GETSIGMASK".into())?;
-        let trap = 1u64 << (libc::SIGTRAP - 1);
-        if mask & trap != 0 {
-            sys::set_sigmask(t, mask & !trap).ctx(t, || "PTRACE_SETSIGMASK".into())?;
-        }
+        let mask = unblock_trap(self.tid)?;
         let r = self.run_batches(code, s, room, calls);
-        if mask & trap != 0 {
-            sys::set_sigmask(t, mask).ctx(t, || "PTRACE_SETSIGMASK".into())?;
-        }
+        restore_mask(self.tid, mask)?;
         r
     }
 
@@ -218,12 +211,7 @@ impl Remote {
     /// `Started::finish` waits for the end and gives the task back.
     pub fn start_many(mut self, code: u64, s: &Scratch, calls: Vec<Call>) -> Result<Started> {
         assert!(code != 0, "start_many needs the batch loop");
-        let t = self.tid;
-        let mask = sys::get_sigmask(t).ctx(t, || "PTRACE_GETSIGMASK".into())?;
-        let trap = 1u64 << (libc::SIGTRAP - 1);
-        if mask & trap != 0 {
-            sys::set_sigmask(t, mask & !trap).ctx(t, || "PTRACE_SETSIGMASK".into())?;
-        }
+        let mask = unblock_trap(self.tid)?;
         self.launch(code, s, &calls)?;
         Ok(Started {
             remote: self,
@@ -356,6 +344,20 @@ pub struct Call {
     pub args: [u64; 6],
 }
 
+impl Call {
+    /// Syscall `nr` with `args` (up to six; the rest 0), named `name` in
+    /// errors and traces.
+    pub fn new(name: impl Into<String>, nr: i64, args: &[u64]) -> Call {
+        let mut a = [0u64; 6];
+        a[..args.len()].copy_from_slice(args);
+        Call {
+            name: name.into(),
+            nr,
+            args: a,
+        }
+    }
+}
+
 /// Bytes per call in `call_many`'s table: nr, six arguments, the result.
 const BATCH_ENTRY: u64 = 64;
 
@@ -394,13 +396,28 @@ impl Started {
     /// Waits for the calls' end (`s`: the scratch they were started with)
     /// and checks their results; the task is then stopped for more.
     pub fn finish(mut self, s: &Scratch) -> Result<Remote> {
-        let t = self.remote.tid;
         let done = self.remote.collect(self.code, s, &self.calls);
-        if self.mask & (1u64 << (libc::SIGTRAP - 1)) != 0 {
-            sys::set_sigmask(t, self.mask).ctx(t, || "PTRACE_SETSIGMASK".into())?;
-        }
+        restore_mask(self.remote.tid, self.mask)?;
         done.map(|()| self.remote)
     }
+}
+
+/// Unblocks SIGTRAP in `t` for the batch loop's `int3` (see `call_many`);
+/// returns the mask to put back with `restore_mask`.
+fn unblock_trap(t: Pid) -> Result<u64> {
+    let mask = sys::get_sigmask(t).ctx(t, || "PTRACE_GETSIGMASK".into())?;
+    let trap = 1u64 << (libc::SIGTRAP - 1);
+    if mask & trap != 0 {
+        sys::set_sigmask(t, mask & !trap).ctx(t, || "PTRACE_SETSIGMASK".into())?;
+    }
+    Ok(mask)
+}
+
+fn restore_mask(t: Pid, mask: u64) -> Result<()> {
+    if mask & 1u64 << (libc::SIGTRAP - 1) != 0 {
+        sys::set_sigmask(t, mask).ctx(t, || "PTRACE_SETSIGMASK".into())?;
+    }
+    Ok(())
 }
 
 /// How many calls one table of `call_many` holds in `room` bytes.

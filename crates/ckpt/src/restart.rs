@@ -942,29 +942,25 @@ impl Build {
         // The last calls of one batch: the parent-death signal (after the
         // credentials, whose change clears it), and the fds it inherited
         // but does not hold.
-        let call = |name: &str, nr: i64, a: [u64; 3]| crate::remote::Call {
-            name: name.into(),
-            nr,
-            args: [a[0], a[1], a[2], 0, 0, 0],
-        };
+        let call = crate::remote::Call::new;
         let pdeathsig = p.process.pdeathsig as u64;
         let mut last = vec![call(
             "prctl(PR_SET_PDEATHSIG)",
             libc::SYS_prctl,
-            [libc::PR_SET_PDEATHSIG as u64, pdeathsig, 0],
+            &[libc::PR_SET_PDEATHSIG as u64, pdeathsig, 0],
         )];
         if p.process.child_subreaper != 0 {
             last.push(call(
                 "prctl(PR_SET_CHILD_SUBREAPER)",
                 libc::SYS_prctl,
-                [libc::PR_SET_CHILD_SUBREAPER as u64, 1, 0],
+                &[libc::PR_SET_CHILD_SUBREAPER as u64, 1],
             ));
         }
         let members = self.table_members(pid);
         if members.len() == 1 {
             for fd in self.keep() {
                 if !p.fds.iter().any(|d| d.fd as i32 == fd) {
-                    last.push(call("close", libc::SYS_close, [fd as u64, 0, 0]));
+                    last.push(call("close", libc::SYS_close, &[fd as u64]));
                 }
             }
         } else if members.last() == Some(&pid) {
@@ -974,7 +970,7 @@ impl Build {
             last.push(call(
                 "close_range",
                 libc::SYS_close_range,
-                [self.opened.base as u64, u32::MAX as u64, 0],
+                &[self.opened.base as u64, u32::MAX as u64, 0],
             ));
         }
         r.call_many(code, &s, TRAMP_LEN - PAGE, &last)?;
@@ -1088,10 +1084,12 @@ impl Build {
 /// if any.
 fn rseq_unregister(pid: Pid) -> Option<crate::remote::Call> {
     let (addr, len, sig) = sys::rseq_config(pid).ok()?;
-    (addr != 0).then(|| crate::remote::Call {
-        name: "rseq(unregister)".into(),
-        nr: libc::SYS_rseq,
-        args: [addr, len as u64, RSEQ_FLAG_UNREGISTER, sig as u64, 0, 0],
+    (addr != 0).then(|| {
+        crate::remote::Call::new(
+            "rseq(unregister)",
+            libc::SYS_rseq,
+            &[addr, len as u64, RSEQ_FLAG_UNREGISTER, sig as u64],
+        )
     })
 }
 

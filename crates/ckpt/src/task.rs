@@ -466,15 +466,7 @@ pub fn restore_thread(r: &mut Remote, s: &Scratch, t: &Thread, code: u64) -> Res
     b.extend_from_slice(&0u32.to_le_bytes());
     b.extend_from_slice(&size.to_le_bytes());
     s.write(STACK_T_AT, &b)?;
-    let call = |name: &str, nr: i64, args: &[u64]| {
-        let mut a = [0u64; 6];
-        a[..args.len()].copy_from_slice(args);
-        Call {
-            name: name.into(),
-            nr,
-            args: a,
-        }
-    };
+    let call = Call::new;
     let mut calls = vec![
         call(
             "sigaltstack",
