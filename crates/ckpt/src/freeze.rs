@@ -184,7 +184,7 @@ impl Frozen {
 
 /// Collects the exits of killed tasks we trace, in order: as the tracer we
 /// see each exit first, and only then does the parent get its SIGCHLD.
-pub fn reap(order: &[Pid]) {
+fn reap(order: &[Pid]) {
     for &t in order {
         loop {
             match sys::wait(t, 0) {

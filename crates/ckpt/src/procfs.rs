@@ -408,7 +408,7 @@ pub fn dying_parent(pid: Pid) -> Option<Pid> {
 /// Waits up to `timeout` in all for the pids in `pids` held by dying,
 /// zombie or dead processes (or threads, see `dying_parent`) to be
 /// reaped. Live ones are not waited for.
-pub fn wait_dead_reaped(pids: &[Pid], timeout: std::time::Duration) {
+pub fn wait_dying_reaped(pids: &[Pid], timeout: std::time::Duration) {
     let deadline = std::time::Instant::now() + timeout;
     for &pid in pids {
         while dying_parent(pid).is_some() && std::time::Instant::now() < deadline {

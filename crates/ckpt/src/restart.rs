@@ -1218,7 +1218,7 @@ fn validate(img: &Image, mode: Mode, fs: Option<&sys::FsIds>, log: &mut Log) -> 
         let ids: Vec<Pid> = tids.iter().copied().collect();
         // (15 s: a busy pid 1 that is no init system of the usual kind
         // took more than 5 s to reap a killed tree's orphans under load.)
-        procfs::wait_dead_reaped(&ids, std::time::Duration::from_secs(15));
+        procfs::wait_dying_reaped(&ids, std::time::Duration::from_secs(15));
     }
     let cg = crate::cgroup::Host::read();
     for (i, p) in img.processes.iter().enumerate() {

@@ -323,7 +323,6 @@ pub fn validate(img: &Image, fs: Option<&sys::FsIds>) -> std::result::Result<(),
 
 /// Open descriptions created by the restorer, by file id, as fd numbers in
 /// the restorer (all above every fd number of the image).
-#[derive(Default)]
 pub struct Opened {
     pub by_id: Vec<(u32, i32)>,
     /// The first fd of each id of `by_id` (10,000 descriptions are looked
