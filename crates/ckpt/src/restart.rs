@@ -1214,8 +1214,13 @@ fn validate(img: &Image, mode: Mode, fs: Option<&sys::FsIds>, log: &mut Log) -> 
     }
     if mode == Mode::Restart {
         // The checkpointed tree may still be dying, or waiting to be reaped
-        // by its parent (checkpoint does not wait for that).
-        let ids: Vec<Pid> = tids.iter().copied().collect();
+        // by its parent (checkpoint does not wait for that); so may its
+        // zombies (no threads), orphaned to pid 1 by the killed parent.
+        let ids: Vec<Pid> = tids
+            .iter()
+            .copied()
+            .chain(img.processes.iter().map(|p| p.pid()))
+            .collect();
         // (15 s: a busy pid 1 that is no init system of the usual kind
         // took more than 5 s to reap a killed tree's orphans under load.)
         procfs::wait_dying_reaped(&ids, std::time::Duration::from_secs(15));
