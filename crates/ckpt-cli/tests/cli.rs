@@ -686,6 +686,58 @@ fn scheduling_state_survives() {
     );
 }
 
+/// Page data damaged in an image file: restart builds the processes while
+/// a thread checks the page section, then fails with the checksum's
+/// message and leaves nothing behind; the intact image restarts.
+#[test]
+fn damaged_page_data_fails_restart_leaving_nothing() {
+    if !is_root() {
+        skip("damaged_page_data_fails_restart_leaving_nothing: needs root");
+        return;
+    }
+    let d = tmpdir("damaged-pages");
+    let mut s = Sleeper::start();
+    let pid = s.pid();
+    assert!(wait_sleeping(pid), "sleep never went to sleep");
+    let img = d.join("img");
+    checkpoint_reaping(pid, &mut s.0, &img);
+    let bytes = std::fs::read(&img).unwrap();
+    let (data, pages) = records(&bytes)
+        .iter()
+        .rev()
+        .find_map(|r| match r.body {
+            Body::Pages { hdr, data_offset } => Some((data_offset as usize, hdr.nr_pages)),
+            _ => None,
+        })
+        .expect("the image has page data");
+    let mut damaged = bytes.clone();
+    damaged[data + pages as usize * 4096 / 2] ^= 0x40;
+    let forged = d.join("damaged");
+    std::fs::write(&forged, &damaged).unwrap();
+    let kill_restored = || {
+        // SAFETY: kill of the pid we restored.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while pid_present(pid) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    };
+    let out = ckpt()
+        .args(["restart", "--detach"])
+        .arg(&forged)
+        .output()
+        .unwrap();
+    if out.status.success() {
+        kill_restored();
+        panic!("the damaged image restarted");
+    }
+    let err = assert_clean_failure(&out, "restart of damaged page data");
+    assert!(err.contains("checksum"), "{err}");
+    assert!(!pid_present(pid), "a failed restart left pid {pid}");
+    restart_detached(&img);
+    kill_restored();
+}
+
 /// A tree whose stdout is a pipe read by this test (outside the tree): after
 /// the restart the tree writes into the very same pipe, so the reader sees
 /// the numbers go on with no gap or repeat.

@@ -1,5 +1,6 @@
-//! Where restart finds page data. An image file holds it in place, its
-//! page section checked before anything is created (`InPlace`). A stream
+//! Where restart finds page data. An image file holds it in place: its
+//! page section is checked by a thread while the processes are rebuilt,
+//! and before any of them runs (`Checked`). A stream
 //! (pipe, socket) or a compressed image is read by a spool thread into a
 //! memfd while the restore goes on (`Spool`): each reader of page data
 //! waits for what it needs, and what was read into a process is punched
@@ -53,6 +54,136 @@ impl Wait for InPlace {
         Ok(())
     }
     fn release(&self, _off: u64, _len: u64) {}
+}
+
+/// Page data in an image file whose page section a thread checks (its
+/// structure and checksums) while the restore reads it (`with_checked`):
+/// the check overlaps the copying instead of coming before it, and
+/// `finish`, before anything runs, waits for its verdict.
+#[derive(Default)]
+pub struct Checked {
+    state: Mutex<CheckState>,
+    cv: Condvar,
+}
+
+#[derive(Default)]
+struct CheckState {
+    /// The thread waits for `resumed` (the restorer forks meanwhile).
+    parked: bool,
+    resumed: bool,
+    stopping: bool,
+    /// The verdict, once the page section was read to its tail.
+    verdict: Option<Result<()>>,
+}
+
+impl Checked {
+    fn lock(&self) -> MutexGuard<'_, CheckState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn wait_until(&self, cond: impl Fn(&CheckState) -> bool) -> MutexGuard<'_, CheckState> {
+        let mut st = self.lock();
+        while !cond(&st) {
+            st = self.cv.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+        st
+    }
+
+    /// The thread's work: parks until the forks are done, then reads the
+    /// page section of `img` from `rd`.
+    fn run<R: Read>(&self, img: &Image, rd: &mut ImageReader<R>) {
+        {
+            let mut st = self.lock();
+            st.parked = true;
+            self.cv.notify_all();
+            drop(st);
+            let mut st = self.wait_until(|st| st.resumed || st.stopping);
+            st.parked = false;
+            if st.stopping {
+                st.verdict = Some(Ok(()));
+                self.cv.notify_all();
+                return;
+            }
+        }
+        let r = img.read_pages(rd, |_, _| {
+            if self.lock().stopping {
+                return Err(Error::Refused("restart abandoned".into()));
+            }
+            Ok(())
+        });
+        self.lock().verdict = Some(r);
+        self.cv.notify_all();
+    }
+
+    fn stop(&self) {
+        let mut st = self.lock();
+        st.stopping = true;
+        self.cv.notify_all();
+    }
+
+    /// The thread's verdict, waited for if it was let go on reading (an
+    /// error only: an image found damaged explains a failed restore).
+    fn damage(&self) -> Option<Error> {
+        if !self.lock().resumed {
+            return None;
+        }
+        match self.wait_until(|st| st.verdict.is_some()).verdict.take() {
+            Some(Err(e)) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl Wait for Checked {
+    fn wait(&self, _end: u64) -> Result<()> {
+        Ok(())
+    }
+    fn release(&self, _off: u64, _len: u64) {}
+
+    fn before_fork(&self) -> Result<()> {
+        // Parked, the thread holds no lock a child could inherit taken.
+        drop(self.wait_until(|st| st.parked || st.verdict.is_some()));
+        Ok(())
+    }
+
+    fn after_fork(&self) {
+        let mut st = self.lock();
+        st.resumed = true;
+        self.cv.notify_all();
+    }
+
+    fn finish(&self) -> Result<()> {
+        self.after_fork();
+        let mut st = self.wait_until(|st| st.verdict.is_some());
+        let verdict = st.verdict.take().expect("waited for");
+        st.verdict = Some(Ok(()));
+        verdict
+    }
+}
+
+/// Runs `f` while a thread checks the page section of `img` from `rd`
+/// (see `Checked`); the thread is stopped (and joined) however `f` ends.
+/// A failed `f` on an image found damaged reports the damage.
+pub fn with_checked<R: Read + Send, T>(
+    checked: &Checked,
+    img: &Image,
+    rd: ImageReader<R>,
+    f: impl FnOnce() -> Result<T>,
+) -> Result<T> {
+    std::thread::scope(|sc| {
+        let mut rd = rd;
+        std::thread::Builder::new()
+            .name("ckpt-check".into())
+            .spawn_scoped(sc, move || checked.run(img, &mut rd))
+            .map_err(|e| Error::Sys {
+                pid: std::process::id() as i32,
+                what: "start the thread checking the image".into(),
+                source: e,
+            })?;
+        let r = f().map_err(|e| checked.damage().unwrap_or(e));
+        checked.stop();
+        r
+    })
 }
 
 /// How far the spool reads ahead of what the restore asked for.

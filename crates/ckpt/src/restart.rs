@@ -10,7 +10,7 @@ use crate::error::{Ctx, Error, Result};
 use crate::files;
 use crate::log::Log;
 use crate::model::{Image, ProcessImage};
-use crate::pagestore::{self, InPlace, Spool};
+use crate::pagestore::{self, Checked, InPlace, Spool};
 use crate::procfs;
 use crate::remote::Remote;
 use crate::sys::{self, Pid};
@@ -48,11 +48,12 @@ const RSEQ_FLAG_UNREGISTER: u64 = 1;
 /// RLIMIT_NOFILE is raised for the duration of the call only when the
 /// image's fds need it. Needs root (pids are chosen with clone3).
 ///
-/// A regular file is checked whole before anything is created. From a
-/// pipe or socket, the metadata is checked first, then a thread of the
-/// call reads the pages into the processes as they arrive (holding a
-/// bounded part of the image), and the tree runs once the whole image is
-/// read and its checksum is right.
+/// The image's metadata is checked whole before anything is created. From
+/// a regular file, the tasks then read their pages from it while a thread
+/// of the call checks its page section; from a pipe or socket, a thread
+/// reads the pages into the processes as they arrive (holding a bounded
+/// part of the image). Either way the tree runs only once the whole image
+/// is read and its checksum is right.
 ///
 /// ```no_run
 /// let image = std::fs::File::open("job.img")?;
@@ -85,17 +86,20 @@ pub fn restart(
     let in_place =
         input.metadata().map_err(io)?.is_file() && input.stream_position().ok() == Some(0);
     if in_place {
-        // Checked whole before anything is created, page data in place.
-        let (img, mut rd, complete) = Image::read_meta(page_data_in_place(&input))?;
+        // Metadata checked whole before anything is created; page data
+        // in place, checked while it is restored.
+        let (img, rd, complete) = Image::read_meta(page_data_in_place(&input))?;
         let compressed = img
             .section
             .as_ref()
             .is_some_and(|s| s.compression != COMPRESS_NONE);
         if !compressed {
-            if !complete {
-                img.read_pages(&mut rd, |_, _| Ok(()))?;
+            if complete {
+                return restart_image(&img, &input, &InPlace, owner, &me, opts, log);
             }
-            return restart_image(&img, &input, &InPlace, owner, &me, opts, log);
+            let checked = Checked::default();
+            let run = || restart_image(&img, &input, &checked, owner, &me, opts, log);
+            return pagestore::with_checked(&checked, &img, rd, run);
         }
         let spool = Spool::new().map_err(io)?;
         let run = || restart_image(&img, spool.file(), &spool, owner, &me, opts, log);
@@ -240,8 +244,7 @@ fn restart_image(
 }
 
 /// A reader of image file `file` that checksums page data where it lies
-/// (a mapping of the file, two threads for a big record) instead of
-/// copying it out: the check before anything is created costs less.
+/// (a mapping of the file) instead of copying it out.
 fn page_data_in_place(
     file: &std::fs::File,
 ) -> ckpt_image::ImageReader<std::io::BufReader<&std::fs::File>> {
@@ -254,7 +257,7 @@ fn page_data_in_place(
                 if off.checked_add(len).is_none_or(|end| end > size) {
                     return Err(std::io::ErrorKind::UnexpectedEof.into());
                 }
-                let crc = sys::crc32c_of_range_par(fd, off, len as usize)?;
+                let crc = sys::crc32c_of_range(fd, off, len as usize)?;
                 input.seek_relative(len as i64)?;
                 Ok(crc)
             },

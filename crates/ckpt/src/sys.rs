@@ -1177,22 +1177,6 @@ pub fn read_process(pid: Pid, addr: u64, buf: &mut [u8]) -> io::Result<usize> {
         .map(|n| n as usize)
 }
 
-/// `crc32c_of_range` by two threads at once for a large range (the halves'
-/// checksums combined).
-pub fn crc32c_of_range_par(fd: i32, off: u64, len: usize) -> io::Result<u32> {
-    const MIN: usize = 32 << 20;
-    if len < MIN {
-        return crc32c_of_range(fd, off, len);
-    }
-    let half = len / 2 / 4096 * 4096;
-    let (a, b) = std::thread::scope(|s| {
-        let t = s.spawn(|| crc32c_of_range(fd, off + half as u64, len - half));
-        (crc32c_of_range(fd, off, half), t.join())
-    });
-    let b = b.map_err(|_| io::Error::other("checksum thread panicked"))??;
-    Ok(crc32c::crc32c_combine(a?, b, len - half))
-}
-
 /// The page frame number of the kernel's zero page, which untouched memory
 /// that was only read maps (needs CAP_SYS_ADMIN to see PFNs; None without).
 pub fn zero_page_pfn() -> Option<u64> {
