@@ -1025,14 +1025,19 @@ pub fn write_batches<S: Sink>(
     Ok(())
 }
 
-/// Has the task write `batches` into the image file, one page record
-/// each: their data goes at offsets laid out in advance, each record is
-/// checksummed by a thread of ckpt while the task writes the next, and the
-/// record headers, which carry nothing of the checksums, go in last.
 /// Records at least this long are checksummed by a thread while the task
-/// writes the next one; shorter ones cost less than starting a thread.
+/// writes them; shorter ones cost less than starting a thread.
 const OVERLAPPED_CRC: u64 = 4 << 20;
 
+/// Has the task write `batches` into the image file, one page record
+/// each: their data goes at offsets laid out in advance, each record is
+/// checksummed by a thread of ckpt while the task writes it, and the
+/// record headers, which carry nothing of the checksums, go in last.
+///
+/// The checksum is of the task's memory (`crc32c_of_memory`), not of the
+/// file: the pages saved are private ones of a frozen tree, which nothing
+/// changes meanwhile, and reading them from the page cache just written
+/// contends with the task's writes there (LRU and page-cache locks).
 fn write_by_task<S: Sink>(
     w: &mut ImageWriter<S>,
     d: &mut Direct,
@@ -1052,19 +1057,18 @@ fn write_by_task<S: Sink>(
         })
         .collect();
     w.get_mut().flush().map_err(Error::Write)?;
-    let fd = d.image_fd;
+    let pid = d.remote.tid();
     let crcs = std::thread::scope(|sc| -> Result<Vec<u32>> {
         let mut sums = Vec::with_capacity(batches.len());
-        for (i, (b, &(_, data, len))) in batches.iter().zip(&layout).enumerate() {
-            taking_back_write_signals(d, |d| write_runs(d, &b.runs, data))?;
-            let sum = move || crate::sys::crc32c_of_range(fd, data, len as usize);
-            // A thread only where it overlaps a large write still to come.
-            let overlaps = i + 1 < batches.len() && len >= OVERLAPPED_CRC;
-            sums.push(if overlaps {
+        for (b, &(_, data, len)) in batches.iter().zip(&layout) {
+            let runs = &b.runs;
+            let sum = move || crc32c_of_memory(pid, runs);
+            sums.push(if len >= OVERLAPPED_CRC {
                 Err(sc.spawn(sum))
             } else {
                 Ok(sum())
             });
+            taking_back_write_signals(d, |d| write_runs(d, &b.runs, data))?;
             progress(len)?;
         }
         sums.into_iter()
@@ -1075,7 +1079,7 @@ fn write_by_task<S: Sink>(
                         .join()
                         .unwrap_or_else(|_| Err(std::io::Error::other("checksum thread panicked"))),
                 }
-                .map_err(Error::Write)
+                .ctx(pid, || "read memory to checksum".into())
             })
             .collect()
     })?;
@@ -1087,6 +1091,26 @@ fn write_by_task<S: Sink>(
     }
     let end = w.offset();
     w.get_mut().seek_to(end).map_err(Error::Write)
+}
+
+/// CRC32C of the runs (address, length) of process `pid`'s memory, back
+/// to back, read into a buffer that stays in the cache.
+fn crc32c_of_memory(pid: Pid, runs: &[(u64, u64)]) -> std::io::Result<u32> {
+    let mut buf = vec![0u8; 1 << 20];
+    let mut crc = 0;
+    for &(a, l) in runs {
+        let mut done = 0;
+        while done < l {
+            let n = (l - done).min(buf.len() as u64) as usize;
+            let got = crate::sys::read_process(pid, a + done, &mut buf[..n])?;
+            if got == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            crc = crc32c::crc32c_append(crc, &buf[..got]);
+            done += got as u64;
+        }
+    }
+    Ok(crc)
 }
 
 /// Runs the task's writes `f`. A write that fails with EPIPE or EFBIG (a
