@@ -485,9 +485,9 @@ fn run<S: Sink>(
             continue;
         }
         // The task writes its own pages into the image when it is a
-        // regular file (not into a pipe: ckpt would checksum the task's
-        // memory instead, which the kernel may touch meanwhile, e.g.
-        // rseq's cpu_id), and not under a file size limit of the task's
+        // regular file (not into a pipe, which ckpt could not read back
+        // to checksum the records holding memory the kernel may touch
+        // meanwhile, e.g. rseq's cpu_id: see `mm::write_by_task`), and not under a file size limit of the task's
         // own, which its writes would hit.
         let fsize_limited = img
             .rlimits
@@ -576,7 +576,7 @@ fn run<S: Sink>(
                 opts.check_cancel()
             };
             let these: Vec<&mm::Batch> = b.iter().filter(|b| b.early == early).collect();
-            write_pages(img.pid(), session, &these, w, compression, &mut report)?;
+            write_pages(img, session, &these, w, compression, &mut report)?;
         }
     }
     w.write(&ImageEnd {
@@ -605,13 +605,14 @@ fn run<S: Sink>(
 /// for the task by the task itself when it can open the image file
 /// (through /proc; not e.g. as another user), the rest by ckpt.
 fn write_pages<S: Sink>(
-    pid: Pid,
+    img: &ProcessImage,
     session: &mut Session,
     batches: &[&mm::Batch],
     w: &mut ImageWriter<S>,
     compression: mm::Compression,
     report: &mut dyn FnMut(u64) -> Result<()>,
 ) -> Result<()> {
+    let pid = img.pid();
     let image_fd = w
         .get_mut()
         .file_fd()
@@ -632,6 +633,13 @@ fn write_pages<S: Sink>(
         scratch,
         tracee_fd: tfd as u64,
         image_fd,
+        kernel_written: img
+            .threads
+            .iter()
+            .map(|t| &t.thread)
+            .filter(|t| t.rseq_addr != 0)
+            .map(|t| (t.rseq_addr, t.rseq_addr + t.rseq_len as u64))
+            .collect(),
     };
     let r = mm::write_batches(pid, batches, w, Some(&mut d), compression, report);
     let closed = session.close_fd(tfd);
