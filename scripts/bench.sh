@@ -102,6 +102,15 @@ runs=${BENCH_RUNS:-1}
 # Extra `ckpt checkpoint` arguments of run_ckpt and run_stream.
 ck_extra=()
 
+# A failed ckpt step: the row says so (under `set -e` it would end the
+# loop of runs and leave the failure out of the medians), the tree goes.
+failed() {
+    echo "- - - $1-failed"
+    pkill -KILL -s "$pid" 2>/dev/null || true
+    wait_gone "$pid" || true
+    rm -f "$dir/img" "$dir/log"
+}
+
 # One tool on one workload: prints "dump restore size verdict".
 run_ckpt() {
     start "$@"
@@ -109,12 +118,12 @@ run_ckpt() {
     local t0 t1 t2 pids
     pids=$(tree)
     t0=$(now)
-    "$ckpt" checkpoint "$pid" -o "$dir/img" "${ck_extra[@]}"
+    "$ckpt" checkpoint "$pid" -o "$dir/img" "${ck_extra[@]}" || { failed dump; return 0; }
     t1=$(now)
     wait_gone $pids
     local t1b
     t1b=$(now)
-    "$ckpt" restart -d "$dir/img" >/dev/null
+    "$ckpt" restart -d "$dir/img" >/dev/null || { failed restart; return 0; }
     t2=$(now)
     local size
     size=$(stat -c %s "$dir/img")
@@ -127,12 +136,12 @@ run_pipe() {
     local t0 t1 pids
     pids=$(tree)
     t0=$(now)
-    "$ckpt" checkpoint "$pid" -o - | cat >"$dir/img"
+    "$ckpt" checkpoint "$pid" -o - | cat >"$dir/img" || { failed dump; return 0; }
     t1=$(now)
     wait_gone $pids
     local t1b t2
     t1b=$(now)
-    "$ckpt" restart -d - <"$dir/img" >/dev/null
+    "$ckpt" restart -d - <"$dir/img" >/dev/null || { failed restart; return 0; }
     t2=$(now)
     echo "$(secs "$t0" "$t1") $(secs "$t1b" "$t2") $(stat -c %s "$dir/img") $(verdict)"
     rm -f "$dir/img"
@@ -146,11 +155,11 @@ run_stream() {
     local t0 t1 t1b t2 pids
     pids=$(tree)
     t0=$(now)
-    "$ckpt" checkpoint "$pid" -o "$dir/img" "${ck_extra[@]}"
+    "$ckpt" checkpoint "$pid" -o "$dir/img" "${ck_extra[@]}" || { failed dump; return 0; }
     t1=$(now)
     wait_gone $pids
     t1b=$(now)
-    cat "$dir/img" | "$ckpt" restart -d --log "$dir/log" - >/dev/null
+    cat "$dir/img" | "$ckpt" restart -d --log "$dir/log" - >/dev/null || { failed restart; return 0; }
     t2=$(now)
     local held
     held=$(grep -o 'at most [0-9]* KiB' "$dir/log" | grep -o '[0-9]*' || echo -)
