@@ -364,6 +364,20 @@ pub fn find_restorer(code: &[u8]) -> Option<usize> {
 mod tests {
     use super::*;
 
+    /// The restorer our libc gives its handlers (which the test runtime
+    /// installs) is one `find_restorer` accepts: what checkpoint relies on
+    /// before it searches a task's code.
+    #[test]
+    fn own_restorer_is_a_restorer() {
+        use std::os::unix::fs::FileExt;
+        let a = crate::sys::own_restorer().expect("a handler with SA_RESTORER");
+        let mut code = [0u8; 9];
+        std::fs::File::open("/proc/self/mem")
+            .and_then(|m| m.read_exact_at(&mut code, a))
+            .unwrap();
+        assert_eq!(find_restorer(&code), Some(0), "{code:02x?}");
+    }
+
     fn regs() -> Regs {
         // SAFETY: plain integers.
         let mut r: Regs = unsafe { std::mem::zeroed() };

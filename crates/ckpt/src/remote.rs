@@ -1132,7 +1132,15 @@ fn find_gadgets(maps: &[MapEntry], mem: &std::fs::File) -> Option<Gadgets> {
     if let Some(g) = last.filter(|g| gadgets_hold(maps, mem, g)) {
         return Some(g);
     }
-    let found = search_gadgets(maps, mem);
+    // A task mapping ckpt's own libc has its restorer where ckpt's is.
+    let ours = restorer_like_ours(maps).and_then(|restorer| {
+        let g = Gadgets {
+            syscall_ret: vdso_syscall_ret(maps, mem)?,
+            restorer,
+        };
+        gadgets_hold(maps, mem, &g).then_some(g)
+    });
+    let found = ours.or_else(|| search_gadgets(maps, mem));
     if found.is_some() {
         *LAST_GADGETS.lock().unwrap_or_else(|e| e.into_inner()) = found;
     }
@@ -1165,10 +1173,37 @@ fn gadgets_hold(maps: &[MapEntry], mem: &std::fs::File, g: &Gadgets) -> bool {
         && code_at(g.restorer, false, 9).is_some_and(|c| heal::find_restorer(&c) == Some(0))
 }
 
-fn search_gadgets(maps: &[MapEntry], mem: &std::fs::File) -> Option<Gadgets> {
+/// Where the task maps the restorer of ckpt's own libc (`own_restorer`):
+/// the same file (device and inode) mapped executable over the same
+/// offset. Found once per run in ckpt's maps.
+fn restorer_like_ours(maps: &[MapEntry]) -> Option<u64> {
+    static OURS: std::sync::OnceLock<Option<(u64, u64, u64)>> = std::sync::OnceLock::new();
+    let &(dev, ino, off) = OURS
+        .get_or_init(|| {
+            let a = crate::sys::own_restorer()?;
+            let me = crate::procfs::map_ranges(std::process::id() as Pid).ok()?;
+            let m = me
+                .iter()
+                .find(|m| m.start <= a && a < m.end && m.ino != 0)?;
+            Some((m.dev, m.ino, m.offset + (a - m.start)))
+        })
+        .as_ref()?;
+    maps.iter()
+        .find(|m| {
+            m.exec && m.dev == dev && m.ino == ino && m.offset <= off && off < m.offset + m.size()
+        })
+        .map(|m| m.start + (off - m.offset))
+}
+
+/// The `syscall; ret` gadget in the task's vDSO.
+fn vdso_syscall_ret(maps: &[MapEntry], mem: &std::fs::File) -> Option<u64> {
     let vdso = maps.iter().find(|m| m.path == b"[vdso]")?;
     let code = read_mapping(mem, vdso, 1 << 20)?;
-    let syscall_ret = vdso.start + heal::find_syscall_ret(&code)? as u64;
+    Some(vdso.start + heal::find_syscall_ret(&code)? as u64)
+}
+
+fn search_gadgets(maps: &[MapEntry], mem: &std::fs::File) -> Option<Gadgets> {
+    let syscall_ret = vdso_syscall_ret(maps, mem)?;
     // libc first: its restorer is the usual hit; then anything executable.
     let mut exec: Vec<&MapEntry> = maps
         .iter()

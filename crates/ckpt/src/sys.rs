@@ -422,6 +422,28 @@ pub fn set_sigaction(
     .map(drop)
 }
 
+/// The signal-return trampoline ckpt's own libc gives the handlers it
+/// installs (the restorer of the first handler with SA_RESTORER), read
+/// back with rt_sigaction; None if no handler has one.
+pub fn own_restorer() -> Option<u64> {
+    const SA_RESTORER: u64 = 0x0400_0000;
+    (1..=64).find_map(|sig: u64| {
+        let mut old = [0u64; 4];
+        // SAFETY: a query only (no new action); old matches struct
+        // kernel_sigaction on x86_64 and is writable.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                sig,
+                std::ptr::null::<u64>(),
+                old.as_mut_ptr(),
+                8,
+            )
+        };
+        (r == 0 && old[0] > 1 && old[1] & SA_RESTORER != 0 && old[2] != 0).then_some(old[2])
+    })
+}
+
 /// raise(SIGSTOP) in the calling process.
 pub fn stop_self() {
     // SAFETY: plain syscall.
