@@ -194,11 +194,12 @@ if [ "$quick" != objects ]; then
 sizes="64 1024 4096"
 [ "$quick" = quick ] && sizes="64"
 echo
-echo "## Bulk memory (GB/s; limits: 4 MiB writes to tmpfs, reads into fresh memory)"
-printf '%-10s %8s %8s %8s | %8s %8s %6s %6s | %8s %8s\n' MiB write read memcpy \
+echo "## Bulk memory (GB/s; limits: 4 MiB writes to tmpfs of memory out of the CPU caches,"
+echo "## reads into fresh memory; w-hot: the write of memory just filled, partly cached)"
+printf '%-10s %8s %8s %8s %8s | %8s %8s %6s %6s | %8s %8s\n' MiB write w-hot read memcpy \
     dump restore d/wr r/rd "criu-d" "criu-r"
 for m in $sizes; do
-    read -r _ w _ r _ c < <("$bw" limits "$m" "$dir/limits")
+    read -r _ w _ r _ c _ h < <("$bw" limits "$m" "$dir/limits")
     read -r d rs size v < <(median "$runs" run_ckpt mem "$m")
     cd=- cr=-
     if [ -n "$criu" ]; then
@@ -208,7 +209,7 @@ for m in $sizes; do
     fi
     dg=$(echo "scale=2; $m * 1.048576 / 1000 / $d" | bc)
     rg=$(echo "scale=2; $m * 1.048576 / 1000 / $rs" | bc)
-    printf '%-10s %8s %8s %8s | %8s %8s %6s %6s | %8s %8s  %s\n' "$m" "$w" "$r" "$c" "$dg" "$rg" \
+    printf '%-10s %8s %8s %8s %8s | %8s %8s %6s %6s | %8s %8s  %s\n' "$m" "$w" "$h" "$r" "$c" "$dg" "$rg" \
         "$(echo "scale=2; $dg / $w" | bc)" "$(echo "scale=2; $rg / $r" | bc)" "$cd" "$cr" "$v"
 done
 [ "$quick" = bulk ] && { rm -rf "$dir"; exit 0; }
