@@ -172,17 +172,10 @@ pub fn with_checked<R: Read + Send, T>(
 ) -> Result<T> {
     std::thread::scope(|sc| {
         let mut rd = rd;
-        std::thread::Builder::new()
-            .name("ckpt-check".into())
-            .spawn_scoped(sc, move || checked.run(img, &mut rd))
-            .map_err(|e| Error::Sys {
-                pid: std::process::id() as i32,
-                what: "start the thread checking the image".into(),
-                source: e,
-            })?;
-        let r = f().map_err(|e| checked.damage().unwrap_or(e));
-        checked.stop();
-        r
+        let run = move || checked.run(img, &mut rd);
+        spawn_scoped(sc, "ckpt-check", "checking the image", run)?;
+        let _stop = OnDrop(|| checked.stop());
+        f().map_err(|e| checked.damage().unwrap_or(e))
     })
 }
 
@@ -456,25 +449,41 @@ pub fn with_spool<R: Read + Send, T>(
     rd: ImageReader<R>,
     f: impl FnOnce() -> Result<T>,
 ) -> Result<T> {
-    struct StopOnDrop<'a>(&'a Spool);
-    impl Drop for StopOnDrop<'_> {
-        fn drop(&mut self) {
-            self.0.stop();
-        }
-    }
     std::thread::scope(|sc| {
         let mut rd = rd;
-        std::thread::Builder::new()
-            .name("ckpt-spool".into())
-            .spawn_scoped(sc, move || spool.run(img, &mut rd))
-            .map_err(|e| Error::Sys {
-                pid: std::process::id() as i32,
-                what: "start the thread reading the image stream".into(),
-                source: e,
-            })?;
-        let _stop = StopOnDrop(spool);
+        let run = move || spool.run(img, &mut rd);
+        spawn_scoped(sc, "ckpt-spool", "reading the image stream", run)?;
+        let _stop = OnDrop(|| spool.stop());
         f()
     })
+}
+
+/// Runs its closure when dropped: stops a thread however its scope ends.
+struct OnDrop<F: FnMut()>(F);
+
+impl<F: FnMut()> Drop for OnDrop<F> {
+    fn drop(&mut self) {
+        (self.0)()
+    }
+}
+
+/// Starts `run` as thread `name` of scope `sc` (`what` it does, for the
+/// error).
+fn spawn_scoped<'scope>(
+    sc: &'scope std::thread::Scope<'scope, '_>,
+    name: &str,
+    what: &str,
+    run: impl FnOnce() + Send + 'scope,
+) -> Result<()> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn_scoped(sc, run)
+        .map(drop)
+        .map_err(|e| Error::Sys {
+            pid: std::process::id() as i32,
+            what: format!("start the thread {what}"),
+            source: e,
+        })
 }
 
 /// A stream that fails once its spool is stopped (see `Spool::abortable`).
