@@ -1095,7 +1095,7 @@ fn write_by_task<S: Sink>(
                         .join()
                         .unwrap_or_else(|_| Err(std::io::Error::other("checksum thread panicked"))),
                 }
-                .ctx(pid, || "read memory to checksum".into())
+                .ctx(pid, || "checksum a page record".into())
             })
             .collect()
     })?;
