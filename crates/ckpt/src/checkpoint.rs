@@ -487,8 +487,9 @@ fn run<S: Sink>(
         // The task writes its own pages into the image when it is a
         // regular file (not into a pipe, which ckpt could not read back
         // to checksum the records holding memory the kernel may touch
-        // meanwhile, e.g. rseq's cpu_id: see `mm::write_by_task`), and not under a file size limit of the task's
-        // own, which its writes would hit.
+        // meanwhile, e.g. rseq's cpu_id: see `mm::write_by_task`), and
+        // not under a file size limit of the task's own, which its writes
+        // would hit.
         let fsize_limited = img
             .rlimits
             .limits

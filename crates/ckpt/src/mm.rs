@@ -1080,22 +1080,22 @@ fn write_by_task<S: Sink>(
         let mut sums = Vec::with_capacity(batches.len());
         for (b, &(_, data, len)) in batches.iter().zip(&layout) {
             let runs = &b.runs;
-            let steady = !runs
+            let from_file = runs
                 .iter()
                 .any(|&(a, l)| d.kernel_written.iter().any(|&k| overlaps((a, a + l), k)));
-            if !steady {
-                taking_back_write_signals(d, |d| write_runs(d, runs, data))?;
-                sums.push(Ok(crate::sys::crc32c_of_range(fd, data, len as usize)));
-                progress(len)?;
-                continue;
-            }
             let sum = move || crc32c_of_memory(pid, runs);
-            sums.push(if len >= OVERLAPPED_CRC {
-                Err(sc.spawn(sum))
-            } else {
-                Ok(sum())
+            let of_memory = (!from_file).then(|| {
+                if len >= OVERLAPPED_CRC {
+                    Err(sc.spawn(sum))
+                } else {
+                    Ok(sum())
+                }
             });
             taking_back_write_signals(d, |d| write_runs(d, runs, data))?;
+            sums.push(
+                of_memory
+                    .unwrap_or_else(|| Ok(crate::sys::crc32c_of_range(fd, data, len as usize))),
+            );
             progress(len)?;
         }
         sums.into_iter()

@@ -2733,10 +2733,6 @@ pub struct ScanFilter {
     pub report: u64,
 }
 
-/// The regions of `start..end` whose pages pass `filter`, through the
-/// PAGEMAP_SCAN ioctl on an open /proc/PID/pagemap: the kernel walks the
-/// page tables and skips what is empty, instead of returning one entry per
-/// page. `Err` with ENOTTY or EINVAL on kernels without it (before 6.7).
 /// Appends one PAGEMAP_SCAN call's `regions` to `out`. A call that filled
 /// its buffer may end (walk_end) before regions it reported, which the next
 /// call reports again (seen on 6.18 with 20,000 mappings, ZDTM's maps06:
@@ -2754,6 +2750,10 @@ fn append_regions(out: &mut Vec<PageRegion>, regions: &[PageRegion]) {
     }
 }
 
+/// The regions of `start..end` whose pages pass `filter`, through the
+/// PAGEMAP_SCAN ioctl on an open /proc/PID/pagemap: the kernel walks the
+/// page tables and skips what is empty, instead of returning one entry per
+/// page. `Err` with ENOTTY or EINVAL on kernels without it (before 6.7).
 pub fn pagemap_scan(
     pm: &std::fs::File,
     start: u64,
