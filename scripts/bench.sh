@@ -63,11 +63,11 @@ start() {
     exit 1
 }
 
-# This VM's host backs guest memory lazily: a page freed a few seconds
-# ago costs a fault on the host when used again (a 1 GiB tmpfs write runs
-# at 0.5 GB/s into such pages and 1.7 GB/s into pages just freed; a 1 GiB
-# dump took 0.74-0.89 s after such a write and 0.98-2.9 s after 8 idle
-# seconds). The limits, best of three, are measured on warm pages; so each
+# This VM's memory is slow to use again once it has been idle, as if
+# the host backed freed guest pages lazily (a 1 GiB tmpfs write ran at
+# 0.53 GB/s the first time, 1.70 right after, 1.40-1.57 after 8 idle
+# seconds; a 1 GiB dump took 0.74-0.89 s right after 3 GiB were written
+# and freed, 0.98-2.9 s after 8 idle seconds). The limits, best of three, are measured on warm pages; so each
 # dump and restart of the bulk cases (either tool) runs right after
 # warm_mib MiB of tmpfs were written and freed.
 warm_mib=0
