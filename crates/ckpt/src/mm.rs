@@ -885,37 +885,33 @@ const SCAN_JOB_ALONE: u64 = 2 << 20;
 /// saved), only those of the others need PAGE_IS_PFNZERO, which is cheap
 /// and so always asked.
 fn scan_jobs(vmas: &[(u64, u64, bool)]) -> Vec<ScanJob> {
-    let mut jobs = Vec::new();
-    // The call being built, and whether it must report file pages (`None`:
-    // only small anonymous mappings so far, either will do).
-    let mut cur: Option<(u64, u64, Option<bool>)> = None;
+    let mut jobs: Vec<ScanJob> = Vec::new();
+    // Whether the last job's `file` was set by a mapping that needs it so
+    // (not only small anonymous mappings, for which either will do).
+    let mut decided = false;
     for &(start, end, backed) in vmas {
         let need = match (backed, end - start >= SCAN_JOB_ALONE) {
             (true, _) => Some(true),
             (false, true) => Some(false),
             (false, false) => None,
         };
-        cur = match cur {
-            Some((s, _, file)) if need.is_none() || file.is_none() || file == need => {
-                Some((s, end, file.or(need)))
+        match jobs.last_mut() {
+            Some(j) if !decided || need.is_none_or(|f| f == j.file) => {
+                j.end = end;
+                if let Some(f) = need {
+                    j.file = f;
+                    decided = true;
+                }
             }
-            Some((s, e, file)) => {
+            _ => {
                 jobs.push(ScanJob {
-                    start: s,
-                    end: e,
-                    file: file.unwrap_or(false),
+                    start,
+                    end,
+                    file: need.unwrap_or(false),
                 });
-                Some((start, end, need))
+                decided = need.is_some();
             }
-            None => Some((start, end, need)),
-        };
-    }
-    if let Some((start, end, file)) = cur {
-        jobs.push(ScanJob {
-            start,
-            end,
-            file: file.unwrap_or(false),
-        });
+        }
     }
     jobs
 }
