@@ -89,6 +89,7 @@ pub fn restart(
         // Metadata checked whole before anything is created; page data
         // in place, checked while it is restored.
         let (img, rd, complete) = Image::read_meta(page_data_in_place(&input))?;
+        let _nofile = grow_fd_table(&img, input.as_raw_fd());
         let compressed = img
             .section
             .as_ref()
@@ -106,6 +107,7 @@ pub fn restart(
         return pagestore::with_spool(&spool, &img, rd, run);
     }
     // A stream: restored as it is read.
+    let input_fd = input.as_raw_fd();
     let spool = Spool::new().map_err(io)?;
     let rd = ckpt_image::ImageReader::new(std::io::BufReader::with_capacity(
         1 << 20,
@@ -113,6 +115,7 @@ pub fn restart(
     ))
     .with_page_data(spool.page_data_hook());
     let (img, rd, complete) = Image::read_meta(rd)?;
+    let _nofile = grow_fd_table(&img, input_fd);
     if complete {
         return refuse(
             "the image has its pages amid its metadata (written by an older ckpt): restart it \
@@ -332,16 +335,16 @@ fn io_err(what: String) -> impl FnOnce(std::io::Error) -> Error {
     }
 }
 
-impl Build {
-    /// Opens every shared object (files, pipes, shared memory) in ckpt, at
-    /// fds above every fd number of the image, for the tree to inherit.
-    fn prepare(
-        img: &Image,
-        file: &std::fs::File,
-        store: &dyn pagestore::Wait,
-        fs: Option<sys::FsIds>,
-        inherit_stdio: bool,
-    ) -> Result<Build> {
+/// The fds the restorer holds: the image's fd numbers go up to `max_fd`;
+/// what the restorer opens for the tree lies from `base` up to `needed`.
+struct FdRoom {
+    max_fd: i32,
+    base: i32,
+    needed: u64,
+}
+
+impl FdRoom {
+    fn of(img: &Image) -> FdRoom {
         let max_fd = img
             .processes
             .iter()
@@ -357,7 +360,43 @@ impl Build {
             + img.pipes.len() * 2
             + img.shmems.len()
             + 64;
-        let needed = base as u64 + held as u64;
+        FdRoom {
+            max_fd,
+            base,
+            needed: base as u64 + held as u64,
+        }
+    }
+}
+
+/// Grows ckpt's fd table to what restoring `img` needs while ckpt has one
+/// thread: the kernel grows a table shared by threads only after an RCU
+/// grace period (`expand_fdtable`), 12-20 ms on these machines, once per
+/// doubling. Best effort: returns the guard of the raised fd limit.
+fn grow_fd_table(img: &Image, any_fd: i32) -> Option<sys::NofileAtLeast> {
+    let needed = FdRoom::of(img).needed;
+    let (guard, limit) = sys::NofileAtLeast::raise(needed).ok()?;
+    let top = needed.min(limit).saturating_sub(1) as i32;
+    if let Ok(fd) = sys::dup_above(any_fd, top) {
+        sys::close(fd);
+    }
+    Some(guard)
+}
+
+impl Build {
+    /// Opens every shared object (files, pipes, shared memory) in ckpt, at
+    /// fds above every fd number of the image, for the tree to inherit.
+    fn prepare(
+        img: &Image,
+        file: &std::fs::File,
+        store: &dyn pagestore::Wait,
+        fs: Option<sys::FsIds>,
+        inherit_stdio: bool,
+    ) -> Result<Build> {
+        let FdRoom {
+            max_fd,
+            base,
+            needed,
+        } = FdRoom::of(img);
         let (nofile, limit) =
             sys::NofileAtLeast::raise(needed).map_err(io_err("getrlimit(RLIMIT_NOFILE)".into()))?;
         if limit < needed {

@@ -43,46 +43,83 @@ fn pipe_contents(pid: Pid, fd: i32) -> std::io::Result<(u32, Vec<u8>)> {
 /// lives: find it by inode and open both ends of that very pipe, so the
 /// restored tree talks to the same reader or writer. Its buffer still holds
 /// whatever was in flight, so nothing is refilled. Pipes that only the
-/// tree held died with it and are created anew. The holder's fd is opened
-/// as `fs` (an unauthenticated image reaches only its owner's pipes).
-fn reconnect_pipe(p: &Pipe, base: i32, fs: Option<&sys::FsIds>) -> Option<(i32, i32)> {
-    let want = format!("pipe:[{}]", p.ino);
-    for e in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<Pid>().ok()) else {
+/// tree held died with it and are created anew.
+///
+/// Returns, for each inode of `inos` some process still holds, the /proc
+/// path of one such fd. One pass over /proc for all pipes (each pipe's own
+/// pass read every fd of the host once per pipe), ckpt's own fds and its
+/// ancestors' first: run from the shell or harness that held the tree's
+/// pipes, ckpt usually holds them too. With `fs` (an unauthenticated image,
+/// which reaches only its owner's pipes) ckpt's own fds are left out: a
+/// process may always open its own fds through /proc, whatever its fs ids.
+fn pipe_holders(inos: &[u64], fs: Option<&sys::FsIds>) -> Vec<(u64, Vec<u8>)> {
+    let mut found: Vec<(u64, Vec<u8>)> = Vec::new();
+    if inos.is_empty() {
+        return found;
+    }
+    let me = std::process::id() as Pid;
+    let mut order: Vec<Pid> = Vec::new();
+    let mut at = me;
+    while at > 1 && order.len() < 64 {
+        order.push(at);
+        match crate::procfs::stat(at) {
+            Ok(st) => at = st.ppid,
+            Err(_) => break,
+        }
+    }
+    let rest = std::fs::read_dir("/proc").into_iter().flatten().flatten();
+    let rest = rest.filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<Pid>().ok()));
+    let mut seen = std::collections::HashSet::new();
+    for pid in order.clone().into_iter().chain(rest) {
+        if !seen.insert(pid) || (pid == me && fs.is_some()) {
             continue;
-        };
+        }
         let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
             continue;
         };
         for fd in fds.flatten() {
             let path = fd.path();
-            if std::fs::read_link(&path)
-                .ok()
-                .is_some_and(|l| l.as_os_str().as_bytes() == want.as_bytes())
-            {
-                let path = path.as_os_str().as_bytes();
-                // Opening a pipe through /proc gives a new description of
-                // the same pipe; O_RDWR never blocks, then each end is
-                // reopened with its own mode from it.
-                let both =
-                    sys::with_fs_ids(fs, || reopen(path, libc::O_RDWR | libc::O_NONBLOCK, base))
-                        .ok()?;
-                let r = reopen_fd(both, libc::O_RDONLY | libc::O_NONBLOCK, base);
-                let w = reopen_fd(both, libc::O_WRONLY | libc::O_NONBLOCK, base);
-                sys::close(both);
-                return match (r, w) {
-                    (Ok(r), Ok(w)) => Some((r, w)),
-                    (r, w) => {
-                        for fd in [r, w].into_iter().flatten() {
-                            sys::close(fd);
-                        }
-                        None
-                    }
-                };
+            let Ok(link) = std::fs::read_link(&path) else {
+                continue;
+            };
+            let ino = link
+                .as_os_str()
+                .as_bytes()
+                .strip_prefix(b"pipe:[")
+                .and_then(|l| l.strip_suffix(b"]"))
+                .and_then(|n| std::str::from_utf8(n).ok()?.parse::<u64>().ok());
+            let Some(ino) = ino.filter(|i| inos.contains(i)) else {
+                continue;
+            };
+            if !found.iter().any(|f| f.0 == ino) {
+                found.push((ino, path.as_os_str().as_bytes().to_vec()));
+                if found.len() == inos.len() {
+                    return found;
+                }
             }
         }
     }
-    None
+    found
+}
+
+/// Opens both ends of the pipe held at `path` (a /proc fd path), as `fs`.
+fn reconnect_pipe(path: &[u8], base: i32, fs: Option<&sys::FsIds>) -> Option<(i32, i32)> {
+    // Opening a pipe through /proc gives a new description of the same
+    // pipe; O_RDWR never blocks, then each end is reopened with its own
+    // mode from it.
+    let both = sys::with_fs_ids(fs, || reopen(path, libc::O_RDWR | libc::O_NONBLOCK, base)).ok()?;
+    let r = reopen_fd(both, libc::O_RDONLY | libc::O_NONBLOCK, base);
+    let w = reopen_fd(both, libc::O_WRONLY | libc::O_NONBLOCK, base);
+    sys::close(both);
+    match (r, w) {
+        (Ok(r), Ok(w)) => Some((r, w)),
+        (r, w) => {
+            for fd in [r, w].into_iter().flatten() {
+                sys::close(fd);
+            }
+            None
+        }
+    }
 }
 
 /// Makes the removed FIFO of `f` again (once per path), with its mode
@@ -252,8 +289,11 @@ fn inherit_stdio(cx: &OpenCx, p: &Pipe) -> Option<i32> {
 }
 
 fn open_pipes(cx: &mut OpenCx, files: &[&File], ends: &mut Vec<(u32, i32, i32)>) -> Result<()> {
+    let inos: Vec<u64> = cx.img.pipes.iter().map(|p| p.ino).collect();
+    let held = pipe_holders(&inos, cx.fs);
     for p in &cx.img.pipes {
-        if let Some((r, w)) = reconnect_pipe(p, cx.base, cx.fs) {
+        let holder = held.iter().find(|h| h.0 == p.ino);
+        if let Some((r, w)) = holder.and_then(|h| reconnect_pipe(&h.1, cx.base, cx.fs)) {
             ends.push((p.id, r, w));
             continue;
         }
