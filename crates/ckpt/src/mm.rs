@@ -1949,6 +1949,12 @@ pub fn replace_address_space(
             }
         }
     }
+    // Each group's memory is populated first (MADV_POPULATE_WRITE, in one
+    // batch of calls): faulting pages in one by one from inside preadv's
+    // copy costs far more (1 GiB: 0.78 s read into unpopulated memory,
+    // 0.62 s populated then read; 10,000 one-page mappings: 50 ms -> 35).
+    // Best effort: where it fails (a kernel before 5.14), reads fault.
+    let mut populate = code != 0;
     let mut i = 0;
     while i < pieces.len() {
         let mut j = i + 1;
@@ -1964,6 +1970,10 @@ pub fn replace_address_space(
         let group = &pieces[i..j];
         let last = group[group.len() - 1];
         store.wait(last.2 + last.1)?;
+        let fill = populate_calls(group);
+        if populate && !fill.is_empty() {
+            populate = r.call_many(code, s, room, &fill).is_ok();
+        }
         let got = if group.len() == 1 {
             0
         } else {
@@ -2087,6 +2097,33 @@ pub fn replace_address_space(
     restore_mm_state(r, &p.mm_state)
 }
 
+/// Pages below which a run of memory is not populated before its read:
+/// one call per scattered page costs more than its fault (64 GiB with one
+/// page in 512 written: restore 0.17 s -> 0.22 s when populated).
+const POPULATE_MIN: u64 = 16 * PAGE;
+
+/// MADV_POPULATE_WRITE over the memory of `pieces` (addr, len, file
+/// offset), one call per run of adjacent addresses of `POPULATE_MIN` or
+/// more.
+fn populate_calls(pieces: &[(u64, u64, u64)]) -> Vec<Call> {
+    let mut ranges: Vec<(u64, u64)> = Vec::new();
+    for &(a, l, _) in pieces {
+        match ranges.last_mut() {
+            Some(r) if r.1 == a => r.1 += l,
+            _ => ranges.push((a, a + l)),
+        }
+    }
+    ranges
+        .into_iter()
+        .filter(|(a, b)| b - a >= POPULATE_MIN)
+        .map(|(a, b)| Call {
+            name: format!("madvise(MADV_POPULATE_WRITE) on {a:#x}-{b:#x}"),
+            nr: libc::SYS_madvise,
+            args: [a, b - a, libc::MADV_POPULATE_WRITE as u64, 0, 0, 0],
+        })
+        .collect()
+}
+
 fn set_mm_map(r: &mut Remote, s: &Scratch, p: &ProcessImage) -> Result<()> {
     let m = &p.mm;
     let auxv = &m.auxv.0;
@@ -2196,5 +2233,31 @@ mod tests {
                 .find(|j| j.start <= s && e <= j.end);
             assert!(j.is_some_and(|j| j.file || !backed), "{s:#x}..{e:#x}");
         }
+    }
+
+    /// Adjacent pieces (one-page mappings side by side) make one populate
+    /// call; scattered pages and short runs make none.
+    #[test]
+    fn populate_calls_cover_long_runs_only() {
+        let side_by_side: Vec<_> = (0..256)
+            .map(|i| (0x10000 + i * PAGE, PAGE, i * PAGE))
+            .collect();
+        let calls = populate_calls(&side_by_side);
+        assert_eq!(calls.len(), 1);
+        assert_eq!(calls[0].nr, libc::SYS_madvise);
+        assert_eq!(
+            calls[0].args[..3],
+            [0x10000, 256 * PAGE, libc::MADV_POPULATE_WRITE as u64]
+        );
+        let scattered: Vec<_> = (0..256).map(|i| (i * 512 * PAGE, PAGE, i * PAGE)).collect();
+        assert!(populate_calls(&scattered).is_empty());
+        let mixed = [
+            (0, POPULATE_MIN - PAGE, 0),
+            (M, POPULATE_MIN, 0),
+            (M + POPULATE_MIN, PAGE, 0),
+        ];
+        let calls = populate_calls(&mixed);
+        assert_eq!(calls.len(), 1);
+        assert_eq!(calls[0].args[..2], [M, POPULATE_MIN + PAGE]);
     }
 }
