@@ -1768,7 +1768,7 @@ pub fn replace_address_space(
     p: &ProcessImage,
     from: &Inherited,
     progress: &mut dyn FnMut(u64),
-) -> Result<()> {
+) -> Result<Option<MapEntry>> {
     let Inherited {
         tramp,
         tramp_len,
@@ -1787,6 +1787,15 @@ pub fn replace_address_space(
     let unmaps = unmap_inherited(p, &cur, premapped, (tramp, tramp_len));
     r.call_many(code, s, room, &unmaps)?;
     move_vdso(r, &cur, p, (code, s, room))?;
+    let vdso = cur
+        .iter()
+        .find(|m| kind_of_special(&m.path) == Some(VMA_VDSO))
+        .zip(p.vmas.iter().find(|v| v.kind == VMA_VDSO))
+        .map(|(c, t)| MapEntry {
+            start: t.start,
+            end: t.start + c.size(),
+            ..c.clone()
+        });
 
     const EXEC: u64 = libc::PROT_EXEC as u64;
     let mut opened: Vec<(Vec<u8>, i32, u64)> = Vec::new();
@@ -2094,7 +2103,8 @@ pub fn replace_address_space(
         }
     }
     set_mm_map(r, s, p)?;
-    restore_mm_state(r, &p.mm_state)
+    restore_mm_state(r, &p.mm_state)?;
+    Ok(vdso)
 }
 
 /// Pages below which a run of memory is not populated before its read:
