@@ -10,7 +10,11 @@
 #
 # BENCH_RUNS=N (default 1) runs each bulk and per-object case N times and
 # prints the median of each column, which steadies the figures on a noisy
-# VM (the limits stay the best of three);
+# VM. A bulk case runs in rounds: the machine's limits once, then each
+# tool's dump and restart; the limits are the median of the rounds too,
+# like what they are compared with (this VM's memory speed drifts by
+# half within minutes, so a best of three of the limits alone is a
+# lucky draw next to a median of the dumps);
 # BENCH_CASES="vmas:10000 tree:64" picks the per-object cases.
 #
 # Images go to a tmpfs (BENCH_DIR, default /dev/shm/ckpt-bench). Each
@@ -67,9 +71,10 @@ start() {
 # the host backed freed guest pages lazily (a 1 GiB tmpfs write ran at
 # 0.53 GB/s the first time, 1.70 right after, 1.40-1.57 after 8 idle
 # seconds; a 1 GiB dump took 0.74-0.89 s right after 3 GiB were written
-# and freed, 0.98-2.9 s after 8 idle seconds). The limits, best of three, are measured on warm pages; so each
-# dump and restart of the bulk cases (either tool) runs right after
-# warm_mib MiB of tmpfs were written and freed.
+# and freed, 0.98-2.9 s after 8 idle seconds). The limits are measured
+# on warm pages (each writes its file twice); so each dump and restart of
+# the bulk cases (either tool) runs right after warm_mib MiB of tmpfs
+# were written and freed.
 warm_mib=0
 warm() {
     [ "$warm_mib" -gt 0 ] || return 0
@@ -220,19 +225,25 @@ echo "## Bulk memory (GB/s; limits: 4 MiB writes to tmpfs of memory out of the C
 echo "## reads into fresh memory; w-hot: the write of memory just filled, partly cached)"
 printf '%-10s %8s %8s %8s %8s | %8s %8s %6s %6s | %8s %8s\n' MiB write w-hot read memcpy \
     dump restore d/wr r/rd "criu-d" "criu-r"
+# One round of a bulk case of $1 MiB: "write w-hot read memcpy" (the
+# limits, one run), then ckpt's "dump restore size verdict", then CRIU's.
+bulk_round() {
+    local lim
+    lim=$("$bw" limits "$1" "$dir/limits" 1)
+    set -- "$1" $lim
+    echo "$3 $9 $5 $7 $(run_ckpt mem "$1") $(if [ -n "$criu" ]; then run_criu mem "$1"; else echo - - - -; fi)"
+}
 for m in $sizes; do
     warm_mib=$((m * 3 / 2))
-    read -r _ w _ r _ c _ h < <("$bw" limits "$m" "$dir/limits")
-    read -r d rs size v < <(median "$runs" run_ckpt mem "$m")
+    read -r w h r c d rs size v a b _ _ < <(median "$runs" bulk_round "$m")
     cd=- cr=-
     if [ -n "$criu" ]; then
-        read -r a b _ _ < <(median "$runs" run_criu mem "$m")
         [ "$a" != - ] && cd=$(echo "scale=2; $m * 1.048576 / 1000 / $a" | bc)
         [ "$b" != - ] && cr=$(echo "scale=2; $m * 1.048576 / 1000 / $b" | bc)
     fi
     dg=$(echo "scale=2; $m * 1.048576 / 1000 / $d" | bc)
     rg=$(echo "scale=2; $m * 1.048576 / 1000 / $rs" | bc)
-    printf '%-10s %8s %8s %8s %8s | %8s %8s %6s %6s | %8s %8s  %s\n' "$m" "$w" "$h" "$r" "$c" "$dg" "$rg" \
+    printf '%-10s %8.2f %8.2f %8.2f %8.2f | %8s %8s %6s %6s | %8s %8s  %s\n' "$m" "$w" "$h" "$r" "$c" "$dg" "$rg" \
         "$(echo "scale=2; $dg / $w" | bc)" "$(echo "scale=2; $rg / $r" | bc)" "$cd" "$cr" "$v"
 done
 [ "$quick" = bulk ] && { rm -rf "$dir"; exit 0; }
