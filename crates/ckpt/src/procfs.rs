@@ -348,7 +348,25 @@ pub struct FdInfo {
 }
 
 pub fn fdinfo(pid: Pid, fd: i32) -> io::Result<FdInfo> {
-    Ok(parse_fdinfo(&read(pid, &format!("fdinfo/{fd}"))?))
+    use std::io::Read as _;
+    // An fdinfo file is made whole by one call of its show function
+    // (`single_open`): a read that returns less than it asked for got all
+    // of it. So no size query (`fs::read_to_string` stats the file first)
+    // and no read of the end: two syscalls of a dozen per fd.
+    let mut f = fs::File::open(path(pid, &format!("fdinfo/{fd}")))?;
+    let mut buf = vec![0u8; 4096];
+    let mut len = 0;
+    loop {
+        let n = f.read(&mut buf[len..])?;
+        len += n;
+        if n == 0 || len < buf.len() {
+            break;
+        }
+        buf.resize(buf.len() * 2, 0);
+    }
+    buf.truncate(len);
+    let text = String::from_utf8(buf).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    Ok(parse_fdinfo(&text))
 }
 
 fn parse_fdinfo(s: &str) -> FdInfo {
@@ -448,6 +466,25 @@ pub fn comm(pid: Pid) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An fdinfo longer than the first read (an epoll fd's line per
+    /// target) is read whole.
+    #[test]
+    fn long_fdinfo_is_read_whole() {
+        let ep = crate::sys::epoll_create().unwrap();
+        let mut fds = Vec::new();
+        for i in 0..300 {
+            let e = crate::sys::eventfd(libc::EFD_CLOEXEC).unwrap();
+            crate::sys::epoll_ctl(ep, libc::EPOLL_CTL_ADD, e, libc::EPOLLIN as u32, i).unwrap();
+            fds.push(e);
+        }
+        let info = fdinfo(std::process::id() as Pid, ep).unwrap();
+        assert!(info.text.len() > 8192, "{}", info.text.len());
+        assert_eq!(info.text.matches("tfd:").count(), 300);
+        for fd in fds.into_iter().chain([ep]) {
+            crate::sys::close(fd);
+        }
+    }
 
     #[test]
     fn fdinfo_gives_position_flags_and_locks() {
