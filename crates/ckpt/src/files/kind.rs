@@ -258,13 +258,48 @@ impl OpenCx<'_> {
 
     /// Records `fd` as description `f`, giving it the saved status flags.
     pub fn opened(&mut self, f: &File, fd: i32) -> Result<()> {
-        if f.flags & libc::O_PATH as u32 == 0 {
+        self.opened_as(f, fd, true)
+    }
+
+    /// `opened` for a description opened with its saved flags: only
+    /// O_ASYNC, which open ignores, is left to set.
+    pub fn opened_with_flags(&mut self, f: &File, fd: i32) -> Result<()> {
+        self.opened_as(f, fd, f.flags & libc::O_ASYNC as u32 != 0)
+    }
+
+    fn opened_as(&mut self, f: &File, fd: i32, set_flags: bool) -> Result<()> {
+        if set_flags && f.flags & libc::O_PATH as u32 == 0 {
             // (F_SETFL fails with EBADF on an O_PATH fd.)
             sys::fcntl_set(fd, libc::F_SETFL, f.flags as i32 & SETFL_FLAGS)
                 .map_err(|e| self.err(format!("set flags of {}", f.path), e))?;
         }
         self.by_id.push((f.id, fd));
         Ok(())
+    }
+
+    /// Moves `low`, just opened at the lowest free fd for file `id`, to its
+    /// slot (`files::slots`) if that is free, else above `base`; returns
+    /// where it is now. An open that landed on the slot stays: with slots
+    /// given in fd order, most do (one syscall per description instead of
+    /// five).
+    pub fn settle(&self, id: u32, low: i32) -> std::io::Result<i32> {
+        match self.slots.get(&id) {
+            Some(&slot) if slot == low => return Ok(low),
+            // (Below `low` nothing is free: open gave the lowest.)
+            Some(&slot)
+                if slot > low && sys::fd_is_free(slot) && sys::dup3_cloexec(low, slot).is_ok() =>
+            {
+                sys::close(low);
+                return Ok(slot);
+            }
+            _ => {}
+        }
+        if low >= self.base {
+            return Ok(low);
+        }
+        let high = sys::dup_above(low, self.base);
+        sys::close(low);
+        high
     }
 
     /// Moves `fd`, just opened for file `id`, to its slot (`files::slots`)

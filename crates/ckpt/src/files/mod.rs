@@ -574,21 +574,28 @@ pub fn resume(img: &Image) -> Result<()> {
     Ok(())
 }
 
+/// Status flags a reopened file gets back (never O_CREAT/O_TRUNC/O_EXCL).
+const REOPEN_FLAGS: i32 = libc::O_ACCMODE
+    | libc::O_APPEND
+    | libc::O_NONBLOCK
+    | libc::O_DIRECT
+    | libc::O_NOATIME
+    | libc::O_SYNC
+    | libc::O_DSYNC
+    | libc::O_LARGEFILE
+    | libc::O_DIRECTORY
+    | libc::O_NOFOLLOW
+    | libc::O_PATH;
+
+/// Opens one description (close-on-exec) at the lowest free fd of the
+/// calling process, with the status flags of `flags` it can be opened with.
+pub(crate) fn open_desc(path: &[u8], flags: i32) -> std::io::Result<i32> {
+    sys::open_raw(path, (flags & REOPEN_FLAGS) | libc::O_CLOEXEC, 0)
+}
+
 /// Opens one description at an fd >= `base` in the calling process.
 pub(crate) fn reopen(path: &[u8], flags: i32, base: i32) -> std::io::Result<i32> {
-    /// Status flags a reopened file gets back (never O_CREAT/O_TRUNC/O_EXCL).
-    const REOPEN_FLAGS: i32 = libc::O_ACCMODE
-        | libc::O_APPEND
-        | libc::O_NONBLOCK
-        | libc::O_DIRECT
-        | libc::O_NOATIME
-        | libc::O_SYNC
-        | libc::O_DSYNC
-        | libc::O_LARGEFILE
-        | libc::O_DIRECTORY
-        | libc::O_NOFOLLOW
-        | libc::O_PATH;
-    let fd = sys::open_raw(path, (flags & REOPEN_FLAGS) | libc::O_CLOEXEC, 0)?;
+    let fd = open_desc(path, flags)?;
     let high = sys::dup_above(fd, base);
     sys::close(fd);
     high

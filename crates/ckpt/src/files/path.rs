@@ -2,7 +2,7 @@
 //! the stateless character devices, and O_PATH fds of any of them.
 
 use super::kind::{Check, DumpCx, FdKind, OpenCx, Probe};
-use super::{reopen, same_path};
+use super::{open_desc, same_path};
 use crate::error::Result;
 use crate::sys;
 use ckpt_image::*;
@@ -141,11 +141,11 @@ impl FdKind for ByPath {
                 // An O_TMPFILE file reports O_DIRECTORY among its flags.
                 flags &= !libc::O_DIRECTORY;
             }
-            let fd = sys::with_fs_ids(cx.fs, || reopen(&f.path.0, flags, cx.base))
+            let low = sys::with_fs_ids(cx.fs, || open_desc(&f.path.0, flags))
                 .map_err(|e| cx.open_err(f, "", e))?;
             // At once: a table of 10,000 files must not need 20,000 fds.
-            let fd = cx.place(f.id, fd);
-            cx.opened(f, fd)?;
+            let fd = cx.settle(f.id, low).map_err(|e| cx.err("dup".into(), e))?;
+            cx.opened_with_flags(f, fd)?;
             if f.flags & libc::O_PATH as u32 != 0 {
                 continue; // lseek fails with EBADF
             }
