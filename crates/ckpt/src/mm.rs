@@ -1979,9 +1979,11 @@ pub fn replace_address_space(
         let group = &pieces[i..j];
         let last = group[group.len() - 1];
         store.wait(last.2 + last.1)?;
-        let fill = populate_calls(group);
-        if populate && !fill.is_empty() {
-            populate = r.call_many(code, s, room, &fill).is_ok();
+        if populate {
+            let fill = populate_calls(group);
+            if !fill.is_empty() {
+                populate = r.call_many(code, s, room, &fill).is_ok();
+            }
         }
         let got = if group.len() == 1 {
             0

@@ -283,22 +283,12 @@ impl OpenCx<'_> {
     /// given in fd order, most do (one syscall per description instead of
     /// five).
     pub fn settle(&self, id: u32, low: i32) -> std::io::Result<i32> {
-        match self.slots.get(&id) {
-            Some(&slot) if slot == low => return Ok(low),
-            // (Below `low` nothing is free: open gave the lowest.)
-            Some(&slot)
-                if slot > low && sys::fd_is_free(slot) && sys::dup3_cloexec(low, slot).is_ok() =>
-            {
-                sys::close(low);
-                return Ok(slot);
-            }
-            _ => {}
+        let fd = self.place(id, low);
+        if fd >= self.base || self.slots.get(&id) == Some(&fd) {
+            return Ok(fd);
         }
-        if low >= self.base {
-            return Ok(low);
-        }
-        let high = sys::dup_above(low, self.base);
-        sys::close(low);
+        let high = sys::dup_above(fd, self.base);
+        sys::close(fd);
         high
     }
 

@@ -70,7 +70,7 @@ fn pipe_holders(inos: &[u64], fs: Option<&sys::FsIds>) -> Vec<(u64, Vec<u8>)> {
     let rest = std::fs::read_dir("/proc").into_iter().flatten().flatten();
     let rest = rest.filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<Pid>().ok()));
     let mut seen = std::collections::HashSet::new();
-    for pid in order.clone().into_iter().chain(rest) {
+    for pid in order.into_iter().chain(rest) {
         if !seen.insert(pid) || (pid == me && fs.is_some()) {
             continue;
         }
