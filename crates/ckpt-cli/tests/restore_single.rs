@@ -548,6 +548,9 @@ fn restart_waits_for_the_checkpointed_zombie_to_be_reaped() {
         img.as_os_str(),
     ]);
     assert!(run.success(), "checkpoint failed:\n{}", run.describe());
+    // Checkpoint returns once its tree is killed, not once it has exited:
+    // under load the task may still be tearing down its memory ('R').
+    wait_until(TIMEOUT, || proc_ids(w.pid).map(|p| p.state) == Some('Z'));
     assert_eq!(
         proc_ids(w.pid).map(|p| p.state),
         Some('Z'),

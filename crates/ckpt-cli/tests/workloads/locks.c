@@ -259,6 +259,11 @@ static void setup_waiter(void)
 
 static void verify_waiter(void)
 {
+    /* The restored waiters block again once they run: they may not have
+     * been scheduled yet when we are. */
+    double deadline = wl_monotonic() + 10;
+    while (!waiting(fd_flock, 2) && wl_monotonic() < deadline)
+        wl_sleep_ns(1000000);
     WL_CHECK(waiting(fd_flock, 2), "/proc/locks does not show the two waiters on wait.lck");
     if (flock(fd_flock, LOCK_UN) != 0 || lock(fd_flock, F_SETLK, F_UNLCK, 0, 0) != 0)
         wl_fail("unlock wait.lck: %s", strerror(errno));
