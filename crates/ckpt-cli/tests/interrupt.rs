@@ -266,7 +266,9 @@ fn checkpoint_killed_at_any_moment_leaves_the_process_unharmed() {
     eprintln!("a whole checkpoint takes {whole:?}");
 
     // Exact moments: the Nth injected syscall, before/at entry/at exit.
-    // (About 100 calls read the metadata, then one per 4 MiB of pages.)
+    // (About 100 calls read the metadata; with more than one core, ckpt's
+    // own threads write the 256 MiB of pages, which the random signals
+    // below hit, and the last calls close the image and unmap.)
     // `unmap` is the final munmap of the scratch region.
     let ns = [
         "1", "2", "3", "4", "5", "6", "8", "11", "16", "30", "60", "90", "120", "150", "unmap",

@@ -1202,6 +1202,52 @@ pub fn read_process(pid: Pid, addr: u64, buf: &mut [u8]) -> io::Result<usize> {
         .map(|n| n as usize)
 }
 
+/// process_vm_readv of the runs (address, length) of process `pid`'s
+/// memory, back to back, into `buf`, which is exactly as long as they
+/// are; IOV_MAX runs per call, and after a short read (a page that went
+/// away) from where it stopped, so a read that makes no progress fails.
+pub fn read_process_runs(pid: Pid, runs: &[(u64, u64)], buf: &mut [u8]) -> io::Result<()> {
+    const IOV_MAX: usize = 1024;
+    assert_eq!(runs.iter().map(|r| r.1).sum::<u64>(), buf.len() as u64);
+    let (mut run, mut into_run, mut at) = (0, 0u64, 0);
+    while run < runs.len() {
+        let remote: Vec<libc::iovec> = runs[run..]
+            .iter()
+            .take(IOV_MAX)
+            .enumerate()
+            .map(|(i, &(a, l))| {
+                let skip = if i == 0 { into_run } else { 0 };
+                libc::iovec {
+                    iov_base: (a + skip) as *mut _,
+                    iov_len: (l - skip) as usize,
+                }
+            })
+            .collect();
+        let want: usize = remote.iter().map(|v| v.iov_len).sum();
+        let local = libc::iovec {
+            iov_base: buf[at..].as_mut_ptr().cast(),
+            iov_len: want,
+        };
+        // SAFETY: `local` is within `buf`, writable for `want` bytes (the
+        // runs sum to its length); the remote ranges are only read, by the
+        // kernel, in the other process.
+        let n = check(unsafe {
+            libc::process_vm_readv(pid, &local, 1, remote.as_ptr(), remote.len() as _, 0)
+        } as libc::c_long)? as u64;
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        at += n as usize;
+        let mut left = n + into_run;
+        while run < runs.len() && left >= runs[run].1 {
+            left -= runs[run].1;
+            run += 1;
+        }
+        into_run = left;
+    }
+    Ok(())
+}
+
 /// The page frame number of the kernel's zero page, which untouched memory
 /// that was only read maps (needs CAP_SYS_ADMIN to see PFNs; None without).
 pub fn zero_page_pfn() -> Option<u64> {
