@@ -75,9 +75,11 @@ fn tree_settled(env: &TestEnv, w: &mut Workload, pids: &[i32]) {
 
 /// tree.c, checkpointed; `CKPT_TEST_FAIL_AFTER_SPAWN=1 ckpt restart` (with
 /// and without --detach) fails once all four processes (zombie included)
-/// exist: non-zero exit, a message, no pid on stdout, and when it returns
-/// none of the image's pids exists and no process of ours is left. Then the
-/// same image restarts fine (same pids, links, groups) and PASSes.
+/// exist, and `CKPT_TEST_FAIL_REBUILD=PID` fails while the processes are
+/// rebuilt (each by its own thread), in the middle of one of them: non-zero
+/// exit, a message, no pid on stdout, and when it returns none of the
+/// image's pids exists and no process of ours is left. Then the same image
+/// restarts fine (same pids, links, groups) and PASSes.
 #[test]
 fn restart_failing_after_spawn_leaves_nothing_behind() {
     let name = "restart_failing_after_spawn_leaves_nothing_behind";
@@ -93,20 +95,26 @@ fn restart_failing_after_spawn_leaves_nothing_behind() {
     let img = env.path("img");
     env.checkpoint_tree_and_kill(&mut w, &img, &pids);
 
-    for detach in [true, false] {
+    let (second, root) = (pids[1].to_string(), pids[0].to_string());
+    let cases = [
+        ("CKPT_TEST_FAIL_AFTER_SPAWN", "1", true),
+        ("CKPT_TEST_FAIL_AFTER_SPAWN", "1", false),
+        ("CKPT_TEST_FAIL_REBUILD", second.as_str(), true),
+        ("CKPT_TEST_FAIL_REBUILD", root.as_str(), false),
+    ];
+    for (hook, value, detach) in cases {
         let mut args = vec![OsStr::new("restart"), img.as_os_str()];
         if detach {
             args.push(OsStr::new("--detach"));
         }
-        let run = env.ckpt_with_env(args, &[("CKPT_TEST_FAIL_AFTER_SPAWN", "1")]);
+        let run = env.ckpt_with_env(args, &[(hook, value)]);
         assert!(
             !run.success(),
-            "restart with the failure hook must fail\n{}",
+            "restart with {hook}={value} must fail\n{}",
             run.describe()
         );
         assert!(
-            run.stderr.contains("CKPT_TEST_FAIL_AFTER_SPAWN")
-                || run.stderr.contains("after the processes were created"),
+            run.stderr.contains(hook),
             "the error must say what failed\n{}",
             run.describe()
         );
@@ -133,8 +141,8 @@ fn restart_failing_after_spawn_leaves_nothing_behind() {
                 "they were still there 10 s later".to_owned()
             };
             panic!(
-                "after the failed restart (detach: {detach}) returned, pids of the image still \
-                 exist: {left:#?} ({fate})\n{}",
+                "after the failed restart ({hook}={value}, detach: {detach}) returned, pids of \
+                 the image still exist: {left:#?} ({fate})\n{}",
                 run.describe()
             );
         }

@@ -16,7 +16,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 /// Page data readers wait for their data and say when they are done with it.
-pub trait Wait {
+pub trait Wait: Sync {
     /// Returns once the page data before offset `end` is in place.
     fn wait(&self, end: u64) -> Result<()>;
     /// The data at `off..off + len` is not needed any more.

@@ -16,6 +16,10 @@ pub struct TestHooks {
     /// `CKPT_TEST_FAIL_AFTER_SPAWN`: a restart fails once its processes
     /// exist (they must all be gone afterwards).
     pub fail_after_spawn: bool,
+    /// `CKPT_TEST_FAIL_REBUILD=PID`: a restart fails in the rebuild of
+    /// process PID, its memory just replaced (every process must be gone
+    /// afterwards).
+    pub fail_rebuild: Option<i32>,
     /// `CKPT_TEST_KILL_AT_INJECTION=N[:before|:entry|:exit]` (see `remote`).
     pub kill_at_injection: Option<String>,
     /// `CKPT_TEST_OTHER_IN_SLOT`: other threads inject from the second slot.
@@ -38,6 +42,7 @@ impl TestHooks {
             signal_before_release: var("CKPT_TEST_SIGNAL_BEFORE_RELEASE")
                 .and_then(|v| v.parse().ok()),
             fail_after_spawn: var("CKPT_TEST_FAIL_AFTER_SPAWN").is_some(),
+            fail_rebuild: var("CKPT_TEST_FAIL_REBUILD").and_then(|v| v.parse().ok()),
             kill_at_injection: var("CKPT_TEST_KILL_AT_INJECTION"),
             other_in_slot: var("CKPT_TEST_OTHER_IN_SLOT").is_some(),
             no_heal_gadgets: var("CKPT_TEST_NO_HEAL_GADGETS").is_some(),
@@ -59,6 +64,7 @@ pub(crate) fn get() -> &'static TestHooks {
     static NONE: TestHooks = TestHooks {
         signal_before_release: None,
         fail_after_spawn: false,
+        fail_rebuild: None,
         kill_at_injection: None,
         other_in_slot: false,
         no_heal_gadgets: false,
