@@ -1792,6 +1792,9 @@ pub struct Inherited<'a> {
     pub img_fd: i32,
     /// When those pages are there.
     pub store: &'a dyn crate::pagestore::Wait,
+    /// The image file mapped in ckpt, for ckpt's threads to copy pages
+    /// from (none for a stream).
+    pub image_map: Option<&'a crate::sys::FileMap>,
     /// The fd of each shared memory object, by id.
     pub shmem_fd: &'a dyn Fn(u32) -> Option<i32>,
     /// (pid, start) of the mappings this process or its parent premapped
@@ -1903,10 +1906,10 @@ pub fn replace_address_space(
     let Inherited {
         tramp,
         tramp_len,
-        img_fd,
         store,
         shmem_fd,
         premapped,
+        ..
     } = *from;
     let pid = r.tid();
     let cur = procfs::map_ranges(pid).ctx(pid, || "read maps".into())?;
@@ -2089,71 +2092,7 @@ pub fn replace_address_space(
             }
         }
     }
-    // Each group's memory is populated first (MADV_POPULATE_WRITE, in one
-    // batch of calls): faulting pages in one by one from inside preadv's
-    // copy costs far more (1 GiB: 0.78 s read into unpopulated memory,
-    // 0.62 s populated then read; 10,000 one-page mappings: 50 ms -> 35).
-    // Best effort: where it fails (a kernel before 5.14), reads fault.
-    let mut populate = code != 0;
-    let mut i = 0;
-    while i < pieces.len() {
-        let mut j = i + 1;
-        let mut bytes = pieces[i].1;
-        while j < pieces.len()
-            && j - i < IOVS_PER_CALL
-            && bytes + pieces[j].1 <= BATCH_BUF
-            && pieces[j].2 == pieces[j - 1].2 + pieces[j - 1].1
-        {
-            bytes += pieces[j].1;
-            j += 1;
-        }
-        let group = &pieces[i..j];
-        let last = group[group.len() - 1];
-        store.wait(last.2 + last.1)?;
-        if populate {
-            let fill = populate_calls(group);
-            if !fill.is_empty() {
-                populate = r.call_many(code, s, room, &fill).is_ok();
-            }
-        }
-        let got = if group.len() == 1 {
-            0
-        } else {
-            let runs: Vec<(u64, u64)> = group.iter().map(|&(a, l, _)| (a, l)).collect();
-            s.write(0, &iovecs(&runs))?;
-            r.call(
-                "preadv(image)",
-                libc::SYS_preadv,
-                &[img_fd as u64, s.addr, group.len() as u64, group[0].2, 0],
-            )?
-        };
-        progress(got);
-        // What one call did not read (a single run, or a short read).
-        let mut left = got;
-        for &(a, l, off) in group {
-            let skip = left.min(l);
-            left -= skip;
-            let mut done = skip;
-            while done < l {
-                let n = r.call(
-                    "pread64(image)",
-                    libc::SYS_pread64,
-                    &[img_fd as u64, a + done, l - done, off + done],
-                )?;
-                if n == 0 {
-                    return Err(Error::Refused(format!(
-                        "image ends inside the page data for {a:#x}"
-                    )));
-                }
-                done += n;
-                progress(n);
-            }
-        }
-        for &(_, l, off) in group {
-            store.release(off, l);
-        }
-        i = j;
-    }
+    read_pieces(r, s, (code, room), &pieces, from, progress)?;
     // Unread data goes from the spool too, once it has come (punched
     // before, it would stay when it arrives).
     for &(off, l) in &unread {
@@ -2238,6 +2177,159 @@ pub fn replace_address_space(
     set_mm_map(r, s, p)?;
     restore_mm_state(r, &p.mm_state)?;
     Ok(vdso)
+}
+
+/// Bytes of page data from which a thread of ckpt copies part of a
+/// process's pages beside the task (`read_pieces`).
+const HELPED_FROM: u64 = 32 << 20;
+
+/// Fills the task's memory: `pieces` (address, length, image offset),
+/// in groups read by one `preadv` each (runs whose data lies back to back,
+/// up to 256 runs or 16 MiB). From an image file, for 32 MiB of page data
+/// or more, with a core to spare, a thread of ckpt takes groups too, the
+/// next one free as the task does, and copies each from a mapping of the
+/// file (`FileMap`, `process_vm_writev`: one copy too): one reader on one
+/// core is bound by its copy.
+fn read_pieces(
+    r: &mut Remote,
+    s: &Scratch,
+    (code, room): (u64, u64),
+    pieces: &[(u64, u64, u64)],
+    from: &Inherited,
+    progress: &mut dyn FnMut(u64),
+) -> Result<()> {
+    let (img_fd, store) = (from.img_fd, from.store);
+    let mut groups = Vec::new();
+    let mut i = 0;
+    while i < pieces.len() {
+        let mut j = i + 1;
+        let mut bytes = pieces[i].1;
+        while j < pieces.len()
+            && j - i < IOVS_PER_CALL
+            && bytes + pieces[j].1 <= BATCH_BUF
+            && pieces[j].2 == pieces[j - 1].2 + pieces[j - 1].1
+        {
+            bytes += pieces[j].1;
+            j += 1;
+        }
+        groups.push(&pieces[i..j]);
+        i = j;
+    }
+    let total: u64 = pieces.iter().map(|p| p.1).sum();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // (One thread per core beside the task, up to 3.)
+    let helpers = match from.image_map {
+        Some(map) if total >= HELPED_FROM => vec![map; (cores - 1).min(3)],
+        _ => Vec::new(),
+    };
+    use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+    let pid = r.tid();
+    let (next, stop, helped) = (
+        &AtomicUsize::new(0),
+        &AtomicBool::new(false),
+        &AtomicU64::new(0),
+    );
+    let groups = &groups;
+    let help = move |map: &crate::sys::FileMap| -> Result<()> {
+        while let Some(&group) = groups.get(next.fetch_add(1, Relaxed)) {
+            if stop.load(Relaxed) {
+                break;
+            }
+            let last = group[group.len() - 1];
+            store.wait(last.2 + last.1)?;
+            let runs: Vec<(u64, u64)> = group.iter().map(|&(a, l, _)| (a, l)).collect();
+            map.write_process_runs(pid, group[0].2, &runs)
+                .ctx(pid, || {
+                    format!("write the pages at {:#x} from the image", group[0].0)
+                })?;
+            helped.fetch_add(runs.iter().map(|r| r.1).sum(), Relaxed);
+        }
+        Ok(())
+    };
+    std::thread::scope(|sc| {
+        let helping: Vec<_> = helpers
+            .into_iter()
+            .map(|map| {
+                sc.spawn(move || {
+                    let r = help(map);
+                    stop.fetch_or(r.is_err(), Relaxed);
+                    r
+                })
+            })
+            .collect();
+        let mut reported = 0;
+        let mut report_helped = |progress: &mut dyn FnMut(u64)| {
+            let now = helped.load(Relaxed);
+            progress(now - reported);
+            reported = now;
+        };
+        let mine = (|| -> Result<()> {
+            // Each group's memory is populated first (MADV_POPULATE_WRITE, in one
+            // batch of calls): faulting pages in one by one from inside preadv's
+            // copy costs far more (1 GiB: 0.78 s read into unpopulated memory,
+            // 0.62 s populated then read; 10,000 one-page mappings: 50 ms -> 35).
+            // Best effort: where it fails (a kernel before 5.14), reads fault.
+            let mut populate = code != 0;
+            while let Some(&group) = groups.get(next.fetch_add(1, Relaxed)) {
+                if stop.load(Relaxed) {
+                    break;
+                }
+                let last = group[group.len() - 1];
+                store.wait(last.2 + last.1)?;
+                if populate {
+                    let fill = populate_calls(group);
+                    if !fill.is_empty() {
+                        populate = r.call_many(code, s, room, &fill).is_ok();
+                    }
+                }
+                let got = if group.len() == 1 {
+                    0
+                } else {
+                    let runs: Vec<(u64, u64)> = group.iter().map(|&(a, l, _)| (a, l)).collect();
+                    s.write(0, &iovecs(&runs))?;
+                    r.call(
+                        "preadv(image)",
+                        libc::SYS_preadv,
+                        &[img_fd as u64, s.addr, group.len() as u64, group[0].2, 0],
+                    )?
+                };
+                progress(got);
+                // What one call did not read (a single run, or a short read).
+                let mut left = got;
+                for &(a, l, off) in group {
+                    let skip = left.min(l);
+                    left -= skip;
+                    let mut done = skip;
+                    while done < l {
+                        let n = r.call(
+                            "pread64(image)",
+                            libc::SYS_pread64,
+                            &[img_fd as u64, a + done, l - done, off + done],
+                        )?;
+                        if n == 0 {
+                            return Err(Error::Refused(format!(
+                                "image ends inside the page data for {a:#x}"
+                            )));
+                        }
+                        done += n;
+                        progress(n);
+                    }
+                }
+                for &(_, l, off) in group {
+                    store.release(off, l);
+                }
+                report_helped(progress);
+            }
+            Ok(())
+        })();
+        stop.fetch_or(mine.is_err(), Relaxed);
+        let theirs = helping.into_iter().try_for_each(|t| {
+            t.join()
+                .unwrap_or_else(|_| Err(Error::Refused("a page copying thread panicked".into())))
+        });
+        report_helped(progress);
+        mine.and(theirs)
+    })
 }
 
 /// Pages below which a run of memory is not populated before its read:

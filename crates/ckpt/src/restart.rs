@@ -305,6 +305,9 @@ struct Build {
     owners: Vec<(Pid, FileOwner)>,
     /// (path, fd) of each recreated removed working directory.
     removed_cwds: Vec<(Vec<u8>, i32)>,
+    /// The image file mapped, for ckpt's threads to copy pages from (not
+    /// a stream's spool, which fills and empties as it goes).
+    image_map: Option<sys::FileMap>,
 }
 
 /// How many threads rebuild the processes: four per core, up to 8, and
@@ -465,6 +468,9 @@ impl Build {
                 })
                 .collect(),
             removed_cwds: Vec::new(),
+            image_map: (!store.streamed())
+                .then(|| sys::FileMap::new(file.as_raw_fd()).ok())
+                .flatten(),
         };
         b.recreate_removed_cwds(img, base)?;
         for s in &img.shmems {
@@ -1128,6 +1134,7 @@ impl Build {
             tramp_len: TRAMP_LEN,
             img_fd: self.img_fd,
             store,
+            image_map: self.image_map.as_ref(),
             shmem_fd: &shmem_fd,
         };
         let vdso = crate::mm::replace_address_space(&mut r, &s, p, &from, progress)?;

@@ -1203,12 +1203,25 @@ pub fn read_process(pid: Pid, addr: u64, buf: &mut [u8]) -> io::Result<usize> {
 }
 
 /// process_vm_readv of the runs (address, length) of process `pid`'s
-/// memory, back to back, into `buf`, which is exactly as long as they
-/// are; IOV_MAX runs per call, and after a short read (a page that went
-/// away) from where it stopped, so a read that makes no progress fails.
+/// memory, back to back, into `buf`, which is exactly as long as they are.
 pub fn read_process_runs(pid: Pid, runs: &[(u64, u64)], buf: &mut [u8]) -> io::Result<()> {
-    const IOV_MAX: usize = 1024;
     assert_eq!(runs.iter().map(|r| r.1).sum::<u64>(), buf.len() as u64);
+    // SAFETY: `buf` is ours, writable for the runs' total length.
+    unsafe { transfer_runs(pid, runs, buf.as_mut_ptr() as u64, false) }
+}
+
+/// process_vm_readv (`write` false) or process_vm_writev of the runs
+/// (address, length) of process `pid`'s memory, back to back, from or to
+/// our memory at `local`; IOV_MAX runs per call, and after a short
+/// transfer (a page that went away) from where it stopped, so one that
+/// makes no progress fails.
+///
+/// # Safety
+/// `local` must be our memory for the runs' total length: writable if
+/// read into, readable (or a file mapping, whose faults fail the call) if
+/// written from.
+unsafe fn transfer_runs(pid: Pid, runs: &[(u64, u64)], local: u64, write: bool) -> io::Result<()> {
+    const IOV_MAX: usize = 1024;
     let (mut run, mut into_run, mut at) = (0, 0u64, 0);
     while run < runs.len() {
         let remote: Vec<libc::iovec> = runs[run..]
@@ -1224,21 +1237,26 @@ pub fn read_process_runs(pid: Pid, runs: &[(u64, u64)], buf: &mut [u8]) -> io::R
             })
             .collect();
         let want: usize = remote.iter().map(|v| v.iov_len).sum();
-        let local = libc::iovec {
-            iov_base: buf[at..].as_mut_ptr().cast(),
+        let mine = libc::iovec {
+            iov_base: (local + at) as *mut _,
             iov_len: want,
         };
-        // SAFETY: `local` is within `buf`, writable for `want` bytes (the
-        // runs sum to its length); the remote ranges are only read, by the
-        // kernel, in the other process.
-        let n = check(unsafe {
-            libc::process_vm_readv(pid, &local, 1, remote.as_ptr(), remote.len() as _, 0)
+        let (m, r, n) = (&mine, remote.as_ptr(), remote.len() as libc::c_ulong);
+        // SAFETY: `mine` is within `local` (the caller's promise); the
+        // remote ranges are read or written by the kernel, in the other
+        // process.
+        let got = check(unsafe {
+            if write {
+                libc::process_vm_writev(pid, m, 1, r, n, 0)
+            } else {
+                libc::process_vm_readv(pid, m, 1, r, n, 0)
+            }
         } as libc::c_long)? as u64;
-        if n == 0 {
+        if got == 0 {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
-        at += n as usize;
-        let mut left = n + into_run;
+        at += got;
+        let mut left = got + into_run;
         while run < runs.len() && left >= runs[run].1 {
             left -= runs[run].1;
             run += 1;
@@ -1246,6 +1264,72 @@ pub fn read_process_runs(pid: Pid, runs: &[(u64, u64)], buf: &mut [u8]) -> io::R
         into_run = left;
     }
     Ok(())
+}
+
+/// A read-only shared mapping of a whole file of ours, for the kernel to
+/// copy from (`write_process_runs`); never read through a Rust reference,
+/// since the file can change under it.
+pub struct FileMap {
+    addr: u64,
+    len: u64,
+}
+
+// SAFETY: the mapping is only an address range handed to the kernel; it
+// stays mapped until drop, and nothing is read from it in Rust.
+unsafe impl Send for FileMap {}
+// SAFETY: as for Send: shared, it is only read, by the kernel.
+unsafe impl Sync for FileMap {}
+
+impl FileMap {
+    /// Maps all of `fd` (not populated: a copy from it faults pages in 16
+    /// at a time).
+    pub fn new(fd: i32) -> io::Result<FileMap> {
+        // SAFETY: stat is plain data; zero is valid.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: fstat fills the struct it is given.
+        check(unsafe { libc::fstat(fd, &mut st) } as libc::c_long)?;
+        let len = st.st_size as u64;
+        if len == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        // SAFETY: a fresh read-only mapping of our own file, unmapped on drop.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len as usize,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(FileMap {
+            addr: p as u64,
+            len,
+        })
+    }
+
+    /// process_vm_writev of the file's bytes from `off` on into the runs
+    /// (address, length) of process `pid`'s memory, back to back.
+    pub fn write_process_runs(&self, pid: Pid, off: u64, runs: &[(u64, u64)]) -> io::Result<()> {
+        let total: u64 = runs.iter().map(|r| r.1).sum();
+        if off.checked_add(total).is_none_or(|end| end > self.len) {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        // SAFETY: `off..off + total` is within the mapping, readable; a
+        // part of it past the file's end now (truncated since) fails the
+        // kernel's copy, which a fault there does not survive as a signal.
+        unsafe { transfer_runs(pid, runs, self.addr + off, true) }
+    }
+}
+
+impl Drop for FileMap {
+    fn drop(&mut self) {
+        munmap(self.addr, self.len as usize);
+    }
 }
 
 /// The page frame number of the kernel's zero page, which untouched memory
@@ -2846,6 +2930,47 @@ pub fn pagemap_scan(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Runs of our own memory read back to back, across more runs than
+    /// one call takes; a run that is not mapped fails the read.
+    #[test]
+    fn process_runs_read_back_to_back() {
+        let me = std::process::id() as Pid;
+        let mem: Vec<u8> = (0..3000u32).map(|i| (i % 251) as u8).collect();
+        let base = mem.as_ptr() as u64;
+        // 1500 runs of 2 bytes, every other pair, backwards.
+        let runs: Vec<(u64, u64)> = (0..1500u64).rev().map(|i| (base + i * 2, 2)).collect();
+        let mut buf = vec![0u8; 3000];
+        read_process_runs(me, &runs, &mut buf).unwrap();
+        let want: Vec<u8> = (0..1500usize)
+            .rev()
+            .flat_map(|i| [mem[i * 2], mem[i * 2 + 1]])
+            .collect();
+        assert_eq!(buf, want);
+        let mut one = [0u8; 8];
+        assert!(read_process_runs(me, &[(base, 4), (4096, 4)], &mut one).is_err());
+    }
+
+    /// A file's bytes from an offset go into runs of our memory; a range
+    /// past the file's end is refused before any copy.
+    #[test]
+    fn file_map_writes_runs_from_an_offset() {
+        let path = std::env::temp_dir().join(format!("ckpt-filemap-{}", std::process::id()));
+        let data: Vec<u8> = (0..8192u32).map(|i| (i * 7 % 256) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        let f = std::fs::File::open(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let map = FileMap::new(std::os::fd::AsRawFd::as_raw_fd(&f)).unwrap();
+        let mut dst = vec![0u8; 300];
+        let base = dst.as_mut_ptr() as u64;
+        let me = std::process::id() as Pid;
+        map.write_process_runs(me, 5000, &[(base + 200, 100), (base, 150)])
+            .unwrap();
+        assert_eq!(&dst[200..300], &data[5000..5100]);
+        assert_eq!(&dst[..150], &data[5100..5250]);
+        assert!(dst[150..200].iter().all(|&b| b == 0));
+        assert!(map.write_process_runs(me, 8000, &[(base, 300)]).is_err());
+    }
 
     fn r(start: u64, end: u64, categories: u64) -> PageRegion {
         PageRegion {
