@@ -1,6 +1,7 @@
 //! Streamed and compressed images: `ckpt restart -` restores from a pipe
 //! as it reads, holding a bounded part of the image; a large one restarts
-//! intact from a file, its pages copied by several threads; `--compress lz4|zstd`
+//! intact from a file, its pages copied by several threads, and from what
+//! `checkpoint -o -` wrote into a pipe; `--compress lz4|zstd`
 //! images restart from files and streams; a stream whose pages are
 //! corrupt or cut short leaves nothing running. See `workloads/bulk.c`.
 //!
@@ -108,6 +109,58 @@ fn bulk_restart_from_a_file_is_intact_and_checked() {
         run.describe()
     );
     env.assert_none_runs(&[w.pid], "after the changed image");
+    env.restart_detached(&mut w, &img);
+    env.signal_and_expect_pass(&mut w, libc::SIGTERM);
+}
+
+/// `checkpoint -o -` into a pipe: the pages of a 64 MiB process, read by a
+/// thread of ckpt ahead of its writes, come through whole; the process
+/// restarts intact, every byte checked.
+#[test]
+fn checkpoint_into_a_pipe_restarts_intact() {
+    use std::io::Read;
+    let Some(env) = TestEnv::new("checkpoint_into_a_pipe_restarts_intact") else {
+        return;
+    };
+    let Some(mut w) = env.start_workload("bulk", &["64"]) else {
+        return;
+    };
+    let mut ck = Command::new(ckpt_bin())
+        .args(["checkpoint", &w.pid.to_string(), "-o", "-"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ckpt");
+    let mut out = ck.stdout.take().expect("stdout");
+    // (Ends when ckpt closes its end: exits.)
+    let reader = std::thread::spawn(move || {
+        let mut image = Vec::new();
+        out.read_to_end(&mut image).map(|_| image)
+    });
+    let deadline = std::time::Instant::now() + CKPT_TIMEOUT;
+    let status = loop {
+        if let Some(s) = ck.try_wait().expect("wait for ckpt") {
+            break s;
+        }
+        assert!(std::time::Instant::now() < deadline, "ckpt did not exit");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    let _ = ck.stderr.take().expect("stderr").read_to_string(&mut err);
+    assert!(status.success(), "checkpoint -o - failed: {err}");
+    let image = reader.join().unwrap().expect("read the stream");
+    assert!(
+        image.len() > 64 << 20,
+        "the stream has {} bytes",
+        image.len()
+    );
+    assert!(
+        w.proc.wait_exit(TIMEOUT).is_some(),
+        "the checkpoint kills it"
+    );
+    let img = env.path("img");
+    std::fs::write(&img, &image).unwrap();
     env.restart_detached(&mut w, &img);
     env.signal_and_expect_pass(&mut w, libc::SIGTERM);
 }

@@ -1075,6 +1075,9 @@ pub fn write_batches<S: Sink>(
         }
         return Ok(());
     }
+    if direct.is_none() {
+        return write_read_ahead(pid, &mem, batches, w, progress);
+    }
     let mut buf = Vec::new();
     let mut i = 0;
     while i < batches.len() {
@@ -1109,6 +1112,68 @@ pub fn write_batches<S: Sink>(
         i += 1;
     }
     Ok(())
+}
+
+/// Writes the page records of `batches` from ckpt's copy of the memory,
+/// which a thread reads (`/proc/PID/mem`, which reads any mapping) a piece
+/// of up to 4 MiB ahead of the writes: into a pipe, ckpt's two copies
+/// (out of the process, into the pipe) then run on two cores at once.
+fn write_read_ahead<S: Sink>(
+    pid: Pid,
+    mem: &std::fs::File,
+    batches: &[&Batch],
+    w: &mut ImageWriter<S>,
+    progress: &mut dyn FnMut(u64) -> Result<()>,
+) -> Result<()> {
+    use std::sync::mpsc;
+    let plan: Vec<Vec<Vec<(u64, u64)>>> =
+        batches.iter().map(|b| pieces(&b.runs, LANE_BUF)).collect();
+    // Two buffers go round: one read into while the other is written.
+    let (full_tx, full) = mpsc::sync_channel::<Result<(Vec<u8>, usize)>>(1);
+    let (empty, empty_rx) = mpsc::channel::<Vec<u8>>();
+    for _ in 0..2 {
+        let _ = empty.send(vec![0u8; LANE_BUF as usize]);
+    }
+    let read = |runs: &[(u64, u64)], buf: &mut [u8]| -> Result<usize> {
+        let mut at = 0;
+        for &(a, l) in runs {
+            mem.read_exact_at(&mut buf[at..at + l as usize], a)
+                .ctx(pid, || format!("read memory {a:#x}..{:#x}", a + l))?;
+            at += l as usize;
+        }
+        Ok(at)
+    };
+    std::thread::scope(|sc| {
+        let plan = &plan;
+        sc.spawn(move || {
+            // (Ends when the writer is gone: a failed write.)
+            for piece in plan.iter().flatten() {
+                let Ok(mut buf) = empty_rx.recv() else { return };
+                let r = read(piece, &mut buf).map(|n| (buf, n));
+                if full_tx.send(r).is_err() {
+                    return;
+                }
+            }
+        });
+        let written = (|| -> Result<()> {
+            for (b, pieces) in batches.iter().zip(plan) {
+                w.begin_pages(b.runs[0].0, b.pages, 0)
+                    .map_err(Error::Write)?;
+                for _ in pieces {
+                    let (buf, n) = full
+                        .recv()
+                        .map_err(|_| Error::Refused("the memory reading thread ended".into()))??;
+                    w.page_data(&buf[..n]).map_err(Error::Write)?;
+                    let _ = empty.send(buf);
+                }
+                w.end_pages();
+                progress(b.pages * PAGE)?;
+            }
+            Ok(())
+        })();
+        drop((full, empty));
+        written
+    })
 }
 
 /// Records at least this long are checksummed by a thread while the task
