@@ -75,15 +75,21 @@ pub fn prime_suid_dumpable(r: &mut Remote) -> Result<()> {
     Ok(())
 }
 
-/// Sets the task's credentials to `c` by injected syscalls.
-pub fn restore(r: &mut Remote, s: &Scratch, c: &Creds) -> Result<()> {
-    let pid = r.tid();
-    let cur = dump_creds(&crate::procfs::status(pid).map_err(|e| crate::Error::Sys {
-        pid,
-        what: "read status".into(),
-        source: e,
-    })?);
-    if &cur == c {
+/// The credentials task `tid` has now.
+pub fn current(tid: crate::sys::Pid) -> Result<Creds> {
+    Ok(dump_creds(&crate::procfs::status(tid).map_err(|e| {
+        crate::Error::Sys {
+            pid: tid,
+            what: "read status".into(),
+            source: e,
+        }
+    })?))
+}
+
+/// Sets the task's credentials from `cur` (what it has: see `current`)
+/// to `c` by injected syscalls.
+pub fn restore(r: &mut Remote, s: &Scratch, cur: &Creds, c: &Creds) -> Result<()> {
+    if cur == c {
         return Ok(());
     }
     for bit in 0..64u64 {

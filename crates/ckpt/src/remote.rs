@@ -293,13 +293,30 @@ fn call_regs(base: &Regs, ip: u64, nr: i64, args: &[u64]) -> Regs {
 /// either in the resumable form or (once stopped) as found: both heal.
 /// `same_task`: as in `arch::as_interrupted`.
 pub fn settle(tid: Pid, saved: &Regs, same_task: bool) -> Result<()> {
+    match start_settling(tid, saved, same_task)? {
+        Some(regs) => finish_settling(tid, &regs),
+        None => Ok(()),
+    }
+}
+
+/// The first half of `settle`: lets the thread go through the kernel's
+/// syscall restart up to its next stop, and returns the registers to set
+/// once it is there (`finish_settling`), or `None` if there is nothing to
+/// settle. Several threads can be on their way at once.
+pub fn start_settling(tid: Pid, saved: &Regs, same_task: bool) -> Result<Option<Regs>> {
     let Some(regs) = crate::arch::as_interrupted(saved, same_task) else {
-        return Ok(()); // nothing the kernel would decide differently
+        return Ok(None); // nothing the kernel would decide differently
     };
     sys::interrupt(tid).ctx(tid, || "PTRACE_INTERRUPT".into())?;
     sys::cont(tid, 0).ctx(tid, || "PTRACE_CONT".into())?;
+    Ok(Some(regs))
+}
+
+/// The second half of `settle`: waits for the thread's stop and sets
+/// `regs` (from `start_settling`).
+pub fn finish_settling(tid: Pid, regs: &Regs) -> Result<()> {
     crate::freeze::wait_for_stop(tid)?;
-    sys::set_regs(tid, &regs).ctx(tid, || "restore registers as found".into())
+    sys::set_regs(tid, regs).ctx(tid, || "restore registers as found".into())
 }
 
 /// The registers a thread stopped with `saved` must resume with: an
