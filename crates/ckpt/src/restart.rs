@@ -1150,15 +1150,12 @@ impl Build {
         }
 
         let main = &p.threads[0];
-        let mut others = Vec::new();
+        let mut cloned = Vec::new();
         for t in &p.threads[1..] {
             let tid = Self::clone_thread(&mut r, &s, t.thread.tid, traced)?;
-            let mut tr = Remote::new(tid, self.tramp)?;
-            task::restore_thread(&mut tr, &s, &t.thread, code)?;
-            let left = crate::process_kind::pending_left(p, Some(t.thread.tid), &t.thread.pending);
-            task::restore_pending(&mut tr, &s, pid, Some(tid), &left)?;
-            others.push(tr);
+            cloned.push(Remote::new(tid, self.tramp)?);
         }
+        let mut others = set_up_threads(p, &s, code, cloned)?;
         if p.process.root.0 != b"/" {
             // Its path is in our root, like every path of the image.
             let mut path = p.process.root.0.clone();
@@ -1396,6 +1393,57 @@ fn set_ids(p: &ProcessImage) {
     } else if p.process.pgid > 0 && procfs::exists(p.process.pgid) {
         let _ = sys::setpgid(0, p.process.pgid);
     }
+}
+
+/// Threads set up at once, not one after the other.
+const SETUP_WAVE: usize = 8;
+/// Scratch bytes of each thread of a wave (its calls' table).
+const SETUP_SLOT: u64 = 512;
+
+/// Sets up the new threads (`cloned`, of `p.threads[1..]`): their
+/// `task::thread_setup` calls, and their pending signals. A wave of
+/// threads runs its calls at once, each from its own slot of the scratch
+/// memory, so their round trips overlap (without the batch loop, one
+/// after the other).
+fn set_up_threads(
+    p: &ProcessImage,
+    s: &Scratch,
+    code: u64,
+    cloned: Vec<Remote>,
+) -> Result<Vec<Remote>> {
+    const _: () = assert!(
+        SETUP_SLOT * (SETUP_WAVE as u64 - 1) + task::THREAD_STACK_T_AT + 24 <= TRAMP_LEN - PAGE
+    );
+    let pid = p.pid();
+    let mut done = Vec::with_capacity(cloned.len());
+    let mut cloned = cloned.into_iter();
+    for wave in p.threads[1..].chunks(SETUP_WAVE) {
+        let slot = |k: usize| Scratch {
+            addr: s.addr + k as u64 * SETUP_SLOT,
+            mem: s.mem,
+            pid: s.pid,
+        };
+        let mut started = Vec::with_capacity(wave.len());
+        for (k, t) in wave.iter().enumerate() {
+            let mut tr = cloned.next().expect("one Remote per thread");
+            if code == 0 {
+                task::restore_thread(&mut tr, s, &t.thread, code)?;
+                done.push(tr);
+                continue;
+            }
+            let calls = task::thread_setup(&slot(k), &t.thread)?;
+            started.push((k, tr.start_many(code, &slot(k), calls)?));
+        }
+        for (k, st) in started {
+            done.push(st.finish(&slot(k))?);
+        }
+        let from = done.len() - wave.len();
+        for (tr, t) in done[from..].iter_mut().zip(wave) {
+            let left = crate::process_kind::pending_left(p, Some(t.thread.tid), &t.thread.pending);
+            task::restore_pending(tr, s, pid, Some(t.thread.tid), &left)?;
+        }
+    }
+    Ok(done)
 }
 
 /// Registers, xsave state, debug registers and signal mask of one thread,

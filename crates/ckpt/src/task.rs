@@ -446,9 +446,21 @@ fn check_sched_policy(pid: Pid, tid: Pid, policy: u32) -> Result<()> {
 /// batch, their table in the first page of `s` and the alternate stack's
 /// description in the second.
 pub fn restore_thread(r: &mut Remote, s: &Scratch, t: &Thread, code: u64) -> Result<()> {
+    let calls = thread_setup(s, t)?;
+    r.call_many(code, s, THREAD_STACK_T_AT, &calls)
+}
+
+/// Where `thread_setup` puts the stack_t in the scratch memory: the calls'
+/// table goes before it (a few hundred bytes).
+pub const THREAD_STACK_T_AT: u64 = 4096;
+
+/// The calls of `restore_thread`, their stack_t written into `s` (at
+/// `THREAD_STACK_T_AT`), for a caller that runs them in several threads
+/// at once (each with its own scratch).
+pub fn thread_setup(s: &Scratch, t: &Thread) -> Result<Vec<Call>> {
     // SS_ONSTACK is a state, not a flag one can set; SS_DISABLE is.
     const SS_DISABLE: u32 = 2;
-    const STACK_T_AT: u64 = 4096;
+    const STACK_T_AT: u64 = THREAD_STACK_T_AT;
     // Always set: a restored main thread would otherwise keep the
     // restorer's alternate stack, which is not mapped any more.
     let (sp, flags, size) = if t.altstack_flags & SS_DISABLE == 0 && t.altstack_size != 0 {
@@ -497,7 +509,7 @@ pub fn restore_thread(r: &mut Remote, s: &Scratch, t: &Thread, code: u64) -> Res
             &[t.rseq_addr, t.rseq_len as u64, 0, t.rseq_sig as u64],
         ));
     }
-    r.call_many(code, s, STACK_T_AT, &calls)
+    Ok(calls)
 }
 
 /// Scheduling state set from outside, once the process exists: each
