@@ -593,13 +593,7 @@ fn reader_gone_mid_stream_leaves_the_process_unharmed() {
     let Some(mut w) = env.start_workload("memory", &[]) else {
         return;
     };
-    let mut ck = Command::new(ckpt_bin())
-        .args(["checkpoint", &w.pid.to_string(), "-o", "-"])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn ckpt");
+    let mut ck = spawn_checkpoint_to_pipe(w.pid);
     let mut out = ck.stdout.take().expect("stdout");
     // Past the metadata, into the pages, then gone.
     let mut buf = vec![0u8; 512 << 10];
@@ -611,14 +605,7 @@ fn reader_gone_mid_stream_leaves_the_process_unharmed() {
         }
     }
     drop(out);
-    let deadline = std::time::Instant::now() + CKPT_TIMEOUT;
-    let status = loop {
-        if let Some(s) = ck.try_wait().expect("wait for ckpt") {
-            break s;
-        }
-        assert!(std::time::Instant::now() < deadline, "ckpt did not exit");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    };
+    let status = wait_child(&mut ck);
     assert!(
         !status.success(),
         "the checkpoint cannot have succeeded without its reader"

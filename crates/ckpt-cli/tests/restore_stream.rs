@@ -125,27 +125,14 @@ fn checkpoint_into_a_pipe_restarts_intact() {
     let Some(mut w) = env.start_workload("bulk", &["64"]) else {
         return;
     };
-    let mut ck = Command::new(ckpt_bin())
-        .args(["checkpoint", &w.pid.to_string(), "-o", "-"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn ckpt");
+    let mut ck = spawn_checkpoint_to_pipe(w.pid);
     let mut out = ck.stdout.take().expect("stdout");
     // (Ends when ckpt closes its end: exits.)
     let reader = std::thread::spawn(move || {
         let mut image = Vec::new();
         out.read_to_end(&mut image).map(|_| image)
     });
-    let deadline = std::time::Instant::now() + CKPT_TIMEOUT;
-    let status = loop {
-        if let Some(s) = ck.try_wait().expect("wait for ckpt") {
-            break s;
-        }
-        assert!(std::time::Instant::now() < deadline, "ckpt did not exit");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    };
+    let status = wait_child(&mut ck);
     let mut err = String::new();
     let _ = ck.stderr.take().expect("stderr").read_to_string(&mut err);
     assert!(status.success(), "checkpoint -o - failed: {err}");

@@ -375,6 +375,33 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// `ckpt checkpoint PID -o -`, its stdout a pipe for the caller to read
+/// (stdin null, stderr piped).
+pub fn spawn_checkpoint_to_pipe(pid: i32) -> std::process::Child {
+    std::process::Command::new(ckpt_bin())
+        .args(["checkpoint", &pid.to_string(), "-o", "-"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn ckpt")
+}
+
+/// Waits for `c` to exit, at most `CKPT_TIMEOUT` (a panic past it).
+pub fn wait_child(c: &mut std::process::Child) -> std::process::ExitStatus {
+    let mut status = None;
+    let exited = wait_until(CKPT_TIMEOUT, || {
+        status = c.try_wait().expect("wait for the child");
+        status.is_some()
+    });
+    assert!(
+        exited,
+        "pid {} did not exit within {CKPT_TIMEOUT:?}",
+        c.id()
+    );
+    status.expect("exited")
+}
+
 // ---------------------------------------------------------------------------
 // Processes
 // ---------------------------------------------------------------------------
