@@ -1075,41 +1075,22 @@ pub fn write_batches<S: Sink>(
         }
         return Ok(());
     }
-    if direct.is_none() {
-        return write_read_ahead(pid, &mem, batches, w, progress);
-    }
-    let mut buf = Vec::new();
+    // Runs of batches the task writes, and runs of those ckpt copies.
+    let has_task = direct.is_some();
+    let task_writes = |b: &Batch| has_task && b.by_task;
     let mut i = 0;
     while i < batches.len() {
-        let b = batches[i];
-        let first = b.runs[0].0;
+        let by_task = task_writes(batches[i]);
+        let n = batches[i..]
+            .iter()
+            .take_while(|b| task_writes(b) == by_task)
+            .count();
+        let these = &batches[i..i + n];
         match direct.as_deref_mut() {
-            Some(d) if b.by_task => {
-                let n = batches[i..].iter().take_while(|b| b.by_task).count();
-                write_by_task(w, d, &batches[i..i + n], progress)?;
-                i += n;
-                continue;
-            }
-            _ => {
-                // (A batch planned for the task may be 256 MiB: in pieces.)
-                w.begin_pages(first, b.pages, 0).map_err(Error::Write)?;
-                for &(a, l) in &b.runs {
-                    let mut done = 0;
-                    while done < l {
-                        let n = (l - done).min(BATCH_BUF);
-                        buf.resize(n as usize, 0);
-                        mem.read_exact_at(&mut buf, a + done).ctx(pid, || {
-                            format!("read memory {:#x}..{:#x}", a + done, a + done + n)
-                        })?;
-                        w.page_data(&buf).map_err(Error::Write)?;
-                        done += n;
-                    }
-                }
-                w.end_pages();
-            }
+            Some(d) if by_task => write_by_task(w, d, these, progress)?,
+            _ => write_read_ahead(pid, &mem, these, w, progress)?,
         }
-        progress(b.pages * PAGE)?;
-        i += 1;
+        i += n;
     }
     Ok(())
 }
@@ -1391,19 +1372,13 @@ fn write_by_task_alone(
 /// CRC32C of the runs (address, length) of process `pid`'s memory, back
 /// to back, read into a buffer that stays in the cache.
 fn crc32c_of_memory(pid: Pid, runs: &[(u64, u64)]) -> std::io::Result<u32> {
-    let mut buf = vec![0u8; 1 << 20];
+    const BUF: u64 = 1 << 20;
+    let mut buf = vec![0u8; BUF as usize];
     let mut crc = 0;
-    for &(a, l) in runs {
-        let mut done = 0;
-        while done < l {
-            let n = (l - done).min(buf.len() as u64) as usize;
-            let got = crate::sys::read_process(pid, a + done, &mut buf[..n])?;
-            if got == 0 {
-                return Err(std::io::ErrorKind::UnexpectedEof.into());
-            }
-            crc = crc32c::crc32c_append(crc, &buf[..got]);
-            done += got as u64;
-        }
+    for piece in pieces(runs, BUF) {
+        let buf = &mut buf[..piece.iter().map(|r| r.1).sum::<u64>() as usize];
+        crate::sys::read_process_runs(pid, &piece, buf)?;
+        crc = crc32c::crc32c_append(crc, buf);
     }
     Ok(crc)
 }

@@ -533,9 +533,14 @@ impl Build {
         Ok(())
     }
 
+    /// The pid whose fd table live process `pid` uses.
+    fn table_owner(&self, pid: Pid) -> Pid {
+        self.tables.iter().find(|t| t.0 == pid).map_or(pid, |t| t.1)
+    }
+
     /// The live processes using the same fd table as `pid`, in image order.
     fn table_members(&self, pid: Pid) -> Vec<Pid> {
-        let owner = self.tables.iter().find(|t| t.0 == pid).map_or(pid, |t| t.1);
+        let owner = self.table_owner(pid);
         self.tables
             .iter()
             .filter(|t| t.1 == owner)
@@ -1019,11 +1024,7 @@ impl Build {
     fn units<'a>(&self, img: &'a Image) -> Vec<Vec<&'a ProcessImage>> {
         let mut units: Vec<(Pid, Vec<&ProcessImage>)> = Vec::new();
         for p in img.processes.iter().filter(|p| !p.is_zombie()) {
-            let owner = self
-                .tables
-                .iter()
-                .find(|t| t.0 == p.pid())
-                .map_or(p.pid(), |t| t.1);
+            let owner = self.table_owner(p.pid());
             match units.iter_mut().find(|u| u.0 == owner) {
                 Some(u) => u.1.push(p),
                 None => units.push((owner, vec![p])),
